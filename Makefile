@@ -1,0 +1,44 @@
+# saferlhf: Safe RLHF in Go. The default build is pure Go (CGO_ENABLED=0, -tags noxla):
+# the embedded CPU backend, no C toolchain, no plugins. `make build-gpu` adds the XLA backend.
+GO        ?= go
+GOFLAGS_CPU = CGO_ENABLED=0
+TAGS_CPU  = -tags noxla
+BIN       = bin/saferlhf
+DEMO_OUT ?= out/demo
+FUZZTIME ?= 5s
+
+.PHONY: all build build-gpu test test-short vet fuzz verify-reference demo bench clean
+
+all: build
+
+build:
+	$(GOFLAGS_CPU) $(GO) build $(TAGS_CPU) -o $(BIN) ./cmd/saferlhf
+
+# XLA/PJRT backend (needs cgo); run with --backend xla:cuda on an NVIDIA machine.
+build-gpu:
+	CGO_ENABLED=1 $(GO) build -o bin/saferlhf-gpu ./cmd/saferlhf
+
+vet:
+	$(GOFLAGS_CPU) $(GO) vet $(TAGS_CPU) ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+test: vet build
+	$(GOFLAGS_CPU) $(GO) test $(TAGS_CPU) -timeout 20m ./...
+	$(BIN) verify-reference --golden assets/golden
+	$(MAKE) fuzz
+
+# Short, bounded fuzz runs of every parser (each target FUZZTIME).
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZTIME)
+
+verify-reference: build
+	$(BIN) verify-reference --golden assets/golden
+
+demo: build
+	bash scripts/demo.sh $(BIN) $(DEMO_OUT)
+
+bench: build
+	$(GOFLAGS_CPU) $(GO) test $(TAGS_CPU) -run '^$$' -bench . -benchtime 1x ./...
+
+clean:
+	rm -rf bin out

@@ -1,0 +1,3 @@
+package main
+
+func runData(args []string) error { return errNotYet("data") }

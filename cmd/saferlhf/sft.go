@@ -1,0 +1,3 @@
+package main
+
+func runSFT(args []string) error { return errNotYet("sft") }

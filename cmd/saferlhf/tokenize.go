@@ -1,0 +1,3 @@
+package main
+
+func runTokenize(args []string) error { return errNotYet("tokenize") }

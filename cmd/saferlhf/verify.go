@@ -1,0 +1,3 @@
+package main
+
+func runVerifyReference(args []string) error { return errNotYet("verify-reference") }

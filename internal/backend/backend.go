@@ -1,0 +1,101 @@
+// Package backend starts the GoMLX backend that runs the model graphs, chosen
+// explicitly by the user: the pure-Go backend (the default, always built) or
+// XLA through a PJRT plugin given by name or absolute path. It never lets GoMLX
+// auto-install anything.
+package backend
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego" // the pure-Go backend, always available
+)
+
+// Default is the backend used when none is given: the pure-Go backend with
+// sequential op execution (the parallel executor of GoMLX v0.26 can deadlock
+// when several large DotGenerals are ready at once; DotGeneral itself still
+// uses every core).
+const Default = "go:ops_sequential"
+
+// EnvVar names the environment variable that overrides Default.
+const EnvVar = "SAFERLHF_BACKEND"
+
+// Resolve returns the backend spec to use: spec if non-empty, else $SAFERLHF_BACKEND, else Default.
+// "go" alone expands to Default.
+func Resolve(spec string) string {
+	if spec == "" {
+		spec = os.Getenv(EnvVar)
+	}
+	if spec == "" || spec == "go" {
+		return Default
+	}
+	return spec
+}
+
+// New starts the backend named by spec (see Resolve). Accepted forms:
+//
+//	go, go:<simplego options>         pure-Go backend
+//	xla:cuda                          XLA with the CUDA PJRT plugin found on this machine
+//	xla:/abs/path/to/pjrt_plugin.so   XLA with that plugin
+func New(spec string) (backends.Backend, error) {
+	spec = Resolve(spec)
+	name, cfg, _ := strings.Cut(spec, ":")
+	switch name {
+	case "go":
+		return newChecked(spec)
+	case "xla":
+		plugin, err := resolvePlugin(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if !xlaCompiled() {
+			return nil, fmt.Errorf("backend %q: this binary was built without XLA (tag noxla or CGO_ENABLED=0); rebuild with cgo", spec)
+		}
+		return newChecked("xla:" + plugin)
+	default:
+		return nil, fmt.Errorf("backend %q: unknown backend %q (want go, go:<options>, xla:cuda or xla:/abs/plugin.so)", spec, name)
+	}
+}
+
+// resolvePlugin turns "cuda" or an absolute path into an absolute plugin path
+// that exists, so that go-xla never falls back to downloading one.
+func resolvePlugin(cfg string) (string, error) {
+	plugin, opts, _ := strings.Cut(cfg, ",")
+	if plugin == "" {
+		return "", fmt.Errorf("backend xla: no plugin given (use xla:cuda or xla:/abs/path/pjrt_plugin.so)")
+	}
+	if plugin == "cuda" {
+		p, err := FindCUDAPlugin()
+		if err != nil {
+			return "", err
+		}
+		plugin = p
+	}
+	if !filepath.IsAbs(plugin) {
+		return "", fmt.Errorf("backend xla:%s: plugin must be \"cuda\" or an absolute path", cfg)
+	}
+	if _, err := os.Stat(plugin); err != nil {
+		return "", fmt.Errorf("backend xla: plugin %s: %w", plugin, err)
+	}
+	if opts != "" {
+		plugin += "," + opts
+	}
+	return plugin, nil
+}
+
+// newChecked calls GoMLX, turning its panics into errors.
+func newChecked(spec string) (b backends.Backend, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("backend %q: %v", spec, r)
+		}
+	}()
+	b, err = backends.NewWithConfig(spec)
+	if err != nil {
+		return nil, fmt.Errorf("backend %q: %w", spec, err)
+	}
+	return b, nil
+}
