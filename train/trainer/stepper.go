@@ -1,0 +1,439 @@
+package trainer
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// LossFn builds, inside a GoMLX graph, the scalar loss to minimise and any named
+// scalar metrics from the batch inputs (in the order passed to Stepper.Step).
+// ctx is positioned at the Stepper's scope with Reuse set, so model graph
+// functions find the weights that model.SetWeights placed there.
+type LossFn func(ctx *context.Context, inputs []*graph.Node) (loss *graph.Node, metrics map[string]*graph.Node)
+
+// Config configures a Stepper. Zero values take the defaults of spec §1.10.
+type Config struct {
+	// Scope is the absolute context scope whose trainable variables are updated (e.g. "/policy").
+	Scope string
+	// Frozen lists absolute scopes under Scope (or anywhere) whose variables are never updated.
+	Frozen []string
+	// Loss builds the loss graph.
+	Loss LossFn
+	// Beta1, Beta2, Epsilon are AdamW's; default 0.9, 0.95, 1e-8.
+	Beta1, Beta2, Epsilon float64
+	// WeightDecay is AdamW's decoupled weight decay (0 disables it).
+	WeightDecay float64
+	// NoDecay reports whether a variable (by its "scope/name" path) is exempt from weight
+	// decay; default: names containing "bias" or "norm" (spec §1.10).
+	NoDecay func(path string) bool
+	// ClipNorm is the global gradient-norm clip; default 1.0, negative disables it.
+	ClipNorm float64
+	// Accumulation is the number of micro-batches whose gradients are averaged
+	// before one optimizer update; default 1.
+	Accumulation int
+	// OptimScope is the absolute scope holding the optimizer state; default "/optim"+Scope.
+	OptimScope string
+}
+
+// Result is what one call of Stepper.Step or Stepper.Eval returns to the host.
+type Result struct {
+	// Loss is the micro-batch loss.
+	Loss float64
+	// Metrics holds the named scalar metrics of LossFn.
+	Metrics map[string]float64
+	// Applied is true when this micro-step ended an accumulation cycle and updated the weights.
+	Applied bool
+	// GradNorm is the global gradient norm before clipping (only when Applied).
+	GradNorm float64
+	// OptimizerStep is the number of optimizer updates made so far.
+	OptimizerStep int64
+}
+
+// Stepper compiles one GoMLX graph per input shape that computes the loss, its
+// gradients with respect to the trainable variables of a scope, and the AdamW
+// update with global-norm clipping, and runs it for each (micro-)batch.
+type Stepper struct {
+	backend backends.Backend
+	ctx     *context.Context
+	cfg     Config
+
+	mu          sync.Mutex
+	trainExec   *context.Exec // fused loss+grad+update (Accumulation==1) or loss+grad+accumulate
+	applyExec   *context.Exec // update from accumulators (Accumulation>1)
+	evalExec    *context.Exec
+	metricNames []string
+	micro       int // micro-steps done in the current accumulation cycle
+	trained     []*context.Variable
+	stepVar     *context.Variable
+}
+
+// NewStepper returns a Stepper for cfg on the variables of ctx. ctx must already hold
+// the model weights (for example through model.SetWeights).
+func NewStepper(backend backends.Backend, ctx *context.Context, cfg Config) (*Stepper, error) {
+	if cfg.Loss == nil {
+		return nil, fmt.Errorf("trainer: Config.Loss is nil")
+	}
+	if cfg.Scope == "" || !strings.HasPrefix(cfg.Scope, context.ScopeSeparator) {
+		return nil, fmt.Errorf("trainer: Config.Scope %q must be an absolute scope such as \"/policy\"", cfg.Scope)
+	}
+	if cfg.Beta1 == 0 {
+		cfg.Beta1 = 0.9
+	}
+	if cfg.Beta2 == 0 {
+		cfg.Beta2 = 0.95
+	}
+	if cfg.Epsilon == 0 {
+		cfg.Epsilon = 1e-8
+	}
+	if cfg.ClipNorm == 0 {
+		cfg.ClipNorm = 1
+	}
+	if cfg.Accumulation <= 0 {
+		cfg.Accumulation = 1
+	}
+	if cfg.NoDecay == nil {
+		cfg.NoDecay = DefaultNoDecay
+	}
+	if cfg.OptimScope == "" {
+		cfg.OptimScope = "/optim" + cfg.Scope
+	}
+	if cfg.Beta1 < 0 || cfg.Beta1 >= 1 || cfg.Beta2 < 0 || cfg.Beta2 >= 1 {
+		return nil, fmt.Errorf("trainer: Adam betas (%g, %g) must lie in [0, 1)", cfg.Beta1, cfg.Beta2)
+	}
+	if cfg.WeightDecay < 0 {
+		return nil, fmt.Errorf("trainer: weight decay %g must be >= 0", cfg.WeightDecay)
+	}
+	s := &Stepper{backend: backend, ctx: ctx, cfg: cfg}
+	var err error
+	if cfg.Accumulation == 1 {
+		s.trainExec, err = context.NewExec(backend, ctx, s.fusedGraph)
+	} else {
+		s.trainExec, err = context.NewExec(backend, ctx, s.accumulateGraph)
+		if err == nil {
+			s.applyExec, err = context.NewExec(backend, ctx, s.applyGraph)
+		}
+	}
+	if err == nil {
+		s.evalExec, err = context.NewExec(backend, ctx, s.evalGraph)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("trainer: %w", err)
+	}
+	return s, nil
+}
+
+// DefaultNoDecay exempts biases and normalisation weights from weight decay, as the
+// reference does for names containing "bias" or "LayerNorm.weight" (spec §1.10).
+func DefaultNoDecay(path string) bool {
+	p := strings.ToLower(path)
+	return strings.Contains(p, "bias") || strings.Contains(p, "norm")
+}
+
+// Config returns the Stepper's configuration with defaults filled in.
+func (s *Stepper) Config() Config { return s.cfg }
+
+// Context returns the context holding the weights and optimizer state.
+func (s *Stepper) Context() *context.Context { return s.ctx }
+
+// MetricNames returns the sorted names of the LossFn metrics (known after the first step).
+func (s *Stepper) MetricNames() []string { return slices.Clone(s.metricNames) }
+
+// Step runs one micro-batch at learning rate lr: forward, backward and, at the end of
+// each accumulation cycle, the clipped AdamW update. inputs are host values
+// (tensors or Go slices) passed to LossFn in order.
+func (s *Stepper) Step(lr float64, inputs ...any) (Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	args := append([]any{tensors.FromScalar(float32(lr))}, inputs...)
+	if s.cfg.Accumulation == 1 {
+		out, err := execCatch(s.trainExec, args)
+		if err != nil {
+			return Result{}, err
+		}
+		r := s.result(out[2:])
+		r.Applied, r.GradNorm, r.OptimizerStep = true, scalar(out[0]), int64(scalar(out[1]))
+		return r, nil
+	}
+	out, err := execCatch(s.trainExec, args[1:])
+	if err != nil {
+		return Result{}, err
+	}
+	r := s.result(out)
+	s.micro++
+	if s.micro < s.cfg.Accumulation {
+		r.OptimizerStep = s.optimizerStepLocked()
+		return r, nil
+	}
+	s.micro = 0
+	upd, err := execCatch(s.applyExec, args[:1])
+	if err != nil {
+		return Result{}, err
+	}
+	r.Applied, r.GradNorm, r.OptimizerStep = true, scalar(upd[0]), int64(scalar(upd[1]))
+	return r, nil
+}
+
+// Eval computes the loss and metrics of a batch without gradients or updates.
+func (s *Stepper) Eval(inputs ...any) (Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out, err := execCatch(s.evalExec, inputs)
+	if err != nil {
+		return Result{}, err
+	}
+	r := s.result(out)
+	r.OptimizerStep = s.optimizerStepLocked()
+	return r, nil
+}
+
+// MicroStep returns the position inside the current accumulation cycle (0 at a boundary).
+// Checkpoints taken at a boundary resume exactly; the Loop only checkpoints there.
+func (s *Stepper) MicroStep() int { return s.micro }
+
+// OptimizerStep returns the number of optimizer updates made so far (read from the context).
+func (s *Stepper) OptimizerStep() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.optimizerStepLocked()
+}
+
+func (s *Stepper) optimizerStepLocked() int64 {
+	v := s.ctx.GetVariableByScopeAndName(s.cfg.OptimScope, "step")
+	if v == nil || !v.HasValue() {
+		return 0
+	}
+	return int64(scalar(v.MustValue()))
+}
+
+// TrainedVariables returns the variables the Stepper updates (known after the first step).
+func (s *Stepper) TrainedVariables() []*context.Variable { return slices.Clone(s.trained) }
+
+func (s *Stepper) result(out []*tensors.Tensor) Result {
+	r := Result{Loss: scalar(out[0]), Metrics: make(map[string]float64, len(s.metricNames))}
+	for i, name := range s.metricNames {
+		r.Metrics[name] = scalar(out[1+i])
+	}
+	return r
+}
+
+// lossAndMetrics builds the user's loss and returns [loss, metrics...] in sorted name order.
+func (s *Stepper) lossAndMetrics(ctx *context.Context, inputs []*graph.Node) []*graph.Node {
+	loss, metrics := s.cfg.Loss(ctx.InAbsPath(s.cfg.Scope).Reuse(), inputs)
+	if loss.Shape().Size() != 1 {
+		panic(fmt.Errorf("trainer: loss must be a scalar, got shape %s", loss.Shape()))
+	}
+	names := make([]string, 0, len(metrics))
+	for k := range metrics {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	if s.metricNames == nil {
+		s.metricNames = names
+	} else if !slices.Equal(s.metricNames, names) {
+		panic(fmt.Errorf("trainer: LossFn metrics changed between graphs: %v vs %v", s.metricNames, names))
+	}
+	outs := []*graph.Node{toF32Scalar(loss)}
+	for _, k := range names {
+		m := metrics[k]
+		if m.Shape().Size() != 1 {
+			panic(fmt.Errorf("trainer: metric %q must be a scalar, got shape %s", k, m.Shape()))
+		}
+		outs = append(outs, toF32Scalar(graph.StopGradient(m)))
+	}
+	return outs
+}
+
+// loss32 is the dtype of losses, metrics and optimizer scalars.
+const loss32 = dtypes.Float32
+
+func toF32Scalar(x *graph.Node) *graph.Node {
+	x = graph.Reshape(x)
+	if x.DType() != loss32 {
+		x = graph.ConvertDType(x, loss32)
+	}
+	return x
+}
+
+// trainable returns the variables used by graph g that the Stepper updates, in a stable order.
+func (s *Stepper) trainable(g *graph.Graph) []*context.Variable {
+	var vars []*context.Variable
+	prefix := s.cfg.Scope
+	for v := range s.ctx.IterVariables() {
+		if !v.Trainable || !v.InUseByGraph(g) || !inScope(v.Scope(), prefix) {
+			continue
+		}
+		frozen := false
+		for _, f := range s.cfg.Frozen {
+			if inScope(v.Scope(), f) {
+				frozen = true
+				break
+			}
+		}
+		if !frozen {
+			vars = append(vars, v)
+		}
+	}
+	sort.Slice(vars, func(i, j int) bool { return vars[i].ScopeAndName() < vars[j].ScopeAndName() })
+	if len(vars) == 0 {
+		panic(fmt.Errorf("trainer: the loss uses no trainable variable under scope %q", prefix))
+	}
+	s.trained = vars
+	return vars
+}
+
+func inScope(scope, prefix string) bool {
+	prefix = strings.TrimSuffix(prefix, context.ScopeSeparator)
+	return scope == prefix || strings.HasPrefix(scope, prefix+context.ScopeSeparator) || prefix == ""
+}
+
+// fusedGraph: inputs[0] = learning rate; outputs: grad norm, optimizer step, loss, metrics...
+func (s *Stepper) fusedGraph(ctx *context.Context, inputs []*graph.Node) []*graph.Node {
+	lr, batch := inputs[0], inputs[1:]
+	outs := s.lossAndMetrics(ctx, batch)
+	g := lr.Graph()
+	vars := s.trainable(g)
+	nodes := make([]*graph.Node, len(vars))
+	for i, v := range vars {
+		nodes[i] = v.ValueGraph(g)
+	}
+	grads := graph.Gradient(outs[0], nodes...)
+	norm, step := s.update(ctx, g, lr, vars, grads)
+	return append([]*graph.Node{norm, step}, outs...)
+}
+
+// accumulateGraph adds grad/Accumulation to per-variable accumulators.
+func (s *Stepper) accumulateGraph(ctx *context.Context, batch []*graph.Node) []*graph.Node {
+	outs := s.lossAndMetrics(ctx, batch)
+	g := outs[0].Graph()
+	vars := s.trainable(g)
+	nodes := make([]*graph.Node, len(vars))
+	for i, v := range vars {
+		nodes[i] = v.ValueGraph(g)
+	}
+	grads := graph.Gradient(outs[0], nodes...)
+	inv := 1 / float64(s.cfg.Accumulation)
+	for i, v := range vars {
+		acc := s.stateVar(ctx, v, "_accum")
+		acc.SetValueGraph(graph.Add(acc.ValueGraph(g), graph.MulScalar(grads[i], inv)))
+	}
+	return outs
+}
+
+// applyGraph runs the clipped AdamW update from the accumulators and zeroes them.
+func (s *Stepper) applyGraph(ctx *context.Context, lr *graph.Node) []*graph.Node {
+	g := lr.Graph()
+	if s.trained == nil {
+		panic(fmt.Errorf("trainer: apply before any accumulation step"))
+	}
+	vars := s.trained
+	grads := make([]*graph.Node, len(vars))
+	for i, v := range vars {
+		acc := s.stateVar(ctx, v, "_accum")
+		grads[i] = acc.ValueGraph(g)
+		acc.SetValueGraph(graph.ZerosLike(grads[i]))
+		v.ValueGraph(g) // mark in use
+	}
+	norm, step := s.update(ctx, g, lr, vars, grads)
+	return []*graph.Node{norm, step}
+}
+
+func (s *Stepper) evalGraph(ctx *context.Context, batch []*graph.Node) []*graph.Node {
+	return s.lossAndMetrics(ctx, batch)
+}
+
+// stateVar returns (creating with zeros) the optimizer-state variable for v with the given suffix.
+func (s *Stepper) stateVar(ctx *context.Context, v *context.Variable, suffix string) *context.Variable {
+	sc := ctx.Checked(false).InAbsPath(s.cfg.OptimScope + v.Scope())
+	sv := sc.GetVariableByScopeAndName(sc.Scope(), v.Name()+suffix)
+	if sv == nil {
+		sv = sc.VariableWithValue(v.Name()+suffix, tensors.FromShape(v.Shape()))
+	}
+	sv.SetTrainable(false)
+	return sv
+}
+
+// update applies DeepSpeed-style global-norm clipping (coef = clip/(norm+1e-6) when < 1)
+// and the PyTorch AdamW update (decoupled weight decay p -= lr·wd·p, bias-corrected moments).
+// It returns the pre-clip gradient norm and the new optimizer step.
+func (s *Stepper) update(ctx *context.Context, g *graph.Graph, lr *graph.Node, vars []*context.Variable, grads []*graph.Node) (norm, step *graph.Node) {
+	sq := make([]*graph.Node, 0, len(grads))
+	for i, gr := range grads {
+		if gr == nil {
+			panic(fmt.Errorf("trainer: no gradient for %s", vars[i].ScopeAndName()))
+		}
+		sq = append(sq, graph.ReduceAllSum(graph.Square(gr)))
+	}
+	sumSq := sq[0]
+	for _, x := range sq[1:] {
+		sumSq = graph.Add(sumSq, x)
+	}
+	norm = graph.Sqrt(sumSq)
+	coef := graph.ScalarOne(g, loss32)
+	if s.cfg.ClipNorm > 0 {
+		coef = graph.Min(coef, graph.Div(graph.Scalar(g, loss32, s.cfg.ClipNorm), graph.AddScalar(norm, 1e-6)))
+	}
+	stepVar := ctx.Checked(false).InAbsPath(s.cfg.OptimScope).VariableWithValue("step", float32(0))
+	stepVar.SetTrainable(false)
+	step = graph.AddScalar(stepVar.ValueGraph(g), 1)
+	stepVar.SetValueGraph(step)
+	b1, b2 := s.cfg.Beta1, s.cfg.Beta2
+	// Bias corrections 1/(1-β^t), computed on the scalar step.
+	bc1 := graph.Inverse(graph.OneMinus(graph.Pow(graph.Scalar(g, loss32, b1), step)))
+	bc2 := graph.Inverse(graph.OneMinus(graph.Pow(graph.Scalar(g, loss32, b2), step)))
+	stepSize := graph.Mul(lr, bc1)
+	for i, v := range vars {
+		gr := graph.Mul(grads[i], coef)
+		m := s.stateVar(ctx, v, "_m1")
+		u := s.stateVar(ctx, v, "_m2")
+		mNew := graph.Add(graph.MulScalar(m.ValueGraph(g), b1), graph.MulScalar(gr, 1-b1))
+		uNew := graph.Add(graph.MulScalar(u.ValueGraph(g), b2), graph.MulScalar(graph.Square(gr), 1-b2))
+		m.SetValueGraph(mNew)
+		u.SetValueGraph(uNew)
+		p := v.ValueGraph(g)
+		if s.cfg.WeightDecay > 0 && !s.cfg.NoDecay(v.ScopeAndName()) {
+			p = graph.Sub(p, graph.Mul(p, graph.MulScalar(lr, s.cfg.WeightDecay)))
+		}
+		denom := graph.AddScalar(graph.Sqrt(graph.Mul(uNew, bc2)), s.cfg.Epsilon)
+		p = graph.Sub(p, graph.Mul(graph.Div(mNew, denom), stepSize))
+		v.SetValueGraph(p)
+	}
+	return norm, step
+}
+
+// execCatch runs an Exec, turning GoMLX panics into errors.
+func execCatch(e *context.Exec, args []any) (out []*tensors.Tensor, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("trainer: %v", r)
+		}
+	}()
+	out, err = e.Exec(args...)
+	if err != nil {
+		err = fmt.Errorf("trainer: %w", err)
+	}
+	return out, err
+}
+
+func scalar(t *tensors.Tensor) float64 {
+	switch v := t.Value().(type) {
+	case float32:
+		return float64(v)
+	case float64:
+		return v
+	case int32:
+		return float64(v)
+	case int64:
+		return float64(v)
+	}
+	return math.NaN()
+}
