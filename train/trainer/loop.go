@@ -1,0 +1,442 @@
+package trainer
+
+import (
+	stdctx "context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Batch is one (micro-)batch as the Stepper takes it.
+type Batch struct {
+	// Inputs are host values (tensors or Go slices) passed to Stepper.Step in order.
+	Inputs []any
+	// Tokens counts the tokens of the batch (for tokens/s).
+	Tokens int
+	// Weight weighs the batch in held-out averages (e.g. its label tokens); 0 means 1.
+	Weight float64
+}
+
+// Source yields the micro-batches of an epoch by index. It must be deterministic:
+// the same (epoch, index) always gives the same batch (shuffle by a seed and the
+// epoch), which is what makes --resume exact.
+type Source interface {
+	// Len is the number of micro-batches per epoch.
+	Len() int
+	// Batch returns micro-batch index of epoch (both from 0).
+	Batch(epoch, index int) (Batch, error)
+}
+
+// Schedule gives the learning rate of optimizer step (from 0).
+type Schedule func(step int) float64
+
+// LoopConfig configures a Loop.
+type LoopConfig struct {
+	// Stepper trains the model; its Accumulation micro-batches make one step.
+	Stepper *Stepper
+	// Train is the training data; Eval the held-out batches (optional).
+	Train, Eval Source
+	// Epochs over Train; Steps, if > 0, caps the number of optimizer steps.
+	Epochs, Steps int
+	// LR is the learning-rate schedule.
+	LR Schedule
+	// EvalEvery and CheckpointEvery are in optimizer steps (0: only at the end).
+	EvalEvery, CheckpointEvery int
+	// KeepCheckpoints is how many checkpoints to keep (default 2).
+	KeepCheckpoints int
+	// Dir receives metrics.jsonl, checkpoints/, plots and the final model.
+	Dir string
+	// Resume continues from the latest checkpoint in Dir.
+	Resume bool
+	// SaveModel writes the final model (for example an HF safetensors dir) to dir.
+	SaveModel func(dir string) error
+	// Plot, if set, draws PNG curves from the metrics file into Dir at the end.
+	Plot func(metricsPath, outDir string) error
+	// Progress receives the progress bar (nil: none).
+	Progress io.Writer
+	// Meta is stored in every checkpoint's state.json (for example the stage config).
+	Meta any
+}
+
+// Summary reports a finished (or interrupted) run.
+type Summary struct {
+	Steps      int                // optimizer steps done
+	TrainLoss  float64            // mean loss of the last step
+	Eval       map[string]float64 // last held-out evaluation (loss and metrics)
+	Elapsed    time.Duration      // wall time of this process's part of the run
+	TokensPerS float64
+	ModelDir   string // where SaveModel wrote the final model
+}
+
+// checkpointState is state.json of a checkpoint.
+type checkpointState struct {
+	Step          int             `json:"step"`
+	Epoch         int             `json:"epoch"`
+	Index         int             `json:"index"`
+	MetricsOffset int64           `json:"metrics_offset"`
+	Meta          json.RawMessage `json:"meta,omitempty"`
+}
+
+// Loop is the generic supervised training loop (see package doc).
+type Loop struct {
+	cfg     LoopConfig
+	metrics *os.File
+	lastEv  map[string]float64
+}
+
+// NewLoop validates cfg and returns a Loop.
+func NewLoop(cfg LoopConfig) (*Loop, error) {
+	switch {
+	case cfg.Stepper == nil:
+		return nil, errors.New("trainer: LoopConfig.Stepper is nil")
+	case cfg.Train == nil || cfg.Train.Len() == 0:
+		return nil, errors.New("trainer: no training batches")
+	case cfg.Dir == "":
+		return nil, errors.New("trainer: LoopConfig.Dir is empty")
+	case cfg.LR == nil:
+		return nil, errors.New("trainer: LoopConfig.LR is nil")
+	case cfg.Epochs <= 0 && cfg.Steps <= 0:
+		return nil, errors.New("trainer: need epochs > 0 or steps > 0")
+	case cfg.EvalEvery < 0 || cfg.CheckpointEvery < 0:
+		return nil, errors.New("trainer: eval/checkpoint intervals must be >= 0")
+	}
+	if cfg.KeepCheckpoints <= 0 {
+		cfg.KeepCheckpoints = 2
+	}
+	return &Loop{cfg: cfg}, nil
+}
+
+// TotalSteps is the number of optimizer steps the run makes.
+func (l *Loop) TotalSteps() int {
+	k := l.cfg.Stepper.Config().Accumulation
+	total := l.cfg.Epochs * l.cfg.Train.Len() / k
+	if l.cfg.Epochs <= 0 || (l.cfg.Steps > 0 && l.cfg.Steps < total) {
+		total = l.cfg.Steps
+	}
+	return total
+}
+
+func (l *Loop) ckptRoot() string { return filepath.Join(l.cfg.Dir, "checkpoints") }
+
+// Run trains to the end, or until ctx is cancelled (then it checkpoints and returns
+// an error wrapping ctx.Err()).
+func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
+	if err := os.MkdirAll(l.ckptRoot(), 0o755); err != nil {
+		return sum, fmt.Errorf("trainer: %w", err)
+	}
+	st := checkpointState{}
+	metricsPath := filepath.Join(l.cfg.Dir, "metrics.jsonl")
+	if l.cfg.Resume {
+		dir, ok, err := LatestCheckpoint(l.ckptRoot())
+		if err != nil {
+			return sum, err
+		}
+		if ok {
+			if st, err = l.restore(dir); err != nil {
+				return sum, err
+			}
+		}
+	}
+	flags := os.O_CREATE | os.O_RDWR
+	if !l.cfg.Resume || st.Step == 0 {
+		flags |= os.O_TRUNC
+	}
+	if l.metrics, err = os.OpenFile(metricsPath, flags, 0o644); err != nil {
+		return sum, fmt.Errorf("trainer: %w", err)
+	}
+	defer l.metrics.Close()
+	// Drop records written after the checkpoint, so the file equals an uninterrupted run's.
+	if err := l.metrics.Truncate(st.MetricsOffset); err != nil {
+		return sum, fmt.Errorf("trainer: %w", err)
+	}
+	if _, err := l.metrics.Seek(st.MetricsOffset, io.SeekStart); err != nil {
+		return sum, fmt.Errorf("trainer: %w", err)
+	}
+
+	s := l.cfg.Stepper
+	k := s.Config().Accumulation
+	total := l.TotalSteps()
+	n := l.cfg.Train.Len()
+	step, epoch, index := st.Step, st.Epoch, st.Index
+	start := time.Now()
+	startStep := step
+	tokens := 0
+	bar := newProgress(l.cfg.Progress, total, startStep)
+	for step < total {
+		// One optimizer step = k micro-batches.
+		var sumLoss float64
+		sumMetrics := map[string]float64{}
+		var res Result
+		lr := l.cfg.LR(step)
+		for m := 0; m < k; m++ {
+			if index >= n {
+				epoch, index = epoch+1, 0
+			}
+			b, err := l.cfg.Train.Batch(epoch, index)
+			if err != nil {
+				return sum, fmt.Errorf("trainer: step %d: batch %d of epoch %d: %w", step+1, index, epoch, err)
+			}
+			index++
+			if res, err = s.Step(lr, b.Inputs...); err != nil {
+				return sum, fmt.Errorf("trainer: step %d: %w", step+1, err)
+			}
+			if bad := nonFinite(res.Loss, res.Metrics); bad != "" {
+				return sum, fmt.Errorf("trainer: step %d: %s is %v (training stopped; the last good checkpoint is in %s)",
+					step+1, bad, badValue(res, bad), l.ckptRoot())
+			}
+			sumLoss += res.Loss
+			for name, v := range res.Metrics {
+				sumMetrics[name] += v
+			}
+			tokens += b.Tokens
+		}
+		if math.IsNaN(res.GradNorm) || math.IsInf(res.GradNorm, 0) {
+			return sum, fmt.Errorf("trainer: step %d: grad_norm is %v (training stopped; the last good checkpoint is in %s)",
+				step+1, res.GradNorm, l.ckptRoot())
+		}
+		step++
+		rec := map[string]any{"step": step, "split": "train", "epoch": epoch, "lr": lr, "loss": sumLoss / float64(k), "grad_norm": res.GradNorm}
+		for name, v := range sumMetrics {
+			rec[name] = v / float64(k)
+		}
+		if err := l.writeRecord(rec); err != nil {
+			return sum, err
+		}
+		sum.TrainLoss = sumLoss / float64(k)
+		last := step == total
+		if l.cfg.Eval != nil && l.cfg.Eval.Len() > 0 && ((l.cfg.EvalEvery > 0 && step%l.cfg.EvalEvery == 0) || last) {
+			if err := l.evaluate(step); err != nil {
+				return sum, err
+			}
+		}
+		elapsed := time.Since(start)
+		bar.update(step, sum.TrainLoss, float64(tokens)/elapsed.Seconds(), elapsed)
+		cancelled := ctx.Err() != nil
+		if last || cancelled || (l.cfg.CheckpointEvery > 0 && step%l.cfg.CheckpointEvery == 0) {
+			if err := l.checkpoint(checkpointState{Step: step, Epoch: epoch, Index: index}); err != nil {
+				return sum, err
+			}
+		}
+		if cancelled && !last {
+			bar.done()
+			return l.finish(sum, step, startStep, tokens, start), fmt.Errorf("trainer: interrupted after step %d (checkpoint saved; rerun with --resume): %w", step, ctx.Err())
+		}
+	}
+	bar.done()
+	sum = l.finish(sum, step, startStep, tokens, start)
+	if l.cfg.SaveModel != nil {
+		sum.ModelDir = filepath.Join(l.cfg.Dir, "model")
+		if err := l.cfg.SaveModel(sum.ModelDir); err != nil {
+			return sum, fmt.Errorf("trainer: saving the final model: %w", err)
+		}
+	}
+	if l.cfg.Plot != nil {
+		if err := l.cfg.Plot(metricsPath, l.cfg.Dir); err != nil {
+			return sum, fmt.Errorf("trainer: plots: %w", err)
+		}
+	}
+	return sum, nil
+}
+
+func (l *Loop) finish(sum Summary, step, startStep, tokens int, start time.Time) Summary {
+	sum.Steps = step
+	sum.Elapsed = time.Since(start)
+	if step > startStep {
+		sum.TokensPerS = float64(tokens) / sum.Elapsed.Seconds()
+	}
+	sum.Eval = l.lastEv
+	return sum
+}
+
+// Evaluate runs the Stepper's Eval over every batch of src and returns the weighted
+// means of the loss ("loss") and of each metric.
+func Evaluate(s *Stepper, src Source) (map[string]float64, error) {
+	out := map[string]float64{}
+	var wsum float64
+	for i := 0; i < src.Len(); i++ {
+		b, err := src.Batch(0, i)
+		if err != nil {
+			return nil, fmt.Errorf("held-out batch %d: %w", i, err)
+		}
+		r, err := s.Eval(b.Inputs...)
+		if err != nil {
+			return nil, fmt.Errorf("held-out batch %d: %w", i, err)
+		}
+		w := b.Weight
+		if w == 0 {
+			w = 1
+		}
+		wsum += w
+		out["loss"] += w * r.Loss
+		for name, v := range r.Metrics {
+			out[name] += w * v
+		}
+	}
+	for name := range out {
+		out[name] /= wsum
+	}
+	return out, nil
+}
+
+func (l *Loop) evaluate(step int) error {
+	ev, err := Evaluate(l.cfg.Stepper, l.cfg.Eval)
+	if err != nil {
+		return fmt.Errorf("trainer: step %d: %w", step, err)
+	}
+	if bad := nonFinite(ev["loss"], ev); bad != "" {
+		return fmt.Errorf("trainer: step %d: held-out %s is %v (training stopped; the last good checkpoint is in %s)",
+			step, bad, ev[bad], l.ckptRoot())
+	}
+	l.lastEv = ev
+	rec := map[string]any{"step": step, "split": "eval"}
+	for k, v := range ev {
+		rec[k] = v
+	}
+	return l.writeRecord(rec)
+}
+
+func (l *Loop) writeRecord(rec map[string]any) error {
+	b, err := json.Marshal(rec) // map keys are sorted: the line is deterministic
+	if err != nil {
+		return fmt.Errorf("trainer: metrics: %w", err)
+	}
+	if _, err := l.metrics.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("trainer: metrics: %w", err)
+	}
+	return nil
+}
+
+// checkpoint writes checkpoints/step-NNNNNNNN atomically: everything goes to a
+// temporary directory that is renamed into place, then LATEST is updated; older
+// checkpoints beyond KeepCheckpoints are removed afterwards.
+func (l *Loop) checkpoint(st checkpointState) error {
+	if err := l.metrics.Sync(); err != nil {
+		return fmt.Errorf("trainer: checkpoint: %w", err)
+	}
+	off, err := l.metrics.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return fmt.Errorf("trainer: checkpoint: %w", err)
+	}
+	st.MetricsOffset = off
+	if l.cfg.Meta != nil {
+		if st.Meta, err = json.Marshal(l.cfg.Meta); err != nil {
+			return fmt.Errorf("trainer: checkpoint meta: %w", err)
+		}
+	}
+	root := l.ckptRoot()
+	name := fmt.Sprintf("step-%08d", st.Step)
+	tmp, err := os.MkdirTemp(root, ".tmp-"+name+"-")
+	if err != nil {
+		return fmt.Errorf("trainer: checkpoint: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := SaveState(l.cfg.Stepper.Context(), filepath.Join(tmp, "state.bin")); err != nil {
+		return fmt.Errorf("trainer: checkpoint step %d: %w", st.Step, err)
+	}
+	js, _ := json.MarshalIndent(st, "", "  ")
+	if err := WriteFileAtomic(filepath.Join(tmp, "state.json"), js); err != nil {
+		return fmt.Errorf("trainer: checkpoint step %d: %w", st.Step, err)
+	}
+	final := filepath.Join(root, name)
+	os.RemoveAll(final)
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("trainer: checkpoint step %d: %w", st.Step, err)
+	}
+	if err := WriteFileAtomic(filepath.Join(root, "LATEST"), []byte(name+"\n")); err != nil {
+		return fmt.Errorf("trainer: checkpoint step %d: %w", st.Step, err)
+	}
+	return pruneCheckpoints(root, l.cfg.KeepCheckpoints)
+}
+
+func pruneCheckpoints(root string, keep int) error {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("trainer: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "step-") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	for i := 0; i+keep < len(names); i++ {
+		os.RemoveAll(filepath.Join(root, names[i]))
+	}
+	return nil
+}
+
+// LatestCheckpoint returns the newest complete checkpoint dir under root (the one
+// LATEST names, else the newest step-* with a state.json), and whether one exists.
+func LatestCheckpoint(root string) (string, bool, error) {
+	if b, err := os.ReadFile(filepath.Join(root, "LATEST")); err == nil {
+		dir := filepath.Join(root, strings.TrimSpace(string(b)))
+		if _, err := os.Stat(filepath.Join(dir, "state.json")); err == nil {
+			return dir, true, nil
+		}
+	}
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("trainer: %w", err)
+	}
+	for i := len(ents) - 1; i >= 0; i-- {
+		e := ents[i]
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "step-") {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		if _, err := os.Stat(filepath.Join(dir, "state.json")); err == nil {
+			return dir, true, nil
+		}
+	}
+	return "", false, nil
+}
+
+func (l *Loop) restore(dir string) (checkpointState, error) {
+	var st checkpointState
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		return st, fmt.Errorf("trainer: resume: %w", err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("trainer: resume: %s: %w", filepath.Join(dir, "state.json"), err)
+	}
+	if err := LoadState(l.cfg.Stepper.Context(), filepath.Join(dir, "state.bin")); err != nil {
+		return st, fmt.Errorf("trainer: resume: %w", err)
+	}
+	return st, nil
+}
+
+func nonFinite(loss float64, metrics map[string]float64) string {
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return "loss"
+	}
+	names := make([]string, 0, len(metrics))
+	for k := range metrics {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if v := metrics[k]; math.IsNaN(v) || math.IsInf(v, 0) {
+			return k
+		}
+	}
+	return ""
+}
+
+func badValue(r Result, name string) float64 {
+	if name == "loss" {
+		return r.Loss
+	}
+	return r.Metrics[name]
+}

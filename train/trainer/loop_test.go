@@ -1,0 +1,155 @@
+package trainer
+
+import (
+	"bytes"
+	stdctx "context"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// linSource is a deterministic regression data set shuffled per epoch.
+type linSource struct {
+	x       [][]float32
+	y       []float32
+	bs      int
+	seed    uint64
+	nanAt   int // poison this batch index of epoch 0 with NaN (-1: never)
+	onBatch func(epoch, index int)
+}
+
+func newLinSource(n, bs int, seed uint64) *linSource {
+	r := rand.New(rand.NewPCG(seed, 7))
+	s := &linSource{bs: bs, seed: seed, nanAt: -1}
+	for i := 0; i < n; i++ {
+		x := []float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())}
+		s.x = append(s.x, x)
+		s.y = append(s.y, 2*x[0]-x[1]+0.5*x[2]+1+float32(0.1*r.NormFloat64()))
+	}
+	return s
+}
+
+func (s *linSource) Len() int { return len(s.y) / s.bs }
+
+func (s *linSource) Batch(epoch, index int) (Batch, error) {
+	if s.onBatch != nil {
+		s.onBatch(epoch, index)
+	}
+	perm := rand.New(rand.NewPCG(s.seed, uint64(epoch))).Perm(len(s.y))
+	var x [][]float32
+	var y []float32
+	for _, i := range perm[index*s.bs : (index+1)*s.bs] {
+		x = append(x, s.x[i])
+		y = append(y, s.y[i])
+	}
+	if epoch == 0 && index == s.nanAt {
+		y[0] = float32(math.NaN())
+	}
+	return Batch{Inputs: []any{x, y}, Tokens: s.bs}, nil
+}
+
+func runLinLoop(t *testing.T, dir string, resume bool, acc int, src *linSource, ctx stdctx.Context, ckptEvery int) (Summary, error) {
+	t.Helper()
+	mctx := newLinearCtx([]float32{0, 0, 0}, 0)
+	s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, WeightDecay: 0.01, Accumulation: acc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLoop(LoopConfig{Stepper: s, Train: src, Eval: newLinSource(32, 8, 99), Epochs: 3,
+		LR: mustSchedule(t, "cosine", 0.3, 0.1, 3*src.Len()/acc), EvalEvery: 4, CheckpointEvery: ckptEvery, Dir: dir, Resume: resume,
+		SaveModel: func(d string) error { return SaveState(mctx, d+".bin") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Run(ctx)
+}
+
+func mustSchedule(t *testing.T, kind string, lr, warm float64, total int) Schedule {
+	s, err := NewSchedule(kind, lr, warm, total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestLoopResumeIsExact(t *testing.T) {
+	for _, acc := range []int{1, 2} {
+		ref := t.TempDir()
+		sum, err := runLinLoop(t, ref, false, acc, newLinSource(96, 8, 1), stdctx.Background(), 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum.Eval["loss"] > 0.5 {
+			t.Fatalf("held-out loss %g: the regression did not train", sum.Eval["loss"])
+		}
+		want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
+
+		// Interrupt (cancellation) in the middle, then resume.
+		dir := t.TempDir()
+		c, cancel := stdctx.WithCancel(stdctx.Background())
+		src := newLinSource(96, 8, 1)
+		src.onBatch = func(e, i int) {
+			if e == 1 && i == 3 {
+				cancel()
+			}
+		}
+		if _, err := runLinLoop(t, dir, false, acc, src, c, 5); !errors.Is(err, stdctx.Canceled) {
+			t.Fatalf("want a cancellation error, got %v", err)
+		}
+		// Add garbage after the checkpoint, as a killed process would leave.
+		f, _ := os.OpenFile(filepath.Join(dir, "metrics.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+		f.WriteString(`{"step":999}` + "\n")
+		f.Close()
+		if _, err := runLinLoop(t, dir, true, acc, newLinSource(96, 8, 1), stdctx.Background(), 5); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(filepath.Join(dir, "metrics.jsonl"))
+		if !bytes.Equal(got, want) {
+			t.Fatalf("acc %d: resumed metrics differ:\n%s\nwant:\n%s", acc, got, want)
+		}
+	}
+}
+
+func TestLoopStopsOnNaN(t *testing.T) {
+	dir := t.TempDir()
+	src := newLinSource(96, 8, 1)
+	src.nanAt = 7
+	_, err := runLinLoop(t, dir, false, 1, src, stdctx.Background(), 3)
+	if err == nil || !strings.Contains(err.Error(), "step 8: loss is NaN") {
+		t.Fatalf("want an error naming step 8 and the loss, got %v", err)
+	}
+	ck, ok, err := LatestCheckpoint(filepath.Join(dir, "checkpoints"))
+	if err != nil || !ok || filepath.Base(ck) != "step-00000006" {
+		t.Fatalf("latest checkpoint %q %v %v, want step-00000006", ck, ok, err)
+	}
+	if err := LoadState(newLinearCtx([]float32{0, 0, 0}, 0), filepath.Join(ck, "state.bin")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestScheduleAndLoopConfigErrors(t *testing.T) {
+	s := mustSchedule(t, "cosine", 1, 0.1, 100)
+	for _, c := range []struct {
+		step int
+		want float64
+	}{{0, 0}, {5, 0.5}, {10, 1}, {55, 0.5}, {100, 0}} {
+		if got := s(c.step); math.Abs(got-c.want) > 1e-12 {
+			t.Errorf("cosine(%d) = %g, want %g", c.step, got, c.want)
+		}
+	}
+	for _, bad := range []struct {
+		kind     string
+		lr, warm float64
+	}{{"cosine", 0, 0}, {"cosine", 1, 1}, {"linear-ish", 1, 0}, {"constant", math.NaN(), 0}} {
+		if _, err := NewSchedule(bad.kind, bad.lr, bad.warm, 10); err == nil {
+			t.Errorf("NewSchedule(%v) accepted", bad)
+		}
+	}
+	if _, err := NewLoop(LoopConfig{}); err == nil {
+		t.Error("empty LoopConfig accepted")
+	}
+}
