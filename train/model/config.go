@@ -34,7 +34,7 @@ type Config struct {
 	// attention_bias also gives o_proj one, see OBias).
 	AttentionBias bool
 	// OBias: o_proj has a bias (LLaMA attention_bias=true; never Qwen2).
-	OBias bool
+	OBias         bool
 	BOS, EOS, Pad int32
 	// ScoreDim is the score head's width (1 for Safe-RLHF score models; 0: no
 	// score head).
