@@ -1,0 +1,44 @@
+package ppo
+
+// Nets runs the six networks of the loop (spec §1.1): the trained actor, the frozen reference
+// actor, the frozen reward and cost models, and the trained reward and cost critics. The loop in
+// trainer.go is written against this interface only; GoMLX implements it (GraphNets), and tests
+// use small fakes.
+type Nets interface {
+	// Generate samples a response for every prompt (left padded by the implementation) with the
+	// actor and returns seq and attention mask (spec §1.2 steps 1–2). seed fixes the sampling.
+	Generate(prompts [][]int32, seed uint64) (*Rollout, error)
+	// Score fills r's log-probs, reference log-probs, end scores and critic values (spec §1.2 step 3),
+	// with no gradients. Cost and CostValues are left nil when the model is absent.
+	Score(r *Rollout) error
+	// UpdateActor runs one clipped-surrogate step on the micro-batch (spec §1.5): adv is the
+	// advantage to maximise at full width L (zero before start), mask the response mask. When ptx is
+	// non-nil the step minimises ½(actor loss + ptxCoeff·PTX loss) (spec §1.9's doubled accumulation).
+	UpdateActor(lr float64, r *Rollout, adv, mask []float32, clipRatio float64, ptx *PTXBatch, ptxCoeff float64) (ActorStats, error)
+	// UpdateCritic runs one clipped value-loss step (spec §1.6) of the reward critic (cost=false) or
+	// the cost critic (cost=true) toward returns (width L) under mask.
+	UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32, clipValue float64) (float64, error)
+	// SaveState and LoadState write/read every variable (weights and optimizer state) bit for bit.
+	SaveState(path string) error
+	LoadState(path string) error
+	// SavePolicy writes the actor as a model directory (HF safetensors + config.json).
+	SavePolicy(dir string) error
+}
+
+// PTXBatch is a supervised micro-batch for PTX mixing: ids, attention mask and labels (−100 on
+// prompt tokens), all [B*T].
+type PTXBatch struct {
+	B, T   int
+	IDs    []int32
+	Mask   []float32
+	Labels []int32
+}
+
+// ActorStats is what one actor step reports.
+type ActorStats struct {
+	Loss     float64 // clipped surrogate loss (without PTX)
+	PTXLoss  float64
+	ClipFrac float64 // fraction of response tokens where the ratio was clipped
+	ApproxKL float64 // masked mean of ½(logπ−logπ_old)²
+	GradNorm float64
+}

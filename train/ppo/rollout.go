@@ -1,0 +1,106 @@
+package ppo
+
+import "fmt"
+
+// Rollout is one micro-batch of generated sequences and everything post_rollout computes from it
+// (spec §1.2), row-major with explicit sizes. Per-token slices have width L = T−1; entry t refers to
+// predicting token t+1.
+type Rollout struct {
+	B, T, S int       // rows, sequence width, prompt width after left padding (start = S−1)
+	Seq     []int32   // [B*T] prompt (left padded) then response (right padded)
+	Mask    []float32 // [B*T] attention mask: seq ≠ pad ∧ seq ≠ unk
+
+	LogProbs     []float32 // [B*L] actor log π_old(seq[t+1])
+	RefLogProbs  []float32 // [B*L] reference log π_ref(seq[t+1])
+	Reward       []float32 // [B] reward model end scores
+	Cost         []float32 // [B] cost model end scores (nil for PPO)
+	RewardValues []float32 // [B*L] reward critic V_t
+	CostValues   []float32 // [B*L] cost critic V_t (nil without a cost critic)
+}
+
+// L is the per-token width T−1.
+func (r *Rollout) L() int { return r.T - 1 }
+
+// Start is the first per-token index that belongs to the response (spec: start = S−1).
+func (r *Rollout) Start() int { return r.S - 1 }
+
+// SequenceMask returns attention_mask[:, 1:] as [B*L].
+func (r *Rollout) SequenceMask() []float32 {
+	L := r.L()
+	m := make([]float32, r.B*L)
+	for i := 0; i < r.B; i++ {
+		copy(m[i*L:(i+1)*L], r.Mask[i*r.T+1:(i+1)*r.T])
+	}
+	return m
+}
+
+// ResponseMask returns sequence_mask with the prompt positions t < start zeroed: the mask under which
+// the reference's [:, start:] slices are averaged, kept at full width L so graphs need no slicing.
+func (r *Rollout) ResponseMask() []float32 {
+	m := r.SequenceMask()
+	L, start := r.L(), r.Start()
+	for i := 0; i < r.B; i++ {
+		for t := 0; t < start; t++ {
+			m[i*L+t] = 0
+		}
+	}
+	return m
+}
+
+// ResponseLengths returns the number of generated tokens of each row (sequence_mask ones at t ≥ start).
+func (r *Rollout) ResponseLengths() []int {
+	out := make([]int, r.B)
+	for i := 0; i < r.B; i++ {
+		for t := r.S; t < r.T; t++ {
+			if r.Mask[i*r.T+t] != 0 {
+				out[i]++
+			}
+		}
+	}
+	return out
+}
+
+// check validates sizes of the filled fields.
+func (r *Rollout) check(withCost, withCostCritic bool) error {
+	L := r.L()
+	if r.B <= 0 || r.T < 2 || r.S < 1 || r.S >= r.T {
+		return fmt.Errorf("rollout: bad sizes B=%d T=%d S=%d", r.B, r.T, r.S)
+	}
+	want := map[string][2]int{
+		"seq": {len(r.Seq), r.B * r.T}, "mask": {len(r.Mask), r.B * r.T},
+		"log_probs": {len(r.LogProbs), r.B * L}, "ref_log_probs": {len(r.RefLogProbs), r.B * L},
+		"reward": {len(r.Reward), r.B}, "reward_values": {len(r.RewardValues), r.B * L},
+	}
+	if withCost {
+		want["cost"] = [2]int{len(r.Cost), r.B}
+	}
+	if withCostCritic {
+		want["cost_values"] = [2]int{len(r.CostValues), r.B * L}
+	}
+	for k, v := range want {
+		if v[0] != v[1] {
+			return fmt.Errorf("rollout: %s has %d entries, want %d (B=%d T=%d)", k, v[0], v[1], r.B, r.T)
+		}
+	}
+	return nil
+}
+
+// concat joins rollouts of the same T and S row-wise (used to split/merge micro-batches).
+func concat(rs []*Rollout) *Rollout {
+	if len(rs) == 1 {
+		return rs[0]
+	}
+	out := &Rollout{T: rs[0].T, S: rs[0].S}
+	for _, r := range rs {
+		out.B += r.B
+		out.Seq = append(out.Seq, r.Seq...)
+		out.Mask = append(out.Mask, r.Mask...)
+		out.LogProbs = append(out.LogProbs, r.LogProbs...)
+		out.RefLogProbs = append(out.RefLogProbs, r.RefLogProbs...)
+		out.Reward = append(out.Reward, r.Reward...)
+		out.Cost = append(out.Cost, r.Cost...)
+		out.RewardValues = append(out.RewardValues, r.RewardValues...)
+		out.CostValues = append(out.CostValues, r.CostValues...)
+	}
+	return out
+}

@@ -1,0 +1,257 @@
+package ppo
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// fakeNets is a tiny stand-in for the six networks: its "weights" are a few float64s that every
+// update changes and every generation reads, so a resume that lost any state would diverge.
+type fakeNets struct {
+	w       [3]float64 // actor, reward critic, cost critic
+	harmful float64    // probability the fake actor emits the "harmful" token 7
+}
+
+func (f *fakeNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	S, G := 0, 6
+	for _, p := range prompts {
+		S = max(S, len(p))
+	}
+	B, T := len(prompts), S+G
+	r := &Rollout{B: B, T: T, S: S, Seq: make([]int32, B*T), Mask: make([]float32, B*T)}
+	for i, p := range prompts {
+		for k, id := range p {
+			r.Seq[i*T+S-len(p)+k] = id
+			r.Mask[i*T+S-len(p)+k] = 1
+		}
+		n := 1 + rng.IntN(G)
+		for k := 0; k < n; k++ {
+			tok := int32(1 + rng.IntN(5))
+			if rng.Float64() < f.harmful {
+				tok = 7
+			}
+			r.Seq[i*T+S+k], r.Mask[i*T+S+k] = tok, 1
+		}
+	}
+	return r, nil
+}
+
+func (f *fakeNets) Score(r *Rollout) error {
+	L := r.L()
+	r.LogProbs, r.RefLogProbs = make([]float32, r.B*L), make([]float32, r.B*L)
+	r.RewardValues, r.CostValues = make([]float32, r.B*L), make([]float32, r.B*L)
+	r.Reward, r.Cost = make([]float32, r.B), make([]float32, r.B)
+	for i := 0; i < r.B; i++ {
+		harm := 0
+		for t := 0; t < L; t++ {
+			tok := r.Seq[i*r.T+t+1]
+			r.LogProbs[i*L+t] = -1 - float32(f.w[0])*float32(tok%3)
+			r.RefLogProbs[i*L+t] = -1
+			r.RewardValues[i*L+t] = float32(f.w[1])
+			r.CostValues[i*L+t] = float32(f.w[2])
+			if tok == 7 {
+				harm++
+			}
+		}
+		r.Reward[i] = float32(r.ResponseLengths()[i]) / 6
+		r.Cost[i] = float32(harm) - 0.5
+	}
+	return nil
+}
+
+func (f *fakeNets) UpdateActor(lr float64, r *Rollout, adv, mask []float32, clip float64, ptx *PTXBatch, c float64) (ActorStats, error) {
+	s := 0.0
+	for i := range adv {
+		s += float64(adv[i] * mask[i])
+	}
+	f.w[0] += lr * s
+	// The fake policy becomes less harmful when the cost advantage pushes it.
+	f.harmful = math.Max(0, math.Min(0.9, f.harmful+lr*s))
+	return ActorStats{Loss: -s / float64(r.B), ClipFrac: 0.1}, nil
+}
+
+func (f *fakeNets) UpdateCritic(cost bool, lr float64, r *Rollout, ret, mask []float32, clip float64) (float64, error) {
+	k := 1
+	if cost {
+		k = 2
+	}
+	l := 0.0
+	for i := range ret {
+		d := float64(ret[i]) - f.w[k]
+		l += 0.5 * d * d * float64(mask[i])
+		f.w[k] += lr * d * float64(mask[i])
+	}
+	return l, nil
+}
+
+func (f *fakeNets) SaveState(path string) error {
+	var b bytes.Buffer
+	_ = binary.Write(&b, binary.LittleEndian, f.w)
+	_ = binary.Write(&b, binary.LittleEndian, f.harmful)
+	return os.WriteFile(path, b.Bytes(), 0o644)
+}
+
+func (f *fakeNets) LoadState(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	rd := bytes.NewReader(b)
+	if err := binary.Read(rd, binary.LittleEndian, &f.w); err != nil {
+		return err
+	}
+	return binary.Read(rd, binary.LittleEndian, &f.harmful)
+}
+
+func (f *fakeNets) SavePolicy(dir string) error { return nil }
+
+func testPrompts(t *testing.T, n int) *PromptSet {
+	var ps [][]int32
+	for i := 0; i < n; i++ {
+		p := []int32{1}
+		for k := 0; k < 1+i%4; k++ {
+			p = append(p, int32(2+(i+k)%5))
+		}
+		ps = append(ps, p)
+	}
+	s, err := NewPromptSet(ps, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func fakeConfig(alg Algorithm) Config {
+	cfg := DefaultConfig(alg)
+	cfg.PromptBatchSize, cfg.TrainBatchSize, cfg.UpdateIters, cfg.Epochs = 8, 4, 2, 3
+	cfg.ActorLR, cfg.CriticLR, cfg.WarmupRatio = 0.01, 0.05, 0.1
+	cfg.MaxNewTokens = 6
+	return cfg
+}
+
+func runFake(t *testing.T, cfg Config, out string, opt Options, nets *fakeNets) *Trainer {
+	t.Helper()
+	opt.OutDir = out
+	tr, err := NewTrainer(cfg, opt, nets, testPrompts(t, 20), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// TestResumeExact interrupts a run after each possible step, resumes it in a fresh process state
+// (new nets, new trainer) and requires metrics.jsonl identical to an uninterrupted run.
+func TestResumeExact(t *testing.T) {
+	for _, alg := range []Algorithm{PPOLag, PPOLagPID, Fixed, PPO} {
+		cfg := fakeConfig(alg)
+		ref := filepath.Join(t.TempDir(), "ref")
+		tr := runFake(t, cfg, ref, Options{CheckpointEvery: 2}, &fakeNets{harmful: 0.5})
+		want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
+		if n := bytes.Count(want, []byte("\n")); n != tr.TotalSteps() || n < 4 {
+			t.Fatalf("%s: %d metric lines, want %d (≥ 4)", alg, n, tr.TotalSteps())
+		}
+		for stop := 1; stop < tr.TotalSteps(); stop += 2 {
+			out := filepath.Join(t.TempDir(), fmt.Sprint("stop", stop))
+			runFake(t, cfg, out, Options{CheckpointEvery: 2, StopAfter: stop}, &fakeNets{harmful: 0.5})
+			// A resumed process starts from scratch: fresh nets whose state must come from the checkpoint.
+			runFake(t, cfg, out, Options{CheckpointEvery: 2, Resume: true}, &fakeNets{harmful: 0.5})
+			got, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+			if !bytes.Equal(got, want) {
+				t.Fatalf("%s stop after %d: resumed metrics differ\n got %s\nwant %s", alg, stop, got, want)
+			}
+		}
+	}
+}
+
+// TestLambdaRisesWithCost: with J_c > d the multiplier grows (bounded by λ_max), and with the
+// threshold above every cost it shrinks.
+func TestLambdaRisesWithCost(t *testing.T) {
+	for _, tc := range []struct {
+		threshold float64
+		up        bool
+	}{{-1, true}, {10, false}} {
+		cfg := fakeConfig(PPOLag)
+		cfg.Threshold = tc.threshold
+		tr := runFake(t, cfg, t.TempDir(), Options{}, &fakeNets{harmful: 0.5})
+		h := tr.History()
+		first, last := cfg.LambdaInit, h[len(h)-1].Lambda
+		if tc.up && !(last > first) || !tc.up && !(last < first) {
+			t.Errorf("threshold %g: λ %g -> %g", tc.threshold, first, last)
+		}
+		for _, m := range h {
+			if m.Lambda > cfg.LambdaMax+1e-12 {
+				t.Errorf("λ = %g above λ_max %g", m.Lambda, cfg.LambdaMax)
+			}
+		}
+	}
+}
+
+// TestNaNGuard: a non-finite loss stops the run with an error naming the quantity, and the last
+// checkpoint stays loadable.
+func TestNaNGuard(t *testing.T) {
+	out := t.TempDir()
+	cfg := fakeConfig(PPOLag)
+	nets := &nanNets{fakeNets: fakeNets{harmful: 0.5}, after: 10}
+	tr, err := NewTrainer(cfg, Options{OutDir: out, CheckpointEvery: 1}, nets, testPrompts(t, 20), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	err = tr.Run(context.Background())
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("non-finite actor_loss")) {
+		t.Fatalf("want a non-finite actor_loss error, got %v", err)
+	}
+	dir, err := LatestCheckpoint(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state.json")); err != nil {
+		t.Fatalf("last good checkpoint: %v", err)
+	}
+}
+
+type nanNets struct {
+	fakeNets
+	after, n int
+}
+
+func (f *nanNets) UpdateActor(lr float64, r *Rollout, adv, mask []float32, clip float64, ptx *PTXBatch, c float64) (ActorStats, error) {
+	s, err := f.fakeNets.UpdateActor(lr, r, adv, mask, clip, ptx, c)
+	f.n++
+	if f.n > f.after {
+		s.Loss = math.NaN()
+	}
+	return s, err
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		ok   bool
+	}{
+		{"default", func(*Config) {}, true},
+		{"bad algorithm", func(c *Config) { c.Algorithm = "x" }, false},
+		{"indivisible", func(c *Config) { c.PromptBatchSize, c.TrainBatchSize = 6, 4 }, false},
+		{"zero lambda", func(c *Config) { c.LambdaInit = 0 }, false},
+		{"top_p", func(c *Config) { c.TopP = 1.5 }, false},
+	} {
+		c := DefaultConfig(PPOLag)
+		tc.mod(&c)
+		if err := c.Validate(); (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v", tc.name, err)
+		}
+	}
+}
