@@ -7,8 +7,8 @@
 // scopes), DeepSpeed-style global-norm clipping (default 1.0) and the PyTorch AdamW
 // update (betas 0.9/0.95, eps 1e-8, decoupled weight decay skipped for biases and
 // norms; spec §1.10). It returns the loss and the named scalar metrics to the host.
-// The learning rate is an input fed per step, so any schedule (see Schedule) costs
-// nothing. With Accumulation = K > 1 each Step is a micro-batch whose gradient/K is
+// The optimizer is train/optim's AdamW. The learning rate is an input fed per step,
+// so any schedule (optim.Schedule.LR) costs nothing. With Accumulation = K > 1 each Step is a micro-batch whose gradient/K is
 // added to accumulators; the K-th call also applies the update.
 //
 //	s, err := trainer.NewStepper(backend, ctx, trainer.Config{

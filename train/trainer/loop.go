@@ -34,7 +34,7 @@ type Source interface {
 	Batch(epoch, index int) (Batch, error)
 }
 
-// Schedule gives the learning rate of optimizer step (from 0).
+// Schedule gives the learning rate of the update after step completed updates (optim.Schedule.LR fits).
 type Schedule func(step int) float64
 
 // LoopConfig configures a Loop.

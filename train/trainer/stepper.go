@@ -13,6 +13,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/saferlhf/saferlhf/train/optim"
 )
 
 // LossFn builds, inside a GoMLX graph, the scalar loss to minimise and any named
@@ -74,7 +75,7 @@ type Stepper struct {
 	metricNames []string
 	micro       int // micro-steps done in the current accumulation cycle
 	trained     []*context.Variable
-	stepVar     *context.Variable
+	opt         *optim.AdamW
 }
 
 // NewStepper returns a Stepper for cfg on the variables of ctx. ctx must already hold
@@ -102,7 +103,7 @@ func NewStepper(backend backends.Backend, ctx *context.Context, cfg Config) (*St
 		cfg.Accumulation = 1
 	}
 	if cfg.NoDecay == nil {
-		cfg.NoDecay = DefaultNoDecay
+		cfg.NoDecay = optim.DefaultNoDecay
 	}
 	if cfg.OptimScope == "" {
 		cfg.OptimScope = "/optim" + cfg.Scope
@@ -113,8 +114,13 @@ func NewStepper(backend backends.Backend, ctx *context.Context, cfg Config) (*St
 	if cfg.WeightDecay < 0 {
 		return nil, fmt.Errorf("trainer: weight decay %g must be >= 0", cfg.WeightDecay)
 	}
-	s := &Stepper{backend: backend, ctx: ctx, cfg: cfg}
-	var err error
+	opt, err := optim.NewAdamW(optim.AdamWConfig{Beta1: cfg.Beta1, Beta2: cfg.Beta2, Epsilon: cfg.Epsilon,
+		WeightDecay: cfg.WeightDecay, NoDecay: cfg.NoDecay, ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation,
+		StateScope: cfg.OptimScope})
+	if err != nil {
+		return nil, fmt.Errorf("trainer: %w", err)
+	}
+	s := &Stepper{backend: backend, ctx: ctx, cfg: cfg, opt: opt}
 	if cfg.Accumulation == 1 {
 		s.trainExec, err = context.NewExec(backend, ctx, s.fusedGraph)
 	} else {
@@ -130,13 +136,6 @@ func NewStepper(backend backends.Backend, ctx *context.Context, cfg Config) (*St
 		return nil, fmt.Errorf("trainer: %w", err)
 	}
 	return s, nil
-}
-
-// DefaultNoDecay exempts biases and normalisation weights from weight decay, as the
-// reference does for names containing "bias" or "LayerNorm.weight" (spec §1.10).
-func DefaultNoDecay(path string) bool {
-	p := strings.ToLower(path)
-	return strings.Contains(p, "bias") || strings.Contains(p, "norm")
 }
 
 // Config returns the Stepper's configuration with defaults filled in.
@@ -208,11 +207,7 @@ func (s *Stepper) OptimizerStep() int64 {
 }
 
 func (s *Stepper) optimizerStepLocked() int64 {
-	v := s.ctx.GetVariableByScopeAndName(s.cfg.OptimScope, "step")
-	if v == nil || !v.HasValue() {
-		return 0
-	}
-	return int64(scalar(v.MustValue()))
+	return int64(s.opt.Step(s.ctx))
 }
 
 // TrainedVariables returns the variables the Stepper updates (known after the first step).
@@ -266,24 +261,8 @@ func toF32Scalar(x *graph.Node) *graph.Node {
 
 // trainable returns the variables used by graph g that the Stepper updates, in a stable order.
 func (s *Stepper) trainable(g *graph.Graph) []*context.Variable {
-	var vars []*context.Variable
 	prefix := s.cfg.Scope
-	for v := range s.ctx.IterVariables() {
-		if !v.Trainable || !v.InUseByGraph(g) || !inScope(v.Scope(), prefix) {
-			continue
-		}
-		frozen := false
-		for _, f := range s.cfg.Frozen {
-			if inScope(v.Scope(), f) {
-				frozen = true
-				break
-			}
-		}
-		if !frozen {
-			vars = append(vars, v)
-		}
-	}
-	sort.Slice(vars, func(i, j int) bool { return vars[i].ScopeAndName() < vars[j].ScopeAndName() })
+	vars := optim.TrainableVariables(s.ctx, g, prefix, s.cfg.Frozen...)
 	if len(vars) == 0 {
 		panic(fmt.Errorf("trainer: the loss uses no trainable variable under scope %q", prefix))
 	}
@@ -291,41 +270,20 @@ func (s *Stepper) trainable(g *graph.Graph) []*context.Variable {
 	return vars
 }
 
-func inScope(scope, prefix string) bool {
-	prefix = strings.TrimSuffix(prefix, context.ScopeSeparator)
-	return scope == prefix || strings.HasPrefix(scope, prefix+context.ScopeSeparator) || prefix == ""
-}
-
 // fusedGraph: inputs[0] = learning rate; outputs: grad norm, optimizer step, loss, metrics...
 func (s *Stepper) fusedGraph(ctx *context.Context, inputs []*graph.Node) []*graph.Node {
 	lr, batch := inputs[0], inputs[1:]
 	outs := s.lossAndMetrics(ctx, batch)
 	g := lr.Graph()
-	vars := s.trainable(g)
-	nodes := make([]*graph.Node, len(vars))
-	for i, v := range vars {
-		nodes[i] = v.ValueGraph(g)
-	}
-	grads := graph.Gradient(outs[0], nodes...)
-	norm, step := s.update(ctx, g, lr, vars, grads)
+	norm, step := s.opt.Update(ctx, lr, outs[0], s.trainable(g))
 	return append([]*graph.Node{norm, step}, outs...)
 }
 
 // accumulateGraph adds grad/Accumulation to per-variable accumulators.
 func (s *Stepper) accumulateGraph(ctx *context.Context, batch []*graph.Node) []*graph.Node {
 	outs := s.lossAndMetrics(ctx, batch)
-	g := outs[0].Graph()
-	vars := s.trainable(g)
-	nodes := make([]*graph.Node, len(vars))
-	for i, v := range vars {
-		nodes[i] = v.ValueGraph(g)
-	}
-	grads := graph.Gradient(outs[0], nodes...)
-	inv := 1 / float64(s.cfg.Accumulation)
-	for i, v := range vars {
-		acc := s.stateVar(ctx, v, "_accum")
-		acc.SetValueGraph(graph.Add(acc.ValueGraph(g), graph.MulScalar(grads[i], inv)))
-	}
+	vars := s.trainable(outs[0].Graph())
+	s.opt.Accumulate(ctx, vars, optim.Gradients(outs[0], vars))
 	return outs
 }
 
@@ -335,79 +293,15 @@ func (s *Stepper) applyGraph(ctx *context.Context, lr *graph.Node) []*graph.Node
 	if s.trained == nil {
 		panic(fmt.Errorf("trainer: apply before any accumulation step"))
 	}
-	vars := s.trained
-	grads := make([]*graph.Node, len(vars))
-	for i, v := range vars {
-		acc := s.stateVar(ctx, v, "_accum")
-		grads[i] = acc.ValueGraph(g)
-		acc.SetValueGraph(graph.ZerosLike(grads[i]))
-		v.ValueGraph(g) // mark in use
+	for _, v := range s.trained {
+		v.ValueGraph(g) // parameters of this graph
 	}
-	norm, step := s.update(ctx, g, lr, vars, grads)
+	norm, step := s.opt.ApplyAccumulated(ctx, lr, s.trained)
 	return []*graph.Node{norm, step}
 }
 
 func (s *Stepper) evalGraph(ctx *context.Context, batch []*graph.Node) []*graph.Node {
 	return s.lossAndMetrics(ctx, batch)
-}
-
-// stateVar returns (creating with zeros) the optimizer-state variable for v with the given suffix.
-func (s *Stepper) stateVar(ctx *context.Context, v *context.Variable, suffix string) *context.Variable {
-	sc := ctx.Checked(false).InAbsPath(s.cfg.OptimScope + v.Scope())
-	sv := sc.GetVariableByScopeAndName(sc.Scope(), v.Name()+suffix)
-	if sv == nil {
-		sv = sc.VariableWithValue(v.Name()+suffix, tensors.FromShape(v.Shape()))
-	}
-	sv.SetTrainable(false)
-	return sv
-}
-
-// update applies DeepSpeed-style global-norm clipping (coef = clip/(norm+1e-6) when < 1)
-// and the PyTorch AdamW update (decoupled weight decay p -= lr·wd·p, bias-corrected moments).
-// It returns the pre-clip gradient norm and the new optimizer step.
-func (s *Stepper) update(ctx *context.Context, g *graph.Graph, lr *graph.Node, vars []*context.Variable, grads []*graph.Node) (norm, step *graph.Node) {
-	sq := make([]*graph.Node, 0, len(grads))
-	for i, gr := range grads {
-		if gr == nil {
-			panic(fmt.Errorf("trainer: no gradient for %s", vars[i].ScopeAndName()))
-		}
-		sq = append(sq, graph.ReduceAllSum(graph.Square(gr)))
-	}
-	sumSq := sq[0]
-	for _, x := range sq[1:] {
-		sumSq = graph.Add(sumSq, x)
-	}
-	norm = graph.Sqrt(sumSq)
-	coef := graph.ScalarOne(g, loss32)
-	if s.cfg.ClipNorm > 0 {
-		coef = graph.Min(coef, graph.Div(graph.Scalar(g, loss32, s.cfg.ClipNorm), graph.AddScalar(norm, 1e-6)))
-	}
-	stepVar := ctx.Checked(false).InAbsPath(s.cfg.OptimScope).VariableWithValue("step", float32(0))
-	stepVar.SetTrainable(false)
-	step = graph.AddScalar(stepVar.ValueGraph(g), 1)
-	stepVar.SetValueGraph(step)
-	b1, b2 := s.cfg.Beta1, s.cfg.Beta2
-	// Bias corrections 1/(1-β^t), computed on the scalar step.
-	bc1 := graph.Inverse(graph.OneMinus(graph.Pow(graph.Scalar(g, loss32, b1), step)))
-	bc2 := graph.Inverse(graph.OneMinus(graph.Pow(graph.Scalar(g, loss32, b2), step)))
-	stepSize := graph.Mul(lr, bc1)
-	for i, v := range vars {
-		gr := graph.Mul(grads[i], coef)
-		m := s.stateVar(ctx, v, "_m1")
-		u := s.stateVar(ctx, v, "_m2")
-		mNew := graph.Add(graph.MulScalar(m.ValueGraph(g), b1), graph.MulScalar(gr, 1-b1))
-		uNew := graph.Add(graph.MulScalar(u.ValueGraph(g), b2), graph.MulScalar(graph.Square(gr), 1-b2))
-		m.SetValueGraph(mNew)
-		u.SetValueGraph(uNew)
-		p := v.ValueGraph(g)
-		if s.cfg.WeightDecay > 0 && !s.cfg.NoDecay(v.ScopeAndName()) {
-			p = graph.Sub(p, graph.Mul(p, graph.MulScalar(lr, s.cfg.WeightDecay)))
-		}
-		denom := graph.AddScalar(graph.Sqrt(graph.Mul(uNew, bc2)), s.cfg.Epsilon)
-		p = graph.Sub(p, graph.Mul(graph.Div(mNew, denom), stepSize))
-		v.SetValueGraph(p)
-	}
-	return norm, step
 }
 
 // execCatch runs an Exec, turning GoMLX panics into errors.

@@ -1,0 +1,101 @@
+package stages
+
+import (
+	"github.com/gomlx/gomlx/pkg/core/graph"
+)
+
+// negLogSigmoid is −log σ(x) = softplus(−x), computed stably as max(−x,0) + log1p(e^−|x|).
+func negLogSigmoid(x *graph.Node) *graph.Node {
+	nx := graph.Neg(x)
+	return graph.Add(graph.Max(nx, graph.ZerosLike(nx)), graph.Log1p(graph.Exp(graph.Neg(graph.Abs(x)))))
+}
+
+// SFTLoss is HF's causal-LM cross-entropy (spec §6): the mean of −log p(label) over
+// the unmasked label tokens of the micro-batch. logp [B,T−1] holds log p(ids[t+1]),
+// lossMask [B,T−1] is 1 where ids[t+1] is a label (labels ≠ −100).
+func SFTLoss(logp, lossMask *graph.Node) *graph.Node {
+	num := graph.ReduceAllSum(graph.Mul(logp, lossMask))
+	den := graph.Max(graph.ReduceAllSum(lossMask), graph.OnesLike(num))
+	return graph.Neg(graph.Div(num, den))
+}
+
+// PairLoss holds the outputs of PairwiseScoreLoss.
+type PairLoss struct {
+	Loss *graph.Node
+	// Accuracy is mean 1[s_hi,end > s_lo,end] (strict, spec §4/§5).
+	Accuracy *graph.Node
+	// SignAccuracy is the cost model's mean over all 2B end costs of 1[cost_sign·c > 0] (nil without signs).
+	SignAccuracy *graph.Node
+	// Hi and Lo are the end scores [B] of the rows that should score higher and lower.
+	Hi, Lo *graph.Node
+}
+
+// PairwiseScoreLoss is the reward-model loss (spec §4) and, with costSigns, the
+// cost-model loss (spec §5), on per-token scores of 2B rows: rows [0,B) should score
+// higher (better response, or unsafer response for a cost model), rows [B,2B) lower.
+//
+//   - scores [2B,T] per-token score-head outputs;
+//   - endOneHot [2B,T] is 1 at each row's last attention-mask index;
+//   - span [B,T] (token-wise only, else nil) is 1 on [diverge index, max(end_hi,end_lo)];
+//   - costSigns [2B] (cost model only, else nil) is cost_sign = −safety_sign of each row.
+//
+// The L2 term is reg·mean of the squared scores involved (end scores, or the span's).
+func PairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg float64) PairLoss {
+	g := scores.Graph()
+	dt := scores.DType()
+	twoB, T := scores.Shape().Dim(0), scores.Shape().Dim(1)
+	B := twoB / 2
+	hiSel := graph.Const(g, [][]float32{{1}, {0}})
+	loSel := graph.Const(g, [][]float32{{0}, {1}})
+	if dt != hiSel.DType() {
+		hiSel, loSel = graph.ConvertDType(hiSel, dt), graph.ConvertDType(loSel, dt)
+	}
+	// split [2B,...] into the first and second halves without Slice (which has no gradient on the Go backend).
+	split := func(x *graph.Node) (*graph.Node, *graph.Node) {
+		dims := append([]int{2, B}, x.Shape().Dimensions[1:]...)
+		x2 := graph.Reshape(x, dims...)
+		sel := func(s *graph.Node) *graph.Node {
+			sd := append([]int{2, 1}, make([]int, len(dims)-2)...)
+			for i := 2; i < len(sd); i++ {
+				sd[i] = 1
+			}
+			return graph.ReduceSum(graph.Mul(x2, graph.Reshape(s, sd...)), 0)
+		}
+		return sel(hiSel), sel(loSel)
+	}
+	ends := graph.ReduceSum(graph.Mul(scores, endOneHot), 1) // [2B]
+	hi, lo := split(ends)
+	out := PairLoss{Hi: hi, Lo: lo}
+	out.Accuracy = graph.ReduceAllMean(graph.ConvertDType(graph.GreaterThan(hi, lo), dt))
+	var hiSign, loSign *graph.Node
+	if costSigns != nil {
+		hiSign, loSign = split(costSigns)
+		signed := graph.Mul(ends, costSigns)
+		out.SignAccuracy = graph.ReduceAllMean(graph.ConvertDType(graph.GreaterThan(signed, graph.ZerosLike(signed)), dt))
+	}
+	if span == nil {
+		l := negLogSigmoid(graph.Sub(hi, lo))
+		if costSigns != nil {
+			l = graph.Add(l, graph.Add(negLogSigmoid(graph.Mul(hiSign, hi)), negLogSigmoid(graph.Mul(loSign, lo))))
+		}
+		out.Loss = graph.ReduceAllMean(l)
+		if reg > 0 {
+			out.Loss = graph.Add(out.Loss, graph.MulScalar(graph.ReduceAllMean(graph.Square(ends)), reg))
+		}
+		return out
+	}
+	hiT, loT := split(scores)     // [B,T]
+	n := graph.ReduceSum(span, 1) // [B]
+	meanSpan := func(x *graph.Node) *graph.Node { return graph.Div(graph.ReduceSum(graph.Mul(x, span), 1), n) }
+	l := meanSpan(negLogSigmoid(graph.Sub(hiT, loT)))
+	if costSigns != nil {
+		bc := func(s *graph.Node) *graph.Node { return graph.BroadcastToDims(graph.Reshape(s, B, 1), B, T) }
+		l = graph.Add(l, graph.Add(meanSpan(negLogSigmoid(graph.Mul(bc(hiSign), hiT))), meanSpan(negLogSigmoid(graph.Mul(bc(loSign), loT)))))
+	}
+	if reg > 0 {
+		sq := graph.MulScalar(graph.Add(graph.Square(hiT), graph.Square(loT)), 0.5)
+		l = graph.Add(l, graph.MulScalar(meanSpan(sq), reg))
+	}
+	out.Loss = graph.ReduceAllMean(l)
+	return out
+}
