@@ -153,7 +153,14 @@ func InitScoreHead(cfg *Config, w Weights, scoreDim int, seed uint64) {
 func RandomWeights(cfg *Config, seed uint64) Weights {
 	rng := rand.New(rand.NewPCG(seed, 0x11a3a))
 	w := Weights{}
-	for name, shape := range ExpectedShapes(cfg, true) {
+	exp := ExpectedShapes(cfg, true)
+	names := make([]string, 0, len(exp))
+	for name := range exp {
+		names = append(names, name)
+	}
+	sort.Strings(names) // deterministic draws
+	for _, name := range names {
+		shape := exp[name]
 		t := NewTensor(shape...)
 		switch {
 		case len(shape) == 1 && (name == NameFinalNorm || hasSuffix(name, "layernorm.weight")):
