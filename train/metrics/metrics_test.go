@@ -1,0 +1,181 @@
+package metrics
+
+import (
+	"bytes"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeRun(t *testing.T, w *Writer, from, to int) {
+	t.Helper()
+	for s := from; s <= to; s++ {
+		if err := w.Write(s, map[string]float64{"loss": 1 / float64(s+1), "lr": 1e-5 * float64(s), "grad_norm": math.Sqrt(float64(s))}); err != nil {
+			t.Fatal(err)
+		}
+		if s%3 == 0 {
+			if err := w.WriteRecord(Record{Step: s, Values: map[string]float64{"loss": 0.1 * float64(s)}, Tags: map[string]string{"split": "eval"}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func TestJSONLResumeIsByteIdentical(t *testing.T) {
+	dir := t.TempDir()
+	full := filepath.Join(dir, "full.jsonl")
+	w, err := Create(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, w, 0, 20)
+	w.Close()
+
+	// Interrupted run: checkpoint at step 9, killed during step 13 with a torn line.
+	part := filepath.Join(dir, "part.jsonl")
+	w, _ = Create(part)
+	writeRun(t, w, 0, 12)
+	w.f.WriteString(`{"step":13,"loss":0.0`)
+	w.Close()
+	w, err = Resume(part, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, w, 10, 20)
+	w.Close()
+
+	a, _ := os.ReadFile(full)
+	b, _ := os.ReadFile(part)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("resumed file differs:\n%s\n---\n%s", a, b)
+	}
+	recs, err := Read(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 21+7 {
+		t.Fatalf("%d records", len(recs))
+	}
+	x, y := Series(recs, "loss", "split=eval")
+	if len(x) != 7 || x[2] != 6 || math.Abs(y[2]-0.6) > 1e-15 {
+		t.Errorf("eval series %v %v", x, y)
+	}
+	if !strings.HasPrefix(string(a), `{"step":0,"grad_norm":0,"loss":1,"lr":0}`+"\n") {
+		t.Errorf("first line %q", strings.SplitN(string(a), "\n", 2)[0])
+	}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	r := Record{Step: 7, Values: map[string]float64{"a": 0.1, "b": math.NaN(), "c": -3e-300, "d": math.Inf(1)}, Tags: map[string]string{"split": "train"}}
+	b, err := r.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != `{"step":7,"a":0.1,"b":null,"c":-3e-300,"d":null,"split":"train"}` {
+		t.Fatalf("%s", b)
+	}
+	var back Record
+	if err := back.UnmarshalJSON(b); err != nil {
+		t.Fatal(err)
+	}
+	if back.Step != 7 || back.Values["a"] != 0.1 || !math.IsNaN(back.Values["b"]) || back.Values["c"] != -3e-300 || back.Tags["split"] != "train" {
+		t.Errorf("%+v", back)
+	}
+	if _, err := (Record{Values: map[string]float64{"step": 1}}).MarshalJSON(); err == nil {
+		t.Error("reserved key accepted")
+	}
+}
+
+func TestReadErrors(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "m.jsonl")
+	os.WriteFile(p, []byte("{\"step\":1}\nnot json\n{\"step\":2}\n"), 0o644)
+	if _, err := Read(p); err == nil || !strings.Contains(err.Error(), "m.jsonl:2") {
+		t.Errorf("error %v", err)
+	}
+}
+
+func checkPNG(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if b := img.Bounds(); b.Dx() < 300 || b.Dy() < 200 {
+		t.Errorf("%s: %v", path, b)
+	}
+}
+
+func TestPlots(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "metrics.jsonl")
+	w, _ := Create(p)
+	writeRun(t, w, 0, 40)
+	w.Close()
+	files, err := PlotFile(p, filepath.Join(dir, "plots"), map[string][]string{
+		"loss": {"loss", "loss@split=eval"}, "optim": {"lr", "grad_norm"}, "empty": {"nothing"},
+	}, 0.8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 2 {
+		t.Fatalf("files %v", files)
+	}
+	for _, f := range files {
+		checkPNG(t, f)
+	}
+	files, err = PlotFile(p, filepath.Join(dir, "auto"), nil, 0)
+	if err != nil || len(files) != 3 {
+		t.Fatalf("auto groups: %v %v", files, err)
+	}
+	var safe, unsafe []float64
+	for i := range 500 {
+		safe = append(safe, -2+math.Sin(float64(i)))
+		unsafe = append(unsafe, 1.5+math.Cos(float64(i)*0.7))
+	}
+	h := filepath.Join(dir, "costs.png")
+	if err := PlotDensities(h, "cost model", "cost", []Sample{{"safe", safe}, {"unsafe", unsafe}}, 40, 0); err != nil {
+		t.Fatal(err)
+	}
+	checkPNG(t, h)
+	if err := PlotDensities(h, "x", "x", []Sample{{"nan", []float64{math.NaN()}}}, 10); err == nil {
+		t.Error("no error for no finite values")
+	}
+}
+
+func TestSmooth(t *testing.T) {
+	got := Smooth([]float64{1, 1, 1, 5}, 0.5)
+	// Debiased EMA: constant input stays constant; then (0.5·0.875 + 2.5)/0.9375.
+	want := []float64{1, 1, 1, (0.5*0.875 + 2.5) / 0.9375}
+	for i := range got {
+		if math.Abs(got[i]-want[i]) > 1e-12 {
+			t.Errorf("Smooth[%d] = %g, want %g", i, got[i], want[i])
+		}
+	}
+}
+
+func TestProgressLines(t *testing.T) {
+	var buf bytes.Buffer
+	p := NewProgress(10, 4, "sft", &buf)
+	now := p.t0
+	p.now = func() time.Time { return now }
+	p.LogEvery = 10 * time.Second
+	for s := 5; s <= 10; s++ {
+		now = now.Add(4 * time.Second)
+		p.Update(s, 0.5, 1000)
+	}
+	p.Finish()
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	// Logged at step 5 (first), 8 (12 s later) and 10 (the end).
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "sft step 5/10 loss 0.5 | 250 tok/s | ETA 20s") || !strings.Contains(lines[2], "step 10/10") {
+		t.Fatalf("%q", lines)
+	}
+}
