@@ -43,7 +43,9 @@ func (c *CUDA) Close() error { return ErrNoCUDA }
 func (c *CUDA) NVRTCVersion() (major, minor int, path string, err error) { return 0, 0, "", ErrNoCUDA }
 
 // Compile returns ErrNoCUDA in this build.
-func (c *CUDA) Compile(src, name, arch string, opts ...string) (*Module, error) { return nil, ErrNoCUDA }
+func (c *CUDA) Compile(src, name, arch string, opts ...string) (*Module, error) {
+	return nil, ErrNoCUDA
+}
 
 // Function returns ErrNoCUDA in this build.
 func (m *Module) Function(name string) (*Function, error) { return nil, ErrNoCUDA }
