@@ -1,0 +1,331 @@
+package ppo
+
+import (
+	"fmt"
+
+	"github.com/gomlx/gomlx/backends"
+	G "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/trainer"
+)
+
+// Context scopes of the six models (spec §1.1). They share one GoMLX context, so one SaveState
+// captures every weight and optimizer moment for exact resume.
+const (
+	ScopeActor        = "/actor"
+	ScopeReference    = "/reference"
+	ScopeReward       = "/reward"
+	ScopeCost         = "/cost"
+	ScopeRewardCritic = "/reward_critic"
+	ScopeCostCritic   = "/cost_critic"
+)
+
+// ModelSpec is a model's configuration and host weights.
+type ModelSpec struct {
+	Cfg     *model.Config
+	Weights model.Weights
+}
+
+// GraphNetsConfig configures GraphNets.
+type GraphNetsConfig struct {
+	Backend backends.Backend
+	// Actor is the SFT policy (LM head); the reference model is a frozen copy of it.
+	Actor ModelSpec
+	// Reward and Cost are the frozen score models; Cost.Cfg is nil for plain PPO.
+	Reward, Cost ModelSpec
+	// RewardCritic and CostCritic default to copies of Reward and Cost (the reference's default).
+	RewardCritic, CostCritic *ModelSpec
+	// WithCostCritic trains a cost critic (the Lagrangian variants).
+	WithCostCritic bool
+	// Pad and EOS token ids (pad is also <unk> for llama2.c vocabularies: attention_mask = seq ≠ pad).
+	Pad, EOS int32
+	// Generation settings.
+	MaxNewTokens, MaxPromptTokens int
+	Temperature, TopP, RepPenalty float64
+	// Optimizer settings (spec §1.10).
+	ActorWeightDecay, CriticWeightDecay, GradClip float64
+	// SaveModel writes a model directory (model.Save); SavePolicy fails without it.
+	SaveModel func(dir string, cfg *model.Config, w model.Weights) error
+}
+
+// GraphNets runs the six networks as GoMLX graphs in one context: one scoring graph for the
+// post_rollout pass and three Steppers (actor, reward critic, cost critic) whose loss, gradient and
+// AdamW update are one compiled graph each.
+type GraphNets struct {
+	cfg                     GraphNetsConfig
+	ctx                     *context.Context
+	actorCfg, rCfg, cCfg    *model.Config
+	rcCfg, ccCfg            *model.Config
+	scoreExec               *context.Exec
+	actor, rcritic, ccritic *trainer.Stepper
+	gen                     generator
+	clipRatio, clipValue    float64
+}
+
+// NewGraphNets loads the models into one context and compiles nothing yet (graphs compile on first use).
+func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, error) {
+	if c.Backend == nil {
+		return nil, fmt.Errorf("ppo: GraphNetsConfig.Backend is nil")
+	}
+	if c.Actor.Cfg == nil || c.Reward.Cfg == nil {
+		return nil, fmt.Errorf("ppo: the actor and the reward model are required")
+	}
+	if c.RewardCritic == nil {
+		c.RewardCritic = &c.Reward
+	}
+	if c.WithCostCritic {
+		if c.Cost.Cfg == nil {
+			return nil, fmt.Errorf("ppo: a cost critic needs a cost model")
+		}
+		if c.CostCritic == nil {
+			c.CostCritic = &c.Cost
+		}
+	}
+	if err := model.EnableFastGradients(); err != nil {
+		return nil, fmt.Errorf("ppo: %w", err)
+	}
+	n := &GraphNets{cfg: c, ctx: context.New(), actorCfg: c.Actor.Cfg, rCfg: c.Reward.Cfg, cCfg: c.Cost.Cfg,
+		rcCfg: c.RewardCritic.Cfg, clipRatio: clipRatio, clipValue: clipValue}
+	set := func(scope string, s *ModelSpec, trainable bool) error {
+		sc := n.ctx.InAbsPath(scope)
+		if err := model.SetWeights(sc, s.Cfg, s.Weights); err != nil {
+			return fmt.Errorf("ppo: %s: %w", scope, err)
+		}
+		model.SetTrainable(sc, trainable)
+		return nil
+	}
+	if err := set(ScopeActor, &c.Actor, true); err != nil {
+		return nil, err
+	}
+	if err := set(ScopeReference, &c.Actor, false); err != nil {
+		return nil, err
+	}
+	if err := set(ScopeReward, &c.Reward, false); err != nil {
+		return nil, err
+	}
+	if err := set(ScopeRewardCritic, c.RewardCritic, true); err != nil {
+		return nil, err
+	}
+	if c.Cost.Cfg != nil {
+		if err := set(ScopeCost, &c.Cost, false); err != nil {
+			return nil, err
+		}
+	}
+	if c.WithCostCritic {
+		n.ccCfg = c.CostCritic.Cfg
+		if err := set(ScopeCostCritic, c.CostCritic, true); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	if n.scoreExec, err = context.NewExec(c.Backend, n.ctx.Reuse(), n.scoreGraph); err != nil {
+		return nil, fmt.Errorf("ppo: %w", err)
+	}
+	n.scoreExec.SetMaxCache(-1)
+	if n.actor, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeActor, Loss: n.actorLoss,
+		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip}); err != nil {
+		return nil, fmt.Errorf("ppo: actor: %w", err)
+	}
+	if n.rcritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeRewardCritic,
+		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip}); err != nil {
+		return nil, fmt.Errorf("ppo: reward critic: %w", err)
+	}
+	if c.WithCostCritic {
+		if n.ccritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeCostCritic,
+			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip}); err != nil {
+			return nil, fmt.Errorf("ppo: cost critic: %w", err)
+		}
+	}
+	if n.gen, err = newGenerator(n); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Context returns the context holding all six models and the optimizer state.
+func (n *GraphNets) Context() *context.Context { return n.ctx }
+
+// scoreGraph is post_rollout's no-grad pass (spec §1.2 step 3) over all models in one graph:
+// actor and reference log-probs, reward and cost end scores, critic values.
+func (n *GraphNets) scoreGraph(ctx *context.Context, ids, mask *G.Node) []*G.Node {
+	out := []*G.Node{
+		model.TokenLogProbs(ctx.InAbsPath(ScopeActor), n.actorCfg, ids, mask),
+		model.TokenLogProbs(ctx.InAbsPath(ScopeReference), n.actorCfg, ids, mask),
+	}
+	end, _ := model.EndScores(ctx.InAbsPath(ScopeReward), n.rCfg, ids, mask)
+	out = append(out, end, model.Scores(ctx.InAbsPath(ScopeRewardCritic), n.rcCfg, ids, mask))
+	if n.cCfg != nil {
+		end, _ := model.EndScores(ctx.InAbsPath(ScopeCost), n.cCfg, ids, mask)
+		out = append(out, end)
+	}
+	if n.ccCfg != nil {
+		out = append(out, model.Scores(ctx.InAbsPath(ScopeCostCritic), n.ccCfg, ids, mask))
+	}
+	for i := range out {
+		out[i] = G.StopGradient(out[i])
+	}
+	return out
+}
+
+// Score implements Nets.
+func (n *GraphNets) Score(r *Rollout) error {
+	ids := tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T)
+	mask := tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T)
+	out, err := execSafe(n.scoreExec, ids, mask)
+	if err != nil {
+		return fmt.Errorf("score B=%d T=%d: %w", r.B, r.T, err)
+	}
+	get := func(i int) []float32 { return tensors.MustCopyFlatData[float32](out[i]) }
+	r.LogProbs, r.RefLogProbs, r.Reward = get(0), get(1), get(2)
+	r.RewardValues = dropLastCol(get(3), r.B, r.T)
+	k := 4
+	if n.cCfg != nil {
+		r.Cost = get(k)
+		k++
+	}
+	if n.ccCfg != nil {
+		r.CostValues = dropLastCol(get(k), r.B, r.T)
+	}
+	return nil
+}
+
+// actorLoss is the actor's LossFn: inputs ids, mask, old log-probs, advantages, response mask
+// [, PTX ids, PTX mask, PTX label mask, PTX coefficient]. With PTX the loss is
+// ½(actor + coeff·ptx), the gradient DeepSpeed's doubled accumulation produces (spec §1.9).
+func (n *GraphNets) actorLoss(ctx *context.Context, in []*G.Node) (*G.Node, map[string]*G.Node) {
+	logp := model.TokenLogProbs(ctx, n.actorCfg, in[0], in[1])
+	loss, clipFrac, approxKL := graphActorLoss(logp, in[2], in[3], in[4], n.clipRatio)
+	metrics := map[string]*G.Node{"actor_loss": loss, "clip_frac": clipFrac, "approx_kl": approxKL}
+	if len(in) > 5 {
+		ptxLogp := model.TokenLogProbs(ctx, n.actorCfg, in[5], in[6])
+		ptx := graphLMLoss(ptxLogp, in[7])
+		metrics["ptx_loss"] = ptx
+		loss = G.MulScalar(G.Add(loss, G.Mul(in[8], ptx)), 0.5)
+	} else {
+		metrics["ptx_loss"] = G.ScalarZero(loss.Graph(), loss.DType())
+	}
+	return loss, metrics
+}
+
+// criticLoss returns a critic's LossFn: inputs ids, mask, old values, returns, response mask, all
+// per-token ones padded to width T with a zero last column.
+func (n *GraphNets) criticLoss(cfg *model.Config) trainer.LossFn {
+	return func(ctx *context.Context, in []*G.Node) (*G.Node, map[string]*G.Node) {
+		v := model.Scores(ctx, cfg, in[0], in[1])
+		return graphCriticLoss(v, in[2], in[3], in[4], n.clipValue), nil
+	}
+}
+
+// UpdateActor implements Nets.
+func (n *GraphNets) UpdateActor(lr float64, r *Rollout, adv, mask []float32, clipRatio float64, ptx *PTXBatch, ptxCoeff float64) (ActorStats, error) {
+	if clipRatio != n.clipRatio {
+		return ActorStats{}, fmt.Errorf("actor: clip ratio %g differs from the compiled %g", clipRatio, n.clipRatio)
+	}
+	L := r.L()
+	args := []any{
+		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),
+		tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T),
+		tensors.FromFlatDataAndDimensions(r.LogProbs, r.B, L),
+		tensors.FromFlatDataAndDimensions(adv, r.B, L),
+		tensors.FromFlatDataAndDimensions(mask, r.B, L),
+	}
+	if ptx != nil {
+		lm := make([]float32, ptx.B*(ptx.T-1))
+		for i := 0; i < ptx.B; i++ {
+			for t := 0; t+1 < ptx.T; t++ {
+				if ptx.Labels[i*ptx.T+t+1] != -100 {
+					lm[i*(ptx.T-1)+t] = 1
+				}
+			}
+		}
+		args = append(args,
+			tensors.FromFlatDataAndDimensions(ptx.IDs, ptx.B, ptx.T),
+			tensors.FromFlatDataAndDimensions(ptx.Mask, ptx.B, ptx.T),
+			tensors.FromFlatDataAndDimensions(lm, ptx.B, ptx.T-1),
+			tensors.FromScalar(float32(ptxCoeff)))
+	}
+	res, err := n.actor.Step(lr, args...)
+	if err != nil {
+		return ActorStats{}, err
+	}
+	return ActorStats{Loss: res.Metrics["actor_loss"], PTXLoss: res.Metrics["ptx_loss"], ClipFrac: res.Metrics["clip_frac"],
+		ApproxKL: res.Metrics["approx_kl"], GradNorm: res.GradNorm}, nil
+}
+
+// UpdateCritic implements Nets.
+func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32, clipValue float64) (float64, error) {
+	s, old := n.rcritic, r.RewardValues
+	if cost {
+		s, old = n.ccritic, r.CostValues
+	}
+	if s == nil {
+		return 0, fmt.Errorf("critic: no cost critic")
+	}
+	if clipValue != n.clipValue {
+		return 0, fmt.Errorf("critic: clip value %g differs from the compiled %g", clipValue, n.clipValue)
+	}
+	res, err := s.Step(lr,
+		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),
+		tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T),
+		tensors.FromFlatDataAndDimensions(padLastCol(old, r.B, r.L()), r.B, r.T),
+		tensors.FromFlatDataAndDimensions(padLastCol(returns, r.B, r.L()), r.B, r.T),
+		tensors.FromFlatDataAndDimensions(padLastCol(mask, r.B, r.L()), r.B, r.T))
+	if err != nil {
+		return 0, err
+	}
+	return res.Loss, nil
+}
+
+// SaveState implements Nets: every variable of the context (six models, optimizer moments and steps).
+func (n *GraphNets) SaveState(path string) error { return trainer.SaveState(n.ctx, path) }
+
+// LoadState implements Nets.
+func (n *GraphNets) LoadState(path string) error { return trainer.LoadState(n.ctx, path) }
+
+// ActorWeights returns the current policy weights.
+func (n *GraphNets) ActorWeights() (model.Weights, error) {
+	return model.GetWeights(n.ctx.InAbsPath(ScopeActor), n.actorCfg)
+}
+
+// SavePolicy implements Nets.
+func (n *GraphNets) SavePolicy(dir string) error {
+	if n.cfg.SaveModel == nil {
+		return fmt.Errorf("ppo: no SaveModel function configured")
+	}
+	w, err := n.ActorWeights()
+	if err != nil {
+		return err
+	}
+	return n.cfg.SaveModel(dir, n.actorCfg, w)
+}
+
+// dropLastCol turns [B, T] into [B, T−1] (critic scores[:, :-1]).
+func dropLastCol(x []float32, B, T int) []float32 {
+	out := make([]float32, B*(T-1))
+	for i := 0; i < B; i++ {
+		copy(out[i*(T-1):(i+1)*(T-1)], x[i*T:i*T+T-1])
+	}
+	return out
+}
+
+// padLastCol turns [B, L] into [B, L+1] with a zero last column.
+func padLastCol(x []float32, B, L int) []float32 {
+	out := make([]float32, B*(L+1))
+	for i := 0; i < B; i++ {
+		copy(out[i*(L+1):i*(L+1)+L], x[i*L:(i+1)*L])
+	}
+	return out
+}
+
+// execSafe runs an Exec, turning GoMLX panics into errors.
+func execSafe(e *context.Exec, args ...any) (out []*tensors.Tensor, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	return e.Exec(args...)
+}
