@@ -1,0 +1,751 @@
+// Package refcheck runs the reference implementation's test vectors (the golden
+// files of assets/golden, schema in its README) through every implementation
+// path of the kernels and reports the largest relative error per file and path.
+//
+// Relative error of one output tensor (or scalar) g against the reference w:
+//
+//	err = max_i |g_i − w_i| / max(max_i |w_i|, 1e-6)
+//
+// i.e. the ∞-norm error relative to the ∞-norm of the expected tensor (a
+// normwise error, robust to elements that are small only by cancellation); a
+// file's error is the largest over its cases and outputs.
+package refcheck
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/saferlhf/saferlhf/kernels"
+)
+
+// ErrFloor is the smallest denominator of the relative error.
+const ErrFloor = 1e-6
+
+// RelErr returns the normwise relative error of got against want (see the package comment).
+func RelErr(got, want []float64) float64 {
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
+	num, den := 0.0, ErrFloor
+	for i, w := range want {
+		d := math.Abs(got[i] - w)
+		if math.IsNaN(d) {
+			return math.Inf(1)
+		}
+		num = math.Max(num, d)
+		den = math.Max(den, math.Abs(w))
+	}
+	return num / den
+}
+
+// FileResult is the outcome of one golden file.
+type FileResult struct {
+	File     string // base name
+	Function string
+	Cases    int
+	// Skipped says why the file was not checked ("" if it was).
+	Skipped string
+	// MaxErr is the largest relative error per runner name; Worst names its output and case.
+	MaxErr map[string]float64
+	Worst  map[string]string
+	// Tol is each runner's tolerance.
+	Tol map[string]float64
+}
+
+// Failed reports whether any path of the file exceeds its tolerance.
+func (f FileResult) Failed() bool {
+	for k, e := range f.MaxErr {
+		if !(e <= f.Tol[k]) {
+			return true
+		}
+	}
+	return false
+}
+
+// checker decodes one case and runs it through one runner, recording errors into rec.
+type checker func(c fields, r Runner, rec func(output string, got, want []float64)) error
+
+// functions maps the prefix of a file's "function" field to its checker, in
+// match order (more specific prefixes first).
+var functions = []struct {
+	prefix string
+	check  checker
+}{
+	{"safe_rlhf/utils.py:masked_mean", checkMaskedMean},
+	{"safe_rlhf/trainers/rl_trainer.py:RLTrainer.get_advantages_and_returns", checkGAE},
+	{"safe_rlhf/trainers/rl_trainer.py:RLTrainer.critic_loss_fn", checkCritic},
+	{"safe_rlhf/algorithms/ppo_lag/trainer.py:PPOLagTrainer.actor_loss_fn", checkActor(true)},
+	{"safe_rlhf/algorithms/ppo/trainer.py:PPOTrainer.actor_loss_fn", checkActor(false)},
+	{"safe_rlhf/algorithms/ppo_lag/trainer.py:PPOLagTrainer.add_kl_divergence_regularization", checkKL(true)},
+	{"safe_rlhf/algorithms/ppo/trainer.py:PPOTrainer.add_kl_divergence_regularization", checkKL(false)},
+	{"safe_rlhf/algorithms/ppo_lag/trainer.py:PPOLagTrainer.__init__", checkLambda},
+	{"safe_rlhf/values/reward/trainer.py:RewardTrainer.loss", checkRewardLoss},
+	{"safe_rlhf/values/cost/trainer.py:CostTrainer.loss", checkCostLoss},
+	{"safe_rlhf/models/normalizer.py", checkNormalizer},
+	{"composition of PPOLagTrainer.add_kl_divergence_regularization", checkPPOLagStep},
+}
+
+func lookup(function string) checker {
+	for _, f := range functions {
+		if strings.HasPrefix(function, f.prefix) {
+			return f.check
+		}
+	}
+	return nil
+}
+
+// Run checks every *.json file directly in dir (subdirectories are skipped)
+// with every runner. It returns an error, naming the file and the case, when a
+// file is malformed or a kernel fails on a case; tolerance failures are
+// reported through FileResult.Failed.
+func Run(dir string, runners ...Runner) ([]FileResult, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("refcheck: no *.json files in %s", dir)
+	}
+	sort.Strings(paths)
+	var out []FileResult
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return out, err
+		}
+		fr, err := CheckFile(filepath.Base(p), data, runners...)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, fr)
+	}
+	return out, nil
+}
+
+// CheckFile checks one golden file's contents (name is used in messages).
+func CheckFile(name string, data []byte, runners ...Runner) (FileResult, error) {
+	fr := FileResult{File: name, MaxErr: map[string]float64{}, Worst: map[string]string{}, Tol: map[string]float64{}}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(data, &top); err != nil {
+		return fr, fmt.Errorf("%s: malformed JSON: %v", name, err)
+	}
+	fn, hasFn := top["function"]
+	cs, hasCases := top["cases"]
+	if !hasFn || !hasCases {
+		fr.Skipped = "not a kernel vector file (no function/cases)"
+		return fr, nil
+	}
+	if err := json.Unmarshal(fn, &fr.Function); err != nil {
+		return fr, fmt.Errorf("%s: field \"function\": want a string: %v", name, err)
+	}
+	check := lookup(fr.Function)
+	if check == nil {
+		fr.Skipped = "no kernel for this function"
+		return fr, nil
+	}
+	var cases []fields
+	if err := json.Unmarshal(cs, &cases); err != nil {
+		return fr, fmt.Errorf("%s: field \"cases\": want an array of objects: %v", name, err)
+	}
+	fr.Cases = len(cases)
+	for _, r := range runners {
+		fr.MaxErr[r.Name()] = 0
+		fr.Tol[r.Name()] = r.Tol()
+	}
+	for i, c := range cases {
+		if c == nil {
+			return fr, fmt.Errorf("%s: case %d: not an object", name, i)
+		}
+		for _, r := range runners {
+			rec := func(output string, got, want []float64) {
+				e := RelErr(got, want)
+				if e > fr.MaxErr[r.Name()] || math.IsNaN(e) {
+					fr.MaxErr[r.Name()] = e
+					fr.Worst[r.Name()] = fmt.Sprintf("case %d %s", i, output)
+				}
+			}
+			if err := check(c, r, rec); err != nil {
+				return fr, fmt.Errorf("%s: case %d: %s path: %w", name, i, r.Name(), err)
+			}
+		}
+	}
+	return fr, nil
+}
+
+func one(x float64) []float64 { return []float64{x} }
+
+// asF32 rounds a fraction to float32: the reference computes its accuracies as
+// (a > b).float().mean(), a float32 value even in the float64 vectors.
+func asF32(x float64) float64 { return float64(float32(x)) }
+
+func checkMaskedMean(c fields, r Runner, rec func(string, []float64, []float64)) error {
+	B, err := c.int("B")
+	if err != nil {
+		return err
+	}
+	N, err := c.int("N")
+	if err != nil {
+		return err
+	}
+	x, err := c.mat("x", B, N)
+	if err != nil {
+		return err
+	}
+	m, err := c.mask("mask", B, N)
+	if err != nil {
+		return err
+	}
+	out, err := c.float("out")
+	if err != nil {
+		return err
+	}
+	outNo, err := c.float("out_no_mask")
+	if err != nil {
+		return err
+	}
+	got, err := r.MaskedMean(x, m, B, N)
+	if err != nil {
+		return err
+	}
+	rec("out", one(got), one(out))
+	got, err = r.MaskedMean(x, nil, B, N)
+	if err != nil {
+		return err
+	}
+	rec("out_no_mask", one(got), one(outNo))
+	return nil
+}
+
+// dims reads the named non-negative integers.
+func dims(c fields, names ...string) ([]int, error) {
+	out := make([]int, len(names))
+	for i, n := range names {
+		v, err := c.int(n)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// floats reads the named numbers.
+func floats(c fields, names ...string) ([]float64, error) {
+	out := make([]float64, len(names))
+	for i, n := range names {
+		v, err := c.float(n)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// mats reads the named [rows][cols] matrices.
+func mats(c fields, rows, cols int, names ...string) ([][]float64, error) {
+	out := make([][]float64, len(names))
+	for i, n := range names {
+		v, err := c.mat(n, rows, cols)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+func checkGAE(c fields, r Runner, rec func(string, []float64, []float64)) error {
+	d, err := dims(c, "B", "L", "start")
+	if err != nil {
+		return err
+	}
+	B, L, S := d[0], d[1], d[2]
+	if S > L {
+		return fmt.Errorf("start %d > L %d", S, L)
+	}
+	f, err := floats(c, "gamma", "gae_lambda")
+	if err != nil {
+		return err
+	}
+	in, err := mats(c, B, L, "values", "rewards")
+	if err != nil {
+		return err
+	}
+	m, err := c.mask("sequence_mask", B, L)
+	if err != nil {
+		return err
+	}
+	want, err := mats(c, B, L-S, "advantages", "returns")
+	if err != nil {
+		return err
+	}
+	// The fused kernel runs both streams; the cost stream gets the same inputs.
+	o, err := r.GAE(kernels.GAEArgs[float64]{B: B, L: L, Start: S, Gamma: f[0], Lambda: f[1],
+		RewardValues: in[0], Rewards: in[1], CostValues: in[0], Costs: in[1], SeqMask: m})
+	if err != nil {
+		return err
+	}
+	rec("advantages", o.RewardAdv, want[0])
+	rec("returns", o.RewardRet, want[1])
+	rec("advantages(cost stream)", o.CostAdv, want[0])
+	rec("returns(cost stream)", o.CostRet, want[1])
+	return nil
+}
+
+func checkCritic(c fields, r Runner, rec func(string, []float64, []float64)) error {
+	d, err := dims(c, "B", "N")
+	if err != nil {
+		return err
+	}
+	B, N := d[0], d[1]
+	f, err := floats(c, "clip_range_value", "loss")
+	if err != nil {
+		return err
+	}
+	in, err := mats(c, B, N, "values", "old_values", "returns")
+	if err != nil {
+		return err
+	}
+	m, err := c.mask("mask", B, N)
+	if err != nil {
+		return err
+	}
+	got, err := r.Critic(kernels.CriticArgs[float64]{B: B, N: N, ClipValue: f[0], Values: in[0], OldValues: in[1], Returns: in[2], Mask: m})
+	if err != nil {
+		return err
+	}
+	rec("loss", one(got), one(f[1]))
+	return nil
+}
+
+func checkActor(lag bool) checker {
+	return func(c fields, r Runner, rec func(string, []float64, []float64)) error {
+		d, err := dims(c, "B", "N")
+		if err != nil {
+			return err
+		}
+		B, N := d[0], d[1]
+		f, err := floats(c, "clip_range_ratio", "loss")
+		if err != nil {
+			return err
+		}
+		names := []string{"log_probs", "old_log_probs", "advantages"}
+		if lag {
+			names = []string{"log_probs", "old_log_probs", "reward_advantages", "cost_advantages"}
+		}
+		in, err := mats(c, B, N, names...)
+		if err != nil {
+			return err
+		}
+		m, err := c.mask("mask", B, N)
+		if err != nil {
+			return err
+		}
+		a := kernels.ActorArgs[float64]{B: B, N: N, ClipRatio: f[0], LogProbs: in[0], OldLogProbs: in[1], RewardAdv: in[2], Mask: m}
+		if lag {
+			// The reference reads λ = self.log_lambda.exp().item().
+			ll, err := c.float("log_lambda")
+			if err != nil {
+				return err
+			}
+			a.Lambda, a.CostAdv = math.Exp(ll), in[3]
+		}
+		got, err := r.Actor(a, lag)
+		if err != nil {
+			return err
+		}
+		rec("loss", one(got.Loss), one(f[1]))
+		return nil
+	}
+}
+
+func checkKL(lag bool) checker {
+	return func(c fields, r Runner, rec func(string, []float64, []float64)) error {
+		d, err := dims(c, "B", "L")
+		if err != nil {
+			return err
+		}
+		B, L := d[0], d[1]
+		f, err := floats(c, "kl_coeff", "clip_range_score")
+		if err != nil {
+			return err
+		}
+		reward, err := c.vec("reward", B)
+		if err != nil {
+			return err
+		}
+		var cost []float64
+		if lag {
+			if cost, err = c.vec("cost", B); err != nil {
+				return err
+			}
+		}
+		in, err := mats(c, B, L, "log_probs", "ref_log_probs")
+		if err != nil {
+			return err
+		}
+		m, err := c.mask("sequence_mask", B, L)
+		if err != nil {
+			return err
+		}
+		wr, err := c.mat("rewards", B, L)
+		if err != nil {
+			return err
+		}
+		rw, cs, _, err := r.KLShape(kernels.KLArgs[float64]{B: B, L: L, KLCoeff: f[0], ClipRangeScore: f[1],
+			Reward: reward, Cost: cost, LogProbs: in[0], RefLogProbs: in[1], SeqMask: m}, lag)
+		if err != nil {
+			return err
+		}
+		rec("rewards", rw, wr)
+		if lag {
+			wc, err := c.mat("costs", B, L)
+			if err != nil {
+				return err
+			}
+			rec("costs", cs, wc)
+		}
+		return nil
+	}
+}
+
+func checkLambda(c fields, r Runner, rec func(string, []float64, []float64)) error {
+	cfgRaw, err := c.raw("config")
+	if err != nil {
+		return err
+	}
+	var cfgF fields
+	if err := json.Unmarshal(cfgRaw, &cfgF); err != nil {
+		return fmt.Errorf("field \"config\": want an object: %v", err)
+	}
+	f, err := floats(cfgF, "lambda_init", "lambda_lr", "threshold")
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	lmax, hasMax, err := cfgF.optFloat("lambda_max")
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	di, err := dims(cfgF, "lambda_update_delay_steps", "episode_cost_window_size")
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	cfg := kernels.LagrangeConfig{LambdaInit: f[0], LambdaLR: f[1], Threshold: f[2], DelaySteps: di[0], WindowSize: di[1]}
+	if hasMax {
+		cfg.LambdaMax = lmax
+	}
+	init, err := c.float("initial_log_lambda")
+	if err != nil {
+		return err
+	}
+	roundsRaw, err := c.raw("rounds")
+	if err != nil {
+		return err
+	}
+	var rounds []fields
+	if err := json.Unmarshal(roundsRaw, &rounds); err != nil {
+		return fmt.Errorf("field \"rounds\": want an array of objects: %v", err)
+	}
+	var rs []LambdaRound
+	var wantLog, wantLam []float64
+	for k, rd := range rounds {
+		var lr LambdaRound
+		costsRaw, err := rd.raw("rollout_costs")
+		if err != nil {
+			return fmt.Errorf("round %d: %w", k, err)
+		}
+		if err := json.Unmarshal(costsRaw, &lr.Costs); err != nil {
+			return fmt.Errorf("round %d: field \"rollout_costs\": want arrays of numbers: %v", k, err)
+		}
+		stepsRaw, err := rd.raw("rl_steps")
+		if err != nil {
+			return fmt.Errorf("round %d: %w", k, err)
+		}
+		var steps []fields
+		if err := json.Unmarshal(stepsRaw, &steps); err != nil {
+			return fmt.Errorf("round %d: field \"rl_steps\": want an array of objects: %v", k, err)
+		}
+		for j, st := range steps {
+			gs, err := st.int("global_step")
+			if err != nil {
+				return fmt.Errorf("round %d step %d: %w", k, j, err)
+			}
+			v, err := floats(st, "log_lambda_after", "lambda_after")
+			if err != nil {
+				return fmt.Errorf("round %d step %d: %w", k, j, err)
+			}
+			lr.Steps = append(lr.Steps, gs)
+			wantLog, wantLam = append(wantLog, v[0]), append(wantLam, v[1])
+		}
+		rs = append(rs, lr)
+	}
+	got, err := r.Lagrange(cfg, init, rs)
+	if err != nil {
+		return err
+	}
+	if len(got) != len(wantLog) {
+		return fmt.Errorf("runner returned %d steps, want %d", len(got), len(wantLog))
+	}
+	lam := make([]float64, len(got))
+	for i, g := range got {
+		lam[i] = math.Exp(g)
+	}
+	rec("log_lambda_after", got, wantLog)
+	rec("lambda_after", lam, wantLam)
+	return nil
+}
+
+func pairCommon(c fields, hi, lo string) (B, T int, lt kernels.LossType, reg float64, ids [2][]int32, masks, scores [2][]float64, err error) {
+	d, err := dims(c, "B", "L")
+	if err != nil {
+		return
+	}
+	B, T = d[0], d[1]
+	s, err := c.str("loss_type")
+	if err != nil {
+		return
+	}
+	if lt, err = kernels.ParseLossType(s); err != nil {
+		return
+	}
+	if reg, err = c.float("regularization"); err != nil {
+		return
+	}
+	for k, n := range []string{hi, lo} {
+		if ids[k], err = c.imat(n+"_input_ids", B, T); err != nil {
+			return
+		}
+		if masks[k], err = c.mask(n+"_attention_mask", B, T); err != nil {
+			return
+		}
+		if scores[k], err = c.mat("scores_"+n, B, T); err != nil {
+			return
+		}
+	}
+	return
+}
+
+func checkRewardLoss(c fields, r Runner, rec func(string, []float64, []float64)) error {
+	B, T, lt, reg, ids, masks, scores, err := pairCommon(c, "better", "worse")
+	if err != nil {
+		return err
+	}
+	f, err := floats(c, "loss", "accuracy")
+	if err != nil {
+		return err
+	}
+	hi, err := c.vec("higher_end_reward", B)
+	if err != nil {
+		return err
+	}
+	lo, err := c.vec("lower_end_reward", B)
+	if err != nil {
+		return err
+	}
+	res, be, we, err := r.RewardLoss(kernels.PreferenceArgs[float64]{B: B, T: T, LossType: lt, Regularization: reg,
+		BetterIDs: ids[0], WorseIDs: ids[1], BetterMask: masks[0], WorseMask: masks[1], BetterScores: scores[0], WorseScores: scores[1]})
+	if err != nil {
+		return err
+	}
+	rec("loss", one(res.Loss), one(f[0]))
+	rec("accuracy", one(asF32(res.Accuracy)), one(f[1]))
+	rec("higher_end_reward", be, hi)
+	rec("lower_end_reward", we, lo)
+	return nil
+}
+
+func checkCostLoss(c fields, r Runner, rec func(string, []float64, []float64)) error {
+	B, T, lt, reg, ids, masks, scores, err := pairCommon(c, "safer", "unsafer")
+	if err != nil {
+		return err
+	}
+	f, err := floats(c, "loss", "accuracy", "accuracy_sign")
+	if err != nil {
+		return err
+	}
+	ss, err := c.vec("safer_safety_sign", B)
+	if err != nil {
+		return err
+	}
+	us, err := c.vec("unsafer_safety_sign", B)
+	if err != nil {
+		return err
+	}
+	hi, err := c.vec("higher_end_cost", B)
+	if err != nil {
+		return err
+	}
+	lo, err := c.vec("lower_end_cost", B)
+	if err != nil {
+		return err
+	}
+	res, se, ue, err := r.CostLoss(kernels.SafetyPreferenceArgs[float64]{B: B, T: T, LossType: lt, Regularization: reg,
+		SaferIDs: ids[0], UnsaferIDs: ids[1], SaferMask: masks[0], UnsaferMask: masks[1], SaferScores: scores[0], UnsaferScores: scores[1],
+		SaferSign: ss, UnsaferSign: us})
+	if err != nil {
+		return err
+	}
+	rec("loss", one(res.Loss), one(f[0]))
+	rec("accuracy", one(asF32(res.Accuracy)), one(f[1]))
+	rec("accuracy_sign", one(asF32(res.SignAccuracy)), one(f[2]))
+	rec("higher_end_cost", ue, hi)
+	rec("lower_end_cost", se, lo)
+	return nil
+}
+
+func checkNormalizer(c fields, r Runner, rec func(string, []float64, []float64)) error {
+	typ, err := c.optStr("normalizer_type")
+	if err != nil {
+		return err
+	}
+	fn, err := c.optStr("normalize_function")
+	if err != nil {
+		return err
+	}
+	if fn == "" {
+		fn = string(kernels.Identity)
+	}
+	mom, _, err := c.optFloat("momentum")
+	if err != nil {
+		return err
+	}
+	n, err := kernels.NewNormalizer(kernels.NormalizerType(typ), kernels.NormalizeFunction(fn), mom)
+	if err != nil {
+		return err
+	}
+	if c.has("epsilon") {
+		if n.Epsilon, err = c.float("epsilon"); err != nil {
+			return err
+		}
+	}
+	stepsRaw, err := c.raw("steps")
+	if err != nil {
+		return err
+	}
+	var steps []fields
+	if err := json.Unmarshal(stepsRaw, &steps); err != nil {
+		return fmt.Errorf("field \"steps\": want an array of objects: %v", err)
+	}
+	for k, st := range steps {
+		batch, err := st.vec("batch", -1)
+		if err != nil {
+			return fmt.Errorf("step %d: %w", k, err)
+		}
+		probe, err := st.vec("probe", -1)
+		if err != nil {
+			return fmt.Errorf("step %d: %w", k, err)
+		}
+		want, err := st.vec("normalized_probe", len(probe))
+		if err != nil {
+			return fmt.Errorf("step %d: %w", k, err)
+		}
+		f, err := floats(st, "mean", "var", "count")
+		if err != nil {
+			return fmt.Errorf("step %d: %w", k, err)
+		}
+		got, err := r.Normalizer(n, batch, probe)
+		if err != nil {
+			return fmt.Errorf("step %d: %w", k, err)
+		}
+		rec(fmt.Sprintf("step %d mean", k), one(n.Mean), one(f[0]))
+		rec(fmt.Sprintf("step %d var", k), one(n.Var), one(f[1]))
+		rec(fmt.Sprintf("step %d count", k), one(float64(n.Count)), one(f[2]))
+		rec(fmt.Sprintf("step %d normalized_probe", k), got, want)
+	}
+	return nil
+}
+
+func checkPPOLagStep(c fields, r Runner, rec func(string, []float64, []float64)) error {
+	d, err := dims(c, "B", "L", "start")
+	if err != nil {
+		return err
+	}
+	B, L, S := d[0], d[1], d[2]
+	if S > L {
+		return fmt.Errorf("start %d > L %d", S, L)
+	}
+	N := L - S
+	f, err := floats(c, "lambda", "kl_coeff", "clip_range_score", "clip_range_ratio", "clip_range_value", "gamma", "gae_lambda")
+	if err != nil {
+		return err
+	}
+	am, err := c.mask("attention_mask", B, L+1)
+	if err != nil {
+		return err
+	}
+	m := make([]float64, 0, B*L)
+	for i := range B {
+		m = append(m, am[i*(L+1)+1:(i+1)*(L+1)]...)
+	}
+	reward, err := c.vec("reward", B)
+	if err != nil {
+		return err
+	}
+	cost, err := c.vec("cost", B)
+	if err != nil {
+		return err
+	}
+	in, err := mats(c, B, L, "old_log_probs", "ref_log_probs", "log_probs", "old_reward_values", "old_cost_values", "reward_values", "cost_values", "old_rewards", "old_costs")
+	if err != nil {
+		return err
+	}
+	oldLP, refLP, newLP, oldRV, oldCV, newRV, newCV := in[0], in[1], in[2], in[3], in[4], in[5], in[6]
+	want, err := mats(c, B, N, "reward_advantages", "reward_returns", "cost_advantages", "cost_returns")
+	if err != nil {
+		return err
+	}
+	ws, err := floats(c, "actor_loss", "reward_critic_loss", "cost_critic_loss", "kl_divergence", "reward_with_kl_penalty")
+	if err != nil {
+		return err
+	}
+	rw, cs, st, err := r.KLShape(kernels.KLArgs[float64]{B: B, L: L, KLCoeff: f[1], ClipRangeScore: f[2], Start: S,
+		Reward: reward, Cost: cost, LogProbs: oldLP, RefLogProbs: refLP, SeqMask: m}, true)
+	if err != nil {
+		return err
+	}
+	rec("old_rewards", rw, in[7])
+	rec("old_costs", cs, in[8])
+	rec("kl_divergence", one(st.KL), one(ws[3]))
+	rec("reward_with_kl_penalty", one(st.RewardWithKLPenalty), one(ws[4]))
+	o, err := r.GAE(kernels.GAEArgs[float64]{B: B, L: L, Start: S, Gamma: f[5], Lambda: f[6],
+		RewardValues: oldRV, Rewards: rw, CostValues: oldCV, Costs: cs, SeqMask: m})
+	if err != nil {
+		return err
+	}
+	rec("reward_advantages", o.RewardAdv, want[0])
+	rec("reward_returns", o.RewardRet, want[1])
+	rec("cost_advantages", o.CostAdv, want[2])
+	rec("cost_returns", o.CostRet, want[3])
+	sl := func(x []float64) []float64 {
+		y := make([]float64, 0, B*N)
+		for i := range B {
+			y = append(y, x[i*L+S:(i+1)*L]...)
+		}
+		return y
+	}
+	ms := sl(m)
+	// Later stages consume the reference's own advantages so that each output is checked on its own.
+	al, err := r.Actor(kernels.ActorArgs[float64]{B: B, N: N, ClipRatio: f[3], Lambda: f[0], LogProbs: sl(newLP), OldLogProbs: sl(oldLP),
+		RewardAdv: want[0], CostAdv: want[2], Mask: ms}, true)
+	if err != nil {
+		return err
+	}
+	rec("actor_loss", one(al.Loss), one(ws[0]))
+	rl, err := r.Critic(kernels.CriticArgs[float64]{B: B, N: N, ClipValue: f[4], Values: sl(newRV), OldValues: sl(oldRV), Returns: want[1], Mask: ms})
+	if err != nil {
+		return err
+	}
+	rec("reward_critic_loss", one(rl), one(ws[1]))
+	cl, err := r.Critic(kernels.CriticArgs[float64]{B: B, N: N, ClipValue: f[4], Values: sl(newCV), OldValues: sl(oldCV), Returns: want[3], Mask: ms})
+	if err != nil {
+		return err
+	}
+	rec("cost_critic_loss", one(cl), one(ws[2]))
+	return nil
+}
