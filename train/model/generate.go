@@ -1,0 +1,410 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"sync"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	G "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// GenerateOptions are the sampling settings of Generate (HF generate's, as
+// Safe-RLHF's rollout uses them, spec §1.2).
+type GenerateOptions struct {
+	// MaxNewTokens bounds the response length (> 0).
+	MaxNewTokens int
+	// Temperature divides the logits; 0 means greedy (ties to the lowest id).
+	Temperature float64
+	// TopP keeps the smallest set of most likely tokens whose probability
+	// reaches TopP (0 or 1: off).
+	TopP float64
+	// RepetitionPenalty divides positive (multiplies negative) logits of every
+	// token already in the row, prompt included (0 or 1: off), as HF's
+	// RepetitionPenaltyLogitsProcessor (pads excluded).
+	RepetitionPenalty float64
+	// Seed makes sampling reproducible (same prompts, options and seed give
+	// the same rollout).
+	Seed uint64
+	// EOS stops a row once sampled (kept in the row); < 0: never stop early.
+	EOS int32
+	// Pad fills the left of short prompts and the right of finished rows.
+	Pad int32
+	// Unk, when >= 0, is also masked out of AttentionMask (spec §1.2:
+	// mask = seq≠pad ∧ seq≠unk).
+	Unk int32
+}
+
+// Rollout is a batch of generated sequences as Safe-RLHF's rollout returns
+// them (spec §1.2): each row is the left-padded prompt, the response, then
+// right pads, all rows of one width T = PromptWidth + longest response.
+type Rollout struct {
+	Seq           [][]int32 // [B][T]
+	AttentionMask [][]int32 // [B][T], 1 where Seq ≠ Pad (and ≠ Unk)
+	PromptWidth   int       // prompt columns (left-padded), response starts here
+	// ResponseLen is each row's number of sampled tokens (EOS included).
+	ResponseLen []int
+}
+
+// Generator samples batches with a KV cache. It reads the model's variables
+// from the context scope it was built with, so weight updates there (an
+// optimizer step, SetWeights) apply to the next Generate without
+// recompiling. Shapes are bucketed (prompt width to a multiple of
+// PromptBucket, cache length to a multiple of CacheBucket) so each
+// (batch, bucket) compiles once. It runs on the pure-Go backend (the cache is
+// updated with ScatterSum into zero slots: there is no DynamicUpdateSlice
+// there) and on XLA. A Generator is not safe for concurrent Generate calls.
+type Generator struct {
+	be           backends.Backend
+	cfg          *Config
+	ctx          *context.Context
+	prefill      *context.Exec
+	step         *context.Exec
+	PromptBucket int
+	CacheBucket  int
+	mu           sync.Mutex
+}
+
+// NewGenerator returns a generator for the model whose weights are in ctx's
+// current scope (see SetWeights).
+func NewGenerator(be backends.Backend, cfg *Config, ctx *context.Context) (*Generator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if ctx.GetVariableByScopeAndName(ctx.Scope(), NameEmbed) == nil {
+		return nil, fmt.Errorf("generator: no model weights in scope %q (call SetWeights first)", ctx.Scope())
+	}
+	gen := &Generator{be: be, cfg: cfg, ctx: ctx, PromptBucket: 16, CacheBucket: 64}
+	var err error
+	gen.prefill, err = context.NewExecAny(be, ctx.Reuse(), gen.prefillGraph)
+	if err != nil {
+		return nil, fmt.Errorf("generator: %w", err)
+	}
+	gen.step, err = context.NewExecAny(be, ctx.Reuse(), gen.stepGraph)
+	if err != nil {
+		return nil, fmt.Errorf("generator: %w", err)
+	}
+	return gen, nil
+}
+
+// NewGeneratorFromWeights puts w in a private context and returns a
+// generator over it (use SetWeights on Context() to update it).
+func NewGeneratorFromWeights(be backends.Backend, cfg *Config, w Weights) (*Generator, error) {
+	ctx := context.New().In("model")
+	if err := SetWeights(ctx, cfg, w); err != nil {
+		return nil, err
+	}
+	return NewGenerator(be, cfg, ctx)
+}
+
+// Context returns the context scope the generator reads its weights from.
+func (gen *Generator) Context() *context.Context { return gen.ctx }
+
+// SetWeights replaces the generator's weights (same shapes: no recompilation).
+func (gen *Generator) SetWeights(w Weights) error { return SetWeights(gen.ctx, gen.cfg, w) }
+
+// headLogits applies the final norm and the LM head to x [B, 1, D] → [B, V].
+func headLogits(ctx *context.Context, cfg *Config, x *G.Node) *G.Node {
+	g := x.Graph()
+	b := x.Shape().Dimensions[0]
+	xs := rmsScale(x, cfg.RMSNormEps)
+	xin, ws := normed(xs, param(ctx, g, NameFinalNorm), lmHead(ctx, cfg, g))
+	return G.Reshape(linear(xin, ws[0]), b, cfg.VocabSize)
+}
+
+// prefillGraph runs the left-padded prompts ids [B, P] with the cache's key
+// mask [B, S] (its first P columns are the prompt mask). Outputs: logits of
+// the last prompt column [B, V], then per layer the K and V caches
+// [B, S, Hkv, dh] (zero beyond P).
+func (gen *Generator) prefillGraph(ctx *context.Context, inputs []*G.Node) []*G.Node {
+	cfg := gen.cfg
+	ids, keyMask := inputs[0], inputs[1]
+	g := ids.Graph()
+	b, p := ids.Shape().Dimensions[0], ids.Shape().Dimensions[1]
+	s := keyMask.Shape().Dimensions[1]
+	mask := G.Slice(keyMask, G.AxisRange(), G.AxisRange(0, p))
+	x := G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(ids, -1))
+	r := newRope(cfg, g, positions(mask), p, s)
+	bias := attnBias(cfg, causalBias(mask))
+	dh, hkv := cfg.Dh(), cfg.NumKVHeads
+	caches := make([]*G.Node, 0, 2*cfg.NumLayers)
+	var zeros *G.Node
+	if s > p {
+		zeros = G.Zeros(g, shapes.Make(dtypes.Float32, b, s-p, hkv, dh))
+	}
+	hook := func(_ int, k4, v4 *G.Node) (*G.Node, *G.Node) {
+		for _, t := range []*G.Node{k4, v4} {
+			if zeros != nil {
+				t = G.Concatenate([]*G.Node{t, zeros}, 1)
+			}
+			caches = append(caches, t)
+		}
+		return k4, v4
+	}
+	for l := 0; l < cfg.NumLayers; l++ {
+		x = block(ctx, cfg, x, l, r, bias, hook)
+	}
+	last := G.Slice(x, G.AxisRange(), G.AxisRange(p-1, p))
+	return append([]*G.Node{headLogits(ctx, cfg, last)}, caches...)
+}
+
+// stepGraph feeds one token per row. Inputs: tok [B, 1] int32, rope
+// position [B, 1] int32, scatter index [B, 2] int32 (row, cache slot), key
+// mask [B, S] float32 (slots the token may attend to, itself included), then
+// the 2L caches. Outputs: logits [B, V] and the updated caches.
+func (gen *Generator) stepGraph(ctx *context.Context, inputs []*G.Node) []*G.Node {
+	cfg := gen.cfg
+	tok, pos, slot, keyMask := inputs[0], inputs[1], inputs[2], inputs[3]
+	caches := inputs[4:]
+	g := tok.Graph()
+	b, s := keyMask.Shape().Dimensions[0], keyMask.Shape().Dimensions[1]
+	x := G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(tok, -1))
+	r := newRope(cfg, g, pos, s, s)
+	keys := G.Reshape(G.MulScalar(G.AddScalar(keyMask, -1), -maskBias), b, 1, s)
+	bias := attnBias(cfg, keys)
+	dh, hkv := cfg.Dh(), cfg.NumKVHeads
+	out := make([]*G.Node, 2*cfg.NumLayers)
+	hook := func(l int, k4, v4 *G.Node) (*G.Node, *G.Node) {
+		// The slot is zero (never written): adding is writing.
+		k := G.ScatterSum(caches[2*l], slot, G.Reshape(k4, b, hkv, dh), true, true)
+		v := G.ScatterSum(caches[2*l+1], slot, G.Reshape(v4, b, hkv, dh), true, true)
+		out[2*l], out[2*l+1] = k, v
+		return k, v
+	}
+	for l := 0; l < cfg.NumLayers; l++ {
+		x = block(ctx, cfg, x, l, r, bias, hook)
+	}
+	return append([]*G.Node{headLogits(ctx, cfg, x)}, out...)
+}
+
+func roundUp(n, m int) int {
+	if m <= 1 {
+		return n
+	}
+	return (n + m - 1) / m * m
+}
+
+// Generate samples a response for each prompt (token ids, BOS included, no
+// padding) and returns the rollout.
+func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollout, error) {
+	gen.mu.Lock()
+	defer gen.mu.Unlock()
+	cfg := gen.cfg
+	b := len(prompts)
+	if b == 0 {
+		return nil, fmt.Errorf("generate: no prompts")
+	}
+	if opts.MaxNewTokens <= 0 {
+		return nil, fmt.Errorf("generate: MaxNewTokens %d must be > 0", opts.MaxNewTokens)
+	}
+	maxLen := 0
+	for i, p := range prompts {
+		if len(p) == 0 {
+			return nil, fmt.Errorf("generate: prompt %d is empty (it needs at least BOS)", i)
+		}
+		for _, id := range p {
+			if id < 0 || int(id) >= cfg.VocabSize {
+				return nil, fmt.Errorf("generate: prompt %d: token %d outside vocabulary [0, %d)", i, id, cfg.VocabSize)
+			}
+		}
+		maxLen = max(maxLen, len(p))
+	}
+	pw := roundUp(maxLen, gen.PromptBucket)
+	s := roundUp(pw+opts.MaxNewTokens-1, gen.CacheBucket)
+	if s < pw+1 {
+		s = pw + 1
+	}
+	v := cfg.VocabSize
+
+	ids := make([]int32, b*pw)
+	keyMask := make([]float32, b*s)
+	history := make([][]int32, b) // real tokens per row (repetition penalty)
+	nreal := make([]int32, b)
+	for r, p := range prompts {
+		off := pw - len(p)
+		for i := 0; i < pw; i++ {
+			ids[r*pw+i] = opts.Pad
+		}
+		copy(ids[r*pw+off:], p)
+		for i := off; i < pw; i++ {
+			keyMask[r*s+i] = 1
+		}
+		history[r] = append([]int32(nil), p...)
+		nreal[r] = int32(len(p))
+	}
+	out, err := gen.prefill.Exec(tensors.FromFlatDataAndDimensions(ids, b, pw), tensors.FromFlatDataAndDimensions(keyMask, b, s))
+	if err != nil {
+		return nil, fmt.Errorf("generate: prefill: %w", err)
+	}
+	rng := rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15))
+	resp := make([][]int32, b)
+	done := make([]bool, b)
+	tok := make([]int32, b)
+	pos := make([]int32, b)
+	slot := make([]int32, 2*b)
+	var sc sampler
+	for i := 0; ; i++ {
+		logits, err := tensors.CopyFlatData[float32](out[0])
+		if err != nil {
+			return nil, fmt.Errorf("generate: %w", err)
+		}
+		out[0].FinalizeAll()
+		allDone := true
+		for r := 0; r < b; r++ {
+			if done[r] {
+				tok[r] = opts.Pad
+				continue
+			}
+			t := sc.sample(logits[r*v:(r+1)*v], history[r], &opts, rng)
+			resp[r] = append(resp[r], t)
+			history[r] = append(history[r], t)
+			tok[r] = t
+			if t == opts.EOS && opts.EOS >= 0 {
+				done[r] = true
+			} else {
+				allDone = false
+			}
+		}
+		if allDone || i == opts.MaxNewTokens-1 {
+			break
+		}
+		// Feed the sampled tokens at cache slot pw+i.
+		at := pw + i
+		args := make([]any, 0, 4+2*cfg.NumLayers)
+		for r := 0; r < b; r++ {
+			pos[r] = nreal[r]
+			slot[2*r], slot[2*r+1] = int32(r), int32(at)
+			if len(resp[r]) == i+1 { // sampled this round (EOS included): a real token
+				keyMask[r*s+at] = 1
+				nreal[r]++
+			}
+		}
+		args = append(args,
+			tensors.FromFlatDataAndDimensions(tok, b, 1),
+			tensors.FromFlatDataAndDimensions(pos, b, 1),
+			tensors.FromFlatDataAndDimensions(slot, b, 2),
+			tensors.FromFlatDataAndDimensions(keyMask, b, s))
+		for _, c := range out[1:] {
+			d, err := G.DonateTensorBuffer(c, gen.be, 0)
+			if err != nil {
+				return nil, fmt.Errorf("generate: %w", err)
+			}
+			args = append(args, d)
+		}
+		out, err = gen.step.Exec(args...)
+		if err != nil {
+			return nil, fmt.Errorf("generate: step %d: %w", i, err)
+		}
+	}
+	for _, c := range out[1:] {
+		c.FinalizeAll()
+	}
+	longest := 0
+	for _, rr := range resp {
+		longest = max(longest, len(rr))
+	}
+	ro := &Rollout{PromptWidth: pw, Seq: make([][]int32, b), AttentionMask: make([][]int32, b), ResponseLen: make([]int, b)}
+	t := pw + longest
+	for r := 0; r < b; r++ {
+		row := make([]int32, t)
+		copy(row, ids[r*pw:(r+1)*pw])
+		copy(row[pw:], resp[r])
+		for i := pw + len(resp[r]); i < t; i++ {
+			row[i] = opts.Pad
+		}
+		m := make([]int32, t)
+		for i, id := range row {
+			if id != opts.Pad && (opts.Unk < 0 || id != opts.Unk) {
+				m[i] = 1
+			}
+		}
+		ro.Seq[r], ro.AttentionMask[r], ro.ResponseLen[r] = row, m, len(resp[r])
+	}
+	return ro, nil
+}
+
+// sampler holds scratch buffers for sampling one row.
+type sampler struct {
+	z   []float64
+	idx []int
+}
+
+// sample picks the next token from one row's logits: repetition penalty,
+// then greedy (Temperature 0) or temperature + top-p sampling, the order of
+// HF's logits processors and warpers.
+func (sc *sampler) sample(logits []float32, history []int32, opts *GenerateOptions, rng *rand.Rand) int32 {
+	v := len(logits)
+	if cap(sc.z) < v {
+		sc.z, sc.idx = make([]float64, v), make([]int, v)
+	}
+	z := sc.z[:v]
+	for i, x := range logits {
+		z[i] = float64(x)
+	}
+	if rp := opts.RepetitionPenalty; rp > 0 && rp != 1 {
+		for _, id := range history {
+			if id == opts.Pad || id < 0 || int(id) >= v {
+				continue
+			}
+			// From the original logit: a repeated id is penalised once.
+			if x := float64(logits[id]); x < 0 {
+				z[id] = x * rp
+			} else {
+				z[id] = x / rp
+			}
+		}
+	}
+	if opts.Temperature <= 0 {
+		best := 0
+		for i, x := range z {
+			if x > z[best] {
+				best = i
+			}
+		}
+		return int32(best)
+	}
+	maxz := math.Inf(-1)
+	for i := range z {
+		z[i] /= opts.Temperature
+		maxz = math.Max(maxz, z[i])
+	}
+	sum := 0.0
+	for i := range z {
+		z[i] = math.Exp(z[i] - maxz)
+		sum += z[i]
+	}
+	idx := sc.idx[:v]
+	for i := range idx {
+		idx[i] = i
+	}
+	keep := v
+	if opts.TopP > 0 && opts.TopP < 1 {
+		sort.SliceStable(idx, func(a, b int) bool { return z[idx[a]] > z[idx[b]] })
+		cum := 0.0
+		for k, i := range idx {
+			cum += z[i] / sum
+			if cum >= opts.TopP {
+				keep = k + 1
+				break
+			}
+		}
+		sum = 0
+		for _, i := range idx[:keep] {
+			sum += z[i]
+		}
+	}
+	u := rng.Float64() * sum
+	for _, i := range idx[:keep] {
+		u -= z[i]
+		if u < 0 {
+			return int32(i)
+		}
+	}
+	return int32(idx[keep-1])
+}
