@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/saferlhf/saferlhf/train/metrics"
 )
 
 // Batch is one (micro-)batch as the Stepper takes it.
@@ -57,10 +59,13 @@ type LoopConfig struct {
 	Resume bool
 	// SaveModel writes the final model (for example an HF safetensors dir) to dir.
 	SaveModel func(dir string) error
-	// Plot, if set, draws PNG curves from the metrics file into Dir at the end.
+	// Plot draws PNG curves from the metrics file into Dir at the end (default DefaultPlot).
 	Plot func(metricsPath, outDir string) error
-	// Progress receives the progress bar (nil: none).
+	// Progress receives the progress bar (nil: none); Name labels it.
 	Progress io.Writer
+	Name     string
+	// EvalAtStart evaluates the held-out data before the first step (a baseline at step 0).
+	EvalAtStart bool
 	// Meta is stored in every checkpoint's state.json (for example the stage config).
 	Meta any
 }
@@ -87,7 +92,7 @@ type checkpointState struct {
 // Loop is the generic supervised training loop (see package doc).
 type Loop struct {
 	cfg     LoopConfig
-	metrics *os.File
+	metrics *metrics.Writer
 	lastEv  map[string]float64
 }
 
@@ -144,22 +149,17 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			}
 		}
 	}
-	flags := os.O_CREATE | os.O_RDWR
-	if !l.cfg.Resume || st.Step == 0 {
-		flags |= os.O_TRUNC
+	// A resumed run drops the records written after the checkpoint, so the finished
+	// file equals an uninterrupted run's.
+	if st.Step > 0 {
+		l.metrics, err = metrics.ResumeAt(metricsPath, st.MetricsOffset)
+	} else {
+		l.metrics, err = metrics.Create(metricsPath)
 	}
-	if l.metrics, err = os.OpenFile(metricsPath, flags, 0o644); err != nil {
+	if err != nil {
 		return sum, fmt.Errorf("trainer: %w", err)
 	}
 	defer l.metrics.Close()
-	// Drop records written after the checkpoint, so the file equals an uninterrupted run's.
-	if err := l.metrics.Truncate(st.MetricsOffset); err != nil {
-		return sum, fmt.Errorf("trainer: %w", err)
-	}
-	if _, err := l.metrics.Seek(st.MetricsOffset, io.SeekStart); err != nil {
-		return sum, fmt.Errorf("trainer: %w", err)
-	}
-
 	s := l.cfg.Stepper
 	k := s.Config().Accumulation
 	total := l.TotalSteps()
@@ -167,8 +167,16 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 	step, epoch, index := st.Step, st.Epoch, st.Index
 	start := time.Now()
 	startStep := step
-	tokens := 0
-	bar := newProgress(l.cfg.Progress, total, startStep)
+	tokens, barTokens := 0, 0
+	var bar *metrics.Progress
+	if l.cfg.Progress != nil {
+		bar = metrics.NewProgress(total, startStep, l.cfg.Name, l.cfg.Progress)
+	}
+	if l.cfg.EvalAtStart && step == 0 && l.cfg.Eval != nil && l.cfg.Eval.Len() > 0 {
+		if err := l.evaluate(0); err != nil {
+			return sum, err
+		}
+	}
 	for step < total {
 		// One optimizer step = k micro-batches.
 		var sumLoss float64
@@ -202,11 +210,11 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 				step+1, res.GradNorm, l.ckptRoot())
 		}
 		step++
-		rec := map[string]any{"step": step, "split": "train", "epoch": epoch, "lr": lr, "loss": sumLoss / float64(k), "grad_norm": res.GradNorm}
+		vals := map[string]float64{"epoch": float64(epoch), "lr": lr, "loss": sumLoss / float64(k), "grad_norm": res.GradNorm}
 		for name, v := range sumMetrics {
-			rec[name] = v / float64(k)
+			vals[name] = v / float64(k)
 		}
-		if err := l.writeRecord(rec); err != nil {
+		if err := l.writeRecord(step, "train", vals); err != nil {
 			return sum, err
 		}
 		sum.TrainLoss = sumLoss / float64(k)
@@ -216,8 +224,10 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 				return sum, err
 			}
 		}
-		elapsed := time.Since(start)
-		bar.update(step, sum.TrainLoss, float64(tokens)/elapsed.Seconds(), elapsed)
+		if bar != nil {
+			bar.Update(step, sum.TrainLoss, tokens-barTokens)
+			barTokens = tokens
+		}
 		cancelled := ctx.Err() != nil
 		if last || cancelled || (l.cfg.CheckpointEvery > 0 && step%l.cfg.CheckpointEvery == 0) {
 			if err := l.checkpoint(checkpointState{Step: step, Epoch: epoch, Index: index}); err != nil {
@@ -225,11 +235,15 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			}
 		}
 		if cancelled && !last {
-			bar.done()
+			if bar != nil {
+				bar.Finish()
+			}
 			return l.finish(sum, step, startStep, tokens, start), fmt.Errorf("trainer: interrupted after step %d (checkpoint saved; rerun with --resume): %w", step, ctx.Err())
 		}
 	}
-	bar.done()
+	if bar != nil {
+		bar.Finish()
+	}
 	sum = l.finish(sum, step, startStep, tokens, start)
 	if l.cfg.SaveModel != nil {
 		sum.ModelDir = filepath.Join(l.cfg.Dir, "model")
@@ -237,8 +251,12 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			return sum, fmt.Errorf("trainer: saving the final model: %w", err)
 		}
 	}
-	if l.cfg.Plot != nil {
-		if err := l.cfg.Plot(metricsPath, l.cfg.Dir); err != nil {
+	plot := l.cfg.Plot
+	if plot == nil {
+		plot = DefaultPlot
+	}
+	{
+		if err := plot(metricsPath, l.cfg.Dir); err != nil {
 			return sum, fmt.Errorf("trainer: plots: %w", err)
 		}
 	}
@@ -295,20 +313,13 @@ func (l *Loop) evaluate(step int) error {
 			step, bad, ev[bad], l.ckptRoot())
 	}
 	l.lastEv = ev
-	rec := map[string]any{"step": step, "split": "eval"}
-	for k, v := range ev {
-		rec[k] = v
-	}
-	return l.writeRecord(rec)
+	return l.writeRecord(step, "eval", ev)
 }
 
-func (l *Loop) writeRecord(rec map[string]any) error {
-	b, err := json.Marshal(rec) // map keys are sorted: the line is deterministic
-	if err != nil {
-		return fmt.Errorf("trainer: metrics: %w", err)
-	}
-	if _, err := l.metrics.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("trainer: metrics: %w", err)
+// writeRecord appends one metrics line (keys sorted, shortest float form: deterministic bytes).
+func (l *Loop) writeRecord(step int, split string, vals map[string]float64) error {
+	if err := l.metrics.WriteRecord(metrics.Record{Step: step, Values: vals, Tags: map[string]string{"split": split}}); err != nil {
+		return fmt.Errorf("trainer: %w", err)
 	}
 	return nil
 }
@@ -320,7 +331,7 @@ func (l *Loop) checkpoint(st checkpointState) error {
 	if err := l.metrics.Sync(); err != nil {
 		return fmt.Errorf("trainer: checkpoint: %w", err)
 	}
-	off, err := l.metrics.Seek(0, io.SeekCurrent)
+	off, err := l.metrics.Offset()
 	if err != nil {
 		return fmt.Errorf("trainer: checkpoint: %w", err)
 	}
@@ -439,4 +450,23 @@ func badValue(r Result, name string) float64 {
 		return r.Loss
 	}
 	return r.Metrics[name]
+}
+
+// DefaultPlot draws one PNG per metric into outDir/plots, with the training curve
+// (raw and smoothed) and the held-out points.
+func DefaultPlot(metricsPath, outDir string) error {
+	recs, err := metrics.Read(metricsPath)
+	if err != nil {
+		return err
+	}
+	groups := map[string][]string{}
+	for _, r := range recs {
+		for k := range r.Values {
+			if k != "epoch" && groups[k] == nil {
+				groups[k] = []string{k + "@split=train", k + "@split=eval"}
+			}
+		}
+	}
+	_, err = metrics.PlotFile(metricsPath, filepath.Join(outDir, "plots"), groups, 0.6)
+	return err
 }

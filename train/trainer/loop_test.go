@@ -89,6 +89,9 @@ func TestLoopResumeIsExact(t *testing.T) {
 			t.Fatalf("held-out loss %g: the regression did not train", sum.Eval["loss"])
 		}
 		want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
+		if _, err := os.Stat(filepath.Join(ref, "plots", "loss.png")); err != nil {
+			t.Fatalf("no loss plot: %v", err)
+		}
 
 		// Interrupt (cancellation) in the middle, then resume.
 		dir := t.TempDir()
