@@ -21,6 +21,7 @@ type Options struct {
 	KeepCheckpoints int       // checkpoints kept (default 2)
 	Resume          bool      // continue from OutDir/checkpoints/latest
 	Progress        io.Writer // progress bar (nil: none)
+	ProgressLines   bool      // one line per step instead of a redrawn bar (logs, CI)
 	// StopAfter stops (without error, after checkpointing) once this many rollout batches are
 	// done in this process; 0 runs to the end. Used by tests to simulate interruptions.
 	StopAfter int
@@ -192,7 +193,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	if t.opt.Progress != nil {
+	if t.opt.Progress != nil && !t.opt.ProgressLines {
 		fmt.Fprintln(t.opt.Progress)
 	}
 	return nil
@@ -479,7 +480,11 @@ func (t *Trainer) progress(m StepMetrics, p PerfMetrics, started time.Time) {
 		}
 	}
 	el := time.Since(started).Seconds()
-	fmt.Fprintf(t.opt.Progress, "\rppo %-7s [%s] %3d/%d reward %+.3f cost %+.3f harmful %.2f λ %.3f kl %.3f gen %.0f tok/s train %.0f tok/s %4.0fs",
+	lead, tail := "\r", ""
+	if t.opt.ProgressLines {
+		lead, tail = "", "\n"
+	}
+	fmt.Fprintf(t.opt.Progress, lead+"%-7s [%s] %3d/%d reward %+.3f cost %+.3f harmful %.2f λ %.3f kl %.3f gen %.0f tok/s train %.0f tok/s %4.0fs"+tail,
 		t.cfg.Algorithm, bar, t.st.Step, t.total, m.Reward, m.Cost, m.HarmfulRate, m.Lambda, m.KL, p.GenTokensPerSec, p.TrainTokensPerSc, el)
 }
 
