@@ -155,6 +155,44 @@ func Resume(path string, resumeStep int) (*Writer, error) {
 	return &Writer{path: path, f: f}, nil
 }
 
+// ResumeAt opens path for appending after truncating it to offset bytes (the
+// Offset recorded in the checkpoint being resumed), so that the finished file
+// equals that of an uninterrupted run. A file shorter than offset is an error.
+func ResumeAt(path string, offset int64) (*Writer, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	st, err := f.Stat()
+	if err == nil && st.Size() < offset {
+		err = fmt.Errorf("file has %d bytes, checkpoint expects at least %d", st.Size(), offset)
+	}
+	if err == nil {
+		err = f.Truncate(offset)
+	}
+	if err == nil {
+		err = f.Close()
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("metrics %s: %w", path, err)
+	}
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	return &Writer{path: path, f: f}, nil
+}
+
+// Offset returns the current size of the file in bytes (store it in a checkpoint for ResumeAt).
+func (w *Writer) Offset() (int64, error) {
+	st, err := w.f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("metrics %s: %w", w.path, err)
+	}
+	return st.Size(), nil
+}
+
 // Path returns the file path.
 func (w *Writer) Path() string { return w.path }
 

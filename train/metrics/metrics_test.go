@@ -69,6 +69,36 @@ func TestJSONLResumeIsByteIdentical(t *testing.T) {
 	}
 }
 
+func TestResumeAtOffset(t *testing.T) {
+	dir := t.TempDir()
+	full := filepath.Join(dir, "full.jsonl")
+	w, _ := Create(full)
+	writeRun(t, w, 0, 10)
+	w.Close()
+	part := filepath.Join(dir, "part.jsonl")
+	w, _ = Create(part)
+	writeRun(t, w, 0, 4)
+	off, err := w.Offset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, w, 5, 7) // written after the checkpoint, then killed
+	w.Close()
+	if w, err = ResumeAt(part, off); err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, w, 5, 10)
+	w.Close()
+	a, _ := os.ReadFile(full)
+	b, _ := os.ReadFile(part)
+	if !bytes.Equal(a, b) {
+		t.Fatal("resumed file differs")
+	}
+	if _, err := ResumeAt(part, 1<<40); err == nil {
+		t.Error("offset past the end accepted")
+	}
+}
+
 func TestRecordRoundTrip(t *testing.T) {
 	r := Record{Step: 7, Values: map[string]float64{"a": 0.1, "b": math.NaN(), "c": -3e-300, "d": math.Inf(1)}, Tags: map[string]string{"split": "train"}}
 	b, err := r.MarshalJSON()
