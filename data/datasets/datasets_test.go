@@ -1,0 +1,353 @@
+package datasets
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/saferlhf/saferlhf/data/tokenizer"
+)
+
+func asset(t testing.TB, rel string) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "assets", rel)
+}
+
+func TestReadAssets(t *testing.T) {
+	cases := []struct {
+		path, format, wantFormat string
+		n                        int
+		check                    func(t *testing.T, s []RawSample, st ReadStats)
+	}{
+		{"data/hh-rlhf/harmless-base-test.jsonl.gz", FormatAuto, FormatHHHarmless, 2312 - 5, func(t *testing.T, s []RawSample, st ReadStats) {
+			// 5 rows hold a further "\n\nAssistant:" inside one response only.
+			if st.PrefixMismatch != 5 || st.Records != 2312 {
+				t.Errorf("stats %+v, want 2312 records, 5 prefix mismatches", st)
+			}
+		}},
+		{"data/helpful/hh-rlhf-helpful-base-test.jsonl.gz", FormatHHHelpful, "", 2354 - 9, func(t *testing.T, s []RawSample, st ReadStats) {
+			if st.PrefixMismatch != 9 {
+				t.Errorf("prefix mismatches %d, want 9 (PROVENANCE.md)", st.PrefixMismatch)
+			}
+		}},
+		{"data/pku-saferlhf/align-anything-preference-sample.json", FormatAuto, FormatPKU, 32, func(t *testing.T, s []RawSample, _ ReadStats) {
+			var ss, uu, one, diff int
+			for _, r := range s {
+				switch {
+				case r.IsSafe == Safe && r.IsOtherSafe == Safe:
+					ss++
+				case r.IsSafe == Unsafe && r.IsOtherSafe == Unsafe:
+					uu++
+				default:
+					one++
+				}
+				if r.Better != r.Safer {
+					diff++
+				}
+			}
+			if ss != 11 || uu != 16 || one != 5 || diff != 19 {
+				t.Errorf("label mix ss %d uu %d one %d better!=safer %d, want 11 16 5 19", ss, uu, one, diff)
+			}
+		}},
+		{"data/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv", FormatAuto, FormatBeaverTails, 140, func(t *testing.T, s []RawSample, _ ReadStats) {
+			for _, r := range s {
+				if r.IsSafe != Unsafe || r.Category == "" {
+					t.Fatalf("%s: safety %v category %q, want unsafe with a category", r.Where(), r.IsSafe, r.Category)
+				}
+			}
+		}},
+		{"data/eval/beavertails-evaluation.json", FormatAuto, FormatPrompts, 700, nil},
+		{"data/eval/advbench-harmful_behaviors.csv", FormatAuto, FormatPrompts, 520, func(t *testing.T, s []RawSample, _ ReadStats) {
+			if !strings.HasPrefix(s[0].Input[0], "Write a script that can exploit") {
+				t.Errorf("first goal %q", s[0].Input[0])
+			}
+		}},
+		{"data/eval/safe-rlhf-gpt4-problems.json", FormatPrompts, "", 83, nil},
+		{"data/helpful/llamafactory-dpo_en_demo.json", FormatAuto, FormatShareGPT, 300, func(t *testing.T, s []RawSample, _ ReadStats) {
+			multi := 0
+			for _, r := range s {
+				if len(r.Input)%2 != 1 || !r.HasOther {
+					t.Fatalf("%s: input turns %d", r.Where(), len(r.Input))
+				}
+				if len(r.Input) > 1 {
+					multi++
+				}
+			}
+			if multi == 0 {
+				t.Error("no multi-turn prompts")
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(filepath.Base(c.path), func(t *testing.T) {
+			p := asset(t, c.path)
+			if c.wantFormat != "" {
+				b, _ := ReadFileBytes(p)
+				recs, err := jsonOrCSV(p, b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f, err := detect(p, recs[0]); err != nil || f != c.wantFormat {
+					t.Errorf("detect = %q, %v; want %q", f, err, c.wantFormat)
+				}
+			}
+			s, st, err := Read(p, c.format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(s) != c.n {
+				t.Errorf("%d samples, want %d (stats %+v)", len(s), c.n, st)
+			}
+			for _, r := range s {
+				if len(r.Input)%2 != 1 || r.Line <= 0 {
+					t.Fatalf("%s: %d input turns", r.Where(), len(r.Input))
+				}
+			}
+			if c.check != nil {
+				c.check(t, s, st)
+			}
+		})
+	}
+}
+
+func jsonOrCSV(name string, b []byte) ([]record, error) {
+	if isCSV(name, b) {
+		return csvRecords(name, b)
+	}
+	return jsonRecords(name, b)
+}
+
+func TestHHSplit(t *testing.T) {
+	chosen := "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant: fine, thanks."
+	rejected := "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant: go away"
+	s, _, err := Parse("x.jsonl", []byte(`{"chosen":`+quote(chosen)+`,"rejected":`+quote(rejected)+`}`), FormatHH)
+	if err != nil || len(s) != 1 {
+		t.Fatal(err, len(s))
+	}
+	want := []string{"hi there", "hello!", "how are you?"}
+	if !slices.Equal(s[0].Input, want) || s[0].Answer != "fine, thanks." || s[0].OtherAnswer != "go away" {
+		t.Errorf("got %q / %q / %q", s[0].Input, s[0].Answer, s[0].OtherAnswer)
+	}
+	got, _ := FormatPrompt(s[0].Input, "</s>")
+	if w := "BEGINNING OF CONVERSATION: USER: hi there ASSISTANT:hello!</s>USER: how are you? ASSISTANT:"; got != w {
+		t.Errorf("multi-turn prompt\n got %q\nwant %q", got, w)
+	}
+}
+
+func quote(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+	return `"` + r.Replace(s) + `"`
+}
+
+func TestFormatPrompt(t *testing.T) {
+	got, err := FormatPrompt([]string{"How do I bake bread?"}, "</s>")
+	if err != nil || got != "BEGINNING OF CONVERSATION: USER: How do I bake bread? ASSISTANT:" {
+		t.Errorf("got %q, %v", got, err)
+	}
+	if _, err := FormatPrompt([]string{"a", "b"}, "</s>"); !errors.Is(err, ErrEvenInput) {
+		t.Errorf("even input: %v", err)
+	}
+}
+
+func TestMalformedInputErrors(t *testing.T) {
+	cases := []struct{ name, content, format, want string }{
+		{"a.json", "[\n{\"prompt\": \"x\"},\n{\"prompt\": }\n]", FormatPrompts, "a.json:3"},
+		{"b.jsonl", "{\"chosen\":\"a\",\"rejected\":\"b\"}\n\n{\"chosen\": 1}\n", FormatHH, "b.jsonl:3"},
+		{"c.jsonl", "{\"chosen\":\"a\",\"rejected\":\"b\"}\n{bad\n", FormatHH, "c.jsonl:2"},
+		{"d.csv", "prompt,response,category\n\"a\",\"b\",\"c\"\n\"a,\"b\",c\n", FormatBeaverTails, "d.csv:3"},
+		{"e.json", "[{\"prompt\":\"p\",\"response_0\":\"a\",\"response_1\":\"b\",\"is_response_0_safe\":true,\"is_response_1_safe\":false,\"better_response_id\":0}]", FormatPKU, `e.json:1: field "safer_response_id": missing`},
+		{"f.json", "[\n {\"prompt\":\"p\",\"response_0\":\"a\",\"response_1\":\"b\",\"is_response_0_safe\":\"yes\"}]", FormatPKU, "f.json:2"},
+		{"g.json", "[{\"x\": 1}]", FormatAuto, "g.json:1: cannot detect"},
+	}
+	for _, c := range cases {
+		_, _, err := Parse(c.name, []byte(c.content), c.format)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want it to contain %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestCompressedAndSpec(t *testing.T) {
+	sp, err := ParseSpec("pku-saferlhf:8/-1:" + asset(t, "data/pku-saferlhf/align-anything-preference-sample.json"))
+	if err != nil || sp.Count != 8 || sp.Format != FormatPKU {
+		t.Fatalf("%+v %v", sp, err)
+	}
+	s, _, err := LoadMix([]string{sp.String(), "hh-rlhf:0.01:" + asset(t, "data/hh-rlhf/harmless-base-test.jsonl.gz")}, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 8 + 23; len(s) != want {
+		t.Errorf("mix: %d samples, want %d", len(s), want)
+	}
+	s2, _, _ := LoadMix([]string{sp.String()}, 42)
+	if s2[0].Line != s[0].Line {
+		t.Error("subsampling not deterministic")
+	}
+	up := Subsample(make([]RawSample, 10), Spec{Proportion: 2.5, Count: -1}, 1)
+	if len(up) != 25 {
+		t.Errorf("up-sampling: %d, want 25", len(up))
+	}
+}
+
+func loadTok(t testing.TB, f string) tokenizer.Tokenizer {
+	tok, err := tokenizer.Load(asset(t, "data/models/"+f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestBuilders(t *testing.T) {
+	tok := loadTok(t, "tokenizer.model")
+	s := RawSample{Input: []string{"Hi"}, Answer: "Good", OtherAnswer: "Bad", HasOther: true, Better: false, Safer: false, IsSafe: Unsafe, IsOtherSafe: Safe, File: "x", Line: 7}
+	prompt := tok.Encode("BEGINNING OF CONVERSATION: USER: Hi ASSISTANT:", true)
+
+	sft, err := Build(tok, KindSFT, &s, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := append(tok.Encode("BEGINNING OF CONVERSATION: USER: Hi ASSISTANT:Bad", true), tok.EOS())
+	if !slices.Equal(sft.InputIDs, full) || sft.PromptLen != len(prompt) {
+		t.Errorf("sft ids %v (prompt %d), want %v (prompt %d)", sft.InputIDs, sft.PromptLen, full, len(prompt))
+	}
+	for i, l := range sft.Labels {
+		if (i < len(prompt)) != (l == IgnoreIndex) || (l != IgnoreIndex && l != full[i]) {
+			t.Fatalf("label %d = %d", i, l)
+		}
+	}
+	pref, _ := Build(tok, KindPreference, &s, BuildOptions{})
+	if !slices.Equal(pref.Better, full) || pref.Worse[len(pref.Worse)-1] != tok.EOS() {
+		t.Errorf("preference better %v", pref.Better)
+	}
+	// Safer=false swaps to (Bad, safe) vs (Good, unsafe): consistent.
+	sp, err := Build(tok, KindSafetyPreference, &s, BuildOptions{Strict: true})
+	if err != nil || sp.SaferSign != Safe || sp.UnsaferSign != Unsafe || !slices.Equal(sp.Safer, full) {
+		t.Errorf("safety %+v %v", sp, err)
+	}
+	// Contradictory: the safer one is unsafe, the other safe.
+	bad := s
+	bad.Safer = true
+	if _, err := Build(tok, KindSafetyPreference, &bad, BuildOptions{Strict: true}); !errors.Is(err, ErrContradictory) || !strings.Contains(err.Error(), "x:7") {
+		t.Errorf("strict contradictory: %v", err)
+	}
+	samples := []RawSample{s, bad, {Input: []string{"q"}, Answer: "same", OtherAnswer: "same", HasOther: true, Safer: true}, {Input: []string{"Hi"}}}
+	maxLen := len(prompt) + 1
+	exs, st, err := BuildAll(context.Background(), tok, KindSafetyPreference, samples, BuildOptions{MaxLength: maxLen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(exs) != 1 || st.SkippedContradictory != 1 || st.DroppedIdentical != 1 || st.SkippedUnusable != 1 || st.Truncated != 1 || len(exs[0].Safer) != maxLen {
+		t.Errorf("stats %+v, %d examples", st, len(exs))
+	}
+	_, st, _ = BuildAll(context.Background(), tok, KindSafetyPreference, samples[:1], BuildOptions{MaxLength: maxLen, Overlong: OverlongDrop})
+	if st.DroppedOverlong != 1 || st.Examples != 0 {
+		t.Errorf("drop: %+v", st)
+	}
+	exs, st, _ = BuildAll(context.Background(), tok, KindPrompts, samples, BuildOptions{Workers: 3})
+	if len(exs) != 2 || st.DuplicatePrompts != 2 || !slices.Equal(exs[0].InputIDs, prompt) {
+		t.Errorf("prompts: %+v", st)
+	}
+}
+
+func TestDialogueSFT(t *testing.T) {
+	tok := loadTok(t, "tok512.bin")
+	s := RawSample{Dialogue: []string{"Hi", "Hello", "Tell a story", "Once upon a time"}}
+	ex, err := Build(tok, KindSFT, &s, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eos := tok.EOS()
+	// Two EOS (after each assistant turn), both trained.
+	var trainedEOS int
+	for i, id := range ex.InputIDs {
+		if id == eos && ex.Labels[i] == eos {
+			trainedEOS++
+		}
+	}
+	if trainedEOS != 2 || ex.InputIDs[len(ex.InputIDs)-1] != eos {
+		t.Errorf("ids %v labels %v", ex.InputIDs, ex.Labels)
+	}
+	text := tok.Decode(keep(ex.InputIDs, ex.Labels, false))
+	if !strings.Contains(text, "USER: Tell a story ASSISTANT:") || strings.Contains(text, "Hello") {
+		t.Errorf("masked text %q", text)
+	}
+}
+
+func keep(ids, labels []int32, trained bool) []int32 {
+	var out []int32
+	for i, id := range ids {
+		if (labels[i] != IgnoreIndex) == trained {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func TestReadErrorsNameFile(t *testing.T) {
+	if _, _, err := Read(filepath.Join(t.TempDir(), "missing.json"), FormatAuto); err == nil || !strings.Contains(err.Error(), "missing.json") {
+		t.Errorf("err = %v", err)
+	}
+	p := filepath.Join(t.TempDir(), "bad.json.gz")
+	os.WriteFile(p, []byte{0x1f, 0x8b, 0, 1, 2}, 0o644)
+	if _, _, err := Read(p, FormatAuto); err == nil || !strings.Contains(err.Error(), "bad.json.gz") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+// fuzzFormat is shared by the reader fuzz targets: no panics, and every kept
+// sample has odd input turns.
+func fuzzFormat(f *testing.F, format string, seeds ...string) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, name := range []string{"x.json", "x.csv"} {
+			s, _, err := Parse(name, b, format)
+			if err != nil {
+				continue
+			}
+			for _, r := range s {
+				if len(r.Dialogue) == 0 && len(r.Input)%2 != 1 {
+					t.Fatalf("%d input turns", len(r.Input))
+				}
+			}
+		}
+	})
+}
+
+func FuzzReadPKU(f *testing.F) {
+	fuzzFormat(f, FormatPKU, `[{"prompt":"p","response_0":"a","response_1":"b","is_response_0_safe":true,"is_response_1_safe":false,"better_response_id":0,"safer_response_id":1}]`,
+		`{"prompt":"p","response_0":"a","response_1":"b","is_response_0_safe":true,"is_response_1_safe":false,"better_response_id":0,"safer_response_id":1,"x":{}}`)
+}
+
+func FuzzReadHH(f *testing.F) {
+	fuzzFormat(f, FormatHH, `{"chosen":"\n\nHuman: a\n\nAssistant: b","rejected":"\n\nHuman: a\n\nAssistant: c"}`,
+		`{"chosen":"\n\nHuman: a\n\nHuman: x\n\nAssistant: b\n\nHuman: q\n\nAssistant: z","rejected":"\n\nAssistant: c"}`)
+}
+
+func FuzzReadBeaverTails(f *testing.F) {
+	fuzzFormat(f, FormatBeaverTails, "prompt,response,category\n\"a\",\"b\nc\",animal_abuse\n",
+		`[{"prompt":"a","response":"b","category":{"x":true,"y":false},"is_safe":false}]`)
+}
+
+func FuzzReadShareGPT(f *testing.F) {
+	fuzzFormat(f, FormatShareGPT, `[{"conversations":[{"from":"system","value":"s"},{"from":"human","value":"h"}],"chosen":{"from":"gpt","value":"c"},"rejected":{"from":"gpt","value":"r"}}]`,
+		`[{"conversations":[{"from":"human","value":"h"},{"from":"gpt","value":"g"}]}]`)
+}
+
+func FuzzReadPrompts(f *testing.F) {
+	fuzzFormat(f, FormatPrompts, `["a","b"]`, "goal,target\nx,y\n", `[{"prompt":"p","category":"c"}]`)
+}
+
+func FuzzReadAlpaca(f *testing.F) {
+	fuzzFormat(f, FormatAlpaca, `[{"instruction":"i","input":"x","output":"o"}]`, `{"prompt":"p","answer":"a"}`)
+}
+
+func FuzzReadAuto(f *testing.F) {
+	fuzzFormat(f, FormatAuto, `[{"chosen":"\n\nHuman: a\n\nAssistant: b","rejected":"\n\nHuman: a\n\nAssistant: c"}]`, "prompt,response,category\na,b,c\n")
+}
