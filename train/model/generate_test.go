@@ -1,6 +1,9 @@
 package model
 
 import (
+	G "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 	"slices"
 	"testing"
 )
@@ -128,5 +131,70 @@ func TestGenerateSamplingAndEOS(t *testing.T) {
 	// The modified weights must have changed something (the update is live).
 	if slices.Equal(base.Seq[0], ref.Seq[0]) && slices.Equal(base.Seq[1], ref.Seq[1]) && slices.Equal(base.Seq[2], ref.Seq[2]) {
 		t.Error("SetWeights on the generator had no effect")
+	}
+}
+
+// TestGeneratorMatchesFullForward: for GQA with LLaMA biases, a Qwen2-like
+// tied model and MQA with linear RoPE scaling, greedy KV-cache generation on
+// a left-padded batch equals argmax of a full forward over the result.
+func TestGeneratorMatchesFullForward(t *testing.T) {
+	be := getBackend(t)
+	gqa := tinyConfig()
+	qwen := tinyConfig()
+	qwen.ModelType, qwen.OBias, qwen.TieWordEmbeddings, qwen.RopeTheta = "qwen2", false, true, 1e6
+	mqa := tinyConfig()
+	mqa.NumKVHeads, mqa.AttentionBias, mqa.OBias = 1, false, false
+	mqa.RopeScaling = &RopeScaling{Type: "linear", Factor: 4}
+	for _, nc := range []struct {
+		name string
+		cfg  *Config
+	}{{"gqa", gqa}, {"mqa", mqa}, {"qwen2", qwen}} {
+		name, cfg := nc.name, nc.cfg
+		w := RandomWeights(cfg, 11)
+		for _, tt := range w {
+			for i := range tt.Data {
+				tt.Data[i] *= 5
+			}
+		}
+		ctx := context.New().In(name)
+		if err := SetWeights(ctx, cfg, w); err != nil {
+			t.Fatal(err)
+		}
+		gen, err := NewGenerator(be, cfg, ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prompts := [][]int32{{1, 5, 9, 3}, {1, 7}, {1, 4, 4, 8, 12, 30, 2}}
+		ro, err := gen.Generate(prompts, GenerateOptions{MaxNewTokens: 12, EOS: -1, Pad: 0, Unk: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, width := len(prompts), len(ro.Seq[0])
+		var ids []int32
+		var mask []float32
+		for r := range ro.Seq {
+			ids = append(ids, ro.Seq[r]...)
+			// Real tokens by construction (a sampled id may equal Pad).
+			for i := range ro.Seq[r] {
+				real := i >= ro.PromptWidth-len(prompts[r]) && i < ro.PromptWidth+ro.ResponseLen[r]
+				mask = append(mask, map[bool]float32{true: 1}[real])
+			}
+		}
+		out, err := context.ExecOnce(be, ctx.Reuse(), func(ctx *context.Context, ids, mask *G.Node) *G.Node {
+			return Logits(ctx, cfg, ids, mask)
+		}, tensors.FromFlatDataAndDimensions(ids, b, width), tensors.FromFlatDataAndDimensions(mask, b, width))
+		if err != nil {
+			t.Fatal(err)
+		}
+		logits, _ := tensors.CopyFlatData[float32](out)
+		v := cfg.VocabSize
+		for r := 0; r < b; r++ {
+			for p := ro.PromptWidth - 1; p < width-1; p++ {
+				row := logits[(r*width+p)*v : (r*width+p+1)*v]
+				if got := argmax(row); got != ro.Seq[r][p+1] {
+					t.Fatalf("%s row %d pos %d: full forward argmax %d, generator %d", name, r, p, got, ro.Seq[r][p+1])
+				}
+			}
+		}
 	}
 }

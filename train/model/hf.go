@@ -1,0 +1,171 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
+	"github.com/saferlhf/saferlhf/train/safetensors"
+)
+
+// MaxShardBytes is the shard size Save uses (HF's default max_shard_size).
+const MaxShardBytes = 5 << 30
+
+// Load reads an HF model directory: config.json and the weights in
+// model.safetensors or sharded with model.safetensors.index.json, in
+// f32/bf16/f16 (converted to float32). Tensor names are LLaMA-2's
+// ("model.layers.N.self_attn.q_proj.weight", ...); a checkpoint of the bare
+// model without the "model." prefix is accepted. Safe-RLHF score models
+// (score_head.weight/bias, no lm_head) load with cfg.ScoreDim set. Files are
+// memory-mapped, so peak memory is about the float32 weights once. Errors
+// name the file and tensor; Load never panics on malformed input.
+func Load(dir string) (*Config, Weights, error) {
+	cfg, err := LoadHFConfig(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	set, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer set.Close()
+	prefix := ""
+	if !set.Has(NameEmbed) && set.Has(strings.TrimPrefix(NameEmbed, "model.")) {
+		prefix = "model."
+	}
+	fileName := func(name string) string {
+		stored := name
+		if prefix != "" {
+			stored = strings.TrimPrefix(name, prefix)
+		}
+		return stored
+	}
+	if cfg.ScoreDim == 0 && set.Has(NameScoreW) {
+		_, shape, err := set.Info(NameScoreW)
+		if err == nil && len(shape) == 2 {
+			cfg.ScoreDim = shape[0]
+		}
+	}
+	exp := ExpectedShapes(cfg, false)
+	if !cfg.TieWordEmbeddings && set.Has(NameLMHead) {
+		exp[NameLMHead] = []int{cfg.VocabSize, cfg.HiddenSize}
+	}
+	if !cfg.TieWordEmbeddings && !set.Has(NameLMHead) && cfg.ScoreDim == 0 {
+		return nil, nil, fmt.Errorf("%s: tensor %q missing (config has tie_word_embeddings=false and no score head)", dir, NameLMHead)
+	}
+	w := Weights{}
+	for _, name := range sortedKeys(exp) {
+		stored := fileName(name)
+		dt, shape, err := set.Info(stored)
+		if err != nil {
+			if errors.Is(err, safetensors.ErrNotFound) {
+				return nil, nil, fmt.Errorf("%s: tensor %q missing", dir, stored)
+			}
+			return nil, nil, fmt.Errorf("%s: %w", dir, err)
+		}
+		if !dt.IsFloat() {
+			return nil, nil, fmt.Errorf("%s: tensor %q has dtype %s, want a float type", dir, stored, dt)
+		}
+		if !slices.Equal(shape, exp[name]) {
+			return nil, nil, fmt.Errorf("%s: tensor %q has shape %v, config.json implies %v", dir, stored, shape, exp[name])
+		}
+		t := NewTensor(shape...)
+		if err := set.Float32Into(stored, t.Data); err != nil {
+			return nil, nil, err
+		}
+		w[name] = t
+	}
+	return cfg, w, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// hfOrder returns w's names in HF's usual order: embeddings, layers in
+// order, final norm, heads.
+func hfOrder(cfg *Config, w Weights) []string {
+	var names []string
+	seen := map[string]bool{}
+	add := func(n string) {
+		if _, ok := w[n]; ok && !seen[n] {
+			names = append(names, n)
+			seen[n] = true
+		}
+	}
+	add(NameEmbed)
+	for l := 0; l < cfg.NumLayers; l++ {
+		for _, s := range []string{"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.q_proj.bias",
+			"self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias",
+			"self_attn.o_proj.weight", "self_attn.o_proj.bias", "post_attention_layernorm.weight",
+			"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"} {
+			add(LayerName(l, s))
+		}
+	}
+	add(NameFinalNorm)
+	add(NameLMHead)
+	add(NameScoreW)
+	add(NameScoreB)
+	for _, n := range w.Names() {
+		add(n)
+	}
+	return names
+}
+
+// Save writes cfg and w to dir in HF layout (config.json plus
+// model.safetensors, or shards of MaxShardBytes with
+// model.safetensors.index.json), float32, loadable by transformers
+// (LlamaForCausalLM; Safe-RLHF's LlamaForScore when cfg.ScoreDim > 0). Every
+// file is written to a temporary name, synced and renamed; config.json last.
+// A tied LM head is not written.
+func Save(dir string, cfg *Config, w Weights) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := w.Check(cfg, false); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	var ts []safetensors.Tensor
+	for _, name := range hfOrder(cfg, w) {
+		if name == NameLMHead && cfg.TieWordEmbeddings {
+			continue
+		}
+		t := w[name]
+		ts = append(ts, safetensors.Tensor{Name: name, DType: safetensors.F32, Shape: t.Shape, F32: t.Data})
+	}
+	if _, err := safetensors.WriteDir(dir, ts, map[string]string{"format": "pt"}, MaxShardBytes); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	js, err := cfg.HFConfigJSON()
+	if err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	if err := atomicfile.WriteBytes(filepath.Join(dir, "config.json"), append(js, '\n'), 0o644); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	return nil
+}
+
+// LoadAny loads a llama2.c checkpoint (a .bin file) or an HF directory.
+func LoadAny(path string) (*Config, Weights, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if st.IsDir() {
+		return Load(path)
+	}
+	return LoadLlama2C(path)
+}

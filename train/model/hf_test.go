@@ -1,0 +1,222 @@
+package model
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/saferlhf/saferlhf/train/safetensors"
+)
+
+func weightsEqual(t *testing.T, a, b Weights, tol float64) {
+	t.Helper()
+	if !slices.Equal(a.Names(), b.Names()) {
+		t.Fatalf("names differ:\n%v\n%v", a.Names(), b.Names())
+	}
+	for n, x := range a {
+		y := b[n]
+		if !slices.Equal(x.Shape, y.Shape) {
+			t.Fatalf("%s: shape %v vs %v", n, x.Shape, y.Shape)
+		}
+		for i := range x.Data {
+			if math.Abs(float64(x.Data[i]-y.Data[i])) > tol*(1+math.Abs(float64(x.Data[i]))) {
+				t.Fatalf("%s[%d]: %g vs %g", n, i, x.Data[i], y.Data[i])
+			}
+		}
+	}
+}
+
+// TestSaveLoadRoundTrip saves and reloads stories260K (tied head) and a
+// small untied GQA config with attention biases, RoPE scaling and a score
+// head; then reads the same weights as bf16 shards.
+func TestSaveLoadRoundTrip(t *testing.T) {
+	cfg, w := loadStories(t)
+	dir := filepath.Join(t.TempDir(), "stories")
+	if err := Save(dir, cfg, w); err != nil {
+		t.Fatal(err)
+	}
+	cfg2, w2, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *cfg2 != *cfg {
+		t.Fatalf("config round trip:\n%+v\n%+v", cfg, cfg2)
+	}
+	weightsEqual(t, w, w2, 0)
+
+	tc := tinyConfig()
+	tc.TieWordEmbeddings = false
+	tc.RopeScaling = &RopeScaling{Type: "linear", Factor: 2}
+	tc.RopeTheta = 500000
+	tw := RandomWeights(tc, 9)
+	dir = filepath.Join(t.TempDir(), "tiny")
+	if err := Save(dir, tc, tw); err != nil {
+		t.Fatal(err)
+	}
+	tc2, tw2, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc2.RopeScaling == nil || *tc2.RopeScaling != *tc.RopeScaling || tc2.RopeTheta != tc.RopeTheta || tc2.ScoreDim != 1 || !tc2.OBias || tc2.TieWordEmbeddings {
+		t.Fatalf("config round trip:\n%+v\n%+v", tc, tc2)
+	}
+	weightsEqual(t, tw, tw2, 0)
+
+	// bf16, sharded, via the safetensors writer directly.
+	dir = filepath.Join(t.TempDir(), "bf16")
+	var ts []safetensors.Tensor
+	for _, n := range hfOrder(tc, tw) {
+		ts = append(ts, safetensors.Tensor{Name: n, DType: safetensors.BF16, Shape: tw[n].Shape, F32: tw[n].Data})
+	}
+	files, err := safetensors.WriteDir(dir, ts, nil, 4000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 3 {
+		t.Fatalf("expected shards, got %v", files)
+	}
+	js, _ := tc.HFConfigJSON()
+	os.WriteFile(filepath.Join(dir, "config.json"), js, 0o644)
+	_, tw3, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	weightsEqual(t, tw, tw3, 1.0/128)
+}
+
+// TestLoadErrors checks malformed checkpoints give errors naming the
+// tensor or file, never panics.
+func TestLoadErrors(t *testing.T) {
+	tc := tinyConfig()
+	tw := RandomWeights(tc, 9)
+	good := filepath.Join(t.TempDir(), "good")
+	if err := Save(good, tc, tw); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.ReadFile(filepath.Join(good, "model.safetensors"))
+	cj, _ := os.ReadFile(filepath.Join(good, "config.json"))
+	cases := []struct {
+		name, want string
+		mutate     func(dir string)
+	}{
+		{"shape mismatch", "has shape [16 24], config.json implies [16 25]", func(dir string) {
+			c := strings.Replace(string(cj), `"intermediate_size": 24`, `"intermediate_size": 25`, 1)
+			os.WriteFile(filepath.Join(dir, "config.json"), []byte(c), 0o644)
+		}},
+		{"missing tensor", "model.layers.2.input_layernorm.weight\" missing", func(dir string) {
+			c := strings.Replace(string(cj), `"num_hidden_layers": 2`, `"num_hidden_layers": 3`, 1)
+			os.WriteFile(filepath.Join(dir, "config.json"), []byte(c), 0o644)
+		}},
+		{"truncated", "model.safetensors", func(dir string) {
+			os.WriteFile(filepath.Join(dir, "model.safetensors"), st[:len(st)/2], 0o644)
+		}},
+		{"header size overflow", "model.safetensors", func(dir string) {
+			b := slices.Clone(st)
+			for i := 0; i < 8; i++ {
+				b[i] = 0xff
+			}
+			os.WriteFile(filepath.Join(dir, "model.safetensors"), b, 0o644)
+		}},
+		{"bad config", "config.json", func(dir string) {
+			os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"hidden_size": "x"`), 0o644)
+		}},
+		{"hidden_act", "hidden_act", func(dir string) {
+			c := strings.Replace(string(cj), `"hidden_act": "silu"`, `"hidden_act": "gelu"`, 1)
+			os.WriteFile(filepath.Join(dir, "config.json"), []byte(c), 0o644)
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, "model.safetensors"), st, 0o644)
+			os.WriteFile(filepath.Join(dir, "config.json"), cj, 0o644)
+			c.mutate(dir)
+			_, _, err := Load(dir)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestLoadLlama2CErrors checks truncated or inconsistent llama2.c files.
+func TestLoadLlama2CErrors(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join(repoRoot(t), "assets", "data", "models", "stories260K.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{
+		"truncated": src[:len(src)-4],
+		"header":    src[:10],
+		"bad dims":  append([]byte{0, 0, 0, 0x80}, src[4:]...),
+	} {
+		p := filepath.Join(t.TempDir(), "m.bin")
+		os.WriteFile(p, b, 0o644)
+		if _, _, err := LoadLlama2C(p); err == nil || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: error %v should name %s", name, err, p)
+		}
+	}
+}
+
+// FuzzParseHFConfig: config.json parsing never panics and accepted configs
+// validate and render back.
+func FuzzParseHFConfig(f *testing.F) {
+	js, _ := tinyConfig().HFConfigJSON()
+	f.Add(js)
+	f.Add([]byte(`{"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":4,"rope_scaling":{"type":"linear","factor":2},"eos_token_id":[2,3]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseHFConfig(data)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.HFConfigJSON(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestParseHFConfig covers the family defaults: LLaMA-2-7B, Qwen2 (q/k/v
+// biases only, tied), GQA, rope scaling, eos lists, score models.
+func TestParseHFConfig(t *testing.T) {
+	cases := []struct {
+		name string
+		js   string
+		want func(c *Config) bool
+	}{
+		{"llama2-7b", `{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":11008,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":32000,"max_position_embeddings":4096,"rms_norm_eps":1e-05,"bos_token_id":1,"eos_token_id":2,"pad_token_id":0}`,
+			func(c *Config) bool {
+				return c.Dh() == 128 && !c.TieWordEmbeddings && !c.AttentionBias && c.RopeTheta == 10000 && c.Pad == 0 && c.NumParams() == 6738415616
+			}},
+		{"qwen2", `{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":896,"intermediate_size":4864,"num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,"vocab_size":151936,"rope_theta":1000000.0,"tie_word_embeddings":true,"eos_token_id":151643}`,
+			func(c *Config) bool {
+				return c.AttentionBias && !c.OBias && c.TieWordEmbeddings && c.NumKVHeads == 2 && c.RopeTheta == 1e6 && c.EOS == 151643
+			}},
+		{"llama3 scaling, eos list", `{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":1,"vocab_size":100,"rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192},"eos_token_id":[7,9]}`,
+			func(c *Config) bool {
+				return c.RopeScaling != nil && c.RopeScaling.Type == "llama3" && c.EOS == 7 && c.NumKVHeads == 1
+			}},
+		{"score model", `{"architectures":["LlamaForScore"],"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":100,"score_dim":1}`,
+			func(c *Config) bool { return c.ScoreDim == 1 && c.NumKVHeads == 4 }},
+	}
+	for _, c := range cases {
+		cfg, err := ParseHFConfig([]byte(c.js))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if !c.want(cfg) {
+			t.Errorf("%s: unexpected %+v (params %d)", c.name, cfg, cfg.NumParams())
+		}
+	}
+	if _, err := ParseHFConfig([]byte(`{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":3,"vocab_size":100}`)); err == nil {
+		t.Error("hidden_size not a multiple of heads accepted")
+	}
+}
