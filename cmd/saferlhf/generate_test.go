@@ -1,0 +1,68 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// captureStdout runs fn with os.Stdout redirected and returns what it wrote.
+func captureStdout(t *testing.T, fn func() error) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stdout
+	os.Stdout = w
+	done := make(chan string)
+	go func() { b, _ := io.ReadAll(r); done <- string(b) }()
+	ferr := fn()
+	os.Stdout = old
+	w.Close()
+	out := <-done
+	if ferr != nil {
+		t.Fatal(ferr)
+	}
+	return out
+}
+
+// TestGenerateCLIGolden: `saferlhf generate --temperature 0 --print-ids`
+// reproduces llama2.c's greedy ids for a golden prompt.
+func TestGenerateCLIGolden(t *testing.T) {
+	root := filepath.Join("..", "..")
+	data, err := os.ReadFile(filepath.Join(root, "assets", "golden", "llama2c", "stories260k_greedy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g struct {
+		Cases []struct {
+			Name         string  `json:"name"`
+			Prompt       string  `json:"prompt"`
+			GeneratedIDs []int32 `json:"generated_ids"`
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal(data, &g); err != nil {
+		t.Fatal(err)
+	}
+	c := g.Cases[1]
+	n := 20
+	out := captureStdout(t, func() error {
+		return runGenerate([]string{"--model", filepath.Join(root, "assets", "data", "models", "stories260K.bin"),
+			"--tokenizer", filepath.Join(root, "assets", "data", "models", "tok512.bin"),
+			"--prompt", c.Prompt, "--max-new-tokens", strconv.Itoa(n), "--temperature", "0", "--print-ids"})
+	})
+	fields := strings.Fields(out)
+	if len(fields) != n {
+		t.Fatalf("%s: got %d ids: %q", c.Name, len(fields), out)
+	}
+	for i, f := range fields {
+		if f != strconv.Itoa(int(c.GeneratedIDs[i])) {
+			t.Fatalf("%s: id %d = %s, llama2.c %d", c.Name, i, f, c.GeneratedIDs[i])
+		}
+	}
+}
