@@ -368,7 +368,8 @@ func OpenDevice(ordinal int) (*CUDA, error) {
 		}
 	}
 	if api == nil {
-		return nil, fmt.Errorf("native: no CUDA driver (libcuda.so.1) could be loaded; is this a machine with an NVIDIA GPU? tried: %s", strings.Join(tried, "; "))
+		return nil, fmt.Errorf("native: no CUDA driver (libcuda.so.1) could be loaded, is there an NVIDIA GPU? (%d places tried, set %s to choose one) first error: %s",
+			len(tried), CUDAEnvVar, tried[0])
 	}
 	c := &CUDA{api: api, modules: map[[32]byte]*Module{}}
 	fail := func(err error) (*CUDA, error) {
