@@ -67,7 +67,6 @@ func out[T native.Elem](s *devScope, name string, x []T, n int) Ptr {
 	return p
 }
 
-
 // back downloads device memory p into x (nothing if x is nil).
 func back[T native.Elem](s *devScope, x []T, p Ptr) {
 	if s.err != nil || x == nil {
