@@ -13,6 +13,9 @@ const MaxLogLambda = 100.0
 // DefaultCostWindow is the reference's episode_cost_window_size.
 const DefaultCostWindow = 128
 
+// MaxCostWindow is the largest accepted episode-cost window.
+const MaxCostWindow = 1 << 20
+
 // LagrangeMethod selects how the multiplier is updated.
 type LagrangeMethod string
 
@@ -99,8 +102,8 @@ func NewLagrange(cfg LagrangeConfig) (*Lagrange, error) {
 	switch {
 	case cfg.Method != LagrangeSGD && cfg.Method != LagrangePID:
 		return nil, fmt.Errorf("kernels.NewLagrange: method %q: want %q or %q", cfg.Method, LagrangeSGD, LagrangePID)
-	case cfg.WindowSize < 0:
-		return nil, fmt.Errorf("kernels.NewLagrange: window size %d < 0", cfg.WindowSize)
+	case cfg.WindowSize < 0 || cfg.WindowSize > MaxCostWindow:
+		return nil, fmt.Errorf("kernels.NewLagrange: window size %d not in [0, %d]", cfg.WindowSize, MaxCostWindow)
 	case cfg.LambdaMax < 0:
 		return nil, fmt.Errorf("kernels.NewLagrange: lambda_max %v < 0", cfg.LambdaMax)
 	case cfg.Method == LagrangeSGD && cfg.LambdaInit <= 0:

@@ -18,3 +18,24 @@ func TestGoldenCPU(t *testing.T) {
 		}
 	}
 }
+
+func TestGoldenGraph(t *testing.T) {
+	g32, err := Graph("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g64, err := Graph64("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(goldenDir, g32, g64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		t.Logf("%-26s %3d cases graph %.2e graph64 %.2e %s %s", r.File, r.Cases, r.MaxErr["graph"], r.MaxErr["graph64"], r.Worst["graph64"], r.Skipped)
+		if r.Failed() {
+			t.Errorf("%s: errors %v above tolerance (worst: %v)", r.File, r.MaxErr, r.Worst)
+		}
+	}
+}
