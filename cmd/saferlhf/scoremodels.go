@@ -1,5 +1,7 @@
 package main
 
-func runTrainRM(args []string) error { return errNotYet("train-rm") }
+import "github.com/saferlhf/saferlhf/train/stages"
 
-func runTrainCM(args []string) error { return errNotYet("train-cm") }
+func runTrainRM(args []string) error { return runStage(stages.RM, args) }
+
+func runTrainCM(args []string) error { return runStage(stages.CM, args) }

@@ -10,6 +10,12 @@ func negLogSigmoid(x *graph.Node) *graph.Node {
 	return graph.Add(graph.Max(nx, graph.ZerosLike(nx)), graph.Log1p(graph.Exp(graph.Neg(graph.Abs(x)))))
 }
 
+// signTerm is the cost model's sign loss −log σ(cost_sign·c), weighted by |cost_sign| so
+// that a response without a safety label (sign 0) adds nothing.
+func signTerm(sign, c *graph.Node) *graph.Node {
+	return graph.Mul(graph.Abs(sign), negLogSigmoid(graph.Mul(sign, c)))
+}
+
 // SFTLoss is HF's causal-LM cross-entropy (spec §6): the mean of −log p(label) over
 // the unmasked label tokens of the micro-batch. logp [B,T−1] holds log p(ids[t+1]),
 // lossMask [B,T−1] is 1 where ids[t+1] is a label (labels ≠ −100).
@@ -37,7 +43,8 @@ type PairLoss struct {
 //   - scores [2B,T] per-token score-head outputs;
 //   - endOneHot [2B,T] is 1 at each row's last attention-mask index;
 //   - span [B,T] (token-wise only, else nil) is 1 on [diverge index, max(end_hi,end_lo)];
-//   - costSigns [2B] (cost model only, else nil) is cost_sign = −safety_sign of each row.
+//   - costSigns [2B] (cost model only, else nil) is cost_sign = −safety_sign of each row
+//     (0 for a response without a safety label: its sign term is dropped).
 //
 // The L2 term is reg·mean of the squared scores involved (end scores, or the span's).
 func PairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg float64) PairLoss {
@@ -70,13 +77,17 @@ func PairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg float
 	var hiSign, loSign *graph.Node
 	if costSigns != nil {
 		hiSign, loSign = split(costSigns)
+		// Rows with an unknown label (sign 0, e.g. hh-rlhf harmless pairs) never count as
+		// correct and are left out of the denominator.
 		signed := graph.Mul(ends, costSigns)
-		out.SignAccuracy = graph.ReduceAllMean(graph.ConvertDType(graph.GreaterThan(signed, graph.ZerosLike(signed)), dt))
+		correct := graph.ReduceAllSum(graph.ConvertDType(graph.GreaterThan(signed, graph.ZerosLike(signed)), dt))
+		labelled := graph.ReduceAllSum(graph.Abs(costSigns))
+		out.SignAccuracy = graph.Div(correct, graph.Max(labelled, graph.OnesLike(labelled)))
 	}
 	if span == nil {
 		l := negLogSigmoid(graph.Sub(hi, lo))
 		if costSigns != nil {
-			l = graph.Add(l, graph.Add(negLogSigmoid(graph.Mul(hiSign, hi)), negLogSigmoid(graph.Mul(loSign, lo))))
+			l = graph.Add(l, graph.Add(signTerm(hiSign, hi), signTerm(loSign, lo)))
 		}
 		out.Loss = graph.ReduceAllMean(l)
 		if reg > 0 {
@@ -90,7 +101,7 @@ func PairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg float
 	l := meanSpan(negLogSigmoid(graph.Sub(hiT, loT)))
 	if costSigns != nil {
 		bc := func(s *graph.Node) *graph.Node { return graph.BroadcastToDims(graph.Reshape(s, B, 1), B, T) }
-		l = graph.Add(l, graph.Add(meanSpan(negLogSigmoid(graph.Mul(bc(hiSign), hiT))), meanSpan(negLogSigmoid(graph.Mul(bc(loSign), loT)))))
+		l = graph.Add(l, graph.Add(meanSpan(signTerm(bc(hiSign), hiT)), meanSpan(signTerm(bc(loSign), loT))))
 	}
 	if reg > 0 {
 		sq := graph.MulScalar(graph.Add(graph.Square(hiT), graph.Square(loT)), 0.5)

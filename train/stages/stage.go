@@ -1,0 +1,265 @@
+package stages
+
+import (
+	stdctx "context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/saferlhf/saferlhf/data/datasets"
+	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/metrics"
+	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/optim"
+	"github.com/saferlhf/saferlhf/train/trainer"
+)
+
+// modelScope is the context scope that holds the trained model.
+const modelScope = "/model"
+
+// Result reports a finished stage.
+type Result struct {
+	Stage     Stage              `json:"stage"`
+	Train     int                `json:"train_examples"`
+	HeldOut   int                `json:"held_out_examples"` // examples in the held-out batches
+	Dropped   int                `json:"dropped"`           // samples not usable (identical after truncation, no label, ...)
+	Steps     int                `json:"steps"`
+	Initial   map[string]float64 `json:"initial_eval,omitempty"` // held-out metrics before training
+	Final     map[string]float64 `json:"final_eval,omitempty"`   // held-out metrics after training
+	TrainLoss float64            `json:"final_train_loss"`
+	Seconds   float64            `json:"seconds"`
+	TokPerSec float64            `json:"tokens_per_second"`
+	ModelDir  string             `json:"model_dir"`
+}
+
+// Run trains one stage (SFT, RM or CM) as configured, writing everything under
+// cfg.Out. Cancelling ctx checkpoints and returns an error wrapping ctx.Err().
+func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
+	t0 := time.Now()
+	if err := cfg.Validate(stage); err != nil {
+		return nil, err
+	}
+	be, err := backend.New(cfg.Backend)
+	if err != nil {
+		return nil, err
+	}
+	if err := model.EnableFastGradients(); err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	mcfg, w, err := LoadModel(cfg.Model)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	tokPath, err := ResolveTokenizer(cfg.Tokenizer, cfg.Model)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	tok, err := loadTokenizer(tokPath, mcfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	if stage != SFT {
+		// A score model: the base transformer and a fresh score head (bias zero), no LM head (spec §3).
+		delete(w, model.NameLMHead)
+		model.InitScoreHead(mcfg, w, 1, cfg.Seed)
+		mcfg.Architecture = "LlamaForScore"
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	res := &Result{Stage: stage}
+	train, eval, err := buildSources(stage, cfg, tok, res)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+
+	mctx := context.New()
+	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	stepper, err := trainer.NewStepper(be, mctx, trainer.Config{
+		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg), WeightDecay: cfg.WeightDecay,
+		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	total := trainer.TotalSteps(cfg.Epochs, cfg.Steps, train.Len(), cfg.Accumulation)
+	if total < 1 {
+		return nil, fmt.Errorf("%s: %d training examples make no optimizer step at batch %d × accumulation %d",
+			stage, res.Train, cfg.BatchSize, cfg.Accumulation)
+	}
+	sched, err := optim.NewSchedule(cfg.Scheduler, cfg.LR, optim.WarmupSteps(cfg.Warmup, total), total)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	loop, err := trainer.NewLoop(trainer.LoopConfig{
+		LR:      sched.LR,
+		Stepper: stepper, Train: train, Eval: eval, Epochs: cfg.Epochs, Steps: cfg.Steps,
+		EvalEvery: cfg.EvalEvery, CheckpointEvery: cfg.CkptEvery, KeepCheckpoints: cfg.KeepCkpts,
+		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(stage), EvalAtStart: true,
+		Meta: cfg,
+		SaveModel: func(dir string) error {
+			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
+			if err != nil {
+				return err
+			}
+			return SaveModel(dir, mcfg, fw, tokPath)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	sum, err := loop.Run(ctx)
+	res.Steps, res.TrainLoss, res.Final, res.TokPerSec, res.ModelDir = sum.Steps, sum.TrainLoss, sum.Eval, sum.TokensPerS, sum.ModelDir
+	res.Initial = initialEval(filepath.Join(cfg.Out, "metrics.jsonl"))
+	res.Seconds = time.Since(t0).Seconds()
+	if err != nil {
+		return res, err
+	}
+	js, _ := json.MarshalIndent(res, "", "  ")
+	if err := trainer.WriteFileAtomic(filepath.Join(cfg.Out, "result.json"), append(js, '\n')); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// initialEval reads the step-0 held-out record of a metrics file (nil if none).
+func initialEval(path string) map[string]float64 {
+	recs, err := metrics.Read(path)
+	if err != nil {
+		return nil
+	}
+	for _, r := range recs {
+		if r.Step == 0 && r.Tags["split"] == "eval" {
+			return r.Values
+		}
+	}
+	return nil
+}
+
+// buildSources reads and tokenizes the data, splits off the held-out set and
+// returns the training and held-out batch sources.
+func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result) (train, eval trainer.Source, err error) {
+	raw, err := loadRaw(cfg.Data, cfg.Seed)
+	if err != nil {
+		return nil, nil, err
+	}
+	var rawEval []datasets.RawSample
+	if len(cfg.EvalData) > 0 {
+		if rawEval, err = loadRaw(cfg.EvalData, cfg.Seed); err != nil {
+			return nil, nil, err
+		}
+		if cfg.MaxTrain > 0 && len(raw) > cfg.MaxTrain {
+			raw = raw[:cfg.MaxTrain]
+		}
+		if cfg.EvalMax > 0 && len(rawEval) > cfg.EvalMax {
+			rawEval = rawEval[:cfg.EvalMax]
+		}
+	} else {
+		ei, ti := split(len(raw), cfg.EvalRatio, cfg.EvalMax, cfg.MaxTrain, cfg.Seed)
+		all := raw
+		raw, rawEval = nil, nil
+		for _, i := range ti {
+			raw = append(raw, all[i])
+		}
+		for _, i := range ei {
+			rawEval = append(rawEval, all[i])
+		}
+	}
+	pad := tok.Pad()
+	if stage == SFT {
+		build := func(rs []datasets.RawSample) []sftExample {
+			var out []sftExample
+			for _, s := range rs {
+				if e, ok := buildSFT(s, tok, cfg.MaxLength, cfg.Truncate); ok {
+					out = append(out, e)
+				} else {
+					res.Dropped++
+				}
+			}
+			return out
+		}
+		tr, ev := build(raw), build(rawEval)
+		ts := &seqSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: pad, seed: cfg.Seed, shuffle: true}
+		es := &seqSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: pad}
+		res.Train, res.HeldOut = len(tr), es.Len()*cfg.BatchSize
+		if ts.Len() == 0 {
+			return nil, nil, fmt.Errorf("%d usable training examples: fewer than one batch of %d", len(tr), cfg.BatchSize)
+		}
+		return ts, es, nil
+	}
+	build := func(rs []datasets.RawSample) ([]pairExample, error) {
+		var out []pairExample
+		for _, s := range rs {
+			e, ok, err := buildPair(s, tok, cfg.MaxLength, cfg.Truncate, stage == CM)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				out = append(out, e)
+			} else {
+				res.Dropped++
+			}
+		}
+		return out, nil
+	}
+	tr, err := build(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	ev, err := build(rawEval)
+	if err != nil {
+		return nil, nil, err
+	}
+	ts := &pairSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: pad, seed: cfg.Seed, shuffle: true}
+	es := &pairSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: pad}
+	res.Train, res.HeldOut = len(tr), es.Len()*cfg.BatchSize
+	if ts.Len() == 0 {
+		return nil, nil, fmt.Errorf("%d usable training pairs: fewer than one batch of %d", len(tr), cfg.BatchSize)
+	}
+	return ts, es, nil
+}
+
+// lossFn returns the stage's loss graph over the batch inputs of seqSource / pairSource.
+func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
+	if stage == SFT {
+		return func(ctx *context.Context, in []*graph.Node) (*graph.Node, map[string]*graph.Node) {
+			lp := model.TokenLogProbs(ctx, mcfg, in[0], in[1])
+			return SFTLoss(lp, in[2]), nil
+		}
+	}
+	tokenWise := cfg.LossType == "token-wise"
+	return func(ctx *context.Context, in []*graph.Node) (*graph.Node, map[string]*graph.Node) {
+		scores := model.Scores(ctx, mcfg, in[0], in[1])
+		var span, signs *graph.Node
+		if tokenWise {
+			span = in[3]
+		}
+		if stage == CM {
+			signs = in[4]
+		}
+		out := PairwiseScoreLoss(scores, in[2], span, signs, cfg.Reg)
+		ends := graph.Concatenate([]*graph.Node{out.Hi, out.Lo}, 0)
+		m := map[string]*graph.Node{
+			"accuracy":   out.Accuracy,
+			"score_mean": graph.ReduceAllMean(ends),
+			"score_sq":   graph.ReduceAllMean(graph.Square(ends)),
+			"hi_mean":    graph.ReduceAllMean(out.Hi),
+			"lo_mean":    graph.ReduceAllMean(out.Lo),
+		}
+		if out.SignAccuracy != nil {
+			m["sign_accuracy"] = out.SignAccuracy
+		}
+		return out.Loss, m
+	}
+}
+
+// BackendFor is a convenience for tools that need the same backend as the stages.
+func BackendFor(spec string) (backends.Backend, error) { return backend.New(spec) }
