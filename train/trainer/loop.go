@@ -120,10 +120,16 @@ func NewLoop(cfg LoopConfig) (*Loop, error) {
 
 // TotalSteps is the number of optimizer steps the run makes.
 func (l *Loop) TotalSteps() int {
-	k := l.cfg.Stepper.Config().Accumulation
-	total := l.cfg.Epochs * l.cfg.Train.Len() / k
-	if l.cfg.Epochs <= 0 || (l.cfg.Steps > 0 && l.cfg.Steps < total) {
-		total = l.cfg.Steps
+	return TotalSteps(l.cfg.Epochs, l.cfg.Steps, l.cfg.Train.Len(), l.cfg.Stepper.Config().Accumulation)
+}
+
+// TotalSteps is the number of optimizer steps of a run of epochs over batches
+// micro-batches with the given accumulation, capped by steps when steps > 0
+// (epochs <= 0: exactly steps).
+func TotalSteps(epochs, steps, batches, accumulation int) int {
+	total := epochs * batches / max(1, accumulation)
+	if epochs <= 0 || (steps > 0 && steps < total) {
+		total = steps
 	}
 	return total
 }
