@@ -111,3 +111,13 @@ func (t *gaeTask[F]) rows(lo, hi int) {
 		t.chk[i] = lastr + nvr + lastc + nvc
 	}
 }
+
+// NewGAEOut allocates the outputs of GAE for B rows of width n = L − start
+// (the cost pair only if cost is true).
+func NewGAEOut[F Float](B, n int, cost bool) GAEOut[F] {
+	o := GAEOut[F]{RewardAdv: make([]F, B*n), RewardRet: make([]F, B*n)}
+	if cost {
+		o.CostAdv, o.CostRet = make([]F, B*n), make([]F, B*n)
+	}
+	return o
+}

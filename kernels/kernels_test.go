@@ -119,7 +119,7 @@ func TestParallelEqualsSerial(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		o := GAEOut[float64]{make([]float64, B*N), make([]float64, B*N), make([]float64, B*N), make([]float64, B*N)}
+		o := NewGAEOut[float64](B, N, true)
 		if err := GAE(ws, GAEArgs[float64]{B: B, L: L, Start: S, Gamma: 1, Lambda: 0.95, RewardValues: v, Rewards: rw, CostValues: c, Costs: cs, SeqMask: m}, o); err != nil {
 			t.Fatal(err)
 		}
@@ -219,7 +219,7 @@ func TestNoAllocs(t *testing.T) {
 		lp, ref, v := f32(randn(rng, B*L, 1)), f32(randn(rng, B*L, 1)), f32(randn(rng, B*L, 1))
 		reward := f32(randn(rng, B, 1))
 		rw, cs := make([]float32, B*L), make([]float32, B*L)
-		o := GAEOut[float32]{make([]float32, B*N), make([]float32, B*N), make([]float32, B*N), make([]float32, B*N)}
+		o := NewGAEOut[float32](B, N, true)
 		g := make([]float32, B*N)
 		ms, lps := make([]float32, B*N), make([]float32, B*N)
 		ws := NewWorkspace(2)

@@ -113,12 +113,19 @@ func KLShaped(logProbs, refLogProbs, seqMask, reward, cost *Node, klCoeff, clipR
 }
 
 // discountMatrix returns the [L, L−start] constant D[k, t'] = (γλ)^{k−t} for
-// k ≥ t = start + t', 0 otherwise: A = δ·D is the GAE recursion unrolled.
-func discountMatrix(g *Graph, dtype dtypes.DType, L, start int, gl float64) *Node {
-	N := L - start
+// k ≥ t = start + t', 0 otherwise: A = δ·D is the GAE recursion unrolled. With
+// full, D is [L, L] with zero columns before start (advantages 0 there).
+func discountMatrix(g *Graph, dtype dtypes.DType, L, start int, gl float64, full bool) *Node {
+	N, off := L-start, start
+	if full {
+		N, off = L, 0
+	}
 	d := make([]float64, L*N)
 	for tp := range N {
-		t := start + tp
+		t := off + tp
+		if t < start {
+			continue
+		}
 		p := 1.0
 		for k := t; k < L; k++ {
 			d[k*N+tp] = p
@@ -141,6 +148,16 @@ type GAEOut struct {
 // in float64 whatever the input dtype (a float32 sum over L terms loses ~L·2⁻²⁴),
 // and the outputs have the input dtype.
 func GAE(rewardValues, rewards, costValues, costs, seqMask *Node, start int, gamma, lambda float64) GAEOut {
+	return gae(rewardValues, rewards, costValues, costs, seqMask, start, gamma, lambda, false)
+}
+
+// GAEFullWidth is GAE with [B,L] outputs: advantages are 0 before start and
+// returns there equal the masked values (use them with a ResponseMask).
+func GAEFullWidth(rewardValues, rewards, costValues, costs, seqMask *Node, start int, gamma, lambda float64) GAEOut {
+	return gae(rewardValues, rewards, costValues, costs, seqMask, start, gamma, lambda, true)
+}
+
+func gae(rewardValues, rewards, costValues, costs, seqMask *Node, start int, gamma, lambda float64, full bool) GAEOut {
 	B, L := rewardValues.Shape().Dimensions[0], rewardValues.Shape().Dimensions[1]
 	dt := rewardValues.DType()
 	f64 := func(x *Node) *Node { return ConvertDType(StopGradient(x), dtypes.Float64) }
@@ -157,9 +174,9 @@ func GAE(rewardValues, rewards, costValues, costs, seqMask *Node, start int, gam
 		next = Concatenate([]*Node{SliceAxis(vals, 1, AxisRange(1)), next}, 1)
 	}
 	delta := Sub(Add(rews, MulScalar(next, gamma)), vals)
-	adv := MatMul(delta, discountMatrix(vals.Graph(), vals.DType(), L, start, gamma*lambda))
+	adv := MatMul(delta, discountMatrix(vals.Graph(), vals.DType(), L, start, gamma*lambda, full))
 	vs := vals
-	if start > 0 {
+	if start > 0 && !full {
 		vs = SliceAxis(vals, 1, AxisRange(start))
 	}
 	ret := ConvertDType(Add(adv, vs), dt)
@@ -170,6 +187,50 @@ func GAE(rewardValues, rewards, costValues, costs, seqMask *Node, start int, gam
 	top, bot := AxisRange(0, B), AxisRange(B)
 	return GAEOut{RewardAdv: SliceAxis(adv, 0, top), RewardRet: SliceAxis(ret, 0, top),
 		CostAdv: SliceAxis(adv, 0, bot), CostRet: SliceAxis(ret, 0, bot)}
+}
+
+// RLStepConfig are the hyper-parameters of one PPO-Lag step (spec §1.11 defaults:
+// KLCoeff 0.01, ClipRangeScore 50, ClipRatio 0.2, ClipValue 5, Gamma 1, GAELambda 0.95).
+type RLStepConfig struct {
+	KLCoeff, ClipRangeScore, ClipRatio, ClipValue, Gamma, GAELambda float64
+	// Start is the first response position S−1.
+	Start int
+}
+
+// RLStepInputs are the tensors of one rl_step, all [B,L] except Reward and
+// Cost ([B]) and Lambda (scalar). The losses are differentiable with respect to
+// LogProbs, RewardValues and CostValues (which the actor and critics compute in
+// the same graph); everything else is rollout data.
+type RLStepInputs struct {
+	SeqMask                            *Node
+	Reward, Cost                       *Node
+	OldLogProbs, RefLogProbs, LogProbs *Node
+	OldRewardValues, OldCostValues     *Node
+	RewardValues, CostValues           *Node
+	Lambda                             *Node
+}
+
+// RLStepOut are the outputs of PPOLagStep (advantages and returns full width [B,L]).
+type RLStepOut struct {
+	KL                               KLOut
+	GAE                              GAEOut
+	Actor                            ActorOut
+	RewardCriticLoss, CostCriticLoss *Node
+}
+
+// PPOLagStep composes one PPOLagTrainer.rl_step without the networks (spec
+// §1.8): KL shaping and fused GAE on the rollout, then the actor loss and both
+// critic losses on the new log-probs and values, all in one graph and without
+// Slice, so that gradients flow to LogProbs, RewardValues and CostValues.
+func PPOLagStep(in RLStepInputs, c RLStepConfig) RLStepOut {
+	var o RLStepOut
+	o.KL = KLShaped(StopGradient(in.OldLogProbs), StopGradient(in.RefLogProbs), in.SeqMask, in.Reward, in.Cost, c.KLCoeff, c.ClipRangeScore, c.Start)
+	o.GAE = GAEFullWidth(in.OldRewardValues, o.KL.Rewards, in.OldCostValues, o.KL.Costs, in.SeqMask, c.Start, c.Gamma, c.GAELambda)
+	rm := ResponseMask(in.SeqMask, c.Start)
+	o.Actor = ActorLossPPOLag(in.LogProbs, in.OldLogProbs, o.GAE.RewardAdv, o.GAE.CostAdv, rm, in.Lambda, c.ClipRatio)
+	o.RewardCriticLoss = CriticLoss(in.RewardValues, in.OldRewardValues, o.GAE.RewardRet, rm, c.ClipValue)
+	o.CostCriticLoss = CriticLoss(in.CostValues, in.OldCostValues, o.GAE.CostRet, rm, c.ClipValue)
+	return o
 }
 
 // ActorOut are the outputs of the actor losses.
