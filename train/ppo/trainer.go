@@ -60,14 +60,14 @@ type StepMetrics struct {
 
 // PerfMetrics is one line of perf.jsonl: wall-clock measurements (not reproducible by nature).
 type PerfMetrics struct {
-	Step             int     `json:"step"`
-	GenSeconds       float64 `json:"gen_s"`
-	ScoreSeconds     float64 `json:"score_s"`
-	UpdateSeconds    float64 `json:"update_s"`
-	GenTokens        int     `json:"gen_tokens"`
-	TrainTokens      int     `json:"train_tokens"`
-	GenTokensPerSec  float64 `json:"gen_tokens_per_s"`
-	TrainTokensPerSc float64 `json:"train_tokens_per_s"`
+	Step              int     `json:"step"`
+	GenSeconds        float64 `json:"gen_s"`
+	ScoreSeconds      float64 `json:"score_s"`
+	UpdateSeconds     float64 `json:"update_s"`
+	GenTokens         int     `json:"gen_tokens"`
+	TrainTokens       int     `json:"train_tokens"`
+	GenTokensPerSec   float64 `json:"gen_tokens_per_s"`
+	TrainTokensPerSec float64 `json:"train_tokens_per_s"`
 }
 
 // State is the trainer's part of a checkpoint (weights and optimizer state are Nets.SaveState's).
@@ -97,6 +97,7 @@ type Trainer struct {
 
 	metricsF, perfF *os.File
 	history         []StepMetrics
+	perf            []PerfMetrics
 }
 
 // NewTrainer prepares a run; with opt.Resume it restores the latest checkpoint of opt.OutDir.
@@ -147,6 +148,9 @@ func (t *Trainer) TotalSteps() int { return t.total }
 
 // History returns the metrics of the steps run by this process.
 func (t *Trainer) History() []StepMetrics { return t.history }
+
+// PerfHistory returns the timings of the steps run by this process.
+func (t *Trainer) PerfHistory() []PerfMetrics { return t.perf }
 
 // Close closes the metric files.
 func (t *Trainer) Close() error {
@@ -260,7 +264,7 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 	}
 	perf.UpdateSeconds = time.Since(t2).Seconds()
 	perf.GenTokensPerSec = float64(perf.GenTokens) / math.Max(perf.GenSeconds, 1e-9)
-	perf.TrainTokensPerSc = float64(perf.TrainTokens) / math.Max(perf.UpdateSeconds, 1e-9)
+	perf.TrainTokensPerSec = float64(perf.TrainTokens) / math.Max(perf.UpdateSeconds, 1e-9)
 
 	m := acc.mean()
 	m.Step, m.GlobalStep = t.st.Step+1, t.st.GlobalStep
@@ -451,6 +455,7 @@ func checkFinite(m *StepMetrics) error {
 
 func (t *Trainer) log(m StepMetrics, p PerfMetrics) error {
 	t.history = append(t.history, m)
+	t.perf = append(t.perf, p)
 	for _, w := range []struct {
 		f *os.File
 		v any
@@ -485,7 +490,7 @@ func (t *Trainer) progress(m StepMetrics, p PerfMetrics, started time.Time) {
 		lead, tail = "", "\n"
 	}
 	fmt.Fprintf(t.opt.Progress, lead+"%-7s [%s] %3d/%d reward %+.3f cost %+.3f harmful %.2f λ %.3f kl %.3f gen %.0f tok/s train %.0f tok/s %4.0fs"+tail,
-		t.cfg.Algorithm, bar, t.st.Step, t.total, m.Reward, m.Cost, m.HarmfulRate, m.Lambda, m.KL, p.GenTokensPerSec, p.TrainTokensPerSc, el)
+		t.cfg.Algorithm, bar, t.st.Step, t.total, m.Reward, m.Cost, m.HarmfulRate, m.Lambda, m.KL, p.GenTokensPerSec, p.TrainTokensPerSec, el)
 }
 
 // checkpoint writes OutDir/checkpoints/step-N (weights + optimizer state, then state.json) into a
