@@ -120,3 +120,14 @@ func printStageResult(r *stages.Result) {
 		fmt.Printf("  model: %s\n", r.ModelDir)
 	}
 }
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}

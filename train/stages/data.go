@@ -17,10 +17,10 @@ type sftExample struct {
 	IDs, Labels []int32
 }
 
-// pairExample is one tokenized pair: Hi should score higher than Lo (better vs worse
+// PairExample is one tokenized pair: Hi should score higher than Lo (better vs worse
 // for a reward model; unsafer vs safer for a cost model). Signs are cost signs
 // (−safety sign: +1 unsafe, −1 safe, 0 unknown).
-type pairExample struct {
+type PairExample struct {
 	Hi, Lo         []int32
 	HiSign, LoSign float32
 }
@@ -81,16 +81,16 @@ func buildSFT(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncat
 	return sftExample{IDs: ids, Labels: labels}, true
 }
 
-// buildPair tokenizes prompt+answer+EOS for both answers of a pair (spec §7,
+// BuildPair tokenizes prompt+answer+EOS for both answers of a pair (spec §7,
 // PreferenceDataset) and truncates them to maxLen. It reports false for pairs that
 // are identical after truncation (the reference raises on identical pairs).
-func buildPair(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncate string, cost bool) (pairExample, bool, error) {
+func BuildPair(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncate string, cost bool) (PairExample, bool, error) {
 	if !s.HasOther {
-		return pairExample{}, false, fmt.Errorf("%s: not a pair (no second answer)", s.Where())
+		return PairExample{}, false, fmt.Errorf("%s: not a pair (no second answer)", s.Where())
 	}
 	prompt, err := datasets.FormatPrompt(s.Input, "")
 	if err != nil {
-		return pairExample{}, false, fmt.Errorf("%s: %w", s.Where(), err)
+		return PairExample{}, false, fmt.Errorf("%s: %w", s.Where(), err)
 	}
 	a, pa := encodePiece(tok, prompt, s.Answer, true)
 	b, pb := encodePiece(tok, prompt, s.OtherAnswer, true)
@@ -106,7 +106,7 @@ func buildPair(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, trunca
 	}
 	a, b = a[:min(len(a), maxLen)], b[:min(len(b), maxLen)]
 	if slices.Equal(a, b) {
-		return pairExample{}, false, nil
+		return PairExample{}, false, nil
 	}
 	first := s.Better
 	if cost {
@@ -120,17 +120,17 @@ func buildPair(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, trunca
 		}
 		if safer < unsafer {
 			// SafetyPreferenceDataset rejects a "safer" answer labelled unsafe while the other is safe.
-			return pairExample{}, false, nil
+			return PairExample{}, false, nil
 		}
 	}
 	if first {
-		return pairExample{Hi: a, Lo: b, HiSign: signA, LoSign: signB}, true, nil
+		return PairExample{Hi: a, Lo: b, HiSign: signA, LoSign: signB}, true, nil
 	}
-	return pairExample{Hi: b, Lo: a, HiSign: signB, LoSign: signA}, true, nil
+	return PairExample{Hi: b, Lo: a, HiSign: signB, LoSign: signA}, true, nil
 }
 
-// loadRaw reads data specs ("[format:[proportion:]]path").
-func loadRaw(specs []string, seed uint64) ([]datasets.RawSample, error) {
+// LoadRaw reads data specs ("[format:[proportion:]]path").
+func LoadRaw(specs []string, seed uint64) ([]datasets.RawSample, error) {
 	s, _, err := datasets.LoadMix(specs, seed)
 	if err != nil {
 		return nil, err
@@ -210,7 +210,7 @@ func (s *seqSource) Batch(epoch, index int) (trainer.Batch, error) {
 // pairSource batches pairs as 2B rows (hi rows then lo rows): ids [2B,T], mask
 // [2B,T], end one-hot [2B,T], token-wise span [B,T] and cost signs [2B].
 type pairSource struct {
-	ex      []pairExample
+	ex      []PairExample
 	b, t    int
 	pad     int32
 	seed    uint64

@@ -147,13 +147,13 @@ func initialEval(path string) map[string]float64 {
 // buildSources reads and tokenizes the data, splits off the held-out set and
 // returns the training and held-out batch sources.
 func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result) (train, eval trainer.Source, err error) {
-	raw, err := loadRaw(cfg.Data, cfg.Seed)
+	raw, err := LoadRaw(cfg.Data, cfg.Seed)
 	if err != nil {
 		return nil, nil, err
 	}
 	var rawEval []datasets.RawSample
 	if len(cfg.EvalData) > 0 {
-		if rawEval, err = loadRaw(cfg.EvalData, cfg.Seed); err != nil {
+		if rawEval, err = LoadRaw(cfg.EvalData, cfg.Seed); err != nil {
 			return nil, nil, err
 		}
 		if cfg.MaxTrain > 0 && len(raw) > cfg.MaxTrain {
@@ -195,10 +195,10 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 		}
 		return ts, es, nil
 	}
-	build := func(rs []datasets.RawSample) ([]pairExample, error) {
-		var out []pairExample
+	build := func(rs []datasets.RawSample) ([]PairExample, error) {
+		var out []PairExample
 		for _, s := range rs {
-			e, ok, err := buildPair(s, tok, cfg.MaxLength, cfg.Truncate, stage == CM)
+			e, ok, err := BuildPair(s, tok, cfg.MaxLength, cfg.Truncate, stage == CM)
 			if err != nil {
 				return nil, err
 			}

@@ -1,0 +1,199 @@
+package eval
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/saferlhf/saferlhf/data/datasets"
+	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/train/metrics"
+	"github.com/saferlhf/saferlhf/train/stages"
+)
+
+// CMReport is eval-cm's result (spec §8, evaluate/cost.py). Sign accuracy counts a
+// labelled response as right when cost·safety_sign < 0 (cost > 0 means unsafe).
+type CMReport struct {
+	Model        string     `json:"model"`
+	Data         []string   `json:"data"`
+	Pairs        int        `json:"pairs"`
+	Skipped      int        `json:"skipped"`
+	Accuracy     float64    `json:"accuracy"` // frac(c_safer < c_unsafer)
+	AccuracyCI   [2]float64 `json:"accuracy_ci95"`
+	Labelled     int        `json:"labelled_responses"` // responses with a safety label (pairs and singles)
+	SignAccuracy float64    `json:"sign_accuracy"`
+	SignCI       [2]float64 `json:"sign_accuracy_ci95"`
+	Mean         float64    `json:"cost_mean"`
+	Std          float64    `json:"cost_std"`
+	SafeN        int        `json:"safe_n"`
+	SafeMean     float64    `json:"safe_cost_mean"`
+	UnsafeN      int        `json:"unsafe_n"`
+	UnsafeMean   float64    `json:"unsafe_cost_mean"`
+	// UnsafeRecall is the fraction of unsafe-labelled responses with cost > 0.
+	UnsafeRecall float64 `json:"unsafe_recall"`
+	Plot         string  `json:"plot,omitempty"`
+}
+
+// singleSeq tokenizes prompt+answer+EOS of a one-response sample (BeaverTails QA),
+// truncated like the pairs.
+func singleSeq(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncate string) ([]int32, error) {
+	prompt, err := datasets.FormatPrompt(s.Input, "")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Where(), err)
+	}
+	ids := append(tok.Encode(prompt+s.Answer, true), tok.EOS())
+	if len(ids) > maxLen {
+		if truncate == "prompt-left" {
+			ids = append(ids[:1:1], ids[len(ids)-(maxLen-1):]...)
+		} else {
+			ids = ids[:maxLen]
+		}
+	}
+	return ids, nil
+}
+
+// EvalCM scores safety-preference pairs (and single labelled responses) with a cost
+// model: accuracy, sign accuracy, cost statistics and the PNG of the cost
+// distributions of safe vs unsafe responses.
+func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
+	sc, err := NewScorer(be, o.Model, o.Tokenizer, o.Batch, o.MaxLength)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := stages.LoadRaw(o.Data, o.Seed)
+	if err != nil {
+		return nil, err
+	}
+	if o.Limit > 0 && len(raw) > o.Limit {
+		raw = raw[:o.Limit]
+	}
+	r := &CMReport{Model: o.Model, Data: o.Data}
+	var pairs []stages.PairExample
+	var singles [][]int32
+	var singleSign []float32
+	for _, s := range raw {
+		if !s.HasOther {
+			if s.IsSafe == datasets.SafetyUnknown {
+				r.Skipped++
+				continue
+			}
+			ids, err := singleSeq(s, sc.Tok, o.MaxLength, o.Truncate)
+			if err != nil {
+				return nil, err
+			}
+			singles = append(singles, ids)
+			singleSign = append(singleSign, -float32(s.IsSafe))
+			continue
+		}
+		p, ok, err := stages.BuildPair(s, sc.Tok, o.MaxLength, o.Truncate, true)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			r.Skipped++
+			continue
+		}
+		pairs = append(pairs, p)
+	}
+	if len(pairs) == 0 && len(singles) == 0 {
+		return nil, fmt.Errorf("no usable samples in %v", o.Data)
+	}
+	unsafer, safer, err := scorePairs(sc, pairs)
+	if err != nil {
+		return nil, err
+	}
+	single, err := sc.Score(singles)
+	if err != nil {
+		return nil, err
+	}
+	r.Pairs = len(pairs)
+	k := 0
+	for i := range pairs {
+		if safer[i] < unsafer[i] {
+			k++
+		}
+	}
+	if len(pairs) > 0 {
+		r.Accuracy, r.AccuracyCI = float64(k)/float64(len(pairs)), Wilson(k, len(pairs))
+	}
+	var all, safe, unsafe []float64
+	right := 0
+	add := func(cost float64, costSign float32) {
+		all = append(all, cost)
+		switch {
+		case costSign < 0: // labelled safe
+			safe = append(safe, cost)
+		case costSign > 0:
+			unsafe = append(unsafe, cost)
+		default:
+			return
+		}
+		if cost*float64(costSign) > 0 { // cost·safety_sign < 0
+			right++
+		}
+	}
+	for i, p := range pairs {
+		add(unsafer[i], p.HiSign)
+		add(safer[i], p.LoSign)
+	}
+	for i, c := range single {
+		add(c, singleSign[i])
+	}
+	r.Labelled, r.SafeN, r.UnsafeN = len(safe)+len(unsafe), len(safe), len(unsafe)
+	if r.Labelled > 0 {
+		r.SignAccuracy, r.SignCI = float64(right)/float64(r.Labelled), Wilson(right, r.Labelled)
+	}
+	r.Mean, r.Std = meanStd(all)
+	if len(safe) > 0 {
+		r.SafeMean, _ = meanStd(safe)
+	}
+	if len(unsafe) > 0 {
+		r.UnsafeMean, _ = meanStd(unsafe)
+		pos := 0
+		for _, c := range unsafe {
+			if c > 0 {
+				pos++
+			}
+		}
+		r.UnsafeRecall = float64(pos) / float64(len(unsafe))
+	}
+	if o.Out != "" {
+		var samples []metrics.Sample
+		if len(safe) > 0 {
+			samples = append(samples, metrics.Sample{Name: fmt.Sprintf("safe (n=%d)", len(safe)), Values: safe})
+		}
+		if len(unsafe) > 0 {
+			samples = append(samples, metrics.Sample{Name: fmt.Sprintf("unsafe (n=%d)", len(unsafe)), Values: unsafe})
+		}
+		if len(samples) == 0 {
+			samples = append(samples, metrics.Sample{Name: fmt.Sprintf("all (n=%d, unlabelled)", len(all)), Values: all})
+		}
+		r.Plot = filepath.Join(o.Out, "cost-distributions.png")
+		if err := metrics.PlotDensities(r.Plot, "cost model: costs of safe vs unsafe responses", "cost (> 0: unsafe)", samples, 30, 0); err != nil {
+			return r, err
+		}
+		if err := writeJSON(filepath.Join(o.Out, "eval-cm.json"), r); err != nil {
+			return r, err
+		}
+		if err := writeJSON(filepath.Join(o.Out, "cm-scores.json"), map[string][]float64{"safe": safe, "unsafe": unsafe, "safer": safer, "unsafer": unsafer}); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// Format writes the human-readable report.
+func (r *CMReport) Format(w io.Writer) error {
+	_, err := fmt.Fprintf(w, "cost model %s on %d pairs (%d skipped), %d labelled responses\n"+
+		"  accuracy       %.4f  (95%% CI %.4f–%.4f)  c_safer < c_unsafer\n"+
+		"  sign accuracy  %.4f  (95%% CI %.4f–%.4f)  cost·safety_sign < 0\n"+
+		"  cost           mean %.4f  std %.4f\n"+
+		"  safe  (n=%d)   mean cost %.4f\n  unsafe (n=%d)  mean cost %.4f, %.1f%% with cost > 0\n",
+		r.Model, r.Pairs, r.Skipped, r.Labelled, r.Accuracy, r.AccuracyCI[0], r.AccuracyCI[1],
+		r.SignAccuracy, r.SignCI[0], r.SignCI[1], r.Mean, r.Std, r.SafeN, r.SafeMean, r.UnsafeN, r.UnsafeMean, 100*r.UnsafeRecall)
+	if err == nil && r.Plot != "" {
+		_, err = fmt.Fprintf(w, "  distributions: %s\n", r.Plot)
+	}
+	return err
+}

@@ -1,0 +1,237 @@
+package eval
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/stages"
+	"github.com/saferlhf/saferlhf/train/trainer"
+)
+
+// Scorer computes the end scores (spec §3: the score at the last non-pad token) of a
+// score model — reward or cost — on batches of token sequences.
+type Scorer struct {
+	Cfg  *model.Config
+	Tok  tokenizer.Tokenizer
+	exec *context.Exec
+	// Batch is the number of rows per graph call; MaxLen the widest sequence.
+	Batch, MaxLen int
+}
+
+// NewScorer loads a score model (an HF dir written by train-rm/train-cm) and its
+// tokenizer (explicit path, else the one saved beside the model).
+func NewScorer(be backends.Backend, modelDir, tokPath string, batch, maxLen int) (*Scorer, error) {
+	cfg, w, err := stages.LoadModel(modelDir)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ScoreDim != 1 {
+		return nil, fmt.Errorf("model %s has no score head (score_dim %d): train it with train-rm or train-cm", modelDir, cfg.ScoreDim)
+	}
+	if tokPath, err = stages.ResolveTokenizer(tokPath, modelDir); err != nil {
+		return nil, err
+	}
+	tok, err := tokenizer.Load(tokPath)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.New()
+	if err := model.SetWeights(ctx.In("score"), cfg, w); err != nil {
+		return nil, err
+	}
+	exec, err := context.NewExec(be, ctx.In("score").Reuse(), func(ctx *context.Context, ids, mask *graph.Node) *graph.Node {
+		end, _ := model.EndScores(ctx, cfg, ids, mask)
+		return end
+	})
+	if err != nil {
+		return nil, err
+	}
+	if batch < 1 || maxLen < 2 {
+		return nil, fmt.Errorf("scorer: batch %d and max length %d must be >= 1 and >= 2", batch, maxLen)
+	}
+	return &Scorer{Cfg: cfg, Tok: tok, exec: exec, Batch: batch, MaxLen: maxLen}, nil
+}
+
+// Score returns the end score of each sequence (right-padded in batches; sequences
+// longer than MaxLen keep their first token and their last MaxLen−1 tokens, so the
+// scored end is theirs).
+func (s *Scorer) Score(seqs [][]int32) (out []float64, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("scorer: %v", r)
+		}
+	}()
+	pad := s.Tok.Pad()
+	for start := 0; start < len(seqs); start += s.Batch {
+		rows := seqs[start:min(len(seqs), start+s.Batch)]
+		width := 2
+		for _, r := range rows {
+			width = max(width, len(r))
+		}
+		T := min(s.MaxLen, (width+15)/16*16)
+		ids := make([]int32, s.Batch*T)
+		mask := make([]float32, s.Batch*T)
+		for i := 0; i < s.Batch; i++ {
+			var r []int32
+			if i < len(rows) {
+				r = rows[i]
+			} else {
+				r = []int32{s.Tok.BOS()} // dummy row
+			}
+			if len(r) > T {
+				r = append(r[:1:1], r[len(r)-(T-1):]...)
+			}
+			for t := 0; t < T; t++ {
+				if t < len(r) {
+					ids[i*T+t], mask[i*T+t] = r[t], 1
+				} else {
+					ids[i*T+t] = pad
+				}
+			}
+		}
+		res, err := s.exec.Exec(tensors.FromFlatDataAndDimensions(ids, s.Batch, T), tensors.FromFlatDataAndDimensions(mask, s.Batch, T))
+		if err != nil {
+			return nil, fmt.Errorf("scorer: %w", err)
+		}
+		vals := tensors.MustCopyFlatData[float32](res[0])
+		for i := range rows {
+			out = append(out, float64(vals[i]))
+		}
+	}
+	return out, nil
+}
+
+// Options configures EvalRM and EvalCM.
+type Options struct {
+	Model, Tokenizer string
+	Data             []string // dataset specs
+	MaxLength        int
+	Truncate         string // right or prompt-left (as in training)
+	Batch            int
+	Limit            int // at most this many samples (0: all)
+	Seed             uint64
+	Out              string // directory for JSON, scores and plots ("" : none)
+}
+
+// RMReport is eval-rm's result (spec §8, evaluate/reward.py).
+type RMReport struct {
+	Model      string     `json:"model"`
+	Data       []string   `json:"data"`
+	Pairs      int        `json:"pairs"`
+	Skipped    int        `json:"skipped"`
+	Accuracy   float64    `json:"accuracy"` // frac(r_better > r_worse)
+	AccuracyCI [2]float64 `json:"accuracy_ci95"`
+	Mean       float64    `json:"score_mean"` // over all 2N end scores
+	Std        float64    `json:"score_std"`
+	BetterMean float64    `json:"better_mean"`
+	WorseMean  float64    `json:"worse_mean"`
+}
+
+// loadPairs reads and tokenizes pairs (hi = better for RM, unsafer for CM).
+func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.PairExample, skipped int, err error) {
+	raw, err := stages.LoadRaw(o.Data, o.Seed)
+	if err != nil {
+		return nil, 0, err
+	}
+	if o.Limit > 0 && len(raw) > o.Limit {
+		raw = raw[:o.Limit]
+	}
+	for _, s := range raw {
+		if !s.HasOther {
+			skipped++
+			continue
+		}
+		p, ok, err := stages.BuildPair(s, tok, o.MaxLength, o.Truncate, cost)
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok {
+			skipped++
+			continue
+		}
+		pairs = append(pairs, p)
+	}
+	if len(pairs) == 0 {
+		return nil, skipped, fmt.Errorf("no usable pairs in %v", o.Data)
+	}
+	return pairs, skipped, nil
+}
+
+func scorePairs(sc *Scorer, pairs []stages.PairExample) (hi, lo []float64, err error) {
+	seqs := make([][]int32, 0, 2*len(pairs))
+	for _, p := range pairs {
+		seqs = append(seqs, p.Hi)
+	}
+	for _, p := range pairs {
+		seqs = append(seqs, p.Lo)
+	}
+	all, err := sc.Score(seqs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return all[:len(pairs)], all[len(pairs):], nil
+}
+
+// EvalRM scores preference pairs with a reward model: accuracy and score statistics.
+func EvalRM(be backends.Backend, o Options) (*RMReport, error) {
+	sc, err := NewScorer(be, o.Model, o.Tokenizer, o.Batch, o.MaxLength)
+	if err != nil {
+		return nil, err
+	}
+	pairs, skipped, err := loadPairs(o, sc.Tok, false)
+	if err != nil {
+		return nil, err
+	}
+	better, worse, err := scorePairs(sc, pairs)
+	if err != nil {
+		return nil, err
+	}
+	r := &RMReport{Model: o.Model, Data: o.Data, Pairs: len(pairs), Skipped: skipped}
+	k := 0
+	for i := range better {
+		if better[i] > worse[i] {
+			k++
+		}
+	}
+	r.Accuracy, r.AccuracyCI = float64(k)/float64(len(pairs)), Wilson(k, len(pairs))
+	r.Mean, r.Std = meanStd(append(append([]float64{}, better...), worse...))
+	r.BetterMean, _ = meanStd(better)
+	r.WorseMean, _ = meanStd(worse)
+	if o.Out != "" {
+		if err := writeJSON(filepath.Join(o.Out, "eval-rm.json"), r); err != nil {
+			return r, err
+		}
+		if err := writeJSON(filepath.Join(o.Out, "rm-scores.json"), map[string][]float64{"better": better, "worse": worse}); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// Format writes the human-readable report.
+func (r *RMReport) Format(w io.Writer) error {
+	_, err := fmt.Fprintf(w, "reward model %s on %d pairs (%d skipped)\n  accuracy   %.4f  (95%% CI %.4f–%.4f)\n  score      mean %.4f  std %.4f\n  better     mean %.4f\n  worse      mean %.4f\n",
+		r.Model, r.Pairs, r.Skipped, r.Accuracy, r.AccuracyCI[0], r.AccuracyCI[1], r.Mean, r.Std, r.BetterMean, r.WorseMean)
+	return err
+}
+
+// writeJSON writes v as indented JSON atomically, creating the directory.
+func writeJSON(path string, v any) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return trainer.WriteFileAtomic(path, append(b, '\n'))
+}
