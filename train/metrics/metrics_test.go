@@ -209,3 +209,23 @@ func TestProgressLines(t *testing.T) {
 		t.Fatalf("%q", lines)
 	}
 }
+
+// FuzzRecord checks that any line either fails to parse or round-trips through MarshalJSON.
+func FuzzRecord(f *testing.F) {
+	f.Add([]byte(`{"step":7,"a":0.1,"b":null,"split":"train"}`))
+	f.Add([]byte(`{"step":1e3}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r Record
+		if r.UnmarshalJSON(b) != nil {
+			return
+		}
+		out, err := r.MarshalJSON()
+		if err != nil {
+			return // e.g. a key both value and tag cannot occur, but "step" clashes can
+		}
+		var back Record
+		if err := back.UnmarshalJSON(out); err != nil {
+			t.Fatalf("%s -> %s: %v", b, out, err)
+		}
+	})
+}

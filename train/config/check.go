@@ -1,0 +1,82 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+)
+
+// Checker collects validation errors for flags; Err joins them.
+//
+//	var c config.Checker
+//	c.Positive("lr", *lr)
+//	c.Range("clip-range-ratio", *eps, 0, 1)
+//	if err := c.Err(); err != nil { ... } // "--lr must be > 0, got -1"
+type Checker struct {
+	errs []error
+}
+
+func (c *Checker) add(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf(format, args...))
+}
+
+// Positive requires v > 0 (and finite).
+func (c *Checker) Positive(name string, v float64) {
+	if !(v > 0) || math.IsInf(v, 0) {
+		c.add("--%s must be > 0, got %v", name, v)
+	}
+}
+
+// NonNegative requires v >= 0 (and finite).
+func (c *Checker) NonNegative(name string, v float64) {
+	if !(v >= 0) || math.IsInf(v, 0) {
+		c.add("--%s must be >= 0, got %v", name, v)
+	}
+}
+
+// Range requires lo <= v <= hi.
+func (c *Checker) Range(name string, v, lo, hi float64) {
+	if !(v >= lo && v <= hi) {
+		c.add("--%s must be in [%v, %v], got %v", name, lo, hi, v)
+	}
+}
+
+// PositiveInt requires v > 0.
+func (c *Checker) PositiveInt(name string, v int) {
+	if v <= 0 {
+		c.add("--%s must be > 0, got %d", name, v)
+	}
+}
+
+// NonNegativeInt requires v >= 0.
+func (c *Checker) NonNegativeInt(name string, v int) {
+	if v < 0 {
+		c.add("--%s must be >= 0, got %d", name, v)
+	}
+}
+
+// OneOf requires v to be one of allowed.
+func (c *Checker) OneOf(name, v string, allowed ...string) {
+	if !slices.Contains(allowed, v) {
+		c.add("--%s must be one of %s, got %q", name, strings.Join(allowed, ", "), v)
+	}
+}
+
+// Required requires a non-empty string.
+func (c *Checker) Required(name, v string) {
+	if v == "" {
+		c.add("--%s is required", name)
+	}
+}
+
+// Check adds an error with the given message when ok is false.
+func (c *Checker) Check(ok bool, format string, args ...any) {
+	if !ok {
+		c.add(format, args...)
+	}
+}
+
+// Err returns all collected errors joined (one per line), or nil.
+func (c *Checker) Err() error { return errors.Join(c.errs...) }
