@@ -4,6 +4,8 @@ import (
 	"math"
 	"testing"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/gomlx/gomlx/pkg/core/dtypes/bfloat16"
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
@@ -261,5 +263,41 @@ func TestNewAdamWErrors(t *testing.T) {
 	c := o.Config()
 	if c.Beta1 != 0.9 || c.Beta2 != 0.95 || c.Epsilon != 1e-8 || c.ClipNorm != 1 || c.Accumulation != 1 || c.StateScope != "/optim" {
 		t.Errorf("defaults %+v", c)
+	}
+}
+
+// TestBF16Variable checks that a bfloat16 parameter is updated in float32 and
+// rounded back, with float32 moments.
+func TestBF16Variable(t *testing.T) {
+	be, err := backend.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt, _ := NewAdamW(AdamWConfig{})
+	ctx := context.New()
+	p0 := []float32{1, -2, 0.5}
+	ctx.InAbsPath("/m").VariableWithValue("w", []bfloat16.BFloat16{bfloat16.FromFloat32(p0[0]), bfloat16.FromFloat32(p0[1]), bfloat16.FromFloat32(p0[2])})
+	step, err := context.NewExec(be, ctx, func(ctx *context.Context, lr *graph.Node) []*graph.Node {
+		v := ctx.GetVariableByScopeAndName("/m", "w")
+		loss := graph.ReduceAllSum(graph.ConvertDType(v.ValueGraph(lr.Graph()), dtypes.Float32)) // grad = 1
+		norm, s := opt.Update(ctx, lr, loss, []*context.Variable{v})
+		return []*graph.Node{norm, s, graph.ConvertDType(v.ValueGraph(lr.Graph()), dtypes.Float32)}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := step.Exec(float32(0.25))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// grad = 1 everywhere, norm √3 > 1: clipped to 1/√3; the first Adam step moves each weight by lr (sign of m).
+	got := out[2].Value().([]float32)
+	for i, p := range p0 {
+		if math.Abs(float64(got[i]-(p-0.25))) > 1e-2 {
+			t.Errorf("w[%d] = %g, want ≈ %g", i, got[i], p-0.25)
+		}
+	}
+	if m := ctx.GetVariableByScopeAndName("/optim/m", "w_m1"); m == nil || m.Shape().DType != dtypes.Float32 {
+		t.Errorf("moment variable %v", m)
 	}
 }
