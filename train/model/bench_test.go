@@ -1,0 +1,163 @@
+package model
+
+import (
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	G "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/saferlhf/saferlhf/train/optim"
+)
+
+// Benchmark configs: stories260K's shape and llama2.c's stories15M shape.
+func benchConfigs() []struct {
+	name string
+	cfg  *Config
+	b, t int
+} {
+	s260 := &Config{HiddenSize: 64, IntermediateSize: 172, NumLayers: 5, NumHeads: 8, NumKVHeads: 4, VocabSize: 512,
+		MaxPositions: 512, RMSNormEps: 1e-5, RopeTheta: 10000, TieWordEmbeddings: true, BOS: 1, EOS: 2}
+	s15 := &Config{HiddenSize: 288, IntermediateSize: 768, NumLayers: 6, NumHeads: 6, NumKVHeads: 6, VocabSize: 32000,
+		MaxPositions: 256, RMSNormEps: 1e-5, RopeTheta: 10000, TieWordEmbeddings: true, BOS: 1, EOS: 2}
+	return []struct {
+		name string
+		cfg  *Config
+		b, t int
+	}{{"stories260K", s260, 16, 256}, {"15M", s15, 4, 256}}
+}
+
+func benchBatch(cfg *Config, b, t int) (*tensors.Tensor, *tensors.Tensor) {
+	ids := make([]int32, b*t)
+	mask := make([]float32, b*t)
+	for i := range ids {
+		ids[i] = int32((i*7919 + 13) % cfg.VocabSize)
+		mask[i] = 1
+	}
+	for r := 0; r < b; r++ { // some left padding
+		for i := 0; i < r%4; i++ {
+			mask[r*t+i] = 0
+		}
+	}
+	return tensors.FromFlatDataAndDimensions(ids, b, t), tensors.FromFlatDataAndDimensions(mask, b, t)
+}
+
+// sftLoss is the mean negative log-likelihood of the real next tokens.
+func sftLoss(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
+	lp := TokenLogProbs(ctx, cfg, ids, mask)
+	m := dropLast(mask)
+	return G.Neg(G.Div(G.ReduceAllSum(G.Mul(lp, m)), G.ReduceAllSum(m)))
+}
+
+func maxRSSMiB() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Maxrss) / 1024
+}
+
+// BenchmarkModel measures forward (loss), forward+backward (loss and all
+// weight gradients) and a full AdamW step on the pure-Go backend.
+func BenchmarkModel(b *testing.B) {
+	if err := EnableFastGradients(); err != nil {
+		b.Fatal(err)
+	}
+	be := getBackend(b)
+	for _, bc := range benchConfigs() {
+		cfg := bc.cfg
+		w := RandomWeights(cfg, 1)
+		ids, mask := benchBatch(cfg, bc.b, bc.t)
+		tokens := float64(bc.b * bc.t)
+		modes := map[string]func(ctx *context.Context, ids, mask *G.Node) []*G.Node{
+			"fwd": func(ctx *context.Context, ids, mask *G.Node) []*G.Node {
+				return []*G.Node{sftLoss(ctx, cfg, ids, mask)}
+			},
+			"fwdbwd": func(ctx *context.Context, ids, mask *G.Node) []*G.Node {
+				loss := sftLoss(ctx, cfg, ids, mask)
+				return append([]*G.Node{loss}, ctx.BuildTrainableVariablesGradientsGraph(loss)...)
+			},
+			"adamw": func(ctx *context.Context, ids, mask *G.Node) []*G.Node {
+				opt, err := optim.NewAdamW(optim.AdamWConfig{WeightDecay: 0.01})
+				if err != nil {
+					panic(err)
+				}
+				loss := sftLoss(ctx, cfg, ids, mask)
+				vars := optim.TrainableVariables(ctx, ids.Graph(), ctx.Scope())
+				gn, _ := opt.Update(ctx, G.Const(ids.Graph(), float32(1e-4)), loss, vars)
+				return []*G.Node{loss, gn}
+			},
+		}
+		for _, mode := range []string{"fwd", "fwdbwd", "adamw"} {
+			b.Run(fmt.Sprintf("%s/B%dxT%d/%s", bc.name, bc.b, bc.t, mode), func(b *testing.B) {
+				ctx := context.New().In("m")
+				if err := SetWeights(ctx, cfg, w); err != nil {
+					b.Fatal(err)
+				}
+				e, err := context.NewExec(be, ctx.Checked(false), modes[mode])
+				if err != nil {
+					b.Fatal(err)
+				}
+				run := func() {
+					out, err := e.Exec(ids, mask)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for _, o := range out {
+						o.FinalizeAll()
+					}
+				}
+				run() // compile
+				b.ResetTimer()
+				start := time.Now()
+				for i := 0; i < b.N; i++ {
+					run()
+				}
+				sec := time.Since(start).Seconds() / float64(b.N)
+				b.ReportMetric(sec*1000, "ms/step")
+				b.ReportMetric(tokens/sec, "tokens/s")
+				b.ReportMetric(maxRSSMiB(), "maxRSS-MiB")
+			})
+		}
+	}
+}
+
+// BenchmarkGenerate measures KV-cache sampling throughput (new tokens per
+// second over the batch), prompt 16 tokens, 128 new tokens, no early stop.
+func BenchmarkGenerate(b *testing.B) {
+	be := getBackend(b)
+	for _, bc := range benchConfigs() {
+		w := RandomWeights(bc.cfg, 1)
+		gen, err := NewGeneratorFromWeights(be, bc.cfg, w)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, batch := range []int{1, 32} {
+			b.Run(fmt.Sprintf("%s/B%d", bc.name, batch), func(b *testing.B) {
+				prompts := make([][]int32, batch)
+				for r := range prompts {
+					prompts[r] = make([]int32, 16)
+					for i := range prompts[r] {
+						prompts[r][i] = int32((r*31 + i*7 + 1) % bc.cfg.VocabSize)
+					}
+				}
+				opts := GenerateOptions{MaxNewTokens: 128, Temperature: 1, TopP: 0.9, EOS: -1, Pad: 0, Unk: -1}
+				if _, err := gen.Generate(prompts, opts); err != nil { // compile
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				start := time.Now()
+				for i := 0; i < b.N; i++ {
+					opts.Seed = uint64(i)
+					if _, err := gen.Generate(prompts, opts); err != nil {
+						b.Fatal(err)
+					}
+				}
+				sec := time.Since(start).Seconds() / float64(b.N)
+				b.ReportMetric(float64(batch*128)/sec, "tokens/s")
+				b.ReportMetric(maxRSSMiB(), "maxRSS-MiB")
+			})
+		}
+	}
+}
