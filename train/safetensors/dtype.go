@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"sync"
 )
 
 // DType is a safetensors element type, spelled as in the header ("F32", "BF16", ...).
@@ -73,8 +74,9 @@ func decodeFloat32(d DType, src []byte, dst []float32) error {
 			dst[i] = math.Float32frombits(uint32(le.Uint16(src[2*i:])) << 16)
 		}
 	case F16:
+		tbl := f16Table()
 		for i := range dst {
-			dst[i] = F16ToFloat32(le.Uint16(src[2*i:]))
+			dst[i] = tbl[le.Uint16(src[2*i:])]
 		}
 	case I64:
 		for i := range dst {
@@ -160,6 +162,15 @@ func Float32ToBF16(v float32) uint16 {
 
 // BF16ToFloat32 widens a bfloat16 value to float32 exactly.
 func BF16ToFloat32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// f16Table maps every half-precision bit pattern to float32 (256 KiB, built once, read-only).
+var f16Table = sync.OnceValue(func() *[1 << 16]float32 {
+	var t [1 << 16]float32
+	for i := range t {
+		t[i] = F16ToFloat32(uint16(i))
+	}
+	return &t
+})
 
 // F16ToFloat32 widens an IEEE half-precision value to float32 exactly.
 func F16ToFloat32(h uint16) float32 {
