@@ -73,6 +73,8 @@ func CanonicalFormat(f string) (string, bool) {
 
 // ReadStats counts what a reader skipped.
 type ReadStats struct {
+	// Format is the format the file was read as (the detected one for auto).
+	Format string `json:"format,omitempty"`
 	// Records is the number of records in the file.
 	Records int `json:"records"`
 	// PrefixMismatch counts hh-rlhf pairs whose dialogues differ before the last
@@ -126,6 +128,7 @@ func Parse(name string, b []byte, format string) ([]RawSample, ReadStats, error)
 			return nil, st, err
 		}
 	}
+	st.Format = f
 	out := make([]RawSample, 0, len(recs))
 	for _, rec := range recs {
 		s, keep, err := parseRecord(name, f, rec, &st)

@@ -109,6 +109,9 @@ func Pack(ctx context.Context, opts PackOptions) (*Manifest, error) {
 			return nil, err
 		}
 		s = datasets.Subsample(s, sp, seed+uint64(i))
+		if st.Format != "" {
+			sp.Format = st.Format
+		}
 		rs.Add(st)
 		sources = append(sources, Source{Spec: in, Path: sp.Path, Format: sp.Format, SHA256: hex.EncodeToString(sum[:]),
 			Bytes: int64(len(raw)), Records: st.Records, Samples: len(s)})

@@ -1,6 +1,10 @@
 package tokenizer
 
-import "sync"
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+)
 
 // symbol is one current piece of the sequence being merged (a doubly linked list
 // over a slice, as in SentencePiece's bpe_model.cc).
@@ -130,5 +134,64 @@ func (st *bpeState) link() {
 		if int32(i)+1 == n {
 			st.syms[i].next = -1
 		}
+	}
+}
+
+// Chunking. When no vocabulary piece contains a non-space followed by a space
+// (true of Llama 2's and tok512's vocabularies: checked at load), no merge can
+// cross the start of a space run, so BPE of the whole text equals BPE of each
+// chunk "<spaces><non-spaces>" on its own: merges in different chunks never
+// interact, and within a chunk their order (score, then position) is unchanged.
+// Chunks repeat (words), so their ids are cached.
+
+// crossesSpace reports whether piece has a non-space followed by space.
+func crossesSpace(piece, space string) bool {
+	for i := 1; i < len(piece); i++ {
+		if strings.HasPrefix(piece[i:], space) && !strings.HasSuffix(piece[:i], space) {
+			return true
+		}
+	}
+	return false
+}
+
+// nextChunk returns the end of the chunk starting at i: the next start of a space
+// run after at least one non-space.
+func nextChunk(text string, i int, space string) int {
+	j := i
+	for strings.HasPrefix(text[j:], space) {
+		j += len(space)
+	}
+	k := strings.Index(text[j:], space)
+	if k < 0 {
+		return len(text)
+	}
+	return j + k
+}
+
+const (
+	maxCachedChunk  = 64      // bytes; longer chunks are encoded but not cached
+	maxCacheEntries = 1 << 18 // bounded memory (a few tens of MB at most)
+)
+
+// chunkCache maps chunk text to its ids; safe for concurrent use.
+type chunkCache struct {
+	m sync.Map
+	n atomic.Int64
+}
+
+func (c *chunkCache) get(s string) ([]int32, bool) {
+	v, ok := c.m.Load(s)
+	if !ok {
+		return nil, false
+	}
+	return v.([]int32), true
+}
+
+func (c *chunkCache) put(s string, ids []int32) {
+	if len(s) > maxCachedChunk || c.n.Load() >= maxCacheEntries {
+		return
+	}
+	if _, loaded := c.m.LoadOrStore(strings.Clone(s), append([]int32(nil), ids...)); !loaded {
+		c.n.Add(1)
 	}
 }

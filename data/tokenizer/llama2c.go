@@ -13,6 +13,8 @@ type Llama2C struct {
 	table       mergeTable
 	maxTokenLen int
 	space       int32 // id of " " (the dummy prefix)
+	chunked     bool  // no piece crosses the start of a space run: encode per chunk
+	cache       chunkCache
 	info        Info
 }
 
@@ -53,18 +55,51 @@ func ParseLlama2C(b []byte) (*Llama2C, error) {
 		return nil, errors.New(`llama2.c tokenizer: no " " token for the dummy prefix`)
 	}
 	t.space = sp
+	t.chunked = true
+	for _, p := range t.table.pieces {
+		if crossesSpace(p, " ") {
+			t.chunked = false
+			break
+		}
+	}
 	t.info = Info{Kind: "llama2c", VocabSize: len(t.table.pieces), BOS: 1, EOS: 2, Pad: 0, Unk: 0}
 	return t, nil
 }
 
 // Encode implements run.c encode(text, bos, eos=0).
 func (t *Llama2C) Encode(text string, addBOS bool) []int32 {
+	out := make([]int32, 0, len(text)/3+2)
+	if addBOS {
+		out = append(out, 1)
+	}
+	if text == "" {
+		return out
+	}
+	// The dummy prefix is run.c's lookup of " ", the same id as the character " ".
+	full := " " + text
+	if !t.chunked {
+		return t.encodeChunk(full, out)
+	}
+	for i := 0; i < len(full); {
+		j := nextChunk(full, i, " ")
+		c := full[i:j]
+		if ids, ok := t.cache.get(c); ok {
+			out = append(out, ids...)
+		} else {
+			n := len(out)
+			out = t.encodeChunk(c, out)
+			t.cache.put(c, out[n:])
+		}
+		i = j
+	}
+	return out
+}
+
+// encodeChunk appends the run.c BPE ids of text.
+func (t *Llama2C) encodeChunk(text string, out []int32) []int32 {
 	st := statePool.Get().(*bpeState)
 	defer statePool.Put(st)
 	st.syms = st.syms[:0]
-	if text != "" {
-		st.syms = append(st.syms, symbol{piece: t.table.pieces[t.space], id: t.space})
-	}
 	// run.c groups a lead byte with up to 3 following continuation bytes, whether
 	// or not that is valid UTF-8, then falls back to byte tokens when absent.
 	for i := 0; i < len(text); {
@@ -84,10 +119,6 @@ func (t *Llama2C) Encode(text string, addBOS bool) []int32 {
 	}
 	st.link()
 	st.merge(&t.table)
-	out := make([]int32, 0, len(st.syms)/2+2)
-	if addBOS {
-		out = append(out, 1)
-	}
 	for i := int32(0); len(st.syms) > 0 && i >= 0; i = st.syms[i].next {
 		out = append(out, st.syms[i].id)
 	}

@@ -34,6 +34,8 @@ type SentencePiece struct {
 	byteOK      bool
 	bos, eos    int32
 	unk, pad    int32
+	chunked     bool // no piece crosses the start of a ▁ run: encode per chunk (bpe.go)
+	cache       chunkCache
 	// Normalizer spec.
 	addDummyPrefix, removeExtraWS, escapeWS bool
 	info                                    Info
@@ -163,6 +165,14 @@ func ParseSentencePiece(b []byte) (*SentencePiece, error) {
 			t.byteIDs[c] = id
 		}
 	}
+	// Chunking needs escaped whitespace, no user-defined symbols and no piece that
+	// crosses the start of a ▁ run.
+	t.chunked = t.escapeWS && t.maxUserLen == 0
+	for p := range t.table.mergeable {
+		if t.chunked && crossesSpace(p, spaceSymbol) {
+			t.chunked = false
+		}
+	}
 	pad := t.pad
 	if pad < 0 {
 		pad = t.unk // no pad piece: use <unk> (the reference masks seq != unk anyway)
@@ -234,6 +244,31 @@ func (t *SentencePiece) normalize(text string) string {
 // Encode implements SentencePieceProcessor.Encode(text, add_bos=addBOS).
 func (t *SentencePiece) Encode(text string, addBOS bool) []int32 {
 	norm := t.normalize(text)
+	out := make([]int32, 0, len(norm)/3+2)
+	if addBOS {
+		out = append(out, t.bos)
+	}
+	if !t.chunked {
+		return t.encodeChunk(norm, out)
+	}
+	for i := 0; i < len(norm); {
+		j := nextChunk(norm, i, spaceSymbol)
+		c := norm[i:j]
+		if ids, ok := t.cache.get(c); ok {
+			out = append(out, ids...)
+		} else {
+			n := len(out)
+			out = t.encodeChunk(c, out)
+			t.cache.put(c, out[n:])
+		}
+		i = j
+	}
+	return out
+}
+
+// encodeChunk appends the BPE ids of normalized text (bpe_model.cc Encode, then
+// byte fallback for pieces outside the vocabulary).
+func (t *SentencePiece) encodeChunk(norm string, out []int32) []int32 {
 	st := statePool.Get().(*bpeState)
 	defer statePool.Put(st)
 	st.syms = st.syms[:0]
@@ -255,10 +290,6 @@ func (t *SentencePiece) Encode(text string, addBOS bool) []int32 {
 	}
 	st.link()
 	st.merge(&t.table)
-	out := make([]int32, 0, len(st.syms)/2+2)
-	if addBOS {
-		out = append(out, t.bos)
-	}
 	for i := int32(0); len(st.syms) > 0 && i >= 0; i = st.syms[i].next {
 		s := &st.syms[i]
 		id, ok := t.all[s.piece]

@@ -126,6 +126,35 @@ func TestTok512Stories(t *testing.T) {
 	}
 }
 
+// TestChunkingExact checks that chunked encoding (bpe.go) equals whole-text BPE
+// on real dialogues and on space-heavy strings.
+func TestChunkingExact(t *testing.T) {
+	texts, _ := benchTexts(t)
+	texts = append(texts[:100], "a  b   c \n\n  d", "   ", " x", "x ", "▁▁ ▁x▁")
+	for _, f := range []string{"tokenizer.model", "tokenizer.bin", "tok512.bin"} {
+		tok := MustLoad(asset(t, "data/models/"+f))
+		for _, s := range texts {
+			got := tok.Encode(s, true)
+			var whole []int32
+			switch x := tok.(type) {
+			case *SentencePiece:
+				if !x.chunked {
+					t.Fatalf("%s: chunking disabled", f)
+				}
+				whole = x.encodeChunk(x.normalize(s), []int32{1})
+			case *Llama2C:
+				if !x.chunked {
+					t.Fatalf("%s: chunking disabled", f)
+				}
+				whole = x.encodeChunk(" "+s, []int32{1})
+			}
+			if !slices.Equal(got, whole) {
+				t.Fatalf("%s %.40q: chunked != whole-text BPE", f, s)
+			}
+		}
+	}
+}
+
 func TestSpecials(t *testing.T) {
 	for _, f := range []string{"tokenizer.model", "tokenizer.bin", "tok512.bin"} {
 		tok := MustLoad(asset(t, "data/models/"+f))
@@ -175,6 +204,16 @@ func FuzzEncodeDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		a := sp.Encode(s, true)
 		b := l2.Encode(s, true)
+		// Chunked (cached) encoding equals BPE over the whole text.
+		spt, l2t := sp.(*SentencePiece), l2.(*Llama2C)
+		if whole := spt.encodeChunk(spt.normalize(s), []int32{1}); !slices.Equal(a, whole) {
+			t.Fatalf("%q: sentencepiece chunked %v != whole %v", s, a, whole)
+		}
+		if s != "" {
+			if whole := l2t.encodeChunk(" "+s, []int32{1}); !slices.Equal(b, whole) {
+				t.Fatalf("%q: llama2c chunked %v != whole %v", s, b, whole)
+			}
+		}
 		for _, id := range append(a, b...) {
 			if id < 0 || int(id) >= sp.VocabSize() {
 				t.Fatalf("%q: id %d out of range", s, id)
