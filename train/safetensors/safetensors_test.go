@@ -333,3 +333,25 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestHFBytes compares with the byte strings of the reference implementation's
+// own tests (huggingface/safetensors bindings/python/tests: test_serialization
+// for torch, and a load test of an older writer's unaligned header with metadata).
+func TestHFBytes(t *testing.T) {
+	want := "@\x00\x00\x00\x00\x00\x00\x00" + `{"test":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}` + "    " + strings.Repeat("\x00", 16)
+	path := filepath.Join(t.TempDir(), "hf.safetensors")
+	if err := Write(path, []Tensor{{Name: "test", DType: I32, Shape: []int{2, 2}, Data: make([]byte, 16)}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != want {
+		t.Errorf("Write bytes differ from the reference:\n%q\n%q", got, want)
+	}
+	old := "f\x00\x00\x00\x00\x00\x00\x00" + `{"__metadata__":{"framework":"pt"},"test1":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}` + "       " + strings.Repeat("\x00", 16)
+	f, err := OpenBytes("old", []byte(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _, err := f.Float32("test1"); err != nil || !reflect.DeepEqual(v, []float32{0, 0, 0, 0}) || f.Metadata()["framework"] != "pt" {
+		t.Errorf("%v %v %v", v, err, f.Metadata())
+	}
+}
