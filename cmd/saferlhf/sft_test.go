@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildStageCLI builds the saferlhf binary into a temporary directory.
+func buildStageCLI(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "saferlhf")
+	cmd := exec.Command("go", "build", "-tags", "noxla", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func sftArgs(out string, extra ...string) []string {
+	a := "../../assets/data"
+	return append([]string{"sft", "--model", a + "/models/stories260K.bin", "--tokenizer", a + "/models/tok512.bin",
+		"--data", a + "/helpful/hh-rlhf-helpful-base-test.jsonl.gz", "--out", out,
+		"--max-length", "32", "--batch-size", "4", "--grad-accum", "2", "--steps", "10", "--lr", "1e-3",
+		"--eval-max", "8", "--eval-every", "4", "--save-every", "2", "--truncate", "prompt-left"}, extra...)
+}
+
+// TestSIGKILLResumeIsBitExact kills an SFT run (SIGKILL, no chance to clean up)
+// after its first checkpoint, resumes it, and requires the metrics file and the
+// final model to equal those of an uninterrupted run byte for byte.
+func TestSIGKILLResumeIsBitExact(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the CLI and trains three times")
+	}
+	bin := buildStageCLI(t)
+	ref := t.TempDir()
+	if out, err := exec.Command(bin, sftArgs(ref)...).CombinedOutput(); err != nil {
+		t.Fatalf("reference run: %v\n%s", err, out)
+	}
+
+	dir := t.TempDir()
+	cmd := exec.Command(bin, sftArgs(dir)...)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	latest := filepath.Join(dir, "checkpoints", "LATEST")
+	deadline := time.Now().Add(2 * time.Minute)
+	killed := false
+	for !killed && time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			t.Fatalf("the run finished before it could be killed (%v): make it longer\n%s", err, log.String())
+		default:
+		}
+		if _, err := os.Stat(latest); err == nil {
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !killed {
+		t.Fatal("no checkpoint within 2 minutes")
+	}
+	<-done
+	ck, _ := os.ReadFile(latest)
+	t.Logf("killed after checkpoint %s", strings.TrimSpace(string(ck)))
+
+	if out, err := exec.Command(bin, sftArgs(dir, "--resume")...).CombinedOutput(); err != nil {
+		t.Fatalf("resumed run: %v\n%s", err, out)
+	}
+	for _, f := range []string{"metrics.jsonl", "model/model.safetensors"} {
+		want, err := os.ReadFile(filepath.Join(ref, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs after SIGKILL + resume:\n%s\nwant:\n%s", f, trunc(got), trunc(want))
+		}
+	}
+}
+
+func trunc(b []byte) string {
+	if len(b) > 2000 {
+		return string(b[:2000]) + "..."
+	}
+	return string(b)
+}
+
+func TestStageFlagErrors(t *testing.T) {
+	ok := []string{"--model", "m.bin", "--data", "d.json", "--out", t.TempDir()}
+	for _, args := range [][]string{
+		append(ok, "--lr", "-3"),
+		append(ok, "--batch-size", "0"),
+		append(ok, "--loss-type", "bogus"),
+		append(ok, "--max-length", "4"),
+		{"--data", "d.json", "--out", "o"}, // no model
+		append(ok, "stray-argument"),
+	} {
+		err := runTrainRM(args)
+		if _, isUsage := err.(usageError); !isUsage {
+			t.Errorf("args %v: want a usage error (before any work), got %v", args, err)
+		}
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "rm.json")
+	os.WriteFile(cfg, []byte(`{"model": "x.bin", "data": ["a.json", "b.json"], "out": "o", "lr": 2, "batch-size": 4}`), 0o644)
+	err := runTrainRM([]string{"--config", cfg})
+	if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), "--lr 2") {
+		t.Fatalf("want a usage error naming --lr 2 from the config file, got %v", err)
+	}
+	// A flag on the command line wins over the file; then the missing model is the error.
+	err = runTrainRM([]string{"--config", cfg, "--lr", "1e-3"})
+	if err == nil || strings.Contains(err.Error(), "--lr") || !strings.Contains(err.Error(), "x.bin") {
+		t.Fatalf("want an error about the missing model x.bin, got %v", err)
+	}
+	os.WriteFile(cfg, []byte(`{"learning-rate": 1}`), 0o644)
+	if err := runTrainRM([]string{"--config", cfg}); err == nil || !strings.Contains(err.Error(), "unknown key") {
+		t.Fatalf("want an unknown-key error, got %v", err)
+	}
+}
