@@ -91,7 +91,7 @@ type Sample struct {
 
 // PlotDensities draws the normalised histograms (densities over shared bins)
 // of several samples in one PNG, e.g. the cost model's costs of safe and
-// unsafe responses; vlines draws dashed vertical lines (e.g. at 0, the
+// unsafe responses (legend entries are the names as given); vlines draws dashed vertical lines (e.g. at 0, the
 // safe/unsafe threshold).
 func PlotDensities(path, title, xLabel string, samples []Sample, bins int, vlines ...float64) error {
 	if bins <= 0 {
@@ -149,7 +149,7 @@ func PlotDensities(path, title, xLabel string, samples []Sample, bins int, vline
 		l.Width = vg.Points(1.2)
 		l.FillColor = withAlpha(col, 70)
 		p.Add(l)
-		p.Legend.Add(fmt.Sprintf("%s (n=%d)", s.Name, total), l)
+		p.Legend.Add(s.Name, l)
 	}
 	for _, x := range vlines {
 		l, err := plotter.NewLine(plotter.XYs{{X: x, Y: 0}, {X: x, Y: ymax}})
