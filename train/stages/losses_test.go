@@ -3,6 +3,7 @@ package stages
 import (
 	"encoding/json"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
@@ -139,6 +140,96 @@ func TestPairwiseScoreLossGolden(t *testing.T) {
 					t.Errorf("%s case %d row %d: end scores %g %g, want %g %g", kind, ci, i, hi[i], lo[i], wantHi[i], wantLo[i])
 				}
 			}
+		}
+	}
+}
+
+// refTokenWise is the reference token-wise loss (RewardTrainer/CostTrainer.loss,
+// spec §4–5) in float64, row by row, with cost signs when signs != nil.
+func refTokenWise(hi, lo [][]float64, hiIDs, loIDs [][]int32, hiM, loM [][]float32, signs []float64, reg float64) float64 {
+	B := len(hi)
+	var total float64
+	nls := func(x float64) float64 { return math.Log1p(math.Exp(-math.Abs(x))) + math.Max(-x, 0) }
+	for i := 0; i < B; i++ {
+		e := max(EndIndex(hiM[i]), EndIndex(loM[i]))
+		d := DivergeIndex(hiIDs[i], loIDs[i])
+		var l, sq, sh, sl float64
+		n := float64(e - d + 1)
+		for t := d; t <= e; t++ {
+			l += nls(hi[i][t]-lo[i][t]) / n
+			sq += (hi[i][t]*hi[i][t] + lo[i][t]*lo[i][t]) / (2 * n)
+			if signs != nil {
+				sh += nls(signs[i]*hi[i][t]) / n
+				sl += nls(signs[B+i]*lo[i][t]) / n
+			}
+		}
+		total += l + sh + sl + reg*sq
+	}
+	return total / float64(B)
+}
+
+func TestPairwiseScoreLossTokenWise(t *testing.T) {
+	be, err := backend.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	const B, T = 3, 12
+	for _, cost := range []bool{false, true} {
+		hiIDs, loIDs := make([][]int32, B), make([][]int32, B)
+		hiM, loM := make([][]float32, B), make([][]float32, B)
+		hi, lo := make([][]float64, B), make([][]float64, B)
+		var signs []float64
+		for i := 0; i < B; i++ {
+			hiIDs[i], loIDs[i] = make([]int32, T), make([]int32, T)
+			hiM[i], loM[i] = make([]float32, T), make([]float32, T)
+			hi[i], lo[i] = make([]float64, T), make([]float64, T)
+			lh, ll := 4+r.IntN(T-4), 4+r.IntN(T-4)
+			shared := 1 + r.IntN(3)
+			for t := 0; t < T; t++ {
+				if t < lh {
+					hiIDs[i][t], hiM[i][t] = int32(1+r.IntN(9)), 1
+				}
+				if t < ll {
+					loIDs[i][t], loM[i][t] = int32(1+r.IntN(9)), 1
+				}
+				if t < shared && t < min(lh, ll) {
+					loIDs[i][t] = hiIDs[i][t]
+				}
+				hi[i][t], lo[i][t] = r.NormFloat64(), r.NormFloat64()
+			}
+			if cost {
+				signs = append(signs, float64(1-2*r.IntN(2)))
+			}
+		}
+		if cost {
+			for i := 0; i < B; i++ {
+				signs = append(signs, float64(1-2*r.IntN(2)))
+			}
+		}
+		want := refTokenWise(hi, lo, hiIDs, loIDs, hiM, loM, signs, 0.01)
+		end, span := pairMasks(hiIDs, loIDs, hiM, loM, T)
+		s32 := make([]float32, 2*B)
+		for i, s := range signs {
+			s32[i] = float32(s)
+		}
+		exec, err := graph.NewExec(be, func(sc, e, sp, sg *graph.Node) *graph.Node {
+			if !cost {
+				sg = nil
+			}
+			return PairwiseScoreLoss(sc, e, sp, sg, 0.01).Loss
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Exec(tensors.FromFlatDataAndDimensions(flat32(hi, lo), 2*B, T),
+			tensors.FromFlatDataAndDimensions(end, 2*B, T), tensors.FromFlatDataAndDimensions(span, B, T),
+			tensors.FromFlatDataAndDimensions(s32, 2*B))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := float64(out[0].Value().(float32)); math.Abs(got-want) > 1e-5*math.Max(1, want) {
+			t.Errorf("cost=%v: token-wise loss %g, want %g", cost, got, want)
 		}
 	}
 }
