@@ -77,6 +77,9 @@ func actorLoss[F Float](ws *Workspace, k string, a ActorArgs[F], lag bool, grad 
 	return r, nil
 }
 
+// nonNeg returns 1 if x ≥ 0 (+0 included) and 0 if x < 0, from the sign bit, without a branch.
+func nonNeg(x float64) float64 { return float64(1 - math.Float64bits(x)>>63) }
+
 // countNonEmptyRows counts rows of the [B,N] mask holding a non-zero value.
 func countNonEmptyRows[F Float](mask []F, B, N int) int {
 	c := 0
@@ -124,31 +127,25 @@ func (t *actorTask[F]) rows(lo, hi int) {
 			t.ok[i] = true
 		}
 		s, cf, kl := 0.0, 0.0, 0.0
+		inv1p := 1 / (1.0 + lam)
+		// Branch-free loop (random signs make branches unpredictable): builtin
+		// min/max compile to MINSD/MAXSD, and 0/1 selectors come from sign bits.
 		for j := range N {
 			adv := float64(ar[j])
 			if t.lag {
-				adv = (adv - lam*float64(ac[j])) / (1.0 + lam)
+				adv = (adv - lam*float64(ac[j])) * inv1p
 			}
 			d := float64(lp[j]) - float64(old[j])
-			rho := math.Exp(d)
+			rho := exp(d)
 			s1 := adv * rho
-			s2 := adv * math.Max(lo1, math.Min(hi1, rho))
+			s2 := adv * max(lo1, min(hi1, rho))
 			mv := float64(m[j])
-			// d min(s1,s2)/dlogπ = Â·ρ where the unclipped term is active, else 0.
-			if s1 <= s2 {
-				s += s1 * mv
-				if g != nil {
-					g[j] = F(w * mv * s1)
-				}
-			} else {
-				s += s2 * mv
-				if g != nil {
-					g[j] = 0
-				}
+			s += min(s1, s2) * mv
+			if g != nil {
+				// d min(s1,s2)/dlogπ = Â·ρ where the unclipped term is active (s1 ≤ s2), else 0.
+				g[j] = F(w * mv * s1 * nonNeg(s2-s1))
 			}
-			if math.Abs(rho-1) > a.ClipRatio {
-				cf += mv
-			}
+			cf += mv * (1 - nonNeg(a.ClipRatio-math.Abs(rho-1))) // 1[|ρ−1| > ε]
 			kl += (rho - 1 - d) * mv
 		}
 		if n != 0 {

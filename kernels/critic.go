@@ -72,26 +72,21 @@ func (t *criticTask[F]) rows(lo, hi int) {
 			w = t.scale / n
 			t.ok[i] = true
 		}
-		s := 0.0
+		s, so := 0.0, 0.0
 		for j := range N {
 			vn, o, ret := float64(v[j]), float64(vo[j]), float64(r[j])
-			vc := math.Min(math.Max(vn, o-c), o+c) // torch.clamp(values, old−c, old+c)
+			so += o                      // V_old may not reach s (an unclipped V ignores it): carry its NaN/Inf
+			vc := min(max(vn, o-c), o+c) // torch.clamp(values, old−c, old+c)
 			d1, d2 := vn-ret, vc-ret
 			l1, l2 := d1*d1, d2*d2
 			mv := float64(m[j])
-			// d/dV of 0.5·max(l1,l2) is (V−R) where the unclipped term is active, else 0 (V clipped).
-			if l1 >= l2 {
-				s += l1 * mv
-				if g != nil {
-					g[j] = F(w * mv * d1)
-				}
-			} else {
-				s += l2 * mv
-				if g != nil {
-					g[j] = 0
-				}
+			s += max(l1, l2) * mv
+			if g != nil {
+				// d/dV of 0.5·max(l1,l2) is (V−R) where the unclipped term is active (l1 ≥ l2), else 0 (V clipped).
+				g[j] = F(w * mv * d1 * nonNeg(l1-l2))
 			}
 		}
+		s += 0 * so
 		if n != 0 {
 			t.loss[i] = s / n
 		} else if s != s {

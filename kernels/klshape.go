@@ -1,7 +1,5 @@
 package kernels
 
-import "math"
-
 // KLArgs are the inputs of the KL-shaped per-token rewards (spec §1.3, §2).
 // Per-token tensors are [B,L] row-major; Reward and Cost are [B].
 type KLArgs[F Float] struct {
@@ -104,14 +102,14 @@ func (t *klTask[F]) rows(lo, hi int) {
 			if j == end {
 				r += R
 			}
-			r = math.Max(-clip, math.Min(clip, r))
+			r = clamp(r, clip)
 			rw[j] = F(r)
 			if cs != nil {
 				c := -pen
 				if j == end {
 					c += C
 				}
-				cs[j] = F(math.Max(-clip, math.Min(clip, c)))
+				cs[j] = F(clamp(c, clip))
 			}
 			chk += kt
 			if j >= a.Start {
@@ -122,4 +120,15 @@ func (t *klTask[F]) rows(lo, hi int) {
 		}
 		t.kl[i], t.rkl[i], t.chk[i] = kl, rkl, chk
 	}
+}
+
+// clamp limits x to [−c, c] (torch.clamp; NaN passes through).
+func clamp(x, c float64) float64 {
+	if x < -c {
+		return -c
+	}
+	if x > c {
+		return c
+	}
+	return x
 }

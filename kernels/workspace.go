@@ -24,11 +24,12 @@ type Workspace struct {
 }
 
 // NewWorkspace returns a Workspace whose kernels split rows over the given
-// number of goroutines (workers <= 0 means runtime.NumCPU()). Close releases
+// number of goroutines (workers <= 0 means runtime.GOMAXPROCS(0), i.e. the
+// cores this process may use). Close releases
 // the goroutines; an unreachable Workspace releases them on its own.
 func NewWorkspace(workers int) *Workspace {
 	if workers <= 0 {
-		workers = runtime.NumCPU()
+		workers = runtime.GOMAXPROCS(0)
 	}
 	ws := &Workspace{workers: workers, tasks: map[reflect.Type]any{}}
 	if workers > 1 {
