@@ -17,7 +17,7 @@ import (
 // runData dispatches `saferlhf data pack|inspect|verify`.
 func runData(args []string) error {
 	if len(args) == 0 {
-		return usagef("want a subcommand: pack, inspect or verify")
+		return usagef("want a subcommand: pack, inspect, verify or demo")
 	}
 	switch args[0] {
 	case "pack":
@@ -26,8 +26,10 @@ func runData(args []string) error {
 		return runDataInspect(args[1:])
 	case "verify":
 		return runDataVerify(args[1:])
+	case "demo":
+		return runDataDemo(args[1:])
 	}
-	return usagef("unknown subcommand %q: want pack, inspect or verify", args[0])
+	return usagef("unknown subcommand %q: want pack, inspect, verify or demo", args[0])
 }
 
 func runDataPack(args []string) error {
@@ -38,7 +40,7 @@ func runDataPack(args []string) error {
 	out := fs.String("out", "", "output dataset directory (required)")
 	force := fs.Bool("force", false, "replace an existing output directory")
 	maxLen := fs.Int("max-length", 512, "maximum tokens per sequence, BOS included (0: no cap)")
-	overlong := fs.String("overlong", datasets.OverlongTruncate, "longer samples: truncate (as the reference) or drop")
+	overlong := fs.String("overlong", datasets.OverlongTruncate, "longer samples: truncate (on the right, as the reference), drop, or prompt-left (cut the oldest prompt tokens first)")
 	strict := fs.Bool("strict", false, "fail on contradictory safety labels instead of skipping them")
 	workers := fs.Int("workers", 0, "tokenizing goroutines (0: all cores)")
 	seed := fs.Uint64("seed", 42, "seed of proportion sub-sampling")
@@ -187,5 +189,44 @@ func runDataVerify(args []string) error {
 		return fmt.Errorf("%d of %d shard(s) damaged", len(rep.Damage), rep.Shards)
 	}
 	fmt.Printf("ok: %s: %d shard(s), %d blocks, %d examples, %d tokens, all checksums match\n", fs.Arg(0), rep.Shards, rep.Blocks, rep.Examples, rep.Tokens)
+	return nil
+}
+
+// runDataDemo packs the demo's datasets (shards.DemoSets) from the bundled assets.
+func runDataDemo(args []string) error {
+	fs := newFlagSet("data demo", "")
+	assets := fs.String("assets", "assets/data", "the bundled assets/data directory")
+	out := fs.String("out", "", "output directory; one dataset per subdirectory (required)")
+	tokPath := fs.String("tokenizer", "assets/data/models/tok512.bin", "tokenizer file")
+	maxLen := fs.Int("max-length", 512, "maximum tokens per sequence (prompts: half)")
+	force := fs.Bool("force", false, "replace existing datasets")
+	quiet := fs.Bool("quiet", false, "no progress bars")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return usagef("--out is required")
+	}
+	tok, err := tokenizer.Load(*tokPath)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	var progress io.Writer = os.Stderr
+	if *quiet {
+		progress = nil
+	}
+	start := time.Now()
+	ms, err := shards.PackDemo(ctx, *assets, *out, tok, *maxLen, *force, progress)
+	if err != nil {
+		return err
+	}
+	for _, set := range shards.DemoSets() {
+		m := ms[set.Name]
+		fmt.Printf("%-18s %6d %-17s examples, %8d tokens\n", set.Name, m.Examples, m.Kind, m.Tokens)
+		printStats(os.Stdout, m)
+	}
+	fmt.Printf("packed %d datasets into %s in %.2fs\n", len(ms), *out, time.Since(start).Seconds())
 	return nil
 }

@@ -81,8 +81,14 @@ func (e *Example) Tokens() int {
 
 // Overlong policies for samples longer than MaxLength.
 const (
-	OverlongTruncate = "truncate" // keep the first MaxLength tokens (the reference's truncation)
-	OverlongDrop     = "drop"
+	// OverlongTruncate keeps the first MaxLength tokens (the reference's truncation).
+	OverlongTruncate = "truncate"
+	// OverlongDrop drops the sample.
+	OverlongDrop = "drop"
+	// OverlongPromptLeft first removes the oldest prompt tokens after BOS (keeping at
+	// least 8 prompt tokens; all of a prompts-kind sequence but BOS may go), then
+	// truncates on the right: long dialogues keep their answers.
+	OverlongPromptLeft = "prompt-left"
 )
 
 // BuildOptions configures Build and BuildAll.
@@ -90,7 +96,7 @@ type BuildOptions struct {
 	// MaxLength caps every sequence (tokens, BOS included); 0 means no cap. The
 	// reference uses 512.
 	MaxLength int
-	// Overlong is OverlongTruncate (default) or OverlongDrop.
+	// Overlong is OverlongTruncate (default), OverlongDrop or OverlongPromptLeft.
 	Overlong string
 	// Strict makes contradictory safety labels an error instead of a skipped sample.
 	Strict bool
@@ -169,20 +175,16 @@ func Build(tok tokenizer.Tokenizer, kind Kind, s *RawSample, opts BuildOptions) 
 func build(tok tokenizer.Tokenizer, kind Kind, s *RawSample, opts *BuildOptions) (Example, outcome, error) {
 	ex := Example{Kind: kind}
 	fits := func(seqs ...*[]int32) outcome {
-		out := kept
-		for _, q := range seqs {
-			if opts.MaxLength > 0 && len(*q) > opts.MaxLength {
-				if opts.Overlong == OverlongDrop {
-					return droppedOverlong
-				}
-				*q = (*q)[:opts.MaxLength]
-				out = truncated
-			}
+		keep := 8
+		if kind == KindPrompts {
+			keep = 0
 		}
+		out, cut := opts.clip(ex.PromptLen, keep, seqs...)
+		ex.PromptLen -= cut
 		return out
 	}
 	if kind == KindSFT && len(s.Dialogue) >= 2 {
-		return buildDialogue(tok, s, opts, fits)
+		return buildDialogue(tok, s, opts)
 	}
 	psegs, err := promptSegments(s.Input)
 	if err != nil || len(s.Input) == 0 {
@@ -207,11 +209,7 @@ func build(tok tokenizer.Tokenizer, kind Kind, s *RawSample, opts *BuildOptions)
 			}
 			ex.Labels[i] = id
 		}
-		out := fits(&ex.InputIDs)
-		if out == truncated {
-			ex.Labels = ex.Labels[:len(ex.InputIDs)]
-		}
-		return ex, out, nil
+		return ex, fits(&ex.InputIDs, &ex.Labels), nil
 	case KindPreference, KindSafetyPreference:
 		if !s.HasOther {
 			return ex, skippedUnusable, nil
@@ -252,7 +250,7 @@ func build(tok tokenizer.Tokenizer, kind Kind, s *RawSample, opts *BuildOptions)
 // buildDialogue is SupervisedDataset.preprocess for dialogues: the growing text is
 // re-tokenized after each turn; user turns (and the assistant tag) are masked,
 // assistant turns and their EOS are trained.
-func buildDialogue(tok tokenizer.Tokenizer, s *RawSample, opts *BuildOptions, fits func(...*[]int32) outcome) (Example, outcome, error) {
+func buildDialogue(tok tokenizer.Tokenizer, s *RawSample, opts *BuildOptions) (Example, outcome, error) {
 	ex := Example{Kind: KindSFT}
 	segs := []string{PromptBegin}
 	offsets := []int{0}
@@ -275,11 +273,41 @@ func buildDialogue(tok tokenizer.Tokenizer, s *RawSample, opts *BuildOptions, fi
 			ex.Labels[j] = IgnoreIndex
 		}
 	}
-	out := fits(&ex.InputIDs)
-	if out == truncated {
-		ex.Labels = ex.Labels[:len(ex.InputIDs)]
-	}
+	out, cut := opts.clip(ex.PromptLen, 8, &ex.InputIDs, &ex.Labels)
+	ex.PromptLen -= cut
 	return ex, out, nil
+}
+
+// clip applies the overlong policy to sequences that share a prompt of promptLen
+// tokens (BOS included), keeping at least keep prompt tokens after BOS. It returns
+// the outcome and the number of prompt tokens removed.
+func (o *BuildOptions) clip(promptLen, keep int, seqs ...*[]int32) (outcome, int) {
+	longest := 0
+	for _, q := range seqs {
+		longest = max(longest, len(*q))
+	}
+	over := longest - o.MaxLength
+	if o.MaxLength <= 0 || over <= 0 {
+		return kept, 0
+	}
+	if o.Overlong == OverlongDrop {
+		return droppedOverlong, 0
+	}
+	cut := 0
+	if o.Overlong == OverlongPromptLeft {
+		cut = max(0, min(over, promptLen-1-keep))
+		if cut > 0 {
+			for _, q := range seqs {
+				*q = append((*q)[:1:1], (*q)[1+cut:]...)
+			}
+		}
+	}
+	for _, q := range seqs {
+		if len(*q) > o.MaxLength {
+			*q = (*q)[:o.MaxLength]
+		}
+	}
+	return truncated, cut
 }
 
 func equalIDs(a, b []int32) bool {
@@ -305,8 +333,8 @@ func BuildAll(ctx context.Context, tok tokenizer.Tokenizer, kind Kind, samples [
 	if opts.Overlong == "" {
 		opts.Overlong = OverlongTruncate
 	}
-	if opts.Overlong != OverlongTruncate && opts.Overlong != OverlongDrop {
-		return nil, st, fmt.Errorf("overlong policy %q: want truncate or drop", opts.Overlong)
+	if opts.Overlong != OverlongTruncate && opts.Overlong != OverlongDrop && opts.Overlong != OverlongPromptLeft {
+		return nil, st, fmt.Errorf("overlong policy %q: want truncate, drop or prompt-left", opts.Overlong)
 	}
 	workers := opts.Workers
 	if workers <= 0 {

@@ -254,6 +254,35 @@ func TestBuilders(t *testing.T) {
 	}
 }
 
+func TestPromptLeft(t *testing.T) {
+	tok := loadTok(t, "tok512.bin")
+	long := strings.Repeat("a long story about a dog ", 20)
+	s := RawSample{Input: []string{long}, Answer: "Yes.", OtherAnswer: "No.", HasOther: true, Better: true}
+	full, _ := Build(tok, KindPreference, &s, BuildOptions{})
+	maxLen := 40
+	ex, err := Build(tok, KindPreference, &s, BuildOptions{MaxLength: maxLen, Overlong: OverlongPromptLeft})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := len(full.Better) - maxLen
+	for _, q := range [][]int32{ex.Better, ex.Worse} {
+		if len(q) > maxLen || q[0] != tok.BOS() || q[len(q)-1] != tok.EOS() {
+			t.Fatalf("prompt-left: %v", q)
+		}
+	}
+	if !slices.Equal(ex.Better[1:], full.Better[1+cut:]) || ex.PromptLen != full.PromptLen-cut {
+		t.Errorf("prompt-left kept %v (prompt %d), want the tail of %v", ex.Better, ex.PromptLen, full.Better)
+	}
+	sft, _ := Build(tok, KindSFT, &s, BuildOptions{MaxLength: maxLen, Overlong: OverlongPromptLeft})
+	if len(sft.Labels) != len(sft.InputIDs) || tok.Decode(keep(sft.InputIDs, sft.Labels, true)) != "Yes." {
+		t.Errorf("sft prompt-left trained %q", tok.Decode(keep(sft.InputIDs, sft.Labels, true)))
+	}
+	p, _ := Build(tok, KindPrompts, &s, BuildOptions{MaxLength: 10, Overlong: OverlongPromptLeft})
+	if len(p.InputIDs) != 10 || !strings.HasSuffix(tok.Decode(p.InputIDs), "TANT:") || p.InputIDs[0] != tok.BOS() {
+		t.Errorf("prompt-left prompt %q", tok.Decode(p.InputIDs))
+	}
+}
+
 func TestDialogueSFT(t *testing.T) {
 	tok := loadTok(t, "tok512.bin")
 	s := RawSample{Dialogue: []string{"Hi", "Hello", "Tell a story", "Once upon a time"}}
