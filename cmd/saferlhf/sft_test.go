@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 )
 
 // buildStageCLI builds the saferlhf binary into a temporary directory.
@@ -27,7 +29,7 @@ func sftArgs(out string, extra ...string) []string {
 	a := "../../assets/data"
 	return append([]string{"sft", "--model", a + "/models/stories260K.bin", "--tokenizer", a + "/models/tok512.bin",
 		"--data", a + "/helpful/hh-rlhf-helpful-base-test.jsonl.gz", "--out", out,
-		"--max-length", "32", "--batch-size", "4", "--grad-accum", "2", "--steps", "10", "--lr", "1e-3",
+		"--max-length", "32", "--batch-size", "4", "--grad-accum", "2", "--steps", "16", "--lr", "1e-3",
 		"--eval-max", "8", "--eval-every", "4", "--save-every", "2", "--truncate", "prompt-left"}, extra...)
 }
 
@@ -53,7 +55,7 @@ func TestSIGKILLResumeIsBitExact(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	latest := filepath.Join(dir, "checkpoints", "LATEST")
+	latest := filepath.Join(dir, "checkpoints", checkpoint.LatestFile)
 	deadline := time.Now().Add(2 * time.Minute)
 	killed := false
 	for !killed && time.Now().Before(deadline) {

@@ -14,6 +14,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
@@ -105,6 +106,21 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 		EvalEvery: cfg.EvalEvery, CheckpointEvery: cfg.CkptEvery, KeepCheckpoints: cfg.KeepCkpts,
 		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(stage), EvalAtStart: true,
 		Meta: cfg,
+		CheckpointWeights: func() (map[string]checkpoint.Array, json.RawMessage, error) {
+			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
+			if err != nil {
+				return nil, nil, err
+			}
+			js, err := mcfg.HFConfigJSON()
+			if err != nil {
+				return nil, nil, err
+			}
+			out := make(map[string]checkpoint.Array, len(fw))
+			for n, t := range fw {
+				out[n] = checkpoint.Array{Shape: t.Shape, Data: t.Data}
+			}
+			return out, js, nil
+		},
 		SaveModel: func(dir string) error {
 			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
 			if err != nil {

@@ -7,12 +7,11 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/metrics"
 )
 
@@ -68,6 +67,9 @@ type LoopConfig struct {
 	EvalAtStart bool
 	// Meta is stored in every checkpoint's state.json (for example the stage config).
 	Meta any
+	// CheckpointWeights, if set, returns the model weights (HF names) and config.json
+	// to store in each checkpoint, so that a checkpoint directory loads as a model.
+	CheckpointWeights func() (map[string]checkpoint.Array, json.RawMessage, error)
 }
 
 // Summary reports a finished (or interrupted) run.
@@ -80,19 +82,17 @@ type Summary struct {
 	ModelDir   string // where SaveModel wrote the final model
 }
 
-// checkpointState is state.json of a checkpoint.
-type checkpointState struct {
-	Step          int             `json:"step"`
-	Epoch         int             `json:"epoch"`
-	Index         int             `json:"index"`
-	MetricsOffset int64           `json:"metrics_offset"`
-	Meta          json.RawMessage `json:"meta,omitempty"`
+// position is the data position stored in a checkpoint's state.json.
+type position struct {
+	Epoch int `json:"epoch"`
+	Index int `json:"index"`
 }
 
 // Loop is the generic supervised training loop (see package doc).
 type Loop struct {
 	cfg     LoopConfig
 	metrics *metrics.Writer
+	ckpts   *checkpoint.Manager
 	lastEv  map[string]float64
 }
 
@@ -139,26 +139,24 @@ func (l *Loop) ckptRoot() string { return filepath.Join(l.cfg.Dir, "checkpoints"
 // Run trains to the end, or until ctx is cancelled (then it checkpoints and returns
 // an error wrapping ctx.Err()).
 func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
-	if err := os.MkdirAll(l.ckptRoot(), 0o755); err != nil {
+	if l.ckpts, err = checkpoint.NewManager(l.ckptRoot(), l.cfg.KeepCheckpoints); err != nil {
 		return sum, fmt.Errorf("trainer: %w", err)
 	}
-	st := checkpointState{}
 	metricsPath := filepath.Join(l.cfg.Dir, "metrics.jsonl")
+	var (
+		step int
+		pos  position
+		off  int64
+	)
 	if l.cfg.Resume {
-		dir, ok, err := LatestCheckpoint(l.ckptRoot())
-		if err != nil {
+		if step, pos, off, _, err = l.restore(); err != nil {
 			return sum, err
-		}
-		if ok {
-			if st, err = l.restore(dir); err != nil {
-				return sum, err
-			}
 		}
 	}
 	// A resumed run drops the records written after the checkpoint, so the finished
 	// file equals an uninterrupted run's.
-	if st.Step > 0 {
-		l.metrics, err = metrics.ResumeAt(metricsPath, st.MetricsOffset)
+	if step > 0 {
+		l.metrics, err = metrics.ResumeAt(metricsPath, off)
 	} else {
 		l.metrics, err = metrics.Create(metricsPath)
 	}
@@ -170,7 +168,7 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 	k := s.Config().Accumulation
 	total := l.TotalSteps()
 	n := l.cfg.Train.Len()
-	step, epoch, index := st.Step, st.Epoch, st.Index
+	epoch, index := pos.Epoch, pos.Index
 	start := time.Now()
 	startStep := step
 	tokens, barTokens := 0, 0
@@ -236,7 +234,7 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 		}
 		cancelled := ctx.Err() != nil
 		if last || cancelled || (l.cfg.CheckpointEvery > 0 && step%l.cfg.CheckpointEvery == 0) {
-			if err := l.checkpoint(checkpointState{Step: step, Epoch: epoch, Index: index}); err != nil {
+			if err := l.checkpoint(step, position{Epoch: epoch, Index: index}); err != nil {
 				return sum, err
 			}
 		}
@@ -330,10 +328,12 @@ func (l *Loop) writeRecord(step int, split string, vals map[string]float64) erro
 	return nil
 }
 
-// checkpoint writes checkpoints/step-NNNNNNNN atomically: everything goes to a
-// temporary directory that is renamed into place, then LATEST is updated; older
-// checkpoints beyond KeepCheckpoints are removed afterwards.
-func (l *Loop) checkpoint(st checkpointState) error {
+// checkpoint saves a train/checkpoint directory checkpoints/step-NNNNNNNN
+// atomically: every context variable bit for bit (training_state.safetensors),
+// the model weights as HF safetensors when CheckpointWeights is set, and
+// state.json with the step, data position and metrics offset. The previous
+// checkpoints stay usable until the new one is complete.
+func (l *Loop) checkpoint(step int, pos position) error {
 	if err := l.metrics.Sync(); err != nil {
 		return fmt.Errorf("trainer: checkpoint: %w", err)
 	}
@@ -341,97 +341,55 @@ func (l *Loop) checkpoint(st checkpointState) error {
 	if err != nil {
 		return fmt.Errorf("trainer: checkpoint: %w", err)
 	}
-	st.MetricsOffset = off
+	ctx := l.cfg.Stepper.Context()
+	ts, err := checkpoint.ContextTensors(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
+	}
+	data, _ := json.Marshal(pos)
+	c := &checkpoint.Checkpoint{
+		State:          checkpoint.State{Step: step, Epoch: pos.Epoch, Data: data, MetricsOffset: off},
+		TrainState:     ts,
+		TrainStateMeta: checkpoint.TrainableMetadata(ctx, ts),
+	}
 	if l.cfg.Meta != nil {
-		if st.Meta, err = json.Marshal(l.cfg.Meta); err != nil {
+		meta, err := json.Marshal(l.cfg.Meta)
+		if err != nil {
 			return fmt.Errorf("trainer: checkpoint meta: %w", err)
 		}
+		c.State.Extra = map[string]json.RawMessage{"config": meta}
 	}
-	root := l.ckptRoot()
-	name := fmt.Sprintf("step-%08d", st.Step)
-	tmp, err := os.MkdirTemp(root, ".tmp-"+name+"-")
-	if err != nil {
-		return fmt.Errorf("trainer: checkpoint: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	if err := SaveState(l.cfg.Stepper.Context(), filepath.Join(tmp, "state.bin")); err != nil {
-		return fmt.Errorf("trainer: checkpoint step %d: %w", st.Step, err)
-	}
-	js, _ := json.MarshalIndent(st, "", "  ")
-	if err := WriteFileAtomic(filepath.Join(tmp, "state.json"), js); err != nil {
-		return fmt.Errorf("trainer: checkpoint step %d: %w", st.Step, err)
-	}
-	final := filepath.Join(root, name)
-	os.RemoveAll(final)
-	if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("trainer: checkpoint step %d: %w", st.Step, err)
-	}
-	if err := WriteFileAtomic(filepath.Join(root, "LATEST"), []byte(name+"\n")); err != nil {
-		return fmt.Errorf("trainer: checkpoint step %d: %w", st.Step, err)
-	}
-	return pruneCheckpoints(root, l.cfg.KeepCheckpoints)
-}
-
-func pruneCheckpoints(root string, keep int) error {
-	ents, err := os.ReadDir(root)
-	if err != nil {
-		return fmt.Errorf("trainer: %w", err)
-	}
-	var names []string
-	for _, e := range ents {
-		if e.IsDir() && strings.HasPrefix(e.Name(), "step-") {
-			names = append(names, e.Name())
+	if l.cfg.CheckpointWeights != nil {
+		if c.Weights, c.Config, err = l.cfg.CheckpointWeights(); err != nil {
+			return fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
 		}
 	}
-	sort.Strings(names)
-	for i := 0; i+keep < len(names); i++ {
-		os.RemoveAll(filepath.Join(root, names[i]))
+	if _, err := l.ckpts.Save(c); err != nil {
+		return fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
 	}
 	return nil
 }
 
-// LatestCheckpoint returns the newest complete checkpoint dir under root (the one
-// LATEST names, else the newest step-* with a state.json), and whether one exists.
-func LatestCheckpoint(root string) (string, bool, error) {
-	if b, err := os.ReadFile(filepath.Join(root, "LATEST")); err == nil {
-		dir := filepath.Join(root, strings.TrimSpace(string(b)))
-		if _, err := os.Stat(filepath.Join(dir, "state.json")); err == nil {
-			return dir, true, nil
-		}
+// restore loads the newest usable checkpoint into the context; ok is false when there is none.
+func (l *Loop) restore() (step int, pos position, off int64, ok bool, err error) {
+	ld, err := l.ckpts.Latest()
+	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		return 0, pos, 0, false, nil
 	}
-	ents, err := os.ReadDir(root)
 	if err != nil {
-		if os.IsNotExist(err) {
-			return "", false, nil
-		}
-		return "", false, fmt.Errorf("trainer: %w", err)
+		return 0, pos, 0, false, fmt.Errorf("trainer: resume: %w", err)
 	}
-	for i := len(ents) - 1; i >= 0; i-- {
-		e := ents[i]
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), "step-") {
-			continue
-		}
-		dir := filepath.Join(root, e.Name())
-		if _, err := os.Stat(filepath.Join(dir, "state.json")); err == nil {
-			return dir, true, nil
-		}
+	defer ld.Close()
+	if ld.TrainState == nil {
+		return 0, pos, 0, false, fmt.Errorf("trainer: resume: %s has no training state", ld.Dir)
 	}
-	return "", false, nil
-}
-
-func (l *Loop) restore(dir string) (checkpointState, error) {
-	var st checkpointState
-	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
-	if err != nil {
-		return st, fmt.Errorf("trainer: resume: %w", err)
+	if err := json.Unmarshal(ld.State.Data, &pos); err != nil {
+		return 0, pos, 0, false, fmt.Errorf("trainer: resume: %s: data position: %w", ld.Dir, err)
 	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("trainer: resume: %s: %w", filepath.Join(dir, "state.json"), err)
+	if err := checkpoint.RestoreContext(l.cfg.Stepper.Context(), ld.TrainState); err != nil {
+		return 0, pos, 0, false, fmt.Errorf("trainer: resume: %w", err)
 	}
-	if err := LoadState(l.cfg.Stepper.Context(), filepath.Join(dir, "state.bin")); err != nil {
-		return st, fmt.Errorf("trainer: resume: %w", err)
-	}
-	return st, nil
+	return ld.State.Step, pos, ld.State.MetricsOffset, true, nil
 }
 
 func nonFinite(loss float64, metrics map[string]float64) string {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/optim"
 )
 
@@ -127,11 +128,16 @@ func TestLoopStopsOnNaN(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "step 8: loss is NaN") {
 		t.Fatalf("want an error naming step 8 and the loss, got %v", err)
 	}
-	ck, ok, err := LatestCheckpoint(filepath.Join(dir, "checkpoints"))
-	if err != nil || !ok || filepath.Base(ck) != "step-00000006" {
-		t.Fatalf("latest checkpoint %q %v %v, want step-00000006", ck, ok, err)
+	m, err := checkpoint.NewManager(filepath.Join(dir, "checkpoints"), 0)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := LoadState(newLinearCtx([]float32{0, 0, 0}, 0), filepath.Join(ck, "state.bin")); err != nil {
+	ld, err := m.Latest()
+	if err != nil || ld.State.Step != 6 {
+		t.Fatalf("latest checkpoint %v, want step 6 intact", err)
+	}
+	defer ld.Close()
+	if err := checkpoint.RestoreContext(newLinearCtx([]float32{0, 0, 0}, 0), ld.TrainState); err != nil {
 		t.Fatal(err)
 	}
 }
