@@ -143,14 +143,14 @@ func checkScalar(t *testing.T, name string, got, want float64) {
 	}
 }
 
-var shapes = []struct{ B, L, start, empty int }{
+var testShapes = []struct{ B, L, start, empty int }{
 	{1, 2, 1, -1}, {3, 17, 5, -1}, {8, 64, 20, 3}, {5, 2047, 100, -1}, {4, 2049, 1, 0}, {2, 5000, 300, -1},
 }
 
 func TestKLShapedParity(t *testing.T) {
 	k := openOrSkip(t)
 	rng := rand.New(rand.NewPCG(1, 1))
-	for _, sh := range shapes {
+	for _, sh := range testShapes {
 		t.Run(fmt.Sprintf("B=%d,L=%d", sh.B, sh.L), func(t *testing.T) {
 			B, L := sh.B, sh.L
 			a := kernels.KLArgs[float32]{B: B, L: L, Start: sh.start, KLCoeff: 0.1, ClipRangeScore: 3,
@@ -185,7 +185,7 @@ func TestKLShapedParity(t *testing.T) {
 func TestGAEParity(t *testing.T) {
 	k := openOrSkip(t)
 	rng := rand.New(rand.NewPCG(2, 2))
-	for _, sh := range shapes {
+	for _, sh := range testShapes {
 		t.Run(fmt.Sprintf("B=%d,L=%d", sh.B, sh.L), func(t *testing.T) {
 			B, L, N := sh.B, sh.L, sh.L-sh.start
 			a := kernels.GAEArgs[float32]{B: B, L: L, Start: sh.start, Gamma: 1, Lambda: 0.95,
@@ -228,7 +228,7 @@ func TestGAEParity(t *testing.T) {
 func TestActorCriticParity(t *testing.T) {
 	k := openOrSkip(t)
 	rng := rand.New(rand.NewPCG(3, 3))
-	for _, sh := range shapes {
+	for _, sh := range testShapes {
 		B, N := sh.B, sh.L-sh.start
 		t.Run(fmt.Sprintf("B=%d,N=%d", B, N), func(t *testing.T) {
 			mask := slice(rollout(rng, B, sh.L, sh.start, sh.empty), B, sh.L, sh.start)
@@ -287,7 +287,7 @@ func TestActorLossNonFinite(t *testing.T) {
 func TestEndScoresParity(t *testing.T) {
 	k := openOrSkip(t)
 	rng := rand.New(rand.NewPCG(4, 4))
-	for _, sh := range shapes {
+	for _, sh := range testShapes {
 		B, T := sh.B, sh.L
 		mask := rollout(rng, B, T, sh.start, sh.empty)
 		rs, cs := randn(rng, B*T, 1), randn(rng, B*T, 1)

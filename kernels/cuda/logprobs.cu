@@ -12,6 +12,9 @@
 #define NAN_F __int_as_float(0x7fc00000)
 #define FULL_MASK 0xffffffffu
 
+// NVRTC compiles without the standard headers: our own 64-bit index type.
+typedef unsigned long long idx_t;
+
 // merge folds (m2, s2) into (m, s): both are "max and sum of exp(x − max)".
 __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2) {
     float nm = fmaxf(m, m2);
@@ -32,7 +35,7 @@ __device__ __forceinline__ void lse_fold4(float &m, float &s, float a, float b, 
 // row_lse returns logsumexp of x[0:V] to every thread of the block.
 __device__ float row_lse(const float *x, int V) {
     float m = NEG_INF_F, s = 0.0f;
-    const bool vec = ((V & 3) == 0) && ((((size_t)x) & 15) == 0);
+    const bool vec = ((V & 3) == 0) && ((((idx_t)x) & 15) == 0);
     if (vec) {
         const float4 *x4 = (const float4 *)x;
         const int V4 = V >> 2;
@@ -73,8 +76,8 @@ __device__ float row_lse(const float *x, int V) {
 // [0, V) (e.g. the ignore index −100) gives 0.
 extern "C" __global__ void __launch_bounds__(LP_THREADS)
 token_logprobs(float *out, float *lse, const float *logits, const int *tgt, int V) {
-    const size_t n = blockIdx.x;
-    const float *x = logits + n * (size_t)V;
+    const idx_t n = blockIdx.x;
+    const float *x = logits + n * (idx_t)V;
     float l = row_lse(x, V);
     if (threadIdx.x == 0) {
         int y = tgt[n];
@@ -89,13 +92,13 @@ token_logprobs(float *out, float *lse, const float *logits, const int *tgt, int 
 // g = −1/N. Rows whose target is outside [0, V) get 0.
 extern "C" __global__ void __launch_bounds__(LP_THREADS)
 token_logprobs_grad(float *dx, const float *logits, const int *tgt, const float *lse, const float *g, int V) {
-    const size_t n = blockIdx.x;
-    const float *x = logits + n * (size_t)V;
-    float *d = dx + n * (size_t)V;
+    const idx_t n = blockIdx.x;
+    const float *x = logits + n * (idx_t)V;
+    float *d = dx + n * (idx_t)V;
     const int y = tgt[n];
     const bool valid = y >= 0 && y < V;
     const float gn = valid ? (g ? g[n] : 1.0f) : 0.0f, l = lse[n];
-    const bool vec = ((V & 3) == 0) && ((((size_t)x) & 15) == 0) && ((((size_t)d) & 15) == 0);
+    const bool vec = ((V & 3) == 0) && ((((idx_t)x) & 15) == 0) && ((((idx_t)d) & 15) == 0);
     if (vec) {
         const float4 *x4 = (const float4 *)x;
         float4 *d4 = (float4 *)d;

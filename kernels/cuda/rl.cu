@@ -5,6 +5,9 @@
 // (the reference functions are named beside each kernel).
 
 #define FULL_MASK 0xffffffffu
+
+// NVRTC compiles without the standard headers: our own 64-bit index type.
+typedef unsigned long long idx_t;
 #define NAN_F __int_as_float(0x7fc00000)
 
 __device__ __forceinline__ double warp_sum(double v) {
@@ -82,7 +85,7 @@ extern "C" __global__ void kl_shape(float *rewards, float *costs, double *rows, 
                                     const float *mask, const float *reward, const float *cost, int L, int start,
                                     float beta, float clip) {
     const int b = blockIdx.x;
-    const size_t off = (size_t)b * L;
+    const idx_t off = (idx_t)b * L;
     const int end = last_one(mask + off, L);
     const double rb = reward[b], cb = cost ? cost[b] : 0.0, bt = beta, cl = clip;
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
@@ -140,7 +143,7 @@ gae(float *radv, float *rret, float *cadv, float *cret, const float *rew, const 
     __shared__ double carry[2];
     const int b = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int N = L - start, ns = crew ? 2 : 1;
-    const size_t in = (size_t)b * L + start, out = (size_t)b * N;
+    const idx_t in = (idx_t)b * L + start, out = (idx_t)b * N;
     const double g = (double)gamma * (double)lam;
     double gK = 1.0;
     for (int k = 0; k < GAE_K; k++) gK *= g;
@@ -238,7 +241,7 @@ gae(float *radv, float *rret, float *cadv, float *cret, const float *rew, const 
 // package convention: the reference would give NaN for an empty row) and
 // counts those rows, *_grad writes the gradient, which needs that count.
 
-__device__ __forceinline__ double actor_adv(const float *radv, const float *cadv, size_t i, double lam, double inv1l) {
+__device__ __forceinline__ double actor_adv(const float *radv, const float *cadv, idx_t i, double lam, double inv1l) {
     return cadv ? ((double)radv[i] - lam * (double)cadv[i]) * inv1l : (double)radv[i];
 }
 
@@ -251,11 +254,11 @@ __device__ __forceinline__ double actor_adv(const float *radv, const float *cadv
 extern "C" __global__ void actor_loss_rows(double *rows, const float *logp, const float *old, const float *radv,
                                            const float *cadv, const float *mask, int N, float lambda, float eps) {
     const int b = blockIdx.x;
-    const size_t off = (size_t)b * N;
+    const idx_t off = (idx_t)b * N;
     const double lam = lambda, inv1l = 1.0 / (1.0 + lam), lo = 1.0 - (double)eps, hi = 1.0 + (double)eps;
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for (int t = threadIdx.x; t < N; t += blockDim.x) {
-        const size_t i = off + t;
+        const idx_t i = off + t;
         double m = mask[i], adv = actor_adv(radv, cadv, i, lam, inv1l);
         double lr = (double)logp[i] - (double)old[i], rho = exp(lr);
         double s1 = adv * rho, s2 = adv * fmin(fmax(rho, lo), hi);
@@ -280,12 +283,12 @@ extern "C" __global__ void actor_loss_grad(float *grad, const double *rows, cons
                                            const float *old, const float *radv, const float *cadv, const float *mask,
                                            int N, float lambda, float eps) {
     const int b = blockIdx.x;
-    const size_t off = (size_t)b * N;
+    const idx_t off = (idx_t)b * N;
     const double lam = lambda, inv1l = 1.0 / (1.0 + lam), lo = 1.0 - (double)eps, hi = 1.0 + (double)eps;
     const double ms = rows[4 * b + 3], ne = stats[3];
     const double w = (ms != 0.0 && ne > 0.0) ? -1.0 / (ne * ms) : 0.0;
     for (int t = threadIdx.x; t < N; t += blockDim.x) {
-        const size_t i = off + t;
+        const idx_t i = off + t;
         double m = mask[i], adv = actor_adv(radv, cadv, i, lam, inv1l);
         double rho = exp((double)logp[i] - (double)old[i]);
         double s1 = adv * rho, s2 = adv * fmin(fmax(rho, lo), hi);
@@ -299,10 +302,10 @@ extern "C" __global__ void actor_loss_grad(float *grad, const double *rows, cons
 extern "C" __global__ void critic_loss_rows(double *rows, const float *val, const float *oldv, const float *ret,
                                             const float *mask, int N, float clipv) {
     const int b = blockIdx.x;
-    const size_t off = (size_t)b * N;
+    const idx_t off = (idx_t)b * N;
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for (int t = threadIdx.x; t < N; t += blockDim.x) {
-        const size_t i = off + t;
+        const idx_t i = off + t;
         double m = mask[i], v = val[i], o = oldv[i], r = ret[i];
         double vc = fmin(fmax(v, o - clipv), o + clipv);
         double u = (v - r) * (v - r), c = (vc - r) * (vc - r);
@@ -326,11 +329,11 @@ extern "C" __global__ void critic_loss_grad(float *grad, const double *rows, con
                                             const float *oldv, const float *ret, const float *mask, int N,
                                             float clipv) {
     const int b = blockIdx.x;
-    const size_t off = (size_t)b * N;
+    const idx_t off = (idx_t)b * N;
     const double ms = rows[4 * b + 3], ne = stats[3];
     const double w = (ms != 0.0 && ne > 0.0) ? 1.0 / (ne * ms) : 0.0;
     for (int t = threadIdx.x; t < N; t += blockDim.x) {
-        const size_t i = off + t;
+        const idx_t i = off + t;
         double m = mask[i], v = val[i], o = oldv[i], r = ret[i];
         double vc = fmin(fmax(v, o - clipv), o + clipv);
         double u = (v - r) * (v - r), c = (vc - r) * (vc - r);
@@ -359,7 +362,7 @@ extern "C" __global__ void rows_mean(float *stats, const double *rows, int B) {
 extern "C" __global__ void end_scores(float *out1, float *out2, int *endIdx, const float *s1, const float *s2,
                                       const float *mask, int T) {
     const int b = blockIdx.x;
-    const size_t off = (size_t)b * T;
+    const idx_t off = (idx_t)b * T;
     int end = last_one(mask + off, T);
     if (threadIdx.x == 0) {
         out1[b] = end >= 0 ? s1[off + end] : 0.0f;
