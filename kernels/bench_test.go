@@ -179,7 +179,7 @@ func BenchmarkEndScores(b *testing.B) {
 
 func BenchmarkRewardLossTokenWise(b *testing.B) {
 	benchKernel(b, 2*4+2*4+2*4, func(d *benchData, ws *Workspace) error {
-		_, err := RewardLoss(PreferenceArgs[float32]{B: d.B, T: d.L, LossType: TokenWise, Regularization: 0.001,
+		_, err := RewardLoss(ws, PreferenceArgs[float32]{B: d.B, T: d.L, LossType: TokenWise, Regularization: 0.001,
 			BetterIDs: d.ids1, WorseIDs: d.ids2, BetterMask: d.m, WorseMask: d.m, BetterScores: d.lp, WorseScores: d.ref}, d.ends1, d.ends2)
 		return err
 	})
@@ -187,7 +187,7 @@ func BenchmarkRewardLossTokenWise(b *testing.B) {
 
 func BenchmarkCostLossTokenWise(b *testing.B) {
 	benchKernel(b, 2*4+2*4+2*4, func(d *benchData, ws *Workspace) error {
-		_, err := CostLoss(SafetyPreferenceArgs[float32]{B: d.B, T: d.L, LossType: TokenWise, Regularization: 0.001,
+		_, err := CostLoss(ws, SafetyPreferenceArgs[float32]{B: d.B, T: d.L, LossType: TokenWise, Regularization: 0.001,
 			SaferIDs: d.ids1, UnsaferIDs: d.ids2, SaferMask: d.m, UnsaferMask: d.m, SaferScores: d.lp, UnsaferScores: d.ref,
 			SaferSign: d.reward, UnsaferSign: d.cost}, d.ends1, d.ends2)
 		return err

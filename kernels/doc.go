@@ -28,8 +28,8 @@
 //	ActorLossPPO(ws, ActorArgs, grad) (ActorResult, error)                         spec §2
 //	CriticLoss(ws, CriticArgs, grad) (float64, error)  loss and dL/dV              spec §1.6
 //	EndScores(B, T, mask, rewardScores, costScores, endReward, endCost, endIndex) error   spec §3
-//	RewardLoss(PreferenceArgs, betterEnd, worseEnd) (RewardLossResult, error)     spec §4
-//	CostLoss(SafetyPreferenceArgs, saferEnd, unsaferEnd) (CostLossResult, error)  spec §5
+//	RewardLoss(ws, PreferenceArgs, betterEnd, worseEnd) (RewardLossResult, error)     spec §4
+//	CostLoss(ws, SafetyPreferenceArgs, saferEnd, unsaferEnd) (CostLossResult, error)  spec §5
 //	NewLagrange(LagrangeConfig) (*Lagrange, error); AddEpisodeCosts; Update(globalStep); Lambda; State/SetState   spec §1.7
 //	NewNormalizer(type, function, momentum) (*Normalizer, error); UpdateNormalizer; NormalizeInto   spec §3
 //

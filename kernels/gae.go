@@ -93,11 +93,6 @@ func (t *gaeTask[F]) rows(lo, hi int) {
 			t.chk[i] = last + nv
 			continue
 		}
-		if i+4 <= hi {
-			t.rows4(i)
-			i += 3
-			continue
-		}
 		vc, rc := a.CostValues[i*L:(i+1)*L], a.Costs[i*L:(i+1)*L]
 		cadv, cret := t.o.CostAdv[i*N:(i+1)*N], t.o.CostRet[i*N:(i+1)*N]
 		nvr, lastr, nvc, lastc := 0.0, 0.0, 0.0, 0.0
@@ -125,42 +120,4 @@ func NewGAEOut[F Float](B, n int, cost bool) GAEOut[F] {
 		o.CostAdv, o.CostRet = make([]F, B*n), make([]F, B*n)
 	}
 	return o
-}
-
-// rows4 is the fused sweep of rows i..i+3 interleaved: each row's recursion
-// A_t = δ_t + γλA_{t+1} is a chain of dependent multiply-adds, so four rows
-// (eight streams) keep the floating-point units busy.
-func (t *gaeTask[F]) rows4(i int) {
-	a := t.a
-	L, S := a.L, a.Start
-	N := L - S
-	g, gl := a.Gamma, a.Gamma*a.Lambda
-	var m, vr, rr, vc, rc [4][]F
-	var adv, ret, cadv, cret [4][]F
-	for k := range 4 {
-		r := i + k
-		m[k] = a.SeqMask[r*L : (r+1)*L]
-		vr[k], rr[k] = a.RewardValues[r*L:(r+1)*L], a.Rewards[r*L:(r+1)*L]
-		vc[k], rc[k] = a.CostValues[r*L:(r+1)*L], a.Costs[r*L:(r+1)*L]
-		adv[k], ret[k] = t.o.RewardAdv[r*N:(r+1)*N], t.o.RewardRet[r*N:(r+1)*N]
-		cadv[k], cret[k] = t.o.CostAdv[r*N:(r+1)*N], t.o.CostRet[r*N:(r+1)*N]
-	}
-	var nvr, lastr, nvc, lastc [4]float64
-	for j := L - 1; j >= S; j-- {
-		o := j - S
-		for k := range 4 {
-			mv := float64(m[k][j])
-			v := float64(vr[k][j]) * mv
-			lr := float64(rr[k][j])*mv + g*nvr[k] - v + gl*lastr[k]
-			adv[k][o], ret[k][o] = F(lr), F(lr+v)
-			nvr[k], lastr[k] = v, lr
-			w := float64(vc[k][j]) * mv
-			lc := float64(rc[k][j])*mv + g*nvc[k] - w + gl*lastc[k]
-			cadv[k][o], cret[k][o] = F(lc), F(lc+w)
-			nvc[k], lastc[k] = w, lc
-		}
-	}
-	for k := range 4 {
-		t.chk[i+k] = lastr[k] + nvr[k] + lastc[k] + nvc[k]
-	}
 }

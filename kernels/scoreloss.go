@@ -85,12 +85,12 @@ type RewardLossResult struct {
 // sequence-wise mean_i −logσ(r_b − r_w) + reg·mean([r_w; r_b]²) on end scores, or
 // token-wise the same terms averaged over each row's span [d, e]. betterEnd
 // and worseEnd ([B], may be nil) receive the end scores.
-func RewardLoss[F Float](a PreferenceArgs[F], betterEnd, worseEnd []F) (RewardLossResult, error) {
+func RewardLoss[F Float](ws *Workspace, a PreferenceArgs[F], betterEnd, worseEnd []F) (RewardLossResult, error) {
 	p := pairArgs[F]{B: a.B, T: a.T, lossType: a.LossType, reg: a.Regularization,
 		hiIDs: a.BetterIDs, loIDs: a.WorseIDs, hiMask: a.BetterMask, loMask: a.WorseMask,
 		hi: a.BetterScores, lo: a.WorseScores, names: [6]string{"better_input_ids", "worse_input_ids",
 			"better_attention_mask", "worse_attention_mask", "scores_better", "scores_worse"}}
-	r, err := pairLoss("RewardLoss", p, betterEnd, worseEnd)
+	r, err := pairLoss(ws, "RewardLoss", p, betterEnd, worseEnd)
 	return RewardLossResult{Loss: r.loss, Accuracy: r.acc}, err
 }
 
@@ -121,7 +121,7 @@ type CostLossResult struct {
 // mean_i [−logσ(c_u − c_s) − logσ(−s_s·c_s) − logσ(−s_u·c_u)] + reg·mean([c_s; c_u]²)
 // on end scores (sequence-wise) or each term averaged over the span (token-wise).
 // saferEnd and unsaferEnd ([B], may be nil) receive the end costs.
-func CostLoss[F Float](a SafetyPreferenceArgs[F], saferEnd, unsaferEnd []F) (CostLossResult, error) {
+func CostLoss[F Float](ws *Workspace, a SafetyPreferenceArgs[F], saferEnd, unsaferEnd []F) (CostLossResult, error) {
 	const k = "CostLoss"
 	if err := checkShapes(k, tensorRef[F]{"safer_safety_sign", a.SaferSign, a.B, false}, tensorRef[F]{"unsafer_safety_sign", a.UnsaferSign, a.B, false}); err != nil {
 		return CostLossResult{}, err
@@ -131,7 +131,7 @@ func CostLoss[F Float](a SafetyPreferenceArgs[F], saferEnd, unsaferEnd []F) (Cos
 		hi: a.UnsaferScores, lo: a.SaferScores, hiSign: a.UnsaferSign, loSign: a.SaferSign, cost: true,
 		names: [6]string{"unsafer_input_ids", "safer_input_ids", "unsafer_attention_mask", "safer_attention_mask",
 			"scores_unsafer", "scores_safer"}}
-	r, err := pairLoss(k, p, unsaferEnd, saferEnd)
+	r, err := pairLoss(ws, k, p, unsaferEnd, saferEnd)
 	return CostLossResult{Loss: r.loss, Accuracy: r.acc, SignAccuracy: r.signAcc}, err
 }
 
@@ -151,7 +151,7 @@ type pairArgs[F Float] struct {
 
 type pairResult struct{ loss, acc, signAcc float64 }
 
-func pairLoss[F Float](k string, a pairArgs[F], hiEnd, loEnd []F) (pairResult, error) {
+func pairLoss[F Float](ws *Workspace, k string, a pairArgs[F], hiEnd, loEnd []F) (pairResult, error) {
 	B, T := a.B, a.T
 	if B <= 0 || T <= 0 {
 		return pairResult{}, badSize(k, "B=%d T=%d", B, T)
@@ -175,69 +175,122 @@ func pairLoss[F Float](k string, a pairArgs[F], hiEnd, loEnd []F) (pairResult, e
 	if err := checkShapes(k, tensorRef[F]{"higher_end", hiEnd, B, hiEnd == nil}, tensorRef[F]{"lower_end", loEnd, B, loEnd == nil}); err != nil {
 		return pairResult{}, err
 	}
+	if ws == nil {
+		ws = ws.orNew()
+	}
+	t := taskFor[pairTask[F]](ws)
+	*t = pairTask[F]{a: a, tw: tw, hiEnd: hiEnd, loEnd: loEnd, loss: ws.scratch(0, B), sq: ws.scratch(1, B),
+		acc: ws.scratch(2, B), code: ws.scratch(3, B)}
+	parallelRows(ws, B, T, t)
 	var r pairResult
-	sumLoss, sumSq, signOK := 0.0, 0.0, 0
+	sumLoss, sumSq := 0.0, 0.0
 	for i := range B {
+		switch c := t.code[i]; {
+		case c == codeEmptyMask:
+			return pairResult{}, fmt.Errorf("kernels.%s: row %d: attention mask is all zero: %w", k, i, ErrShape)
+		case c == codeIdentical:
+			return pairResult{}, fmt.Errorf("kernels.%s: row %d: the two answers are identical", k, i)
+		case c >= codeDivergeAfterEnd:
+			return pairResult{}, fmt.Errorf("kernels.%s: row %d: the answers diverge after their end (index %d)", k, i, int(c-codeDivergeAfterEnd))
+		}
+		sumLoss += t.loss[i]
+		sumSq += t.sq[i]
+		r.acc += float64(int(t.acc[i]) & 1)
+		r.signAcc += float64(int(t.acc[i]) >> 1)
+	}
+	r.loss = sumLoss / float64(B)
+	if !tw && a.reg > 0 {
+		r.loss += a.reg * sumSq / float64(2*B)
+	}
+	r.acc /= float64(B)
+	r.signAcc /= float64(2 * B)
+	if !finite(r.loss) {
+		return pairResult{}, nonFiniteError(k, ts...)
+	}
+	return r, nil
+}
+
+// Row error codes of pairTask.
+const (
+	codeEmptyMask       = 1
+	codeIdentical       = 2
+	codeDivergeAfterEnd = 3 // + the diverge index
+)
+
+type pairTask[F Float] struct {
+	a                   pairArgs[F]
+	tw                  bool
+	hiEnd, loEnd        []F
+	loss, sq, acc, code []float64 // acc: bit 0 accuracy, bits 1.. number of correct signs
+}
+
+func (t *pairTask[F]) rows(lo, hi int) {
+	a, T := t.a, t.a.T
+	for i := lo; i < hi; i++ {
 		hm, lm := a.hiMask[i*T:(i+1)*T], a.loMask[i*T:(i+1)*T]
 		hs, ls := a.hi[i*T:(i+1)*T], a.lo[i*T:(i+1)*T]
 		he, le := lastNonZero(hm), lastNonZero(lm)
 		if he < 0 || le < 0 {
-			return pairResult{}, fmt.Errorf("kernels.%s: row %d: attention mask is all zero: %w", k, i, ErrShape)
+			t.code[i] = codeEmptyMask
+			continue
 		}
 		h, l := float64(hs[he]), float64(ls[le])
-		if hiEnd != nil {
-			hiEnd[i] = F(h)
+		if t.hiEnd != nil {
+			t.hiEnd[i] = F(h)
 		}
-		if loEnd != nil {
-			loEnd[i] = F(l)
+		if t.loEnd != nil {
+			t.loEnd[i] = F(l)
 		}
+		acc := 0
 		if h > l {
-			r.acc++
+			acc = 1
 		}
 		var hSign, lSign float64 // cost signs = −safety signs
 		if a.cost {
 			hSign, lSign = -float64(a.hiSign[i]), -float64(a.loSign[i])
 			if lSign*l > 0 {
-				signOK++
+				acc += 2
 			}
 			if hSign*h > 0 {
-				signOK++
+				acc += 2
 			}
 		}
-		if !tw {
+		t.acc[i] = float64(acc)
+		if !t.tw {
 			li := logSigmoidNeg(h - l)
 			if a.cost {
 				li += logSigmoidNeg(lSign*l) + logSigmoidNeg(hSign*h)
 			}
-			sumLoss += li
-			sumSq += h*h + l*l
+			t.loss[i], t.sq[i] = li, h*h+l*l
 			continue
 		}
 		hid, lid := a.hiIDs[i*T:(i+1)*T], a.loIDs[i*T:(i+1)*T]
 		d := -1
-		for t := range T {
-			if hid[t] != lid[t] {
-				d = t
+		for j := range T {
+			if hid[j] != lid[j] {
+				d = j
 				break
 			}
 		}
 		if d < 0 {
-			return pairResult{}, fmt.Errorf("kernels.%s: row %d: the two answers are identical", k, i)
+			t.code[i] = codeIdentical
+			continue
 		}
 		e := max(he, le)
 		if d > e {
-			return pairResult{}, fmt.Errorf("kernels.%s: row %d: diverge index %d is after end index %d", k, i, d, e)
+			t.code[i] = float64(codeDivergeAfterEnd + d)
+			continue
 		}
 		n := float64(e - d + 1)
 		s0, s1, s2, sq := 0.0, 0.0, 0.0, 0.0
-		for t := d; t <= e; t++ {
-			ht, lt := float64(hs[t]), float64(ls[t])
-			s0 += logSigmoidNeg(ht - lt)
+		for j := d; j <= e; j++ {
+			hj, lj := float64(hs[j]), float64(ls[j])
+			s0 += logSigmoidNeg(hj - lj)
 			if a.cost {
-				s1 += logSigmoidNeg(lSign * lt)
-				s2 += logSigmoidNeg(hSign * ht)
+				s1 += logSigmoidNeg(lSign * lj)
+				s2 += logSigmoidNeg(hSign * hj)
 			}
-			sq += ht*ht + lt*lt
+			sq += hj*hj + lj*lj
 		}
 		li := s0 / n
 		if a.cost {
@@ -246,16 +299,6 @@ func pairLoss[F Float](k string, a pairArgs[F], hiEnd, loEnd []F) (pairResult, e
 		if a.reg > 0 {
 			li += a.reg * sq / (2 * n)
 		}
-		sumLoss += li
+		t.loss[i] = li
 	}
-	r.loss = sumLoss / float64(B)
-	if !tw && a.reg > 0 {
-		r.loss += a.reg * sumSq / float64(2*B)
-	}
-	r.acc /= float64(B)
-	r.signAcc = float64(signOK) / float64(2*B)
-	if !finite(r.loss) {
-		return pairResult{}, nonFiniteError(k, ts...)
-	}
-	return r, nil
 }

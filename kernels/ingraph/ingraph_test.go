@@ -239,13 +239,13 @@ func TestPairLossesEqualCPU(t *testing.T) {
 					var err error
 					if cost {
 						var r kernels.CostLossResult
-						r, err = kernels.CostLoss(kernels.SafetyPreferenceArgs[float64]{B: B, T: T, LossType: lt, Regularization: reg,
+						r, err = kernels.CostLoss(nil, kernels.SafetyPreferenceArgs[float64]{B: B, T: T, LossType: lt, Regularization: reg,
 							SaferIDs: loIDs, UnsaferIDs: hiIDs, SaferMask: loM, UnsaferMask: hiM, SaferScores: lo, UnsaferScores: hi,
 							SaferSign: loSign, UnsaferSign: hiSign}, le, he)
 						loss, acc, sacc = r.Loss, r.Accuracy, r.SignAccuracy
 					} else {
 						var r kernels.RewardLossResult
-						r, err = kernels.RewardLoss(kernels.PreferenceArgs[float64]{B: B, T: T, LossType: lt, Regularization: reg,
+						r, err = kernels.RewardLoss(nil, kernels.PreferenceArgs[float64]{B: B, T: T, LossType: lt, Regularization: reg,
 							BetterIDs: hiIDs, WorseIDs: loIDs, BetterMask: hiM, WorseMask: loM, BetterScores: hi, WorseScores: lo}, he, le)
 						loss, acc = r.Loss, r.Accuracy
 					}

@@ -1,6 +1,7 @@
 package refcheck
 
 import (
+	"os"
 	"testing"
 )
 
@@ -34,6 +35,29 @@ func TestGoldenGraph(t *testing.T) {
 	}
 	for _, r := range res {
 		t.Logf("%-26s %3d cases graph %.2e graph64 %.2e %s %s", r.File, r.Cases, r.MaxErr["graph"], r.MaxErr["graph64"], r.Worst["graph64"], r.Skipped)
+		if r.Failed() {
+			t.Errorf("%s: errors %v above tolerance (worst: %v)", r.File, r.MaxErr, r.Worst)
+		}
+	}
+}
+
+// TestExtraDir checks the golden files of $REFCHECK_DIR (if set) on every path,
+// e.g. vectors produced elsewhere: REFCHECK_DIR=/path go test ./kernels/refcheck -run ExtraDir -v
+func TestExtraDir(t *testing.T) {
+	dir := os.Getenv("REFCHECK_DIR")
+	if dir == "" {
+		t.Skip("REFCHECK_DIR not set")
+	}
+	g, err := Graph("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(dir, CPU(false), CPU(true), g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		t.Logf("%-26s %3d cases %v %s", r.File, r.Cases, r.MaxErr, r.Skipped)
 		if r.Failed() {
 			t.Errorf("%s: errors %v above tolerance (worst: %v)", r.File, r.MaxErr, r.Worst)
 		}

@@ -119,7 +119,7 @@ func (r cpuRunner[F]) RewardLoss(a kernels.PreferenceArgs[float64]) (kernels.Rew
 		BetterIDs: a.BetterIDs, WorseIDs: a.WorseIDs, BetterMask: conv[F](a.BetterMask), WorseMask: conv[F](a.WorseMask),
 		BetterScores: conv[F](a.BetterScores), WorseScores: conv[F](a.WorseScores)}
 	be, we := make([]F, a.B), make([]F, a.B)
-	res, err := kernels.RewardLoss(b, be, we)
+	res, err := kernels.RewardLoss(r.ws, b, be, we)
 	return res, conv[float64](be), conv[float64](we), err
 }
 
@@ -128,7 +128,7 @@ func (r cpuRunner[F]) CostLoss(a kernels.SafetyPreferenceArgs[float64]) (kernels
 		SaferIDs: a.SaferIDs, UnsaferIDs: a.UnsaferIDs, SaferMask: conv[F](a.SaferMask), UnsaferMask: conv[F](a.UnsaferMask),
 		SaferScores: conv[F](a.SaferScores), UnsaferScores: conv[F](a.UnsaferScores), SaferSign: conv[F](a.SaferSign), UnsaferSign: conv[F](a.UnsaferSign)}
 	se, ue := make([]F, a.B), make([]F, a.B)
-	res, err := kernels.CostLoss(b, se, ue)
+	res, err := kernels.CostLoss(r.ws, b, se, ue)
 	return res, conv[float64](se), conv[float64](ue), err
 }
 
