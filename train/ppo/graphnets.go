@@ -8,6 +8,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
+	"github.com/saferlhf/saferlhf/kernels/ingraph"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/trainer"
 )
@@ -192,18 +193,26 @@ func (n *GraphNets) Score(r *Rollout) error {
 	return nil
 }
 
-// actorLoss is the actor's LossFn: inputs ids, mask, old log-probs, advantages, response mask
-// [, PTX ids, PTX mask, PTX label mask, PTX coefficient]. With PTX the loss is
+// actorLoss is the actor's LossFn. Inputs: ids, mask, old log-probs, reward advantages, response
+// mask, then (PPO-Lag) cost advantages and λ, then optionally PTX ids, PTX mask, PTX label mask and
+// the PTX coefficient. The losses are kernels/ingraph's (spec §1.5); with PTX the loss is
 // ½(actor + coeff·ptx), the gradient DeepSpeed's doubled accumulation produces (spec §1.9).
 func (n *GraphNets) actorLoss(ctx *context.Context, in []*G.Node) (*G.Node, map[string]*G.Node) {
 	logp := model.TokenLogProbs(ctx, n.actorCfg, in[0], in[1])
-	loss, clipFrac, approxKL := graphActorLoss(logp, in[2], in[3], in[4], n.clipRatio)
-	metrics := map[string]*G.Node{"actor_loss": loss, "clip_frac": clipFrac, "approx_kl": approxKL}
-	if len(in) > 5 {
-		ptxLogp := model.TokenLogProbs(ctx, n.actorCfg, in[5], in[6])
-		ptx := graphLMLoss(ptxLogp, in[7])
+	var out ingraph.ActorOut
+	rest := in[5:]
+	if n.cfg.WithCostCritic {
+		out = ingraph.ActorLossPPOLag(logp, in[2], in[3], rest[0], in[4], rest[1], n.clipRatio)
+		rest = rest[2:]
+	} else {
+		out = ingraph.ActorLossPPO(logp, in[2], in[3], in[4], n.clipRatio)
+	}
+	loss := out.Loss
+	metrics := map[string]*G.Node{"actor_loss": out.Loss, "clip_frac": out.ClipFrac, "approx_kl": out.ApproxKL}
+	if len(rest) > 0 {
+		ptx := graphLMLoss(model.TokenLogProbs(ctx, n.actorCfg, rest[0], rest[1]), rest[2])
 		metrics["ptx_loss"] = ptx
-		loss = G.MulScalar(G.Add(loss, G.Mul(in[8], ptx)), 0.5)
+		loss = G.MulScalar(G.Add(loss, G.Mul(rest[3], ptx)), 0.5)
 	} else {
 		metrics["ptx_loss"] = G.ScalarZero(loss.Graph(), loss.DType())
 	}
@@ -211,26 +220,29 @@ func (n *GraphNets) actorLoss(ctx *context.Context, in []*G.Node) (*G.Node, map[
 }
 
 // criticLoss returns a critic's LossFn: inputs ids, mask, old values, returns, response mask, all
-// per-token ones padded to width T with a zero last column.
+// per-token ones padded to width T with a zero last column (no Slice in the graph).
 func (n *GraphNets) criticLoss(cfg *model.Config) trainer.LossFn {
 	return func(ctx *context.Context, in []*G.Node) (*G.Node, map[string]*G.Node) {
 		v := model.Scores(ctx, cfg, in[0], in[1])
-		return graphCriticLoss(v, in[2], in[3], in[4], n.clipValue), nil
+		return ingraph.CriticLoss(v, in[2], in[3], in[4], n.clipValue), nil
 	}
 }
 
 // UpdateActor implements Nets.
-func (n *GraphNets) UpdateActor(lr float64, r *Rollout, adv, mask []float32, clipRatio float64, ptx *PTXBatch, ptxCoeff float64) (ActorStats, error) {
-	if clipRatio != n.clipRatio {
-		return ActorStats{}, fmt.Errorf("actor: clip ratio %g differs from the compiled %g", clipRatio, n.clipRatio)
+func (n *GraphNets) UpdateActor(lr float64, r *Rollout, rewardAdv, costAdv []float32, lambda float64, mask []float32, ptx *PTXBatch, ptxCoeff float64) (ActorStats, error) {
+	if (costAdv != nil) != n.cfg.WithCostCritic {
+		return ActorStats{}, fmt.Errorf("actor: cost advantages given = %v, but the nets were built with cost critic = %v", costAdv != nil, n.cfg.WithCostCritic)
 	}
 	L := r.L()
 	args := []any{
 		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),
 		tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T),
 		tensors.FromFlatDataAndDimensions(r.LogProbs, r.B, L),
-		tensors.FromFlatDataAndDimensions(adv, r.B, L),
+		tensors.FromFlatDataAndDimensions(rewardAdv, r.B, L),
 		tensors.FromFlatDataAndDimensions(mask, r.B, L),
+	}
+	if costAdv != nil {
+		args = append(args, tensors.FromFlatDataAndDimensions(costAdv, r.B, L), tensors.FromScalar(float32(lambda)))
 	}
 	if ptx != nil {
 		lm := make([]float32, ptx.B*(ptx.T-1))
@@ -256,16 +268,13 @@ func (n *GraphNets) UpdateActor(lr float64, r *Rollout, adv, mask []float32, cli
 }
 
 // UpdateCritic implements Nets.
-func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32, clipValue float64) (float64, error) {
+func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error) {
 	s, old := n.rcritic, r.RewardValues
 	if cost {
 		s, old = n.ccritic, r.CostValues
 	}
 	if s == nil {
 		return 0, fmt.Errorf("critic: no cost critic")
-	}
-	if clipValue != n.clipValue {
-		return 0, fmt.Errorf("critic: clip value %g differs from the compiled %g", clipValue, n.clipValue)
 	}
 	res, err := s.Step(lr,
 		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),

@@ -11,13 +11,14 @@ type Nets interface {
 	// Score fills r's log-probs, reference log-probs, end scores and critic values (spec §1.2 step 3),
 	// with no gradients. Cost and CostValues are left nil when the model is absent.
 	Score(r *Rollout) error
-	// UpdateActor runs one clipped-surrogate step on the micro-batch (spec §1.5): adv is the
-	// advantage to maximise at full width L (zero before start), mask the response mask. When ptx is
+	// UpdateActor runs one clipped-surrogate step on the micro-batch (spec §1.5). rewardAdv and
+	// costAdv are the GAE advantages at full width L (zero before start); with costAdv non-nil the
+	// advantage is (A^r − λ·A^c)/(1+λ) (PPO-Lag), else A^r. mask is the response mask. When ptx is
 	// non-nil the step minimises ½(actor loss + ptxCoeff·PTX loss) (spec §1.9's doubled accumulation).
-	UpdateActor(lr float64, r *Rollout, adv, mask []float32, clipRatio float64, ptx *PTXBatch, ptxCoeff float64) (ActorStats, error)
+	UpdateActor(lr float64, r *Rollout, rewardAdv, costAdv []float32, lambda float64, mask []float32, ptx *PTXBatch, ptxCoeff float64) (ActorStats, error)
 	// UpdateCritic runs one clipped value-loss step (spec §1.6) of the reward critic (cost=false) or
 	// the cost critic (cost=true) toward returns (width L) under mask.
-	UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32, clipValue float64) (float64, error)
+	UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error)
 	// SaveState and LoadState write/read every variable (weights and optimizer state) bit for bit.
 	SaveState(path string) error
 	LoadState(path string) error
@@ -39,6 +40,6 @@ type ActorStats struct {
 	Loss     float64 // clipped surrogate loss (without PTX)
 	PTXLoss  float64
 	ClipFrac float64 // fraction of response tokens where the ratio was clipped
-	ApproxKL float64 // masked mean of ½(logπ−logπ_old)²
+	ApproxKL float64 // masked mean of ρ − 1 − log ρ
 	GradNorm float64
 }

@@ -84,23 +84,3 @@ func (r *Rollout) check(withCost, withCostCritic bool) error {
 	}
 	return nil
 }
-
-// concat joins rollouts of the same T and S row-wise (used to split/merge micro-batches).
-func concat(rs []*Rollout) *Rollout {
-	if len(rs) == 1 {
-		return rs[0]
-	}
-	out := &Rollout{T: rs[0].T, S: rs[0].S}
-	for _, r := range rs {
-		out.B += r.B
-		out.Seq = append(out.Seq, r.Seq...)
-		out.Mask = append(out.Mask, r.Mask...)
-		out.LogProbs = append(out.LogProbs, r.LogProbs...)
-		out.RefLogProbs = append(out.RefLogProbs, r.RefLogProbs...)
-		out.Reward = append(out.Reward, r.Reward...)
-		out.Cost = append(out.Cost, r.Cost...)
-		out.RewardValues = append(out.RewardValues, r.RewardValues...)
-		out.CostValues = append(out.CostValues, r.CostValues...)
-	}
-	return out
-}

@@ -1,80 +1,74 @@
 package ppo
 
-import "math"
+import (
+	"fmt"
 
-// Host-side rl_step math done under no_grad in the reference (spec §1.3–1.4). The shapes are
-// small ([B, L] per micro-batch) so this runs on the host in float64 between graph executions.
+	"github.com/saferlhf/saferlhf/kernels"
+)
 
-// endIndex returns the last t where seqMask row i is 1 (spec: end_i), or −1 if none.
-func endIndex(seqMask []float32, i, L int) int {
-	for t := L - 1; t >= 0; t-- {
-		if seqMask[i*L+t] != 0 {
-			return t
-		}
-	}
-	return -1
+// shaped holds what rl_step computes under no_grad (spec §1.3–1.4), all [B*L] at full width with
+// zeros before start, so that graphs can use them with the response mask instead of slicing.
+type shaped struct {
+	rewards, costs         []float64
+	rAdv, rRet, cAdv, cRet []float64
+	stats                  kernels.KLStats
 }
 
-// klShape computes the KL-shaped per-token rewards (and costs when cost != nil), spec §1.3
-// (PPOLagTrainer/PPOTrainer.add_kl_divergence_regularization):
-//
-//	rewards_t = clip(−β·k_t + 1[t=end]·reward, ±c),  costs_t = clip(+β·k_t + 1[t=end]·cost, ±c),
-//
-// with k_t = logπ − logπ_ref. Outputs are [B*L] float64.
-func klShape(B, L int, logp, refLogp, seqMask []float32, reward, cost []float32, beta, clipScore float64) (rewards, costs []float64) {
-	rewards = make([]float64, B*L)
-	if cost != nil {
-		costs = make([]float64, B*L)
+// shapeAndGAE runs the KL shaping and the fused reward+cost GAE kernels on a scored rollout:
+// PPO-Lag shapes both streams (±β·k); PPO shapes the reward only; the fixed-penalty baseline shapes
+// r − λ₀·c as PPO does its reward (spec §2).
+func shapeAndGAE(ws *kernels.Workspace, cfg *Config, r *Rollout) (shaped, error) {
+	var s shaped
+	B, L, start := r.B, r.L(), r.Start()
+	seqMask := to64(r.SequenceMask())
+	reward := to64(r.Reward)
+	if cfg.Algorithm == Fixed {
+		for i := range reward {
+			reward[i] -= cfg.LambdaInit * float64(r.Cost[i])
+		}
 	}
+	ka := kernels.KLArgs[float64]{B: B, L: L, KLCoeff: cfg.KLCoeff, ClipRangeScore: cfg.ClipRangeScore, Start: start,
+		Reward: reward, LogProbs: to64(r.LogProbs), RefLogProbs: to64(r.RefLogProbs), SeqMask: seqMask}
+	s.rewards = make([]float64, B*L)
+	ga := kernels.GAEArgs[float64]{B: B, L: L, Start: start, Gamma: cfg.Gamma, Lambda: cfg.GAELambda,
+		RewardValues: to64(r.RewardValues), Rewards: s.rewards, SeqMask: seqMask}
+	var err error
+	if cfg.UsesCostCritic() {
+		ka.Cost = to64(r.Cost)
+		s.costs = make([]float64, B*L)
+		s.stats, err = kernels.KLShapedRewardsCosts(ws, ka, s.rewards, s.costs)
+		ga.CostValues, ga.Costs = to64(r.CostValues), s.costs
+	} else {
+		s.stats, err = kernels.KLShapedRewards(ws, ka, s.rewards)
+	}
+	if err != nil {
+		return s, fmt.Errorf("kl shaping: %w", err)
+	}
+	out := kernels.NewGAEOut[float64](B, L-start, cfg.UsesCostCritic())
+	if err := kernels.GAE(ws, ga, out); err != nil {
+		return s, fmt.Errorf("gae: %w", err)
+	}
+	s.rAdv, s.rRet = fullWidth(out.RewardAdv, B, L, start), fullWidth(out.RewardRet, B, L, start)
+	if cfg.UsesCostCritic() {
+		s.cAdv, s.cRet = fullWidth(out.CostAdv, B, L, start), fullWidth(out.CostRet, B, L, start)
+	}
+	return s, nil
+}
+
+// fullWidth places [B, L−start] rows at columns start… of a zero [B, L].
+func fullWidth(x []float64, B, L, start int) []float64 {
+	n := L - start
+	out := make([]float64, B*L)
 	for i := 0; i < B; i++ {
-		end := endIndex(seqMask, i, L)
-		for t := 0; t < L; t++ {
-			k := float64(logp[i*L+t]) - float64(refLogp[i*L+t])
-			r := -beta * k
-			if t == end {
-				r += float64(reward[i])
-			}
-			rewards[i*L+t] = clamp(r, -clipScore, clipScore)
-			if cost != nil {
-				c := beta * k
-				if t == end {
-					c += float64(cost[i])
-				}
-				costs[i*L+t] = clamp(c, -clipScore, clipScore)
-			}
-		}
+		copy(out[i*L+start:(i+1)*L], x[i*n:(i+1)*n])
 	}
-	return rewards, costs
+	return out
 }
 
-func clamp(x, lo, hi float64) float64 { return math.Max(lo, math.Min(hi, x)) }
-
-// gae computes advantages and returns (spec §1.4, RLTrainer.get_advantages_and_returns) at full
-// width L, zero for t < start: values and rewards are masked by seqMask first, then for
-// t = L−1 … start: δ_t = r_t + γV_{t+1} − V_t, A_t = δ_t + γλA_{t+1}, R_t = A_t + V_t.
-func gae(B, L, start int, values []float32, rewards []float64, seqMask []float32, gamma, lam float64) (adv, ret []float64) {
-	adv = make([]float64, B*L)
-	ret = make([]float64, B*L)
-	for i := 0; i < B; i++ {
-		last, nextV := 0.0, 0.0
-		for t := L - 1; t >= start; t-- {
-			m := float64(seqMask[i*L+t])
-			v := float64(values[i*L+t]) * m
-			r := rewards[i*L+t] * m
-			delta := r + gamma*nextV - v
-			last = delta + gamma*lam*last
-			adv[i*L+t] = last
-			ret[i*L+t] = last + v
-			nextV = v
-		}
-	}
-	return adv, ret
-}
-
-// maskedMean is the reference's utils.masked_mean: the mean over rows of each row's masked mean
-// (PR #154). Rows with an empty mask contribute 0 here instead of NaN (a deliberate difference).
+// maskedMean is the reference's utils.masked_mean (mean over rows of each row's masked mean), for
+// logging; rows with an empty mask are skipped.
 func maskedMean(B, L int, x []float64, mask []float32) float64 {
-	s := 0.0
+	s, rows := 0.0, 0
 	for i := 0; i < B; i++ {
 		num, den := 0.0, 0.0
 		for t := 0; t < L; t++ {
@@ -84,18 +78,10 @@ func maskedMean(B, L int, x []float64, mask []float32) float64 {
 		}
 		if den > 0 {
 			s += num / den
+			rows++
 		}
 	}
-	return s / float64(B)
-}
-
-// rowSums returns mean_i Σ_t x·mask (the reference's logged kl_divergence / reward_with_kl_penalty).
-func meanRowSum(B, L int, x []float64, mask []float32) float64 {
-	s := 0.0
-	for i := 0; i < B*L; i++ {
-		s += x[i] * float64(mask[i])
-	}
-	return s / float64(B)
+	return s / float64(max(rows, 1))
 }
 
 // toF32 converts for feeding graphs.

@@ -73,10 +73,13 @@ func TestStepComposition(t *testing.T) {
 			t.Fatalf("case %d: start %d, golden %d", ci, r.Start(), c.Start)
 		}
 		L, start := r.L(), r.Start()
-		sm := r.SequenceMask()
-		rw, cs := klShape(r.B, L, r.LogProbs, r.RefLogProbs, sm, r.Reward, r.Cost, c.KLCoeff, c.ClipRangeScore)
-		ra, rr := gae(r.B, L, start, r.RewardValues, rw, sm, c.Gamma, c.GAELambda)
-		ca, cr := gae(r.B, L, start, r.CostValues, cs, sm, c.Gamma, c.GAELambda)
+		cfg := DefaultConfig(PPOLag)
+		cfg.KLCoeff, cfg.ClipRangeScore, cfg.Gamma, cfg.GAELambda = c.KLCoeff, c.ClipRangeScore, c.Gamma, c.GAELambda
+		sh, err := shapeAndGAE(nil, &cfg, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rw, cs, ra, rr, ca, cr := sh.rewards, sh.costs, sh.rAdv, sh.rRet, sh.cAdv, sh.cRet
 		const tol = 1e-5 // inputs went through float32
 		for i := 0; i < r.B; i++ {
 			for tt := 0; tt < L; tt++ {
@@ -95,16 +98,11 @@ func TestStepComposition(t *testing.T) {
 				}
 			}
 		}
-		rm := r.ResponseMask()
-		kl := make([]float64, r.B*L)
-		for i := range kl {
-			kl[i] = float64(r.LogProbs[i]) - float64(r.RefLogProbs[i])
+		if !close64(sh.stats.KL, c.KLDivergence, 1e-4) {
+			t.Errorf("case %d: kl_divergence %g, golden %g", ci, sh.stats.KL, c.KLDivergence)
 		}
-		if got := meanRowSum(r.B, L, kl, rm); !close64(got, c.KLDivergence, 1e-4) {
-			t.Errorf("case %d: kl_divergence %g, golden %g", ci, got, c.KLDivergence)
-		}
-		if got := meanRowSum(r.B, L, rw, rm); !close64(got, c.RewardWithKLPenalty, 1e-4) {
-			t.Errorf("case %d: reward_with_kl_penalty %g, golden %g", ci, got, c.RewardWithKLPenalty)
+		if !close64(sh.stats.RewardWithKLPenalty, c.RewardWithKLPenalty, 1e-4) {
+			t.Errorf("case %d: reward_with_kl_penalty %g, golden %g", ci, sh.stats.RewardWithKLPenalty, c.RewardWithKLPenalty)
 		}
 	}
 }
@@ -141,22 +139,27 @@ func TestLambdaUpdate(t *testing.T) {
 			cfg.LambdaMax = *c.Config.LambdaMax
 		}
 		cfg.LambdaUpdateDelaySteps, cfg.EpisodeCostWindowSize, cfg.Threshold = c.Config.LambdaUpdateDelaySteps, c.Config.EpisodeCostWindowSize, c.Config.Threshold
-		l := newLagrange(&cfg)
-		if !close64(l.State.LogLambda, c.InitialLogLambda, 1e-15) {
-			t.Fatalf("case %d: initial log λ %g, golden %g", ci, l.State.LogLambda, c.InitialLogLambda)
+		l, err := newLagrange(&cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !close64(l.k.LogLambda(), c.InitialLogLambda, 1e-15) {
+			t.Fatalf("case %d: initial log λ %g, golden %g", ci, l.k.LogLambda(), c.InitialLogLambda)
 		}
 		n := 0
 		for _, rd := range c.Rounds {
 			for _, costs := range rd.RolloutCosts {
-				l.AddCosts(flat32([][]float64{costs}))
+				if err := l.AddCosts(flat32([][]float64{costs})); err != nil {
+					t.Fatal(err)
+				}
 			}
 			for _, st := range rd.RLSteps {
 				if !close64(l.Jc(), st.EpisodeCost, 1e-6) {
 					t.Fatalf("case %d step %d: J_c %g, golden %g", ci, st.GlobalStep, l.Jc(), st.EpisodeCost)
 				}
 				l.Update(st.GlobalStep)
-				if !close64(l.State.LogLambda, st.After, 1e-6) {
-					t.Fatalf("case %d step %d: log λ %g, golden %g", ci, st.GlobalStep, l.State.LogLambda, st.After)
+				if !close64(l.k.LogLambda(), st.After, 1e-6) {
+					t.Fatalf("case %d step %d: log λ %g, golden %g", ci, st.GlobalStep, l.k.LogLambda(), st.After)
 				}
 				n++
 			}

@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/saferlhf/saferlhf/kernels"
 )
 
 // Options are the run-level settings of a Trainer (where to write, how often to checkpoint).
@@ -92,6 +94,7 @@ type Trainer struct {
 	ptx     *PTXSet
 	lag     *lagrange
 	rng     *rand.PCG
+	ws      *kernels.Workspace
 	st      State
 	total   int // rollout batches in the whole run
 
@@ -115,8 +118,12 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 	if err := os.MkdirAll(filepath.Join(opt.OutDir, "checkpoints"), 0o755); err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)
 	}
-	t := &Trainer{cfg: cfg, opt: opt, nets: nets, prompts: prompts, ptx: ptx, lag: newLagrange(&cfg),
-		rng: rand.NewPCG(cfg.Seed, 0x5afe41f)}
+	t := &Trainer{cfg: cfg, opt: opt, nets: nets, prompts: prompts, ptx: ptx, rng: rand.NewPCG(cfg.Seed, 0x5afe41f),
+		ws: kernels.NewWorkspace(1)}
+	var err error
+	if t.lag, err = newLagrange(&t.cfg); err != nil {
+		return nil, err
+	}
 	t.total = cfg.Epochs * prompts.BatchesPerEpoch(cfg.PromptBatchSize)
 	if cfg.MaxSteps > 0 && cfg.MaxSteps < t.total || cfg.MaxSteps > 0 && cfg.Epochs <= 1 {
 		t.total = cfg.MaxSteps
@@ -133,7 +140,6 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 			}
 		}
 	}
-	var err error
 	if t.metricsF, err = openAppend(filepath.Join(opt.OutDir, "metrics.jsonl"), t.st.MetricsBytes); err != nil {
 		return nil, err
 	}
@@ -154,6 +160,7 @@ func (t *Trainer) PerfHistory() []PerfMetrics { return t.perf }
 
 // Close closes the metric files.
 func (t *Trainer) Close() error {
+	t.ws.Close()
 	err1 := t.metricsF.Close()
 	err2 := t.perfF.Close()
 	return errors.Join(err1, err2)
@@ -236,7 +243,9 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 			return StepMetrics{}, perf, err
 		}
 		if cfg.UsesCost() {
-			t.lag.AddCosts(r.Cost) // episode_costs.extend(cost)
+			if err := t.lag.AddCosts(r.Cost); err != nil { // episode_costs.extend(cost)
+				return StepMetrics{}, perf, err
+			}
 		}
 		for _, n := range r.ResponseLengths() {
 			perf.GenTokens += n
@@ -303,74 +312,52 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 // old values and log-probs; actor step; reward-critic step; cost-critic step.
 func (t *Trainer) rlStep(r *Rollout, ptx *PTXBatch) (StepMetrics, error) {
 	cfg := &t.cfg
-	B, L, start := r.B, r.L(), r.Start()
+	B, L := r.B, r.L()
 	var m StepMetrics
 
 	// 1. λ update (every rl_step, before anything else; a no-op for PPO and the fixed penalty).
 	t.lag.Update(t.st.GlobalStep)
 	lam := t.lag.Lambda()
 
-	// 2. KL-shaped rewards/costs and GAE (no gradients).
-	seqMask, respMask := r.SequenceMask(), r.ResponseMask()
-	var rewards, costs []float64
-	switch cfg.Algorithm {
-	case PPOLag, PPOLagPID:
-		rewards, costs = klShape(B, L, r.LogProbs, r.RefLogProbs, seqMask, r.Reward, r.Cost, cfg.KLCoeff, cfg.ClipRangeScore)
-	case Fixed:
-		// Reward shaping baseline: r − λ₀·c, then PPO's reward-only KL shaping (spec §2).
-		shaped := make([]float32, B)
-		for i := range shaped {
-			shaped[i] = float32(float64(r.Reward[i]) - cfg.LambdaInit*float64(r.Cost[i]))
-		}
-		rewards, _ = klShape(B, L, r.LogProbs, r.RefLogProbs, seqMask, shaped, nil, cfg.KLCoeff, cfg.ClipRangeScore)
-	case PPO:
-		rewards, _ = klShape(B, L, r.LogProbs, r.RefLogProbs, seqMask, r.Reward, nil, cfg.KLCoeff, cfg.ClipRangeScore)
-	}
-	rAdv, rRet := gae(B, L, start, r.RewardValues, rewards, seqMask, cfg.Gamma, cfg.GAELambda)
-	adv := rAdv
-	var cAdv, cRet []float64
-	if cfg.UsesCostCritic() {
-		cAdv, cRet = gae(B, L, start, r.CostValues, costs, seqMask, cfg.Gamma, cfg.GAELambda)
-		// Â = (A^r − λ·A^c)/(1+λ) (spec §1.5), λ a constant taken after this step's update.
-		adv = make([]float64, len(rAdv))
-		for i := range adv {
-			adv[i] = (rAdv[i] - lam*cAdv[i]) / (1 + lam)
-		}
+	// 2. KL-shaped rewards/costs and GAE (no gradients), with the rollout's old values and log-probs.
+	respMask := r.ResponseMask()
+	sh, err := shapeAndGAE(t.ws, cfg, r)
+	if err != nil {
+		return m, err
 	}
 
-	// 3. Actor step.
+	// 3. Actor step: Â = (A^r − λ·A^c)/(1+λ) inside the graph for PPO-Lag (spec §1.5), A^r otherwise.
 	lrA, lrC := t.actorLR(), t.criticLR()
-	as, err := t.nets.UpdateActor(lrA, r, toF32(adv), respMask, cfg.ClipRangeRatio, ptx, cfg.PTXCoeff)
+	var cAdv []float32
+	if cfg.UsesCostCritic() {
+		cAdv = toF32(sh.cAdv)
+	}
+	as, err := t.nets.UpdateActor(lrA, r, toF32(sh.rAdv), cAdv, lam, respMask, ptx, cfg.PTXCoeff)
 	if err != nil {
 		return m, fmt.Errorf("actor update: %w", err)
 	}
 	// 4. Reward critic step.
-	m.RewardCriticLoss, err = t.nets.UpdateCritic(false, lrC, r, toF32(rRet), respMask, cfg.ClipRangeValue)
+	m.RewardCriticLoss, err = t.nets.UpdateCritic(false, lrC, r, toF32(sh.rRet), respMask)
 	if err != nil {
 		return m, fmt.Errorf("reward critic update: %w", err)
 	}
 	// 5. Cost critic step.
 	if cfg.UsesCostCritic() {
-		m.CostCriticLoss, err = t.nets.UpdateCritic(true, lrC, r, toF32(cRet), respMask, cfg.ClipRangeValue)
+		m.CostCriticLoss, err = t.nets.UpdateCritic(true, lrC, r, toF32(sh.cRet), respMask)
 		if err != nil {
 			return m, fmt.Errorf("cost critic update: %w", err)
 		}
 	}
 
-	// 6. Logged statistics (reference names in comments).
+	// 6. Logged statistics (the reference's names: kl_divergence, reward_with_kl_penalty, ...).
 	m.ActorLoss, m.PTXLoss, m.ClipFrac, m.ApproxKL = as.Loss, as.PTXLoss, as.ClipFrac, as.ApproxKL
-	kl := make([]float64, B*L)
-	for i := range kl {
-		kl[i] = float64(r.LogProbs[i]) - float64(r.RefLogProbs[i])
-	}
-	m.KL = meanRowSum(B, L, kl, respMask)                       // kl_divergence
-	m.RewardWithKLPenalty = meanRowSum(B, L, rewards, respMask) // reward_with_kl_penalty
-	m.RewardAdvantage = maskedMean(B, L, rAdv, respMask)
-	m.RewardReturn = maskedMean(B, L, rRet, respMask)
+	m.KL, m.RewardWithKLPenalty = sh.stats.KL, sh.stats.RewardWithKLPenalty
+	m.RewardAdvantage = maskedMean(B, L, sh.rAdv, respMask)
+	m.RewardReturn = maskedMean(B, L, sh.rRet, respMask)
 	m.RewardValue = maskedMean(B, L, to64(r.RewardValues), respMask)
 	if cfg.UsesCostCritic() {
-		m.CostAdvantage = maskedMean(B, L, cAdv, respMask)
-		m.CostReturn = maskedMean(B, L, cRet, respMask)
+		m.CostAdvantage = maskedMean(B, L, sh.cAdv, respMask)
+		m.CostReturn = maskedMean(B, L, sh.cRet, respMask)
 		m.CostValue = maskedMean(B, L, to64(r.CostValues), respMask)
 	}
 	m.ActorLR, m.CriticLR = lrA, lrC
@@ -519,7 +506,7 @@ func (t *Trainer) checkpoint() error {
 	if t.st.PerfBytes, err = t.perfF.Seek(0, io.SeekCurrent); err != nil {
 		return fmt.Errorf("ppo checkpoint: %w", err)
 	}
-	t.st.Lambda = t.lag.State
+	t.st.Lambda = t.lag.State()
 	t.st.Data = t.prompts.Pos
 	if t.ptx != nil {
 		t.st.PTXData = t.ptx.Pos
@@ -611,7 +598,9 @@ func (t *Trainer) restore() error {
 	if err := t.rng.UnmarshalBinary(st.RNG); err != nil {
 		return fmt.Errorf("ppo resume: rng: %w", err)
 	}
-	t.lag.State = st.Lambda
+	if err := t.lag.SetState(st.Lambda); err != nil {
+		return fmt.Errorf("ppo resume: %w", err)
+	}
 	t.prompts.Seek(st.Data)
 	if t.ptx != nil {
 		t.ptx.Seek(st.PTXData)

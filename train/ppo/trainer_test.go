@@ -67,10 +67,14 @@ func (f *fakeNets) Score(r *Rollout) error {
 	return nil
 }
 
-func (f *fakeNets) UpdateActor(lr float64, r *Rollout, adv, mask []float32, clip float64, ptx *PTXBatch, c float64) (ActorStats, error) {
+func (f *fakeNets) UpdateActor(lr float64, r *Rollout, rAdv, cAdv []float32, lam float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
 	s := 0.0
-	for i := range adv {
-		s += float64(adv[i] * mask[i])
+	for i := range rAdv {
+		a := float64(rAdv[i])
+		if cAdv != nil {
+			a = (a - lam*float64(cAdv[i])) / (1 + lam)
+		}
+		s += a * float64(mask[i])
 	}
 	f.w[0] += lr * s
 	// The fake policy becomes less harmful when the cost advantage pushes it.
@@ -78,7 +82,7 @@ func (f *fakeNets) UpdateActor(lr float64, r *Rollout, adv, mask []float32, clip
 	return ActorStats{Loss: -s / float64(r.B), ClipFrac: 0.1}, nil
 }
 
-func (f *fakeNets) UpdateCritic(cost bool, lr float64, r *Rollout, ret, mask []float32, clip float64) (float64, error) {
+func (f *fakeNets) UpdateCritic(cost bool, lr float64, r *Rollout, ret, mask []float32) (float64, error) {
 	k := 1
 	if cost {
 		k = 2
@@ -227,8 +231,8 @@ type nanNets struct {
 	after, n int
 }
 
-func (f *nanNets) UpdateActor(lr float64, r *Rollout, adv, mask []float32, clip float64, ptx *PTXBatch, c float64) (ActorStats, error) {
-	s, err := f.fakeNets.UpdateActor(lr, r, adv, mask, clip, ptx, c)
+func (f *nanNets) UpdateActor(lr float64, r *Rollout, rAdv, cAdv []float32, lam float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
+	s, err := f.fakeNets.UpdateActor(lr, r, rAdv, cAdv, lam, mask, ptx, c)
 	f.n++
 	if f.n > f.after {
 		s.Loss = math.NaN()
