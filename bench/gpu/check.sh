@@ -64,6 +64,7 @@ export SAFERLHF_REQUIRE_GPU=1 # GPU tests fail instead of skipping
 echo "SAFERLHF_PJRT_CUDA=${SAFERLHF_PJRT_CUDA:-}"
 echo "XLA_FLAGS=$XLA_FLAGS"
 echo "SAFERLHF_NVRTC=${SAFERLHF_NVRTC:-}"
+[ -n "${SAFERLHF_NVRTC:-}" ] && ls "$(dirname "$SAFERLHF_NVRTC")" | head -20
 
 section "binaries"
 BIN=/tmp/saferlhf-bin

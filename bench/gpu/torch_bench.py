@@ -123,7 +123,7 @@ def main():
             logp.grad = None
             loss, cf, kl = actor_loss(logp, old, ar, ac, m2)
             loss.backward()
-            return float(loss), float(cf), float(kl)
+            return loss.item(), cf.item(), kl.item()
 
         timeit(f"BenchmarkActorLoss/{shape}", actor)
         v = torch.rand(B, N, device=dev).requires_grad_()
@@ -133,7 +133,7 @@ def main():
             v.grad = None
             loss = critic_loss(v, vo, ret, m2)
             loss.backward()
-            return float(loss)
+            return loss.item()
 
         timeit(f"BenchmarkCriticLoss/{shape}", critic)
         mT = bench_mask(B, T)
