@@ -17,12 +17,12 @@
 //
 // # API
 //
-//	ws := kernels.NewWorkspace(0) // runtime.NumCPU() workers; ws.Close() when done
+//	ws := kernels.NewWorkspace(0) // GOMAXPROCS workers; defer ws.Close()
 //	MaskedMean(ws, x, mask, B, N) (float64, error)                                  spec §1.5
 //	Whiten(ws, x, mask, B, N, shiftMean, out) error
 //	KLShapedRewardsCosts(ws, KLArgs, rewards, costs) (KLStats, error)              spec §1.3 (PPO-Lag)
 //	KLShapedRewards(ws, KLArgs, rewards) (KLStats, error)                          spec §2 (PPO)
-//	GAE(ws, GAEArgs, GAEOut) error   fused reward+cost backward sweep            spec §1.4
+//	GAE(ws, GAEArgs, GAEOut) error   fused reward+cost backward sweep; NewGAEOut(B, N, cost)   spec §1.4
 //	GAE1(ws, B, L, start, gamma, lambda, values, rewards, mask, adv, ret) error
 //	ActorLossPPOLag(ws, ActorArgs, grad) (ActorResult, error)  loss, dL/dlogπ, clipfrac, approx KL  spec §1.5
 //	ActorLossPPO(ws, ActorArgs, grad) (ActorResult, error)                         spec §2
@@ -30,8 +30,22 @@
 //	EndScores(B, T, mask, rewardScores, costScores, endReward, endCost, endIndex) error   spec §3
 //	RewardLoss(ws, PreferenceArgs, betterEnd, worseEnd) (RewardLossResult, error)     spec §4
 //	CostLoss(ws, SafetyPreferenceArgs, saferEnd, unsaferEnd) (CostLossResult, error)  spec §5
-//	NewLagrange(LagrangeConfig) (*Lagrange, error); AddEpisodeCosts; Update(globalStep); Lambda; State/SetState   spec §1.7
-//	NewNormalizer(type, function, momentum) (*Normalizer, error); UpdateNormalizer; NormalizeInto   spec §3
+//	NewLagrange(LagrangeConfig) (*Lagrange, error)                                 spec §1.7
+//	  (*Lagrange).AddEpisodeCosts(costs) error; Update(globalStep) LagrangeStep;
+//	  Lambda(); LogLambda(); EpisodeCost(); State() LagrangeState; SetState(LagrangeState) error
+//	NewNormalizer(type, function, momentum) (*Normalizer, error)                   spec §3
+//	  UpdateNormalizer(n, batch) error; NormalizeInto(n, x, out) error; (*Normalizer).Update/Normalize
+//
+// grad and the end-score outputs may be nil when not wanted. Per-token inputs
+// of the actor and critic losses are the response slice [:, start:] (width N);
+// KL shaping and GAE take the full width L and the start index.
+//
+// The Lagrange multiplier follows the reference exactly with Method
+// LagrangeSGD (the default); Method LagrangePID is the PID Lagrangian of
+// Stooke, Achiam & Abbeel (ICML 2020): e = J_c − d, I ← clip(I + e, 0, λ_max/K_I)
+// (anti-windup), D = max(0, Δ EMA of J_c), λ = clip(K_P·e + K_I·I + K_D·D, 0, λ_max).
+// Both honour DelaySteps and the cost window; State/SetState round-trip
+// through JSON for exact checkpoint resume.
 //
 // # Where this package deliberately differs from the reference
 //

@@ -11,6 +11,20 @@
 // already sliced to [:, start:] or full-width [B,L] tensors with a mask that is
 // zero before start (ResponseMask) — the masked means are the same.
 //
+// Functions (x of shape [B,N] or [B,L], scalars as *Node where they vary per step):
+//
+//	MaskedMean(x, mask); ResponseMask(seqMask, start); EndOneHot(mask); EndIndex(mask); EndScores(mask, scores)
+//	KLShaped(logProbs, refLogProbs, seqMask, reward, cost, klCoeff, clipRangeScore, start) KLOut
+//	GAE(rewardValues, rewards, costValues, costs, seqMask, start, gamma, lambda) GAEOut   ([B, L−start])
+//	GAEFullWidth(...) GAEOut                                                          ([B, L], zero before start)
+//	ActorLossPPOLag(logProbs, oldLogProbs, rewardAdv, costAdv, mask, lambda, clipRatio) ActorOut
+//	ActorLossPPO(logProbs, oldLogProbs, adv, mask, clipRatio) ActorOut
+//	CriticLoss(values, oldValues, returns, mask, clipValue)
+//	PPOLagStep(RLStepInputs, RLStepConfig) RLStepOut      one whole rl_step without the networks
+//	RewardLoss(PairInputs, tokenWise, reg) PairOut; CostLoss(PairInputs, hiSign, loSign, tokenWise, reg) PairOut
+//	NegLogSigmoid(x); LagrangeSGDStep(logLambda, window, lr, threshold, lambdaMax, maxLogLambda)
+//	NormalizerUpdate(NormalizerState, batch, typ, momentum); Normalize(x, NormalizerState, function, eps)
+//
 // Like package kernels, masked means skip rows whose mask is all zero, and a
 // row without any non-zero mask entry has no end position (end score 0).
 // Graph functions cannot return errors: non-finite inputs propagate NaN.
