@@ -358,3 +358,15 @@ func TestTokenLogProbs(t *testing.T) {
 		})
 	}
 }
+
+func TestPJRTStubWithoutXLA(t *testing.T) {
+	if native.Compiled && xlaBuild {
+		t.Skip("XLA build: covered by TestPJRTInterop")
+	}
+	if _, err := DevicePointer(nil, nil); !errors.Is(err, native.ErrNoCUDA) {
+		t.Errorf("DevicePointer error = %v, want ErrNoCUDA", err)
+	}
+	if _, err := ViewTensor(nil, 1, 0, 1); !errors.Is(err, native.ErrNoCUDA) {
+		t.Errorf("ViewTensor error = %v, want ErrNoCUDA", err)
+	}
+}

@@ -1,0 +1,5 @@
+//go:build !(cgo && linux && !noxla)
+
+package cuda
+
+const xlaBuild = false
