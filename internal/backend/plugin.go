@@ -17,6 +17,7 @@ const PluginEnvVar = "SAFERLHF_PJRT_CUDA"
 // toolkit next to the plugin when the user has not set it.
 func FindCUDAPlugin() (string, error) {
 	if p := os.Getenv(PluginEnvVar); p != "" {
+		setCUDADataDir(filepath.Dir(filepath.Dir(filepath.Dir(p))))
 		return p, nil
 	}
 	var found []string
@@ -61,7 +62,11 @@ func setCUDADataDir(sitePkgs string) {
 	}
 	for _, d := range []string{filepath.Join(sitePkgs, "nvidia", "cu13"), filepath.Join(sitePkgs, "nvidia", "cuda_nvcc"), "/usr/local/cuda"} {
 		if _, err := os.Stat(d); err == nil {
-			os.Setenv("XLA_FLAGS", (flags + " --xla_gpu_cuda_data_dir=" + d))
+			os.Setenv("XLA_FLAGS", strings.TrimSpace(flags+" --xla_gpu_cuda_data_dir="+d))
+			// go-xla v0.1.4 otherwise overrides the data dir with a path of its author's machine.
+			if os.Getenv("GOPJRT_CUDA_CHECKS") == "" {
+				os.Setenv("GOPJRT_CUDA_CHECKS", "0")
+			}
 			return
 		}
 	}
