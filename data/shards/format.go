@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"unsafe"
 
 	"github.com/saferlhf/saferlhf/data/datasets"
 )
@@ -163,7 +164,10 @@ func decodeRecords(raw []byte, n int, kind datasets.Kind, width int, dst []datas
 	if off != len(raw) {
 		return dst, fmt.Errorf("%w: %d trailing bytes after %d records", ErrCorrupt, len(raw)-off, n)
 	}
-	arena := make([]int32, total)
+	var arena []int32
+	if width != 4 || !zeroCopy {
+		arena = make([]int32, total)
+	}
 	off = 0
 	for r := 0; r < n; r++ {
 		nseq, nspan := int(raw[off]), int(raw[off+3])
@@ -179,15 +183,27 @@ func decodeRecords(raw []byte, n int, kind datasets.Kind, width int, dst []datas
 		off += 8 * nspan
 		var seqs [2][]int32
 		for s := 0; s < nseq; s++ {
+			if width == 4 && zeroCopy && lens[s] > 0 && uintptr(unsafe.Pointer(&raw[off]))%4 == 0 {
+				// Little-endian int32 tokens, 4-byte aligned: alias the decompressed
+				// block (the caller hands it over) instead of copying.
+				seqs[s] = unsafe.Slice((*int32)(unsafe.Pointer(&raw[off])), lens[s])
+				off += 4 * lens[s]
+				continue
+			}
+			if len(arena) < lens[s] {
+				arena = make([]int32, total) // misaligned block: copy after all
+			}
 			seq := arena[:lens[s]:lens[s]]
 			arena = arena[lens[s]:]
 			if width == 2 {
+				src := raw[off : off+2*len(seq)]
 				for i := range seq {
-					seq[i] = int32(binary.LittleEndian.Uint16(raw[off+2*i:]))
+					seq[i] = int32(uint16(src[2*i]) | uint16(src[2*i+1])<<8)
 				}
 			} else {
+				src := raw[off : off+4*len(seq)]
 				for i := range seq {
-					seq[i] = int32(binary.LittleEndian.Uint32(raw[off+4*i:]))
+					seq[i] = int32(binary.LittleEndian.Uint32(src[4*i:]))
 				}
 			}
 			off += width * lens[s]
@@ -229,3 +245,6 @@ func decodeRecords(raw []byte, n int, kind datasets.Kind, width int, dst []datas
 }
 
 func crc32Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// zeroCopy: int32 tokens can alias decompressed bytes on little-endian machines.
+var zeroCopy = binary.NativeEndian.Uint16([]byte{1, 0}) == 1

@@ -59,6 +59,10 @@ type WriteOptions struct {
 	Level zstd.EncoderLevel
 	// Workers compress blocks in parallel (0: GOMAXPROCS).
 	Workers int
+	// TokenBytes is the stored token width: 4 (default: readers alias the
+	// decompressed bytes, no conversion) or 2 (vocabularies up to 65536; smaller
+	// raw blocks, one conversion pass on read).
+	TokenBytes int
 }
 
 // Pack reads the inputs, tokenizes them in parallel into examples of opts.Kind and
@@ -201,7 +205,7 @@ func Write(ctx context.Context, dir string, m *Manifest, exs []datasets.Example,
 	}
 	m.Format = FormatVersion
 	m.TokenBytes = 4
-	if m.Tokenizer.VocabSize > 0 && m.Tokenizer.VocabSize <= 1<<16 {
+	if wo.TokenBytes == 2 && m.Tokenizer.VocabSize > 0 && m.Tokenizer.VocabSize <= 1<<16 {
 		m.TokenBytes = 2
 	}
 	for i := range exs {

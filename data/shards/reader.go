@@ -86,6 +86,10 @@ func (d *Dataset) Len() int { return d.Manifest.Examples }
 // NumBlocks is the number of compressed blocks (the unit of read-ahead and shuffling).
 func (d *Dataset) NumBlocks() int { return len(d.blocks) }
 
+// bufPool recycles compressed and decompressed block buffers (decoded examples
+// never alias them).
+var bufPool = sync.Pool{New: func() any { return new([]byte) }}
+
 // readRaw reads and checks block i, returning its decompressed payload.
 func (d *Dataset) readRaw(i int, dst []byte) ([]byte, error) {
 	b := &d.blocks[i]
@@ -93,7 +97,12 @@ func (d *Dataset) readRaw(i int, dst []byte) ([]byte, error) {
 	where := func(off int64, err error) error {
 		return fmt.Errorf("%s: offset %d: block %d: %w", filepath.Join(d.Dir, sh.File), off, i, err)
 	}
-	buf := make([]byte, blockHeaderSize+int(b.Compressed))
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	if cap(*bp) < blockHeaderSize+int(b.Compressed) {
+		*bp = make([]byte, blockHeaderSize+int(b.Compressed))
+	}
+	buf := (*bp)[:blockHeaderSize+int(b.Compressed)]
 	if _, err := d.files[b.shard].ReadAt(buf, b.Offset); err != nil {
 		return nil, where(b.Offset, fmt.Errorf("%w: %v", ErrCorrupt, err))
 	}
@@ -120,10 +129,19 @@ func (d *Dataset) readRaw(i int, dst []byte) ([]byte, error) {
 
 // readBlock reads, checks and decodes block i.
 func (d *Dataset) readBlock(i int) ([]datasets.Example, error) {
-	raw, err := d.readRaw(i, nil)
+	var dst []byte
+	pooled := d.Manifest.TokenBytes != 4 || !zeroCopy // 4-byte tokens alias the raw block
+	if pooled {
+		rp := bufPool.Get().(*[]byte)
+		defer func() { bufPool.Put(rp) }()
+		dst = *rp
+		defer func() { *rp = dst }()
+	}
+	raw, err := d.readRaw(i, dst)
 	if err != nil {
 		return nil, err
 	}
+	dst = raw
 	b := &d.blocks[i]
 	exs, err := decodeRecords(raw, int(b.Examples), d.Manifest.Kind, d.Manifest.TokenBytes, make([]datasets.Example, 0, b.Examples))
 	if err != nil {

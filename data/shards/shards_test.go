@@ -41,7 +41,7 @@ func packSmall(t testing.TB, dir string) *Manifest {
 func TestPackReadBack(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "safety")
 	m := packSmall(t, dir)
-	if len(m.Shards) < 2 || m.Examples < 120 || m.TokenBytes != 2 || len(m.Sources) != 2 || m.Sources[0].SHA256 == "" {
+	if len(m.Shards) < 2 || m.Examples < 120 || m.TokenBytes != 4 || len(m.Sources) != 2 || m.Sources[0].SHA256 == "" {
 		t.Fatalf("manifest: %d shards, %d examples, width %d, sources %+v", len(m.Shards), m.Examples, m.TokenBytes, m.Sources)
 	}
 	// hh-rlhf harmless pairs carry no safety labels: signs 0. Truncation to 512

@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -173,25 +174,46 @@ const (
 	maxCacheEntries = 1 << 18 // bounded memory (a few tens of MB at most)
 )
 
-// chunkCache maps chunk text to its ids; safe for concurrent use.
+// chunkCache maps chunk text to its ids; safe for concurrent use. It is sharded
+// plain maps under read-write locks (sync.Map's interface hashing cost more than
+// the BPE it saved).
 type chunkCache struct {
-	m sync.Map
-	n atomic.Int64
+	shards [64]cacheShard
+	seed   maphash.Seed
+	once   sync.Once
+	n      atomic.Int64
+}
+
+type cacheShard struct {
+	mu sync.RWMutex
+	m  map[string][]int32
+}
+
+func (c *chunkCache) shard(s string) *cacheShard {
+	c.once.Do(func() { c.seed = maphash.MakeSeed() })
+	return &c.shards[maphash.String(c.seed, s)&63]
 }
 
 func (c *chunkCache) get(s string) ([]int32, bool) {
-	v, ok := c.m.Load(s)
-	if !ok {
-		return nil, false
-	}
-	return v.([]int32), true
+	sh := c.shard(s)
+	sh.mu.RLock()
+	ids, ok := sh.m[s]
+	sh.mu.RUnlock()
+	return ids, ok
 }
 
 func (c *chunkCache) put(s string, ids []int32) {
 	if len(s) > maxCachedChunk || c.n.Load() >= maxCacheEntries {
 		return
 	}
-	if _, loaded := c.m.LoadOrStore(strings.Clone(s), append([]int32(nil), ids...)); !loaded {
+	sh := c.shard(s)
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = map[string][]int32{}
+	}
+	if _, ok := sh.m[s]; !ok {
+		sh.m[strings.Clone(s)] = append([]int32(nil), ids...)
 		c.n.Add(1)
 	}
+	sh.mu.Unlock()
 }
