@@ -30,8 +30,10 @@ type PairLoss struct {
 	Loss *graph.Node
 	// Accuracy is mean 1[s_hi,end > s_lo,end] (strict, spec §4/§5).
 	Accuracy *graph.Node
-	// SignAccuracy is the cost model's mean over all 2B end costs of 1[cost_sign·c > 0] (nil without signs).
-	SignAccuracy *graph.Node
+	// SignAccuracy is the cost model's mean over all 2B end costs of 1[cost_sign·c > 0] (nil without signs),
+	// over the labelled responses only: SignCorrect / max(SignLabelled, 1).
+	SignAccuracy              *graph.Node
+	SignCorrect, SignLabelled *graph.Node
 	// Hi and Lo are the end scores [B] of the rows that should score higher and lower.
 	Hi, Lo *graph.Node
 }
@@ -83,6 +85,7 @@ func PairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg float
 		correct := graph.ReduceAllSum(graph.ConvertDType(graph.GreaterThan(signed, graph.ZerosLike(signed)), dt))
 		labelled := graph.ReduceAllSum(graph.Abs(costSigns))
 		out.SignAccuracy = graph.Div(correct, graph.Max(labelled, graph.OnesLike(labelled)))
+		out.SignCorrect, out.SignLabelled = correct, labelled
 	}
 	if span == nil {
 		l := negLogSigmoid(graph.Sub(hi, lo))

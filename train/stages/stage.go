@@ -271,7 +271,8 @@ func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
 			"lo_mean":    graph.ReduceAllMean(out.Lo),
 		}
 		if out.SignAccuracy != nil {
-			m["sign_accuracy"] = out.SignAccuracy
+			// Combined over batches as sum(correct)/sum(labelled) (trainer.CombineRatios).
+			m["sign_accuracy_num"], m["sign_accuracy_den"] = out.SignCorrect, out.SignLabelled
 		}
 		return out.Loss, m
 	}

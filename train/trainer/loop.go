@@ -9,6 +9,7 @@ import (
 	"math"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
@@ -218,6 +219,7 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 		for name, v := range sumMetrics {
 			vals[name] = v / float64(k)
 		}
+		CombineRatios(vals)
 		if err := l.writeRecord(step, "train", vals); err != nil {
 			return sum, err
 		}
@@ -304,7 +306,30 @@ func Evaluate(s *Stepper, src Source) (map[string]float64, error) {
 	for name := range out {
 		out[name] /= wsum
 	}
+	CombineRatios(out)
 	return out, nil
+}
+
+// CombineRatios replaces each pair of metrics "X_num" and "X_den" (averaged over
+// batches) by X = num/den, or drops X when den is 0: a rate over a varying
+// number of items per batch (e.g. the cost model's sign accuracy over the labelled
+// responses only) is then exact over the whole held-out set.
+func CombineRatios(m map[string]float64) {
+	for k, num := range m {
+		base, ok := strings.CutSuffix(k, "_num")
+		if !ok {
+			continue
+		}
+		den, ok := m[base+"_den"]
+		if !ok {
+			continue
+		}
+		delete(m, k)
+		delete(m, base+"_den")
+		if den > 0 {
+			m[base] = num / den
+		}
+	}
 }
 
 func (l *Loop) evaluate(step int) error {

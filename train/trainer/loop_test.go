@@ -147,3 +147,14 @@ func TestLoopConfigErrors(t *testing.T) {
 		t.Error("empty LoopConfig accepted")
 	}
 }
+
+func TestCombineRatios(t *testing.T) {
+	m := map[string]float64{"acc_num": 3, "acc_den": 4, "none_num": 0, "none_den": 0, "loss": 1, "lonely_num": 2}
+	CombineRatios(m)
+	if m["acc"] != 0.75 || len(m) != 3 || m["lonely_num"] != 2 {
+		t.Fatalf("CombineRatios gave %v", m)
+	}
+	if _, ok := m["none"]; ok {
+		t.Fatal("a ratio with no denominator must be dropped")
+	}
+}
