@@ -117,10 +117,7 @@ func (t *actorTask[F]) rows(lo, hi int) {
 		if t.grad != nil {
 			g = t.grad[i*N : (i+1)*N]
 		}
-		n := 0.0
-		for _, v := range m {
-			n += float64(v)
-		}
+		n := sum(m)
 		var w float64
 		if n != 0 {
 			w = -t.scale / n

@@ -76,7 +76,7 @@ func badSize(kernel string, format string, args ...any) error {
 // logSigmoidNeg returns −log σ(x) computed as PyTorch's log_sigmoid does
 // (−min(x,0) + log1p(exp(−|x|))), stable for large |x|.
 func logSigmoidNeg(x float64) float64 {
-	return -math.Min(x, 0) + math.Log1p(math.Exp(-math.Abs(x)))
+	return -min(x, 0) + math.Log1p(exp(-math.Abs(x)))
 }
 
 // lastNonZero returns the last index of m holding a non-zero value, or -1.
@@ -103,4 +103,45 @@ func rowsAverage(vals []float64, nonEmpty []bool) float64 {
 		return 0
 	}
 	return s / float64(n)
+}
+
+// dotSum returns Σ x·m and Σ m in float64 with four independent accumulators
+// each (a single chain of dependent additions runs at one element per add
+// latency; four keep the adder pipeline full).
+func dotSum[F Float](x, m []F) (s, n float64) {
+	m = m[:len(x)]
+	var s0, s1, s2, s3, n0, n1, n2, n3 float64
+	j := 0
+	for ; j+4 <= len(x); j += 4 {
+		m0, m1, m2, m3 := float64(m[j]), float64(m[j+1]), float64(m[j+2]), float64(m[j+3])
+		s0 += float64(x[j]) * m0
+		s1 += float64(x[j+1]) * m1
+		s2 += float64(x[j+2]) * m2
+		s3 += float64(x[j+3]) * m3
+		n0 += m0
+		n1 += m1
+		n2 += m2
+		n3 += m3
+	}
+	for ; j < len(x); j++ {
+		s0 += float64(x[j]) * float64(m[j])
+		n0 += float64(m[j])
+	}
+	return (s0 + s1) + (s2 + s3), (n0 + n1) + (n2 + n3)
+}
+
+// sum returns Σ x in float64 with four accumulators.
+func sum[F Float](x []F) float64 {
+	var s0, s1, s2, s3 float64
+	j := 0
+	for ; j+4 <= len(x); j += 4 {
+		s0 += float64(x[j])
+		s1 += float64(x[j+1])
+		s2 += float64(x[j+2])
+		s3 += float64(x[j+3])
+	}
+	for ; j < len(x); j++ {
+		s0 += float64(x[j])
+	}
+	return (s0 + s1) + (s2 + s3)
 }

@@ -63,10 +63,7 @@ func (t *criticTask[F]) rows(lo, hi int) {
 		if t.grad != nil {
 			g = t.grad[i*N : (i+1)*N]
 		}
-		n := 0.0
-		for _, x := range m {
-			n += float64(x)
-		}
+		n := sum(m)
 		var w float64
 		if n != 0 {
 			w = t.scale / n

@@ -16,10 +16,7 @@ func MaskedMean[F Float](ws *Workspace, x, mask []F, B, N int) (float64, error) 
 		return 0, err
 	}
 	if mask == nil {
-		s := 0.0
-		for _, v := range x {
-			s += float64(v)
-		}
+		s := sum(x)
 		if !finite(s) {
 			return 0, nonFiniteError(k, ts...)
 		}
@@ -48,13 +45,7 @@ type maskedMeanTask[F Float] struct {
 
 func (t *maskedMeanTask[F]) rows(lo, hi int) {
 	for i := lo; i < hi; i++ {
-		x, m := t.x[i*t.N:(i+1)*t.N], t.m[i*t.N:(i+1)*t.N]
-		s, n := 0.0, 0.0
-		for j, v := range x {
-			mv := float64(m[j])
-			s += float64(v) * mv
-			n += mv
-		}
+		s, n := dotSum(t.x[i*t.N:(i+1)*t.N], t.m[i*t.N:(i+1)*t.N])
 		if n != 0 {
 			t.out[i], t.ok[i] = s/n, true
 		}
@@ -75,12 +66,7 @@ func Whiten[F Float](ws *Workspace, x, mask []F, B, N int, shiftMean bool, out [
 	if err := checkShapes(k, ts...); err != nil {
 		return err
 	}
-	s, n := 0.0, 0.0
-	for i, v := range x {
-		mv := float64(mask[i])
-		s += float64(v) * mv
-		n += mv
-	}
+	s, n := dotSum(x, mask)
 	if n == 0 {
 		copy(out, x)
 		return nil

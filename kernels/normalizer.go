@@ -71,11 +71,7 @@ func UpdateNormalizer[F Float](n *Normalizer, batch []F) error {
 	if m == 0 {
 		return nil
 	}
-	s := 0.0
-	for _, v := range batch {
-		s += float64(v)
-	}
-	bm := s / float64(m)
+	bm := sum(batch) / float64(m)
 	bv := 0.0
 	if m > 1 {
 		for _, v := range batch {
