@@ -2,16 +2,17 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 
+	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/stages"
 )
 
@@ -21,23 +22,27 @@ func runSFT(args []string) error { return runStage(stages.SFT, args) }
 func runStage(stage stages.Stage, args []string) error {
 	cfg := stages.Defaults(stage)
 	fs := newFlagSet(string(stage), "")
-	configPath := fs.String("config", "", "JSON config file whose keys are these flag names (flags given on the command line win)")
 	cfg.RegisterFlags(fs, stage)
-	if err := fs.Parse(args); err != nil {
-		return err
+	if err := config.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usagef("%v", err)
 	}
 	if fs.NArg() > 0 {
 		return usagef("unexpected arguments %q", fs.Args())
-	}
-	if *configPath != "" {
-		if err := applyConfigFile(fs, *configPath); err != nil {
-			return usagef("%v", err)
-		}
 	}
 	if err := cfg.Validate(stage); err != nil {
 		return usagef("%v", err)
 	}
 	cfg.Progress = os.Stderr
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return err
+	}
+	// The effective settings, reusable as --config for a rerun.
+	if err := config.WriteEffective(fs, filepath.Join(cfg.Out, "config.yaml")); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := stages.Run(ctx, stage, cfg)
@@ -45,55 +50,6 @@ func runStage(stage stages.Stage, args []string) error {
 		printStageResult(res)
 	}
 	return err
-}
-
-// applyConfigFile sets, from a JSON object whose keys are flag names, every flag not
-// given on the command line.
-func applyConfigFile(fs *flag.FlagSet, path string) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if k == "config" || fs.Lookup(k) == nil {
-			return fmt.Errorf("config %s: unknown key %q (keys are the flag names)", path, k)
-		}
-		if given[k] {
-			continue
-		}
-		var s string
-		switch v := m[k].(type) {
-		case string:
-			s = v
-		case bool:
-			s = strconv.FormatBool(v)
-		case float64:
-			s = strconv.FormatFloat(v, 'g', -1, 64)
-		case []any:
-			parts := make([]string, len(v))
-			for i, x := range v {
-				parts[i] = fmt.Sprint(x)
-			}
-			s = strings.Join(parts, ",")
-		default:
-			return fmt.Errorf("config %s: key %q: unsupported value %v", path, k, v)
-		}
-		if err := fs.Set(k, s); err != nil {
-			return fmt.Errorf("config %s: key %q: %w", path, k, err)
-		}
-	}
-	return nil
 }
 
 func printStageResult(r *stages.Result) {

@@ -124,7 +124,7 @@ func TestStageFlagErrors(t *testing.T) {
 func TestConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "rm.json")
-	os.WriteFile(cfg, []byte(`{"model": "x.bin", "data": ["a.json", "b.json"], "out": "o", "lr": 2, "batch-size": 4}`), 0o644)
+	os.WriteFile(cfg, []byte(`{"model": "x.bin", "data": ["a.json", "b.json"], "out": "`+filepath.Join(dir, "o")+`", "lr": 2, "batch-size": 4}`), 0o644)
 	err := runTrainRM([]string{"--config", cfg})
 	if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), "--lr 2") {
 		t.Fatalf("want a usage error naming --lr 2 from the config file, got %v", err)
@@ -134,7 +134,7 @@ func TestConfigFile(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "--lr") || !strings.Contains(err.Error(), "x.bin") {
 		t.Fatalf("want an error about the missing model x.bin, got %v", err)
 	}
-	os.WriteFile(cfg, []byte(`{"learning-rate": 1}`), 0o644)
+	os.WriteFile(cfg, []byte("learning-rate: 1\n"), 0o644)
 	if err := runTrainRM([]string{"--config", cfg}); err == nil || !strings.Contains(err.Error(), "unknown key") {
 		t.Fatalf("want an unknown-key error, got %v", err)
 	}
