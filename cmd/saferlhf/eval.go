@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/eval"
 )
 
@@ -29,7 +30,7 @@ func parseScoreEval(name string, args []string) (eval.Options, string, error) {
 	var be string
 	fs := newFlagSet(name, "")
 	data := scoreEvalFlags(fs, &o, &be)
-	if err := fs.Parse(args); err != nil {
+	if err := config.Parse(fs, args); err != nil {
 		return o, "", err
 	}
 	o.Data = splitList(*data)
@@ -101,7 +102,7 @@ func runEvalArena(args []string) error {
 	fs.IntVar(&o.Bootstrap, "bootstrap", 1000, "bootstrap resamples for the Elo intervals")
 	fs.StringVar(&o.Out, "out", "", "directory for arena.json")
 	spec := fs.String("backend", "", "GoMLX backend")
-	if err := fs.Parse(args); err != nil {
+	if err := config.Parse(fs, args); err != nil {
 		return err
 	}
 	o.Prompts = splitList(*prompts)
