@@ -453,7 +453,7 @@ func checkLambda(c fields, r Runner, rec func(string, []float64, []float64)) err
 		return fmt.Errorf("field \"rounds\": want an array of objects: %v", err)
 	}
 	var rs []LambdaRound
-	var wantLog, wantLam []float64
+	var wantLog, wantLam, wantJc []float64
 	for k, rd := range rounds {
 		var lr LambdaRound
 		costsRaw, err := rd.raw("rollout_costs")
@@ -476,19 +476,20 @@ func checkLambda(c fields, r Runner, rec func(string, []float64, []float64)) err
 			if err != nil {
 				return fmt.Errorf("round %d step %d: %w", k, j, err)
 			}
-			v, err := floats(st, "log_lambda_after", "lambda_after")
+			v, err := floats(st, "log_lambda_after", "lambda_after", "episode_cost")
 			if err != nil {
 				return fmt.Errorf("round %d step %d: %w", k, j, err)
 			}
 			lr.Steps = append(lr.Steps, gs)
-			wantLog, wantLam = append(wantLog, v[0]), append(wantLam, v[1])
+			wantLog, wantLam, wantJc = append(wantLog, v[0]), append(wantLam, v[1]), append(wantJc, v[2])
 		}
 		rs = append(rs, lr)
 	}
-	got, err := r.Lagrange(cfg, init, rs)
+	got, jc, err := r.Lagrange(cfg, init, rs)
 	if err != nil {
 		return err
 	}
+	rec("episode_cost", jc, wantJc)
 	if len(got) != len(wantLog) {
 		return fmt.Errorf("runner returned %d steps, want %d", len(got), len(wantLog))
 	}

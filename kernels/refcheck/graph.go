@@ -238,14 +238,14 @@ func (r *graphRunner) CostLoss(a kernels.SafetyPreferenceArgs[float64]) (kernels
 
 // Lagrange keeps the window on the host (it is bookkeeping, not math) and runs
 // each applied update as a graph.
-func (r *graphRunner) Lagrange(cfg kernels.LagrangeConfig, initLogLambda float64, rounds []LambdaRound) ([]float64, error) {
+func (r *graphRunner) Lagrange(cfg kernels.LagrangeConfig, initLogLambda float64, rounds []LambdaRound) ([]float64, []float64, error) {
 	W := cfg.WindowSize
 	if W == 0 {
 		W = kernels.DefaultCostWindow
 	}
 	var window []float64
 	ll := initLogLambda
-	var out []float64
+	var out, jc []float64
 	for _, rd := range rounds {
 		for _, c := range rd.Costs {
 			window = append(window, c...)
@@ -254,22 +254,26 @@ func (r *graphRunner) Lagrange(cfg kernels.LagrangeConfig, initLogLambda float64
 			}
 		}
 		for _, gs := range rd.Steps {
-			if gs >= cfg.DelaySteps && len(window) > 0 {
+			mean := 0.0
+			if len(window) > 0 {
 				// log λ stays float64 (as the reference's parameter); the costs are in the runner's dtype.
 				o, err := r.exec(func(in []*graph.Node) []*graph.Node {
 					w := graph.ConvertDType(in[1], dtypes.Float64)
 					return []*graph.Node{ingraph.LagrangeSGDStep(graph.ConvertDType(in[0], dtypes.Float64), w,
-						cfg.LambdaLR, cfg.Threshold, cfg.LambdaMax, kernels.MaxLogLambda)}
+						cfg.LambdaLR, cfg.Threshold, cfg.LambdaMax, kernels.MaxLogLambda), graph.ReduceAllMean(w)}
 				}, arg{f: []float64{ll}, f64: true}, fa(window, len(window)))
 				if err != nil {
-					return nil, err
+					return nil, nil, err
 				}
-				ll = o[0][0]
+				if gs >= cfg.DelaySteps {
+					ll = o[0][0]
+				}
+				mean = o[1][0]
 			}
-			out = append(out, ll)
+			out, jc = append(out, ll), append(jc, mean)
 		}
 	}
-	return out, nil
+	return out, jc, nil
 }
 
 func (r *graphRunner) Normalizer(n *kernels.Normalizer, batch, probe []float64) ([]float64, error) {

@@ -19,8 +19,9 @@ type Runner interface {
 	RewardLoss(a kernels.PreferenceArgs[float64]) (r kernels.RewardLossResult, betterEnd, worseEnd []float64, err error)
 	CostLoss(a kernels.SafetyPreferenceArgs[float64]) (r kernels.CostLossResult, saferEnd, unsaferEnd []float64, err error)
 	// Lagrange replays a λ trajectory: per round, append the rollout costs to the
-	// window, then perform the round's rl steps; it returns log λ after every step.
-	Lagrange(cfg kernels.LagrangeConfig, initLogLambda float64, rounds []LambdaRound) ([]float64, error)
+	// window, then perform the round's rl steps; it returns log λ after every
+	// step and the episode cost (window mean) each step saw.
+	Lagrange(cfg kernels.LagrangeConfig, initLogLambda float64, rounds []LambdaRound) (logLambda, episodeCost []float64, err error)
 	// Normalizer feeds batch to n and returns the normalized probe.
 	Normalizer(n *kernels.Normalizer, batch, probe []float64) ([]float64, error)
 }
@@ -132,30 +133,30 @@ func (r cpuRunner[F]) CostLoss(a kernels.SafetyPreferenceArgs[float64]) (kernels
 	return res, conv[float64](se), conv[float64](ue), err
 }
 
-func (r cpuRunner[F]) Lagrange(cfg kernels.LagrangeConfig, initLogLambda float64, rounds []LambdaRound) ([]float64, error) {
+func (r cpuRunner[F]) Lagrange(cfg kernels.LagrangeConfig, initLogLambda float64, rounds []LambdaRound) ([]float64, []float64, error) {
 	l, err := kernels.NewLagrange(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	st := l.State()
 	st.LogLambda = initLogLambda
 	if err := l.SetState(st); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []float64
+	var out, jc []float64
 	for _, rd := range rounds {
 		for _, c := range rd.Costs {
 			// The float32 path sees the costs as float32 end scores.
 			if err := l.AddEpisodeCosts(conv[float64](conv[F](c))); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		for _, gs := range rd.Steps {
-			l.Update(gs)
-			out = append(out, l.LogLambda())
+			s := l.Update(gs)
+			out, jc = append(out, l.LogLambda()), append(jc, s.EpisodeCost)
 		}
 	}
-	return out, nil
+	return out, jc, nil
 }
 
 func (r cpuRunner[F]) Normalizer(n *kernels.Normalizer, batch, probe []float64) ([]float64, error) {
