@@ -222,6 +222,11 @@ func TestNoAllocs(t *testing.T) {
 		o := NewGAEOut[float32](B, N, true)
 		g := make([]float32, B*N)
 		ms, lps := make([]float32, B*N), make([]float32, B*N)
+		ids1, ids2 := make([]int32, B*L), make([]int32, B*L)
+		for i := range ids2 {
+			ids2[i] = int32(i % L)
+		}
+		ends1, ends2 := make([]float32, B), make([]float32, B)
 		ws := NewWorkspace(2)
 		call := func() {
 			if _, err := KLShapedRewardsCosts(ws, KLArgs[float32]{B: B, L: L, KLCoeff: 0.01, ClipRangeScore: 50, Start: S, Reward: reward, Cost: reward,
@@ -238,6 +243,10 @@ func TestNoAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 			if _, err := MaskedMean(ws, o.RewardAdv, ms, B, N); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := CostLoss(ws, SafetyPreferenceArgs[float32]{B: B, T: L, LossType: TokenWise, Regularization: 0.1, SaferIDs: ids1, UnsaferIDs: ids2,
+				SaferMask: m, UnsaferMask: m, SaferScores: lp, UnsaferScores: ref, SaferSign: reward, UnsaferSign: reward}, ends1, ends2); err != nil {
 				t.Fatal(err)
 			}
 		}
