@@ -211,6 +211,7 @@ type Reader struct {
 	start    Position
 	err      error
 	closed   bool
+	owned    bool // Close closes ds (OpenReader)
 }
 
 type window struct {
@@ -397,15 +398,60 @@ func (r *Reader) Position() Position {
 	return Position{Epoch: r.cur.epoch, Window: r.cur.idx, Offset: r.off, Consumed: r.consumed}
 }
 
-// Close stops the background decoding and waits for it.
+// Close stops the background decoding and waits for it (and closes the Dataset
+// when the reader came from OpenReader).
 func (r *Reader) Close() error {
 	if r.closed {
 		return nil
 	}
 	r.closed = true
+	r.stop()
+	if r.owned {
+		return r.ds.Close()
+	}
+	return nil
+}
+
+func (r *Reader) stop() {
 	r.cancel()
 	for fut := range r.futures {
 		<-fut.done
 	}
+}
+
+// Seek moves the reader to pos (as OpenAt): the next example is the one at pos.
+func (r *Reader) Seek(pos Position) error {
+	if r.closed {
+		return errors.New("shards: reader closed")
+	}
+	nr, err := OpenAt(r.ds, r.opts, pos)
+	if err != nil {
+		return err
+	}
+	r.stop()
+	nr.owned = r.owned
+	*r = *nr
 	return nil
 }
+
+// OpenReader opens dir and streams it from pos (nil: the start); Close closes both.
+func OpenReader(dir string, opts ReaderOptions, pos *Position) (*Reader, error) {
+	ds, err := Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	var p Position
+	if pos != nil {
+		p = *pos
+	}
+	r, err := OpenAt(ds, opts, p)
+	if err != nil {
+		ds.Close()
+		return nil, err
+	}
+	r.owned = true
+	return r, nil
+}
+
+// Dataset returns the dataset the reader streams (its Manifest has the counts).
+func (r *Reader) Dataset() *Dataset { return r.ds }

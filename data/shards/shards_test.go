@@ -169,6 +169,21 @@ func TestShuffleAndExactResume(t *testing.T) {
 			t.Errorf("cut %d: consumed %d, want %d", cut, end.Consumed, len(full))
 		}
 	}
+	// Seek and OpenReader give the same stream.
+	r, err := OpenReader(dir, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		r.Next()
+	}
+	if err := r.Seek(Position{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := r.Batch(10); !reflect.DeepEqual(b, full[:10]) {
+		t.Fatal("Seek to the start: different examples")
+	}
+	r.Close()
 	// Loop keeps going past the epochs.
 	looped, _ := readAllStream(t, d, ReaderOptions{Seed: 7, Shuffle: true, Loop: true, WindowBlocks: 3}, Position{}, 3*m.Examples+1)
 	if len(looped) != 3*m.Examples+1 {
