@@ -2,6 +2,13 @@ package kernels
 
 import "math"
 
+const (
+	expShifter = 0x1.8p52                        // adding it rounds to an integer kept in the low mantissa bits
+	expInvLn2  = 64 / math.Ln2                   // 64/ln2
+	expLn2Hi   = 6.93147180369123816490e-01 / 64 // ln2 split as in math.Exp: k·expLn2Hi is exact
+	expLn2Lo   = 1.90821492927058770002e-10 / 64
+)
+
 // expTable holds 2^(j/64), j = 0..63 (read-only after package initialisation).
 var expTable = func() (t [64]float64) {
 	for j := range t {
@@ -16,19 +23,18 @@ var expTable = func() (t [64]float64) {
 // (truncation error < 4e-17). Outside that range, and for NaN, it defers to math.Exp.
 func exp(x float64) float64 {
 	if !(x > -708 && x < 708) {
-		return math.Exp(x)
+		return expSlow(x)
 	}
-	const (
-		shifter = 0x1.8p52                        // adding it rounds to an integer kept in the low mantissa bits
-		invLn2  = 64 / math.Ln2                   // 64/ln2
-		ln2Hi   = 6.93147180369123816490e-01 / 64 // ln2 split as in math.Exp: k·ln2Hi is exact
-		ln2Lo   = 1.90821492927058770002e-10 / 64
-	)
-	t := x*invLn2 + shifter
+	t := x*expInvLn2 + expShifter
 	k := int64(math.Float64bits(t)) // low bits: round(x·64/ln2), two's complement
-	kf := t - shifter
-	r := (x - kf*ln2Hi) - kf*ln2Lo
+	kf := t - expShifter
+	r := (x - kf*expLn2Hi) - kf*expLn2Lo
 	p := 1 + r*(1+r*(0.5+r*(1.0/6+r*(1.0/24+r*(1.0/120)))))
 	scale := math.Float64frombits(uint64((k>>6)+1023) << 52)
 	return scale * expTable[k&63] * p
 }
+
+// expSlow is exp outside the normal range (kept out of line so that exp inlines).
+//
+//go:noinline
+func expSlow(x float64) float64 { return math.Exp(x) }
