@@ -82,7 +82,7 @@ func newRLFlags(name string, alg ppo.Algorithm) (*flag.FlagSet, *rlFlags) {
 	fs.IntVar(&c.TrainBatchSize, "train-batch-size", c.TrainBatchSize, "prompts per rollout/update micro-batch")
 	fs.IntVar(&c.NumReturnSeqs, "num-return-sequences", c.NumReturnSeqs, "samples per prompt")
 	fs.IntVar(&c.MaxNewTokens, "max-new-tokens", 48, "generated tokens per response")
-	fs.IntVar(&c.MaxPromptTokens, "max-prompt-tokens", c.MaxPromptTokens, "longer prompts are skipped")
+	fs.IntVar(&c.MaxPromptTokens, "max-prompt-tokens", c.MaxPromptTokens, "longer prompts keep BOS and their last tokens")
 	fs.Float64Var(&c.Temperature, "temperature", c.Temperature, "sampling temperature")
 	fs.Float64Var(&c.TopP, "top-p", c.TopP, "nucleus sampling mass")
 	fs.Float64Var(&c.RepetitionPenalty, "repetition-penalty", c.RepetitionPenalty, "HF repetition penalty")
@@ -156,15 +156,15 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 	if err != nil {
 		return err
 	}
-	train, held, skipped, err := loadPrompts(tok, f.trainData, f.evalData, f.evalSplit, cfg.MaxPromptTokens)
+	train, held, truncated, err := loadPrompts(tok, f.trainData, f.evalData, f.evalSplit, cfg.MaxPromptTokens)
 	if err != nil {
 		return err
 	}
 	if len(held) > f.evalSize {
 		held = held[:f.evalSize]
 	}
-	fmt.Fprintf(os.Stderr, "%s: %d training prompts, %d held-out prompts (%d longer than %d tokens skipped)\n",
-		name, len(train), len(held), skipped, cfg.MaxPromptTokens)
+	fmt.Fprintf(os.Stderr, "%s: %d training prompts, %d held-out prompts (%d cut to their last %d tokens)\n",
+		name, len(train), len(held), truncated, cfg.MaxPromptTokens)
 	prompts, err := ppo.NewPromptSet(train, cfg.Seed)
 	if err != nil {
 		return err
@@ -344,10 +344,10 @@ func writeSamples(path string, tok tokenizer.Tokenizer, rs []*ppo.Rollout) error
 }
 
 // loadPrompts reads prompt datasets (path[:format], comma-separated), formats them with the
-// reference template, tokenizes them (BOS first), drops duplicates and prompts longer than
-// maxTokens, and splits them into training and held-out prompts: evalData if given, else a stable
+// reference template, tokenizes them (BOS first), drops duplicates, cuts prompts longer than
+// maxTokens to BOS + their last maxTokens−1 tokens, and splits them into training and held-out prompts: evalData if given, else a stable
 // hash split of the training prompts (so held-out prompts are never trained on).
-func loadPrompts(tok tokenizer.Tokenizer, trainData, evalData string, split float64, maxTokens int) (train, held [][]int32, skipped int, err error) {
+func loadPrompts(tok tokenizer.Tokenizer, trainData, evalData string, split float64, maxTokens int) (train, held [][]int32, truncated int, err error) {
 	read := func(spec string) ([]string, error) {
 		var texts []string
 		for _, item := range strings.Split(spec, ",") {
@@ -383,8 +383,9 @@ func loadPrompts(tok tokenizer.Tokenizer, trainData, evalData string, split floa
 			seen[t] = true
 			ids := tok.Encode(t, true)
 			if len(ids) > maxTokens {
-				skipped++
-				continue
+				// Keep BOS and the end of the prompt (the question and the "ASSISTANT:" cue).
+				ids = append(ids[:1:1], ids[len(ids)-(maxTokens-1):]...)
+				truncated++
 			}
 			*dst = append(*dst, ids)
 		}
@@ -411,9 +412,9 @@ func loadPrompts(tok tokenizer.Tokenizer, trainData, evalData string, split floa
 		encode(tr, all, &train)
 	}
 	if len(train) == 0 {
-		return nil, nil, skipped, fmt.Errorf("no training prompts of at most %d tokens in %s", maxTokens, trainData)
+		return nil, nil, truncated, fmt.Errorf("no training prompts in %s", trainData)
 	}
-	return train, held, skipped, nil
+	return train, held, truncated, nil
 }
 
 // loadPTX reads supervised data for PTX mixing: prompt (labels −100) + answer + EOS.
