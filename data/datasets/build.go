@@ -184,7 +184,16 @@ func build(tok tokenizer.Tokenizer, kind Kind, s *RawSample, opts *BuildOptions)
 		return out
 	}
 	if kind == KindSFT && len(s.Dialogue) >= 2 {
-		return buildDialogue(tok, s, opts)
+		return buildDialogue(tok, s.Dialogue, opts)
+	}
+	if kind == KindSFT && len(s.Input) > 1 && len(s.Input)%2 == 1 {
+		// A multi-turn prompt with its answer is a dialogue: every assistant turn is
+		// trained, as the reference's hh-rlhf-*-dialogue datasets.
+		answer := s.Answer
+		if s.HasOther && !s.Better {
+			answer = s.OtherAnswer
+		}
+		return buildDialogue(tok, append(append([]string(nil), s.Input...), answer), opts)
 	}
 	psegs, err := promptSegments(s.Input)
 	if err != nil || len(s.Input) == 0 {
@@ -250,12 +259,12 @@ func build(tok tokenizer.Tokenizer, kind Kind, s *RawSample, opts *BuildOptions)
 // buildDialogue is SupervisedDataset.preprocess for dialogues: the growing text is
 // re-tokenized after each turn; user turns (and the assistant tag) are masked,
 // assistant turns and their EOS are trained.
-func buildDialogue(tok tokenizer.Tokenizer, s *RawSample, opts *BuildOptions) (Example, outcome, error) {
+func buildDialogue(tok tokenizer.Tokenizer, dialogue []string, opts *BuildOptions) (Example, outcome, error) {
 	ex := Example{Kind: KindSFT}
 	segs := []string{PromptBegin}
 	offsets := []int{0}
 	var ids []int32
-	for i, line := range s.Dialogue {
+	for i, line := range dialogue {
 		if i%2 == 0 {
 			segs[len(segs)-1] += "USER: " + line + " " + PromptAssistant
 		} else {

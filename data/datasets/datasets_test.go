@@ -305,6 +305,12 @@ func TestDialogueSFT(t *testing.T) {
 	if !strings.Contains(text, "USER: Tell a story ASSISTANT:") || strings.Contains(text, "Hello") {
 		t.Errorf("masked text %q", text)
 	}
+	// A multi-turn prompt with an answer trains the same way.
+	pair := RawSample{Input: s.Dialogue[:3], Answer: "Bad", OtherAnswer: s.Dialogue[3], HasOther: true, Better: false}
+	ex2, _ := Build(tok, KindSFT, &pair, BuildOptions{})
+	if !slices.Equal(ex2.InputIDs, ex.InputIDs) || !slices.Equal(ex2.Labels, ex.Labels) {
+		t.Errorf("multi-turn input SFT differs from the dialogue")
+	}
 }
 
 func keep(ids, labels []int32, trained bool) []int32 {

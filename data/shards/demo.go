@@ -22,7 +22,7 @@ type DemoSet struct {
 }
 
 // DemoSets lists what the demo packs from the bundled assets:
-//   - sft: the chosen dialogues of hh-rlhf helpful (all assistant text of the last turn trained);
+//   - sft: the chosen dialogues of hh-rlhf helpful (every assistant turn trained);
 //   - preference: hh-rlhf helpful pairs (reward model);
 //   - safety-preference: hh-rlhf harmless pairs (signs unknown = 0: pairwise term only)
 //     plus PKU-SafeRLHF rows (signs from is_response_*_safe) (cost model);

@@ -2,6 +2,8 @@ package shards
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -194,6 +196,19 @@ type Position struct {
 	Offset int `json:"offset"`
 	// Consumed counts examples delivered since the start of the run (informational).
 	Consumed int64 `json:"consumed"`
+	// Stream identifies the dataset and the order options; OpenAt refuses a
+	// position of another stream (empty: not checked).
+	Stream string `json:"stream,omitempty"`
+}
+
+// streamKey identifies a dataset's shards and the options that fix the order.
+func streamKey(d *Dataset, o ReaderOptions) string {
+	h := sha256.New()
+	for _, s := range d.Manifest.Shards {
+		io.WriteString(h, s.SHA256)
+	}
+	fmt.Fprintf(h, "|%d|%t|%d", o.Seed, o.Shuffle, o.WindowBlocks)
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 // Reader streams examples with background decompression. Next and Position are
@@ -212,6 +227,7 @@ type Reader struct {
 	err      error
 	closed   bool
 	owned    bool // Close closes ds (OpenReader)
+	key      string
 }
 
 type window struct {
@@ -239,13 +255,17 @@ func OpenAt(ds *Dataset, opts ReaderOptions, pos Position) (*Reader, error) {
 	if opts.ReadAhead <= 0 {
 		opts.ReadAhead = 2
 	}
+	key := streamKey(ds, opts)
+	if pos.Stream != "" && pos.Stream != key {
+		return nil, fmt.Errorf("position of stream %s, but %s with these options is stream %s (other data, seed, shuffle or window)", pos.Stream, ds.Dir, key)
+	}
 	nw := ds.numWindows(opts.WindowBlocks)
 	if pos.Epoch < 0 || pos.Window < 0 || pos.Offset < 0 || (nw > 0 && pos.Window >= nw) || (!opts.Loop && pos.Epoch > opts.Epochs) {
 		return nil, fmt.Errorf("position %+v outside the dataset (%d windows, %d epochs)", pos, nw, opts.Epochs)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Reader{ds: ds, opts: opts, cancel: cancel, futures: make(chan *window, opts.ReadAhead),
-		sem: make(chan struct{}, runtime.GOMAXPROCS(0)), start: pos, consumed: pos.Consumed}
+		sem: make(chan struct{}, runtime.GOMAXPROCS(0)), start: pos, consumed: pos.Consumed, key: key}
 	go r.produce(ctx, pos)
 	return r, nil
 }
@@ -392,10 +412,10 @@ func (r *Reader) Position() Position {
 		if p.Epoch < 0 {
 			p = Position{}
 		}
-		p.Consumed = r.consumed
+		p.Consumed, p.Stream = r.consumed, r.key
 		return p
 	}
-	return Position{Epoch: r.cur.epoch, Window: r.cur.idx, Offset: r.off, Consumed: r.consumed}
+	return Position{Epoch: r.cur.epoch, Window: r.cur.idx, Offset: r.off, Consumed: r.consumed, Stream: r.key}
 }
 
 // Close stops the background decoding and waits for it (and closes the Dataset

@@ -169,6 +169,11 @@ func TestShuffleAndExactResume(t *testing.T) {
 			t.Errorf("cut %d: consumed %d, want %d", cut, end.Consumed, len(full))
 		}
 	}
+	// A position of another stream (other seed) is refused.
+	_, pos := readAllStream(t, d, opts, Position{}, 3)
+	if _, err := OpenAt(d, ReaderOptions{Seed: 99, Shuffle: true, Epochs: 2, WindowBlocks: 3}, pos); err == nil {
+		t.Error("resumed a position with another seed")
+	}
 	// Seek and OpenReader give the same stream.
 	r, err := OpenReader(dir, opts, nil)
 	if err != nil {
