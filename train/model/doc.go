@@ -37,6 +37,14 @@
 // and x[:, :-1] is a matmul with a 0/1 matrix (Slice's gradient needs Pad,
 // which the pure-Go backend lacks).
 //
+// Shared frozen bases and LoRA: ShareBase(ctx, base) makes a model scope read
+// the weights it lacks from another scope, AddLoRA adds trainable low-rank
+// adapters (PEFT names "<linear>.lora_A.weight"/".lora_B.weight", B zero so a
+// fresh adapter is exact) that graph functions add to their linear's weight,
+// and Detach copies chosen shared weights (a critic's score head) into the
+// scope. E.g. actor = LoRA over the frozen SFT weights also read by the
+// reference; GetWeights returns merged weights for Save.
+//
 // Generation: NewGenerator builds a Generator over a context scope;
 // Generate(prompts, opts) samples with a KV cache and returns a Rollout
 // (left-padded prompt, response, right pad; attention mask as spec §1.2).

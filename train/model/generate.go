@@ -77,7 +77,7 @@ func NewGenerator(be backends.Backend, cfg *Config, ctx *context.Context) (*Gene
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if ctx.GetVariableByScopeAndName(ctx.Scope(), NameEmbed) == nil {
+	if lookupVar(ctx, NameEmbed) == nil {
 		return nil, fmt.Errorf("generator: no model weights in scope %q (call SetWeights first)", ctx.Scope())
 	}
 	gen := &Generator{be: be, cfg: cfg, ctx: ctx, PromptBucket: 16, CacheBucket: 64}

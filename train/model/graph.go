@@ -58,12 +58,13 @@ func SetWeights(ctx *context.Context, cfg *Config, w Weights) error {
 
 // GetWeights copies the model's variables in ctx's current scope back to host
 // tensors with HF names (the LM head when present, the score head when
-// cfg.ScoreDim > 0).
+// cfg.ScoreDim > 0). Shared-base weights (ShareBase) are included and LoRA
+// adapters are merged, so the result is the effective model, ready for Save.
 func GetWeights(ctx *context.Context, cfg *Config) (Weights, error) {
 	w := Weights{}
 	exp := ExpectedShapes(cfg, true)
 	for name := range exp {
-		v := ctx.GetVariableByScopeAndName(ctx.Scope(), name)
+		v := lookupVar(ctx, name)
 		if v == nil {
 			if name == NameLMHead {
 				continue
@@ -79,6 +80,9 @@ func GetWeights(ctx *context.Context, cfg *Config) (Weights, error) {
 			return nil, fmt.Errorf("weights: variable %q: %w", name, err)
 		}
 		w[name] = &Tensor{Shape: slices.Clone(val.Shape().Dimensions), Data: data}
+	}
+	if err := mergeLoRA(ctx, w); err != nil {
+		return nil, fmt.Errorf("weights: %w", err)
 	}
 	return w, nil
 }
@@ -106,17 +110,19 @@ func catch(fn func()) (err error) {
 }
 
 // param returns the graph value of the model variable name in ctx's scope.
+// With ShareBase, weights missing from ctx's scope come from the base scope;
+// LoRA adapters in ctx's scope are added to their linear's weight.
 func param(ctx *context.Context, g *G.Graph, name string) *G.Node {
-	v := ctx.GetVariableByScopeAndName(ctx.Scope(), name)
+	v := lookupVar(ctx, name)
 	if v == nil {
 		panic(fmt.Errorf("model: variable %q not in scope %q (call model.SetWeights first)", name, ctx.Scope()))
 	}
-	return v.ValueGraph(g)
+	return withLoRA(ctx, g, name, v.ValueGraph(g))
 }
 
 // optParam is param for tensors that may be absent (biases): nil when absent.
 func optParam(ctx *context.Context, g *G.Graph, name string) *G.Node {
-	v := ctx.GetVariableByScopeAndName(ctx.Scope(), name)
+	v := lookupVar(ctx, name)
 	if v == nil {
 		return nil
 	}
