@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -358,4 +359,61 @@ func FuzzBlockHeader(f *testing.F) {
 			t.Fatal("header round trip")
 		}
 	})
+}
+
+// FuzzShardFile mutates a whole shard file under a valid manifest: Verify must
+// flag every change, and the reader must either deliver exactly the packed
+// examples or fail with ErrCorrupt, never panic or return other data.
+func FuzzShardFile(f *testing.F) {
+	src := filepath.Join(f.TempDir(), "src")
+	tok := tokenizer.MustLoad(asset(f, "data/models/tok512.bin"))
+	m, err := Pack(context.Background(), PackOptions{Kind: datasets.KindSFT, Tokenizer: tok, Out: src,
+		Inputs:       []string{"alpaca:" + writeAlpaca(f)},
+		WriteOptions: WriteOptions{BlockBytes: 256}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	want, _, err := ReadAll(src)
+	if err != nil {
+		f.Fatal(err)
+	}
+	shard := filepath.Join(src, m.Shards[0].File)
+	orig, _ := os.ReadFile(shard)
+	manifest, _ := os.ReadFile(filepath.Join(src, ManifestName))
+	f.Add(orig)
+	f.Add(orig[:len(orig)/2])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, ManifestName), manifest, 0o644)
+		os.WriteFile(filepath.Join(dir, m.Shards[0].File), b, 0o644)
+		rep, err := Verify(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		same := string(b) == string(orig)
+		if same != (len(rep.Damage) == 0) {
+			t.Fatalf("verify: same bytes %v, damage %v", same, rep.Damage)
+		}
+		got, _, err := ReadAll(dir)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error not marked corrupt: %v", err)
+			}
+			return
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatal("damaged shard read as other data")
+		}
+	})
+}
+
+func writeAlpaca(t testing.TB) string {
+	p := filepath.Join(t.TempDir(), "sft.json")
+	var rows []map[string]string
+	for i := 0; i < 12; i++ {
+		rows = append(rows, map[string]string{"instruction": fmt.Sprintf("Tell story %d", i), "input": "", "output": "Once upon a time there was a dog."})
+	}
+	b, _ := json.Marshal(rows)
+	os.WriteFile(p, b, 0o644)
+	return p
 }
