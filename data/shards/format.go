@@ -24,6 +24,8 @@ import (
 	"hash/crc32"
 	"unsafe"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/saferlhf/saferlhf/data/datasets"
 )
 
@@ -38,6 +40,22 @@ const (
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// maxBlockRaw bounds a block's decompressed size (a guard against crafted headers).
+const maxBlockRaw = 1 << 30
+
+// checkFrame checks that payload is one zstd frame declaring raw bytes of content
+// (EncodeAll writes the content size), before anything is allocated for it.
+func checkFrame(payload []byte, raw uint32) error {
+	var zh zstd.Header
+	if err := zh.Decode(payload); err != nil {
+		return fmt.Errorf("%w: zstd frame header: %v", ErrCorrupt, err)
+	}
+	if !zh.HasFCS || zh.FrameContentSize != uint64(raw) || raw > maxBlockRaw {
+		return fmt.Errorf("%w: zstd frame declares %d bytes (known %v), block header %d", ErrCorrupt, zh.FrameContentSize, zh.HasFCS, raw)
+	}
+	return nil
+}
 
 // ErrCorrupt is wrapped by every error about damaged shard bytes.
 var ErrCorrupt = errors.New("corrupt shard data")

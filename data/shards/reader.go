@@ -119,6 +119,12 @@ func (d *Dataset) readRaw(i int, dst []byte) ([]byte, error) {
 	if c := crc32Checksum(payload); c != h.crc {
 		return nil, where(b.Offset+blockHeaderSize, fmt.Errorf("%w: payload CRC-32C %08x, want %08x", ErrCorrupt, c, h.crc))
 	}
+	if err := checkFrame(payload, h.raw); err != nil {
+		return nil, where(b.Offset+blockHeaderSize, err)
+	}
+	if cap(dst) < int(h.raw) {
+		dst = make([]byte, 0, h.raw)
+	}
 	raw, err := d.dec.DecodeAll(payload, dst[:0])
 	if err != nil {
 		return nil, where(b.Offset+blockHeaderSize, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err))

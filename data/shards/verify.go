@@ -91,7 +91,10 @@ func verifyShard(path string, sh *ShardInfo, m *Manifest, dec *zstd.Decoder, rep
 		if c := crc32Checksum(payload); c != h.crc {
 			return pstart, fmt.Errorf("%w: block %d payload CRC-32C %08x, want %08x", ErrCorrupt, i, c, h.crc)
 		}
-		raw, err := dec.DecodeAll(payload, nil)
+		if err := checkFrame(payload, h.raw); err != nil {
+			return pstart, fmt.Errorf("block %d: %w", i, err)
+		}
+		raw, err := dec.DecodeAll(payload, make([]byte, 0, h.raw))
 		if err != nil || len(raw) != int(h.raw) {
 			return pstart, fmt.Errorf("%w: block %d: zstd: %v (%d raw bytes, want %d)", ErrCorrupt, i, err, len(raw), h.raw)
 		}
