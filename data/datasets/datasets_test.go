@@ -2,13 +2,17 @@ package datasets
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 )
@@ -321,6 +325,35 @@ func keep(ids, labels []int32, trained bool) []int32 {
 		}
 	}
 	return out
+}
+
+func TestCompressedJSONL(t *testing.T) {
+	// PKU-SafeRLHF as zstd-compressed JSON Lines with an unknown key: same samples as the array.
+	want, _, err := Read(asset(t, "data/pku-saferlhf/align-anything-preference-sample.json"), FormatPKU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []byte
+	for _, s := range want {
+		b, _ := json.Marshal(map[string]any{"prompt": s.Input[0], "response_0": s.Answer, "response_1": s.OtherAnswer,
+			"is_response_0_safe": s.IsSafe == Safe, "is_response_1_safe": s.IsOtherSafe == Safe,
+			"better_response_id": map[bool]int{true: 0, false: 1}[s.Better], "safer_response_id": map[bool]int{true: 0, false: 1}[s.Safer],
+			"response_0_severity_level": 2})
+		lines = append(append(lines, b...), '\n')
+	}
+	enc, _ := zstd.NewWriter(nil)
+	p := filepath.Join(t.TempDir(), "pku.jsonl.zst")
+	os.WriteFile(p, enc.EncodeAll(lines, nil), 0o644)
+	got, _, err := Read(p, FormatAuto)
+	if err != nil || len(got) != len(want) {
+		t.Fatalf("%d samples, %v", len(got), err)
+	}
+	for i := range got {
+		got[i].File, got[i].Line = want[i].File, want[i].Line
+		if !reflect.DeepEqual(got[i], want[i]) {
+			t.Fatalf("sample %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
 }
 
 func TestReadErrorsNameFile(t *testing.T) {

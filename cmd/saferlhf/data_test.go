@@ -1,0 +1,74 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// buildDataCLI builds the saferlhf binary into a temporary directory.
+func buildDataCLI(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "saferlhf")
+	cmd := exec.Command("go", "build", "-tags", "noxla", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runCLI runs the binary from the repository root and returns stdout, stderr and the exit code.
+func runCLI(t *testing.T, bin string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = "../.."
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func TestTokenizeAndDataCLI(t *testing.T) {
+	bin := buildDataCLI(t)
+	// Golden: stories260k_greedy.json prompt_ids of "Once upon a time" (tok512).
+	if out, errOut, code := runCLI(t, bin, "tokenize", "--tokenizer", "assets/data/models/tok512.bin", "Once upon a time"); code != 0 || out != "1 403 407 261 378\n" {
+		t.Fatalf("tokenize: %q %q %d", out, errOut, code)
+	}
+	if out, _, code := runCLI(t, bin, "tokenize", "--decode", "1", "403", "407", "261", "378"); code != 0 || out != "Once upon a time\n" {
+		t.Fatalf("decode: %q %d", out, code)
+	}
+	dir := filepath.Join(t.TempDir(), "prompts")
+	pack := []string{"data", "pack", "--quiet", "--kind", "prompts", "--tokenizer", "assets/data/models/tokenizer.model", "--out", dir,
+		"prompts:assets/data/eval/safe-rlhf-gpt4-problems.json", "assets/data/eval/advbench-harmful_behaviors.csv"}
+	if out, errOut, code := runCLI(t, bin, pack...); code != 0 || !strings.Contains(out, "603 prompts examples") {
+		t.Fatalf("pack: %q %q %d", out, errOut, code)
+	}
+	if _, errOut, code := runCLI(t, bin, pack...); code != 1 || !strings.Contains(errOut, "--force") {
+		t.Fatalf("pack over an existing dir: %q %d", errOut, code)
+	}
+	if out, _, code := runCLI(t, bin, "data", "verify", dir); code != 0 || !strings.HasPrefix(out, "ok:") {
+		t.Fatalf("verify: %q %d", out, code)
+	}
+	if out, _, code := runCLI(t, bin, "data", "inspect", "--n", "1", dir); code != 0 || !strings.Contains(out, "BEGINNING OF CONVERSATION: USER: ") {
+		t.Fatalf("inspect: %q %d", out, code)
+	}
+	shard := filepath.Join(dir, "shard-00000.bin")
+	b, _ := os.ReadFile(shard)
+	b[len(b)-3] ^= 0xff
+	os.WriteFile(shard, b, 0o644)
+	if _, errOut, code := runCLI(t, bin, "data", "verify", dir); code != 1 || !strings.Contains(errOut, "shard-00000.bin: offset ") {
+		t.Fatalf("verify damaged: %q %d", errOut, code)
+	}
+	if _, _, code := runCLI(t, bin, "data", "pack", "--kind", "nope"); code != 2 {
+		t.Fatalf("bad kind: exit %d, want 2", code)
+	}
+}
