@@ -198,6 +198,7 @@ func TestLoadErrors(t *testing.T) {
 func FuzzEncodeDecode(f *testing.F) {
 	sp := MustLoad(asset(f, "data/models/tokenizer.model"))
 	l2 := MustLoad(asset(f, "data/models/tokenizer.bin"))
+	oracle := elibenOracle(f)
 	for _, s := range append(extraCases, "", "\xff\xfe", "a\x00b", "BEGINNING OF CONVERSATION: USER: hi ASSISTANT:") {
 		f.Add(s)
 	}
@@ -224,6 +225,9 @@ func FuzzEncodeDecode(f *testing.F) {
 		}
 		if !slices.Equal(a, b) {
 			t.Fatalf("%q: sentencepiece %v != llama2c %v", s, a, b)
+		}
+		if o := oracleIDs(oracle, s); !slices.Equal(a, o) {
+			t.Fatalf("%q: sentencepiece %v != eliben/go-sentencepiece %v", s, a, o)
 		}
 		if d := sp.Decode(a); d != s {
 			t.Fatalf("%q: round trip %q", s, d)
