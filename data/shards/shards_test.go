@@ -417,3 +417,25 @@ func writeAlpaca(t testing.TB) string {
 	os.WriteFile(p, b, 0o644)
 	return p
 }
+
+func TestEmptyDataset(t *testing.T) {
+	in := filepath.Join(t.TempDir(), "empty.json")
+	os.WriteFile(in, []byte("[]"), 0o644)
+	dir := filepath.Join(t.TempDir(), "empty")
+	m, err := Pack(context.Background(), PackOptions{Kind: datasets.KindPrompts, Inputs: []string{"prompts:" + in},
+		TokenizerPath: asset(t, "data/models/tok512.bin"), Out: dir})
+	if err != nil || m.Examples != 0 {
+		t.Fatalf("%+v %v", m, err)
+	}
+	if rep, err := Verify(dir); err != nil || len(rep.Damage) != 0 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	r, err := OpenReader(dir, ReaderOptions{Loop: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Next(); err != io.EOF {
+		t.Fatalf("empty looping reader: %v, want io.EOF", err)
+	}
+}
