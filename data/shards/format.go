@@ -14,7 +14,9 @@
 // A record (little-endian) is: uint8 sequence count, int8 sign 0, int8 sign 1,
 // uint8 span count, uint32 prompt length, uint32 length per sequence, uint32
 // (start, end) per span of trained SFT label positions, then the tokens of every
-// sequence as uint16 (vocabularies up to 65536) or uint32.
+// sequence as little-endian int32 (the default: every field is 4-byte aligned, so
+// readers alias the decompressed block) or uint16 (WriteOptions.TokenBytes = 2).
+// Manifest.TokenBytes says which.
 package shards
 
 import (
