@@ -439,3 +439,23 @@ func TestEmptyDataset(t *testing.T) {
 		t.Fatalf("empty looping reader: %v, want io.EOF", err)
 	}
 }
+
+func TestTokenWidths(t *testing.T) {
+	var got [][]datasets.Example
+	for _, w := range []int{2, 4} {
+		dir := filepath.Join(t.TempDir(), "w")
+		m, err := Pack(context.Background(), PackOptions{Kind: datasets.KindSFT, Inputs: []string{"pku-saferlhf:" + asset(t, "data/pku-saferlhf/align-anything-preference-sample.json")},
+			TokenizerPath: asset(t, "data/models/tokenizer.model"), Out: dir, WriteOptions: WriteOptions{TokenBytes: w, BlockBytes: 2048}})
+		if err != nil || m.TokenBytes != w {
+			t.Fatalf("width %d: %v (manifest %d)", w, err, m.TokenBytes)
+		}
+		exs, _, err := ReadAll(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, exs)
+	}
+	if len(got[0]) != 32 || !reflect.DeepEqual(got[0], got[1]) {
+		t.Fatal("uint16 and int32 shards differ")
+	}
+}
