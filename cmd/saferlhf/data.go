@@ -47,6 +47,8 @@ func runDataPack(args []string) error {
 	blockKiB := fs.Int("block-kib", 256, "target raw block size in KiB (the unit of read-ahead and shuffling)")
 	shardMiB := fs.Int("shard-mib", 64, "target shard file size in MiB")
 	quiet := fs.Bool("quiet", false, "no progress bars")
+	evalFrac := fs.Float64("eval-fraction", 0, "hold out this fraction of the samples (seeded by --seed) as a second dataset")
+	evalOut := fs.String("eval-out", "", "directory of the held-out dataset (default OUT-eval)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,6 +74,7 @@ func runDataPack(args []string) error {
 		Build:        datasets.BuildOptions{MaxLength: *maxLen, Overlong: *overlong, Strict: *strict, Workers: *workers},
 		Progress:     progress,
 		WriteOptions: shards.WriteOptions{BlockBytes: *blockKiB << 10, ShardBytes: int64(*shardMiB) << 20},
+		EvalFraction: *evalFrac, EvalOut: *evalOut,
 	})
 	if err != nil {
 		return err
@@ -85,6 +88,18 @@ func runDataPack(args []string) error {
 		*out, m.Examples, m.Kind, m.Tokens, len(m.Shards), float64(m.RawBytes)/1e6, float64(m.CompressedBytes)/1e6,
 		float64(m.RawBytes)/max(1, float64(m.CompressedBytes)), el, float64(m.Tokens)/el)
 	printStats(os.Stdout, m)
+	if *evalFrac > 0 {
+		eo := *evalOut
+		if eo == "" {
+			eo = strings.TrimRight(*out, `/\`) + "-eval"
+		}
+		em, err := shards.ReadManifest(eo)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("held out %s: %d %s examples, %d tokens\n", eo, em.Examples, em.Kind, em.Tokens)
+		printStats(os.Stdout, em)
+	}
 	return nil
 }
 
@@ -223,9 +238,14 @@ func runDataDemo(args []string) error {
 		return err
 	}
 	for _, set := range shards.DemoSets() {
-		m := ms[set.Name]
-		fmt.Printf("%-18s %6d %-17s examples, %8d tokens\n", set.Name, m.Examples, m.Kind, m.Tokens)
-		printStats(os.Stdout, m)
+		for _, name := range []string{set.Name, set.Name + "-eval"} {
+			m, ok := ms[name]
+			if !ok {
+				continue
+			}
+			fmt.Printf("%-23s %6d %-17s examples, %8d tokens\n", name, m.Examples, m.Kind, m.Tokens)
+			printStats(os.Stdout, m)
+		}
 	}
 	fmt.Printf("packed %d datasets into %s in %.2fs\n", len(ms), *out, time.Since(start).Seconds())
 	return nil

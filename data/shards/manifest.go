@@ -16,9 +16,12 @@ const ManifestName = "manifest.json"
 
 // Manifest describes a packed dataset.
 type Manifest struct {
-	Format    int            `json:"format"`
-	Kind      datasets.Kind  `json:"kind"`
-	Tokenizer tokenizer.Info `json:"tokenizer"`
+	Format int           `json:"format"`
+	Kind   datasets.Kind `json:"kind"`
+	// Split is "train" or "eval" for a pack with an eval fraction, else "".
+	Split        string         `json:"split,omitempty"`
+	EvalFraction float64        `json:"eval_fraction,omitempty"`
+	Tokenizer    tokenizer.Info `json:"tokenizer"`
 	// TokenBytes is the stored width of a token id: 2 or 4.
 	TokenBytes int   `json:"token_bytes"`
 	Examples   int   `json:"examples"`

@@ -11,9 +11,12 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -45,6 +48,11 @@ type PackOptions struct {
 	Seed uint64
 	// Progress, when non-nil, receives progress bars (os.Stderr in the CLI).
 	Progress io.Writer
+	// EvalFraction > 0 holds out that fraction of the samples (seeded by Seed)
+	// into a second dataset at EvalOut (default Out + "-eval"); Pack returns the
+	// training manifest.
+	EvalFraction float64
+	EvalOut      string
 	// WriteOptions tunes the shard layout.
 	WriteOptions
 }
@@ -121,6 +129,49 @@ func Pack(ctx context.Context, opts PackOptions) (*Manifest, error) {
 			Bytes: int64(len(raw)), Records: st.Records, Samples: len(s)})
 		samples = append(samples, s...)
 	}
+	if opts.EvalFraction > 0 {
+		if opts.EvalFraction >= 1 {
+			return nil, fmt.Errorf("pack: eval fraction %g, want in [0, 1)", opts.EvalFraction)
+		}
+		evalOut := opts.EvalOut
+		if evalOut == "" {
+			evalOut = strings.TrimRight(opts.Out, `/\`) + "-eval"
+		}
+		if err := checkOut(evalOut, opts.Force); err != nil {
+			return nil, err
+		}
+		// A seeded held-out split of the samples (the reference's --eval_split_ratio),
+		// each side kept in input order.
+		ne := int(math.Round(float64(len(samples)) * opts.EvalFraction))
+		isEval := make([]bool, len(samples))
+		for _, k := range mrand.New(mrand.NewPCG(seed, 0xe7a1)).Perm(len(samples))[:ne] {
+			isEval[k] = true
+		}
+		var train, held []datasets.RawSample
+		for k := range samples {
+			if isEval[k] {
+				held = append(held, samples[k])
+			} else {
+				train = append(train, samples[k])
+			}
+		}
+		em, err := buildAndWrite(ctx, opts, tok, kind, held, evalOut, "eval", sources, rs)
+		if err != nil {
+			return nil, err
+		}
+		m, err := buildAndWrite(ctx, opts, tok, kind, train, opts.Out, "train", sources, rs)
+		if err != nil {
+			return nil, err
+		}
+		m.EvalFraction, em.EvalFraction = opts.EvalFraction, opts.EvalFraction
+		return m, nil
+	}
+	return buildAndWrite(ctx, opts, tok, kind, samples, opts.Out, "", sources, rs)
+}
+
+// buildAndWrite tokenizes samples and writes them to out.
+func buildAndWrite(ctx context.Context, opts PackOptions, tok tokenizer.Tokenizer, kind datasets.Kind, samples []datasets.RawSample,
+	out, split string, sources []Source, rs datasets.ReadStats) (*Manifest, error) {
 	bopts := opts.Build
 	var bar *progressbar.ProgressBar
 	if opts.Progress != nil {
@@ -147,10 +198,9 @@ func Pack(ctx context.Context, opts PackOptions) (*Manifest, error) {
 	if bopts.Overlong == "" {
 		bopts.Overlong = datasets.OverlongTruncate
 	}
-	m := &Manifest{Kind: kind, Tokenizer: tok.Info(), MaxLength: bopts.MaxLength, Overlong: bopts.Overlong,
-		Sources: sources, Read: rs, Build: bst}
-	wo := opts.WriteOptions
-	if err := Write(ctx, opts.Out, m, exs, opts.Force, wo, opts.Progress); err != nil {
+	m := &Manifest{Kind: kind, Split: split, EvalFraction: opts.EvalFraction, Tokenizer: tok.Info(), MaxLength: bopts.MaxLength,
+		Overlong: bopts.Overlong, Sources: sources, Read: rs, Build: bst}
+	if err := Write(ctx, out, m, exs, opts.Force, opts.WriteOptions, opts.Progress); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -459,3 +459,41 @@ func TestTokenWidths(t *testing.T) {
 		t.Fatal("uint16 and int32 shards differ")
 	}
 }
+
+func TestEvalSplit(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pref")
+	opts := PackOptions{Kind: datasets.KindPreference, Inputs: []string{"pku-saferlhf:" + asset(t, "data/pku-saferlhf/align-anything-preference-sample.json")},
+		TokenizerPath: asset(t, "data/models/tok512.bin"), Out: dir, EvalFraction: 0.25}
+	m, err := Pack(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	em, err := ReadManifest(dir + "-eval")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Split != "train" || em.Split != "eval" || m.Examples != 24 || em.Examples != 8 {
+		t.Fatalf("split: train %s %d, eval %s %d", m.Split, m.Examples, em.Split, em.Examples)
+	}
+	train, _, _ := ReadAll(dir)
+	held, _, _ := ReadAll(dir + "-eval")
+	for _, h := range held {
+		for _, tr := range train {
+			if reflect.DeepEqual(h, tr) {
+				t.Fatal("an eval example is also in train")
+			}
+		}
+	}
+	// Same seed, same split; an existing eval dir is refused without force.
+	if _, err := Pack(context.Background(), opts); err == nil {
+		t.Fatal("existing output accepted")
+	}
+	opts.Force = true
+	if _, err := Pack(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	held2, _, _ := ReadAll(dir + "-eval")
+	if !reflect.DeepEqual(held, held2) {
+		t.Fatal("split not deterministic")
+	}
+}
