@@ -312,7 +312,8 @@ func (t *SentencePiece) encodeChunk(norm string, out []int32) []int32 {
 
 // Decode implements SentencePieceProcessor.Decode: control pieces are dropped,
 // byte pieces are joined as bytes, ▁ becomes a space and the dummy-prefix space of
-// the first piece is removed; <unk> decodes as " ⁇ ".
+// the first piece is removed. <unk> is the pad id and is skipped like padding
+// (SentencePiece prints " ⁇ "; with byte fallback the encoder never emits it).
 func (t *SentencePiece) Decode(ids []int32) string {
 	buf := make([]byte, 0, len(ids)*4)
 	first := true
@@ -333,6 +334,9 @@ func (t *SentencePiece) Decode(ids []int32) string {
 			first = false
 			continue
 		case spUnknown:
+			if id == t.info.Pad {
+				continue // padding (pad = <unk>); the encoder never emits <unk> with byte fallback
+			}
 			buf = append(buf, " \u2047 "...)
 			first = false
 			continue

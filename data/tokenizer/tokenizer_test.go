@@ -167,6 +167,9 @@ func TestSpecials(t *testing.T) {
 		if got := tok.Encode("", false); len(got) != 0 {
 			t.Errorf("%s: empty text without BOS = %v", f, got)
 		}
+		if got := tok.Decode([]int32{1, 403, 2, 0, 0}); got != tok.Decode([]int32{403}) {
+			t.Errorf("%s: padding and control ids not skipped: %q", f, got)
+		}
 		if got := tok.Encode("<s>", true); slices.Contains(got[1:], 1) {
 			t.Errorf("%s: literal <s> became the control id: %v", f, got)
 		}
