@@ -5,7 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
@@ -17,10 +17,9 @@ import (
 	"github.com/saferlhf/saferlhf/internal/backend"
 )
 
-// repoRoot returns the repository root (two levels above this package).
+// repoRoot returns the repository root: tests run in the package folder.
 func repoRoot(t testing.TB) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
+	return filepath.Join("..", "..")
 }
 
 type goldenCase struct {
@@ -66,6 +65,17 @@ func getBackend(t testing.TB) backends.Backend {
 		t.Fatal(testBackendErr)
 	}
 	return testBackend
+}
+
+// matmulTol is the float32 tolerance of tests comparing matmul results:
+// 1e-4 on CPU backends; XLA on CUDA runs float32 matmuls in TF32 (10-bit
+// mantissa), which moves stories260K's logits by ~1e-2 (greedy ids still
+// match llama2.c there).
+func matmulTol(t testing.TB) float64 {
+	if strings.Contains(strings.ToLower(getBackend(t).Description()), "cuda") {
+		return 3e-2
+	}
+	return 1e-4
 }
 
 func loadStories(t testing.TB) (*Config, Weights) {
@@ -122,8 +132,8 @@ func TestGoldenFullForward(t *testing.T) {
 			for i, want := range lg.Values {
 				maxd = math.Max(maxd, math.Abs(float64(row[i])-want))
 			}
-			if maxd > 1e-4 {
-				t.Errorf("%s: pos %d: max |logit diff| %g > 1e-4", c.Name, lg.Pos, maxd)
+			if tol := matmulTol(t); maxd > tol {
+				t.Errorf("%s: pos %d: max |logit diff| %g > %g", c.Name, lg.Pos, maxd, tol)
 			}
 			t.Logf("%s pos %d: max |logit diff| %.2g", c.Name, lg.Pos, maxd)
 		}
