@@ -109,3 +109,27 @@ func TestPPOLagSIGKILLResume(t *testing.T) {
 		t.Fatalf("resumed metrics differ from the uninterrupted run:\n got %s\nwant %s", got, want)
 	}
 }
+
+// TestRLFlagErrors: bad command lines fail before any model is loaded.
+func TestRLFlagErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		run  func([]string) error
+		args []string
+		want string
+	}{
+		{"no actor", runPPOLag, []string{"--reward-model", "r", "--cost-model", "c", "--train-data", "d"}, "--actor is required"},
+		{"no cost model", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d"}, "--cost-model is required"},
+		{"ppo needs no cost model", runPPO, []string{"--actor", "a", "--reward-model", "r"}, "--train-data is required"},
+		{"bad lambda", runPPOLag, []string{"--lambda", "adam"}, "--lambda"},
+		{"indivisible batch", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d",
+			"--prompt-batch-size", "6", "--train-batch-size", "4"}, "divisible"},
+		{"lora", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d", "--lora-rank", "8"}, "LoRA"},
+		{"ptx without data", runPPO, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d", "--ptx-coeff", "16"}, "--ptx-data"},
+	} {
+		err := tc.run(tc.args)
+		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
+			t.Errorf("%s: err = %v, want it to mention %q", tc.name, err, tc.want)
+		}
+	}
+}

@@ -110,3 +110,48 @@ func TestGraphNetsResume(t *testing.T) {
 		t.Fatalf("resumed run differs:\n got %s\nwant %s", got, want)
 	}
 }
+
+// TestActorStepDirection: repeated actor steps with a positive advantage on every response token
+// raise the log-probs of the sampled response (and a negative one lowers them), for both the PPO and
+// the PPO-Lag losses — the sign convention from advantages to the optimizer.
+func TestActorStepDirection(t *testing.T) {
+	for _, alg := range []Algorithm{PPO, PPOLag} {
+		for _, sign := range []float32{1, -1} {
+			cfg := tinyConfig()
+			cfg.Algorithm = alg
+			n := tinyNets(t, cfg)
+			r, err := n.Generate(tinyPrompts(t).Next(2), 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Score(r); err != nil {
+				t.Fatal(err)
+			}
+			mask := r.ResponseMask()
+			adv := make([]float32, len(mask))
+			var cadv []float32
+			for i := range adv {
+				adv[i] = sign * mask[i]
+			}
+			if alg == PPOLag {
+				// Â = (A^r − λA^c)/(1+λ) with A^r = 0 and A^c = −adv: the same direction.
+				cadv = make([]float32, len(mask))
+				for i := range adv {
+					cadv[i], adv[i] = -adv[i], 0
+				}
+			}
+			before := maskedMean(r.B, r.L(), to64(r.LogProbs), mask)
+			if _, err := n.UpdateActor(1e-3, r, adv, cadv, 1, mask, nil, 0); err != nil {
+				t.Fatal(err)
+			}
+			r2 := *r
+			if err := n.Score(&r2); err != nil {
+				t.Fatal(err)
+			}
+			after := maskedMean(r.B, r.L(), to64(r2.LogProbs), mask)
+			if (after-before)*float64(sign) <= 0 {
+				t.Errorf("%s sign %+g: response log-prob %g -> %g", alg, sign, before, after)
+			}
+		}
+	}
+}
