@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
+	"slices"
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
@@ -115,7 +115,39 @@ func headLogits(ctx *context.Context, cfg *Config, x *G.Node) *G.Node {
 	b := x.Shape().Dimensions[0]
 	xs := rmsScale(x, cfg.RMSNormEps)
 	xin, ws := normed(xs, param(ctx, g, NameFinalNorm), lmHead(ctx, cfg, g))
-	return G.Reshape(linear(xin, ws[0]), b, cfg.VocabSize)
+	return chunkedLinear(G.Reshape(xin, b, cfg.HiddenSize), ws[0])
+}
+
+// smallDotCrosses is the pure-Go backend's threshold (GoMLX v0.26
+// simplego: 16 blocks of 32×32) above which a DotGeneral takes its blocked
+// path, which re-blocks both operands on every call and computes whole
+// 32-row blocks: for one token per row that wastes up to 32× on the LM head.
+const smallDotCrosses = 16 * 32 * 32
+
+// chunkedLinear computes x·Wᵀ for few rows x [B, D] and a wide W [V, D] by
+// splitting V into nc chunks used as a batch axis, so that each batch
+// element stays on the backend's unblocked path (and batch elements run in
+// parallel). Falls back to one matmul when V has no suitable divisor.
+func chunkedLinear(x, w *G.Node) *G.Node {
+	b, d := x.Shape().Dimensions[0], x.Shape().Dimensions[1]
+	v := w.Shape().Dimensions[0]
+	if b*v <= smallDotCrosses {
+		return linear(x, w)
+	}
+	nc := 0
+	for c := (b*v + smallDotCrosses - 1) / smallDotCrosses; c <= v; c++ {
+		if v%c == 0 {
+			nc = c
+			break
+		}
+	}
+	if nc == 0 || nc > 4096 {
+		return linear(x, w)
+	}
+	wc := G.Reshape(w, nc, v/nc, d)
+	xc := G.BroadcastToDims(G.Reshape(x, 1, b, d), nc, b, d)
+	out := G.DotGeneral(xc, []int{2}, []int{0}, wc, []int{2}, []int{0}) // [nc, B, V/nc]
+	return G.Reshape(G.TransposeAllAxes(out, 1, 0, 2), b, v)
 }
 
 // prefillGraph runs the left-padded prompts ids [B, P] with the cache's key
@@ -379,26 +411,57 @@ func (sc *sampler) sample(logits []float32, history []int32, opts *GenerateOptio
 		z[i] = math.Exp(z[i] - maxz)
 		sum += z[i]
 	}
-	idx := sc.idx[:v]
-	for i := range idx {
-		idx[i] = i
-	}
-	keep := v
+	idx := sc.idx[:0]
 	if opts.TopP > 0 && opts.TopP < 1 {
-		sort.SliceStable(idx, func(a, b int) bool { return z[idx[a]] > z[idx[b]] })
-		cum := 0.0
-		for k, i := range idx {
-			cum += z[i] / sum
-			if cum >= opts.TopP {
-				keep = k + 1
-				break
+		// Nucleus: the most likely tokens (ties to the lower id) until their
+		// mass reaches TopP. Only tokens above a probability threshold can
+		// be in it once the candidates' mass reaches TopP, so sort those
+		// few instead of the whole vocabulary, lowering the threshold until
+		// enough mass is covered.
+		keep := 0
+		for thr := 1e-3; ; thr /= 100 {
+			idx = idx[:0]
+			mass := 0.0
+			for i, p := range z {
+				if p/sum >= thr || thr < 1e-12 {
+					idx = append(idx, i)
+					mass += p / sum
+				}
 			}
+			if mass < opts.TopP && thr >= 1e-12 {
+				continue
+			}
+			slices.SortFunc(idx, func(a, b int) int {
+				if z[a] != z[b] {
+					if z[a] > z[b] {
+						return -1
+					}
+					return 1
+				}
+				return a - b
+			})
+			cum := 0.0
+			keep = len(idx)
+			for k, i := range idx {
+				cum += z[i] / sum
+				if cum >= opts.TopP {
+					keep = k + 1
+					break
+				}
+			}
+			break
 		}
+		idx = idx[:keep]
 		sum = 0
-		for _, i := range idx[:keep] {
+		for _, i := range idx {
 			sum += z[i]
 		}
+	} else {
+		for i := range z {
+			idx = append(idx, i)
+		}
 	}
+	keep := len(idx)
 	u := rng.Float64() * sum
 	for _, i := range idx[:keep] {
 		u -= z[i]

@@ -4,7 +4,10 @@ import (
 	G "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+	"math"
+	"math/rand/v2"
 	"slices"
+	"sort"
 	"testing"
 )
 
@@ -194,6 +197,99 @@ func TestGeneratorMatchesFullForward(t *testing.T) {
 				if got := argmax(row); got != ro.Seq[r][p+1] {
 					t.Fatalf("%s row %d pos %d: full forward argmax %d, generator %d", name, r, p, got, ro.Seq[r][p+1])
 				}
+			}
+		}
+	}
+}
+
+// refTopP is the plain nucleus: stable sort of the whole vocabulary.
+func refTopP(z []float64, topP float64) []int {
+	idx := make([]int, len(z))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return z[idx[a]] > z[idx[b]] })
+	sum := 0.0
+	for _, x := range z {
+		sum += x
+	}
+	cum := 0.0
+	for k, i := range idx {
+		cum += z[i] / sum
+		if cum >= topP {
+			return idx[:k+1]
+		}
+	}
+	return idx
+}
+
+// TestSamplerTopP checks the thresholded nucleus against the full sort on
+// peaked, flat and tied distributions, and greedy ties to the lowest id.
+func TestSamplerTopP(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var sc sampler
+	for trial := 0; trial < 200; trial++ {
+		v := 50 + rng.IntN(3000)
+		logits := make([]float32, v)
+		scale := []float64{0.01, 1, 5, 20}[trial%4]
+		for i := range logits {
+			logits[i] = float32(math.Round(rng.NormFloat64()*scale*4) / 4) // quantised: ties
+		}
+		topP := []float64{0.1, 0.5, 0.9, 0.99}[rng.IntN(4)]
+		opts := GenerateOptions{Temperature: 0.7, TopP: topP}
+		z := make([]float64, v)
+		m := math.Inf(-1)
+		for i, x := range logits {
+			z[i] = float64(x) / 0.7
+			m = math.Max(m, z[i])
+		}
+		for i := range z {
+			z[i] = math.Exp(z[i] - m)
+		}
+		want := refTopP(z, topP)
+		allowed := map[int32]bool{}
+		for _, i := range want {
+			allowed[int32(i)] = true
+		}
+		seed := rng.Uint64()
+		r1 := rand.New(rand.NewPCG(seed, 1))
+		for k := 0; k < 20; k++ {
+			if got := sc.sample(logits, nil, &opts, r1); !allowed[got] {
+				t.Fatalf("trial %d: sampled %d outside the nucleus of %d tokens", trial, got, len(want))
+			}
+		}
+	}
+	if got := sc.sample([]float32{1, 3, 3, 2}, nil, &GenerateOptions{}, nil); got != 1 {
+		t.Fatalf("greedy tie: got %d, want 1", got)
+	}
+	// Repetition penalty: the repeated id loses its lead.
+	if got := sc.sample([]float32{1, 3, 2.5}, []int32{1, 1}, &GenerateOptions{RepetitionPenalty: 1.5}, nil); got != 2 {
+		t.Fatalf("repetition penalty: got %d, want 2", got)
+	}
+}
+
+// TestChunkedLinear: the chunked LM head equals one matmul.
+func TestChunkedLinear(t *testing.T) {
+	be := getBackend(t)
+	rng := rand.New(rand.NewPCG(1, 1))
+	for _, dims := range [][3]int{{1, 16, 32000}, {5, 8, 4000}, {3, 4, 16411}} { // the last has no good divisor
+		b, d, v := dims[0], dims[1], dims[2]
+		x, w := randTensor(rng, b, d), randTensor(rng, v, d)
+		e, err := G.NewExec(be, func(x, w *G.Node) (*G.Node, *G.Node) {
+			return chunkedLinear(x, w), linear(x, w)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := e.Exec(x, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := tensors.CopyFlatData[float32](out[0])
+		c, _ := tensors.CopyFlatData[float32](out[1])
+		for i := range a {
+			if math.Abs(float64(a[i]-c[i])) > 1e-5 {
+				t.Fatalf("%v: [%d] chunked %g, plain %g", dims, i, a[i], c[i])
 			}
 		}
 	}
