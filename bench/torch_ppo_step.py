@@ -70,7 +70,7 @@ class RMSNorm(nn.Module):
 def rope(x, pos, base=10000.0):
     # x [B, T, H, hd] (llama2.c interleaved pairs), pos [B, T]
     hd = x.shape[-1]
-    inv = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    inv = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float32, device=x.device) / hd))
     ang = pos[..., None].float() * inv  # [B, T, hd/2]
     cos, sin = ang.cos()[:, :, None, :], ang.sin()[:, :, None, :]
     xr, xi = x[..., 0::2], x[..., 1::2]
@@ -134,9 +134,9 @@ class LLaMA(nn.Module):
             keymask = mask
         B, T = ids.shape
         S = keymask.shape[1]
-        causal = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+        causal = torch.ones(T, S, dtype=torch.bool, device=ids.device).tril(S - T)
         allowed = causal[None, None] & keymask[:, None, None, :].bool()
-        bias = torch.where(allowed, 0.0, -1e9)
+        bias = torch.where(allowed, torch.zeros((), device=ids.device), torch.full((), -1e9, device=ids.device))
         x = self.emb[ids]
         for i, b in enumerate(self.blocks):
             x = b(x, pos, bias, None if caches is None else caches[i])
@@ -154,17 +154,18 @@ def token_logprobs(model, ids, mask):
 def generate(model, prompts, gen_len, gen):
     B, P = prompts.shape
     caches = [dict() for _ in model.blocks]
-    mask = torch.ones(B, P, dtype=torch.long)
+    dev = prompts.device
+    mask = torch.ones(B, P, dtype=torch.long, device=dev)
     logits = model(prompts, mask, caches)[:, -1]
     seq, keymask = [prompts], mask
     for i in range(gen_len):
         tok = torch.multinomial(logits.softmax(-1), 1, generator=gen)
         seq.append(tok)
-        keymask = torch.cat([keymask, torch.ones(B, 1, dtype=torch.long)], 1)
+        keymask = torch.cat([keymask, torch.ones(B, 1, dtype=torch.long, device=dev)], 1)
         if i == gen_len - 1:
             break
-        pos = torch.full((B, 1), P + i, dtype=torch.long)
-        logits = model(tok, None if False else torch.ones(B, 1, dtype=torch.long), caches, pos=pos, keymask=keymask)[:, -1]
+        pos = torch.full((B, 1), P + i, dtype=torch.long, device=dev)
+        logits = model(tok, torch.ones(B, 1, dtype=torch.long, device=dev), caches, pos=pos, keymask=keymask)[:, -1]
     return torch.cat(seq, 1)
 
 
@@ -180,19 +181,23 @@ def run(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     c, w = load_llama2c(args.model)
-    actor, ref = LLaMA(c, w), LLaMA(c, w)
-    rm, cm = LLaMA(c, w, "score", 1), LLaMA(c, w, "score", 2)
+    dev = torch.device(args.device)
+    actor, ref = LLaMA(c, w).to(dev), LLaMA(c, w).to(dev)
+    rm, cm = LLaMA(c, w, "score", 1).to(dev), LLaMA(c, w, "score", 2).to(dev)
     rcrit, ccrit = copy.deepcopy(rm), copy.deepcopy(cm)
     for m in (ref, rm, cm):
         m.requires_grad_(False)
     opts = [adamw(actor.parameters(), 1e-5), adamw(rcrit.parameters(), 5e-6), adamw(ccrit.parameters(), 5e-6)]
-    g = torch.Generator().manual_seed(7)
-    prompts = torch.randint(3, c.vocab, (args.batch, args.prompt_len), generator=g)
+    g = torch.Generator(device=dev).manual_seed(7)
+    prompts = torch.randint(3, c.vocab, (args.batch, args.prompt_len), generator=g, device=dev)
     prompts[:, 0] = 1
     times = []
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     for step in range(1 + args.steps):
+        sync()
         t0 = time.perf_counter()
         seq = generate(actor, prompts, args.gen_len, g)
+        sync()
         t1 = time.perf_counter()
         mask = torch.ones_like(seq)
         start = args.prompt_len - 1
@@ -203,6 +208,7 @@ def run(args):
             cost = cm(seq, mask)[:, -1]
             rv = rcrit(seq, mask)[:, :-1]
             cv = ccrit(seq, mask)[:, :-1]
+        sync()
         t2 = time.perf_counter()
         # KL shaping + GAE (host math, as in the Go loop) then the three updates.
         L = seq.shape[1] - 1
@@ -218,7 +224,7 @@ def run(args):
 
         def gae(values, r):
             adv = torch.zeros_like(values)
-            last = torch.zeros(values.shape[0])
+            last = torch.zeros(values.shape[0], device=values.device)
             for t in reversed(range(start, L)):
                 nv = values[:, t + 1] if t + 1 < L else 0.0
                 last = r[:, t] + nv - values[:, t] + 0.95 * last
@@ -244,6 +250,7 @@ def run(args):
             vl.backward()
             torch.nn.utils.clip_grad_norm_(crit.parameters(), 1.0)
             opt.step()
+        sync()
         t3 = time.perf_counter()
         if step > 0:
             times.append((t1 - t0, t2 - t1, t3 - t2))
@@ -260,7 +267,8 @@ def run(args):
 
 def go_bench(args):
     out = subprocess.run([args.go_bin, "bench", "--model", args.model, "--batch", str(args.batch),
-                          "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--steps", str(args.steps)],
+                          "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--steps", str(args.steps)]
+                         + (["--backend", args.go_backend] if args.go_backend else []),
                          check=True, capture_output=True, text=True).stdout
     vals = {}
     for line in out.splitlines():
@@ -278,10 +286,12 @@ def main():
     ap.add_argument("--gen-len", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--go-backend", default="", help="--backend for `saferlhf bench` (e.g. xla:cuda)")
     ap.add_argument("--go-bin", default="", help="saferlhf binary: also run `saferlhf bench` and print Go/PyTorch ratios")
     args = ap.parse_args()
     res = run(args)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, prompt {args.prompt_len} + {args.gen_len} generated")
+    print(f"torch {torch.__version__} on {args.device}, {args.threads} threads, batch {args.batch}, prompt {args.prompt_len} + {args.gen_len} generated")
     go = {}
     if args.go_bin:
         out, go = go_bench(args)
