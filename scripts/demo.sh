@@ -23,12 +23,12 @@ stage() { # stage NAME CMD...: run a stage, record its wall time
 	printf '%s\t%d\n' "$name" $(($(date +%s) - t0)) >> "$timings"
 }
 
-# Data: pack the SFT data into zstd shards and verify them (when the data CLI is there).
-if "$bin" data pack -h > /dev/null 2>&1; then
-	stage "data pack" "$bin" data pack --out "$out/shards/sft" --tokenizer $A/models/tok512.bin \
-		$A/pku-saferlhf/align-anything-preference-sample.json || echo "(data pack failed; the stages read the raw files)"
+# Data: pack the demo datasets into zstd token shards and verify them (data/shards); the stages below
+# read the same bundled files directly.
+if "$bin" data demo -h > /dev/null 2>&1; then
+	stage "data pack" bash -c "\"$bin\" data demo --out \"$out/data\" --max-length 128 --force --quiet > \"$out/data-pack.log\" && tail -1 \"$out/data-pack.log\" && \"$bin\" data verify \"$out/data/prompts\" || echo \"(data pack failed: the stages read the raw files anyway)\""
 else
-	echo "== data pack: 'saferlhf data pack' has not landed; the stages read the raw files directly"
+	echo "== data pack: 'saferlhf data demo' has not landed; the stages read the raw files directly"
 fi
 
 # 1. SFT of stories260K on prompt/answer pairs (PKU-SafeRLHF answers, BeaverTails QA, LLaMA-Factory demo).
@@ -41,9 +41,11 @@ stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/
 	--max-length 128 --batch-size 8 --steps "${RM_STEPS:-30}" --lr 1e-3 --eval-max 64 --out "$out/rm"
 
 # 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF and hh-rlhf harmless pairs.
+#    The PKU-SafeRLHF pairs carry the safety labels that place cost 0 between safe and unsafe answers:
+#    they are up-sampled 8x against a 15% sample of the (unlabelled) hh-rlhf harmless pairs.
 stage "cost model" "$bin" train-cm --model "$out/sft/model" \
-	--data $A/pku-saferlhf/align-anything-preference-sample.json,$A/hh-rlhf/harmless-base-test.jsonl.gz \
-	--max-length 128 --batch-size 8 --steps "${CM_STEPS:-30}" --lr 1e-3 --eval-max 64 --out "$out/cm"
+	--data pku-saferlhf:8:$A/pku-saferlhf/align-anything-preference-sample.json,hh-rlhf-harmless:0.15:$A/hh-rlhf/harmless-base-test.jsonl.gz \
+	--truncate prompt-left --max-length 128 --batch-size 8 --steps "${CM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/cm"
 
 # 4. PPO-Lagrangian on harmful-leaning prompts; 10% of them (a stable hash split) are held out
 #    and scored before and after training.
