@@ -19,7 +19,9 @@ func scoreEvalFlags(fs *flag.FlagSet, o *eval.Options, be *string) *string {
 	fs.StringVar(&o.Truncate, "truncate", "right", "right or prompt-left (use the training value)")
 	fs.IntVar(&o.Batch, "batch-size", 32, "sequences per forward pass")
 	fs.IntVar(&o.Limit, "limit", 0, "at most this many samples (0: all)")
-	fs.Uint64Var(&o.Seed, "seed", 42, "seed of dataset sub-sampling")
+	fs.Uint64Var(&o.Seed, "seed", 42, "seed of dataset sub-sampling and of --held-out-ratio's split (use the training --seed)")
+	fs.Float64Var(&o.HeldOutRatio, "held-out-ratio", 0, "score only the held-out split of --data that training made with this --eval-ratio (0: all of --data)")
+	fs.IntVar(&o.HeldOutMax, "held-out-max", 0, "the training run's --eval-max (with --held-out-ratio)")
 	fs.StringVar(&o.Out, "out", "", "directory for the JSON report, scores and plots")
 	fs.StringVar(be, "backend", "", "GoMLX backend")
 	return data
@@ -41,8 +43,10 @@ func parseScoreEval(name string, args []string) (eval.Options, string, error) {
 		return o, "", usagef("--model is required")
 	case len(o.Data) == 0:
 		return o, "", usagef("--data is required")
-	case o.MaxLength < 8 || o.Batch < 1 || o.Limit < 0:
-		return o, "", usagef("--max-length must be >= 8, --batch-size >= 1, --limit >= 0")
+	case o.MaxLength < 8 || o.Batch < 1 || o.Limit < 0 || o.HeldOutMax < 0:
+		return o, "", usagef("--max-length must be >= 8, --batch-size >= 1, --limit and --held-out-max >= 0")
+	case o.HeldOutRatio < 0 || o.HeldOutRatio >= 1:
+		return o, "", usagef("--held-out-ratio %g must lie in [0, 1)", o.HeldOutRatio)
 	case o.Truncate != "right" && o.Truncate != "prompt-left":
 		return o, "", usagef("--truncate %q: want right or prompt-left", o.Truncate)
 	}

@@ -3,6 +3,7 @@ package eval
 import (
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 
 	"github.com/gomlx/gomlx/backends"
@@ -61,12 +62,9 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := stages.LoadRaw(o.Data, o.Seed)
+	raw, err := loadSamples(o)
 	if err != nil {
 		return nil, err
-	}
-	if o.Limit > 0 && len(raw) > o.Limit {
-		raw = raw[:o.Limit]
 	}
 	r := &CMReport{Model: o.Model, Data: o.Data}
 	var pairs []stages.PairExample
@@ -159,6 +157,9 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 		r.UnsafeRecall = float64(pos) / float64(len(unsafe))
 	}
 	if o.Out != "" {
+		if err := os.MkdirAll(o.Out, 0o755); err != nil {
+			return r, err
+		}
 		var samples []metrics.Sample
 		if len(safe) > 0 {
 			samples = append(samples, metrics.Sample{Name: fmt.Sprintf("safe (n=%d)", len(safe)), Values: safe})

@@ -11,6 +11,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/stages"
@@ -119,7 +120,11 @@ type Options struct {
 	Batch            int
 	Limit            int // at most this many samples (0: all)
 	Seed             uint64
-	Out              string // directory for JSON, scores and plots ("" : none)
+	// HeldOutRatio > 0 scores only the held-out part of Data as a training stage
+	// split it (same --eval-ratio, --eval-max and --seed as the training run).
+	HeldOutRatio float64
+	HeldOutMax   int
+	Out          string // directory for JSON, scores and plots ("" : none)
 }
 
 // RMReport is eval-rm's result (spec §8, evaluate/reward.py).
@@ -138,12 +143,9 @@ type RMReport struct {
 
 // loadPairs reads and tokenizes pairs (hi = better for RM, unsafer for CM).
 func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.PairExample, skipped int, err error) {
-	raw, err := stages.LoadRaw(o.Data, o.Seed)
+	raw, err := loadSamples(o)
 	if err != nil {
 		return nil, 0, err
-	}
-	if o.Limit > 0 && len(raw) > o.Limit {
-		raw = raw[:o.Limit]
 	}
 	for _, s := range raw {
 		if !s.HasOther {
@@ -164,6 +166,26 @@ func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.Pa
 		return nil, skipped, fmt.Errorf("no usable pairs in %v", o.Data)
 	}
 	return pairs, skipped, nil
+}
+
+// loadSamples reads the data, keeps the training run's held-out part if asked, and applies Limit.
+func loadSamples(o Options) ([]datasets.RawSample, error) {
+	raw, err := stages.LoadRaw(o.Data, o.Seed)
+	if err != nil {
+		return nil, err
+	}
+	if o.HeldOutRatio > 0 {
+		ei, _ := stages.Split(len(raw), o.HeldOutRatio, o.HeldOutMax, 0, o.Seed)
+		held := make([]datasets.RawSample, len(ei))
+		for i, j := range ei {
+			held[i] = raw[j]
+		}
+		raw = held
+	}
+	if o.Limit > 0 && len(raw) > o.Limit {
+		raw = raw[:o.Limit]
+	}
+	return raw, nil
 }
 
 func scorePairs(sc *Scorer, pairs []stages.PairExample) (hi, lo []float64, err error) {

@@ -141,8 +141,10 @@ func LoadRaw(specs []string, seed uint64) ([]datasets.RawSample, error) {
 	return s, nil
 }
 
-// split shuffles n indices with seed and returns the held-out and training index sets.
-func split(n int, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
+// Split shuffles n indices with seed and returns the held-out and training index
+// sets, as the stages split --data when no --eval-data is given (evaluation tools
+// call it with the same arguments to score exactly the held-out samples).
+func Split(n int, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
 	perm := rand.New(rand.NewPCG(seed, 0x5eed)).Perm(n)
 	ne := int(float64(n) * ratio)
 	if evalMax > 0 {

@@ -179,7 +179,7 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			rawEval = rawEval[:cfg.EvalMax]
 		}
 	} else {
-		ei, ti := split(len(raw), cfg.EvalRatio, cfg.EvalMax, cfg.MaxTrain, cfg.Seed)
+		ei, ti := Split(len(raw), cfg.EvalRatio, cfg.EvalMax, cfg.MaxTrain, cfg.Seed)
 		all := raw
 		raw, rawEval = nil, nil
 		for _, i := range ti {
