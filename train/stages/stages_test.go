@@ -75,6 +75,9 @@ func TestConfigValidation(t *testing.T) {
 
 // scoreRun trains a reward or cost model briefly and returns its held-out result.
 func scoreRun(t *testing.T, stage Stage, steps int, lr float64, lossType string, data ...string) *Result {
+	if testing.Short() {
+		t.Skip("trains on real data for about a minute; TestScoreModelLearnsSyntheticRule covers the path in -short")
+	}
 	c := tinyConfig(t, stage, data...)
 	c.MaxLength, c.BatchSize, c.Steps, c.Epochs, c.EvalMax, c.EvalRatio = 64, 16, steps, 1, 224, 0.1
 	c.LR, c.LossType = lr, lossType
