@@ -1,11 +1,12 @@
 package stages
 
 import (
+	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -84,9 +85,43 @@ func SaveModel(dir string, cfg *model.Config, w model.Weights, tokPath string) e
 	return nil
 }
 
-// ResolveTokenizer returns the tokenizer path: explicit if given, else a tokenizer
-// file inside (or next to) the model path.
+// ResolveTokenizer returns the tokenizer path: explicit if given, else the
+// tokenizer file inside (or next to) the model path whose vocabulary matches the
+// model's (tok512.bin for stories260K, tokenizer.model for Llama-2-vocabulary models).
 func ResolveTokenizer(explicit, modelPath string) (string, error) {
+	if explicit != "" {
+		return explicit, nil
+	}
+	return ResolveTokenizerFor("", modelPath, modelVocab(modelPath))
+}
+
+// modelVocab reads the vocabulary size of a model (HF config.json or the llama2.c
+// header), 0 if it cannot.
+func modelVocab(path string) int {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		if cfg, err := model.LoadHFConfig(path); err == nil {
+			return cfg.VocabSize
+		}
+		return 0
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	var hdr [28]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		return 0
+	}
+	v := int32(binary.LittleEndian.Uint32(hdr[20:24])) // llama2.c: vocab_size (negative: unshared classifier)
+	if v < 0 {
+		v = -v
+	}
+	return int(v)
+}
+
+// ResolveTokenizerFor is ResolveTokenizer for a known vocabulary size (0: any).
+func ResolveTokenizerFor(explicit, modelPath string, vocab int) (string, error) {
 	if explicit != "" {
 		return explicit, nil
 	}
@@ -96,14 +131,18 @@ func ResolveTokenizer(explicit, modelPath string) (string, error) {
 	}
 	for _, n := range []string{"tokenizer.model", "tok512.bin", "tokenizer.bin"} {
 		p := filepath.Join(dir, n)
-		if _, err := os.Stat(p); err == nil {
-			if n == "tokenizer.bin" && strings.HasSuffix(modelPath, "stories260K.bin") {
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		if vocab > 0 {
+			tok, err := tokenizer.Load(p)
+			if err != nil || tok.VocabSize() != vocab {
 				continue
 			}
-			return p, nil
 		}
+		return p, nil
 	}
-	return "", fmt.Errorf("no tokenizer given and none found in %s (use --tokenizer)", dir)
+	return "", fmt.Errorf("no tokenizer given and none with %d tokens found in %s (use --tokenizer)", vocab, dir)
 }
 
 // loadTokenizer loads the tokenizer and checks it fits the model's vocabulary.

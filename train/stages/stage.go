@@ -163,6 +163,20 @@ func initialEval(path string) map[string]float64 {
 // buildSources reads and tokenizes the data, splits off the held-out set and
 // returns the training and held-out batch sources.
 func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result) (train, eval trainer.Source, err error) {
+	trainShards, err := shardSpecs(cfg.Data)
+	if err != nil {
+		return nil, nil, err
+	}
+	evalShards, err := shardSpecs(cfg.EvalData)
+	if err != nil {
+		return nil, nil, err
+	}
+	if trainShards || evalShards {
+		if !trainShards || (len(cfg.EvalData) > 0 && !evalShards) {
+			return nil, nil, fmt.Errorf("--data and --eval-data must both be shard directories or both raw files")
+		}
+		return shardSources(stage, cfg, tok, res)
+	}
 	raw, err := LoadRaw(cfg.Data, cfg.Seed)
 	if err != nil {
 		return nil, nil, err
@@ -189,53 +203,118 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			rawEval = append(rawEval, all[i])
 		}
 	}
-	pad := tok.Pad()
 	if stage == SFT {
-		build := func(rs []datasets.RawSample) []sftExample {
-			var out []sftExample
+		var tr, ev []sftExample
+		for k, rs := range [][]datasets.RawSample{raw, rawEval} {
 			for _, s := range rs {
 				if e, ok := buildSFT(s, tok, cfg.MaxLength, cfg.Truncate); ok {
-					out = append(out, e)
+					if k == 0 {
+						tr = append(tr, e)
+					} else {
+						ev = append(ev, e)
+					}
 				} else {
 					res.Dropped++
 				}
 			}
-			return out
 		}
-		tr, ev := build(raw), build(rawEval)
-		ts := &seqSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: pad, seed: cfg.Seed, shuffle: true}
-		es := &seqSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: pad}
-		res.Train, res.HeldOut = len(tr), es.Len()*cfg.BatchSize
-		if ts.Len() == 0 {
-			return nil, nil, fmt.Errorf("%d usable training examples: fewer than one batch of %d", len(tr), cfg.BatchSize)
-		}
-		return ts, es, nil
+		return sftSources(cfg, tok, res, tr, ev)
 	}
-	build := func(rs []datasets.RawSample) ([]PairExample, error) {
-		var out []PairExample
+	var tr, ev []PairExample
+	for k, rs := range [][]datasets.RawSample{raw, rawEval} {
 		for _, s := range rs {
 			e, ok, err := BuildPair(s, tok, cfg.MaxLength, cfg.Truncate, stage == CM)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
-			if ok {
-				out = append(out, e)
-			} else {
+			switch {
+			case !ok:
 				res.Dropped++
+			case k == 0:
+				tr = append(tr, e)
+			default:
+				ev = append(ev, e)
 			}
 		}
-		return out, nil
 	}
-	tr, err := build(raw)
+	return pairSources(cfg, tok, res, tr, ev)
+}
+
+// shardSources reads pre-tokenized examples from shard directories (saferlhf data
+// pack / data demo); without --eval-data the held-out part is a seeded split.
+func shardSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result) (trainer.Source, trainer.Source, error) {
+	all, err := readShardExamples(cfg.Data, stage)
 	if err != nil {
 		return nil, nil, err
 	}
-	ev, err := build(rawEval)
-	if err != nil {
-		return nil, nil, err
+	var trEx, evEx []datasets.Example
+	if len(cfg.EvalData) > 0 {
+		if evEx, err = readShardExamples(cfg.EvalData, stage); err != nil {
+			return nil, nil, err
+		}
+		trEx = all
+		if cfg.MaxTrain > 0 && len(trEx) > cfg.MaxTrain {
+			trEx = trEx[:cfg.MaxTrain]
+		}
+		if cfg.EvalMax > 0 && len(evEx) > cfg.EvalMax {
+			evEx = evEx[:cfg.EvalMax]
+		}
+	} else {
+		ei, ti := Split(len(all), cfg.EvalRatio, cfg.EvalMax, cfg.MaxTrain, cfg.Seed)
+		for _, i := range ti {
+			trEx = append(trEx, all[i])
+		}
+		for _, i := range ei {
+			evEx = append(evEx, all[i])
+		}
 	}
-	ts := &pairSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: pad, seed: cfg.Seed, shuffle: true}
-	es := &pairSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: pad}
+	if stage == SFT {
+		var tr, ev []sftExample
+		for k, exs := range [][]datasets.Example{trEx, evEx} {
+			for _, e := range exs {
+				s, ok := sftFromShard(e, cfg.MaxLength)
+				switch {
+				case !ok:
+					res.Dropped++
+				case k == 0:
+					tr = append(tr, s)
+				default:
+					ev = append(ev, s)
+				}
+			}
+		}
+		return sftSources(cfg, tok, res, tr, ev)
+	}
+	var tr, ev []PairExample
+	for k, exs := range [][]datasets.Example{trEx, evEx} {
+		for _, e := range exs {
+			p, ok := pairFromShard(e, cfg.MaxLength, stage == CM)
+			switch {
+			case !ok:
+				res.Dropped++
+			case k == 0:
+				tr = append(tr, p)
+			default:
+				ev = append(ev, p)
+			}
+		}
+	}
+	return pairSources(cfg, tok, res, tr, ev)
+}
+
+func sftSources(cfg Config, tok tokenizer.Tokenizer, res *Result, tr, ev []sftExample) (trainer.Source, trainer.Source, error) {
+	ts := &seqSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad(), seed: cfg.Seed, shuffle: true}
+	es := &seqSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad()}
+	res.Train, res.HeldOut = len(tr), es.Len()*cfg.BatchSize
+	if ts.Len() == 0 {
+		return nil, nil, fmt.Errorf("%d usable training examples: fewer than one batch of %d", len(tr), cfg.BatchSize)
+	}
+	return ts, es, nil
+}
+
+func pairSources(cfg Config, tok tokenizer.Tokenizer, res *Result, tr, ev []PairExample) (trainer.Source, trainer.Source, error) {
+	ts := &pairSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad(), seed: cfg.Seed, shuffle: true}
+	es := &pairSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad()}
 	res.Train, res.HeldOut = len(tr), es.Len()*cfg.BatchSize
 	if ts.Len() == 0 {
 		return nil, nil, fmt.Errorf("%d usable training pairs: fewer than one batch of %d", len(tr), cfg.BatchSize)
