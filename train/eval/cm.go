@@ -62,14 +62,21 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := loadSamples(o)
-	if err != nil {
-		return nil, err
-	}
 	r := &CMReport{Model: o.Model, Data: o.Data}
 	var pairs []stages.PairExample
 	var singles [][]int32
 	var singleSign []float32
+	var raw []datasets.RawSample
+	if ps, sk, ok, err := stages.ShardPairs(o.Data, o.MaxLength, true); err != nil {
+		return nil, err
+	} else if ok {
+		if o.Limit > 0 && len(ps) > o.Limit {
+			ps = ps[:o.Limit]
+		}
+		pairs, r.Skipped = ps, sk
+	} else if raw, err = loadSamples(o); err != nil {
+		return nil, err
+	}
 	for _, s := range raw {
 		if !s.HasOther {
 			if s.IsSafe == datasets.SafetyUnknown {

@@ -69,3 +69,28 @@ func pairFromShard(e datasets.Example, maxLen int, cost bool) (PairExample, bool
 	}
 	return p, len(p.Hi) > 0 && len(p.Lo) > 0 && !slices.Equal(p.Hi, p.Lo)
 }
+
+// ShardPairs reads the preference (cost=false) or safety-preference (cost=true)
+// examples of shard directories as pairs of at most maxLen tokens. ok is false when
+// the specs are not all shard directories (read them with LoadRaw and BuildPair).
+func ShardPairs(specs []string, maxLen int, cost bool) (pairs []PairExample, skipped int, ok bool, err error) {
+	if ok, err = shardSpecs(specs); err != nil || !ok {
+		return nil, 0, ok, err
+	}
+	stage := RM
+	if cost {
+		stage = CM
+	}
+	exs, err := readShardExamples(specs, stage)
+	if err != nil {
+		return nil, 0, true, err
+	}
+	for _, e := range exs {
+		if p, good := pairFromShard(e, maxLen, cost); good {
+			pairs = append(pairs, p)
+		} else {
+			skipped++
+		}
+	}
+	return pairs, skipped, true, nil
+}
