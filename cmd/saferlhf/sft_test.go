@@ -35,64 +35,68 @@ func sftArgs(out string, extra ...string) []string {
 
 // TestSIGKILLResumeIsBitExact kills an SFT run (SIGKILL, no chance to clean up)
 // after its first checkpoint, resumes it, and requires the metrics file and the
-// final model to equal those of an uninterrupted run byte for byte.
+// final model to equal those of an uninterrupted run byte for byte. It then does
+// the same with SIGINT (Ctrl-C), which must checkpoint and exit with an error.
 func TestSIGKILLResumeIsBitExact(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the CLI and trains three times")
+		t.Skip("builds the CLI and trains five times")
 	}
 	bin := buildStageCLI(t)
 	ref := t.TempDir()
 	if out, err := exec.Command(bin, sftArgs(ref)...).CombinedOutput(); err != nil {
 		t.Fatalf("reference run: %v\n%s", err, out)
 	}
-
-	dir := t.TempDir()
-	cmd := exec.Command(bin, sftArgs(dir)...)
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	latest := filepath.Join(dir, "checkpoints", checkpoint.LatestFile)
-	deadline := time.Now().Add(2 * time.Minute)
-	killed := false
-	for !killed && time.Now().Before(deadline) {
-		select {
-		case err := <-done:
-			t.Fatalf("the run finished before it could be killed (%v): make it longer\n%s", err, log.String())
-		default:
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGINT} {
+		dir := t.TempDir()
+		cmd := exec.Command(bin, sftArgs(dir)...)
+		var log bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &log, &log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
 		}
-		if _, err := os.Stat(latest); err == nil {
-			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		latest := filepath.Join(dir, "checkpoints", checkpoint.LatestFile)
+		deadline := time.Now().Add(2 * time.Minute)
+		sent := false
+		for !sent && time.Now().Before(deadline) {
+			select {
+			case err := <-done:
+				t.Fatalf("%v: the run finished before the signal (%v): make it longer\n%s", sig, err, log.String())
+			default:
+			}
+			if _, err := os.Stat(latest); err == nil {
+				if err := cmd.Process.Signal(sig); err != nil {
+					t.Fatal(err)
+				}
+				sent = true
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if !sent {
+			t.Fatal("no checkpoint within 2 minutes")
+		}
+		err := <-done
+		ck, _ := os.ReadFile(latest)
+		t.Logf("%v after checkpoint %s", sig, strings.TrimSpace(string(ck)))
+		if sig == syscall.SIGINT && (err == nil || !strings.Contains(log.String(), "interrupted after step")) {
+			t.Fatalf("SIGINT: want an error exit naming the interruption, got %v\n%s", err, log.String())
+		}
+		if out, err := exec.Command(bin, sftArgs(dir, "--resume")...).CombinedOutput(); err != nil {
+			t.Fatalf("resumed run: %v\n%s", err, out)
+		}
+		for _, f := range []string{"metrics.jsonl", "model/model.safetensors"} {
+			want, err := os.ReadFile(filepath.Join(ref, f))
+			if err != nil {
 				t.Fatal(err)
 			}
-			killed = true
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if !killed {
-		t.Fatal("no checkpoint within 2 minutes")
-	}
-	<-done
-	ck, _ := os.ReadFile(latest)
-	t.Logf("killed after checkpoint %s", strings.TrimSpace(string(ck)))
-
-	if out, err := exec.Command(bin, sftArgs(dir, "--resume")...).CombinedOutput(); err != nil {
-		t.Fatalf("resumed run: %v\n%s", err, out)
-	}
-	for _, f := range []string{"metrics.jsonl", "model/model.safetensors"} {
-		want, err := os.ReadFile(filepath.Join(ref, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := os.ReadFile(filepath.Join(dir, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s differs after SIGKILL + resume:\n%s\nwant:\n%s", f, trunc(got), trunc(want))
+			got, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%v: %s differs after resume:\n%s\nwant:\n%s", sig, f, trunc(got), trunc(want))
+			}
 		}
 	}
 }
