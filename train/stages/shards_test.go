@@ -1,0 +1,42 @@
+package stages
+
+import (
+	stdctx "context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/saferlhf/saferlhf/data/shards"
+)
+
+func TestShardDirectoriesAsData(t *testing.T) {
+	tok := tok512(t)
+	dir := t.TempDir()
+	if _, err := shards.PackDemo(stdctx.Background(), assets, dir, tok, 48, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := tinyConfig(t, CM)
+	c.Data = []string{filepath.Join(dir, "safety-preference")}
+	c.EvalData = []string{filepath.Join(dir, "safety-preference-eval")}
+	c.MaxLength, c.BatchSize, c.Steps, c.EvalMax, c.LossType = 48, 8, 2, 16, "token-wise"
+	r, err := Run(stdctx.Background(), CM, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Train < 2000 || r.HeldOut != 16 || r.Steps != 2 {
+		t.Fatalf("result %+v", r)
+	}
+	pairs, _, ok, err := ShardPairs(c.EvalData, 48, true)
+	if err != nil || !ok || len(pairs) < 200 {
+		t.Fatalf("ShardPairs: %d pairs, ok %v, err %v", len(pairs), ok, err)
+	}
+	// A reward model cannot train on SFT shards, and shards and raw files do not mix.
+	c.Data, c.EvalData = []string{filepath.Join(dir, "sft")}, nil
+	if _, err := Run(stdctx.Background(), RM, c); err == nil || !strings.Contains(err.Error(), "needs preference examples") {
+		t.Fatalf("want a kind error, got %v", err)
+	}
+	c.Data = []string{filepath.Join(dir, "preference"), filepath.Join(assets, "hh-rlhf/harmless-base-test.jsonl.gz")}
+	if _, err := Run(stdctx.Background(), RM, c); err == nil || !strings.Contains(err.Error(), "mix") {
+		t.Fatalf("want a mix error, got %v", err)
+	}
+}
