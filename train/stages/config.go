@@ -87,8 +87,8 @@ func (l listFlag) Set(s string) error {
 func (c *Config) RegisterFlags(fs *flag.FlagSet, stage Stage) {
 	fs.StringVar(&c.Model, "model", c.Model, "base model: llama2.c .bin file or HF directory (SFT output for RM/CM)")
 	fs.StringVar(&c.Tokenizer, "tokenizer", c.Tokenizer, "tokenizer file (default: tokenizer.model/tok512.bin beside the model)")
-	fs.Var(listFlag{&c.Data}, "data", "training data files, comma-separated (hh-rlhf jsonl.gz, PKU-SafeRLHF json, alpaca, sharegpt, ...)")
-	fs.Var(listFlag{&c.EvalData}, "eval-data", "held-out data files (default: a seeded split of --data)")
+	fs.Var(listFlag{&c.Data}, "data", "training data, comma-separated: raw files ([format:[proportion:]]path: hh-rlhf jsonl.gz, PKU-SafeRLHF json, alpaca, sharegpt, ...) or token-shard directories (saferlhf data pack/demo)")
+	fs.Var(listFlag{&c.EvalData}, "eval-data", "held-out data, same forms as --data (default: a seeded split of --data)")
 	fs.Float64Var(&c.EvalRatio, "eval-ratio", c.EvalRatio, "held-out fraction of --data when --eval-data is empty")
 	fs.IntVar(&c.EvalMax, "eval-max", c.EvalMax, "at most this many held-out examples (0: all)")
 	fs.IntVar(&c.MaxTrain, "max-train", c.MaxTrain, "at most this many training examples (0: all)")
