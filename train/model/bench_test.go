@@ -97,7 +97,11 @@ func BenchmarkModel(b *testing.B) {
 				return []*G.Node{loss, gn}
 			},
 		}
-		for _, mode := range []string{"fwd", "fwdbwd", "adamw"} {
+		modes["fwdbwd-stockgrad"] = modes["fwdbwd"]
+		for _, mode := range []string{"fwd", "fwdbwd", "adamw", "fwdbwd-stockgrad"} {
+			if mode == "fwdbwd-stockgrad" && bc.name != "stories260K" {
+				continue
+			}
 			b.Run(fmt.Sprintf("%s/B%dxT%d/%s", bc.name, bc.b, bc.t, mode), func(b *testing.B) {
 				ctx := context.New().In("m")
 				if err := SetWeights(ctx, cfg, w); err != nil {
@@ -106,6 +110,12 @@ func BenchmarkModel(b *testing.B) {
 				e, err := context.NewExec(be, ctx.Checked(false), modes[mode])
 				if err != nil {
 					b.Fatal(err)
+				}
+				if mode == "fwdbwd-stockgrad" {
+					// GoMLX's own DotGeneral gradient, for comparison: the
+					// graph is built (on the first Exec) while it is installed.
+					G.VJPRegistration[G.NodeTypeDotGeneral] = stockDotVJP
+					defer func() { G.VJPRegistration[G.NodeTypeDotGeneral] = dotGeneralVJP }()
 				}
 				run := func() {
 					out, err := e.Exec(ids, mask)
