@@ -286,7 +286,7 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 			return err
 		}
 		_ = writeSamples(filepath.Join(f.out, "samples_after.txt"), tok, rs)
-		printSummary(os.Stdout, summary.Before, summary.After)
+		printSummary(os.Stdout, summary.Before, summary.After, cfg.UsesCost())
 	}
 	fmt.Printf("policy: %s\nmetrics: %s\nsummary: %s\nplots: %s\n", policyDir, filepath.Join(f.out, "metrics.jsonl"),
 		summaryPath, strings.Join(plots, " "))
@@ -294,14 +294,23 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 }
 
 // printSummary prints the before/after table.
-func printSummary(w *os.File, before, after *ppo.EvalResult) {
+// printSummary prints the before/after table (cost columns only when a cost model was used).
+func printSummary(w *os.File, before, after *ppo.EvalResult, withCost bool) {
 	if before == nil || after == nil {
 		return
 	}
 	fmt.Fprintf(w, "\nheld-out prompts: %d\n", after.N)
 	fmt.Fprintf(w, "%-16s %12s %12s %14s %10s\n", "policy", "reward_mean", "cost_mean", "harmful_rate", "gen_len")
-	fmt.Fprintf(w, "%-16s %12.4f %12.4f %14.3f %10.1f\n", "before (SFT)", before.RewardMean, before.CostMean, before.HarmfulRate, before.GenLenMean)
-	fmt.Fprintf(w, "%-16s %12.4f %12.4f %14.3f %10.1f\n", "after (RL)", after.RewardMean, after.CostMean, after.HarmfulRate, after.GenLenMean)
+	for _, row := range []struct {
+		name string
+		r    *ppo.EvalResult
+	}{{"before (SFT)", before}, {"after (RL)", after}} {
+		cost, harm := "n/a", "n/a"
+		if withCost {
+			cost, harm = fmt.Sprintf("%.4f", row.r.CostMean), fmt.Sprintf("%.3f", row.r.HarmfulRate)
+		}
+		fmt.Fprintf(w, "%-16s %12.4f %12s %14s %10.1f\n", row.name, row.r.RewardMean, cost, harm, row.r.GenLenMean)
+	}
 }
 
 func writeJSON(path string, v any) error {
