@@ -36,6 +36,7 @@ type rlFlags struct {
 	backend, lambdaMode                  string
 	evalSplit                            float64
 	evalSize, evalBatch, checkpointEvery int
+	ptxMaxLength                         int
 	resume                               bool
 	loraRank                             int
 	loraAlpha                            float64
@@ -71,6 +72,7 @@ func newRLFlags(name string, alg ppo.Algorithm) (*flag.FlagSet, *rlFlags) {
 	fs.IntVar(&f.evalBatch, "eval-batch-size", 32, "generation batch size of the evaluation")
 	fs.StringVar(&f.ptxData, "ptx-data", "", "supervised data for PTX mixing (with --ptx-coeff > 0)")
 	fs.Float64Var(&c.PTXCoeff, "ptx-coeff", c.PTXCoeff, "PTX loss coefficient")
+	fs.IntVar(&f.ptxMaxLength, "ptx-max-length", 128, "PTX examples are cut to this many tokens")
 	fs.StringVar(&f.out, "output", "out/"+name, "output dir: metrics.jsonl, perf.jsonl, plots/, checkpoints/, policy/, summary.json")
 	fs.StringVar(&f.backend, "backend", "", "GoMLX backend (default $SAFERLHF_BACKEND or "+backend.Default+")")
 	fs.BoolVar(&f.resume, "resume", false, "continue from the latest checkpoint in --output")
@@ -171,7 +173,7 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 	}
 	var ptxSet *ppo.PTXSet
 	if cfg.PTXCoeff > 0 {
-		if ptxSet, err = loadPTX(tok, f.ptxData, cfg.MaxPromptTokens+cfg.MaxNewTokens, cfg.Seed); err != nil {
+		if ptxSet, err = loadPTX(tok, f.ptxData, f.ptxMaxLength, cfg.Seed); err != nil {
 			return err
 		}
 	}
@@ -426,7 +428,7 @@ func loadPrompts(tok tokenizer.Tokenizer, trainData, evalData string, split floa
 	return train, held, truncated, nil
 }
 
-// loadPTX reads supervised data for PTX mixing: prompt (labels −100) + answer + EOS.
+// loadPTX reads supervised data for PTX mixing: prompt (labels −100) + answer + EOS, cut to maxLen tokens.
 func loadPTX(tok tokenizer.Tokenizer, spec string, maxLen int, seed uint64) (*ppo.PTXSet, error) {
 	var ids, labels [][]int32
 	for _, item := range strings.Split(spec, ",") {
@@ -444,8 +446,11 @@ func loadPTX(tok tokenizer.Tokenizer, spec string, maxLen int, seed uint64) (*pp
 			}
 			pi := tok.Encode(p, true)
 			full := append(tok.Encode(p+s.Answer, true), tok.EOS())
-			if len(full) > maxLen || len(full) <= len(pi) {
-				continue
+			if len(full) > maxLen {
+				full = full[:maxLen] // the reference truncates on the right
+			}
+			if len(full) <= len(pi) {
+				continue // no answer token left to learn
 			}
 			lab := make([]int32, len(full))
 			for i := range lab {
