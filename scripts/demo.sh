@@ -38,7 +38,7 @@ stage "sft" "$bin" sft --model $A/models/stories260K.bin --tokenizer $A/models/t
 
 # 2. Reward model (helpfulness) on hh-rlhf helpful pairs, from the SFT model.
 stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz \
-	--max-length 128 --batch-size 8 --steps "${RM_STEPS:-30}" --lr 1e-3 --eval-max 64 --out "$out/rm"
+	--truncate prompt-left --max-length 96 --batch-size 8 --steps "${RM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/rm"
 
 # 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF and hh-rlhf harmless pairs.
 #    The PKU-SafeRLHF pairs carry the safety labels that place cost 0 between safe and unsafe answers:
@@ -51,11 +51,11 @@ stage "cost model" "$bin" train-cm --model "$out/sft/model" \
 #    and scored before and after training.
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
 stage "ppo-lag" "$bin" ppo-lag --actor "$out/sft/model" --reward-model "$out/rm/model" --cost-model "$out/cm/model" \
-	--train-data "$P" --eval-split 0.1 --eval-size 64 --max-prompt-tokens 48 --max-new-tokens "${GEN_TOKENS:-32}" \
-	--prompt-batch-size 16 --train-batch-size 16 --max-steps "${PPO_STEPS:-24}" \
-	--actor-lr "${ACTOR_LR:-5e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.01}" \
-	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.1}" --lambda-max 5 \
-	--checkpoint-every 8 --output "$out/ppo-lag"
+	--train-data "$P" --eval-split 0.1 --eval-size 128 --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" \
+	--prompt-batch-size 16 --train-batch-size 16 --max-steps "${PPO_STEPS:-96}" \
+	--actor-lr "${ACTOR_LR:-5e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.05}" \
+	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
+	--checkpoint-every 16 --output "$out/ppo-lag"
 
 cp "$out/ppo-lag/summary.json" "$out/summary.json"
 total=$(($(date +%s) - t_all))
