@@ -220,3 +220,23 @@ func TestParseHFConfig(t *testing.T) {
 		t.Error("hidden_size not a multiple of heads accepted")
 	}
 }
+
+// FuzzLoadLlama2C: arbitrary llama2.c files give errors, never panics.
+func FuzzLoadLlama2C(f *testing.F) {
+	hdr := []byte{64, 0, 0, 0, 172, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 4, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0}
+	f.Add(hdr)
+	f.Add(append(hdr, make([]byte, 64)...))
+	f.Add([]byte{1, 0, 0, 0, 255, 255, 255, 127})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "m.bin")
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg, w, err := LoadLlama2C(p)
+		if err == nil {
+			if err := w.Check(cfg, false); err != nil {
+				t.Fatalf("accepted file with inconsistent weights: %v", err)
+			}
+		}
+	})
+}

@@ -50,6 +50,12 @@ func LoadLlama2C(path string) (*Config, Weights, error) {
 	}
 	dh := dim / nh
 	kvd := nkv * dh
+	// Rough size first, in float64, so absurd headers cannot overflow the
+	// exact computation below.
+	approx := 4 * (2*float64(vocab)*float64(dim) + float64(nl)*(4*float64(dim)*float64(dim)+3*float64(dim)*float64(hidden)) + float64(seqLen)*float64(dh))
+	if approx > 4*float64(st.Size())+1e6 {
+		return nil, nil, fmt.Errorf("%s: header %v implies about %.0f bytes, file has %d", path, hdr, approx, st.Size())
+	}
 	want := int64(28) + 4*int64(vocab*dim+nl*(2*dim+dim*dim+2*dim*kvd+dim*dim+3*dim*hidden)+dim+seqLen*dh)
 	if !shared {
 		want += 4 * int64(vocab*dim)
