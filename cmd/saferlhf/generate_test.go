@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/saferlhf/saferlhf/train/model"
 )
 
 // captureStdout runs fn with os.Stdout redirected and returns what it wrote.
@@ -51,18 +53,30 @@ func TestGenerateCLIGolden(t *testing.T) {
 	}
 	c := g.Cases[1]
 	n := 20
-	out := captureStdout(t, func() error {
-		return runGenerate([]string{"--model", filepath.Join(root, "assets", "data", "models", "stories260K.bin"),
-			"--tokenizer", filepath.Join(root, "assets", "data", "models", "tok512.bin"),
-			"--prompt", c.Prompt, "--max-new-tokens", strconv.Itoa(n), "--temperature", "0", "--print-ids"})
-	})
-	fields := strings.Fields(out)
-	if len(fields) != n {
-		t.Fatalf("%s: got %d ids: %q", c.Name, len(fields), out)
+	bin := filepath.Join(root, "assets", "data", "models", "stories260K.bin")
+	// The same model as an HF directory (safetensors + config.json).
+	cfg, w, err := model.LoadLlama2C(bin)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i, f := range fields {
-		if f != strconv.Itoa(int(c.GeneratedIDs[i])) {
-			t.Fatalf("%s: id %d = %s, llama2.c %d", c.Name, i, f, c.GeneratedIDs[i])
+	hf := filepath.Join(t.TempDir(), "hf")
+	if err := model.Save(hf, cfg, w); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{bin, hf} {
+		out := captureStdout(t, func() error {
+			return runGenerate([]string{"--model", m,
+				"--tokenizer", filepath.Join(root, "assets", "data", "models", "tok512.bin"),
+				"--prompt", c.Prompt, "--max-new-tokens", strconv.Itoa(n), "--temperature", "0", "--print-ids"})
+		})
+		fields := strings.Fields(out)
+		if len(fields) != n {
+			t.Fatalf("%s %s: got %d ids: %q", m, c.Name, len(fields), out)
+		}
+		for i, f := range fields {
+			if f != strconv.Itoa(int(c.GeneratedIDs[i])) {
+				t.Fatalf("%s %s: id %d = %s, llama2.c %d", m, c.Name, i, f, c.GeneratedIDs[i])
+			}
 		}
 	}
 }
