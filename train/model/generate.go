@@ -166,18 +166,16 @@ func (gen *Generator) prefillGraph(ctx *context.Context, inputs []*G.Node) []*G.
 	bias := attnBias(cfg, causalBias(mask))
 	dh, hkv := cfg.Dh(), cfg.NumKVHeads
 	caches := make([]*G.Node, 0, 2*cfg.NumLayers)
-	var zeros *G.Node
-	if s > p {
-		zeros = G.Zeros(g, shapes.Make(dtypes.Float32, b, s-p, hkv, dh))
-	}
-	hook := func(_ int, k4, v4 *G.Node) (*G.Node, *G.Node) {
-		for _, t := range []*G.Node{k4, v4} {
-			if zeros != nil {
-				t = G.Concatenate([]*G.Node{t, zeros}, 1)
-			}
-			caches = append(caches, t)
+	hook := func(_ int, k4, v4 *G.Node) (*G.Node, *G.Node, bool) {
+		// Caches in head-major layouts: K [B, Hkv, S, dh], V [B, Hkv, dh, S].
+		kc := G.TransposeAllAxes(k4, 0, 2, 1, 3)
+		vc := G.TransposeAllAxes(v4, 0, 2, 3, 1)
+		if s > p {
+			kc = G.Concatenate([]*G.Node{kc, G.Zeros(g, shapes.Make(dtypes.Float32, b, hkv, s-p, dh))}, 2)
+			vc = G.Concatenate([]*G.Node{vc, G.Zeros(g, shapes.Make(dtypes.Float32, b, hkv, dh, s-p))}, 3)
 		}
-		return k4, v4
+		caches = append(caches, kc, vc)
+		return k4, v4, false
 	}
 	for l := 0; l < cfg.NumLayers; l++ {
 		x = block(ctx, cfg, x, l, r, bias, hook)
@@ -187,9 +185,11 @@ func (gen *Generator) prefillGraph(ctx *context.Context, inputs []*G.Node) []*G.
 }
 
 // stepGraph feeds one token per row. Inputs: tok [B, 1] int32, rope
-// position [B, 1] int32, scatter index [B, 2] int32 (row, cache slot), key
-// mask [B, S] float32 (slots the token may attend to, itself included), then
-// the 2L caches. Outputs: logits [B, V] and the updated caches.
+// position [B, 1] int32, the cache slot written [1] int32 (the same for all
+// rows: prompts are left-padded to one width), key mask [B, S] float32
+// (slots the token may attend to, itself included), then the 2L caches (K
+// [B, Hkv, S, dh], V [B, Hkv, dh, S]). Outputs: logits [B, V] and the
+// updated caches.
 func (gen *Generator) stepGraph(ctx *context.Context, inputs []*G.Node) []*G.Node {
 	cfg := gen.cfg
 	tok, pos, slot, keyMask := inputs[0], inputs[1], inputs[2], inputs[3]
@@ -202,12 +202,20 @@ func (gen *Generator) stepGraph(ctx *context.Context, inputs []*G.Node) []*G.Nod
 	bias := attnBias(cfg, keys)
 	dh, hkv := cfg.Dh(), cfg.NumKVHeads
 	out := make([]*G.Node, 2*cfg.NumLayers)
-	hook := func(l int, k4, v4 *G.Node) (*G.Node, *G.Node) {
+	// Scatter indices of the new token's K (b, h, slot) and V (b, h, d, slot).
+	i32 := func(dims ...int) shapes.Shape { return shapes.Make(dtypes.Int32, dims...) }
+	at := func(dims ...int) *G.Node {
+		return G.BroadcastToDims(G.Reshape(slot, ones(len(dims))...), dims...)
+	}
+	kIdx := G.Concatenate([]*G.Node{G.Iota(g, i32(b, hkv, 1), 0), G.Iota(g, i32(b, hkv, 1), 1), at(b, hkv, 1)}, 2)
+	vIdx := G.Concatenate([]*G.Node{G.Iota(g, i32(b, hkv, dh, 1), 0), G.Iota(g, i32(b, hkv, dh, 1), 1),
+		G.Iota(g, i32(b, hkv, dh, 1), 2), at(b, hkv, dh, 1)}, 3)
+	hook := func(l int, k4, v4 *G.Node) (*G.Node, *G.Node, bool) {
 		// The slot is zero (never written): adding is writing.
-		k := G.ScatterSum(caches[2*l], slot, G.Reshape(k4, b, hkv, dh), true, true)
-		v := G.ScatterSum(caches[2*l+1], slot, G.Reshape(v4, b, hkv, dh), true, true)
+		k := G.ScatterSum(caches[2*l], kIdx, G.Reshape(k4, b, hkv, dh), true, true)
+		v := G.ScatterSum(caches[2*l+1], vIdx, G.Reshape(v4, b, hkv, dh), false, true)
 		out[2*l], out[2*l+1] = k, v
-		return k, v
+		return k, v, true
 	}
 	for l := 0; l < cfg.NumLayers; l++ {
 		x = block(ctx, cfg, x, l, r, bias, hook)
@@ -279,7 +287,6 @@ func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollou
 	done := make([]bool, b)
 	tok := make([]int32, b)
 	pos := make([]int32, b)
-	slot := make([]int32, 2*b)
 	var sc sampler
 	for i := 0; ; i++ {
 		logits, err := tensors.CopyFlatData[float32](out[0])
@@ -311,7 +318,6 @@ func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollou
 		args := make([]any, 0, 4+2*cfg.NumLayers)
 		for r := 0; r < b; r++ {
 			pos[r] = nreal[r]
-			slot[2*r], slot[2*r+1] = int32(r), int32(at)
 			if len(resp[r]) == i+1 { // sampled this round (EOS included): a real token
 				keyMask[r*s+at] = 1
 				nreal[r]++
@@ -320,7 +326,7 @@ func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollou
 		args = append(args,
 			tensors.FromFlatDataAndDimensions(tok, b, 1),
 			tensors.FromFlatDataAndDimensions(pos, b, 1),
-			tensors.FromFlatDataAndDimensions(slot, b, 2),
+			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1),
 			tensors.FromFlatDataAndDimensions(keyMask, b, s))
 		for _, c := range out[1:] {
 			d, err := G.DonateTensorBuffer(c, gen.be, 0)

@@ -329,8 +329,11 @@ func causalBias(mask *G.Node) *G.Node {
 }
 
 // kvHook lets the generator substitute the keys/values a layer attends to
-// (the KV cache) for the ones computed from the current tokens.
-type kvHook func(layer int, k4, v4 *G.Node) (kAll, vAll *G.Node)
+// (the KV cache) for the ones computed from the current tokens, k4 and v4
+// [B, T, Hkv, dh]. With headMajor the returned keys are [B, Hkv, S, dh] and
+// values [B, Hkv, dh, S]: the layouts the pure-Go DotGeneral works on
+// directly, so a cache kept in them is not transposed at every step.
+type kvHook func(layer int, k4, v4 *G.Node) (kAll, vAll *G.Node, headMajor bool)
 
 // lname is LayerName bound to one layer.
 type lname int
@@ -359,14 +362,23 @@ func block(ctx *context.Context, cfg *Config, x *G.Node, l int, r *rope, bias *G
 	k = r.apply(k, r.cosK, r.sinK, hkv, dh)
 	k4 := G.Reshape(k, b, t, hkv, dh)
 	v4 := G.Reshape(v, b, t, hkv, dh)
+	headMajor := false
 	if hook != nil {
-		k4, v4 = hook(l, k4, v4)
+		k4, v4, headMajor = hook(l, k4, v4)
 	}
 	q5 := G.Reshape(q, b, t, hkv, hq/hkv, dh)
-	scores := G.DotGeneral(q5, []int{4}, []int{0, 2}, k4, []int{3}, []int{0, 2}) // [B, Hkv, T, G, S]
-	scores = G.Add(scores, bias)
-	p := G.Softmax(scores, -1)
-	o := G.DotGeneral(p, []int{4}, []int{0, 1}, v4, []int{1}, []int{0, 2}) // [B, Hkv, T, G, dh]
+	var scores, o *G.Node
+	if headMajor {
+		scores = G.DotGeneral(q5, []int{4}, []int{0, 2}, k4, []int{3}, []int{0, 1}) // [B, Hkv, T, G, S]
+	} else {
+		scores = G.DotGeneral(q5, []int{4}, []int{0, 2}, k4, []int{3}, []int{0, 2})
+	}
+	p := G.Softmax(G.Add(scores, bias), -1)
+	if headMajor {
+		o = G.DotGeneral(p, []int{4}, []int{0, 1}, v4, []int{3}, []int{0, 1}) // [B, Hkv, T, G, dh]
+	} else {
+		o = G.DotGeneral(p, []int{4}, []int{0, 1}, v4, []int{1}, []int{0, 2})
+	}
 	o = G.Reshape(G.TransposeAllAxes(o, 0, 2, 1, 3, 4), b, t, hq*dh)
 	o = addBias(linear(o, param(ctx, g, ln.n("self_attn.o_proj.weight"))), optParam(ctx, g, ln.n("self_attn.o_proj.bias")))
 	x = G.Add(x, o)
