@@ -64,10 +64,7 @@ func runDataPack(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	var progress io.Writer = os.Stderr
-	if *quiet {
-		progress = nil
-	}
+	progress := progressOut(*quiet)
 	start := time.Now()
 	m, err := shards.Pack(ctx, shards.PackOptions{
 		Kind: k, Inputs: fs.Args(), Format: *format, TokenizerPath: *tokPath, Out: *out, Force: *force, Seed: *seed,
@@ -228,10 +225,7 @@ func runDataDemo(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	var progress io.Writer = os.Stderr
-	if *quiet {
-		progress = nil
-	}
+	progress := progressOut(*quiet)
 	start := time.Now()
 	ms, err := shards.PackDemo(ctx, *assets, *out, tok, *maxLen, *force, progress)
 	if err != nil {
@@ -249,4 +243,13 @@ func runDataDemo(args []string) error {
 	}
 	fmt.Printf("packed %d datasets into %s in %.2fs\n", len(ms), *out, time.Since(start).Seconds())
 	return nil
+}
+
+// progressOut is where the data commands report progress: stderr, or nowhere
+// (a nil writer, which the packers treat as silent) under --quiet.
+func progressOut(quiet bool) io.Writer {
+	if quiet {
+		return nil
+	}
+	return os.Stderr
 }
