@@ -2,43 +2,13 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 )
 
-// buildDataCLI builds the saferlhf binary into a temporary directory.
-func buildDataCLI(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "saferlhf")
-	cmd := exec.Command("go", "build", "-tags", "noxla", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// runCLI runs the binary from the repository root and returns stdout, stderr and the exit code.
-func runCLI(t *testing.T, bin string, args ...string) (string, string, int) {
-	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = "../.."
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), code
-}
-
 func TestTokenizeAndDataCLI(t *testing.T) {
-	bin := buildDataCLI(t)
+	bin := buildCLIBinary(t)
 	// Golden: stories260k_greedy.json prompt_ids of "Once upon a time" (tok512).
 	if out, errOut, code := runCLI(t, bin, "tokenize", "--tokenizer", "assets/data/models/tok512.bin", "Once upon a time"); code != 0 || out != "1 403 407 261 378\n" {
 		t.Fatalf("tokenize: %q %q %d", out, errOut, code)

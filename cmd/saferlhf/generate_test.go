@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,27 +10,6 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/model"
 )
-
-// captureStdout runs fn with os.Stdout redirected and returns what it wrote.
-func captureStdout(t *testing.T, fn func() error) string {
-	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := os.Stdout
-	os.Stdout = w
-	done := make(chan string)
-	go func() { b, _ := io.ReadAll(r); done <- string(b) }()
-	ferr := fn()
-	os.Stdout = old
-	w.Close()
-	out := <-done
-	if ferr != nil {
-		t.Fatal(ferr)
-	}
-	return out
-}
 
 // TestGenerateCLIGolden: `saferlhf generate --temperature 0 --print-ids`
 // reproduces llama2.c's greedy ids for a golden prompt.

@@ -13,18 +13,6 @@ import (
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 )
 
-// buildStageCLI builds the saferlhf binary into a temporary directory.
-func buildStageCLI(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "saferlhf")
-	cmd := exec.Command("go", "build", "-tags", "noxla", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 func sftArgs(out string, extra ...string) []string {
 	a := "../../assets/data"
 	return append([]string{"sft", "--model", a + "/models/stories260K.bin", "--tokenizer", a + "/models/tok512.bin",
@@ -41,7 +29,7 @@ func TestSIGKILLResumeIsBitExact(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI and trains five times")
 	}
-	bin := buildStageCLI(t)
+	bin := buildCLIBinary(t)
 	ref := t.TempDir()
 	if out, err := exec.Command(bin, sftArgs(ref)...).CombinedOutput(); err != nil {
 		t.Fatalf("reference run: %v\n%s", err, out)
