@@ -169,6 +169,26 @@ func nextChunk(text string, i int, space string) int {
 	return j + k
 }
 
+// encode appends the ids of text split into chunks by nextChunk (each a run of
+// space symbols and the word after it): a chunk's ids come from the cache, or from
+// enc, whose result is then cached. Only valid for a chunked vocabulary (see
+// Chunking above), where the concatenation equals enc(text).
+func (c *chunkCache) encode(text, space string, out []int32, enc func(chunk string, out []int32) []int32) []int32 {
+	for i := 0; i < len(text); {
+		j := nextChunk(text, i, space)
+		chunk := text[i:j]
+		if ids, ok := c.get(chunk); ok {
+			out = append(out, ids...)
+		} else {
+			n := len(out)
+			out = enc(chunk, out)
+			c.put(chunk, out[n:])
+		}
+		i = j
+	}
+	return out
+}
+
 const (
 	maxCachedChunk  = 64      // bytes; longer chunks are encoded but not cached
 	maxCacheEntries = 1 << 18 // bounded memory (a few tens of MB at most)

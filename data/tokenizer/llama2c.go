@@ -80,19 +80,7 @@ func (t *Llama2C) Encode(text string, addBOS bool) []int32 {
 	if !t.chunked {
 		return t.encodeChunk(full, out)
 	}
-	for i := 0; i < len(full); {
-		j := nextChunk(full, i, " ")
-		c := full[i:j]
-		if ids, ok := t.cache.get(c); ok {
-			out = append(out, ids...)
-		} else {
-			n := len(out)
-			out = t.encodeChunk(c, out)
-			t.cache.put(c, out[n:])
-		}
-		i = j
-	}
-	return out
+	return t.cache.encode(full, " ", out, t.encodeChunk)
 }
 
 // encodeChunk appends the run.c BPE ids of text.

@@ -251,19 +251,7 @@ func (t *SentencePiece) Encode(text string, addBOS bool) []int32 {
 	if !t.chunked {
 		return t.encodeChunk(norm, out)
 	}
-	for i := 0; i < len(norm); {
-		j := nextChunk(norm, i, spaceSymbol)
-		c := norm[i:j]
-		if ids, ok := t.cache.get(c); ok {
-			out = append(out, ids...)
-		} else {
-			n := len(out)
-			out = t.encodeChunk(c, out)
-			t.cache.put(c, out[n:])
-		}
-		i = j
-	}
-	return out
+	return t.cache.encode(norm, spaceSymbol, out, t.encodeChunk)
 }
 
 // encodeChunk appends the BPE ids of normalized text (bpe_model.cc Encode, then
