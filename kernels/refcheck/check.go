@@ -184,29 +184,12 @@ func one(x float64) []float64 { return []float64{x} }
 func asF32(x float64) float64 { return float64(float32(x)) }
 
 func checkMaskedMean(c fields, r Runner, rec func(string, []float64, []float64)) error {
-	B, err := c.int("B")
-	if err != nil {
-		return err
-	}
-	N, err := c.int("N")
-	if err != nil {
-		return err
-	}
-	x, err := c.mat("x", B, N)
-	if err != nil {
-		return err
-	}
-	m, err := c.mask("mask", B, N)
-	if err != nil {
-		return err
-	}
-	out, err := c.float("out")
-	if err != nil {
-		return err
-	}
-	outNo, err := c.float("out_no_mask")
-	if err != nil {
-		return err
+	rd := &reader{c: c}
+	B, N := rd.int("B"), rd.int("N")
+	x, m := rd.mat("x", B, N), rd.mask("mask", B, N)
+	out, outNo := rd.float("out"), rd.float("out_no_mask")
+	if rd.err != nil {
+		return rd.err
 	}
 	got, err := r.MaskedMean(x, m, B, N)
 	if err != nil {
@@ -261,29 +244,17 @@ func mats(c fields, rows, cols int, names ...string) ([][]float64, error) {
 }
 
 func checkGAE(c fields, r Runner, rec func(string, []float64, []float64)) error {
-	d, err := dims(c, "B", "L", "start")
-	if err != nil {
-		return err
-	}
-	B, L, S := d[0], d[1], d[2]
+	rd := &reader{c: c}
+	B, L, S := rd.int("B"), rd.int("L"), rd.int("start")
 	if S > L {
 		return fmt.Errorf("start %d > L %d", S, L)
 	}
-	f, err := floats(c, "gamma", "gae_lambda")
-	if err != nil {
-		return err
-	}
-	in, err := mats(c, B, L, "values", "rewards")
-	if err != nil {
-		return err
-	}
-	m, err := c.mask("sequence_mask", B, L)
-	if err != nil {
-		return err
-	}
-	want, err := mats(c, B, L-S, "advantages", "returns")
-	if err != nil {
-		return err
+	f := rd.floats("gamma", "gae_lambda")
+	in := rd.mats(B, L, "values", "rewards")
+	m := rd.mask("sequence_mask", B, L)
+	want := rd.mats(B, L-S, "advantages", "returns")
+	if rd.err != nil {
+		return rd.err
 	}
 	// The fused kernel runs both streams; the cost stream gets the same inputs.
 	o, err := r.GAE(kernels.GAEArgs[float64]{B: B, L: L, Start: S, Gamma: f[0], Lambda: f[1],
@@ -299,22 +270,13 @@ func checkGAE(c fields, r Runner, rec func(string, []float64, []float64)) error 
 }
 
 func checkCritic(c fields, r Runner, rec func(string, []float64, []float64)) error {
-	d, err := dims(c, "B", "N")
-	if err != nil {
-		return err
-	}
-	B, N := d[0], d[1]
-	f, err := floats(c, "clip_range_value", "loss")
-	if err != nil {
-		return err
-	}
-	in, err := mats(c, B, N, "values", "old_values", "returns")
-	if err != nil {
-		return err
-	}
-	m, err := c.mask("mask", B, N)
-	if err != nil {
-		return err
+	rd := &reader{c: c}
+	B, N := rd.int("B"), rd.int("N")
+	f := rd.floats("clip_range_value", "loss")
+	in := rd.mats(B, N, "values", "old_values", "returns")
+	m := rd.mask("mask", B, N)
+	if rd.err != nil {
+		return rd.err
 	}
 	got, err := r.Critic(kernels.CriticArgs[float64]{B: B, N: N, ClipValue: f[0], Values: in[0], OldValues: in[1], Returns: in[2], Mask: m})
 	if err != nil {
@@ -326,35 +288,22 @@ func checkCritic(c fields, r Runner, rec func(string, []float64, []float64)) err
 
 func checkActor(lag bool) checker {
 	return func(c fields, r Runner, rec func(string, []float64, []float64)) error {
-		d, err := dims(c, "B", "N")
-		if err != nil {
-			return err
-		}
-		B, N := d[0], d[1]
-		f, err := floats(c, "clip_range_ratio", "loss")
-		if err != nil {
-			return err
-		}
+		rd := &reader{c: c}
+		B, N := rd.int("B"), rd.int("N")
+		f := rd.floats("clip_range_ratio", "loss")
 		names := []string{"log_probs", "old_log_probs", "advantages"}
 		if lag {
 			names = []string{"log_probs", "old_log_probs", "reward_advantages", "cost_advantages"}
 		}
-		in, err := mats(c, B, N, names...)
-		if err != nil {
-			return err
-		}
-		m, err := c.mask("mask", B, N)
-		if err != nil {
-			return err
-		}
+		in := rd.mats(B, N, names...)
+		m := rd.mask("mask", B, N)
 		a := kernels.ActorArgs[float64]{B: B, N: N, ClipRatio: f[0], LogProbs: in[0], OldLogProbs: in[1], RewardAdv: in[2], Mask: m}
 		if lag {
 			// The reference reads λ = self.log_lambda.exp().item().
-			ll, err := c.float("log_lambda")
-			if err != nil {
-				return err
-			}
-			a.Lambda, a.CostAdv = math.Exp(ll), in[3]
+			a.Lambda, a.CostAdv = math.Exp(rd.float("log_lambda")), in[3]
+		}
+		if rd.err != nil {
+			return rd.err
 		}
 		got, err := r.Actor(a, lag)
 		if err != nil {
@@ -367,36 +316,19 @@ func checkActor(lag bool) checker {
 
 func checkKL(lag bool) checker {
 	return func(c fields, r Runner, rec func(string, []float64, []float64)) error {
-		d, err := dims(c, "B", "L")
-		if err != nil {
-			return err
-		}
-		B, L := d[0], d[1]
-		f, err := floats(c, "kl_coeff", "clip_range_score")
-		if err != nil {
-			return err
-		}
-		reward, err := c.vec("reward", B)
-		if err != nil {
-			return err
-		}
+		rd := &reader{c: c}
+		B, L := rd.int("B"), rd.int("L")
+		f := rd.floats("kl_coeff", "clip_range_score")
+		reward := rd.vec("reward", B)
 		var cost []float64
 		if lag {
-			if cost, err = c.vec("cost", B); err != nil {
-				return err
-			}
+			cost = rd.vec("cost", B)
 		}
-		in, err := mats(c, B, L, "log_probs", "ref_log_probs")
-		if err != nil {
-			return err
-		}
-		m, err := c.mask("sequence_mask", B, L)
-		if err != nil {
-			return err
-		}
-		wr, err := c.mat("rewards", B, L)
-		if err != nil {
-			return err
+		in := rd.mats(B, L, "log_probs", "ref_log_probs")
+		m := rd.mask("sequence_mask", B, L)
+		wr := rd.mat("rewards", B, L)
+		if rd.err != nil {
+			return rd.err
 		}
 		rw, cs, _, err := r.KLShape(kernels.KLArgs[float64]{B: B, L: L, KLCoeff: f[0], ClipRangeScore: f[1],
 			Reward: reward, Cost: cost, LogProbs: in[0], RefLogProbs: in[1], SeqMask: m}, lag)
@@ -405,9 +337,9 @@ func checkKL(lag bool) checker {
 		}
 		rec("rewards", rw, wr)
 		if lag {
-			wc, err := c.mat("costs", B, L)
-			if err != nil {
-				return err
+			wc := rd.mat("costs", B, L)
+			if rd.err != nil {
+				return rd.err
 			}
 			rec("costs", cs, wc)
 		}
@@ -502,52 +434,28 @@ func checkLambda(c fields, r Runner, rec func(string, []float64, []float64)) err
 	return nil
 }
 
-func pairCommon(c fields, hi, lo string) (B, T int, lt kernels.LossType, reg float64, ids [2][]int32, masks, scores [2][]float64, err error) {
-	d, err := dims(c, "B", "L")
-	if err != nil {
-		return
-	}
-	B, T = d[0], d[1]
-	s, err := c.str("loss_type")
-	if err != nil {
-		return
-	}
-	if lt, err = kernels.ParseLossType(s); err != nil {
-		return
-	}
-	if reg, err = c.float("regularization"); err != nil {
-		return
-	}
+// pairCommon reads the fields shared by the reward- and cost-model loss cases;
+// hi and lo name the two sides of the pair.
+func pairCommon(rd *reader, hi, lo string) (B, T int, lt kernels.LossType, reg float64, ids [2][]int32, masks, scores [2][]float64) {
+	B, T = rd.int("B"), rd.int("L")
+	s := rd.str("loss_type")
+	lt = get(rd, func() (kernels.LossType, error) { return kernels.ParseLossType(s) })
+	reg = rd.float("regularization")
 	for k, n := range []string{hi, lo} {
-		if ids[k], err = c.imat(n+"_input_ids", B, T); err != nil {
-			return
-		}
-		if masks[k], err = c.mask(n+"_attention_mask", B, T); err != nil {
-			return
-		}
-		if scores[k], err = c.mat("scores_"+n, B, T); err != nil {
-			return
-		}
+		ids[k] = rd.imat(n+"_input_ids", B, T)
+		masks[k] = rd.mask(n+"_attention_mask", B, T)
+		scores[k] = rd.mat("scores_"+n, B, T)
 	}
 	return
 }
 
 func checkRewardLoss(c fields, r Runner, rec func(string, []float64, []float64)) error {
-	B, T, lt, reg, ids, masks, scores, err := pairCommon(c, "better", "worse")
-	if err != nil {
-		return err
-	}
-	f, err := floats(c, "loss", "accuracy")
-	if err != nil {
-		return err
-	}
-	hi, err := c.vec("higher_end_reward", B)
-	if err != nil {
-		return err
-	}
-	lo, err := c.vec("lower_end_reward", B)
-	if err != nil {
-		return err
+	rd := &reader{c: c}
+	B, T, lt, reg, ids, masks, scores := pairCommon(rd, "better", "worse")
+	f := rd.floats("loss", "accuracy")
+	hi, lo := rd.vec("higher_end_reward", B), rd.vec("lower_end_reward", B)
+	if rd.err != nil {
+		return rd.err
 	}
 	res, be, we, err := r.RewardLoss(kernels.PreferenceArgs[float64]{B: B, T: T, LossType: lt, Regularization: reg,
 		BetterIDs: ids[0], WorseIDs: ids[1], BetterMask: masks[0], WorseMask: masks[1], BetterScores: scores[0], WorseScores: scores[1]})
@@ -562,29 +470,13 @@ func checkRewardLoss(c fields, r Runner, rec func(string, []float64, []float64))
 }
 
 func checkCostLoss(c fields, r Runner, rec func(string, []float64, []float64)) error {
-	B, T, lt, reg, ids, masks, scores, err := pairCommon(c, "safer", "unsafer")
-	if err != nil {
-		return err
-	}
-	f, err := floats(c, "loss", "accuracy", "accuracy_sign")
-	if err != nil {
-		return err
-	}
-	ss, err := c.vec("safer_safety_sign", B)
-	if err != nil {
-		return err
-	}
-	us, err := c.vec("unsafer_safety_sign", B)
-	if err != nil {
-		return err
-	}
-	hi, err := c.vec("higher_end_cost", B)
-	if err != nil {
-		return err
-	}
-	lo, err := c.vec("lower_end_cost", B)
-	if err != nil {
-		return err
+	rd := &reader{c: c}
+	B, T, lt, reg, ids, masks, scores := pairCommon(rd, "safer", "unsafer")
+	f := rd.floats("loss", "accuracy", "accuracy_sign")
+	ss, us := rd.vec("safer_safety_sign", B), rd.vec("unsafer_safety_sign", B)
+	hi, lo := rd.vec("higher_end_cost", B), rd.vec("lower_end_cost", B)
+	if rd.err != nil {
+		return rd.err
 	}
 	res, se, ue, err := r.CostLoss(kernels.SafetyPreferenceArgs[float64]{B: B, T: T, LossType: lt, Regularization: reg,
 		SaferIDs: ids[0], UnsaferIDs: ids[1], SaferMask: masks[0], UnsaferMask: masks[1], SaferScores: scores[0], UnsaferScores: scores[1],
@@ -663,47 +555,28 @@ func checkNormalizer(c fields, r Runner, rec func(string, []float64, []float64))
 }
 
 func checkPPOLagStep(c fields, r Runner, rec func(string, []float64, []float64)) error {
-	d, err := dims(c, "B", "L", "start")
-	if err != nil {
-		return err
-	}
-	B, L, S := d[0], d[1], d[2]
+	rd := &reader{c: c}
+	B, L, S := rd.int("B"), rd.int("L"), rd.int("start")
 	if S > L {
 		return fmt.Errorf("start %d > L %d", S, L)
 	}
 	N := L - S
-	f, err := floats(c, "lambda", "kl_coeff", "clip_range_score", "clip_range_ratio", "clip_range_value", "gamma", "gae_lambda")
-	if err != nil {
-		return err
-	}
-	am, err := c.mask("attention_mask", B, L+1)
-	if err != nil {
-		return err
+	f := rd.floats("lambda", "kl_coeff", "clip_range_score", "clip_range_ratio", "clip_range_value", "gamma", "gae_lambda")
+	am := rd.mask("attention_mask", B, L+1)
+	if rd.err != nil {
+		return rd.err
 	}
 	m := make([]float64, 0, B*L)
 	for i := range B {
 		m = append(m, am[i*(L+1)+1:(i+1)*(L+1)]...)
 	}
-	reward, err := c.vec("reward", B)
-	if err != nil {
-		return err
-	}
-	cost, err := c.vec("cost", B)
-	if err != nil {
-		return err
-	}
-	in, err := mats(c, B, L, "old_log_probs", "ref_log_probs", "log_probs", "old_reward_values", "old_cost_values", "reward_values", "cost_values", "old_rewards", "old_costs")
-	if err != nil {
-		return err
-	}
+	reward, cost := rd.vec("reward", B), rd.vec("cost", B)
+	in := rd.mats(B, L, "old_log_probs", "ref_log_probs", "log_probs", "old_reward_values", "old_cost_values", "reward_values", "cost_values", "old_rewards", "old_costs")
 	oldLP, refLP, newLP, oldRV, oldCV, newRV, newCV := in[0], in[1], in[2], in[3], in[4], in[5], in[6]
-	want, err := mats(c, B, N, "reward_advantages", "reward_returns", "cost_advantages", "cost_returns")
-	if err != nil {
-		return err
-	}
-	ws, err := floats(c, "actor_loss", "reward_critic_loss", "cost_critic_loss", "kl_divergence", "reward_with_kl_penalty")
-	if err != nil {
-		return err
+	want := rd.mats(B, N, "reward_advantages", "reward_returns", "cost_advantages", "cost_returns")
+	ws := rd.floats("actor_loss", "reward_critic_loss", "cost_critic_loss", "kl_divergence", "reward_with_kl_penalty")
+	if rd.err != nil {
+		return rd.err
 	}
 	rw, cs, st, err := r.KLShape(kernels.KLArgs[float64]{B: B, L: L, KLCoeff: f[1], ClipRangeScore: f[2], Start: S,
 		Reward: reward, Cost: cost, LogProbs: oldLP, RefLogProbs: refLP, SeqMask: m}, true)

@@ -159,3 +159,64 @@ func (c fields) mask(name string, rows, cols int) ([]float64, error) {
 	}
 	return v, nil
 }
+
+// reader reads a case's fields in sequence and keeps the first error: once one
+// read fails, the later ones return zero values without looking, so a checker
+// reads all its inputs and tests err once (the error is the one an early return
+// after each read would have given).
+type reader struct {
+	c   fields
+	err error
+}
+
+// get runs read unless an earlier read failed, recording its error.
+func get[T any](r *reader, read func() (T, error)) T {
+	var v T
+	if r.err == nil {
+		v, r.err = read()
+	}
+	return v
+}
+
+func (r *reader) int(name string) int { return get(r, func() (int, error) { return r.c.int(name) }) }
+
+func (r *reader) float(name string) float64 {
+	return get(r, func() (float64, error) { return r.c.float(name) })
+}
+
+func (r *reader) str(name string) string {
+	return get(r, func() (string, error) { return r.c.str(name) })
+}
+
+func (r *reader) vec(name string, n int) []float64 {
+	return get(r, func() ([]float64, error) { return r.c.vec(name, n) })
+}
+
+func (r *reader) mat(name string, rows, cols int) []float64 {
+	return get(r, func() ([]float64, error) { return r.c.mat(name, rows, cols) })
+}
+
+func (r *reader) imat(name string, rows, cols int) []int32 {
+	return get(r, func() ([]int32, error) { return r.c.imat(name, rows, cols) })
+}
+
+func (r *reader) mask(name string, rows, cols int) []float64 {
+	return get(r, func() ([]float64, error) { return r.c.mask(name, rows, cols) })
+}
+
+// floats and mats read several fields of one kind (see the functions of the same
+// names). After a failure they return len(names) zero values, so indexing stays safe.
+func (r *reader) floats(names ...string) []float64 {
+	return orZeros(get(r, func() ([]float64, error) { return floats(r.c, names...) }), len(names))
+}
+
+func (r *reader) mats(rows, cols int, names ...string) [][]float64 {
+	return orZeros(get(r, func() ([][]float64, error) { return mats(r.c, rows, cols, names...) }), len(names))
+}
+
+func orZeros[T any](v []T, n int) []T {
+	if v == nil {
+		v = make([]T, n)
+	}
+	return v
+}
