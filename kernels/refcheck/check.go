@@ -204,11 +204,11 @@ func checkMaskedMean(c fields, r Runner, rec func(string, []float64, []float64))
 	return nil
 }
 
-// dims reads the named non-negative integers.
-func dims(c fields, names ...string) ([]int, error) {
-	out := make([]int, len(names))
+// readAll reads each named field with read, stopping at the first error.
+func readAll[T any](names []string, read func(name string) (T, error)) ([]T, error) {
+	out := make([]T, len(names))
 	for i, n := range names {
-		v, err := c.int(n)
+		v, err := read(n)
 		if err != nil {
 			return nil, err
 		}
@@ -217,30 +217,15 @@ func dims(c fields, names ...string) ([]int, error) {
 	return out, nil
 }
 
+// dims reads the named non-negative integers.
+func dims(c fields, names ...string) ([]int, error) { return readAll(names, c.int) }
+
 // floats reads the named numbers.
-func floats(c fields, names ...string) ([]float64, error) {
-	out := make([]float64, len(names))
-	for i, n := range names {
-		v, err := c.float(n)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = v
-	}
-	return out, nil
-}
+func floats(c fields, names ...string) ([]float64, error) { return readAll(names, c.float) }
 
 // mats reads the named [rows][cols] matrices.
 func mats(c fields, rows, cols int, names ...string) ([][]float64, error) {
-	out := make([][]float64, len(names))
-	for i, n := range names {
-		v, err := c.mat(n, rows, cols)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = v
-	}
-	return out, nil
+	return readAll(names, func(n string) ([]float64, error) { return c.mat(n, rows, cols) })
 }
 
 func checkGAE(c fields, r Runner, rec func(string, []float64, []float64)) error {
