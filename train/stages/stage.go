@@ -186,58 +186,16 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 		if rawEval, err = LoadRaw(cfg.EvalData, cfg.Seed); err != nil {
 			return nil, nil, err
 		}
-		if cfg.MaxTrain > 0 && len(raw) > cfg.MaxTrain {
-			raw = raw[:cfg.MaxTrain]
-		}
-		if cfg.EvalMax > 0 && len(rawEval) > cfg.EvalMax {
-			rawEval = rawEval[:cfg.EvalMax]
-		}
-	} else {
-		ei, ti := Split(len(raw), cfg.EvalRatio, cfg.EvalMax, cfg.MaxTrain, cfg.Seed)
-		all := raw
-		raw, rawEval = nil, nil
-		for _, i := range ti {
-			raw = append(raw, all[i])
-		}
-		for _, i := range ei {
-			rawEval = append(rawEval, all[i])
-		}
 	}
-	if stage == SFT {
-		var tr, ev []sftExample
-		for k, rs := range [][]datasets.RawSample{raw, rawEval} {
-			for _, s := range rs {
-				if e, ok := buildSFT(s, tok, cfg.MaxLength, cfg.Truncate); ok {
-					if k == 0 {
-						tr = append(tr, e)
-					} else {
-						ev = append(ev, e)
-					}
-				} else {
-					res.Dropped++
-				}
-			}
-		}
-		return sftSources(cfg, tok, res, tr, ev)
-	}
-	var tr, ev []PairExample
-	for k, rs := range [][]datasets.RawSample{raw, rawEval} {
-		for _, s := range rs {
-			e, ok, err := BuildPair(s, tok, cfg.MaxLength, cfg.Truncate, stage == CM)
-			if err != nil {
-				return nil, nil, err
-			}
-			switch {
-			case !ok:
-				res.Dropped++
-			case k == 0:
-				tr = append(tr, e)
-			default:
-				ev = append(ev, e)
-			}
-		}
-	}
-	return pairSources(cfg, tok, res, tr, ev)
+	raw, rawEval = splitTrainEval(cfg, raw, rawEval)
+	return stageSources(stage, cfg, tok, res, raw, rawEval,
+		func(s datasets.RawSample) (sftExample, bool, error) {
+			e, ok := buildSFT(s, tok, cfg.MaxLength, cfg.Truncate)
+			return e, ok, nil
+		},
+		func(s datasets.RawSample) (PairExample, bool, error) {
+			return BuildPair(s, tok, cfg.MaxLength, cfg.Truncate, stage == CM)
+		})
 }
 
 // shardSources reads pre-tokenized examples from shard directories (saferlhf data
@@ -247,59 +205,86 @@ func shardSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 	if err != nil {
 		return nil, nil, err
 	}
-	var trEx, evEx []datasets.Example
+	var evEx []datasets.Example
 	if len(cfg.EvalData) > 0 {
 		if evEx, err = readShardExamples(cfg.EvalData, stage); err != nil {
 			return nil, nil, err
 		}
-		trEx = all
-		if cfg.MaxTrain > 0 && len(trEx) > cfg.MaxTrain {
-			trEx = trEx[:cfg.MaxTrain]
-		}
-		if cfg.EvalMax > 0 && len(evEx) > cfg.EvalMax {
-			evEx = evEx[:cfg.EvalMax]
-		}
-	} else {
+	}
+	trEx, evEx := splitTrainEval(cfg, all, evEx)
+	return stageSources(stage, cfg, tok, res, trEx, evEx,
+		func(e datasets.Example) (sftExample, bool, error) {
+			s, ok := sftFromShard(e, cfg.MaxLength)
+			return s, ok, nil
+		},
+		func(e datasets.Example) (PairExample, bool, error) {
+			p, ok := pairFromShard(e, cfg.MaxLength, stage == CM)
+			return p, ok, nil
+		})
+}
+
+// splitTrainEval returns the training and held-out examples: with --eval-data,
+// all and eval capped at --max-train and --eval-max; without, a seeded Split of all.
+func splitTrainEval[T any](cfg Config, all, eval []T) (tr, ev []T) {
+	if len(cfg.EvalData) == 0 {
 		ei, ti := Split(len(all), cfg.EvalRatio, cfg.EvalMax, cfg.MaxTrain, cfg.Seed)
 		for _, i := range ti {
-			trEx = append(trEx, all[i])
+			tr = append(tr, all[i])
 		}
 		for _, i := range ei {
-			evEx = append(evEx, all[i])
+			ev = append(ev, all[i])
 		}
+		return tr, ev
 	}
+	tr, ev = all, eval
+	if cfg.MaxTrain > 0 && len(tr) > cfg.MaxTrain {
+		tr = tr[:cfg.MaxTrain]
+	}
+	if cfg.EvalMax > 0 && len(ev) > cfg.EvalMax {
+		ev = ev[:cfg.EvalMax]
+	}
+	return tr, ev
+}
+
+// stageSources builds the stage's examples from the training and held-out inputs
+// (sft for SFT, pair for the reward and cost models; inputs they cannot use count
+// as res.Dropped) and returns their batch sources.
+func stageSources[In any](stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result, trIn, evIn []In,
+	sft func(In) (sftExample, bool, error), pair func(In) (PairExample, bool, error)) (trainer.Source, trainer.Source, error) {
 	if stage == SFT {
-		var tr, ev []sftExample
-		for k, exs := range [][]datasets.Example{trEx, evEx} {
-			for _, e := range exs {
-				s, ok := sftFromShard(e, cfg.MaxLength)
-				switch {
-				case !ok:
-					res.Dropped++
-				case k == 0:
-					tr = append(tr, s)
-				default:
-					ev = append(ev, s)
-				}
-			}
+		tr, ev, err := buildExamples(res, trIn, evIn, sft)
+		if err != nil {
+			return nil, nil, err
 		}
 		return sftSources(cfg, tok, res, tr, ev)
 	}
-	var tr, ev []PairExample
-	for k, exs := range [][]datasets.Example{trEx, evEx} {
-		for _, e := range exs {
-			p, ok := pairFromShard(e, cfg.MaxLength, stage == CM)
+	tr, ev, err := buildExamples(res, trIn, evIn, pair)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pairSources(cfg, tok, res, tr, ev)
+}
+
+// buildExamples applies build to the training and held-out inputs, counting the
+// unusable ones (ok false) in res.Dropped.
+func buildExamples[In, Out any](res *Result, trIn, evIn []In, build func(In) (Out, bool, error)) (tr, ev []Out, err error) {
+	for k, xs := range [][]In{trIn, evIn} {
+		for _, x := range xs {
+			y, ok, err := build(x)
+			if err != nil {
+				return nil, nil, err
+			}
 			switch {
 			case !ok:
 				res.Dropped++
 			case k == 0:
-				tr = append(tr, p)
+				tr = append(tr, y)
 			default:
-				ev = append(ev, p)
+				ev = append(ev, y)
 			}
 		}
 	}
-	return pairSources(cfg, tok, res, tr, ev)
+	return tr, ev, nil
 }
 
 func sftSources(cfg Config, tok tokenizer.Tokenizer, res *Result, tr, ev []sftExample) (trainer.Source, trainer.Source, error) {
