@@ -288,21 +288,23 @@ func buildExamples[In, Out any](res *Result, trIn, evIn []In, build func(In) (Ou
 }
 
 func sftSources(cfg Config, tok tokenizer.Tokenizer, res *Result, tr, ev []sftExample) (trainer.Source, trainer.Source, error) {
-	ts := &seqSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad(), seed: cfg.Seed, shuffle: true}
-	es := &seqSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad()}
-	res.Train, res.HeldOut = len(tr), es.Len()*cfg.BatchSize
-	if ts.Len() == 0 {
-		return nil, nil, fmt.Errorf("%d usable training examples: fewer than one batch of %d", len(tr), cfg.BatchSize)
-	}
-	return ts, es, nil
+	return checkedSources(cfg, res, len(tr), "examples",
+		&seqSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad(), seed: cfg.Seed, shuffle: true},
+		&seqSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad()})
 }
 
 func pairSources(cfg Config, tok tokenizer.Tokenizer, res *Result, tr, ev []PairExample) (trainer.Source, trainer.Source, error) {
-	ts := &pairSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad(), seed: cfg.Seed, shuffle: true}
-	es := &pairSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad()}
-	res.Train, res.HeldOut = len(tr), es.Len()*cfg.BatchSize
+	return checkedSources(cfg, res, len(tr), "pairs",
+		&pairSource{ex: tr, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad(), seed: cfg.Seed, shuffle: true},
+		&pairSource{ex: ev, b: cfg.BatchSize, t: cfg.MaxLength, pad: tok.Pad()})
+}
+
+// checkedSources records the training and held-out sizes (n training items, what
+// they are called) in res and refuses a training source without one full batch.
+func checkedSources(cfg Config, res *Result, n int, what string, ts, es trainer.Source) (trainer.Source, trainer.Source, error) {
+	res.Train, res.HeldOut = n, es.Len()*cfg.BatchSize
 	if ts.Len() == 0 {
-		return nil, nil, fmt.Errorf("%d usable training pairs: fewer than one batch of %d", len(tr), cfg.BatchSize)
+		return nil, nil, fmt.Errorf("%d usable training %s: fewer than one batch of %d", n, what, cfg.BatchSize)
 	}
 	return ts, es, nil
 }
