@@ -139,8 +139,8 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 		return usagef("--train-data is required")
 	case cfg.PTXCoeff > 0 && f.ptxData == "":
 		return usagef("--ptx-coeff needs --ptx-data")
-	case f.loraRank > 0:
-		return fmt.Errorf("--lora-rank: LoRA adapters are not available in train/model yet; run without it (full fine-tuning)")
+	case f.loraRank < 0 || (f.loraRank > 0 && f.loraAlpha <= 0):
+		return usagef("--lora-rank must be >= 0 and --lora-alpha > 0, got %d and %g", f.loraRank, f.loraAlpha)
 	}
 	if err := cfg.Validate(); err != nil {
 		return usagef("%v", err)
@@ -186,7 +186,9 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 		MaxNewTokens: cfg.MaxNewTokens, MaxPromptTokens: cfg.MaxPromptTokens, Temperature: cfg.Temperature,
 		TopP: cfg.TopP, RepPenalty: cfg.RepetitionPenalty, ActorWeightDecay: cfg.ActorWeightDecay,
 		CriticWeightDecay: cfg.CriticWeightDecay, GradClip: cfg.GradClip,
-		SaveModel: func(dir string, c *model.Config, w model.Weights) error { return stages.SaveModel(dir, c, w, tokPath) }}
+		SaveModel: func(dir string, c *model.Config, w model.Weights) error { return stages.SaveModel(dir, c, w, tokPath) },
+		LoRA:      model.LoRAConfig{Rank: f.loraRank, Alpha: f.loraAlpha, Targets: splitList(f.loraTargets)},
+		LoRASeed:  cfg.Seed}
 	if gc.Actor, err = load(f.actor); err != nil {
 		return err
 	}

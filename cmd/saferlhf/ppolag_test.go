@@ -124,7 +124,7 @@ func TestRLFlagErrors(t *testing.T) {
 		{"bad lambda", runPPOLag, []string{"--lambda", "adam"}, "--lambda"},
 		{"indivisible batch", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d",
 			"--prompt-batch-size", "6", "--train-batch-size", "4"}, "divisible"},
-		{"lora", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d", "--lora-rank", "8"}, "LoRA"},
+		{"lora", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d", "--lora-rank", "8", "--lora-alpha", "0"}, "--lora-alpha"},
 		{"ptx without data", runPPO, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d", "--ptx-coeff", "16"}, "--ptx-data"},
 	} {
 		err := tc.run(tc.args)

@@ -33,6 +33,7 @@
 // accumulation applies; responses are right-padded to MaxNewTokens so the graphs see few shapes;
 // a non-finite metric stops the run with an error before anything is checkpointed. Rollouts that
 // never emit EOS are kept whole, as in the reference (the end score is read at the last token).
-// LoRA adapters are not available (train/model has none yet): the actor and critics are fully
-// fine-tuned.
+// With LoRA (GraphNetsConfig.LoRA, --lora-rank) the actor trains adapters over the frozen reference
+// weights and each critic trains its score head and adapters over its frozen score model, so one
+// copy of each base serves two of the six models; otherwise the actor and critics are fully fine-tuned.
 package ppo

@@ -50,6 +50,13 @@ type GraphNetsConfig struct {
 	ActorWeightDecay, CriticWeightDecay, GradClip float64
 	// SaveModel writes a model directory (model.Save); SavePolicy fails without it.
 	SaveModel func(dir string, cfg *model.Config, w model.Weights) error
+	// LoRA, when LoRA.Rank > 0, trains low-rank adapters instead of full weights: the actor reads the
+	// frozen reference weights and adds its adapters, and each critic that starts from its score model
+	// reads that frozen model's trunk, with its own score head and adapters. One frozen copy of each
+	// base serves two models.
+	LoRA model.LoRAConfig
+	// LoRASeed seeds the adapters' initialisation.
+	LoRASeed uint64
 }
 
 // GraphNets runs the six networks as GoMLX graphs in one context: one scoring graph for the
@@ -98,16 +105,39 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 		model.SetTrainable(sc, trainable)
 		return nil
 	}
-	if err := set(ScopeActor, &c.Actor, true); err != nil {
+	// adapt makes scope a LoRA model over the frozen base scope (sharing its weights), with its own
+	// trainable copies of the detached weights and fresh adapters.
+	adapt := func(scope, base string, cfg *model.Config, detach ...string) error {
+		sc := n.ctx.InAbsPath(scope)
+		model.ShareBase(sc, n.ctx.InAbsPath(base))
+		if err := model.Detach(sc, detach...); err != nil {
+			return fmt.Errorf("ppo: %s: %w", scope, err)
+		}
+		if err := model.AddLoRA(sc, cfg, c.LoRA, c.LoRASeed); err != nil {
+			return fmt.Errorf("ppo: %s: %w", scope, err)
+		}
+		model.SetTrainable(sc, true)
+		return nil
+	}
+	lora := c.LoRA.Rank > 0
+	if err := set(ScopeReference, &c.Actor, false); err != nil {
 		return nil, err
 	}
-	if err := set(ScopeReference, &c.Actor, false); err != nil {
+	if lora {
+		if err := adapt(ScopeActor, ScopeReference, c.Actor.Cfg); err != nil {
+			return nil, err
+		}
+	} else if err := set(ScopeActor, &c.Actor, true); err != nil {
 		return nil, err
 	}
 	if err := set(ScopeReward, &c.Reward, false); err != nil {
 		return nil, err
 	}
-	if err := set(ScopeRewardCritic, c.RewardCritic, true); err != nil {
+	if lora && c.RewardCritic == &c.Reward {
+		if err := adapt(ScopeRewardCritic, ScopeReward, c.Reward.Cfg, model.NameScoreW, model.NameScoreB); err != nil {
+			return nil, err
+		}
+	} else if err := set(ScopeRewardCritic, c.RewardCritic, true); err != nil {
 		return nil, err
 	}
 	if c.Cost.Cfg != nil {
@@ -117,7 +147,11 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 	}
 	if c.WithCostCritic {
 		n.ccCfg = c.CostCritic.Cfg
-		if err := set(ScopeCostCritic, c.CostCritic, true); err != nil {
+		if lora && c.CostCritic == &c.Cost {
+			if err := adapt(ScopeCostCritic, ScopeCost, c.Cost.Cfg, model.NameScoreW, model.NameScoreB); err != nil {
+				return nil, err
+			}
+		} else if err := set(ScopeCostCritic, c.CostCritic, true); err != nil {
 			return nil, err
 		}
 	}

@@ -5,15 +5,18 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
 // tinyNets builds GraphNets on the bundled stories260K: the actor is the pretrained model, the
 // reward and cost models are the same trunk with fresh score heads (seeded), as the critics.
-func tinyNets(t testing.TB, cfg Config) *GraphNets {
+func tinyNets(t testing.TB, cfg Config, opts ...func(*GraphNetsConfig)) *GraphNets {
 	t.Helper()
 	be, err := backend.New("")
 	if err != nil {
@@ -33,11 +36,15 @@ func tinyNets(t testing.TB, cfg Config) *GraphNets {
 		model.InitScoreHead(c2, w2, 1, seed)
 		return ModelSpec{Cfg: c2, Weights: w2}
 	}
-	n, err := NewGraphNets(GraphNetsConfig{
+	gc := GraphNetsConfig{
 		Backend: be, Actor: ModelSpec{Cfg: acfg, Weights: w}, Reward: score(1), Cost: score(2),
 		WithCostCritic: cfg.UsesCostCritic(), Pad: 0, EOS: 2, MaxNewTokens: cfg.MaxNewTokens,
 		MaxPromptTokens: cfg.MaxPromptTokens, Temperature: 1, TopP: 1, RepPenalty: 1, GradClip: 1,
-	}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
+	}
+	for _, o := range opts {
+		o(&gc)
+	}
+	n, err := NewGraphNets(gc, cfg.ClipRangeRatio, cfg.ClipRangeValue)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,5 +160,74 @@ func TestActorStepDirection(t *testing.T) {
 				t.Errorf("%s sign %+g: response log-prob %g -> %g", alg, sign, before, after)
 			}
 		}
+	}
+}
+
+// TestLoRANets: with LoRA the actor trains only its adapters over the frozen reference weights
+// (one copy serves both), the critics train their score heads and adapters over the frozen score
+// models, the policy still moves, and the shared bases stay bit-identical.
+func TestLoRANets(t *testing.T) {
+	cfg := tinyConfig()
+	n := tinyNets(t, cfg, func(gc *GraphNetsConfig) {
+		gc.LoRA = model.LoRAConfig{Rank: 2, Alpha: 4, Targets: []string{"q_proj", "v_proj"}}
+		gc.LoRASeed = 3
+	})
+	ctx := n.Context()
+	perScope := map[string][]string{}
+	ctx.EnumerateVariables(func(v *mlctx.Variable) {
+		if v.Trainable {
+			perScope[v.Scope()] = append(perScope[v.Scope()], v.Name())
+		}
+	})
+	for _, scope := range []string{ScopeReference, ScopeReward, ScopeCost} {
+		if len(perScope[scope]) != 0 {
+			t.Errorf("frozen scope %s has trainable variables %v", scope, perScope[scope])
+		}
+	}
+	for _, scope := range []string{ScopeActor, ScopeRewardCritic, ScopeCostCritic} {
+		for _, name := range perScope[scope] {
+			if !strings.Contains(name, "lora_") && name != model.NameScoreW && name != model.NameScoreB {
+				t.Errorf("%s: full weight %s is trainable under LoRA", scope, name)
+			}
+		}
+	}
+	if got := len(perScope[ScopeActor]); got != 2*2*5 { // A and B for 2 targets in 5 layers
+		t.Errorf("actor has %d trainable variables, want 20 adapters", got)
+	}
+	refBefore, err := model.GetWeights(ctx.InAbsPath(ScopeReference), n.actorCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actBefore, err := n.ActorWeights()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := NewTrainer(cfg, Options{OutDir: t.TempDir()}, n, tinyPrompts(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+	refAfter, err := model.GetWeights(ctx.InAbsPath(ScopeReference), n.actorCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actAfter, err := n.ActorWeights()
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := false
+	for _, name := range refBefore.Names() {
+		if !slices.Equal(refBefore[name].Data, refAfter[name].Data) {
+			t.Errorf("frozen reference weight %s changed", name)
+		}
+		if !slices.Equal(actBefore[name].Data, actAfter[name].Data) {
+			moved = true
+		}
+	}
+	if !moved {
+		t.Error("the LoRA actor's merged weights did not change after training")
 	}
 }
