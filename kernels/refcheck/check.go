@@ -333,13 +333,9 @@ func checkKL(lag bool) checker {
 }
 
 func checkLambda(c fields, r Runner, rec func(string, []float64, []float64)) error {
-	cfgRaw, err := c.raw("config")
-	if err != nil {
-		return err
-	}
 	var cfgF fields
-	if err := json.Unmarshal(cfgRaw, &cfgF); err != nil {
-		return fmt.Errorf("field \"config\": want an object: %v", err)
+	if err := c.decode("config", "an object", &cfgF); err != nil {
+		return err
 	}
 	f, err := floats(cfgF, "lambda_init", "lambda_lr", "threshold")
 	if err != nil {
@@ -361,32 +357,20 @@ func checkLambda(c fields, r Runner, rec func(string, []float64, []float64)) err
 	if err != nil {
 		return err
 	}
-	roundsRaw, err := c.raw("rounds")
-	if err != nil {
-		return err
-	}
 	var rounds []fields
-	if err := json.Unmarshal(roundsRaw, &rounds); err != nil {
-		return fmt.Errorf("field \"rounds\": want an array of objects: %v", err)
+	if err := c.decode("rounds", "an array of objects", &rounds); err != nil {
+		return err
 	}
 	var rs []LambdaRound
 	var wantLog, wantLam, wantJc []float64
 	for k, rd := range rounds {
 		var lr LambdaRound
-		costsRaw, err := rd.raw("rollout_costs")
-		if err != nil {
-			return fmt.Errorf("round %d: %w", k, err)
-		}
-		if err := json.Unmarshal(costsRaw, &lr.Costs); err != nil {
-			return fmt.Errorf("round %d: field \"rollout_costs\": want arrays of numbers: %v", k, err)
-		}
-		stepsRaw, err := rd.raw("rl_steps")
-		if err != nil {
+		if err := rd.decode("rollout_costs", "arrays of numbers", &lr.Costs); err != nil {
 			return fmt.Errorf("round %d: %w", k, err)
 		}
 		var steps []fields
-		if err := json.Unmarshal(stepsRaw, &steps); err != nil {
-			return fmt.Errorf("round %d: field \"rl_steps\": want an array of objects: %v", k, err)
+		if err := rd.decode("rl_steps", "an array of objects", &steps); err != nil {
+			return fmt.Errorf("round %d: %w", k, err)
 		}
 		for j, st := range steps {
 			gs, err := st.int("global_step")
@@ -502,13 +486,9 @@ func checkNormalizer(c fields, r Runner, rec func(string, []float64, []float64))
 			return err
 		}
 	}
-	stepsRaw, err := c.raw("steps")
-	if err != nil {
-		return err
-	}
 	var steps []fields
-	if err := json.Unmarshal(stepsRaw, &steps); err != nil {
-		return fmt.Errorf("field \"steps\": want an array of objects: %v", err)
+	if err := c.decode("steps", "an array of objects", &steps); err != nil {
+		return err
 	}
 	for k, st := range steps {
 		batch, err := st.vec("batch", -1)

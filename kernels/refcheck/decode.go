@@ -17,6 +17,18 @@ func (c fields) raw(name string) (json.RawMessage, error) {
 	return r, nil
 }
 
+// decode unmarshals field name into v; want describes the expected JSON in the error.
+func (c fields) decode(name, want string, v any) error {
+	r, err := c.raw(name)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(r, v); err != nil {
+		return fmt.Errorf("field %q: want %s: %v", name, want, err)
+	}
+	return nil
+}
+
 func (c fields) has(name string) bool { _, ok := c[name]; return ok }
 
 func (c fields) float(name string) (float64, error) {
