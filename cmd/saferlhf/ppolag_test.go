@@ -32,24 +32,13 @@ func tinyScoreModels(t *testing.T, dir string) (rm, cm string) {
 	return filepath.Join(dir, "rm"), filepath.Join(dir, "cm")
 }
 
-func buildCLI(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "saferlhf")
-	cmd := exec.Command("go", "build", "-tags", "noxla", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestPPOLagSIGKILLResume kills a ppo-lag run with SIGKILL right after its first checkpoint,
 // resumes it with --resume, and requires metrics.jsonl to equal an uninterrupted run's byte for byte.
 func TestPPOLagSIGKILLResume(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI")
 	}
-	bin := buildCLI(t)
+	bin := buildCLIBinary(t)
 	dir := t.TempDir()
 	rm, cm := tinyScoreModels(t, dir)
 	assets := filepath.Join("..", "..", "assets", "data")
