@@ -184,7 +184,7 @@ func loadSamples(o Options) ([]datasets.RawSample, error) {
 		return nil, err
 	}
 	if o.HeldOutRatio > 0 {
-		ei, _ := stages.Split(len(raw), o.HeldOutRatio, o.HeldOutMax, 0, o.Seed)
+		ei, _ := stages.SplitRaw(raw, o.HeldOutRatio, o.HeldOutMax, 0, o.Seed)
 		held := make([]datasets.RawSample, len(ei))
 		for i, j := range ei {
 			held[i] = raw[j]

@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -145,6 +146,54 @@ func LoadRaw(specs []string, seed uint64) ([]datasets.RawSample, error) {
 // sets, as the stages split --data when no --eval-data is given (evaluation tools
 // call it with the same arguments to score exactly the held-out samples).
 func Split(n int, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
+	return splitGroups(n, nil, ratio, evalMax, trainMax, seed)
+}
+
+// SplitRaw is Split for raw samples that may repeat (a source up-sampled with a proportion
+// > 1): identical samples are one unit, so a held-out sample never has a copy in training and
+// is held out once. Without repeats it equals Split(len(all), ...).
+func SplitRaw(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
+	keys := make([]string, len(all))
+	for i, s := range all {
+		b, _ := json.Marshal(s)
+		keys[i] = string(b)
+	}
+	return splitGroups(len(all), keys, ratio, evalMax, trainMax, seed)
+}
+
+// splitGroups splits n items, grouped by equal keys (nil keys: every item alone), over the
+// groups in first-occurrence order: the held-out part takes one item of each held-out group, the
+// training part every item of each training group.
+func splitGroups(n int, keys []string, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
+	members := make([][]int, 0, n)
+	if keys == nil {
+		for i := 0; i < n; i++ {
+			members = append(members, []int{i})
+		}
+	} else {
+		group := make(map[string]int, n)
+		for i, k := range keys {
+			g, ok := group[k]
+			if !ok {
+				g = len(members)
+				group[k] = g
+				members = append(members, nil)
+			}
+			members[g] = append(members[g], i)
+		}
+	}
+	ge, gt := splitIndices(len(members), ratio, evalMax, trainMax, seed)
+	for _, g := range ge {
+		eval = append(eval, members[g][0])
+	}
+	for _, g := range gt {
+		train = append(train, members[g]...)
+	}
+	return eval, train
+}
+
+// splitIndices shuffles n indices with seed into held-out and training sets.
+func splitIndices(n int, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
 	perm := rand.New(rand.NewPCG(seed, 0x5eed)).Perm(n)
 	ne := int(float64(n) * ratio)
 	if evalMax > 0 {

@@ -187,7 +187,7 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			return nil, nil, err
 		}
 	}
-	raw, rawEval = splitTrainEval(cfg, raw, rawEval)
+	raw, rawEval = splitTrainEval(cfg, raw, rawEval, SplitRaw)
 	return stageSources(stage, cfg, tok, res, raw, rawEval,
 		func(s datasets.RawSample) (sftExample, bool, error) {
 			e, ok := buildSFT(s, tok, cfg.MaxLength, cfg.Truncate)
@@ -211,7 +211,9 @@ func shardSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			return nil, nil, err
 		}
 	}
-	trEx, evEx := splitTrainEval(cfg, all, evEx)
+	trEx, evEx := splitTrainEval(cfg, all, evEx, func(all []datasets.Example, ratio float64, evalMax, trainMax int, seed uint64) ([]int, []int) {
+		return Split(len(all), ratio, evalMax, trainMax, seed)
+	})
 	return stageSources(stage, cfg, tok, res, trEx, evEx,
 		func(e datasets.Example) (sftExample, bool, error) {
 			s, ok := sftFromShard(e, cfg.MaxLength)
@@ -225,9 +227,9 @@ func shardSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 
 // splitTrainEval returns the training and held-out examples: with --eval-data,
 // all and eval capped at --max-train and --eval-max; without, a seeded Split of all.
-func splitTrainEval[T any](cfg Config, all, eval []T) (tr, ev []T) {
+func splitTrainEval[T any](cfg Config, all, eval []T, split func([]T, float64, int, int, uint64) ([]int, []int)) (tr, ev []T) {
 	if len(cfg.EvalData) == 0 {
-		ei, ti := Split(len(all), cfg.EvalRatio, cfg.EvalMax, cfg.MaxTrain, cfg.Seed)
+		ei, ti := split(all, cfg.EvalRatio, cfg.EvalMax, cfg.MaxTrain, cfg.Seed)
 		for _, i := range ti {
 			tr = append(tr, all[i])
 		}

@@ -1,0 +1,59 @@
+package stages
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/saferlhf/saferlhf/data/datasets"
+)
+
+// TestSplitRaw: an up-sampled source must not leak copies of held-out samples into training,
+// and without repeats SplitRaw is exactly Split (so earlier runs' held-out sets are unchanged).
+func TestSplitRaw(t *testing.T) {
+	sample := func(i int) datasets.RawSample {
+		return datasets.RawSample{Input: []string{fmt.Sprint("q", i)}, Answer: "a", OtherAnswer: "b", HasOther: true}
+	}
+	var unique, repeated []datasets.RawSample
+	for i := 0; i < 40; i++ {
+		unique = append(unique, sample(i))
+	}
+	for copy := 0; copy < 8; copy++ { // a proportion of 8, as `pku-saferlhf:8:path`
+		repeated = append(repeated, unique...)
+	}
+	for _, tc := range []struct {
+		name string
+		all  []datasets.RawSample
+	}{{"unique", unique}, {"up-sampled 8x", repeated}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ei, ti := SplitRaw(tc.all, 0.25, 0, 0, 42)
+			if len(ei) != 10 {
+				t.Fatalf("held out %d samples, want 10 (a quarter of 40 unique)", len(ei))
+			}
+			if len(ei)+len(ti) != 40 && len(tc.all) == 40 {
+				t.Fatalf("%d + %d != 40", len(ei), len(ti))
+			}
+			held := map[string]bool{}
+			for _, i := range ei {
+				k := tc.all[i].Input[0]
+				if held[k] {
+					t.Errorf("%s held out twice", k)
+				}
+				held[k] = true
+			}
+			for _, i := range ti {
+				if held[tc.all[i].Input[0]] {
+					t.Errorf("training has a copy of held-out %s", tc.all[i].Input[0])
+				}
+			}
+			if len(tc.all) == len(unique) {
+				wantE, wantT := Split(len(unique), 0.25, 0, 0, 42)
+				if !slices.Equal(ei, wantE) || !slices.Equal(ti, wantT) {
+					t.Error("SplitRaw without repeats differs from Split")
+				}
+			} else if len(ti) != 8*30 {
+				t.Errorf("training has %d samples, want every copy of the 30 training samples (240)", len(ti))
+			}
+		})
+	}
+}
