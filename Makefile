@@ -7,7 +7,7 @@ BIN       = bin/saferlhf
 DEMO_OUT ?= out/demo
 FUZZTIME ?= 5s
 
-.PHONY: all build build-gpu test test-short vet fuzz verify-reference demo bench clean
+.PHONY: all build build-gpu test test-short test-native asan vet fuzz verify-reference demo bench clean
 
 all: build
 
@@ -24,8 +24,17 @@ vet:
 
 test: vet build
 	$(GOFLAGS_CPU) $(GO) test $(TAGS_CPU) -timeout 20m ./...
+	$(MAKE) test-native
 	$(BIN) verify-reference --golden assets/golden
 	$(MAKE) fuzz
+
+# The native C engine (needs cgo and a C compiler; its tests skip in the pure-Go build above).
+test-native:
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 ./native/engine/...
+
+# The native engine's tests under AddressSanitizer (out-of-bounds checks of the C kernels).
+asan:
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -asan -count=1 ./native/engine/...
 
 # Short, bounded fuzz runs of every parser (each target FUZZTIME).
 fuzz:
