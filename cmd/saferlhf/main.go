@@ -33,6 +33,7 @@ var commands = []command{
 	{"sft", "supervised fine-tuning of the base model", runSFT},
 	{"train-rm", "train the reward model (helpfulness)", runTrainRM},
 	{"train-cm", "train the cost model (harmlessness)", runTrainCM},
+	{"dpo", "direct preference optimisation of the SFT policy on better or safer pairs (baseline)", runDPO},
 	{"ppo-lag", "PPO-Lagrangian: maximise reward subject to expected cost <= d", runPPOLag},
 	{"ppo", "plain PPO on the reward model (baseline)", runPPO},
 	{"eval-rm", "reward-model accuracy and score statistics on preference data", runEvalRM},
