@@ -5,9 +5,10 @@ GOFLAGS_CPU = CGO_ENABLED=0
 TAGS_CPU  = -tags noxla
 BIN       = bin/saferlhf
 DEMO_OUT ?= out/demo
+COMPARE_OUT ?= out/compare
 FUZZTIME ?= 5s
 
-.PHONY: all build build-gpu test test-short test-native asan vet fuzz verify-reference demo bench clean
+.PHONY: all build build-gpu test test-short test-native asan vet fuzz verify-reference demo compare bench clean
 
 all: build
 
@@ -45,6 +46,10 @@ verify-reference: build
 
 demo: build
 	bash scripts/demo.sh $(BIN) $(DEMO_OUT)
+
+# The paper's comparison (PPO, reward shaping, PPO-Lag with SGD and PID λ) on the demo's models (<= 40 min, 2 cores).
+compare: build
+	bash scripts/compare.sh $(BIN) $(COMPARE_OUT)
 
 bench: build
 	$(GOFLAGS_CPU) $(GO) test $(TAGS_CPU) -run '^$$' -bench . -benchtime 1x ./...

@@ -47,6 +47,11 @@ stage "cost model" "$bin" train-cm --model "$out/sft/model" \
 	--data pku-saferlhf:8:$A/pku-saferlhf/align-anything-preference-sample.json,hh-rlhf-harmless:0.15:$A/hh-rlhf/harmless-base-test.jsonl.gz \
 	--truncate prompt-left --max-length 128 --batch-size 8 --steps "${CM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/cm"
 
+# make compare (scripts/compare.sh) builds its SFT policy and score models with the stages above, then stops.
+if [ "${DEMO_STOP_BEFORE_RL:-0}" = 1 ]; then
+	exit 0
+fi
+
 # 4. PPO-Lagrangian on harmful-leaning prompts; 10% of them (a stable hash split) are held out
 #    and scored before and after training.
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json

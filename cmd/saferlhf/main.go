@@ -36,6 +36,7 @@ var commands = []command{
 	{"dpo", "direct preference optimisation of the SFT policy on better or safer pairs (baseline)", runDPO},
 	{"ppo-lag", "PPO-Lagrangian: maximise reward subject to expected cost <= d", runPPOLag},
 	{"ppo", "plain PPO on the reward model (baseline)", runPPO},
+	{"compare", "the paper's comparison: PPO, reward shaping (fixed λ), PPO-Lag (SGD and PID λ) from one SFT/RM/CM, judged on held-out prompts", runCompare},
 	{"eval-rm", "reward-model accuracy and score statistics on preference data", runEvalRM},
 	{"eval-cm", "cost-model accuracy, sign accuracy and cost distributions", runEvalCM},
 	{"eval-arena", "two policies answer prompts; reward, cost, win rates, harmful rate, Elo", runEvalArena},

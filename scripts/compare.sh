@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# make compare: the paper's comparison on CPU with the bundled stories260K model and real data.
+# From one SFT policy, reward model and cost model (built by make demo's own stages, scripts/demo.sh, which
+# also builds the independent judge cost model), `saferlhf compare` trains plain PPO (reward only), reward
+# shaping with a small and a large fixed λ, and PPO-Lag with the SGD and the PID multiplier, all with the
+# same seed, prompts and budget; then every policy (and the SFT policy) answers the same held-out prompts,
+# scored by the reward model, the training cost model and the judge. Writes <out>/runs/compare.md (table with
+# bootstrap 95% CIs), compare.json (per-prompt scores) and compare.png (reward vs cost, λ and Jc − d curves).
+# Budget: <= 40 minutes on 2 cores. Usage: bash scripts/compare.sh [bin/saferlhf] [out/compare]
+# Rerunning continues where it stopped (finished stages and runs are kept).
+set -euo pipefail
+bin="${1:-bin/saferlhf}"
+out="${2:-out/compare}"
+models="$out/models"
+A=assets/data
+t0=$(date +%s)
+
+# 1. The SFT policy, reward model, cost model and judge: the demo's stages, stopped before its PPO-Lag.
+if [ ! -f "$models/.done" ]; then
+	DEMO_STOP_BEFORE_RL=1 bash scripts/demo.sh "$bin" "$models"
+	touch "$models/.done"
+fi
+judge="${JUDGE:-$models/judge/model}"
+if [ ! -f "$judge/config.json" ]; then
+	echo "compare: no judge cost model at $judge: scripts/demo.sh builds it (stage 'judge'); or set JUDGE=<cost model dir>" >&2
+	exit 1
+fi
+
+# 2. Five RL runs with the same seed, prompts and budget (the demo's PPO-Lag settings, PPO_STEPS rollout
+#    batches each), then the held-out evaluation of all six policies.
+P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
+resume=()
+if [ -d "$out/runs" ]; then
+	resume=(--resume)
+fi
+"$bin" compare --actor "$models/sft/model" --reward-model "$models/rm/model" --cost-model "$models/cm/model" \
+	--judge-cost-model "$judge" --train-data "$P" --eval-split 0.1 --eval-size 128 \
+	--max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" --prompt-batch-size 16 --train-batch-size 16 \
+	--max-steps "${PPO_STEPS:-64}" --actor-lr "${ACTOR_LR:-5e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.05}" \
+	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
+	--shaping-lambdas "${SHAPING_LAMBDAS:-0.1,5}" --checkpoint-every 16 --output "$out/runs" "${resume[@]}"
+echo "total: $(($(date +%s) - t0)) s"
