@@ -32,7 +32,7 @@ type Model struct {
 	// Trainable lists the names that receive gradients (default: every name).
 	Trainable map[string]bool
 
-	ropeT          int
+	ropeKey        [2]int
 	ropeCos, ropeS []float32
 }
 
@@ -140,6 +140,7 @@ type layerActs struct {
 // Tape is a forward pass's saved state, consumed by the backward.
 type Tape struct {
 	B, T, N     int
+	seqLen      int
 	IDs         []int32
 	Mask        []float32
 	pos         []int32
@@ -169,13 +170,14 @@ func catch(err *error) {
 	}
 }
 
-// rope returns cos/sin tables [T, dh/2] for sequences of length t.
-func (m *Model) rope(t int) (cos, sin []float32) {
-	if m.ropeT == t {
+// rope returns cos/sin tables [npos, dh/2] built for sequences of length
+// seqLen (which only "dynamic" rope scaling reads).
+func (m *Model) rope(t, seqLen int) (cos, sin []float32) {
+	if m.ropeKey == [2]int{t, seqLen} {
 		return m.ropeCos, m.ropeS
 	}
 	dh := m.Cfg.Dh()
-	f := model.RopeInvFreq(m.Cfg, t)
+	f := model.RopeInvFreq(m.Cfg, seqLen)
 	cos, sin = make([]float32, t*dh/2), make([]float32, t*dh/2)
 	for p := 0; p < t; p++ {
 		for i := 0; i < dh/2; i++ {
@@ -183,7 +185,7 @@ func (m *Model) rope(t int) (cos, sin []float32) {
 			cos[p*dh/2+i], sin[p*dh/2+i] = float32(math.Cos(a)), float32(math.Sin(a))
 		}
 	}
-	m.ropeT, m.ropeCos, m.ropeS = t, cos, sin
+	m.ropeKey, m.ropeCos, m.ropeS = [2]int{t, seqLen}, cos, sin
 	return cos, sin
 }
 
@@ -284,6 +286,11 @@ func colSum(x []float32, n, w int, dst []float32) {
 // Forward runs the trunk on ids and mask [b, t] (1 real, 0 pad; left or right
 // padding) and returns the tape with the final hidden state.
 func (m *Model) Forward(b, t int, ids []int32, mask []float32) (tp *Tape, err error) {
+	return m.forward(b, t, ids, mask, t)
+}
+
+// forward is Forward with RoPE tables built for sequences of length seqLen.
+func (m *Model) forward(b, t int, ids []int32, mask []float32, seqLen int) (tp *Tape, err error) {
 	defer catch(&err)
 	cfg := m.Cfg
 	n := b * t
@@ -301,7 +308,8 @@ func (m *Model) Forward(b, t int, ids []int32, mask []float32) (tp *Tape, err er
 		}
 		copy(x[r*d:(r+1)*d], emb[int(id)*d:])
 	}
-	cos, sin := m.rope(t)
+	cos, sin := m.rope(t, seqLen)
+	tp.seqLen = seqLen
 	eps := float32(cfg.RMSNormEps)
 	qs := float32(1 / math.Sqrt(float64(dh)))
 	tp.layers = make([]layerActs, cfg.NumLayers)
@@ -371,7 +379,7 @@ func (m *Model) Backward(tp *Tape, dHidden []float32, g Grads) (err error) {
 	if len(dHidden) != n*d {
 		return fmt.Errorf("llama: backward: dHidden has %d values, want %d", len(dHidden), n*d)
 	}
-	cos, sin := m.rope(t)
+	cos, sin := m.rope(t, tp.seqLen)
 	qs := float32(1 / math.Sqrt(float64(dh)))
 	dx := make([]float32, n*d)
 	fail(engine.RMSNormBackward(n, d, tp.xf, m.Params[model.NameFinalNorm], tp.rstdf, dHidden, dx, false, g[model.NameFinalNorm]))
