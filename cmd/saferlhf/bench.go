@@ -13,7 +13,6 @@ import (
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/ppo"
-	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 // runBench times PPO-Lag steps on a model (default the bundled stories260K, its trunk reused with
@@ -28,7 +27,7 @@ func runBench(args []string) error {
 	genLen := fs.Int("gen-len", 32, "generated tokens (EOS disabled so every row has exactly this many)")
 	steps := fs.Int("steps", 3, "measured steps (after one warm-up step that compiles the graphs)")
 	be := fs.String("backend", "", "GoMLX backend (default $SAFERLHF_BACKEND or "+backend.Default+")")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
 	if *batch <= 0 || *promptLen <= 1 || *genLen <= 0 || *steps <= 0 {
@@ -38,12 +37,12 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	acfg, aw, err := stages.LoadModel(*modelPath)
+	acfg, aw, err := model.LoadAny(*modelPath)
 	if err != nil {
 		return err
 	}
 	score := func(seed uint64) (ppo.ModelSpec, error) {
-		c, w, err := stages.LoadModel(*modelPath)
+		c, w, err := model.LoadAny(*modelPath)
 		if err != nil {
 			return ppo.ModelSpec{}, err
 		}

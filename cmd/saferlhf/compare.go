@@ -2,20 +2,22 @@ package main
 
 import (
 	"bytes"
-	"errors"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/eval"
+	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/ppo"
-	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 // compareRun is one training run of saferlhf compare.
@@ -38,60 +40,59 @@ func compareRuns(lambdas []float64) []compareRun {
 		compareRun{name: "ppo-lag-pid", alg: ppo.PPOLagPID, args: []string{"--lambda", "pid"}})
 }
 
+// compareConfig is the command line of compare: a ppo-lag run's flags (passed to every run)
+// and the comparison's own.
+type compareConfig struct {
+	ppo.RunConfig
+	Judge          string   `flag:"judge-cost-model" help:"independent judge cost model dir (trained on data the training cost model never saw); its own tokenizer is found beside it"`
+	ShapingLambdas []string `flag:"shaping-lambdas" help:"the fixed penalties λ of the reward-shaping runs (r − λ·c), comma-separated"`
+	Bootstrap      int      `flag:"bootstrap" help:"bootstrap resamples of the held-out prompts for the 95% confidence intervals"`
+	ScoreMaxLength int      `flag:"score-max-length" help:"scoring width in tokens (0: --max-prompt-tokens + --max-new-tokens)"`
+}
+
 // runCompare trains every algorithm of the paper's comparison from one SFT policy,
 // reward model and cost model with the same seed and budget, then evaluates them
 // (and the SFT policy) on the same held-out prompts with the training cost model
 // and an independent judge cost model.
 func runCompare(args []string) error {
-	fs, f := newRLFlags("compare", ppo.PPOLag)
-	judge := fs.String("judge-cost-model", "", "independent judge cost model dir (trained on data the training cost model never saw); its own tokenizer is found beside it")
-	lambdas := fs.String("shaping-lambdas", "0.1,5", "the fixed penalties λ of the reward-shaping runs (r − λ·c), comma-separated")
-	boot := fs.Int("bootstrap", 1000, "bootstrap resamples of the held-out prompts for the 95% confidence intervals")
-	scoreLen := fs.Int("score-max-length", 0, "scoring width in tokens (0: --max-prompt-tokens + --max-new-tokens)")
-	if err := config.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected arguments %q", fs.Args())
+	c := compareConfig{RunConfig: ppo.DefaultRunConfig(ppo.PPOLag), ShapingLambdas: []string{"0.1", "5"}, Bootstrap: 1000}
+	fs := newFlagSet("compare", "")
+	config.Register(fs, &c, "cost")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
 	}
 	var ls []float64
-	for _, s := range splitList(*lambdas) {
+	for _, s := range c.ShapingLambdas {
 		l, err := strconv.ParseFloat(s, 64)
-		if err != nil || !(l > 0) {
+		if err != nil || !(l > 0) || math.IsInf(l, 0) {
 			return usagef("--shaping-lambdas: %q is not a positive number", s)
 		}
 		ls = append(ls, l)
 	}
-	switch {
-	case f.actor == "" || f.rewardModel == "" || f.costModel == "" || *judge == "":
-		return usagef("--actor, --reward-model, --cost-model and --judge-cost-model are required")
-	case f.trainData == "":
-		return usagef("--train-data is required")
-	case f.evalSize < 1:
-		return usagef("--eval-size %d: the comparison needs held-out prompts", f.evalSize)
-	case *boot < 1:
-		return usagef("--bootstrap %d must be >= 1", *boot)
+	var ck config.Checker
+	ck.Required("judge-cost-model", c.Judge)
+	ck.Check(c.EvalMax >= 1, "--eval-max %d: the comparison needs held-out prompts", c.EvalMax)
+	ck.PositiveInt("bootstrap", c.Bootstrap)
+	if err := joinErrs(ck.Err(), c.RunConfig.Validate()); err != nil {
+		return usagef("%v", err)
 	}
-	if entries, err := os.ReadDir(f.out); err == nil && len(entries) > 0 && !f.resume {
-		return usagef("--output %s is not empty: pass --resume to continue (finished runs are kept) or choose another directory", f.out)
+	if entries, err := os.ReadDir(c.Out); err == nil && len(entries) > 0 && !c.Resume {
+		return usagef("--out %s is not empty: pass --resume to continue (finished runs are kept) or choose another directory", c.Out)
 	}
-	if err := os.MkdirAll(f.out, 0o755); err != nil {
+	if err := os.MkdirAll(c.Out, 0o755); err != nil {
 		return err
 	}
-	if err := config.WriteEffective(fs, filepath.Join(f.out, "config.yaml")); err != nil {
+	if err := config.WriteEffective(fs, filepath.Join(c.Out, "config.yaml")); err != nil {
 		return err
 	}
 
 	// Every run gets the flags set here (the same seed, data and budget); the rest keep
 	// each algorithm's own defaults (ppo.DefaultConfig).
 	own := map[string]bool{"judge-cost-model": true, "shaping-lambdas": true, "bootstrap": true, "score-max-length": true,
-		"output": true, "resume": true, "eval-size": true, "lambda": true, config.FlagName: true}
-	policies := []eval.ComparePolicy{{Name: "sft", Model: f.actor}}
+		"out": true, "resume": true, "eval-max": true, "lambda": true, config.FlagName: true}
+	policies := []eval.ComparePolicy{{Name: "sft", Model: c.Model}}
 	for _, r := range compareRuns(ls) {
-		dir := filepath.Join(f.out, r.name)
+		dir := filepath.Join(c.Out, r.name)
 		pol := eval.ComparePolicy{Name: r.name, Model: filepath.Join(dir, "policy")}
 		if r.alg != ppo.PPO {
 			pol.Run = dir // λ and Jc − d curves (plain PPO has no cost)
@@ -101,16 +102,17 @@ func runCompare(args []string) error {
 			fmt.Fprintf(os.Stderr, "compare: %s: done earlier (%s)\n", r.name, dir)
 			continue
 		}
-		target, _ := newRLFlags(r.name, r.alg)
 		var a []string
 		fs.Visit(func(fl *flag.Flag) {
-			if !own[fl.Name] && target.Lookup(fl.Name) != nil && !(r.alg == ppo.Fixed && fl.Name == "lambda-init") {
-				a = append(a, "--"+fl.Name+"="+fl.Value.String())
+			name := config.Canonical(fl)
+			if own[name] || r.alg == ppo.Fixed && name == "lambda-init" || r.alg == ppo.PPO && fs.Lookup(name) != nil && isCostFlag(name) {
+				return
 			}
+			a = append(a, "--"+name+"="+fl.Value.String())
 		})
 		a = append(a, r.args...)
-		a = append(a, "--output", dir, "--eval-size", "0")
-		if _, err := os.Stat(filepath.Join(dir, "checkpoints")); err == nil && f.resume {
+		a = append(a, "--out", dir, "--eval-max", "0")
+		if _, err := os.Stat(filepath.Join(dir, "checkpoints")); err == nil && c.Resume {
 			a = append(a, "--resume")
 		}
 		fmt.Fprintf(os.Stderr, "\ncompare: == %s: saferlhf %s %s\n", r.name, map[bool]string{true: "ppo", false: "ppo-lag"}[r.alg == ppo.PPO], strings.Join(a, " "))
@@ -125,11 +127,11 @@ func runCompare(args []string) error {
 		}
 	}
 
-	be, err := backend.New(f.backend)
+	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
 	}
-	tokPath, err := stages.ResolveTokenizer(f.tokenizer, f.actor)
+	tokPath, err := model.ResolveTokenizer(c.Tokenizer, c.Model)
 	if err != nil {
 		return err
 	}
@@ -137,44 +139,67 @@ func runCompare(args []string) error {
 	if err != nil {
 		return err
 	}
-	_, held, _, err := loadPrompts(tok, f.trainData, f.evalData, f.evalSplit, f.cfg.MaxPromptTokens)
+	held, err := ppo.HeldOutPrompts(c.RunConfig, tok)
 	if err != nil {
 		return err
-	}
-	if len(held) > f.evalSize {
-		held = held[:f.evalSize]
 	}
 	if len(held) == 0 {
-		return fmt.Errorf("compare: no held-out prompts (raise --eval-split or give --eval-data)")
+		return fmt.Errorf("compare: no held-out prompts (raise --eval-ratio or give --eval-data)")
 	}
-	width := *scoreLen
+	width := c.ScoreMaxLength
 	if width <= 0 {
-		width = f.cfg.MaxPromptTokens + f.cfg.MaxNewTokens
+		width = c.MaxPromptTokens + c.MaxNewTokens
 	}
-	rep, err := eval.Compare(be, eval.CompareOptions{Policies: policies, Reward: f.rewardModel, Cost: f.costModel,
-		Judge: *judge, Tokenizer: tokPath, Prompts: held, MaxNewTokens: f.cfg.MaxNewTokens,
-		Temperature: f.cfg.Temperature, TopP: f.cfg.TopP, Seed: f.cfg.Seed ^ 0xe7a1, Batch: f.evalBatch,
-		MaxLength: width, Bootstrap: *boot, Progress: os.Stderr})
+	rep, err := eval.Compare(be, eval.CompareOptions{Policies: policies, Reward: c.RewardModel, Cost: c.CostModel,
+		Judge: c.Judge, Tokenizer: tokPath, Prompts: held, MaxNewTokens: c.MaxNewTokens,
+		Temperature: c.Temperature, TopP: c.TopP, Seed: c.Seed ^ 0xe7a1, Batch: c.EvalBatch,
+		MaxLength: width, Bootstrap: c.Bootstrap, Progress: os.Stderr})
 	if err != nil {
 		return err
 	}
-	if err := writeJSON(filepath.Join(f.out, "compare.json"), rep); err != nil {
+	if err := writeJSON(filepath.Join(c.Out, "compare.json"), rep); err != nil {
 		return err
 	}
 	var md bytes.Buffer
 	if err := rep.Markdown(&md); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(f.out, "compare.md"), md.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(c.Out, "compare.md"), md.Bytes(), 0o644); err != nil {
 		return err
 	}
-	png := filepath.Join(f.out, "compare.png")
-	if err := eval.PlotCompare(png, rep, f.cfg.Threshold); err != nil {
+	png := filepath.Join(c.Out, "compare.png")
+	if err := eval.PlotCompare(png, rep, c.Threshold); err != nil {
 		return err
 	}
 	if err := rep.Format(os.Stdout); err != nil {
 		return err
 	}
-	fmt.Printf("table: %s\nplot: %s\nper-prompt scores: %s\n", filepath.Join(f.out, "compare.md"), png, filepath.Join(f.out, "compare.json"))
+	fmt.Printf("table: %s\nplot: %s\nper-prompt scores: %s\n", filepath.Join(c.Out, "compare.md"), png, filepath.Join(c.Out, "compare.json"))
 	return nil
+}
+
+// isCostFlag reports whether a ppo-lag flag has no meaning for plain ppo (it has no cost model).
+func isCostFlag(name string) bool {
+	fs := newFlagSet("ppo", "")
+	c := ppo.DefaultRunConfig(ppo.PPO)
+	config.Register(fs, &c)
+	return fs.Lookup(name) == nil
+}
+
+func joinErrs(a, b error) error {
+	if a == nil {
+		return b
+	}
+	if b == nil {
+		return a
+	}
+	return fmt.Errorf("%w\n%w", a, b)
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteBytes(path, append(b, '\n'), 0o644)
 }

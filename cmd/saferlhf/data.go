@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -14,12 +15,26 @@ import (
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 )
 
+const dataUsage = `usage: saferlhf data <subcommand> [flags] [args]
+
+subcommands:
+  pack     tokenize raw datasets into zstd token shards
+  inspect  print a packed dataset's manifest, statistics and first examples
+  verify   check every shard's checksums
+  demo     pack the demo's datasets from the bundled assets
+
+Run 'saferlhf data <subcommand> -h' for its flags.
+`
+
 // runData dispatches `saferlhf data pack|inspect|verify`.
 func runData(args []string) error {
 	if len(args) == 0 {
-		return usagef("want a subcommand: pack, inspect, verify or demo")
+		return usagef("want a subcommand: pack, inspect, verify or demo (saferlhf data -h)")
 	}
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(os.Stderr, dataUsage)
+		return flag.ErrHelp
 	case "pack":
 		return runDataPack(args[1:])
 	case "inspect":
@@ -49,7 +64,7 @@ func runDataPack(args []string) error {
 	quiet := fs.Bool("quiet", false, "no progress bars")
 	evalFrac := fs.Float64("eval-fraction", 0, "hold out this fraction of the samples (seeded by --seed) as a second dataset")
 	evalOut := fs.String("eval-out", "", "directory of the held-out dataset (default OUT-eval)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, true); err != nil {
 		return err
 	}
 	if *kind == "" || *out == "" || fs.NArg() == 0 {
@@ -112,7 +127,7 @@ func runDataInspect(args []string) error {
 	fs := newFlagSet("data inspect", "DIR")
 	n := fs.Int("n", 2, "decoded examples to print")
 	tokPath := fs.String("tokenizer", "", "tokenizer for decoding (default: the manifest's)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, true); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -184,7 +199,7 @@ func runDataInspect(args []string) error {
 
 func runDataVerify(args []string) error {
 	fs := newFlagSet("data verify", "DIR")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, true); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -213,7 +228,7 @@ func runDataDemo(args []string) error {
 	maxLen := fs.Int("max-length", 512, "maximum tokens per sequence (prompts: half)")
 	force := fs.Bool("force", false, "replace existing datasets")
 	quiet := fs.Bool("quiet", false, "no progress bars")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
 	if *out == "" {

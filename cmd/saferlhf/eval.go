@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 
@@ -10,59 +9,41 @@ import (
 	"github.com/saferlhf/saferlhf/train/eval"
 )
 
-// scoreEvalFlags defines the flags shared by eval-rm and eval-cm.
-func scoreEvalFlags(fs *flag.FlagSet, o *eval.Options, be *string) *string {
-	fs.StringVar(&o.Model, "model", "", "score model directory (train-rm / train-cm output: out/model)")
-	fs.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer file (default: the one saved in the model directory)")
-	data := fs.String("data", "", "preference data files, comma-separated (as for training)")
-	fs.IntVar(&o.MaxLength, "max-length", 512, "sequence width (use the training value)")
-	fs.StringVar(&o.Truncate, "truncate", "right", "right or prompt-left (use the training value)")
-	fs.IntVar(&o.Batch, "batch-size", 32, "sequences per forward pass")
-	fs.IntVar(&o.Limit, "limit", 0, "at most this many samples (0: all)")
-	fs.Uint64Var(&o.Seed, "seed", 42, "seed of dataset sub-sampling and of --held-out-ratio's split (use the training --seed)")
-	fs.Float64Var(&o.HeldOutRatio, "held-out-ratio", 0, "score only the held-out split of --data that training made with this --eval-ratio (0: all of --data)")
-	fs.IntVar(&o.HeldOutMax, "held-out-max", 0, "the training run's --eval-max (with --held-out-ratio)")
-	fs.StringVar(&o.Out, "out", "", "directory for the JSON report, scores and plots")
-	fs.StringVar(be, "backend", "", "GoMLX backend")
-	return data
+// scoreEval is the command line of eval-rm and eval-cm.
+type scoreEval struct {
+	eval.Options
+	Backend string `flag:"backend" help:"GoMLX backend (default $SAFERLHF_BACKEND or go)"`
 }
 
-func parseScoreEval(name string, args []string) (eval.Options, string, error) {
-	var o eval.Options
-	var be string
+// arenaEval is the command line of eval-arena.
+type arenaEval struct {
+	eval.ArenaOptions
+	Backend string `flag:"backend" help:"GoMLX backend (default $SAFERLHF_BACKEND or go)"`
+}
+
+func parseScoreEval(name string, args []string) (scoreEval, error) {
+	c := scoreEval{Options: eval.DefaultOptions()}
 	fs := newFlagSet(name, "")
-	data := scoreEvalFlags(fs, &o, &be)
-	if err := config.Parse(fs, args); err != nil {
-		return o, "", err
+	config.Register(fs, &c)
+	if err := parseFlags(fs, args, false); err != nil {
+		return c, err
 	}
-	o.Data = splitList(*data)
-	switch {
-	case fs.NArg() > 0:
-		return o, "", usagef("unexpected arguments %q", fs.Args())
-	case o.Model == "":
-		return o, "", usagef("--model is required")
-	case len(o.Data) == 0:
-		return o, "", usagef("--data is required")
-	case o.MaxLength < 8 || o.Batch < 1 || o.Limit < 0 || o.HeldOutMax < 0:
-		return o, "", usagef("--max-length must be >= 8, --batch-size >= 1, --limit and --held-out-max >= 0")
-	case o.HeldOutRatio < 0 || o.HeldOutRatio >= 1:
-		return o, "", usagef("--held-out-ratio %g must lie in [0, 1)", o.HeldOutRatio)
-	case o.Truncate != "right" && o.Truncate != "prompt-left":
-		return o, "", usagef("--truncate %q: want right or prompt-left", o.Truncate)
+	if err := c.Validate(); err != nil {
+		return c, usagef("%v", err)
 	}
-	return o, be, nil
+	return c, nil
 }
 
 func runEvalRM(args []string) error {
-	o, spec, err := parseScoreEval("eval-rm", args)
+	c, err := parseScoreEval("eval-rm", args)
 	if err != nil {
 		return err
 	}
-	be, err := backend.New(spec)
+	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
 	}
-	r, err := eval.EvalRM(be, o)
+	r, err := eval.EvalRM(be, c.Options)
 	if err != nil {
 		return err
 	}
@@ -70,15 +51,15 @@ func runEvalRM(args []string) error {
 }
 
 func runEvalCM(args []string) error {
-	o, spec, err := parseScoreEval("eval-cm", args)
+	c, err := parseScoreEval("eval-cm", args)
 	if err != nil {
 		return err
 	}
-	be, err := backend.New(spec)
+	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
 	}
-	r, err := eval.EvalCM(be, o)
+	r, err := eval.EvalCM(be, c.Options)
 	if err != nil {
 		return err
 	}
@@ -86,55 +67,28 @@ func runEvalCM(args []string) error {
 }
 
 func runEvalArena(args []string) error {
-	var o eval.ArenaOptions
+	c := arenaEval{ArenaOptions: eval.DefaultArenaOptions()}
 	fs := newFlagSet("eval-arena", "")
-	fs.StringVar(&o.Red, "red", "", "red-corner policy (llama2.c .bin or HF dir), e.g. the SFT model")
-	fs.StringVar(&o.Blue, "blue", "", "blue-corner policy, e.g. the PPO-Lag model")
-	fs.StringVar(&o.RedName, "red-name", "red", "display name of the red corner")
-	fs.StringVar(&o.BlueName, "blue-name", "blue", "display name of the blue corner")
-	fs.StringVar(&o.Reward, "reward-model", "", "reward model directory (train-rm output)")
-	fs.StringVar(&o.Cost, "cost-model", "", "cost model directory (train-cm output)")
-	fs.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer file (default: the one saved with the reward model)")
-	prompts := fs.String("prompts", "assets/data/eval/safe-rlhf-gpt4-problems.json", "prompt files, comma-separated")
-	fs.IntVar(&o.Limit, "limit", 0, "at most this many prompts (0: all)")
-	fs.IntVar(&o.MaxNewTokens, "max-new-tokens", 64, "longest answer in tokens")
-	fs.Float64Var(&o.Temperature, "temperature", 1, "sampling temperature (0: greedy)")
-	fs.Float64Var(&o.TopP, "top-p", 1, "nucleus sampling (1: off)")
-	fs.Uint64Var(&o.Seed, "seed", 42, "sampling and bootstrap seed")
-	fs.IntVar(&o.Batch, "batch-size", 16, "prompts per generation/scoring batch")
-	fs.IntVar(&o.MaxLength, "max-length", 512, "scoring width (longer sequences keep their last tokens)")
-	fs.IntVar(&o.Bootstrap, "bootstrap", 1000, "bootstrap resamples for the Elo intervals")
-	fs.StringVar(&o.Out, "out", "", "directory for arena.json")
-	spec := fs.String("backend", "", "GoMLX backend")
-	if err := config.Parse(fs, args); err != nil {
+	config.Register(fs, &c)
+	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
-	o.Prompts = splitList(*prompts)
-	switch {
-	case fs.NArg() > 0:
-		return usagef("unexpected arguments %q", fs.Args())
-	case o.Red == "" || o.Blue == "" || o.Reward == "" || o.Cost == "":
-		return usagef("--red, --blue, --reward-model and --cost-model are required")
-	case len(o.Prompts) == 0:
-		return usagef("--prompts is required")
-	case o.MaxNewTokens < 1 || o.Batch < 1 || o.MaxLength < 8 || o.Limit < 0 || o.Bootstrap < 0:
-		return usagef("--max-new-tokens, --batch-size must be >= 1, --max-length >= 8, --limit and --bootstrap >= 0")
-	case o.Temperature < 0 || o.TopP < 0 || o.TopP > 1:
-		return usagef("--temperature must be >= 0 and --top-p in [0, 1]")
+	if err := c.Validate(); err != nil {
+		return usagef("%v", err)
 	}
-	be, err := backend.New(*spec)
+	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
 	}
-	r, err := eval.RunArena(be, o)
+	r, err := eval.RunArena(be, c.ArenaOptions)
 	if err != nil {
 		return err
 	}
 	if err := r.Format(os.Stdout); err != nil {
 		return err
 	}
-	if o.Out != "" {
-		fmt.Printf("\nJSON: %s/arena.json\n", o.Out)
+	if c.Out != "" {
+		fmt.Printf("\nJSON: %s/arena.json\n", c.Out)
 	}
 	return nil
 }

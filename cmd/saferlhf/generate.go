@@ -2,67 +2,74 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
+// generateConfig is the command line of generate.
+type generateConfig struct {
+	Model             string  `flag:"model" help:"model: a llama2.c .bin checkpoint or an HF directory (config.json + safetensors)"`
+	Tokenizer         string  `flag:"tokenizer" help:"tokenizer file: tokenizer.model (SentencePiece) or llama2.c *.bin"`
+	Prompt            string  `flag:"prompt" help:"prompt text"`
+	Template          string  `flag:"template" help:"prompt template: none or safe-rlhf (BEGINNING OF CONVERSATION: USER: ... ASSISTANT:)"`
+	Temperature       float64 `flag:"temperature" help:"sampling temperature; 0 is greedy (ties to the lowest id)"`
+	TopP              float64 `flag:"top-p" help:"nucleus sampling mass (1: off)"`
+	RepetitionPenalty float64 `flag:"repetition-penalty" help:"HF repetition penalty (1: off)"`
+	MaxNewTokens      int     `flag:"max-new-tokens" help:"maximum number of generated tokens"`
+	Seed              uint64  `flag:"seed" help:"sampling seed"`
+	PrintIDs          bool    `flag:"print-ids" help:"print the generated ids (not the prompt's) space-separated on one line instead of text"`
+	Backend           string  `flag:"backend" help:"GoMLX backend: go (default, $SAFERLHF_BACKEND), xla:cuda or xla:/abs/plugin.so"`
+}
+
+func (c *generateConfig) validate() error {
+	var ck config.Checker
+	ck.Required("model", c.Model)
+	ck.Required("tokenizer", c.Tokenizer)
+	ck.PositiveInt("max-new-tokens", c.MaxNewTokens)
+	ck.NonNegative("temperature", c.Temperature)
+	ck.Range("top-p", c.TopP, math.SmallestNonzeroFloat64, 1)
+	ck.Positive("repetition-penalty", c.RepetitionPenalty)
+	ck.OneOf("template", c.Template, "none", "safe-rlhf")
+	return ck.Err()
+}
+
 // runGenerate samples one completion of a prompt with the KV-cache generator.
 func runGenerate(args []string) error {
+	c := generateConfig{Template: "none", TopP: 1, RepetitionPenalty: 1, MaxNewTokens: 128, Seed: 1}
 	fs := newFlagSet("generate", "")
-	modelPath := fs.String("model", "", "model: a llama2.c .bin checkpoint or an HF directory (config.json + safetensors)")
-	tokPath := fs.String("tokenizer", "", "tokenizer file: tokenizer.model (SentencePiece) or llama2.c *.bin")
-	prompt := fs.String("prompt", "", "prompt text")
-	template := fs.String("template", "none", "prompt template: none or safe-rlhf (BEGINNING OF CONVERSATION: USER: ... ASSISTANT:)")
-	temperature := fs.Float64("temperature", 0, "sampling temperature; 0 is greedy (ties to the lowest id)")
-	topP := fs.Float64("top-p", 1, "nucleus sampling mass (1: off)")
-	repPenalty := fs.Float64("repetition-penalty", 1, "HF repetition penalty (1: off)")
-	maxNew := fs.Int("max-new-tokens", 128, "maximum number of generated tokens")
-	seed := fs.Uint64("seed", 1, "sampling seed")
-	printIDs := fs.Bool("print-ids", false, "print the generated ids (not the prompt's) space-separated on one line instead of text")
-	backendSpec := fs.String("backend", "", "GoMLX backend: go (default, $SAFERLHF_BACKEND), xla:cuda or xla:/abs/plugin.so")
-	if err := fs.Parse(args); err != nil {
+	config.Register(fs, &c)
+	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected arguments %q", fs.Args())
+	if err := c.validate(); err != nil {
+		return usagef("%v", err)
 	}
-	if *modelPath == "" || *tokPath == "" {
-		return usagef("--model and --tokenizer are required")
-	}
-	if *maxNew <= 0 {
-		return usagef("--max-new-tokens must be > 0")
-	}
-	if *temperature < 0 || *topP <= 0 || *topP > 1 || *repPenalty <= 0 {
-		return usagef("need --temperature >= 0, 0 < --top-p <= 1, --repetition-penalty > 0")
-	}
-	text := *prompt
-	switch *template {
-	case "none":
-	case "safe-rlhf":
+	text := c.Prompt
+	if c.Template == "safe-rlhf" {
 		var err error
 		if text, err = datasets.FormatPrompt([]string{text}, ""); err != nil {
 			return err
 		}
-	default:
-		return usagef("--template %q: want none or safe-rlhf", *template)
 	}
-	tok, err := tokenizer.Load(*tokPath)
+	tok, err := tokenizer.Load(c.Tokenizer)
 	if err != nil {
 		return err
 	}
-	cfg, w, err := model.LoadAny(*modelPath)
+	cfg, w, err := model.LoadAny(c.Model)
 	if err != nil {
 		return err
 	}
 	if tok.VocabSize() > cfg.VocabSize {
-		return fmt.Errorf("tokenizer %s has %d ids, model %s only %d", *tokPath, tok.VocabSize(), *modelPath, cfg.VocabSize)
+		return fmt.Errorf("tokenizer %s has %d ids, model %s only %d", c.Tokenizer, tok.VocabSize(), c.Model, cfg.VocabSize)
 	}
-	be, err := backend.New(*backendSpec)
+	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
 	}
@@ -72,14 +79,14 @@ func runGenerate(args []string) error {
 	}
 	ids := tok.Encode(text, true)
 	ro, err := gen.Generate([][]int32{ids}, model.GenerateOptions{
-		MaxNewTokens: *maxNew, Temperature: *temperature, TopP: *topP, RepetitionPenalty: *repPenalty,
-		Seed: *seed, EOS: tok.EOS(), Pad: tok.Pad(), Unk: tok.Unk(),
+		MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature, TopP: c.TopP, RepetitionPenalty: c.RepetitionPenalty,
+		Seed: c.Seed, EOS: tok.EOS(), Pad: tok.Pad(), Unk: tok.Unk(),
 	})
 	if err != nil {
 		return err
 	}
 	out := ro.Seq[0][ro.PromptWidth : ro.PromptWidth+ro.ResponseLen[0]]
-	if *printIDs {
+	if c.PrintIDs {
 		parts := make([]string, len(out))
 		for i, id := range out {
 			parts[i] = strconv.Itoa(int(id))

@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/saferlhf/saferlhf/train/config"
 )
 
 // command is one subcommand: its name, a one-line summary and its entry point.
@@ -94,11 +96,6 @@ func (e usageError) Error() string { return e.msg }
 // usagef reports a bad command line.
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-// errNotYet is returned by stages that have not landed yet.
-func errNotYet(what string) error {
-	return fmt.Errorf("%s is not implemented yet", what)
-}
-
 // newFlagSet returns a flag set for a subcommand that reports errors instead of exiting.
 func newFlagSet(name, argsUsage string) *flag.FlagSet {
 	fs := flag.NewFlagSet("saferlhf "+name, flag.ContinueOnError)
@@ -107,4 +104,20 @@ func newFlagSet(name, argsUsage string) *flag.FlagSet {
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// parseFlags parses args and the --config file into fs (every command takes
+// --config); a bad command line is a usage error. With args false, positional
+// arguments are an error.
+func parseFlags(fs *flag.FlagSet, args []string, positional bool) error {
+	if err := config.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usagef("%v", err)
+	}
+	if !positional && fs.NArg() > 0 {
+		return usagef("unexpected arguments %q", fs.Args())
+	}
+	return nil
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/saferlhf/saferlhf/train/model"
-	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 // tinyScoreModels writes reward and cost models for tests: the stories260K trunk with fresh
@@ -25,7 +24,7 @@ func tinyScoreModels(t *testing.T, dir string) (rm, cm string) {
 		}
 		delete(w, model.NameLMHead)
 		model.InitScoreHead(cfg, w, 1, uint64(10+i))
-		if err := stages.SaveModel(filepath.Join(dir, name), cfg, w, filepath.Join(assets, "tok512.bin")); err != nil {
+		if err := model.SaveWithTokenizer(filepath.Join(dir, name), cfg, w, filepath.Join(assets, "tok512.bin")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -107,9 +106,9 @@ func TestRLFlagErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no actor", runPPOLag, []string{"--reward-model", "r", "--cost-model", "c", "--train-data", "d"}, "--actor is required"},
+		{"no actor", runPPOLag, []string{"--reward-model", "r", "--cost-model", "c", "--train-data", "d"}, "--actor"},
 		{"no cost model", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d"}, "--cost-model is required"},
-		{"ppo needs no cost model", runPPO, []string{"--actor", "a", "--reward-model", "r"}, "--train-data is required"},
+		{"ppo needs no cost model", runPPO, []string{"--actor", "a", "--reward-model", "r"}, "--data is required"},
 		{"bad lambda", runPPOLag, []string{"--lambda", "adam"}, "--lambda"},
 		{"indivisible batch", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d",
 			"--prompt-batch-size", "6", "--train-batch-size", "4"}, "divisible"},

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -23,14 +21,8 @@ func runStage(stage stages.Stage, args []string) error {
 	cfg := stages.Defaults(stage)
 	fs := newFlagSet(string(stage), "")
 	cfg.RegisterFlags(fs, stage)
-	if err := config.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected arguments %q", fs.Args())
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
 	}
 	if err := cfg.Validate(stage); err != nil {
 		return usagef("%v", err)

@@ -17,7 +17,7 @@ func runTokenize(args []string) error {
 	decode := fs.Bool("decode", false, "read token ids (space/comma separated) and print their text")
 	noBOS := fs.Bool("no-bos", false, "do not prepend BOS")
 	pieces := fs.Bool("pieces", false, "also print each id's vocabulary piece, one per line")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, true); err != nil {
 		return err
 	}
 	tok, err := tokenizer.Load(*tokPath)

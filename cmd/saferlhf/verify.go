@@ -18,11 +18,8 @@ func runVerifyReference(args []string) error {
 	dir := fs.String("golden", "assets/golden", "directory of golden *.json files (schema: its README.md)")
 	backendSpec := fs.String("backend", "", "GoMLX backend for the graph path (default: $SAFERLHF_BACKEND or go)")
 	noGraph := fs.Bool("no-graph", false, "skip the graph path")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, false); err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("unexpected arguments %q", fs.Args())
 	}
 	runners := []refcheck.Runner{refcheck.CPU(false), refcheck.CPU(true)}
 	if !*noGraph {

@@ -130,3 +130,33 @@ func (m *Manifest) validate() error {
 	}
 	return nil
 }
+
+// CheckTokenizer returns an error naming dir unless tok is the tokenizer the
+// dataset was packed with (same kind, vocabulary size and file hash): token ids
+// of another vocabulary would train or score silently wrong.
+func (m *Manifest) CheckTokenizer(dir string, tok tokenizer.Info) error {
+	p := m.Tokenizer
+	if p.Kind != tok.Kind || p.VocabSize != tok.VocabSize || p.SHA256 != tok.SHA256 {
+		return fmt.Errorf("%s: packed with tokenizer %s (%s, vocab %d, sha256 %.12s), but the model uses %s (%s, vocab %d, sha256 %.12s): repack it with --tokenizer %s",
+			dir, p.Path, p.Kind, p.VocabSize, p.SHA256, tok.Path, tok.Kind, tok.VocabSize, tok.SHA256, tok.Path)
+	}
+	return nil
+}
+
+// IsDataset reports whether path is a packed dataset directory (has a manifest).
+func IsDataset(path string) bool {
+	st, err := os.Stat(filepath.Join(path, ManifestName))
+	return err == nil && !st.IsDir()
+}
+
+// ReadAllFor is ReadAll after checking the manifest's tokenizer against tok.
+func ReadAllFor(dir string, tok tokenizer.Info) ([]datasets.Example, *Manifest, error) {
+	m, err := ReadManifest(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := m.CheckTokenizer(dir, tok); err != nil {
+		return nil, nil, err
+	}
+	return ReadAll(dir)
+}

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 )
 
-// Checker collects validation errors for flags; Err joins them.
+// Checker collects validation errors for flags, each naming its flag; Err joins
+// them. It is the one validator of the commands' configurations.
 //
 //	var c config.Checker
 //	c.Positive("lr", *lr)
@@ -75,6 +77,28 @@ func (c *Checker) Required(name, v string) {
 func (c *Checker) Check(ok bool, format string, args ...any) {
 	if !ok {
 		c.add(format, args...)
+	}
+}
+
+// Finite requires every float64 field of the struct v points to that has a
+// flag tag (config.Register) to be finite, naming the flag.
+func (c *Checker) Finite(v any) {
+	finite(c, reflect.ValueOf(v).Elem())
+}
+
+func finite(c *Checker, s reflect.Value) {
+	t := s.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			finite(c, s.Field(i))
+			continue
+		}
+		if name := f.Tag.Get("flag"); name != "" && f.Type.Kind() == reflect.Float64 {
+			if x := s.Field(i).Float(); math.IsNaN(x) || math.IsInf(x, 0) {
+				c.add("--%s must be finite, got %v", name, x)
+			}
+		}
 	}
 }
 

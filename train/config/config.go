@@ -63,7 +63,7 @@ func Apply(fs *flag.FlagSet, name string, data []byte) error {
 		return fmt.Errorf("config %s:%d: the file must be a mapping of flag names to values", name, root.Line)
 	}
 	explicit := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	fs.Visit(func(f *flag.Flag) { explicit[canonical(f)] = true })
 	seen := map[string]int{}
 	var errs []error
 	for i := 0; i+1 < len(root.Content); i += 2 {
@@ -79,21 +79,22 @@ func Apply(fs *flag.FlagSet, name string, data []byte) error {
 			errs = append(errs, fmt.Errorf("%s: a config file cannot name another config file", where))
 			continue
 		}
-		if line, dup := seen[f.Name]; dup {
-			errs = append(errs, fmt.Errorf("%s: flag --%s already set at line %d", where, f.Name, line))
+		name := canonical(f)
+		if line, dup := seen[name]; dup {
+			errs = append(errs, fmt.Errorf("%s: flag --%s already set at line %d", where, name, line))
 			continue
 		}
-		seen[f.Name] = k.Line
+		seen[name] = k.Line
 		val, err := scalarValue(v)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", where, err))
 			continue
 		}
-		if explicit[f.Name] {
+		if explicit[name] {
 			continue // the command line wins
 		}
-		if err := fs.Set(f.Name, val); err != nil {
-			errs = append(errs, fmt.Errorf("%s: invalid value %q for --%s: %w", where, val, f.Name, err))
+		if err := fs.Set(name, val); err != nil {
+			errs = append(errs, fmt.Errorf("%s: invalid value %q for --%s: %w", where, val, name, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -166,11 +167,11 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// Effective returns every flag of fs (except --config) with its current value.
+// Effective returns every flag of fs (except --config and deprecated aliases) with its current value.
 func Effective(fs *flag.FlagSet) map[string]string {
 	m := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name != FlagName {
+		if _, isAlias := f.Value.(*alias); f.Name != FlagName && !isAlias {
 			m[f.Name] = f.Value.String()
 		}
 	})

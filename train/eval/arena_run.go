@@ -3,30 +3,59 @@ package eval
 import (
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 // ArenaOptions configures RunArena (spec §8, evaluate/arena.py).
 type ArenaOptions struct {
-	Red, Blue         string // policy models (llama2.c .bin or HF dir)
-	RedName, BlueName string // display names (default "red", "blue")
-	Reward, Cost      string // score models from train-rm / train-cm
-	Tokenizer         string // default: the one beside the reward model
-	Prompts           []string
-	Limit             int // at most this many prompts (0: all)
-	MaxNewTokens      int
-	Temperature, TopP float64
-	Seed              uint64
-	Batch             int // generation and scoring batch
-	MaxLength         int // scoring width (longer sequences keep their last tokens)
-	Bootstrap         int // Elo bootstrap resamples
-	Out               string
+	Red          string   `flag:"red" help:"red-corner policy (llama2.c .bin or HF dir), e.g. the SFT model"`
+	Blue         string   `flag:"blue" help:"blue-corner policy, e.g. the PPO-Lag model"`
+	RedName      string   `flag:"red-name" help:"display name of the red corner"`
+	BlueName     string   `flag:"blue-name" help:"display name of the blue corner"`
+	Reward       string   `flag:"reward-model" help:"reward model directory (train-rm output)"`
+	Cost         string   `flag:"cost-model" help:"cost model directory (train-cm output)"`
+	Tokenizer    string   `flag:"tokenizer" help:"tokenizer file (default: the one saved with the reward model)"`
+	Prompts      []string `flag:"prompts" help:"prompt files ([format:[proportion:]]path) or token-shard directories, comma-separated or repeated"`
+	Limit        int      `flag:"limit" help:"at most this many prompts (0: all)"`
+	MaxNewTokens int      `flag:"max-new-tokens" help:"longest answer in tokens"`
+	Temperature  float64  `flag:"temperature" help:"sampling temperature (0: greedy)"`
+	TopP         float64  `flag:"top-p" help:"nucleus sampling (1: off)"`
+	Seed         uint64   `flag:"seed" help:"sampling and bootstrap seed"`
+	Batch        int      `flag:"batch-size" help:"prompts per generation/scoring batch"`
+	MaxLength    int      `flag:"max-length" help:"scoring width (longer sequences keep their last tokens)"`
+	Bootstrap    int      `flag:"bootstrap" help:"bootstrap resamples for the Elo intervals"`
+	Out          string   `flag:"out" help:"directory for arena.json"`
+}
+
+// DefaultArenaOptions returns eval-arena's defaults.
+func DefaultArenaOptions() ArenaOptions {
+	return ArenaOptions{RedName: "red", BlueName: "blue", Prompts: []string{"assets/data/eval/safe-rlhf-gpt4-problems.json"},
+		MaxNewTokens: 64, Temperature: 1, TopP: 1, Seed: 42, Batch: 16, MaxLength: 512, Bootstrap: 1000}
+}
+
+// Validate checks the options before any work; errors name the flags.
+func (o *ArenaOptions) Validate() error {
+	var ck config.Checker
+	for _, f := range []struct{ name, v string }{{"red", o.Red}, {"blue", o.Blue}, {"reward-model", o.Reward}, {"cost-model", o.Cost}} {
+		ck.Required(f.name, f.v)
+	}
+	ck.Check(len(o.Prompts) > 0, "--prompts is required")
+	ck.PositiveInt("max-new-tokens", o.MaxNewTokens)
+	ck.PositiveInt("batch-size", o.Batch)
+	ck.Check(o.MaxLength >= 8, "--max-length must be >= 8, got %d", o.MaxLength)
+	ck.NonNegativeInt("limit", o.Limit)
+	ck.NonNegativeInt("bootstrap", o.Bootstrap)
+	ck.NonNegative("temperature", o.Temperature)
+	ck.Range("top-p", o.TopP, math.SmallestNonzeroFloat64, 1)
+	return ck.Err()
 }
 
 // ArenaSample is one prompt with both answers and their scores.
@@ -154,7 +183,7 @@ func RunArena(be backends.Backend, o ArenaOptions) (*ArenaReport, error) {
 // generate samples an answer to every prompt and returns the answers (response
 // tokens) and the full sequences (prompt + response) to score.
 func generate(be backends.Backend, path string, tok tokenizer.Tokenizer, prompts [][]int32, o ArenaOptions) (answers, seqs [][]int32, err error) {
-	cfg, w, err := stages.LoadModel(path)
+	cfg, w, err := model.LoadAny(path)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/stages"
 	"github.com/saferlhf/saferlhf/train/trainer"
@@ -31,14 +32,14 @@ type Scorer struct {
 // NewScorer loads a score model (an HF dir written by train-rm/train-cm) and its
 // tokenizer (explicit path, else the one saved beside the model).
 func NewScorer(be backends.Backend, modelDir, tokPath string, batch, maxLen int) (*Scorer, error) {
-	cfg, w, err := stages.LoadModel(modelDir)
+	cfg, w, err := model.LoadAny(modelDir)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.ScoreDim != 1 {
 		return nil, fmt.Errorf("model %s has no score head (score_dim %d): train it with train-rm or train-cm", modelDir, cfg.ScoreDim)
 	}
-	if tokPath, err = stages.ResolveTokenizer(tokPath, modelDir); err != nil {
+	if tokPath, err = model.ResolveTokenizer(tokPath, modelDir); err != nil {
 		return nil, err
 	}
 	tok, err := tokenizer.Load(tokPath)
@@ -113,18 +114,38 @@ func (s *Scorer) Score(seqs [][]int32) (out []float64, err error) {
 
 // Options configures EvalRM and EvalCM.
 type Options struct {
-	Model, Tokenizer string
-	Data             []string // dataset specs
-	MaxLength        int
-	Truncate         string // right or prompt-left (as in training)
-	Batch            int
-	Limit            int // at most this many samples (0: all)
-	Seed             uint64
+	Model     string   `flag:"model" help:"score model directory (train-rm / train-cm output: OUT/model)"`
+	Tokenizer string   `flag:"tokenizer" help:"tokenizer file (default: the one saved in the model directory)"`
+	Data      []string `flag:"data" help:"preference data as for training: [format:[proportion:]]path files or token-shard directories, comma-separated or repeated"`
+	MaxLength int      `flag:"max-length" help:"sequence width (use the training value)"`
+	Truncate  string   `flag:"truncate" help:"right or prompt-left (use the training value)"`
+	Batch     int      `flag:"batch-size" help:"sequences per forward pass"`
+	Limit     int      `flag:"limit" help:"at most this many samples (0: all)"`
+	Seed      uint64   `flag:"seed" help:"seed of dataset sub-sampling and of --eval-ratio's split (use the training --seed)"`
 	// HeldOutRatio > 0 scores only the held-out part of Data as a training stage
 	// split it (same --eval-ratio, --eval-max and --seed as the training run).
-	HeldOutRatio float64
-	HeldOutMax   int
-	Out          string // directory for JSON, scores and plots ("" : none)
+	HeldOutRatio float64 `flag:"eval-ratio" alias:"held-out-ratio" help:"score only the held-out split of --data that training made with this --eval-ratio (0: all of --data)"`
+	HeldOutMax   int     `flag:"eval-max" alias:"held-out-max" help:"the training run's --eval-max (with --eval-ratio)"`
+	Out          string  `flag:"out" help:"directory for the JSON report, scores and plots"`
+}
+
+// DefaultOptions returns eval-rm's and eval-cm's defaults (the training stages' widths).
+func DefaultOptions() Options {
+	return Options{MaxLength: 512, Truncate: "right", Batch: 32, Seed: 42}
+}
+
+// Validate checks the options before any work; errors name the flags.
+func (o *Options) Validate() error {
+	var ck config.Checker
+	ck.Required("model", o.Model)
+	ck.Check(len(o.Data) > 0, "--data is required")
+	ck.Check(o.MaxLength >= 8, "--max-length must be >= 8, got %d", o.MaxLength)
+	ck.PositiveInt("batch-size", o.Batch)
+	ck.NonNegativeInt("limit", o.Limit)
+	ck.NonNegativeInt("eval-max", o.HeldOutMax)
+	ck.Check(o.HeldOutRatio >= 0 && o.HeldOutRatio < 1, "--eval-ratio must be in [0, 1), got %v", o.HeldOutRatio)
+	ck.OneOf("truncate", o.Truncate, "right", "prompt-left")
+	return ck.Err()
 }
 
 // RMReport is eval-rm's result (spec §8, evaluate/reward.py).

@@ -9,7 +9,6 @@ import (
 
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/model"
-	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 const assets = "../../assets/data"
@@ -24,7 +23,7 @@ func scoreModel(t *testing.T, seed uint64) string {
 	}
 	model.InitScoreHead(cfg, w, 1, seed)
 	dir := filepath.Join(t.TempDir(), "score")
-	if err := stages.SaveModel(dir, cfg, w, filepath.Join(assets, "models/tok512.bin")); err != nil {
+	if err := model.SaveWithTokenizer(dir, cfg, w, filepath.Join(assets, "models/tok512.bin")); err != nil {
 		t.Fatal(err)
 	}
 	return dir

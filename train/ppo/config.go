@@ -1,8 +1,10 @@
 package ppo
 
 import (
-	"fmt"
 	"math"
+
+	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/optim"
 )
 
 // Algorithm selects how the cost enters the objective.
@@ -20,46 +22,52 @@ const (
 )
 
 // Config carries every hyperparameter of the RL loop. Defaults (DefaultConfig) are the
-// reference's scripts/ppo-lag.sh values (spec §1.11) where they apply to a CPU run.
+// reference's scripts/ppo-lag.sh values (spec §1.11). The flag tags are the CLI flag names
+// (config.Register); fields in group "cost" exist only for the algorithms with a cost model.
 type Config struct {
 	Algorithm Algorithm
 
-	Epochs            int // passes over the prompt set
-	UpdateIters       int // PPO passes over each rollout batch
-	PromptBatchSize   int // per_device_prompt_batch_size
-	TrainBatchSize    int // per_device_train_batch_size (micro-batch of rollouts)
-	NumReturnSeqs     int // samples per prompt
-	MaxSteps          int // stop after this many rollout batches (0: Epochs decides)
-	MaxNewTokens      int // generated tokens per rollout (the reference caps prompt+response at max_length)
-	MaxPromptTokens   int // prompts are truncated (keeping their end) to this many tokens
-	Temperature       float64
-	TopP              float64
-	RepetitionPenalty float64
+	Epochs            int     `flag:"epochs" help:"passes over the prompts"`
+	UpdateIters       int     `flag:"update-iters" help:"PPO passes over each rollout batch"`
+	PromptBatchSize   int     `flag:"prompt-batch-size" help:"prompts per rollout batch"`
+	TrainBatchSize    int     `flag:"train-batch-size" help:"prompts per rollout/update micro-batch"`
+	NumReturnSeqs     int     `flag:"num-return-sequences" help:"samples per prompt"`
+	MaxSteps          int     `flag:"max-steps" help:"stop after this many rollout batches (0: --epochs decide)"`
+	MaxNewTokens      int     `flag:"max-new-tokens" help:"generated tokens per response (with --max-prompt-tokens: the reference's max_length 512)"`
+	MaxPromptTokens   int     `flag:"max-prompt-tokens" help:"longer prompts keep BOS and their last tokens"`
+	Temperature       float64 `flag:"temperature" help:"sampling temperature"`
+	TopP              float64 `flag:"top-p" help:"nucleus sampling mass"`
+	RepetitionPenalty float64 `flag:"repetition-penalty" help:"HF repetition penalty (1: off)"`
 
-	ActorLR, CriticLR                   float64
-	ActorWeightDecay, CriticWeightDecay float64
-	ActorScheduler, CriticScheduler     string // "cosine" or "constant"
-	WarmupRatio                         float64
-	GradClip                            float64
+	ActorLR           float64 `flag:"actor-lr" help:"actor learning rate"`
+	CriticLR          float64 `flag:"critic-lr" help:"critic learning rate"`
+	ActorWeightDecay  float64 `flag:"actor-weight-decay" help:"actor AdamW weight decay"`
+	CriticWeightDecay float64 `flag:"critic-weight-decay" help:"critic AdamW weight decay"`
+	ActorScheduler    string  `flag:"actor-lr-scheduler" help:"cosine, linear, constant or constant_with_warmup (constant ignores --warmup-ratio, as HF's does)"`
+	CriticScheduler   string  `flag:"critic-lr-scheduler" help:"cosine, linear, constant or constant_with_warmup"`
+	WarmupRatio       float64 `flag:"warmup-ratio" help:"LR warmup fraction of the rl steps"`
+	GradClip          float64 `flag:"max-grad-norm" help:"global gradient-norm clip"`
 
-	KLCoeff        float64 // β
-	ClipRangeRatio float64 // ε
-	ClipRangeScore float64
-	ClipRangeValue float64
+	KLCoeff        float64 `flag:"kl-coeff" help:"KL penalty β (default: the algorithm's, 0.01 for ppo-lag, 0.02 for ppo and --lambda fixed)"`
+	ClipRangeRatio float64 `flag:"clip-range-ratio" help:"PPO ratio clip ε"`
+	ClipRangeScore float64 `flag:"clip-range-score" help:"clip of the shaped per-token rewards/costs"`
+	ClipRangeValue float64 `flag:"clip-range-value" help:"critic value clip"`
 	Gamma          float64 // hard-coded 1.0 in the reference
 	GAELambda      float64 // hard-coded 0.95 in the reference
 
-	Threshold              float64 // d
-	LambdaInit             float64
-	LambdaLR               float64
-	LambdaMax              float64 // ≤ 0: unbounded
-	LambdaUpdateDelaySteps int
-	EpisodeCostWindowSize  int
-	PIDKp, PIDKi, PIDKd    float64 // PPOLagPID gains
+	Threshold              float64 `flag:"threshold" group:"cost" help:"cost threshold d"`
+	LambdaInit             float64 `flag:"lambda-init" group:"cost" help:"initial λ (the fixed penalty with --lambda fixed)"`
+	LambdaLR               float64 `flag:"lambda-lr" group:"cost" help:"log-λ SGD learning rate"`
+	LambdaMax              float64 `flag:"lambda-max" group:"cost" help:"upper bound on λ (≤ 0: none)"`
+	LambdaUpdateDelaySteps int     `flag:"lambda-update-delay-steps" group:"cost" help:"rl steps before λ starts moving"`
+	EpisodeCostWindowSize  int     `flag:"episode-cost-window-size" group:"cost" help:"episode costs averaged into J_c"`
+	PIDKp                  float64 `flag:"pid-kp" group:"cost" help:"PID proportional gain (--lambda pid)"`
+	PIDKi                  float64 `flag:"pid-ki" group:"cost" help:"PID integral gain"`
+	PIDKd                  float64 `flag:"pid-kd" group:"cost" help:"PID derivative gain"`
 
-	PTXCoeff float64 // 0: no PTX
+	PTXCoeff float64 `flag:"ptx-coeff" help:"PTX loss coefficient (0: no PTX; needs --ptx-data)"`
 
-	Seed uint64
+	Seed uint64 `flag:"seed" help:"random seed (data order, sampling)"`
 }
 
 // DefaultConfig returns the reference's ppo-lag.sh defaults (spec §1.11) for alg. For PPO the
@@ -117,39 +125,49 @@ func (c *Config) UsesCostCritic() bool { return c.Algorithm == PPOLag || c.Algor
 // RolloutBatch is the number of sequences per rollout batch.
 func (c *Config) RolloutBatch() int { return c.PromptBatchSize * c.NumReturnSeqs }
 
-// Validate checks the configuration (spec §1.8: prompt_bs·num_return_sequences divisible by train_bs).
+// Validate checks the configuration before any work; errors name the flags (spec §1.8:
+// prompt_bs·num_return_sequences divisible by train_bs).
 func (c *Config) Validate() error {
-	switch c.Algorithm {
-	case PPOLag, PPOLagPID, Fixed, PPO:
-	default:
-		return fmt.Errorf("ppo config: unknown algorithm %q (want ppo-lag, pid, fixed or ppo)", c.Algorithm)
+	var ck config.Checker
+	ck.OneOf("lambda", string(c.Algorithm), string(PPOLag), string(PPOLagPID), string(Fixed), string(PPO))
+	ck.Finite(c)
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"epochs", c.Epochs}, {"update-iters", c.UpdateIters}, {"prompt-batch-size", c.PromptBatchSize},
+		{"train-batch-size", c.TrainBatchSize}, {"num-return-sequences", c.NumReturnSeqs},
+		{"max-new-tokens", c.MaxNewTokens}, {"max-prompt-tokens", c.MaxPromptTokens}} {
+		ck.PositiveInt(f.name, f.v)
 	}
-	pos := map[string]int{"epochs": c.Epochs, "update_iters": c.UpdateIters, "prompt_batch_size": c.PromptBatchSize,
-		"train_batch_size": c.TrainBatchSize, "num_return_sequences": c.NumReturnSeqs, "max_new_tokens": c.MaxNewTokens,
-		"max_prompt_tokens": c.MaxPromptTokens, "episode_cost_window_size": c.EpisodeCostWindowSize}
-	for k, v := range pos {
-		if v <= 0 {
-			return fmt.Errorf("ppo config: %s = %d, want > 0", k, v)
-		}
-	}
-	if c.RolloutBatch()%c.TrainBatchSize != 0 {
-		return fmt.Errorf("ppo config: prompt_batch_size·num_return_sequences = %d not divisible by train_batch_size %d",
+	ck.NonNegativeInt("max-steps", c.MaxSteps)
+	if c.TrainBatchSize > 0 && c.RolloutBatch()%c.TrainBatchSize != 0 {
+		ck.Check(false, "--prompt-batch-size × --num-return-sequences = %d must be divisible by --train-batch-size %d",
 			c.RolloutBatch(), c.TrainBatchSize)
 	}
-	if c.LambdaInit <= 0 || math.IsNaN(c.LambdaInit) {
-		return fmt.Errorf("ppo config: lambda_init = %g, want > 0", c.LambdaInit)
+	ck.Positive("temperature", c.Temperature)
+	ck.Range("top-p", c.TopP, math.SmallestNonzeroFloat64, 1)
+	ck.Positive("repetition-penalty", c.RepetitionPenalty)
+	ck.Positive("actor-lr", c.ActorLR)
+	ck.Positive("critic-lr", c.CriticLR)
+	ck.NonNegative("actor-weight-decay", c.ActorWeightDecay)
+	ck.NonNegative("critic-weight-decay", c.CriticWeightDecay)
+	ck.OneOf("actor-lr-scheduler", c.ActorScheduler, optim.Cosine, optim.Linear, optim.Constant, optim.ConstantWithWarmup)
+	ck.OneOf("critic-lr-scheduler", c.CriticScheduler, optim.Cosine, optim.Linear, optim.Constant, optim.ConstantWithWarmup)
+	ck.Check(c.WarmupRatio >= 0 && c.WarmupRatio < 1, "--warmup-ratio must be in [0, 1), got %v", c.WarmupRatio)
+	ck.Positive("max-grad-norm", c.GradClip)
+	ck.NonNegative("kl-coeff", c.KLCoeff)
+	ck.Positive("clip-range-ratio", c.ClipRangeRatio)
+	ck.Positive("clip-range-score", c.ClipRangeScore)
+	ck.Positive("clip-range-value", c.ClipRangeValue)
+	ck.NonNegative("ptx-coeff", c.PTXCoeff)
+	if c.UsesCost() {
+		ck.Positive("lambda-init", c.LambdaInit)
+		ck.NonNegative("lambda-lr", c.LambdaLR)
+		ck.NonNegativeInt("lambda-update-delay-steps", c.LambdaUpdateDelaySteps)
+		ck.PositiveInt("episode-cost-window-size", c.EpisodeCostWindowSize)
+		ck.NonNegative("pid-kp", c.PIDKp)
+		ck.NonNegative("pid-ki", c.PIDKi)
+		ck.NonNegative("pid-kd", c.PIDKd)
 	}
-	if c.Temperature <= 0 {
-		return fmt.Errorf("ppo config: temperature = %g, want > 0", c.Temperature)
-	}
-	if c.TopP <= 0 || c.TopP > 1 {
-		return fmt.Errorf("ppo config: top_p = %g, want in (0, 1]", c.TopP)
-	}
-	if c.ClipRangeRatio <= 0 || c.ClipRangeValue <= 0 || c.ClipRangeScore <= 0 {
-		return fmt.Errorf("ppo config: clip ranges must be > 0")
-	}
-	if c.ActorScheduler != "cosine" && c.ActorScheduler != "constant" || c.CriticScheduler != "cosine" && c.CriticScheduler != "constant" {
-		return fmt.Errorf("ppo config: schedulers must be cosine or constant (got %q, %q)", c.ActorScheduler, c.CriticScheduler)
-	}
-	return nil
+	return ck.Err()
 }

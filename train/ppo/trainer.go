@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/saferlhf/saferlhf/kernels"
+	"github.com/saferlhf/saferlhf/train/optim"
 )
 
 // Options are the run-level settings of a Trainer (where to write, how often to checkpoint).
@@ -98,6 +99,8 @@ type Trainer struct {
 	st      State
 	total   int // rollout batches in the whole run
 
+	actorSched, criticSched optim.Schedule
+
 	metricsF, perfF *os.File
 	history         []StepMetrics
 	perf            []PerfMetrics
@@ -127,6 +130,14 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 	t.total = cfg.Epochs * prompts.BatchesPerEpoch(cfg.PromptBatchSize)
 	if cfg.MaxSteps > 0 && cfg.MaxSteps < t.total || cfg.MaxSteps > 0 && cfg.Epochs <= 1 {
 		t.total = cfg.MaxSteps
+	}
+	rl := t.totalRLSteps()
+	warm := optim.WarmupSteps(cfg.WarmupRatio, rl)
+	if t.actorSched, err = optim.NewSchedule(cfg.ActorScheduler, cfg.ActorLR, warm, rl); err != nil {
+		return nil, fmt.Errorf("ppo: --actor-lr-scheduler: %w", err)
+	}
+	if t.criticSched, err = optim.NewSchedule(cfg.CriticScheduler, cfg.CriticLR, warm, rl); err != nil {
+		return nil, fmt.Errorf("ppo: --critic-lr-scheduler: %w", err)
 	}
 	t.st.Config = cfg
 	if opt.Resume {
@@ -364,28 +375,10 @@ func (t *Trainer) rlStep(r *Rollout, ptx *PTXBatch) (StepMetrics, error) {
 	return m, nil
 }
 
-// actorLR and criticLR follow HF get_scheduler (spec §1.10) over the run's rl steps.
-func (t *Trainer) actorLR() float64 {
-	return scheduleLR(t.cfg.ActorScheduler, t.cfg.ActorLR, t.cfg.WarmupRatio, t.st.GlobalStep, t.totalRLSteps())
-}
+// actorLR and criticLR follow HF get_scheduler (spec §1.10, train/optim) over the run's rl steps.
+func (t *Trainer) actorLR() float64 { return t.actorSched.LR(t.st.GlobalStep) }
 
-func (t *Trainer) criticLR() float64 {
-	return scheduleLR(t.cfg.CriticScheduler, t.cfg.CriticLR, t.cfg.WarmupRatio, t.st.GlobalStep, t.totalRLSteps())
-}
-
-// scheduleLR is HF's get_cosine_schedule_with_warmup / get_constant_schedule_with_warmup
-// (warmup = int(ratio·total)).
-func scheduleLR(kind string, base, warmupRatio float64, step, total int) float64 {
-	warm := int(warmupRatio * float64(total))
-	if step < warm {
-		return base * float64(step) / float64(max(1, warm))
-	}
-	if kind == "constant" {
-		return base
-	}
-	progress := float64(step-warm) / float64(max(1, total-warm))
-	return base * math.Max(0, 0.5*(1+math.Cos(math.Pi*progress)))
-}
+func (t *Trainer) criticLR() float64 { return t.criticSched.LR(t.st.GlobalStep) }
 
 // stepAcc averages StepMetrics over the rl_steps of one rollout batch.
 type stepAcc struct {

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -251,11 +252,53 @@ func TestConfigValidate(t *testing.T) {
 		{"indivisible", func(c *Config) { c.PromptBatchSize, c.TrainBatchSize = 6, 4 }, false},
 		{"zero lambda", func(c *Config) { c.LambdaInit = 0 }, false},
 		{"top_p", func(c *Config) { c.TopP = 1.5 }, false},
+		{"actor lr 0", func(c *Config) { c.ActorLR = 0 }, false},
+		{"critic lr negative", func(c *Config) { c.CriticLR = -1 }, false},
+		{"lambda lr negative", func(c *Config) { c.LambdaLR = -0.1 }, false},
+		{"kl negative", func(c *Config) { c.KLCoeff = -0.01 }, false},
+		{"repetition penalty 0", func(c *Config) { c.RepetitionPenalty = 0 }, false},
+		{"ptx negative", func(c *Config) { c.PTXCoeff = -1 }, false},
+		{"nan threshold", func(c *Config) { c.Threshold = math.NaN() }, false},
+		{"inf clip", func(c *Config) { c.ClipRangeScore = math.Inf(1) }, false},
+		{"warmup 1", func(c *Config) { c.WarmupRatio = 1 }, false},
+		{"linear scheduler", func(c *Config) { c.ActorScheduler = "linear" }, true},
 	} {
 		c := DefaultConfig(PPOLag)
 		tc.mod(&c)
 		if err := c.Validate(); (err == nil) != tc.ok {
 			t.Errorf("%s: err = %v", tc.name, err)
 		}
+	}
+}
+
+// Errors name the flags, not the struct fields.
+func TestConfigValidateNamesFlags(t *testing.T) {
+	c := DefaultConfig(PPOLag)
+	c.ActorLR, c.MaxNewTokens = -1, 0
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "--actor-lr") || !strings.Contains(err.Error(), "--max-new-tokens") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// The critic's constant schedule ignores warmup, as HF's get_scheduler("constant") does
+// (the PPO-private schedule warmed it up).
+func TestConstantScheduleIgnoresWarmup(t *testing.T) {
+	cfg := DefaultConfig(PPOLag)
+	cfg.WarmupRatio, cfg.MaxSteps = 0.5, 4
+	ps, err := NewPromptSet([][]int32{{1, 2}, {1, 3}}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := NewTrainer(cfg, Options{OutDir: t.TempDir()}, &fakeNets{}, ps, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if got := tr.criticLR(); got != cfg.CriticLR {
+		t.Errorf("constant critic LR at step 0 = %g, want %g", got, cfg.CriticLR)
+	}
+	if got := tr.actorLR(); got != 0 {
+		t.Errorf("cosine actor LR at step 0 with warmup = %g, want 0", got)
 	}
 }

@@ -5,39 +5,41 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"strings"
+
+	"github.com/saferlhf/saferlhf/train/config"
 )
 
 // Config holds the settings of one training stage (SFT, reward model, cost model).
-// JSON keys equal the CLI flag names, so a config file and the flags are the same thing.
+// The flag tags are the CLI flag names (config.Register), which are also the keys
+// of a --config file; Defaults holds the one default of each.
 type Config struct {
-	Model        string    `json:"model"`         // base model: llama2.c .bin or HF dir
-	Tokenizer    string    `json:"tokenizer"`     // tokenizer file (default: found beside the model)
-	Data         []string  `json:"data"`          // training files (format auto-detected)
-	EvalData     []string  `json:"eval-data"`     // held-out files (default: a split of Data)
-	EvalRatio    float64   `json:"eval-ratio"`    // held-out fraction of Data when EvalData is empty
-	EvalMax      int       `json:"eval-max"`      // at most this many held-out examples (0: all)
-	MaxTrain     int       `json:"max-train"`     // at most this many training examples (0: all)
-	Out          string    `json:"out"`           // output directory
-	Backend      string    `json:"backend"`       // GoMLX backend spec
-	Epochs       int       `json:"epochs"`        // passes over the training data
-	Steps        int       `json:"steps"`         // cap on optimizer steps (0: epochs decide)
-	BatchSize    int       `json:"batch-size"`    // micro-batch size (pairs for RM/CM)
-	Accumulation int       `json:"grad-accum"`    // micro-batches per optimizer step
-	MaxLength    int       `json:"max-length"`    // sequence width T (longer examples are truncated)
-	Truncate     string    `json:"truncate"`      // "right" (reference) or "prompt-left" (drop oldest prompt tokens first)
-	LR           float64   `json:"lr"`            // peak learning rate
-	Scheduler    string    `json:"lr-scheduler"`  // cosine, linear, constant, constant_with_warmup
-	Warmup       float64   `json:"warmup-ratio"`  // warmup fraction of the steps
-	WeightDecay  float64   `json:"weight-decay"`  // AdamW decoupled weight decay
-	ClipNorm     float64   `json:"max-grad-norm"` // global gradient-norm clip (<0: off)
-	EvalEvery    int       `json:"eval-every"`    // held-out evaluation every N steps (0: end only)
-	CkptEvery    int       `json:"save-every"`    // checkpoint every N steps (0: end only)
-	KeepCkpts    int       `json:"keep-checkpoints"`
-	Seed         uint64    `json:"seed"`
-	Resume       bool      `json:"resume"`
-	LossType     string    `json:"loss-type"`      // RM/CM: sequence-wise or token-wise
-	Reg          float64   `json:"regularization"` // RM/CM: L2 on scores
+	Model        string    `json:"model" flag:"model" help:"base model: llama2.c .bin file or HF directory (SFT output for train-rm/train-cm)"`
+	Tokenizer    string    `json:"tokenizer" flag:"tokenizer" help:"tokenizer file (default: tokenizer.model/tok512.bin beside the model)"`
+	Data         []string  `json:"data" flag:"data" help:"training data, comma-separated or repeated: raw files [format:[proportion:]]path (hh-rlhf jsonl.gz, PKU-SafeRLHF json, alpaca, sharegpt, ...) or token-shard directories (saferlhf data pack/demo)"`
+	EvalData     []string  `json:"eval-data" flag:"eval-data" help:"held-out data, same forms as --data (default: a seeded split of --data)"`
+	EvalRatio    float64   `json:"eval-ratio" flag:"eval-ratio" help:"held-out fraction of --data when --eval-data is empty"`
+	EvalMax      int       `json:"eval-max" flag:"eval-max" help:"at most this many held-out examples (0: all)"`
+	MaxTrain     int       `json:"max-train" flag:"max-train" help:"at most this many training examples (0: all)"`
+	Out          string    `json:"out" flag:"out" help:"output directory (config.yaml, metrics.jsonl, plots, checkpoints/, model/)"`
+	Backend      string    `json:"backend" flag:"backend" help:"GoMLX backend (go, go:ops_sequential, xla:cuda, ...; default $SAFERLHF_BACKEND or go)"`
+	Epochs       int       `json:"epochs" flag:"epochs" help:"passes over the training data"`
+	Steps        int       `json:"max-steps" flag:"max-steps" alias:"steps" help:"cap on optimizer steps (0: --epochs decide)"`
+	BatchSize    int       `json:"batch-size" flag:"batch-size" help:"micro-batch size (pairs for train-rm/train-cm)"`
+	Accumulation int       `json:"grad-accum" flag:"grad-accum" help:"gradient accumulation: micro-batches per optimizer step"`
+	MaxLength    int       `json:"max-length" flag:"max-length" help:"sequence width in tokens; longer examples are truncated"`
+	Truncate     string    `json:"truncate" flag:"truncate" help:"right (reference: cut the end) or prompt-left (drop the oldest prompt tokens first)"`
+	LR           float64   `json:"lr" flag:"lr" help:"peak learning rate"`
+	Scheduler    string    `json:"lr-scheduler" flag:"lr-scheduler" help:"cosine, linear, constant or constant_with_warmup (constant ignores --warmup-ratio, as HF's does)"`
+	Warmup       float64   `json:"warmup-ratio" flag:"warmup-ratio" help:"fraction of the steps with linear warmup"`
+	WeightDecay  float64   `json:"weight-decay" flag:"weight-decay" help:"AdamW decoupled weight decay (not on norms and biases)"`
+	ClipNorm     float64   `json:"max-grad-norm" flag:"max-grad-norm" help:"global gradient-norm clip (negative: off)"`
+	EvalEvery    int       `json:"eval-every" flag:"eval-every" help:"held-out evaluation every N steps (0: at the end only)"`
+	CkptEvery    int       `json:"save-every" flag:"save-every" help:"checkpoint every N steps (0: at the end only)"`
+	KeepCkpts    int       `json:"keep-checkpoints" flag:"keep-checkpoints" help:"checkpoints to keep"`
+	Seed         uint64    `json:"seed" flag:"seed" help:"seed of the data split, shuffling and the score head"`
+	Resume       bool      `json:"resume" flag:"resume" help:"continue from the latest checkpoint in --out"`
+	LossType     string    `json:"loss-type" flag:"loss-type" group:"score" help:"sequence-wise or token-wise (spec §4)"`
+	Reg          float64   `json:"regularization" flag:"regularization" group:"score" help:"L2 regularisation of the scores"`
 	Progress     io.Writer `json:"-"`
 }
 
@@ -63,57 +65,13 @@ func Defaults(stage Stage) Config {
 	return c
 }
 
-// listFlag is a comma-separated (or repeated) list flag.
-type listFlag struct{ p *[]string }
-
-func (l listFlag) String() string {
-	if l.p == nil {
-		return ""
-	}
-	return strings.Join(*l.p, ",")
-}
-
-func (l listFlag) Set(s string) error {
-	*l.p = nil
-	for _, x := range strings.Split(s, ",") {
-		if x = strings.TrimSpace(x); x != "" {
-			*l.p = append(*l.p, x)
-		}
-	}
-	return nil
-}
-
 // RegisterFlags defines the stage's flags on fs, writing into c (whose current values are the defaults).
 func (c *Config) RegisterFlags(fs *flag.FlagSet, stage Stage) {
-	fs.StringVar(&c.Model, "model", c.Model, "base model: llama2.c .bin file or HF directory (SFT output for RM/CM)")
-	fs.StringVar(&c.Tokenizer, "tokenizer", c.Tokenizer, "tokenizer file (default: tokenizer.model/tok512.bin beside the model)")
-	fs.Var(listFlag{&c.Data}, "data", "training data, comma-separated: raw files ([format:[proportion:]]path: hh-rlhf jsonl.gz, PKU-SafeRLHF json, alpaca, sharegpt, ...) or token-shard directories (saferlhf data pack/demo)")
-	fs.Var(listFlag{&c.EvalData}, "eval-data", "held-out data, same forms as --data (default: a seeded split of --data)")
-	fs.Float64Var(&c.EvalRatio, "eval-ratio", c.EvalRatio, "held-out fraction of --data when --eval-data is empty")
-	fs.IntVar(&c.EvalMax, "eval-max", c.EvalMax, "at most this many held-out examples (0: all)")
-	fs.IntVar(&c.MaxTrain, "max-train", c.MaxTrain, "at most this many training examples (0: all)")
-	fs.StringVar(&c.Out, "out", c.Out, "output directory (metrics.jsonl, plots, checkpoints/, model/)")
-	fs.StringVar(&c.Backend, "backend", c.Backend, "GoMLX backend (go, go:ops_sequential, xla:cuda, ...)")
-	fs.IntVar(&c.Epochs, "epochs", c.Epochs, "passes over the training data")
-	fs.IntVar(&c.Steps, "steps", c.Steps, "cap on optimizer steps (0: --epochs decide)")
-	fs.IntVar(&c.BatchSize, "batch-size", c.BatchSize, "micro-batch size (pairs for train-rm/train-cm)")
-	fs.IntVar(&c.Accumulation, "grad-accum", c.Accumulation, "gradient accumulation: micro-batches per optimizer step")
-	fs.IntVar(&c.MaxLength, "max-length", c.MaxLength, "sequence width in tokens; longer examples are truncated")
-	fs.StringVar(&c.Truncate, "truncate", c.Truncate, "right (reference: cut the end) or prompt-left (drop the oldest prompt tokens first)")
-	fs.Float64Var(&c.LR, "lr", c.LR, "peak learning rate")
-	fs.StringVar(&c.Scheduler, "lr-scheduler", c.Scheduler, "cosine, linear, constant or constant_with_warmup")
-	fs.Float64Var(&c.Warmup, "warmup-ratio", c.Warmup, "fraction of the steps with linear warmup")
-	fs.Float64Var(&c.WeightDecay, "weight-decay", c.WeightDecay, "AdamW decoupled weight decay (not on norms and biases)")
-	fs.Float64Var(&c.ClipNorm, "max-grad-norm", c.ClipNorm, "global gradient-norm clip (negative: off)")
-	fs.IntVar(&c.EvalEvery, "eval-every", c.EvalEvery, "held-out evaluation every N steps (0: at the end only)")
-	fs.IntVar(&c.CkptEvery, "save-every", c.CkptEvery, "checkpoint every N steps (0: at the end only)")
-	fs.IntVar(&c.KeepCkpts, "keep-checkpoints", c.KeepCkpts, "checkpoints to keep")
-	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the data split, shuffling and the score head")
-	fs.BoolVar(&c.Resume, "resume", c.Resume, "continue from the latest checkpoint in --out")
-	if stage != SFT {
-		fs.StringVar(&c.LossType, "loss-type", c.LossType, "sequence-wise or token-wise (spec §4)")
-		fs.Float64Var(&c.Reg, "regularization", c.Reg, "L2 regularisation of the scores")
+	if stage == SFT {
+		config.Register(fs, c)
+		return
 	}
+	config.Register(fs, c, "score")
 }
 
 // Validate checks every value before any work starts.
@@ -128,7 +86,7 @@ func (c *Config) Validate(stage Stage) error {
 	case c.Out == "":
 		return bad("--out is required")
 	case c.Epochs < 0 || c.Steps < 0 || (c.Epochs == 0 && c.Steps == 0):
-		return bad("--epochs %d / --steps %d: need epochs > 0 or steps > 0 (and neither negative)", c.Epochs, c.Steps)
+		return bad("--epochs %d / --max-steps %d: need --epochs > 0 or --max-steps > 0 (and neither negative)", c.Epochs, c.Steps)
 	case c.BatchSize < 1:
 		return bad("--batch-size %d must be >= 1", c.BatchSize)
 	case c.Accumulation < 1:

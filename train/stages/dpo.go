@@ -19,6 +19,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
@@ -32,8 +33,8 @@ const DPO Stage = "dpo"
 // the initial --model (as in the reference, which loads model_name_or_path twice).
 type DPOConfig struct {
 	Config
-	Beta       float64 `json:"scale-coeff"` // β of the DPO loss
-	Preference string  `json:"preference"`  // "better" (helpfulness, the reference) or "safer"
+	Beta       float64 `json:"scale-coeff" flag:"scale-coeff" help:"DPO β: loss −log σ(β·[(log π − log π_ref)(better) − (log π − log π_ref)(worse)])"`
+	Preference string  `json:"preference" flag:"preference" help:"which answer of a pair is preferred: better (helpfulness, the reference) or safer (harmlessness)"`
 }
 
 // DPODefaults returns the reference's scripts/dpo.sh settings: 2 epochs, batch 16,
@@ -47,9 +48,7 @@ func DPODefaults() DPOConfig {
 
 // RegisterFlags defines the DPO flags on fs (the stage flags plus --scale-coeff and --preference).
 func (c *DPOConfig) RegisterFlags(fs *flag.FlagSet) {
-	c.Config.RegisterFlags(fs, SFT) // the stage flags without the score-model ones
-	fs.Float64Var(&c.Beta, "scale-coeff", c.Beta, "DPO β: loss −log σ(β·[(log π − log π_ref)(better) − (log π − log π_ref)(worse)])")
-	fs.StringVar(&c.Preference, "preference", c.Preference, "which answer of a pair is preferred: better (helpfulness, the reference) or safer (harmlessness)")
+	config.Register(fs, c) // the stage flags without the score-model ones, --scale-coeff, --preference
 }
 
 // Validate checks every value before any work starts.
@@ -244,7 +243,7 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 	if err := model.EnableFastGradients(); err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
-	mcfg, w, err := LoadModel(cfg.Model)
+	mcfg, w, err := model.LoadAny(cfg.Model)
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
@@ -254,11 +253,11 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 	delete(w, model.NameScoreW)
 	delete(w, model.NameScoreB)
 	mcfg.ScoreDim = 0
-	tokPath, err := ResolveTokenizer(cfg.Tokenizer, cfg.Model)
+	tokPath, err := model.ResolveTokenizer(cfg.Tokenizer, cfg.Model)
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
-	tok, err := loadTokenizer(tokPath, mcfg)
+	tok, err := model.LoadTokenizer(tokPath, mcfg)
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
@@ -325,7 +324,7 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 			if err != nil {
 				return err
 			}
-			return SaveModel(dir, mcfg, fw, tokPath)
+			return model.SaveWithTokenizer(dir, mcfg, fw, tokPath)
 		},
 	})
 	if err != nil {

@@ -53,15 +53,15 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 	if err := model.EnableFastGradients(); err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
-	mcfg, w, err := LoadModel(cfg.Model)
+	mcfg, w, err := model.LoadAny(cfg.Model)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
-	tokPath, err := ResolveTokenizer(cfg.Tokenizer, cfg.Model)
+	tokPath, err := model.ResolveTokenizer(cfg.Tokenizer, cfg.Model)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
-	tok, err := loadTokenizer(tokPath, mcfg)
+	tok, err := model.LoadTokenizer(tokPath, mcfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
@@ -126,7 +126,7 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 			if err != nil {
 				return err
 			}
-			return SaveModel(dir, mcfg, fw, tokPath)
+			return model.SaveWithTokenizer(dir, mcfg, fw, tokPath)
 		},
 	})
 	if err != nil {

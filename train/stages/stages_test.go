@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/saferlhf/saferlhf/train/model"
 )
 
 const assets = "../../assets/data"
@@ -38,7 +40,7 @@ func TestSFTLowersHeldOutLoss(t *testing.T) {
 		t.Fatalf("held-out loss %.4f -> %.4f on %d examples: want a fall of more than 0.4", before, after, r.HeldOut)
 	}
 	// The saved model loads back for the next stage.
-	if _, _, err := LoadModel(r.ModelDir); err != nil {
+	if _, _, err := model.LoadAny(r.ModelDir); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -96,7 +98,7 @@ func TestRewardModelBeatsChance(t *testing.T) {
 		t.Fatalf("held-out accuracy %.4f on %d pairs: want >= %.2f", r.Final["accuracy"], r.HeldOut, rmTestAccuracy)
 	}
 	// The saved score model has a score head and loads back.
-	cfg, w, err := LoadModel(r.ModelDir)
+	cfg, w, err := model.LoadAny(r.ModelDir)
 	if err != nil || cfg.ScoreDim != 1 || w["score_head.weight"] == nil {
 		t.Fatalf("saved reward model: score dim %d, err %v", cfg.ScoreDim, err)
 	}

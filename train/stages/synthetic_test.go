@@ -22,7 +22,7 @@ func TestScoreModelLearnsSyntheticRule(t *testing.T) {
 	if err := model.EnableFastGradients(); err != nil {
 		t.Fatal(err)
 	}
-	mcfg, w, err := LoadModel(filepath.Join(assets, "models/stories260K.bin"))
+	mcfg, w, err := model.LoadAny(filepath.Join(assets, "models/stories260K.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}

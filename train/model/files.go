@@ -1,0 +1,107 @@
+package model
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
+)
+
+// SaveWithTokenizer is Save plus a copy of the tokenizer file at tokPath (when
+// set) in dir, so that the next stage finds the model and its tokenizer in one place.
+func SaveWithTokenizer(dir string, cfg *Config, w Weights, tokPath string) error {
+	if err := Save(dir, cfg, w); err != nil {
+		return err
+	}
+	if tokPath == "" {
+		return nil
+	}
+	dst := filepath.Join(dir, filepath.Base(tokPath))
+	if abs, _ := filepath.Abs(tokPath); abs == dst {
+		return nil
+	}
+	b, err := os.ReadFile(tokPath)
+	if err != nil {
+		return fmt.Errorf("save %s: tokenizer: %w", dir, err)
+	}
+	if err := atomicfile.WriteBytes(dst, b, 0o644); err != nil {
+		return fmt.Errorf("save %s: tokenizer: %w", dir, err)
+	}
+	return nil
+}
+
+// ResolveTokenizer returns the tokenizer path: explicit if given, else the
+// tokenizer file inside (or next to) the model path whose vocabulary matches the
+// model's (tok512.bin for stories260K, tokenizer.model for Llama-2-vocabulary models).
+func ResolveTokenizer(explicit, modelPath string) (string, error) {
+	if explicit != "" {
+		return explicit, nil
+	}
+	return ResolveTokenizerFor("", modelPath, vocabOf(modelPath))
+}
+
+// vocabOf reads the vocabulary size of a model (HF config.json or the llama2.c
+// header), 0 if it cannot.
+func vocabOf(path string) int {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		if cfg, err := LoadHFConfig(path); err == nil {
+			return cfg.VocabSize
+		}
+		return 0
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	var hdr [28]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		return 0
+	}
+	v := int32(binary.LittleEndian.Uint32(hdr[20:24])) // llama2.c: vocab_size (negative: unshared classifier)
+	if v < 0 {
+		v = -v
+	}
+	return int(v)
+}
+
+// ResolveTokenizerFor is ResolveTokenizer for a known vocabulary size (0: any).
+func ResolveTokenizerFor(explicit, modelPath string, vocab int) (string, error) {
+	if explicit != "" {
+		return explicit, nil
+	}
+	dir := modelPath
+	if st, err := os.Stat(modelPath); err == nil && !st.IsDir() {
+		dir = filepath.Dir(modelPath)
+	}
+	for _, n := range []string{"tokenizer.model", "tok512.bin", "tokenizer.bin"} {
+		p := filepath.Join(dir, n)
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		if vocab > 0 {
+			tok, err := tokenizer.Load(p)
+			if err != nil || tok.VocabSize() != vocab {
+				continue
+			}
+		}
+		return p, nil
+	}
+	return "", fmt.Errorf("no tokenizer given and none with %d tokens found in %s (use --tokenizer)", vocab, dir)
+}
+
+// LoadTokenizer loads the tokenizer at path and checks it fits cfg's vocabulary.
+func LoadTokenizer(path string, cfg *Config) (tokenizer.Tokenizer, error) {
+	tok, err := tokenizer.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if tok.VocabSize() > cfg.VocabSize {
+		return nil, fmt.Errorf("tokenizer %s has %d tokens but the model's vocabulary is %d", path, tok.VocabSize(), cfg.VocabSize)
+	}
+	return tok, nil
+}

@@ -1,0 +1,201 @@
+package ppo
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"strings"
+
+	"github.com/saferlhf/saferlhf/data/datasets"
+	"github.com/saferlhf/saferlhf/data/shards"
+	"github.com/saferlhf/saferlhf/data/tokenizer"
+)
+
+// readPrompts returns the tokenized prompts (BOS first) of dataset specs: raw files
+// ([format:[proportion:]]path, formatted with the reference template) or token-shard
+// directories of any kind packed with tok (their prompt part).
+func readPrompts(tok tokenizer.Tokenizer, specs []string, seed uint64) ([][]int32, error) {
+	var out [][]int32
+	var raw []string
+	for _, s := range specs {
+		if !shards.IsDataset(s) {
+			raw = append(raw, s)
+			continue
+		}
+		exs, _, err := shards.ReadAllFor(s, tok.Info())
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range exs {
+			seq := e.Sequences()[0]
+			if e.Kind != datasets.KindPrompts {
+				seq = seq[:min(e.PromptLen, len(seq))]
+			}
+			if len(seq) > 0 {
+				out = append(out, seq)
+			}
+		}
+	}
+	if len(raw) == 0 {
+		return out, nil
+	}
+	samples, _, err := datasets.LoadMix(raw, seed)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range samples {
+		if len(s.Input) == 0 {
+			continue
+		}
+		txt, err := datasets.FormatPrompt(s.Input, "")
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Where(), err)
+		}
+		out = append(out, tok.Encode(txt, true))
+	}
+	return out, nil
+}
+
+// loadPrompts reads the training prompts (and evalData's, if any), drops duplicates, cuts
+// prompts longer than maxTokens to BOS + their last maxTokens−1 tokens (the question and the
+// "ASSISTANT:" cue), and splits them into training and held-out prompts: evalData if given,
+// else a stable hash split of the training prompts (so held-out prompts are never trained on).
+func loadPrompts(tok tokenizer.Tokenizer, trainData, evalData []string, split float64, maxTokens int) (train, held [][]int32, truncated int, err error) {
+	seen := map[string]bool{}
+	key := func(ids []int32) string {
+		b := make([]byte, 4*len(ids))
+		for i, id := range ids {
+			binary.LittleEndian.PutUint32(b[4*i:], uint32(id))
+		}
+		return string(b)
+	}
+	add := func(ps [][]int32, keep func(string) bool, dst *[][]int32) {
+		for _, ids := range ps {
+			k := key(ids)
+			if seen[k] || !keep(k) {
+				continue
+			}
+			seen[k] = true
+			if len(ids) > maxTokens {
+				ids = append(ids[:1:1], ids[len(ids)-(maxTokens-1):]...)
+				truncated++
+			}
+			*dst = append(*dst, ids)
+		}
+	}
+	all := func(string) bool { return true }
+	isHeld := func(k string) bool {
+		h := fnv.New32a()
+		h.Write([]byte(k))
+		return float64(h.Sum32()%10000) < split*10000
+	}
+	tr, err := readPrompts(tok, trainData, 42)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if len(evalData) > 0 {
+		ev, err := readPrompts(tok, evalData, 42)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		add(ev, all, &held)
+	} else {
+		add(tr, isHeld, &held)
+	}
+	add(tr, all, &train)
+	if len(train) == 0 {
+		return nil, nil, truncated, fmt.Errorf("--data %s: no training prompts", strings.Join(trainData, ","))
+	}
+	return train, held, truncated, nil
+}
+
+// loadPTX reads supervised data for PTX mixing: prompt (labels −100) + answer + EOS, cut to
+// maxLen tokens; raw files or SFT token-shard directories packed with tok.
+func loadPTX(tok tokenizer.Tokenizer, specs []string, maxLen int, seed uint64) (*PTXSet, error) {
+	var ids, labels [][]int32
+	addEx := func(full, lab []int32) {
+		if len(full) > maxLen {
+			full, lab = full[:maxLen], lab[:maxLen] // the reference truncates on the right
+		}
+		for _, l := range lab[1:] {
+			if l != datasets.IgnoreIndex {
+				ids, labels = append(ids, full), append(labels, lab)
+				return
+			}
+		}
+	}
+	var raw []string
+	for _, s := range specs {
+		if !shards.IsDataset(s) {
+			raw = append(raw, s)
+			continue
+		}
+		exs, m, err := shards.ReadAllFor(s, tok.Info())
+		if err != nil {
+			return nil, err
+		}
+		if m.Kind != datasets.KindSFT {
+			return nil, fmt.Errorf("--ptx-data %s: %v examples, PTX needs sft examples", s, m.Kind)
+		}
+		for _, e := range exs {
+			addEx(e.InputIDs, e.Labels)
+		}
+	}
+	if len(raw) > 0 {
+		samples, _, err := datasets.LoadMix(raw, seed)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range samples {
+			if len(s.Input) == 0 || s.Answer == "" {
+				continue
+			}
+			p, err := datasets.FormatPrompt(s.Input, "")
+			if err != nil {
+				continue
+			}
+			pi := tok.Encode(p, true)
+			full := append(tok.Encode(p+s.Answer, true), tok.EOS())
+			lab := make([]int32, len(full))
+			for i := range lab {
+				lab[i] = full[i]
+				if i < len(pi) {
+					lab[i] = datasets.IgnoreIndex
+				}
+			}
+			addEx(full, lab)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("--ptx-data %s: no usable supervised examples of at most %d tokens", strings.Join(specs, ","), maxLen)
+	}
+	return NewPTXSet(ids, labels, tok.Pad(), seed)
+}
+
+// writeSamples writes each held-out prompt's response with its reward and cost.
+func writeSamples(path string, tok tokenizer.Tokenizer, rs []*Rollout) error {
+	var b strings.Builder
+	for _, r := range rs {
+		for i := 0; i < r.B; i++ {
+			var prompt, resp []int32
+			for t := 0; t < r.T; t++ {
+				if r.Mask[i*r.T+t] == 0 {
+					continue
+				}
+				if t < r.S {
+					prompt = append(prompt, r.Seq[i*r.T+t])
+				} else {
+					resp = append(resp, r.Seq[i*r.T+t])
+				}
+			}
+			c := float32(0)
+			if r.Cost != nil {
+				c = r.Cost[i]
+			}
+			fmt.Fprintf(&b, "reward %+.3f cost %+.3f | %s ||| %s\n", r.Reward[i], c,
+				strings.ReplaceAll(tok.Decode(prompt), "\n", " "), strings.ReplaceAll(tok.Decode(resp), "\n", " "))
+		}
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}

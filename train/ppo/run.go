@@ -1,0 +1,338 @@
+package ppo
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
+	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/model"
+)
+
+// RunConfig is one ppo-lag or ppo run: the models, data and outputs around the loop's Config.
+// The flag tags are the CLI flag names (config.Register); DefaultRunConfig holds the defaults.
+type RunConfig struct {
+	Config
+	Model        string   `flag:"model" alias:"actor" help:"SFT policy: HF model dir or llama2.c .bin (also the frozen reference model)"`
+	RewardModel  string   `flag:"reward-model" help:"reward model dir (frozen)"`
+	RewardCritic string   `flag:"reward-critic" help:"reward critic init (default: the reward model)"`
+	CostModel    string   `flag:"cost-model" group:"cost" help:"cost model dir (frozen)"`
+	CostCritic   string   `flag:"cost-critic" group:"cost" help:"cost critic init (default: the cost model)"`
+	Lambda       string   `flag:"lambda" group:"cost" help:"Lagrange multiplier: sgd (reference log-λ SGD), pid (PID-Lagrangian) or fixed (reward-shaping baseline r − λ_init·c)"`
+	Tokenizer    string   `flag:"tokenizer" help:"tokenizer file (default: found next to --model)"`
+	Data         []string `flag:"data" alias:"train-data" help:"prompt datasets, comma-separated or repeated: [format:[proportion:]]path files or token-shard directories"`
+	EvalData     []string `flag:"eval-data" help:"held-out prompts for the before/after summary, same forms as --data (default: a hash split of --data)"`
+	EvalRatio    float64  `flag:"eval-ratio" alias:"eval-split" help:"fraction of --data prompts held out when --eval-data is empty"`
+	EvalMax      int      `flag:"eval-max" alias:"eval-size" help:"held-out prompts evaluated before and after training (0: no evaluation)"`
+	EvalBatch    int      `flag:"eval-batch-size" help:"generation batch size of the evaluation"`
+	PTXData      []string `flag:"ptx-data" help:"supervised data for PTX mixing (with --ptx-coeff > 0), same forms as --data"`
+	PTXMaxLength int      `flag:"ptx-max-length" help:"PTX examples are cut to this many tokens"`
+	Out          string   `flag:"out" alias:"output" help:"output dir: config.yaml, metrics.jsonl, perf.jsonl, plots/, checkpoints/, policy/, summary.json"`
+	Backend      string   `flag:"backend" help:"GoMLX backend (default $SAFERLHF_BACKEND or go)"`
+	Resume       bool     `flag:"resume" help:"continue from the latest checkpoint in --out"`
+	SaveEvery    int      `flag:"save-every" alias:"checkpoint-every" help:"rollout batches between checkpoints (0: only at the end)"`
+	LoRARank     int      `flag:"lora-rank" help:"LoRA rank for actor and critics (0: full fine-tuning)"`
+	LoRAAlpha    float64  `flag:"lora-alpha" help:"LoRA alpha"`
+	LoRATargets  []string `flag:"lora-targets" help:"LoRA target modules"`
+}
+
+// DefaultRunConfig returns the defaults of a run of alg (its own DefaultConfig).
+func DefaultRunConfig(alg Algorithm) RunConfig {
+	lambda := map[Algorithm]string{PPOLag: "sgd", PPOLagPID: "pid", Fixed: "fixed"}[alg]
+	return RunConfig{Config: DefaultConfig(alg), Lambda: lambda, EvalRatio: 0.1, EvalMax: 64, EvalBatch: 32,
+		PTXMaxLength: 128, SaveEvery: 10, LoRAAlpha: 16, LoRATargets: []string{"q_proj", "v_proj"}}
+}
+
+// AlgorithmOf returns the algorithm a --lambda mode selects.
+func AlgorithmOf(lambda string) (Algorithm, error) {
+	switch lambda {
+	case "sgd":
+		return PPOLag, nil
+	case "pid":
+		return PPOLagPID, nil
+	case "fixed":
+		return Fixed, nil
+	}
+	return "", fmt.Errorf("--lambda %q: want sgd, pid or fixed", lambda)
+}
+
+// Validate checks the run before any work; errors name the flags.
+func (c *RunConfig) Validate() error {
+	var ck config.Checker
+	ck.Check(c.Model != "", "--model is required (the SFT policy; --actor is its old name)")
+	ck.Required("reward-model", c.RewardModel)
+	if c.UsesCost() {
+		ck.Required("cost-model", c.CostModel)
+	}
+	ck.Check(len(c.Data) > 0, "--data is required")
+	ck.Required("out", c.Out)
+	ck.Check(c.PTXCoeff <= 0 || len(c.PTXData) > 0, "--ptx-coeff %v needs --ptx-data", c.PTXCoeff)
+	ck.Check(c.EvalRatio >= 0 && c.EvalRatio < 1, "--eval-ratio must be in [0, 1), got %v", c.EvalRatio)
+	ck.NonNegativeInt("eval-max", c.EvalMax)
+	ck.PositiveInt("eval-batch-size", c.EvalBatch)
+	ck.Check(c.PTXMaxLength >= 2, "--ptx-max-length must be >= 2, got %d", c.PTXMaxLength)
+	ck.NonNegativeInt("save-every", c.SaveEvery)
+	ck.NonNegativeInt("lora-rank", c.LoRARank)
+	if c.LoRARank > 0 {
+		ck.Positive("lora-alpha", c.LoRAAlpha)
+	}
+	if err := c.Config.Validate(); err != nil {
+		return joinErr(ck.Err(), err)
+	}
+	return ck.Err()
+}
+
+func joinErr(a, b error) error {
+	if a == nil {
+		return b
+	}
+	return fmt.Errorf("%w\n%w", a, b)
+}
+
+// Summary is summary.json: the held-out evaluation before and after training.
+type Summary struct {
+	Before *EvalResult `json:"before,omitempty"`
+	After  *EvalResult `json:"after,omitempty"`
+}
+
+// RunResult is what Run reports.
+type RunResult struct {
+	Summary
+	Steps     int      // rollout batches of the run
+	Seconds   float64  // training time
+	PolicyDir string   // the trained actor
+	Plots     []string // PNG files
+	WithCost  bool
+}
+
+// Run trains a policy as configured (c must be valid): it loads the models and prompts, checks
+// them against each other, evaluates the SFT policy on the held-out prompts, runs the loop, saves
+// the policy and plots, and evaluates again. Progress and notes go to progress (nil: none).
+func Run(ctx context.Context, c RunConfig, progress io.Writer) (*RunResult, error) {
+	if progress == nil {
+		progress = io.Discard
+	}
+	name := string(c.Algorithm)
+	in, err := loadRunInputs(c)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(progress, "%s: %d training prompts, %d held-out prompts (%d cut to their last %d tokens)\n",
+		name, len(in.train), len(in.held), in.truncated, c.MaxPromptTokens)
+	nets, err := NewGraphNets(in.nets, c.ClipRangeRatio, c.ClipRangeValue)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(c.Out, 0o755); err != nil {
+		return nil, err
+	}
+	res := &RunResult{WithCost: c.UsesCost()}
+	summaryPath := filepath.Join(c.Out, "summary.json")
+	if c.Resume {
+		if b, err := os.ReadFile(summaryPath); err == nil {
+			_ = json.Unmarshal(b, &res.Summary)
+		}
+	}
+	evaluate := func(stage string) (*EvalResult, error) {
+		t0 := time.Now()
+		r, rs, err := Evaluate(nets, in.held, c.EvalBatch, c.Seed^0xe7a1)
+		if err != nil {
+			return nil, err
+		}
+		if err := writeSamples(filepath.Join(c.Out, "samples_"+stage+".txt"), in.tok, rs); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(progress, "%s: %s (%d held-out prompts, %.0fs): reward %.3f cost %.3f harmful %.3f\n",
+			name, stage, r.N, time.Since(t0).Seconds(), r.RewardMean, r.CostMean, r.HarmfulRate)
+		return &r, nil
+	}
+	withEval := c.EvalMax > 0 && len(in.held) > 0
+	if withEval && res.Before == nil {
+		if res.Before, err = evaluate("before"); err != nil {
+			return nil, err
+		}
+		if err := writeJSON(summaryPath, res.Summary); err != nil {
+			return nil, err
+		}
+	}
+	tr, err := NewTrainer(c.Config, Options{OutDir: c.Out, CheckpointEvery: c.SaveEvery, Resume: c.Resume,
+		Progress: progress, ProgressLines: !isTerminal(progress)}, nets, in.prompts, in.ptx)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	runErr := tr.Run(ctx)
+	if cerr := tr.Close(); runErr == nil {
+		runErr = cerr
+	}
+	if runErr != nil {
+		return nil, runErr
+	}
+	res.Steps, res.Seconds = tr.TotalSteps(), time.Since(t0).Seconds()
+	res.PolicyDir = filepath.Join(c.Out, "policy")
+	if err := nets.SavePolicy(res.PolicyDir); err != nil {
+		return nil, err
+	}
+	if res.Plots, err = Plot(c.Out); err != nil {
+		fmt.Fprintf(progress, "%s: plots: %v\n", name, err)
+	}
+	if withEval {
+		if res.After, err = evaluate("after"); err != nil {
+			return nil, err
+		}
+		if err := writeJSON(summaryPath, res.Summary); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// isTerminal reports whether w is a terminal (progress bars redraw) rather than a log.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// Format prints the before/after table (cost columns only when a cost model was used).
+func (r *RunResult) Format(w io.Writer) {
+	if r.Before == nil || r.After == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nheld-out prompts: %d\n", r.After.N)
+	fmt.Fprintf(w, "%-16s %12s %12s %14s %10s\n", "policy", "reward_mean", "cost_mean", "harmful_rate", "gen_len")
+	for _, row := range []struct {
+		name string
+		r    *EvalResult
+	}{{"before (SFT)", r.Before}, {"after (RL)", r.After}} {
+		cost, harm := "n/a", "n/a"
+		if r.WithCost {
+			cost, harm = fmt.Sprintf("%.4f", row.r.CostMean), fmt.Sprintf("%.3f", row.r.HarmfulRate)
+		}
+		fmt.Fprintf(w, "%-16s %12.4f %12s %14s %10.1f\n", row.name, row.r.RewardMean, cost, harm, row.r.GenLenMean)
+	}
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteBytes(path, append(b, '\n'), 0o644)
+}
+
+// HeldOutPrompts returns the held-out prompts of c (at most --eval-max) as Run evaluates them.
+func HeldOutPrompts(c RunConfig, tok tokenizer.Tokenizer) ([][]int32, error) {
+	_, held, _, err := loadPrompts(tok, c.Data, c.EvalData, c.EvalRatio, c.MaxPromptTokens)
+	if len(held) > c.EvalMax {
+		held = held[:c.EvalMax]
+	}
+	return held, err
+}
+
+// runInputs is everything Run loads before training.
+type runInputs struct {
+	tok         tokenizer.Tokenizer
+	train, held [][]int32
+	truncated   int
+	prompts     *PromptSet
+	ptx         *PTXSet
+	nets        GraphNetsConfig
+}
+
+// loadRunInputs opens the tokenizer, prompts, PTX data and models, and checks that they fit
+// each other (vocabularies, score heads, lengths within every model's context).
+func loadRunInputs(c RunConfig) (*runInputs, error) {
+	in := &runInputs{}
+	tokPath, err := model.ResolveTokenizer(c.Tokenizer, c.Model)
+	if err != nil {
+		return nil, err
+	}
+	if in.tok, err = tokenizer.Load(tokPath); err != nil {
+		return nil, err
+	}
+	if in.train, in.held, in.truncated, err = loadPrompts(in.tok, c.Data, c.EvalData, c.EvalRatio, c.MaxPromptTokens); err != nil {
+		return nil, err
+	}
+	if len(in.held) > c.EvalMax {
+		in.held = in.held[:c.EvalMax]
+	}
+	if in.prompts, err = NewPromptSet(in.train, c.Seed); err != nil {
+		return nil, err
+	}
+	if c.PTXCoeff > 0 {
+		if in.ptx, err = loadPTX(in.tok, c.PTXData, c.PTXMaxLength, c.Seed); err != nil {
+			return nil, err
+		}
+	}
+	be, err := backend.New(c.Backend)
+	if err != nil {
+		return nil, err
+	}
+	gc := GraphNetsConfig{Backend: be, WithCostCritic: c.UsesCostCritic(), Pad: in.tok.Pad(), EOS: in.tok.EOS(),
+		MaxNewTokens: c.MaxNewTokens, MaxPromptTokens: c.MaxPromptTokens, Temperature: c.Temperature,
+		TopP: c.TopP, RepPenalty: c.RepetitionPenalty, ActorWeightDecay: c.ActorWeightDecay,
+		CriticWeightDecay: c.CriticWeightDecay, GradClip: c.GradClip,
+		SaveModel: func(dir string, cfg *model.Config, w model.Weights) error {
+			return model.SaveWithTokenizer(dir, cfg, w, tokPath)
+		},
+		LoRA:     model.LoRAConfig{Rank: c.LoRARank, Alpha: c.LoRAAlpha, Targets: c.LoRATargets},
+		LoRASeed: c.Seed}
+	load := func(flag, path string, score bool) (ModelSpec, error) {
+		cfg, w, err := model.LoadAny(path)
+		if err != nil {
+			return ModelSpec{}, fmt.Errorf("--%s: %w", flag, err)
+		}
+		if score && cfg.ScoreDim != 1 {
+			return ModelSpec{}, fmt.Errorf("--%s %s: a score model needs a 1-dimensional score head (got score_dim %d): train it with train-rm or train-cm", flag, path, cfg.ScoreDim)
+		}
+		if in.tok.VocabSize() > cfg.VocabSize {
+			return ModelSpec{}, fmt.Errorf("--%s %s: vocabulary %d is smaller than the tokenizer's %d (%s)", flag, path, cfg.VocabSize, in.tok.VocabSize(), tokPath)
+		}
+		if n := c.MaxPromptTokens + c.MaxNewTokens; cfg.MaxPositions > 0 && n > cfg.MaxPositions {
+			return ModelSpec{}, fmt.Errorf("--max-prompt-tokens %d + --max-new-tokens %d = %d exceed the context of --%s %s (%d)",
+				c.MaxPromptTokens, c.MaxNewTokens, n, flag, path, cfg.MaxPositions)
+		}
+		return ModelSpec{Cfg: cfg, Weights: w}, nil
+	}
+	if gc.Actor, err = load("model", c.Model, false); err != nil {
+		return nil, err
+	}
+	delete(gc.Actor.Weights, model.NameScoreW)
+	delete(gc.Actor.Weights, model.NameScoreB)
+	gc.Actor.Cfg.ScoreDim = 0
+	if gc.Reward, err = load("reward-model", c.RewardModel, true); err != nil {
+		return nil, err
+	}
+	if c.RewardCritic != "" {
+		s, err := load("reward-critic", c.RewardCritic, false)
+		if err != nil {
+			return nil, err
+		}
+		gc.RewardCritic = &s
+	}
+	if c.UsesCost() {
+		if gc.Cost, err = load("cost-model", c.CostModel, true); err != nil {
+			return nil, err
+		}
+		if c.CostCritic != "" {
+			s, err := load("cost-critic", c.CostCritic, false)
+			if err != nil {
+				return nil, err
+			}
+			gc.CostCritic = &s
+		}
+	}
+	in.nets = gc
+	return in, nil
+}
