@@ -20,10 +20,10 @@ import (
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
-	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
 	"github.com/saferlhf/saferlhf/train/trainer"
+	"github.com/schollz/progressbar/v3"
 )
 
 // DPO is the direct-preference-optimisation stage (spec §2, algorithms/dpo).
@@ -426,12 +426,12 @@ func referenceLogProbs(be backends.Backend, mctx *context.Context, mcfg *model.C
 	for _, s := range sets {
 		n += len(s)
 	}
-	var bar *metrics.Progress
+	var bar *progressbar.ProgressBar
 	if cfg.Progress != nil {
-		bar = metrics.NewProgress((n+B-1)/B, 0, "dpo: reference log-probs", cfg.Progress)
-		defer bar.Finish()
+		bar = progressbar.NewOptions(n, progressbar.OptionSetWriter(cfg.Progress), progressbar.OptionSetDescription("dpo: reference log-probs (pairs)"),
+			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetWidth(30), progressbar.OptionThrottle(time.Second))
+		defer func() { _ = bar.Finish(); fmt.Fprintln(cfg.Progress) }()
 	}
-	done := 0
 	for _, set := range sets {
 		for start := 0; start < len(set); start += B {
 			batch := set[start:min(len(set), start+B)]
@@ -461,8 +461,8 @@ func referenceLogProbs(be backends.Backend, mctx *context.Context, mcfg *model.C
 					}
 				}
 			}
-			if done++; bar != nil {
-				bar.Update(done, 0, 0)
+			if bar != nil {
+				_ = bar.Add(len(batch))
 			}
 		}
 	}
