@@ -421,6 +421,7 @@ func referenceLogProbs(be backends.Backend, mctx *context.Context, mcfg *model.C
 	if err != nil {
 		return err
 	}
+	defer exec.Finalize() // the compiled reference pass is not needed during training
 	B, T := cfg.BatchSize, cfg.MaxLength
 	n := 0
 	for _, s := range sets {
