@@ -9,14 +9,16 @@
 // naming it instead of hanging. Implementations:
 //
 //   - Self: a single process (collectives return their input);
+//
 //   - TCP: a star over TCP with rank 0 at the rendezvous address, in pure Go so
 //     that it runs in the default CGO_ENABLED=0 build and in CI; sums are taken
 //     in rank order at rank 0, so every rank gets the same bits. NewLocalGroup
 //     connects several ranks of one process over loopback (tests).
+//
 //   - NCCL, for device buffers on GPUs, lives in native (dlopen of libnccl.so.2);
 //     its unique id travels over a TCP Communicator's Broadcast.
 //
-//	env, err := dist.FromEnv(nil)            // Single when no launcher is present
-//	comm, err := dist.Connect(ctx, env, dist.Options{})
-//	err = comm.AllReduce(ctx, grads, dist.Mean)
+//     env, err := dist.FromEnv(nil)            // Single when no launcher is present
+//     comm, err := dist.Connect(ctx, env, dist.Options{})
+//     err = comm.AllReduce(ctx, grads, dist.Mean)
 package dist
