@@ -18,7 +18,9 @@
 //   - NCCL, for device buffers on GPUs, lives in native (dlopen of libnccl.so.2);
 //     its unique id travels over a TCP Communicator's Broadcast.
 //
-//     env, err := dist.FromEnv(nil)            // Single when no launcher is present
-//     comm, err := dist.Connect(ctx, env, dist.Options{})
-//     err = comm.AllReduce(ctx, grads, dist.Mean)
+// A rank starts like this:
+//
+//	env, err := dist.FromEnv(nil) // Single when no launcher is present
+//	comm, err := dist.Connect(ctx, env, dist.Options{})
+//	err = comm.AllReduce(ctx, grads, dist.Mean)
 package dist
