@@ -1,18 +1,24 @@
-# saferlhf: Safe RLHF in Go. The default build is pure Go (CGO_ENABLED=0, -tags noxla):
-# the embedded CPU backend, no C toolchain, no plugins. `make build-gpu` adds the XLA backend.
+# saferlhf: Safe RLHF in Go. The default build (-tags noxla) compiles the native C engine
+# (native/engine, cgo) when a C compiler is present, else it is pure Go (CGO_ENABLED=0);
+# `make build-nocgo` forces the pure-Go binary. `make build-gpu` adds the XLA backend.
 GO        ?= go
 GOFLAGS_CPU = CGO_ENABLED=0
+CGO_BUILD := $(shell command -v $(CC) >/dev/null 2>&1 && echo 1 || echo 0)
 TAGS_CPU  = -tags noxla
 BIN       = bin/saferlhf
 DEMO_OUT ?= out/demo
 COMPARE_OUT ?= out/compare
 FUZZTIME ?= 5s
 
-.PHONY: all build build-gpu test test-short test-native asan vet fuzz verify-reference demo compare bench clean
+.PHONY: all build build-nocgo build-gpu test test-short test-native asan vet fuzz verify-reference demo compare bench clean
 
 all: build
 
 build:
+	CGO_ENABLED=$(CGO_BUILD) $(GO) build $(TAGS_CPU) -o $(BIN) ./cmd/saferlhf
+
+# The pure-Go binary (no C toolchain; --backend native reports it is not compiled in).
+build-nocgo:
 	$(GOFLAGS_CPU) $(GO) build $(TAGS_CPU) -o $(BIN) ./cmd/saferlhf
 
 # XLA/PJRT backend (needs cgo); run with --backend xla:cuda on an NVIDIA machine.
@@ -31,11 +37,12 @@ test: vet build
 
 # The native C engine (needs cgo and a C compiler; its tests skip in the pure-Go build above).
 test-native:
-	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 ./native/engine/...
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 ./native/... ./internal/backend/
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 -run 'Native|Resume' ./train/ppo/
 
 # The native engine's tests under AddressSanitizer (out-of-bounds checks of the C kernels).
 asan:
-	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -asan -count=1 ./native/engine/...
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -asan -count=1 ./native/engine/ ./native/llama/
 
 # Short, bounded fuzz runs of every parser (each target FUZZTIME).
 fuzz:
@@ -53,6 +60,7 @@ compare: build
 
 bench: build
 	$(GOFLAGS_CPU) $(GO) test $(TAGS_CPU) -run '^$$' -bench . -benchtime 1x ./...
+	CGO_ENABLED=$(CGO_BUILD) $(GO) test $(TAGS_CPU) -run '^$$' -bench . -benchtime 1x ./native/...
 
 clean:
 	rm -rf bin out

@@ -9,6 +9,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -25,7 +26,7 @@ type generateConfig struct {
 	MaxNewTokens      int     `flag:"max-new-tokens" help:"maximum number of generated tokens"`
 	Seed              uint64  `flag:"seed" help:"sampling seed"`
 	PrintIDs          bool    `flag:"print-ids" help:"print the generated ids (not the prompt's) space-separated on one line instead of text"`
-	Backend           string  `flag:"backend" help:"GoMLX backend: go (default, $SAFERLHF_BACKEND), xla:cuda or xla:/abs/plugin.so"`
+	Backend           string  `flag:"backend" help:"backend: native (default when built with cgo), go (pure-Go GoMLX), xla:cuda or xla:/abs/plugin.so; default $SAFERLHF_BACKEND"`
 }
 
 func (c *generateConfig) validate() error {
@@ -73,7 +74,7 @@ func runGenerate(args []string) error {
 	if err != nil {
 		return err
 	}
-	gen, err := model.NewGeneratorFromWeights(be, cfg, w)
+	gen, err := llama.NewGenerator(be, cfg, w)
 	if err != nil {
 		return err
 	}

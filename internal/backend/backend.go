@@ -1,6 +1,8 @@
 // Package backend starts the GoMLX backend that runs the model graphs, chosen
-// explicitly by the user: the pure-Go backend (the default, always built) or
-// XLA through a PJRT plugin given by name or absolute path. It never lets GoMLX
+// explicitly by the user: the pure-Go backend (always built), "native" (the
+// same pure-Go backend for graphs, with the native C engine of native/llama
+// for whatever has a native path: the default when built with cgo) or XLA
+// through a PJRT plugin given by name or absolute path. It never lets GoMLX
 // auto-install anything.
 package backend
 
@@ -12,6 +14,8 @@ import (
 
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego" // the pure-Go backend, always available
+
+	"github.com/saferlhf/saferlhf/native/engine"
 )
 
 // Default is the backend used when none is given: the pure-Go backend with
@@ -23,21 +27,47 @@ const Default = "go:ops_sequential"
 // EnvVar names the environment variable that overrides Default.
 const EnvVar = "SAFERLHF_BACKEND"
 
-// Resolve returns the backend spec to use: spec if non-empty, else $SAFERLHF_BACKEND, else Default.
+// Native is the spec of the native C engine (native/llama) over the pure-Go backend.
+const Native = "native"
+
+// DefaultSpec is the spec used when none is given: Native when the native
+// engine is compiled in (cgo builds), else Default.
+func DefaultSpec() string {
+	if engine.Available {
+		return Native
+	}
+	return Default
+}
+
+// Resolve returns the backend spec to use: spec if non-empty, else $SAFERLHF_BACKEND, else DefaultSpec().
 // "go" alone expands to Default.
 func Resolve(spec string) string {
 	if spec == "" {
 		spec = os.Getenv(EnvVar)
 	}
-	if spec == "" || spec == "go" {
+	if spec == "" {
+		spec = DefaultSpec()
+	}
+	if spec == "go" {
 		return Default
 	}
 	return spec
 }
 
+// nativeBackend is the pure-Go backend marked for the native engine.
+type nativeBackend struct{ backends.Backend }
+
+// IsNative reports whether be was started with the "native" spec: callers
+// with a native path (generation, see native/llama.NewGenerator) take it.
+func IsNative(be backends.Backend) bool {
+	_, ok := be.(nativeBackend)
+	return ok
+}
+
 // New starts the backend named by spec (see Resolve). Accepted forms:
 //
 //	go, go:<simplego options>         pure-Go backend
+//	native                            the native C engine where it has a path, the pure-Go backend elsewhere
 //	xla:cuda                          XLA with the CUDA PJRT plugin found on this machine
 //	xla:/abs/path/to/pjrt_plugin.so   XLA with that plugin
 func New(spec string) (backends.Backend, error) {
@@ -46,6 +76,18 @@ func New(spec string) (backends.Backend, error) {
 	switch name {
 	case "go":
 		return newChecked(spec)
+	case Native:
+		if cfg != "" {
+			return nil, fmt.Errorf("backend %q: native takes no options", spec)
+		}
+		if !engine.Available {
+			return nil, fmt.Errorf("backend %q: %w", spec, engine.ErrUnavailable)
+		}
+		be, err := newChecked(Default)
+		if err != nil {
+			return nil, err
+		}
+		return nativeBackend{be}, nil
 	case "xla":
 		plugin, err := resolvePlugin(cfg)
 		if err != nil {
@@ -56,7 +98,7 @@ func New(spec string) (backends.Backend, error) {
 		}
 		return newChecked("xla:" + plugin)
 	default:
-		return nil, fmt.Errorf("backend %q: unknown backend %q (want go, go:<options>, xla:cuda or xla:/abs/plugin.so)", spec, name)
+		return nil, fmt.Errorf("backend %q: unknown backend %q (want native, go, go:<options>, xla:cuda or xla:/abs/plugin.so)", spec, name)
 	}
 }
 

@@ -3,6 +3,8 @@ package backend
 import (
 	"strings"
 	"testing"
+
+	"github.com/saferlhf/saferlhf/native/engine"
 )
 
 func TestNew(t *testing.T) {
@@ -38,10 +40,41 @@ func TestNew(t *testing.T) {
 	}
 }
 
+// TestNative: "native" starts the pure-Go backend marked for the native
+// engine when it is compiled in, and says why not otherwise.
+func TestNative(t *testing.T) {
+	b, err := New(Native)
+	if !engine.Available {
+		if err == nil || !strings.Contains(err.Error(), "not compiled in") {
+			t.Fatalf("New(native) without cgo: error %v", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !IsNative(b) || !strings.Contains(b.Name(), "go") {
+		t.Fatalf("New(native) = %s, IsNative %v", b.Name(), IsNative(b))
+	}
+	g, err := New("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if IsNative(g) {
+		t.Fatal("IsNative(go backend) = true")
+	}
+	if _, err := New("native:x"); err == nil {
+		t.Fatal("native:x: no error")
+	}
+}
+
 func TestResolve(t *testing.T) {
 	t.Setenv(EnvVar, "")
-	if got := Resolve(""); got != Default {
-		t.Errorf("Resolve(\"\") = %q, want %q", got, Default)
+	if got := Resolve(""); got != DefaultSpec() {
+		t.Errorf("Resolve(\"\") = %q, want %q", got, DefaultSpec())
+	}
+	if got, want := DefaultSpec() == Native, engine.Available; got != want {
+		t.Errorf("DefaultSpec() = %q with the native engine available=%v", DefaultSpec(), want)
 	}
 	t.Setenv(EnvVar, "go:parallelism=1")
 	if got := Resolve(""); got != "go:parallelism=1" {

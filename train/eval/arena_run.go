@@ -9,6 +9,7 @@ import (
 	"github.com/gomlx/gomlx/backends"
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/stages"
@@ -193,7 +194,7 @@ func generate(be backends.Backend, path string, tok tokenizer.Tokenizer, prompts
 	delete(w, model.NameScoreW)
 	delete(w, model.NameScoreB)
 	cfg.ScoreDim = 0
-	gen, err := model.NewGeneratorFromWeights(be, cfg, w)
+	gen, err := llama.NewGenerator(be, cfg, w)
 	if err != nil {
 		return nil, nil, err
 	}

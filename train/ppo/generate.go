@@ -3,6 +3,7 @@ package ppo
 import (
 	"fmt"
 
+	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
@@ -27,6 +28,9 @@ type kvGenerator struct {
 }
 
 func newGenerator(n *GraphNets) (generator, error) {
+	if backend.IsNative(n.cfg.Backend) {
+		return newNativeGenerator(n), nil
+	}
 	g, err := model.NewGenerator(n.cfg.Backend, n.actorCfg, n.ctx.InAbsPath(ScopeActor))
 	if err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)
