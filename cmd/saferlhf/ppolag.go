@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/ppo"
 )
@@ -57,7 +58,7 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 	if err := c.Validate(); err != nil {
 		return usagef("%v", err)
 	}
-	if err := os.MkdirAll(c.Out, 0o755); err != nil {
+	if err := checkpoint.PrepareOutput(c.Out, name, c.Resume, c.Force); err != nil {
 		return err
 	}
 	// The effective settings, reusable as --config for a rerun.

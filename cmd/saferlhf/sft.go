@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/stages"
 )
@@ -28,7 +29,7 @@ func runStage(stage stages.Stage, args []string) error {
 		return usagef("%v", err)
 	}
 	cfg.Progress = os.Stderr
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+	if err := checkpoint.PrepareOutput(cfg.Out, string(stage), cfg.Resume, cfg.Force); err != nil {
 		return err
 	}
 	// The effective settings, reusable as --config for a rerun.

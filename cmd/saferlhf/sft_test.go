@@ -67,8 +67,9 @@ func TestSIGKILLResumeIsBitExact(t *testing.T) {
 		err := <-done
 		ck, _ := os.ReadFile(latest)
 		t.Logf("%v after checkpoint %s", sig, strings.TrimSpace(string(ck)))
-		if sig == syscall.SIGINT && (err == nil || !strings.Contains(log.String(), "interrupted after step")) {
-			t.Fatalf("SIGINT: want an error exit naming the interruption, got %v\n%s", err, log.String())
+		if sig == syscall.SIGINT && (err == nil || !strings.Contains(log.String(), "interrupted after step") ||
+			!strings.Contains(log.String(), filepath.Join(dir, "checkpoints", "step-"))) {
+			t.Fatalf("SIGINT: want an error exit naming the interruption and the saved checkpoint, got %v\n%s", err, log.String())
 		}
 		if out, err := exec.Command(bin, sftArgs(dir, "--resume")...).CombinedOutput(); err != nil {
 			t.Fatalf("resumed run: %v\n%s", err, out)

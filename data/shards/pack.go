@@ -217,8 +217,17 @@ func checkOut(out string, force bool) error {
 	if out == "" {
 		return errors.New("pack: no output directory")
 	}
-	if _, err := os.Stat(out); err == nil && !force {
+	st, err := os.Stat(out)
+	switch {
+	case err != nil:
+		return nil
+	case !force:
 		return fmt.Errorf("pack: output %s exists (use --force to replace it)", out)
+	case !st.IsDir():
+		return fmt.Errorf("pack: --force replaces only a packed dataset directory, and %s is a file", out)
+	}
+	if _, err := os.Stat(filepath.Join(out, ManifestName)); err != nil {
+		return fmt.Errorf("pack: --force replaces only a packed dataset directory, and %s has no %s", out, ManifestName)
 	}
 	return nil
 }

@@ -286,6 +286,25 @@ func TestOutputDirRules(t *testing.T) {
 	if err != nil || m.Examples != 83 {
 		t.Fatalf("force: %v", err)
 	}
+	// --force replaces only a packed dataset: never a regular file or a directory of other files.
+	for name, setup := range map[string]func(p string){
+		"a regular file": func(p string) { os.WriteFile(p, []byte("precious"), 0o644) },
+		"a directory of files": func(p string) {
+			os.MkdirAll(p, 0o755)
+			os.WriteFile(filepath.Join(p, "thesis.tex"), []byte("precious"), 0o644)
+		},
+	} {
+		p := filepath.Join(t.TempDir(), "out")
+		setup(p)
+		_, err := Pack(context.Background(), PackOptions{Kind: datasets.KindPrompts, Inputs: []string{asset(t, "data/eval/safe-rlhf-gpt4-problems.json")},
+			TokenizerPath: asset(t, "data/models/tok512.bin"), Out: p, Force: true})
+		if err == nil || !strings.Contains(err.Error(), "replaces only a packed dataset") {
+			t.Errorf("%s: --force gave %v", name, err)
+		}
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s removed: %v", name, err)
+		}
+	}
 	// A cancelled pack leaves neither the output nor temporary directories behind.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -1,25 +1,37 @@
-// Package checkpoint writes and reads training checkpoints atomically.
+// Package checkpoint is the one checkpoint format of saferlhf: every stage (SFT,
+// reward and cost models, PPO-Lagrangian and its baselines) saves and resumes
+// through it.
 //
 // A checkpoint is a directory <root>/step-NNNNNNNN holding
 //
-//	model.safetensors (or shards + index)  the model weights, HF names and layout
-//	config.json                            the model config (optional), so the dir loads as an HF model
-//	training_state.safetensors             every other variable: optimizer moments, step counters, RNG state
-//	state.json                             step, host RNG, data position, λ state, metrics offset, ...
+//	model.safetensors (or shards + index)  trained weights, HF names and layout, each tensor in its own dtype
+//	config.json                            the model config, so the directory opens as an HF model
+//	training_state.safetensors             every other variable, bit for bit: optimiser moments, step counters, ...
+//	state.json                             step, stage kind, run config, data position, RNG, λ state, frozen bases
 //	<extra files>                          anything else the trainer adds (tokenizer, ...)
+//	manifest.json                          size and sha256 of every file above, written last
+//
+// Tensors are streamed to disk one by one (safetensors.Tensor.Stream), so a
+// checkpoint has no size limit and needs no second host copy of the weights.
+// Frozen models (a PPO reference actor, reward and cost models, LoRA bases) are
+// not copied: state.json records their path and content hash (Frozen).
 //
 // Everything is written into <root>/.tmp-step-N, fsynced, and the directory is
 // renamed to step-N; then the text file <root>/latest is replaced atomically.
-// A crash at any point leaves the previous checkpoints intact; Latest skips
-// unreadable or partial directories with a warning.
+// A crash at any point leaves the previous checkpoints intact. Load verifies
+// every file against the manifest; Latest uses the newest checkpoint that
+// verifies, skipping damaged or incomplete ones with a warning naming them.
+// Save refuses tensors holding NaN or ±Inf, so a diverged step is never saved.
 package checkpoint
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,20 +48,29 @@ const (
 	StateFile      = "state.json"
 	TrainStateFile = "training_state.safetensors"
 	ConfigFile     = "config.json"
+	ManifestFile   = "manifest.json"
 	LatestFile     = "latest"
 	dirPrefix      = "step-"
 	tmpPrefix      = ".tmp-step-"
 )
 
+// DefaultShardBytes is the weight shard size when Checkpoint.MaxShardBytes is 0 (HF's 5GB).
+const DefaultShardBytes = 5_000_000_000
+
 // ErrNoCheckpoint is returned by Latest when the root holds no usable checkpoint.
-var ErrNoCheckpoint = errors.New("no checkpoint")
+var ErrNoCheckpoint = errors.New("no usable checkpoint")
 
 // State is state.json: everything besides tensors that exact resumption needs.
 // The opaque fields are produced and consumed by their owners (data reader,
 // Lagrange multiplier, RNG) as JSON.
 type State struct {
-	// Step is the number of optimizer steps (or PPO iterations) completed.
+	// Step is the number of optimizer steps (or PPO rollout batches) completed.
 	Step int `json:"step"`
+	// Kind names the stage that wrote the checkpoint ("sft", "train-rm", "ppo-lag", ...);
+	// a run of another kind never resumes from it.
+	Kind string `json:"kind,omitempty"`
+	// Config is the run's configuration as JSON, compared on resume (CompareConfig).
+	Config json.RawMessage `json:"config,omitempty"`
 	// Epoch and the data position (e.g. shards.Reader.Position) of the next batch.
 	Epoch int             `json:"epoch,omitempty"`
 	Data  json.RawMessage `json:"data,omitempty"`
@@ -57,8 +78,8 @@ type State struct {
 	RNG json.RawMessage `json:"rng,omitempty"`
 	// Lambda is the Lagrange multiplier state of PPO-Lag (λ, episode-cost window, delay counters).
 	Lambda json.RawMessage `json:"lambda,omitempty"`
-	// MetricsOffset is the byte length of metrics.jsonl at this step (metrics.ResumeAt).
-	MetricsOffset int64 `json:"metrics_offset"`
+	// Frozen lists the models the run reads but does not train, by path and content hash.
+	Frozen []Frozen `json:"frozen,omitempty"`
 	// Metrics holds the latest metric values (for display; resumption does not need them).
 	Metrics map[string]float64 `json:"metrics,omitempty"`
 	// Extra holds any other named state.
@@ -76,10 +97,11 @@ type Array struct {
 // Checkpoint is what Save writes.
 type Checkpoint struct {
 	State State
-	// Weights are the model weights by HF name; written as WeightsDType (default F32; BF16 halves the size).
-	Weights      map[string]Array
-	WeightsDType safetensors.DType
-	// MaxShardBytes > 0 shards the weights HF-style (model-0000K-of-0000N + index).
+	// Weights are the trained model's weights by HF name, each in its own dtype
+	// (Data, F32 or Stream; see safetensors.Tensor).
+	Weights []safetensors.Tensor
+	// MaxShardBytes shards the weights HF-style (model-0000K-of-0000N + index)
+	// into files of at most this size; 0 means DefaultShardBytes, < 0 one file.
 	MaxShardBytes int64
 	// Config is config.json (the model config); nil writes none.
 	Config json.RawMessage
@@ -98,6 +120,8 @@ type Manager struct {
 	// Log receives warnings about skipped directories (default slog.Default()).
 	Log *slog.Logger
 
+	// last is the newest checkpoint this manager saved or loaded intact.
+	last string
 	// hook, for tests, is called at named points of Save ("weights", "renamed").
 	hook func(stage string)
 }
@@ -122,8 +146,24 @@ func (m *Manager) Dir(step int) string {
 	return filepath.Join(m.Root, fmt.Sprintf("%s%08d", dirPrefix, step))
 }
 
+// LastIntact names the newest checkpoint known to be intact (saved by this
+// manager, or the newest that verifies), or says that there is none; for messages.
+func (m *Manager) LastIntact() string {
+	if m.last != "" {
+		return m.last
+	}
+	l, err := m.latest(false)
+	if err != nil {
+		return "none (no intact checkpoint in " + m.Root + ")"
+	}
+	l.Close()
+	return l.Dir
+}
+
 // Save writes c atomically as step-<c.State.Step>, updates latest, and removes
-// checkpoints beyond Keep and leftovers of interrupted saves. It returns the directory.
+// checkpoints beyond Keep and leftovers of interrupted saves. It returns the
+// directory. A weight or training-state tensor holding NaN or ±Inf aborts the
+// save with a *NonFiniteError naming it (the previous checkpoints stay as they are).
 func (m *Manager) Save(c *Checkpoint) (string, error) {
 	step := c.State.Step
 	if step < 0 {
@@ -139,6 +179,10 @@ func (m *Manager) Save(c *Checkpoint) (string, error) {
 	}
 	fail := func(err error) (string, error) {
 		os.RemoveAll(tmp)
+		var nf *NonFiniteError
+		if errors.As(err, &nf) {
+			return "", fmt.Errorf("checkpoint step %d not saved: %w (the last intact checkpoint is %s)", step, err, m.LastIntact())
+		}
 		return "", fmt.Errorf("checkpoint step %d: %w", step, err)
 	}
 	if err := writeContents(tmp, c); err != nil {
@@ -165,6 +209,7 @@ func (m *Manager) Save(c *Checkpoint) (string, error) {
 	if err := atomicfile.SyncDir(m.Root); err != nil {
 		return "", fmt.Errorf("checkpoint step %d: %w", step, err)
 	}
+	m.last = final
 	if m.hook != nil {
 		m.hook("renamed")
 	}
@@ -180,22 +225,14 @@ func writeContents(dir string, c *Checkpoint) error {
 	if st.Saved == "" {
 		st.Saved = time.Now().UTC().Format(time.RFC3339)
 	}
-	names := make([]string, 0, len(c.Weights))
-	for n := range c.Weights {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	dt := c.WeightsDType
-	if dt == "" {
-		dt = safetensors.F32
-	}
-	ts := make([]safetensors.Tensor, 0, len(names))
-	for _, n := range names {
-		a := c.Weights[n]
-		ts = append(ts, safetensors.Tensor{Name: n, DType: dt, Shape: a.Shape, F32: a.Data})
-	}
-	if len(ts) > 0 {
-		if _, err := safetensors.WriteDir(dir, ts, map[string]string{"format": "pt"}, c.MaxShardBytes); err != nil {
+	ws := guardTensors(st.Step, c.Weights)
+	sort.SliceStable(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
+	if len(ws) > 0 {
+		shard := c.MaxShardBytes
+		if shard == 0 {
+			shard = DefaultShardBytes
+		}
+		if _, err := safetensors.WriteDir(dir, ws, map[string]string{"format": "pt"}, max(shard, 0)); err != nil {
 			return err
 		}
 	}
@@ -204,7 +241,7 @@ func writeContents(dir string, c *Checkpoint) error {
 		for k, v := range c.TrainStateMeta {
 			meta[k] = v
 		}
-		if err := safetensors.Write(filepath.Join(dir, TrainStateFile), c.TrainState, meta); err != nil {
+		if err := safetensors.Write(filepath.Join(dir, TrainStateFile), guardTensors(st.Step, c.TrainState), meta); err != nil {
 			return err
 		}
 	}
@@ -214,7 +251,7 @@ func writeContents(dir string, c *Checkpoint) error {
 		}
 	}
 	for name, b := range c.Files {
-		if !filepath.IsLocal(name) || name == StateFile {
+		if !filepath.IsLocal(name) || name == StateFile || name == ManifestFile {
 			return fmt.Errorf("extra file name %q not allowed", name)
 		}
 		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(name)), 0o755); err != nil {
@@ -228,8 +265,104 @@ func writeContents(dir string, c *Checkpoint) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", StateFile, err)
 	}
-	// state.json last: its presence marks a complete directory even without the rename.
-	return atomicfile.WriteBytes(filepath.Join(dir, StateFile), append(sb, '\n'), 0o644)
+	if err := atomicfile.WriteBytes(filepath.Join(dir, StateFile), append(sb, '\n'), 0o644); err != nil {
+		return err
+	}
+	// The manifest last: its presence and checksums mark a complete directory.
+	return writeManifest(dir)
+}
+
+// manifest is manifest.json: every other file of the checkpoint with its size and sha256.
+type manifest struct {
+	Files map[string]fileSum `json:"files"`
+}
+
+type fileSum struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+func writeManifest(dir string) error {
+	mf := manifest{Files: map[string]fileSum{}}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		if rel == ManifestFile {
+			return nil
+		}
+		s, err := sumFile(p)
+		if err != nil {
+			return err
+		}
+		mf.Files[filepath.ToSlash(rel)] = s
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", ManifestFile, err)
+	}
+	b, err := json.MarshalIndent(mf, "", "  ")
+	if err != nil {
+		return fmt.Errorf("%s: %w", ManifestFile, err)
+	}
+	return atomicfile.WriteBytes(filepath.Join(dir, ManifestFile), append(b, '\n'), 0o644)
+}
+
+func sumFile(path string) (fileSum, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return fileSum{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return fileSum{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return fileSum{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// Verify checks every file of the checkpoint directory dir against its
+// manifest (size and sha256) and returns an error naming the first file that
+// is missing or differs, or a missing manifest (an incomplete checkpoint).
+func Verify(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: incomplete (no readable %s): %w", dir, ManifestFile, err)
+	}
+	var mf manifest
+	if err := json.Unmarshal(b, &mf); err != nil {
+		return fmt.Errorf("checkpoint %s: %s: %w", dir, ManifestFile, err)
+	}
+	if _, ok := mf.Files[StateFile]; !ok {
+		return fmt.Errorf("checkpoint %s: %s does not list %s", dir, ManifestFile, StateFile)
+	}
+	names := make([]string, 0, len(mf.Files))
+	for n := range mf.Files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if !filepath.IsLocal(filepath.FromSlash(n)) {
+			return fmt.Errorf("checkpoint %s: %s lists %q outside the checkpoint", dir, ManifestFile, n)
+		}
+		want := mf.Files[n]
+		got, err := sumFile(filepath.Join(dir, filepath.FromSlash(n)))
+		if err != nil {
+			return fmt.Errorf("checkpoint %s: %w", dir, err)
+		}
+		if got.Size != want.Size {
+			return fmt.Errorf("checkpoint %s: %s has %d bytes, the manifest says %d (truncated or damaged)", dir, n, got.Size, want.Size)
+		}
+		if got.SHA256 != want.SHA256 {
+			return fmt.Errorf("checkpoint %s: %s is damaged (sha256 %s, the manifest says %s)", dir, n, got.SHA256, want.SHA256)
+		}
+	}
+	return nil
 }
 
 // prune removes leftovers of interrupted saves and checkpoints beyond Keep (never keep).
@@ -269,7 +402,7 @@ func (m *Manager) steps() []int {
 			continue
 		}
 		n, err := strconv.Atoi(strings.TrimPrefix(e.Name(), dirPrefix))
-		if err == nil && n >= 0 {
+		if err == nil && n >= 0 && e.Name() == filepath.Base(m.Dir(n)) {
 			steps = append(steps, n)
 		}
 	}
@@ -277,11 +410,15 @@ func (m *Manager) steps() []int {
 	return steps
 }
 
-// Steps returns the steps of the checkpoints that load, ascending.
+// Existing returns the steps of every step-N directory under Root, intact or
+// not, ascending: a fresh run must not start over any of them.
+func (m *Manager) Existing() []int { return m.steps() }
+
+// Steps returns the steps of the checkpoints that verify and load, ascending.
 func (m *Manager) Steps() []int {
 	var ok []int
 	for _, s := range m.steps() {
-		if l, err := Load(m.Dir(s)); err == nil {
+		if l, err := Load(m.Dir(s)); err == nil && l.State.Step == s {
 			l.Close()
 			ok = append(ok, s)
 		}
@@ -329,9 +466,12 @@ func (l *Loaded) WeightsMap() (map[string]Array, error) {
 	return out, nil
 }
 
-// Load opens and validates the checkpoint directory dir: state.json must parse
-// and every safetensors header must be valid.
+// Load verifies (Verify) and opens the checkpoint directory dir: state.json
+// must parse and every safetensors header must be valid.
 func Load(dir string) (_ *Loaded, err error) {
+	if err := Verify(dir); err != nil {
+		return nil, err
+	}
 	b, err := os.ReadFile(filepath.Join(dir, StateFile))
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", dir, err)
@@ -373,57 +513,53 @@ func hasWeights(dir string) bool {
 	return false
 }
 
-// Latest opens the newest checkpoint that loads, skipping (with a warning)
-// directories that do not: partial or corrupted ones. The latest pointer file
-// is only a hint for people and tools: a complete step-N directory is
-// committed by its rename. It returns an error wrapping ErrNoCheckpoint when none loads.
-func (m *Manager) Latest() (*Loaded, error) {
+// Latest opens the newest checkpoint that verifies and loads, skipping (with a
+// warning naming it) directories that do not: partial, damaged, or whose
+// state.json names another step. The latest pointer file is only a hint for
+// people and tools and is never followed. It returns an error wrapping
+// ErrNoCheckpoint when none is usable.
+func (m *Manager) Latest() (*Loaded, error) { return m.latest(true) }
+
+func (m *Manager) latest(warn bool) (*Loaded, error) {
 	steps := m.steps()
-	if p, err := os.ReadFile(filepath.Join(m.Root, LatestFile)); err == nil {
-		name := strings.TrimSpace(string(p))
-		if n, err := strconv.Atoi(strings.TrimPrefix(name, dirPrefix)); err == nil && len(steps) > 0 && n != steps[len(steps)-1] {
-			m.log().Warn("checkpoint: latest pointer is not the newest directory (interrupted save?)", "latest", name, "newest", filepath.Base(m.Dir(steps[len(steps)-1])))
-		}
+	if warn {
+		m.checkPointer(steps)
 	}
 	for i := len(steps) - 1; i >= 0; i-- {
-		l, err := Load(m.Dir(steps[i]))
+		dir := m.Dir(steps[i])
+		l, err := Load(dir)
 		if err != nil {
-			m.log().Warn("checkpoint: skipping unusable checkpoint", "dir", m.Dir(steps[i]), "err", err)
+			if warn {
+				m.log().Warn("checkpoint: skipping unusable checkpoint", "dir", dir, "err", err)
+			}
 			continue
 		}
 		if l.State.Step != steps[i] {
-			m.log().Warn("checkpoint: skipping checkpoint whose state.json names another step", "dir", m.Dir(steps[i]), "step", l.State.Step)
+			if warn {
+				m.log().Warn("checkpoint: skipping checkpoint whose state.json names another step", "dir", dir, "step", l.State.Step)
+			}
 			l.Close()
 			continue
 		}
+		m.last = dir
 		return l, nil
 	}
 	return nil, fmt.Errorf("checkpoint %s: %w", m.Root, ErrNoCheckpoint)
 }
 
-// NonFiniteError reports a NaN or Inf training quantity.
-type NonFiniteError struct {
-	Step     int
-	Quantity string
-	Value    float64
-}
-
-func (e *NonFiniteError) Error() string {
-	return fmt.Sprintf("step %d: %s is %v", e.Step, e.Quantity, e.Value)
-}
-
-// CheckFinite returns a *NonFiniteError naming the step and the first quantity
-// (in sorted name order) that is NaN or ±Inf, or nil if all are finite.
-func CheckFinite(step int, named map[string]float64) error {
-	names := make([]string, 0, len(named))
-	for k := range named {
-		names = append(names, k)
+// checkPointer warns when the latest file is not the name of the newest step
+// directory of the root (an interrupted save, or a pointer edited to lead elsewhere).
+func (m *Manager) checkPointer(steps []int) {
+	p, err := os.ReadFile(filepath.Join(m.Root, LatestFile))
+	if err != nil || len(steps) == 0 {
+		return
 	}
-	sort.Strings(names)
-	for _, k := range names {
-		if v := named[k]; math.IsNaN(v) || math.IsInf(v, 0) {
-			return &NonFiniteError{Step: step, Quantity: k, Value: v}
-		}
+	name := strings.TrimSpace(string(p))
+	newest := filepath.Base(m.Dir(steps[len(steps)-1]))
+	switch {
+	case !filepath.IsLocal(name) || strings.ContainsAny(name, `/\`) || !strings.HasPrefix(name, dirPrefix):
+		m.log().Warn("checkpoint: ignoring a latest pointer that does not name a checkpoint of this run", "latest", name, "root", m.Root)
+	case name != newest:
+		m.log().Warn("checkpoint: latest pointer is not the newest directory (interrupted save?)", "latest", name, "newest", newest)
 	}
-	return nil
 }

@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 
@@ -27,7 +28,9 @@ const trainableKey = "saferlhf.trainable"
 
 // ContextTensors returns the variables of ctx for which keep returns true (all
 // if keep is nil) as tensors named by their full path ("/optim/policy/..../weight_m1"),
-// with their bytes unchanged, sorted by name: the TrainState of a Checkpoint.
+// in their own dtype with their bytes unchanged, sorted by name: the TrainState
+// of a Checkpoint. The bytes are streamed from the variables when the
+// checkpoint is written (no copy), so save before the variables change.
 // Typical keep: skip the model weights, which go to Checkpoint.Weights.
 func ContextTensors(ctx *context.Context, keep func(v *context.Variable) bool) ([]safetensors.Tensor, error) {
 	var ts []safetensors.Tensor
@@ -43,15 +46,18 @@ func ContextTensors(ctx *context.Context, keep func(v *context.Variable) bool) (
 		if !ok {
 			return nil, fmt.Errorf("checkpoint: variable %s: dtype %s has no safetensors equivalent", v.ScopeAndName(), t.DType())
 		}
-		var data []byte
-		if t.Shape().Size() > 0 {
-			if err := t.ConstBytes(func(b []byte) { data = append([]byte(nil), b...) }); err != nil {
-				return nil, fmt.Errorf("checkpoint: variable %s: %w", v.ScopeAndName(), err)
+		name := v.ScopeAndName()
+		stream := func(w io.Writer) error {
+			if t.Shape().Size() == 0 {
+				return nil
 			}
-		} else {
-			data = []byte{}
+			var werr error
+			if err := t.ConstBytes(func(b []byte) { _, werr = w.Write(b) }); err != nil {
+				return fmt.Errorf("checkpoint: variable %s: %w", name, err)
+			}
+			return werr
 		}
-		ts = append(ts, safetensors.Tensor{Name: v.ScopeAndName(), DType: dt, Shape: append([]int{}, t.Shape().Dimensions...), Data: data})
+		ts = append(ts, safetensors.Tensor{Name: name, DType: dt, Shape: append([]int{}, t.Shape().Dimensions...), Stream: stream})
 	}
 	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
 	return ts, nil

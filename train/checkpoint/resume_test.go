@@ -24,6 +24,7 @@ import (
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/optim"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // tinyTrain is a complete miniature trainer built from optim, metrics and
@@ -92,7 +93,7 @@ func tinyTrain(dir string, total int, onStep func(step int)) error {
 			return err
 		}
 		start = l.State.Step
-		mw, err = metrics.ResumeAt(metricsPath, l.State.MetricsOffset)
+		mw, err = metrics.Resume(metricsPath, start)
 		l.Close()
 		if err != nil {
 			return err
@@ -157,24 +158,20 @@ func tinyTrain(dir string, total int, onStep func(step int)) error {
 		}
 		onStep(step + 1)
 		if (step+1)%2 == 0 || step+1 == total {
-			off, err := mw.Offset()
-			if err != nil {
-				return err
-			}
 			rs, _ := pcg.MarshalBinary()
 			rj, _ := json.Marshal(rs)
-			weights := map[string]checkpoint.Array{}
+			var weights []safetensors.Tensor
 			for path, hf := range hfName {
 				scope, name := path[:strings.LastIndex(path, "/")], path[strings.LastIndex(path, "/")+1:]
 				t := ctx.GetVariableByScopeAndName(scope, name).MustValue()
-				weights[hf] = checkpoint.Array{Shape: t.Shape().Dimensions, Data: flat(t)}
+				weights = append(weights, safetensors.Tensor{Name: hf, Shape: t.Shape().Dimensions, F32: flat(t)})
 			}
 			ts, err := checkpoint.ContextTensors(ctx, func(v *context.Variable) bool { return !strings.HasPrefix(v.Scope(), "/model") })
 			if err != nil {
 				return err
 			}
 			if _, err := mgr.Save(&checkpoint.Checkpoint{
-				State:   checkpoint.State{Step: step + 1, RNG: rj, MetricsOffset: off, Metrics: vals},
+				State:   checkpoint.State{Step: step + 1, RNG: rj, Metrics: vals},
 				Weights: weights, TrainState: ts, TrainStateMeta: checkpoint.TrainableMetadata(ctx, ts),
 			}); err != nil {
 				return err

@@ -13,10 +13,10 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/stages"
-	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // Scorer computes the end scores (spec §3: the score at the last non-pad token) of a
@@ -285,5 +285,5 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	return trainer.WriteFileAtomic(path, append(b, '\n'))
+	return atomicfile.WriteBytes(path, append(b, '\n'), 0o644)
 }

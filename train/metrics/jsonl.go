@@ -128,21 +128,38 @@ func Create(path string) (*Writer, error) {
 }
 
 // Resume opens path for appending after a resume from the checkpoint of step
-// resumeStep: it first drops every record with step > resumeStep and a torn
-// last line (a crash mid-write), rewriting the file atomically, so that the
+// resumeStep: it keeps the records up to and including resumeStep and drops
+// the rest (records of later steps, and the unreadable tail a crash can leave:
+// a torn last line, NUL padding), rewriting the file atomically, so that the
 // finished file equals that of an uninterrupted run. Records of a step must
-// therefore be written before that step's checkpoint. A missing file is created.
+// therefore be written before that step's checkpoint. An unreadable line
+// followed by records that are kept is an error naming the line. A missing
+// file is created.
 func Resume(path string, resumeStep int) (*Writer, error) {
-	recs, lines, err := readLines(path)
+	raw, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	var keep bytes.Buffer
-	for i, r := range recs {
-		if r.Step > resumeStep {
-			break
+	bad := 0 // first unreadable line (1-based) not yet followed by a kept record
+	for i, line := range bytes.Split(raw, []byte("\n")) {
+		if len(bytes.TrimSpace(bytes.Trim(line, "\x00"))) == 0 {
+			continue
 		}
-		keep.Write(lines[i])
+		var r Record
+		if json.Unmarshal(line, &r) != nil {
+			if bad == 0 {
+				bad = i + 1
+			}
+			continue
+		}
+		if r.Step > resumeStep {
+			continue
+		}
+		if bad != 0 {
+			return nil, fmt.Errorf("metrics %s:%d: unreadable line before the records of step %d", path, bad, r.Step)
+		}
+		keep.Write(line)
 		keep.WriteByte('\n')
 	}
 	if err := atomicfile.WriteBytes(path, keep.Bytes(), 0o644); err != nil {
@@ -155,50 +172,30 @@ func Resume(path string, resumeStep int) (*Writer, error) {
 	return &Writer{path: path, f: f}, nil
 }
 
-// ResumeAt opens path for appending after truncating it to offset bytes (the
-// Offset recorded in the checkpoint being resumed), so that the finished file
-// equals that of an uninterrupted run. A file shorter than offset is an error.
-func ResumeAt(path string, offset int64) (*Writer, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
-	}
-	st, err := f.Stat()
-	if err == nil && st.Size() < offset {
-		err = fmt.Errorf("file has %d bytes, checkpoint expects at least %d", st.Size(), offset)
-	}
-	if err == nil {
-		err = f.Truncate(offset)
-	}
-	if err == nil {
-		err = f.Close()
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("metrics %s: %w", path, err)
-	}
-	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
-	}
-	return &Writer{path: path, f: f}, nil
-}
-
-// Offset returns the current size of the file in bytes (store it in a checkpoint for ResumeAt).
-func (w *Writer) Offset() (int64, error) {
-	st, err := w.f.Stat()
-	if err != nil {
-		return 0, fmt.Errorf("metrics %s: %w", w.path, err)
-	}
-	return st.Size(), nil
-}
-
 // Path returns the file path.
 func (w *Writer) Path() string { return w.path }
 
 // Write appends one record {"step": step, values...}.
 func (w *Writer) Write(step int, values map[string]float64) error {
 	return w.WriteRecord(Record{Step: step, Values: values})
+}
+
+// WriteJSON appends v, which must marshal to a JSON object with a numeric
+// "step" (a struct with a `json:"step"` field), as one line: for records whose
+// key order is fixed by a struct rather than sorted.
+func (w *Writer) WriteJSON(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("metrics %s: %w", w.path, err)
+	}
+	var r Record
+	if err := r.UnmarshalJSON(b); err != nil {
+		return fmt.Errorf("metrics %s: %w", w.path, err)
+	}
+	if _, err := w.f.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("metrics %s: %w", w.path, err)
+	}
+	return nil
 }
 
 // WriteRecord appends r as one line.

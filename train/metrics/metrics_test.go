@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"bytes"
+	"fmt"
 	"image/png"
 	"math"
 	"os"
@@ -69,33 +70,62 @@ func TestJSONLResumeIsByteIdentical(t *testing.T) {
 	}
 }
 
-func TestResumeAtOffset(t *testing.T) {
-	dir := t.TempDir()
-	full := filepath.Join(dir, "full.jsonl")
-	w, _ := Create(full)
-	writeRun(t, w, 0, 10)
-	w.Close()
-	part := filepath.Join(dir, "part.jsonl")
-	w, _ = Create(part)
-	writeRun(t, w, 0, 4)
-	off, err := w.Offset()
+// TestResumeDropsCrashTail: a resumed metrics file keeps the records up to the
+// checkpoint whatever a crash left after them, and never glues or pads lines.
+func TestResumeDropsCrashTail(t *testing.T) {
+	var upTo4, later bytes.Buffer
+	for s := 0; s <= 4; s++ {
+		fmt.Fprintf(&upTo4, "{\"step\":%d,\"loss\":%d}\n", s, s)
+	}
+	for s := 5; s <= 6; s++ {
+		fmt.Fprintf(&later, "{\"step\":%d,\"loss\":%d}\n", s, s)
+	}
+	for _, tc := range []struct {
+		name, tail, err string
+	}{
+		{"clean", "", ""},
+		{"later records", later.String(), ""},
+		{"NUL padding", "\x00\x00\x00\x00\x00\x00", ""},
+		{"NUL padding then newline", "\x00\x00\x00\n", ""},
+		{"torn line", `{"step":5,"lo`, ""},
+		{"torn line glued to a later record", `{"step":5,"lo{"step":6,"loss":6}` + "\n" + later.String(), ""},
+		{"unreadable line before a kept record", "garbage\n{\"step\":3,\"loss\":3}\n", ":6: unreadable line"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "m.jsonl")
+			os.WriteFile(path, []byte(upTo4.String()+tc.tail), 0o644)
+			w, err := Resume(path, 4)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.WriteJSON(struct {
+				Step int     `json:"step"`
+				Loss float64 `json:"loss"`
+			}{5, 5}); err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			got, _ := os.ReadFile(path)
+			if want := upTo4.String() + `{"step":5,"loss":5}` + "\n"; string(got) != want {
+				t.Fatalf("got %q\nwant %q", got, want)
+			}
+		})
+	}
+	// A missing file is created empty.
+	w, err := Resume(filepath.Join(t.TempDir(), "new.jsonl"), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeRun(t, w, 5, 7) // written after the checkpoint, then killed
 	w.Close()
-	if w, err = ResumeAt(part, off); err != nil {
-		t.Fatal(err)
-	}
-	writeRun(t, w, 5, 10)
-	w.Close()
-	a, _ := os.ReadFile(full)
-	b, _ := os.ReadFile(part)
-	if !bytes.Equal(a, b) {
-		t.Fatal("resumed file differs")
-	}
-	if _, err := ResumeAt(part, 1<<40); err == nil {
-		t.Error("offset past the end accepted")
+	// WriteJSON refuses a value without a numeric step.
+	if err := w.WriteJSON(map[string]int{"loss": 1}); err == nil {
+		t.Error("record without step accepted")
 	}
 }
 

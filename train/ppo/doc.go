@@ -17,21 +17,25 @@
 // Nets is the boundary to the networks; GraphNets implements it with GoMLX: the six models live in
 // one context under ScopeActor, ScopeReference, ScopeReward, ScopeCost, ScopeRewardCritic and
 // ScopeCostCritic (reference and score models frozen, critics initialised from the reward and cost
-// models), so one trainer.SaveState captures every weight and optimizer moment.
+// models).
 //
-// Exact resume: a checkpoint (OutDir/checkpoints/step-N, written to a temporary directory and
-// renamed, "latest" pointer updated last) holds all context variables plus state.json (step,
-// global step, λ state with the episode-cost window, data position, generation RNG, and the byte
-// lengths of metrics.jsonl and perf.jsonl, which a resumed run truncates to). A run killed at any
-// point and resumed writes a metrics.jsonl identical to an uninterrupted run's (tested with SIGKILL
-// in cmd/saferlhf). Wall-clock figures go to perf.jsonl, which is not reproducible by nature.
+// Exact resume: checkpoints are train/checkpoint's, as for the supervised stages
+// (OutDir/checkpoints/step-NNNNNNNN, checksummed, verified on resume): the actor as an HF model
+// (it opens with generate and eval-*), every trained variable and optimiser moment bit for bit
+// (Nets.Checkpoint; the frozen reference, reward and cost models are referenced by path and hash,
+// not copied), and state.json (step, global step, λ state with the episode-cost window, data
+// positions, generation RNG, config). A resumed run keeps the metrics.jsonl and perf.jsonl records
+// up to the checkpoint. A run killed at any point and resumed writes a metrics.jsonl identical to
+// an uninterrupted run's (tested with SIGKILL in cmd/saferlhf). Wall-clock figures go to
+// perf.jsonl, which is not reproducible by nature.
 //
 // Deliberate differences from the reference: the reference's [:, start:] slices are full-width
 // tensors with a mask that is zero before start (no Slice in gradient graphs); masked means skip
 // rows with an empty mask instead of returning NaN; with PTX the actor minimises
 // ½(actor loss + ptx_coeff·PTX loss) in one step, which is the gradient DeepSpeed's doubled
 // accumulation applies; responses are right-padded to MaxNewTokens so the graphs see few shapes;
-// a non-finite metric stops the run with an error before anything is checkpointed. Rollouts that
+// a non-finite metric stops the run with an error before anything is checkpointed, and a checkpoint
+// whose weights or optimiser state hold NaN/Inf is never written. Rollouts that
 // never emit EOS are kept whole, as in the reference (the end score is read at the last token).
 // With LoRA (GraphNetsConfig.LoRA, --lora-rank) the actor trains adapters over the frozen reference
 // weights and each critic trains its score head and adapters over its frozen score model, so one

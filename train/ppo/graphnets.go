@@ -2,6 +2,7 @@ package ppo
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/gomlx/gomlx/backends"
 	G "github.com/gomlx/gomlx/pkg/core/graph"
@@ -9,12 +10,14 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/saferlhf/saferlhf/kernels/ingraph"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
-// Context scopes of the six models (spec §1.1). They share one GoMLX context, so one SaveState
-// captures every weight and optimizer moment for exact resume.
+// Context scopes of the six models (spec §1.1). They share one GoMLX context; a checkpoint holds
+// every variable outside the frozen scopes, which is what exact resume needs.
 const (
 	ScopeActor        = "/actor"
 	ScopeReference    = "/reference"
@@ -322,11 +325,50 @@ func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mas
 	return res.Loss, nil
 }
 
-// SaveState implements Nets: every variable of the context (six models, optimizer moments and steps).
-func (n *GraphNets) SaveState(path string) error { return trainer.SaveState(n.ctx, path) }
+// frozenScopes hold the models no step trains; checkpoints reference them instead of copying them.
+var frozenScopes = []string{ScopeReference, ScopeReward, ScopeCost}
 
-// LoadState implements Nets.
-func (n *GraphNets) LoadState(path string) error { return trainer.LoadState(n.ctx, path) }
+// Checkpoint implements Nets: the actor's weights (LoRA merged) and config.json, and every
+// variable of the context outside the frozen scopes (trained weights or adapters, optimizer
+// moments and steps), streamed from the variables.
+func (n *GraphNets) Checkpoint() (*NetsCheckpoint, error) {
+	w, err := n.ActorWeights()
+	if err != nil {
+		return nil, err
+	}
+	c := &NetsCheckpoint{}
+	for _, name := range w.Names() {
+		c.Weights = append(c.Weights, safetensors.Tensor{Name: name, Shape: w[name].Shape, F32: w[name].Data})
+	}
+	if c.Config, err = n.actorCfg.HFConfigJSON(); err != nil {
+		return nil, err
+	}
+	c.State, err = checkpoint.ContextTensors(n.ctx, func(v *context.Variable) bool {
+		for _, s := range frozenScopes {
+			if v.Scope() == s || strings.HasPrefix(v.Scope(), s+context.ScopeSeparator) {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.StateMeta = checkpoint.TrainableMetadata(n.ctx, c.State)
+	return c, nil
+}
+
+// Restore implements Nets.
+func (n *GraphNets) Restore(state *safetensors.File) error {
+	for _, name := range state.Names() {
+		for _, s := range frozenScopes {
+			if strings.HasPrefix(name, s+context.ScopeSeparator) {
+				return fmt.Errorf("ppo: checkpoint %s holds %s of the frozen scope %s", state.Path(), name, s)
+			}
+		}
+	}
+	return checkpoint.RestoreContext(n.ctx, state)
+}
 
 // ActorWeights returns the current policy weights.
 func (n *GraphNets) ActorWeights() (model.Weights, error) {

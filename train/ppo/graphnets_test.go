@@ -3,6 +3,7 @@ package ppo
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
@@ -229,5 +231,80 @@ func TestLoRANets(t *testing.T) {
 	}
 	if !moved {
 		t.Error("the LoRA actor's merged weights did not change after training")
+	}
+}
+
+// TestGraphNetsCheckpoint: a PPO checkpoint holds the actor as an HF model (it loads with
+// model.Load, equal to the live actor), the trained variables in training_state.safetensors and no
+// frozen model; with LoRA it holds the adapters, not the base weights, and resumes exactly.
+func TestGraphNetsCheckpoint(t *testing.T) {
+	for _, rank := range []int{0, 2} {
+		t.Run(fmt.Sprintf("lora rank %d", rank), func(t *testing.T) {
+			cfg := tinyConfig()
+			cfg.MaxSteps = 2
+			lora := func(gc *GraphNetsConfig) {
+				gc.LoRA = model.LoRAConfig{Rank: rank, Alpha: 4, Targets: []string{"q_proj", "v_proj"}}
+				gc.LoRASeed = 3
+			}
+			ref := t.TempDir()
+			tr, err := NewTrainer(cfg, Options{OutDir: ref}, tinyNets(t, cfg, lora), tinyPrompts(t), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tr.Run(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			tr.Close()
+			want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
+
+			out := t.TempDir()
+			n := tinyNets(t, cfg, lora)
+			tr, err = NewTrainer(cfg, Options{OutDir: out, StopAfter: 1}, n, tinyPrompts(t), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tr.Run(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			tr.Close()
+			dir := filepath.Join(out, "checkpoints", "step-00000001")
+			_, got, err := model.Load(dir)
+			if err != nil {
+				t.Fatalf("the checkpoint does not open as an HF model: %v", err)
+			}
+			live, _ := n.ActorWeights()
+			for _, name := range live.Names() {
+				if !slices.Equal(got[name].Data, live[name].Data) {
+					t.Errorf("checkpoint weight %s differs from the actor", name)
+				}
+			}
+			l, err := checkpoint.Load(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range l.TrainState.Names() {
+				for _, s := range frozenScopes {
+					if strings.HasPrefix(name, s+"/") {
+						t.Errorf("frozen variable %s stored in the checkpoint", name)
+					}
+				}
+				if rank > 0 && strings.HasPrefix(name, ScopeActor+"/") && !strings.Contains(name, "lora_") {
+					t.Errorf("LoRA checkpoint stores the base weight %s", name)
+				}
+			}
+			l.Close()
+
+			tr, err = NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg, lora), tinyPrompts(t), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tr.Run(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			tr.Close()
+			if got, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl")); !bytes.Equal(got, want) {
+				t.Fatalf("resumed run differs:\n got %s\nwant %s", got, want)
+			}
+		})
 	}
 }

@@ -1,5 +1,11 @@
 package ppo
 
+import (
+	"encoding/json"
+
+	"github.com/saferlhf/saferlhf/train/safetensors"
+)
+
 // Nets runs the six networks of the loop (spec §1.1): the trained actor, the frozen reference
 // actor, the frozen reward and cost models, and the trained reward and cost critics. The loop in
 // trainer.go is written against this interface only; GoMLX implements it (GraphNets), and tests
@@ -19,11 +25,27 @@ type Nets interface {
 	// UpdateCritic runs one clipped value-loss step (spec §1.6) of the reward critic (cost=false) or
 	// the cost critic (cost=true) toward returns (width L) under mask.
 	UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error)
-	// SaveState and LoadState write/read every variable (weights and optimizer state) bit for bit.
-	SaveState(path string) error
-	LoadState(path string) error
+	// Checkpoint returns what a checkpoint stores of the networks (see NetsCheckpoint); the
+	// trainer writes it with train/checkpoint. Tensors may stream (safetensors.Tensor.Stream) and
+	// are written before the next update.
+	Checkpoint() (*NetsCheckpoint, error)
+	// Restore sets every trained variable and optimiser moment, bit for bit, from the tensors a
+	// checkpoint stored from NetsCheckpoint.State.
+	Restore(state *safetensors.File) error
 	// SavePolicy writes the actor as a model directory (HF safetensors + config.json).
 	SavePolicy(dir string) error
+}
+
+// NetsCheckpoint is the networks' part of a checkpoint.
+type NetsCheckpoint struct {
+	// Weights (HF names, own dtype) and Config (config.json) are the current actor as an HF model,
+	// so that a checkpoint directory opens with generate and eval-*.
+	Weights []safetensors.Tensor
+	Config  json.RawMessage
+	// State is every trained variable (actor or its adapters, critics) and optimiser moment, by
+	// name, in its own dtype; frozen models (reference, reward, cost, LoRA bases) are left out.
+	State     []safetensors.Tensor
+	StateMeta map[string]string
 }
 
 // PTXBatch is a supervised micro-batch for PTX mixing: ids, attention mask and labels (−100 on

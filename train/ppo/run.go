@@ -12,6 +12,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -36,7 +37,9 @@ type RunConfig struct {
 	PTXMaxLength int      `flag:"ptx-max-length" help:"PTX examples are cut to this many tokens"`
 	Out          string   `flag:"out" alias:"output" help:"output dir: config.yaml, metrics.jsonl, perf.jsonl, plots/, checkpoints/, policy/, summary.json"`
 	Backend      string   `flag:"backend" help:"GoMLX backend (default $SAFERLHF_BACKEND or go)"`
-	Resume       bool     `flag:"resume" help:"continue from the latest checkpoint in --out"`
+	Resume       bool     `flag:"resume" help:"continue from the newest intact checkpoint in --out"`
+	Force        bool     `flag:"force" help:"replace a previous run of this command in --out (never other files)"`
+	AllowChange  bool     `flag:"allow-config-change" help:"with --resume: accept changed training settings or frozen models"`
 	SaveEvery    int      `flag:"save-every" alias:"checkpoint-every" help:"rollout batches between checkpoints (0: only at the end)"`
 	LoRARank     int      `flag:"lora-rank" help:"LoRA rank for actor and critics (0: full fine-tuning)"`
 	LoRAAlpha    float64  `flag:"lora-alpha" help:"LoRA alpha"`
@@ -162,8 +165,12 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer) (*RunResult, erro
 			return nil, err
 		}
 	}
-	tr, err := NewTrainer(c.Config, Options{OutDir: c.Out, CheckpointEvery: c.SaveEvery, Resume: c.Resume,
-		Progress: progress, ProgressLines: !isTerminal(progress)}, nets, in.prompts, in.ptx)
+	opt, err := checkpointOptions(c, in)
+	if err != nil {
+		return nil, err
+	}
+	opt.Progress, opt.ProgressLines = progress, !isTerminal(progress)
+	tr, err := NewTrainer(c.Config, opt, nets, in.prompts, in.ptx)
 	if err != nil {
 		return nil, err
 	}
@@ -192,6 +199,34 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer) (*RunResult, erro
 		}
 	}
 	return res, nil
+}
+
+// NonTrajectoryKeys are the RunConfig keys a resumed run may change freely: where output goes,
+// how often it is saved, the held-out evaluation around training, and the resume switches.
+var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch"}
+
+// checkpointOptions returns the trainer's checkpoint settings for c: the frozen models by path and
+// hash, the tokenizer stored in each checkpoint, and the run config compared on resume.
+func checkpointOptions(c RunConfig, in *runInputs) (Options, error) {
+	opt := Options{OutDir: c.Out, CheckpointEvery: c.SaveEvery, Resume: c.Resume, AllowConfigChange: c.AllowChange,
+		Config: c, ConfigIgnore: NonTrajectoryKeys}
+	frozen := []struct{ role, path string }{{"reference actor", c.Model}, {"reward model", c.RewardModel}}
+	if c.UsesCost() {
+		frozen = append(frozen, struct{ role, path string }{"cost model", c.CostModel})
+	}
+	for _, m := range frozen {
+		f, err := checkpoint.FrozenModel(m.role, m.path)
+		if err != nil {
+			return opt, err
+		}
+		opt.Frozen = append(opt.Frozen, f)
+	}
+	tb, err := os.ReadFile(in.tokPath)
+	if err != nil {
+		return opt, err
+	}
+	opt.CheckpointFiles = map[string][]byte{filepath.Base(in.tokPath): tb}
+	return opt, nil
 }
 
 // isTerminal reports whether w is a terminal (progress bars redraw) rather than a log.
@@ -243,6 +278,7 @@ func HeldOutPrompts(c RunConfig, tok tokenizer.Tokenizer) ([][]int32, error) {
 // runInputs is everything Run loads before training.
 type runInputs struct {
 	tok         tokenizer.Tokenizer
+	tokPath     string
 	train, held [][]int32
 	truncated   int
 	prompts     *PromptSet
@@ -258,6 +294,7 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 	if err != nil {
 		return nil, err
 	}
+	in.tokPath = tokPath
 	if in.tok, err = tokenizer.Load(tokPath); err != nil {
 		return nil, err
 	}

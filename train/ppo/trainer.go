@@ -1,7 +1,6 @@
 package ppo
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,11 +8,12 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/saferlhf/saferlhf/kernels"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/optim"
 )
 
@@ -22,9 +22,22 @@ type Options struct {
 	OutDir          string    // metrics.jsonl, perf.jsonl, checkpoints/, plots, final policy
 	CheckpointEvery int       // rollout batches between checkpoints (0: only at the end)
 	KeepCheckpoints int       // checkpoints kept (default 2)
-	Resume          bool      // continue from OutDir/checkpoints/latest
+	Resume          bool      // continue from the newest intact checkpoint in OutDir/checkpoints (none is an error)
 	Progress        io.Writer // progress bar (nil: none)
 	ProgressLines   bool      // one line per step instead of a redrawn bar (logs, CI)
+	// Frozen are the models the run reads but does not train (reference actor, reward and cost
+	// models: checkpoint.FrozenModel); checkpoints reference them, and a resume refuses changed ones.
+	Frozen []checkpoint.Frozen
+	// AllowConfigChange resumes even when a trajectory setting or a frozen model changed.
+	AllowConfigChange bool
+	// Config is the run's configuration, stored in every checkpoint and compared on resume (nil:
+	// the loop's Config); ConfigIgnore lists its keys that do not change the trajectory
+	// (checkpoint.CompareConfig).
+	Config       any
+	ConfigIgnore []string
+	// CheckpointFiles are extra files (name → contents, e.g. the tokenizer) stored in each
+	// checkpoint, so that it opens with generate and eval-* on its own.
+	CheckpointFiles map[string][]byte
 	// StopAfter stops (without error, after checkpointing) once this many rollout batches are
 	// done in this process; 0 runs to the end. Used by tests to simulate interruptions.
 	StopAfter int
@@ -73,17 +86,17 @@ type PerfMetrics struct {
 	TrainTokensPerSec float64 `json:"train_tokens_per_s"`
 }
 
-// State is the trainer's part of a checkpoint (weights and optimizer state are Nets.SaveState's).
+// State is the trainer's part of a checkpoint (weights and optimizer state are Nets.Checkpoint's).
 type State struct {
-	Step         int          `json:"step"`        // rollout batches done
-	GlobalStep   int          `json:"global_step"` // rl steps done (λ delay and schedules count these)
-	Lambda       LambdaState  `json:"lambda"`
-	Data         DataPosition `json:"data"`
-	PTXData      DataPosition `json:"ptx_data"`
-	RNG          []byte       `json:"rng"`           // PCG state for generation seeds
-	MetricsBytes int64        `json:"metrics_bytes"` // length of metrics.jsonl at this step
-	PerfBytes    int64        `json:"perf_bytes"`
-	Config       Config       `json:"config"`
+	Step       int // rollout batches done
+	GlobalStep int // rl steps done (λ delay and schedules count these)
+}
+
+// position is the data position stored in a checkpoint's state.json.
+type position struct {
+	Prompts    DataPosition `json:"prompts"`
+	PTX        DataPosition `json:"ptx"`
+	GlobalStep int          `json:"global_step"`
 }
 
 // Trainer runs the PPO-Lagrangian loop (or PPO / fixed penalty / PID) of spec §1.8.
@@ -101,7 +114,8 @@ type Trainer struct {
 
 	actorSched, criticSched optim.Schedule
 
-	metricsF, perfF *os.File
+	ckpts           *checkpoint.Manager
+	metricsW, perfW *metrics.Writer
 	history         []StepMetrics
 	perf            []PerfMetrics
 }
@@ -118,12 +132,12 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 	if opt.KeepCheckpoints <= 0 {
 		opt.KeepCheckpoints = 2
 	}
-	if err := os.MkdirAll(filepath.Join(opt.OutDir, "checkpoints"), 0o755); err != nil {
+	ckpts, err := checkpoint.NewManager(filepath.Join(opt.OutDir, "checkpoints"), opt.KeepCheckpoints)
+	if err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)
 	}
 	t := &Trainer{cfg: cfg, opt: opt, nets: nets, prompts: prompts, ptx: ptx, rng: rand.NewPCG(cfg.Seed, 0x5afe41f),
-		ws: kernels.NewWorkspace(1)}
-	var err error
+		ws: kernels.NewWorkspace(1), ckpts: ckpts}
 	if t.lag, err = newLagrange(&t.cfg); err != nil {
 		return nil, err
 	}
@@ -139,22 +153,8 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 	if t.criticSched, err = optim.NewSchedule(cfg.CriticScheduler, cfg.CriticLR, warm, rl); err != nil {
 		return nil, fmt.Errorf("ppo: --critic-lr-scheduler: %w", err)
 	}
-	t.st.Config = cfg
-	if opt.Resume {
-		if err := t.restore(); err != nil {
-			return nil, err
-		}
-	} else {
-		for _, f := range []string{"metrics.jsonl", "perf.jsonl"} {
-			if err := os.Remove(filepath.Join(opt.OutDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("ppo: %w", err)
-			}
-		}
-	}
-	if t.metricsF, err = openAppend(filepath.Join(opt.OutDir, "metrics.jsonl"), t.st.MetricsBytes); err != nil {
-		return nil, err
-	}
-	if t.perfF, err = openAppend(filepath.Join(opt.OutDir, "perf.jsonl"), t.st.PerfBytes); err != nil {
+	if err := t.openMetrics(); err != nil {
+		t.ws.Close()
 		return nil, err
 	}
 	return t, nil
@@ -172,9 +172,7 @@ func (t *Trainer) PerfHistory() []PerfMetrics { return t.perf }
 // Close closes the metric files.
 func (t *Trainer) Close() error {
 	t.ws.Close()
-	err1 := t.metricsF.Close()
-	err2 := t.perfF.Close()
-	return errors.Join(err1, err2)
+	return errors.Join(t.metricsW.Close(), t.perfW.Close())
 }
 
 // totalRLSteps is the reference's total_training_steps (spec §1.10) for the LR schedules.
@@ -188,15 +186,16 @@ func (t *Trainer) Run(ctx context.Context) error {
 	done := 0
 	for t.st.Step < t.total {
 		if err := ctx.Err(); err != nil {
-			if cerr := t.checkpoint(); cerr != nil {
+			dir, cerr := t.checkpoint()
+			if cerr != nil {
 				return errors.Join(err, cerr)
 			}
-			return err
+			return fmt.Errorf("ppo: interrupted after step %d (checkpoint %s saved; rerun with --resume): %w", t.st.Step, dir, err)
 		}
 		m, p, err := t.trainStep()
 		if err != nil {
-			return fmt.Errorf("ppo step %d: %w (the last checkpoint in %s is intact)", t.st.Step+1, err,
-				filepath.Join(t.opt.OutDir, "checkpoints"))
+			return fmt.Errorf("ppo step %d: %w (training stopped; the last intact checkpoint is %s)", t.st.Step+1, err,
+				t.ckpts.LastIntact())
 		}
 		t.st.Step++
 		if err := t.log(m, p); err != nil {
@@ -207,7 +206,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 		last := t.st.Step == t.total
 		if last || t.opt.CheckpointEvery > 0 && t.st.Step%t.opt.CheckpointEvery == 0 ||
 			t.opt.StopAfter > 0 && done >= t.opt.StopAfter {
-			if err := t.checkpoint(); err != nil {
+			if _, err := t.checkpoint(); err != nil {
 				return err
 			}
 		}
@@ -313,8 +312,10 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 	m.Lambda = t.lag.Lambda()
 	m.EpisodeCost = t.lag.Jc()
 	m.JcMinusD = m.EpisodeCost - cfg.Threshold
-	if err := checkFinite(&m); err != nil {
-		return m, perf, err
+	if err := checkpoint.CheckFinite(m.Step, map[string]float64{"reward": m.Reward, "cost": m.Cost, "lambda": m.Lambda,
+		"kl": m.KL, "actor_loss": m.ActorLoss, "ptx_loss": m.PTXLoss, "reward_critic_loss": m.RewardCriticLoss,
+		"cost_critic_loss": m.CostCriticLoss, "episode_cost": m.EpisodeCost, "clip_frac": m.ClipFrac}); err != nil {
+		return m, perf, fmt.Errorf("%w (lower the learning rates or set --lambda-max)", err)
 	}
 	return m, perf, nil
 }
@@ -420,33 +421,14 @@ func (a *stepAcc) mean() StepMetrics {
 	return m
 }
 
-// checkFinite is the NaN guard: a non-finite metric stops the run before it is checkpointed.
-func checkFinite(m *StepMetrics) error {
-	vals := map[string]float64{"reward": m.Reward, "cost": m.Cost, "lambda": m.Lambda, "kl": m.KL,
-		"actor_loss": m.ActorLoss, "ptx_loss": m.PTXLoss, "reward_critic_loss": m.RewardCriticLoss,
-		"cost_critic_loss": m.CostCriticLoss, "episode_cost": m.EpisodeCost, "clip_frac": m.ClipFrac}
-	for k, v := range vals {
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			return fmt.Errorf("non-finite %s = %g: stopping (lower the learning rates or set --lambda-max)", k, v)
-		}
-	}
-	return nil
-}
-
 func (t *Trainer) log(m StepMetrics, p PerfMetrics) error {
 	t.history = append(t.history, m)
 	t.perf = append(t.perf, p)
-	for _, w := range []struct {
-		f *os.File
-		v any
-	}{{t.metricsF, m}, {t.perfF, p}} {
-		b, err := json.Marshal(w.v)
-		if err != nil {
-			return fmt.Errorf("ppo: metrics: %w", err)
-		}
-		if _, err := w.f.Write(append(b, '\n')); err != nil {
-			return fmt.Errorf("ppo: metrics: %w", err)
-		}
+	if err := t.metricsW.WriteJSON(m); err != nil {
+		return fmt.Errorf("ppo: %w", err)
+	}
+	if err := t.perfW.WriteJSON(p); err != nil {
+		return fmt.Errorf("ppo: %w", err)
 	}
 	return nil
 }
@@ -473,172 +455,154 @@ func (t *Trainer) progress(m StepMetrics, p PerfMetrics, started time.Time) {
 		t.cfg.Algorithm, bar, t.st.Step, t.total, m.Reward, m.Cost, m.HarmfulRate, m.Lambda, m.KL, p.GenTokensPerSec, p.TrainTokensPerSec, el)
 }
 
-// checkpoint writes OutDir/checkpoints/step-N (weights + optimizer state, then state.json) into a
-// temporary directory renamed into place, then points "latest" at it; older ones beyond
-// KeepCheckpoints are removed. A crash at any point leaves the previous checkpoint usable.
-func (t *Trainer) checkpoint() error {
-	root := filepath.Join(t.opt.OutDir, "checkpoints")
-	name := fmt.Sprintf("step-%06d", t.st.Step)
-	dir := filepath.Join(root, name)
-	tmp := dir + ".tmp"
-	if err := os.RemoveAll(tmp); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
+// Kind is the checkpoint kind of a run: "ppo" for plain PPO, "ppo-lag" for the cost-aware variants.
+func (t *Trainer) Kind() string {
+	if t.cfg.Algorithm == PPO {
+		return "ppo"
 	}
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	for _, f := range []*os.File{t.metricsF, t.perfF} {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("ppo checkpoint: %w", err)
-		}
-	}
+	return "ppo-lag"
+}
+
+// openMetrics restores the latest checkpoint (with Resume) and opens metrics.jsonl and perf.jsonl:
+// a resumed run keeps their records up to the checkpoint's step; a fresh run refuses to start over
+// existing checkpoints.
+func (t *Trainer) openMetrics() error {
+	mp, pp := filepath.Join(t.opt.OutDir, "metrics.jsonl"), filepath.Join(t.opt.OutDir, "perf.jsonl")
 	var err error
-	if t.st.MetricsBytes, err = t.metricsF.Seek(0, io.SeekCurrent); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	if t.st.PerfBytes, err = t.perfF.Seek(0, io.SeekCurrent); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	t.st.Lambda = t.lag.State()
-	t.st.Data = t.prompts.Pos
-	if t.ptx != nil {
-		t.st.PTXData = t.ptx.Pos
-	}
-	if t.st.RNG, err = t.rng.MarshalBinary(); err != nil {
-		return fmt.Errorf("ppo checkpoint: rng: %w", err)
-	}
-	if err := t.nets.SaveState(filepath.Join(tmp, "variables.bin")); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	b, err := json.MarshalIndent(&t.st, "", "  ")
-	if err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	if err := writeFileSync(filepath.Join(tmp, "state.json"), b); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	if err := writeFileSync(filepath.Join(root, "latest.tmp"), []byte(name+"\n")); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	if err := os.Rename(filepath.Join(root, "latest.tmp"), filepath.Join(root, "latest")); err != nil {
-		return fmt.Errorf("ppo checkpoint: %w", err)
-	}
-	if d, err := os.Open(root); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	// Keep the newest KeepCheckpoints.
-	for s := t.st.Step - 1; s >= 0; s-- {
-		old := filepath.Join(root, fmt.Sprintf("step-%06d", s))
-		if _, err := os.Stat(old); err != nil {
-			continue
+	if t.opt.Resume {
+		if err := t.restore(); err != nil {
+			return err
 		}
-		if t.keepCount(root, s) {
-			continue
+		if t.metricsW, err = metrics.Resume(mp, t.st.Step); err != nil {
+			return fmt.Errorf("ppo: %w", err)
 		}
-		_ = os.RemoveAll(old)
+		if t.perfW, err = metrics.Resume(pp, t.st.Step); err != nil {
+			t.metricsW.Close()
+			return fmt.Errorf("ppo: %w", err)
+		}
+		return nil
+	}
+	if steps := t.ckpts.Existing(); len(steps) > 0 {
+		return fmt.Errorf("ppo: %s already holds checkpoints (step %d): resume the run or choose a new output",
+			t.ckpts.Root, steps[len(steps)-1])
+	}
+	if t.metricsW, err = metrics.Create(mp); err != nil {
+		return fmt.Errorf("ppo: %w", err)
+	}
+	if t.perfW, err = metrics.Create(pp); err != nil {
+		t.metricsW.Close()
+		return fmt.Errorf("ppo: %w", err)
 	}
 	return nil
 }
 
-// keepCount reports whether checkpoint s is among the newest KeepCheckpoints.
-func (t *Trainer) keepCount(root string, s int) bool {
-	newer := 0
-	for x := s + 1; x <= t.st.Step; x++ {
-		if _, err := os.Stat(filepath.Join(root, fmt.Sprintf("step-%06d", x))); err == nil {
-			newer++
+// checkpoint saves OutDir/checkpoints/step-NNNNNNNN through train/checkpoint: the actor as an HF
+// model (weights + config.json, plus CheckpointFiles), every trained variable and optimiser
+// moment bit for bit, and state.json (step, λ state and episode-cost window, data positions, RNG,
+// config, frozen models by path and hash). Weights or optimiser state holding NaN/Inf are never
+// saved. It returns the directory.
+func (t *Trainer) checkpoint() (string, error) {
+	for _, w := range []*metrics.Writer{t.metricsW, t.perfW} {
+		if err := w.Sync(); err != nil {
+			return "", fmt.Errorf("ppo checkpoint: %w", err)
 		}
 	}
-	return newer < t.opt.KeepCheckpoints
-}
-
-// LatestCheckpoint returns the directory "latest" points to in outDir/checkpoints.
-func LatestCheckpoint(outDir string) (string, error) {
-	root := filepath.Join(outDir, "checkpoints")
-	b, err := os.ReadFile(filepath.Join(root, "latest"))
+	nc, err := t.nets.Checkpoint()
 	if err != nil {
-		return "", fmt.Errorf("ppo resume: no checkpoint in %s: %w", root, err)
+		return "", fmt.Errorf("ppo checkpoint step %d: %w", t.st.Step, err)
 	}
-	name := string(b)
-	for len(name) > 0 && (name[len(name)-1] == '\n' || name[len(name)-1] == '\r') {
-		name = name[:len(name)-1]
+	st, err := t.checkpointState()
+	if err != nil {
+		return "", err
 	}
-	return filepath.Join(root, name), nil
+	dir, err := t.ckpts.Save(&checkpoint.Checkpoint{State: st, Weights: nc.Weights, Config: nc.Config,
+		TrainState: nc.State, TrainStateMeta: nc.StateMeta, Files: t.opt.CheckpointFiles})
+	if err != nil {
+		return "", fmt.Errorf("ppo: %w", err)
+	}
+	return dir, nil
 }
 
+func (t *Trainer) checkpointState() (checkpoint.State, error) {
+	fail := func(what string, err error) (checkpoint.State, error) {
+		return checkpoint.State{}, fmt.Errorf("ppo checkpoint: %s: %w", what, err)
+	}
+	pos := position{Prompts: t.prompts.Pos, GlobalStep: t.st.GlobalStep}
+	if t.ptx != nil {
+		pos.PTX = t.ptx.Pos
+	}
+	data, err := json.Marshal(pos)
+	if err != nil {
+		return fail("data position", err)
+	}
+	lam, err := json.Marshal(t.lag.State())
+	if err != nil {
+		return fail("λ state", err)
+	}
+	rs, err := t.rng.MarshalBinary()
+	if err != nil {
+		return fail("rng", err)
+	}
+	rng, _ := json.Marshal(rs)
+	cfg, err := t.runConfig()
+	if err != nil {
+		return fail("config", err)
+	}
+	return checkpoint.State{Step: t.st.Step, Kind: t.Kind(), Config: cfg, Data: data, RNG: rng, Lambda: lam,
+		Frozen: t.opt.Frozen}, nil
+}
+
+// runConfig is the configuration checkpoints store and a resume compares.
+func (t *Trainer) runConfig() (json.RawMessage, error) {
+	if t.opt.Config != nil {
+		return json.Marshal(t.opt.Config)
+	}
+	return json.Marshal(t.cfg)
+}
+
+// restore loads the newest intact checkpoint after checking its kind, config and frozen models.
 func (t *Trainer) restore() error {
-	dir, err := LatestCheckpoint(t.opt.OutDir)
+	cfg, err := t.runConfig()
 	if err != nil {
-		return err
+		return fmt.Errorf("ppo resume: config: %w", err)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	l, err := t.ckpts.Resume(checkpoint.ResumeOptions{Kind: t.Kind(), Config: cfg, Ignore: t.opt.ConfigIgnore,
+		Frozen: t.opt.Frozen, AllowConfigChange: t.opt.AllowConfigChange})
 	if err != nil {
-		return fmt.Errorf("ppo resume: %w", err)
+		return fmt.Errorf("ppo: %w", err)
 	}
-	var st State
-	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("ppo resume: %s: %w", filepath.Join(dir, "state.json"), err)
+	defer l.Close()
+	fail := func(what string, err error) error { return fmt.Errorf("ppo resume from %s: %s: %w", l.Dir, what, err) }
+	if l.TrainState == nil {
+		return fail("training state", errors.New("missing"))
 	}
-	if err := t.nets.LoadState(filepath.Join(dir, "variables.bin")); err != nil {
-		return fmt.Errorf("ppo resume: %w", err)
+	var pos position
+	if err := json.Unmarshal(l.State.Data, &pos); err != nil {
+		return fail("data position", err)
 	}
-	if err := t.rng.UnmarshalBinary(st.RNG); err != nil {
-		return fmt.Errorf("ppo resume: rng: %w", err)
+	var lam LambdaState
+	if err := json.Unmarshal(l.State.Lambda, &lam); err != nil {
+		return fail("λ state", err)
 	}
-	if err := t.lag.SetState(st.Lambda); err != nil {
-		return fmt.Errorf("ppo resume: %w", err)
+	var rs []byte
+	if err := json.Unmarshal(l.State.RNG, &rs); err != nil {
+		return fail("rng", err)
 	}
-	t.prompts.Seek(st.Data)
+	if err := t.nets.Restore(l.TrainState); err != nil {
+		return fail("networks", err)
+	}
+	if err := t.rng.UnmarshalBinary(rs); err != nil {
+		return fail("rng", err)
+	}
+	if err := t.lag.SetState(lam); err != nil {
+		return fail("λ state", err)
+	}
+	t.prompts.Seek(pos.Prompts)
 	if t.ptx != nil {
-		t.ptx.Seek(st.PTXData)
+		t.ptx.Seek(pos.PTX)
 	}
-	st.Config = t.cfg
-	t.st = st
+	t.st = State{Step: l.State.Step, GlobalStep: pos.GlobalStep}
 	return nil
-}
-
-// openAppend opens path for appending after truncating it to size (the bytes a checkpoint saw).
-func openAppend(path string, size int64) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("ppo: %w", err)
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("ppo: %s: %w", path, err)
-	}
-	if _, err := f.Seek(size, io.SeekStart); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("ppo: %s: %w", path, err)
-	}
-	return f, nil
-}
-
-func writeFileSync(path string, b []byte) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriter(f)
-	if _, err := w.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 func mean32(x []float32) float64 {

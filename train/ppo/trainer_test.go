@@ -4,13 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // fakeNets is a tiny stand-in for the six networks: its "weights" are a few float64s that every
@@ -97,23 +103,36 @@ func (f *fakeNets) UpdateCritic(cost bool, lr float64, r *Rollout, ret, mask []f
 	return l, nil
 }
 
-func (f *fakeNets) SaveState(path string) error {
-	var b bytes.Buffer
-	_ = binary.Write(&b, binary.LittleEndian, f.w)
-	_ = binary.Write(&b, binary.LittleEndian, f.harmful)
-	return os.WriteFile(path, b.Bytes(), 0o644)
+func (f *fakeNets) Checkpoint() (*NetsCheckpoint, error) {
+	f64 := func(xs ...float64) []byte {
+		var b []byte
+		for _, x := range xs {
+			b = binary.LittleEndian.AppendUint64(b, math.Float64bits(x))
+		}
+		return b
+	}
+	return &NetsCheckpoint{
+		Weights: []safetensors.Tensor{{Name: "actor.weight", DType: "F64", Shape: []int{1}, Data: f64(f.w[0])}},
+		Config:  json.RawMessage(`{"model_type":"fake"}`),
+		State: []safetensors.Tensor{{Name: "/w", DType: "F64", Shape: []int{3}, Data: f64(f.w[:]...)},
+			{Name: "/harmful", DType: "F64", Shape: []int{}, Data: f64(f.harmful)}},
+	}, nil
 }
 
-func (f *fakeNets) LoadState(path string) error {
-	b, err := os.ReadFile(path)
+func (f *fakeNets) Restore(st *safetensors.File) error {
+	w, err := st.Bytes("/w")
 	if err != nil {
 		return err
 	}
-	rd := bytes.NewReader(b)
-	if err := binary.Read(rd, binary.LittleEndian, &f.w); err != nil {
+	h, err := st.Bytes("/harmful")
+	if err != nil {
 		return err
 	}
-	return binary.Read(rd, binary.LittleEndian, &f.harmful)
+	for i := range f.w {
+		f.w[i] = math.Float64frombits(binary.LittleEndian.Uint64(w[8*i:]))
+	}
+	f.harmful = math.Float64frombits(binary.LittleEndian.Uint64(h))
+	return nil
 }
 
 func (f *fakeNets) SavePolicy(dir string) error { return nil }
@@ -215,15 +234,133 @@ func TestNaNGuard(t *testing.T) {
 	}
 	defer tr.Close()
 	err = tr.Run(context.Background())
-	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("non-finite actor_loss")) {
-		t.Fatalf("want a non-finite actor_loss error, got %v", err)
+	if err == nil || !strings.Contains(err.Error(), "step 3: actor_loss is NaN") || !strings.Contains(err.Error(), "step-00000002") {
+		t.Fatalf("want an error naming actor_loss and the intact checkpoint step-00000002, got %v", err)
 	}
-	dir, err := LatestCheckpoint(out)
+	m, _ := checkpoint.NewManager(filepath.Join(out, "checkpoints"), 0)
+	l, err := m.Latest()
+	if err != nil || l.State.Step != 2 {
+		t.Fatalf("last good checkpoint: %v", err)
+	}
+	l.Close()
+}
+
+// badStateNets produces NaN optimiser state after a number of actor updates while every logged
+// metric stays finite: the checkpoint guard must refuse to save it.
+type badStateNets struct {
+	fakeNets
+	after, n int
+}
+
+func (f *badStateNets) UpdateActor(lr float64, r *Rollout, rAdv, cAdv []float32, lam float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
+	f.n++
+	return f.fakeNets.UpdateActor(lr, r, rAdv, cAdv, lam, mask, ptx, c)
+}
+
+func (f *badStateNets) Checkpoint() (*NetsCheckpoint, error) {
+	c, err := f.fakeNets.Checkpoint()
+	if err == nil && f.n > f.after {
+		c.State = append(c.State, safetensors.Tensor{Name: "/optim/actor/m1", Shape: []int{2}, F32: []float32{0, float32(math.Inf(1))}})
+	}
+	return c, err
+}
+
+// TestNeverSavesNonFiniteState: weights or optimiser state holding NaN/Inf are never checkpointed;
+// the error names the tensor and the last intact checkpoint.
+func TestNeverSavesNonFiniteState(t *testing.T) {
+	out := t.TempDir()
+	nets := &badStateNets{fakeNets: fakeNets{harmful: 0.5}, after: 8} // 4 actor updates per step
+	tr, err := NewTrainer(fakeConfig(PPOLag), Options{OutDir: out, CheckpointEvery: 1}, nets, testPrompts(t, 20), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "state.json")); err != nil {
-		t.Fatalf("last good checkpoint: %v", err)
+	defer tr.Close()
+	err = tr.Run(context.Background())
+	var nf *checkpoint.NonFiniteError
+	if !errors.As(err, &nf) || nf.Quantity != "tensor /optim/actor/m1" || !strings.Contains(err.Error(), "step-00000002") {
+		t.Fatalf("want a non-finite tensor error naming step-00000002, got %v", err)
+	}
+	m, _ := checkpoint.NewManager(filepath.Join(out, "checkpoints"), 0)
+	if got := m.Steps(); !slices.Equal(got, []int{1, 2}) {
+		t.Fatalf("checkpoints %v, want [1 2]", got)
+	}
+}
+
+// TestInterruptNamesCheckpoint: a cancelled run (SIGTERM, Ctrl-C) saves and names its checkpoint.
+func TestInterruptNamesCheckpoint(t *testing.T) {
+	out := t.TempDir()
+	tr, err := NewTrainer(fakeConfig(PPOLag), Options{OutDir: out}, &fakeNets{harmful: 0.5}, testPrompts(t, 20), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = tr.Run(ctx)
+	want := filepath.Join(out, "checkpoints", "step-00000000")
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("want a cancellation naming %s, got %v", want, err)
+	}
+	if _, err := os.Stat(filepath.Join(want, checkpoint.ManifestFile)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestResumeRefusals: --resume never starts afresh, never resumes another kind of run, a changed
+// configuration or changed frozen models, and never follows a latest pointer out of the run; a
+// fresh run never overwrites checkpoints.
+func TestResumeRefusals(t *testing.T) {
+	frozenDir := t.TempDir()
+	os.WriteFile(filepath.Join(frozenDir, "model.safetensors"), []byte("reward"), 0o644)
+	frozen, err := checkpoint.FrozenModel("reward model", frozenDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newTrainer := func(out string, cfg Config, opt Options) error {
+		opt.OutDir = out
+		tr, err := NewTrainer(cfg, opt, &fakeNets{harmful: 0.5}, testPrompts(t, 20), nil)
+		if err == nil {
+			tr.Close()
+		}
+		return err
+	}
+	// Nothing to resume: an error, and metrics.jsonl is left alone.
+	empty := t.TempDir()
+	os.WriteFile(filepath.Join(empty, "metrics.jsonl"), []byte(`{"step":1}`+"\n"), 0o644)
+	if err := newTrainer(empty, fakeConfig(PPOLag), Options{Resume: true}); !errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		t.Fatalf("resume without a checkpoint: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(empty, "metrics.jsonl")); string(b) != `{"step":1}`+"\n" {
+		t.Fatalf("metrics.jsonl changed to %q", b)
+	}
+
+	out := t.TempDir()
+	runFake(t, fakeConfig(PPOLag), out, Options{CheckpointEvery: 2, StopAfter: 2, Frozen: []checkpoint.Frozen{frozen}}, &fakeNets{harmful: 0.5})
+	// A latest pointer leading out of the run is ignored.
+	os.WriteFile(filepath.Join(out, "checkpoints", checkpoint.LatestFile), []byte("../../../etc\n"), 0o644)
+	lr := fakeConfig(PPOLag)
+	lr.ActorLR *= 2
+	changed := frozen
+	changed.SHA256 = "00"
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		opt  Options
+		err  string
+	}{
+		{"same", fakeConfig(PPOLag), Options{Resume: true, Frozen: []checkpoint.Frozen{frozen}}, ""},
+		{"fresh run over checkpoints", fakeConfig(PPOLag), Options{Frozen: []checkpoint.Frozen{frozen}}, "already holds checkpoints"},
+		{"other kind", fakeConfig(PPO), Options{Resume: true, Frozen: []checkpoint.Frozen{frozen}, AllowConfigChange: true}, `"ppo-lag" run, not "ppo"`},
+		{"actor lr changed", lr, Options{Resume: true, Frozen: []checkpoint.Frozen{frozen}}, `setting "ActorLR" changed`},
+		{"actor lr changed, allowed", lr, Options{Resume: true, Frozen: []checkpoint.Frozen{frozen}, AllowConfigChange: true}, ""},
+		{"frozen model changed", fakeConfig(PPOLag), Options{Resume: true, Frozen: []checkpoint.Frozen{changed}}, "frozen reward model changed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := newTrainer(out, tc.cfg, tc.opt)
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("error %v, want %q", err, tc.err)
+			}
+		})
 	}
 }
 

@@ -13,15 +13,18 @@ import (
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 )
 
-// Tensor is one named tensor to write. Give either Data (raw little-endian
-// bytes of DType) or F32 (float32 values, encoded as DType, which must then be
-// F32, F64, BF16 or F16; an empty DType means F32).
+// Tensor is one named tensor to write. Give one of Data (raw little-endian
+// bytes of DType), F32 (float32 values, encoded as DType, which must then be
+// F32, F64, BF16 or F16; an empty DType means F32) or Stream (writes the raw
+// bytes to w when the file is written, so a large tensor is never copied whole).
 type Tensor struct {
 	Name  string
 	DType DType
 	Shape []int
 	Data  []byte
 	F32   []float32
+	// Stream must write exactly the tensor's byte size (shape × dtype size).
+	Stream func(w io.Writer) error
 }
 
 // byteSize validates t and returns the size of its encoded data.
@@ -48,8 +51,9 @@ func (t *Tensor) byteSize() (int64, error) {
 		n *= int64(d)
 	}
 	switch {
-	case t.F32 != nil && t.Data != nil:
-		return 0, fmt.Errorf("tensor %q: both Data and F32 given", t.Name)
+	case (t.F32 != nil && t.Data != nil) || (t.Stream != nil && (t.F32 != nil || t.Data != nil)):
+		return 0, fmt.Errorf("tensor %q: more than one of Data, F32 and Stream given", t.Name)
+	case t.Stream != nil:
 	case t.F32 != nil:
 		if !dt.IsFloat() {
 			return 0, fmt.Errorf("tensor %q: F32 values cannot be written as dtype %s", t.Name, dt)
@@ -94,6 +98,16 @@ func Write(path string, ts []Tensor, meta map[string]string) error {
 		var buf []byte
 		for _, i := range order {
 			t := &ts[i]
+			if t.Stream != nil {
+				cw := &countWriter{w: w}
+				if err := t.Stream(cw); err != nil {
+					return fmt.Errorf("tensor %q: %w", t.Name, err)
+				}
+				if want, _ := t.byteSize(); cw.n != want {
+					return fmt.Errorf("tensor %q: streamed %d bytes, want %d", t.Name, cw.n, want)
+				}
+				continue
+			}
 			if t.F32 == nil {
 				if _, err := w.Write(t.Data); err != nil {
 					return err
@@ -119,6 +133,18 @@ func Write(path string, ts []Tensor, meta map[string]string) error {
 		return fmt.Errorf("safetensors: %w", err)
 	}
 	return nil
+}
+
+// countWriter counts the bytes written through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // buildHeader returns the padded JSON header and the data order of ts.

@@ -37,7 +37,9 @@ type Config struct {
 	CkptEvery    int       `json:"save-every" flag:"save-every" help:"checkpoint every N steps (0: at the end only)"`
 	KeepCkpts    int       `json:"keep-checkpoints" flag:"keep-checkpoints" help:"checkpoints to keep"`
 	Seed         uint64    `json:"seed" flag:"seed" help:"seed of the data split, shuffling and the score head"`
-	Resume       bool      `json:"resume" flag:"resume" help:"continue from the latest checkpoint in --out"`
+	Resume       bool      `json:"resume" flag:"resume" help:"continue from the newest intact checkpoint in --out"`
+	Force        bool      `json:"force" flag:"force" help:"replace a previous run of this stage in --out (never other files)"`
+	AllowChange  bool      `json:"allow-config-change" flag:"allow-config-change" help:"with --resume: accept changed training settings"`
 	LossType     string    `json:"loss-type" flag:"loss-type" group:"score" help:"sequence-wise or token-wise (spec §4)"`
 	Reg          float64   `json:"regularization" flag:"regularization" group:"score" help:"L2 regularisation of the scores"`
 	Progress     io.Writer `json:"-"`

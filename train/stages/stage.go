@@ -13,11 +13,12 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
-	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
@@ -38,6 +39,10 @@ type Result struct {
 	TokPerSec float64            `json:"tokens_per_second"`
 	ModelDir  string             `json:"model_dir"`
 }
+
+// NonTrajectoryKeys are the Config keys that a resumed run may change freely:
+// where output goes, how often it is saved or evaluated, and the resume switches.
+var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "keep-checkpoints", "resume", "force", "allow-config-change"}
 
 // Run trains one stage (SFT, RM or CM) as configured, writing everything under
 // cfg.Out. Cancelling ctx checkpoints and returns an error wrapping ctx.Err().
@@ -105,8 +110,8 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 		Stepper: stepper, Train: train, Eval: eval, Epochs: cfg.Epochs, Steps: cfg.Steps,
 		EvalEvery: cfg.EvalEvery, CheckpointEvery: cfg.CkptEvery, KeepCheckpoints: cfg.KeepCkpts,
 		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(stage), EvalAtStart: true,
-		Meta: cfg,
-		CheckpointWeights: func() (map[string]checkpoint.Array, json.RawMessage, error) {
+		Meta: cfg, Kind: string(stage), AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
+		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
 			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
 			if err != nil {
 				return nil, nil, err
@@ -115,9 +120,9 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 			if err != nil {
 				return nil, nil, err
 			}
-			out := make(map[string]checkpoint.Array, len(fw))
-			for n, t := range fw {
-				out[n] = checkpoint.Array{Shape: t.Shape, Data: t.Data}
+			out := make([]safetensors.Tensor, 0, len(fw))
+			for _, n := range fw.Names() {
+				out = append(out, safetensors.Tensor{Name: n, Shape: fw[n].Shape, F32: fw[n].Data})
 			}
 			return out, js, nil
 		},
@@ -140,7 +145,7 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 		return res, err
 	}
 	js, _ := json.MarshalIndent(res, "", "  ")
-	if err := trainer.WriteFileAtomic(filepath.Join(cfg.Out, "result.json"), append(js, '\n')); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(cfg.Out, "result.json"), append(js, '\n'), 0o644); err != nil {
 		return res, err
 	}
 	return res, nil

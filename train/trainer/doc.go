@@ -22,13 +22,14 @@
 // Optimizer state lives in context variables under "/optim"+Scope (moments "<var>_m1",
 // "<var>_m2", accumulators "<var>_accum", scalar "step"), so saving every variable of
 // the context and restoring it resumes bit for bit (the Loop does it through
-// train/checkpoint; SaveState/LoadState do it to a single file).
+// train/checkpoint).
 //
 // Loop is the generic supervised loop built on a Stepper: epochs over a resumable
 // batch source, evaluation every N steps on held-out batches, train/checkpoint
 // checkpoints every N steps and at the end (atomic, the previous one stays usable;
 // model weights as HF safetensors plus every context variable), exact --resume
-// (weights, optimizer state, step, data position), a progress bar, JSONL metrics and
+// (weights, optimizer state, step, data position; refused for another stage's
+// checkpoint or a changed configuration), a progress bar, JSONL metrics and
 // PNG plots, an error naming the step and quantity on NaN/Inf, and a checkpoint on
 // context cancellation (Ctrl-C).
 package trainer

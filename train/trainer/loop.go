@@ -6,14 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/metrics"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // Batch is one (micro-)batch as the Stepper takes it.
@@ -55,8 +54,17 @@ type LoopConfig struct {
 	KeepCheckpoints int
 	// Dir receives metrics.jsonl, checkpoints/, plots and the final model.
 	Dir string
-	// Resume continues from the latest checkpoint in Dir.
+	// Resume continues from the newest intact checkpoint in Dir (none is an error).
+	// Without Resume, a Dir that already holds checkpoints is an error.
 	Resume bool
+	// Kind names the stage ("sft", "train-rm", ...): checkpoints record it, and a
+	// checkpoint of another kind is never resumed.
+	Kind string
+	// AllowConfigChange resumes even when a trajectory setting of Meta changed.
+	AllowConfigChange bool
+	// ConfigIgnore lists the keys of Meta that do not change the trajectory
+	// (output dir, logging, checkpoint cadence); see checkpoint.CompareConfig.
+	ConfigIgnore []string
 	// SaveModel writes the final model (for example an HF safetensors dir) to dir.
 	SaveModel func(dir string) error
 	// Plot draws PNG curves from the metrics file into Dir at the end (default DefaultPlot).
@@ -66,11 +74,12 @@ type LoopConfig struct {
 	Name     string
 	// EvalAtStart evaluates the held-out data before the first step (a baseline at step 0).
 	EvalAtStart bool
-	// Meta is stored in every checkpoint's state.json (for example the stage config).
+	// Meta is the run's configuration: stored in every checkpoint's state.json
+	// and compared with the stored one on Resume.
 	Meta any
-	// CheckpointWeights, if set, returns the model weights (HF names) and config.json
-	// to store in each checkpoint, so that a checkpoint directory loads as a model.
-	CheckpointWeights func() (map[string]checkpoint.Array, json.RawMessage, error)
+	// CheckpointWeights, if set, returns the model weights (HF names, own dtype) and
+	// config.json to store in each checkpoint, so that a checkpoint directory loads as a model.
+	CheckpointWeights func() ([]safetensors.Tensor, json.RawMessage, error)
 }
 
 // Summary reports a finished (or interrupted) run.
@@ -113,6 +122,9 @@ func NewLoop(cfg LoopConfig) (*Loop, error) {
 	case cfg.EvalEvery < 0 || cfg.CheckpointEvery < 0:
 		return nil, errors.New("trainer: eval/checkpoint intervals must be >= 0")
 	}
+	if cfg.Kind == "" {
+		cfg.Kind = cfg.Name
+	}
 	if cfg.KeepCheckpoints <= 0 {
 		cfg.KeepCheckpoints = 2
 	}
@@ -147,18 +159,18 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 	var (
 		step int
 		pos  position
-		off  int64
 	)
 	if l.cfg.Resume {
-		if step, pos, off, _, err = l.restore(); err != nil {
+		if step, pos, err = l.restore(); err != nil {
 			return sum, err
 		}
-	}
-	// A resumed run drops the records written after the checkpoint, so the finished
-	// file equals an uninterrupted run's.
-	if step > 0 {
-		l.metrics, err = metrics.ResumeAt(metricsPath, off)
+		// Drop the records written after the checkpoint, so the finished file equals
+		// an uninterrupted run's.
+		l.metrics, err = metrics.Resume(metricsPath, step)
 	} else {
+		if steps := l.ckpts.Existing(); len(steps) > 0 {
+			return sum, fmt.Errorf("trainer: %s already holds checkpoints (step %d): resume the run or choose a new output", l.ckptRoot(), steps[len(steps)-1])
+		}
 		l.metrics, err = metrics.Create(metricsPath)
 	}
 	if err != nil {
@@ -200,9 +212,8 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			if res, err = s.Step(lr, b.Inputs...); err != nil {
 				return sum, fmt.Errorf("trainer: step %d: %w", step+1, err)
 			}
-			if bad := nonFinite(res.Loss, res.Metrics); bad != "" {
-				return sum, fmt.Errorf("trainer: step %d: %s is %v (training stopped; the last good checkpoint is in %s)",
-					step+1, bad, badValue(res, bad), l.ckptRoot())
+			if err := l.guard(step+1, "", res.Loss, res.Metrics, nil); err != nil {
+				return sum, err
 			}
 			sumLoss += res.Loss
 			for name, v := range res.Metrics {
@@ -210,9 +221,8 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			}
 			tokens += b.Tokens
 		}
-		if math.IsNaN(res.GradNorm) || math.IsInf(res.GradNorm, 0) {
-			return sum, fmt.Errorf("trainer: step %d: grad_norm is %v (training stopped; the last good checkpoint is in %s)",
-				step+1, res.GradNorm, l.ckptRoot())
+		if err := l.guard(step+1, "", sumLoss/float64(k), nil, map[string]float64{"grad_norm": res.GradNorm}); err != nil {
+			return sum, err
 		}
 		step++
 		vals := map[string]float64{"epoch": float64(epoch), "lr": lr, "loss": sumLoss / float64(k), "grad_norm": res.GradNorm}
@@ -235,8 +245,9 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			barTokens = tokens
 		}
 		cancelled := ctx.Err() != nil
+		saved := ""
 		if last || cancelled || (l.cfg.CheckpointEvery > 0 && step%l.cfg.CheckpointEvery == 0) {
-			if err := l.checkpoint(step, position{Epoch: epoch, Index: index}); err != nil {
+			if saved, err = l.checkpoint(step, position{Epoch: epoch, Index: index}); err != nil {
 				return sum, err
 			}
 		}
@@ -244,7 +255,7 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			if bar != nil {
 				bar.Finish()
 			}
-			return l.finish(sum, step, startStep, tokens, start), fmt.Errorf("trainer: interrupted after step %d (checkpoint saved; rerun with --resume): %w", step, ctx.Err())
+			return l.finish(sum, step, startStep, tokens, start), fmt.Errorf("trainer: interrupted after step %d (checkpoint %s saved; rerun with --resume): %w", step, saved, ctx.Err())
 		}
 	}
 	if bar != nil {
@@ -337,9 +348,8 @@ func (l *Loop) evaluate(step int) error {
 	if err != nil {
 		return fmt.Errorf("trainer: step %d: %w", step, err)
 	}
-	if bad := nonFinite(ev["loss"], ev); bad != "" {
-		return fmt.Errorf("trainer: step %d: held-out %s is %v (training stopped; the last good checkpoint is in %s)",
-			step, bad, ev[bad], l.ckptRoot())
+	if err := l.guard(step, "held-out ", ev["loss"], ev, nil); err != nil {
+		return err
 	}
 	l.lastEv = ev
 	return l.writeRecord(step, "eval", ev)
@@ -356,89 +366,94 @@ func (l *Loop) writeRecord(step int, split string, vals map[string]float64) erro
 // checkpoint saves a train/checkpoint directory checkpoints/step-NNNNNNNN
 // atomically: every context variable bit for bit (training_state.safetensors),
 // the model weights as HF safetensors when CheckpointWeights is set, and
-// state.json with the step, data position and metrics offset. The previous
-// checkpoints stay usable until the new one is complete.
-func (l *Loop) checkpoint(step int, pos position) error {
+// state.json with the step, data position, kind and config. The previous
+// checkpoints stay usable until the new one is complete. It returns the directory.
+func (l *Loop) checkpoint(step int, pos position) (string, error) {
 	if err := l.metrics.Sync(); err != nil {
-		return fmt.Errorf("trainer: checkpoint: %w", err)
-	}
-	off, err := l.metrics.Offset()
-	if err != nil {
-		return fmt.Errorf("trainer: checkpoint: %w", err)
+		return "", fmt.Errorf("trainer: checkpoint: %w", err)
 	}
 	ctx := l.cfg.Stepper.Context()
 	ts, err := checkpoint.ContextTensors(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
+		return "", fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
 	}
 	data, _ := json.Marshal(pos)
+	meta, err := l.meta()
+	if err != nil {
+		return "", err
+	}
 	c := &checkpoint.Checkpoint{
-		State:          checkpoint.State{Step: step, Epoch: pos.Epoch, Data: data, MetricsOffset: off},
+		State:          checkpoint.State{Step: step, Kind: l.cfg.Kind, Config: meta, Epoch: pos.Epoch, Data: data},
 		TrainState:     ts,
 		TrainStateMeta: checkpoint.TrainableMetadata(ctx, ts),
 	}
-	if l.cfg.Meta != nil {
-		meta, err := json.Marshal(l.cfg.Meta)
-		if err != nil {
-			return fmt.Errorf("trainer: checkpoint meta: %w", err)
-		}
-		c.State.Extra = map[string]json.RawMessage{"config": meta}
-	}
 	if l.cfg.CheckpointWeights != nil {
 		if c.Weights, c.Config, err = l.cfg.CheckpointWeights(); err != nil {
-			return fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
+			return "", fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
 		}
 	}
-	if _, err := l.ckpts.Save(c); err != nil {
-		return fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
+	dir, err := l.ckpts.Save(c)
+	if err != nil {
+		return "", fmt.Errorf("trainer: %w", err)
 	}
-	return nil
+	return dir, nil
 }
 
-// restore loads the newest usable checkpoint into the context; ok is false when there is none.
-func (l *Loop) restore() (step int, pos position, off int64, ok bool, err error) {
-	ld, err := l.ckpts.Latest()
-	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
-		return 0, pos, 0, false, nil
+func (l *Loop) meta() (json.RawMessage, error) {
+	if l.cfg.Meta == nil {
+		return nil, nil
 	}
+	b, err := json.Marshal(l.cfg.Meta)
 	if err != nil {
-		return 0, pos, 0, false, fmt.Errorf("trainer: resume: %w", err)
+		return nil, fmt.Errorf("trainer: checkpoint config: %w", err)
+	}
+	return b, nil
+}
+
+// restore loads the newest intact checkpoint into the context, after checking
+// its kind and configuration against this run's.
+func (l *Loop) restore() (step int, pos position, err error) {
+	meta, err := l.meta()
+	if err != nil {
+		return 0, pos, err
+	}
+	ld, err := l.ckpts.Resume(checkpoint.ResumeOptions{Kind: l.cfg.Kind, Config: meta, Ignore: l.cfg.ConfigIgnore,
+		AllowConfigChange: l.cfg.AllowConfigChange})
+	if err != nil {
+		return 0, pos, fmt.Errorf("trainer: %w", err)
 	}
 	defer ld.Close()
 	if ld.TrainState == nil {
-		return 0, pos, 0, false, fmt.Errorf("trainer: resume: %s has no training state", ld.Dir)
+		return 0, pos, fmt.Errorf("trainer: resume: %s has no training state", ld.Dir)
 	}
 	if err := json.Unmarshal(ld.State.Data, &pos); err != nil {
-		return 0, pos, 0, false, fmt.Errorf("trainer: resume: %s: data position: %w", ld.Dir, err)
+		return 0, pos, fmt.Errorf("trainer: resume: %s: data position: %w", ld.Dir, err)
 	}
 	if err := checkpoint.RestoreContext(l.cfg.Stepper.Context(), ld.TrainState); err != nil {
-		return 0, pos, 0, false, fmt.Errorf("trainer: resume: %w", err)
+		return 0, pos, fmt.Errorf("trainer: resume: %w", err)
 	}
-	return ld.State.Step, pos, ld.State.MetricsOffset, true, nil
+	return ld.State.Step, pos, nil
 }
 
-func nonFinite(loss float64, metrics map[string]float64) string {
-	if math.IsNaN(loss) || math.IsInf(loss, 0) {
-		return "loss"
+// guard is the non-finite check of a step's loss (named prefix+"loss"),
+// metrics (prefix+name) and other values: an error naming the quantity and the
+// last intact checkpoint.
+func (l *Loop) guard(step int, prefix string, loss float64, ms, other map[string]float64) error {
+	vals := map[string]float64{}
+	for k, v := range ms {
+		vals[prefix+k] = v
 	}
-	names := make([]string, 0, len(metrics))
-	for k := range metrics {
-		names = append(names, k)
+	for k, v := range other {
+		vals[k] = v
 	}
-	sort.Strings(names)
-	for _, k := range names {
-		if v := metrics[k]; math.IsNaN(v) || math.IsInf(v, 0) {
-			return k
-		}
+	err := checkpoint.CheckFinite(step, map[string]float64{prefix + "loss": loss}) // the loss first
+	if err == nil {
+		err = checkpoint.CheckFinite(step, vals)
 	}
-	return ""
-}
-
-func badValue(r Result, name string) float64 {
-	if name == "loss" {
-		return r.Loss
+	if err != nil {
+		return fmt.Errorf("trainer: %w (training stopped; the last intact checkpoint is %s)", err, l.ckpts.LastIntact())
 	}
-	return r.Metrics[name]
+	return nil
 }
 
 // DefaultPlot draws one PNG per metric into outDir/plots, with the training curve

@@ -13,6 +13,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/optim"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // linSource is a deterministic regression data set shuffled per epoch.
@@ -55,16 +56,27 @@ func (s *linSource) Batch(epoch, index int) (Batch, error) {
 	return Batch{Inputs: []any{x, y}, Tokens: s.bs}, nil
 }
 
-func runLinLoop(t *testing.T, dir string, resume bool, acc int, src *linSource, ctx stdctx.Context, ckptEvery int) (Summary, error) {
+func runLinLoop(t *testing.T, dir string, resume bool, acc int, src *linSource, ctx stdctx.Context, ckptEvery int, opts ...func(*LoopConfig)) (Summary, error) {
 	t.Helper()
 	mctx := newLinearCtx([]float32{0, 0, 0}, 0)
 	s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, WeightDecay: 0.01, Accumulation: acc})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := NewLoop(LoopConfig{Stepper: s, Train: src, Eval: newLinSource(32, 8, 99), Epochs: 3,
+	cfg := LoopConfig{Stepper: s, Train: src, Eval: newLinSource(32, 8, 99), Epochs: 3,
 		LR: mustSchedule(t, "cosine", 0.3, 0.1, 3*src.Len()/acc), EvalEvery: 4, CheckpointEvery: ckptEvery, Dir: dir, Resume: resume,
-		SaveModel: func(d string) error { return SaveState(mctx, d+".bin") }})
+		Kind: "lin", Meta: map[string]any{"lr": 0.3, "out": dir}, ConfigIgnore: []string{"out"},
+		SaveModel: func(d string) error {
+			ts, err := checkpoint.ContextTensors(mctx, nil)
+			if err != nil {
+				return err
+			}
+			return safetensors.Write(d+".safetensors", ts, nil)
+		}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	l, err := NewLoop(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,8 +115,9 @@ func TestLoopResumeIsExact(t *testing.T) {
 				cancel()
 			}
 		}
-		if _, err := runLinLoop(t, dir, false, acc, src, c, 5); !errors.Is(err, stdctx.Canceled) {
-			t.Fatalf("want a cancellation error, got %v", err)
+		_, err = runLinLoop(t, dir, false, acc, src, c, 5)
+		if !errors.Is(err, stdctx.Canceled) || !strings.Contains(err.Error(), filepath.Join(dir, "checkpoints", "step-")) {
+			t.Fatalf("want a cancellation error naming the saved checkpoint, got %v", err)
 		}
 		// Add garbage after the checkpoint, as a killed process would leave.
 		f, _ := os.OpenFile(filepath.Join(dir, "metrics.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
@@ -125,8 +138,8 @@ func TestLoopStopsOnNaN(t *testing.T) {
 	src := newLinSource(96, 8, 1)
 	src.nanAt = 7
 	_, err := runLinLoop(t, dir, false, 1, src, stdctx.Background(), 3)
-	if err == nil || !strings.Contains(err.Error(), "step 8: loss is NaN") {
-		t.Fatalf("want an error naming step 8 and the loss, got %v", err)
+	if err == nil || !strings.Contains(err.Error(), "step 8: loss is NaN") || !strings.Contains(err.Error(), "step-00000006") {
+		t.Fatalf("want an error naming step 8, the loss and checkpoint step-00000006, got %v", err)
 	}
 	m, err := checkpoint.NewManager(filepath.Join(dir, "checkpoints"), 0)
 	if err != nil {
@@ -139,6 +152,76 @@ func TestLoopStopsOnNaN(t *testing.T) {
 	defer ld.Close()
 	if err := checkpoint.RestoreContext(newLinearCtx([]float32{0, 0, 0}, 0), ld.TrainState); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLoopNeverSavesNonFiniteWeights: an update that makes the weights NaN
+// while the step's own loss is still finite is not checkpointed, and the error
+// names the last intact checkpoint.
+func TestLoopNeverSavesNonFiniteWeights(t *testing.T) {
+	dir := t.TempDir()
+	_, err := runLinLoop(t, dir, false, 1, newLinSource(96, 8, 1), stdctx.Background(), 3, func(c *LoopConfig) {
+		lr := c.LR
+		c.LR = func(step int) float64 {
+			if step == 5 { // the update of step 6
+				return math.NaN()
+			}
+			return lr(step)
+		}
+	})
+	var nf *checkpoint.NonFiniteError
+	if !errors.As(err, &nf) || !strings.HasPrefix(nf.Quantity, "tensor /m/") || !strings.Contains(err.Error(), "step-00000003") {
+		t.Fatalf("want a non-finite tensor error naming checkpoint step-00000003, got %v", err)
+	}
+	m, _ := checkpoint.NewManager(filepath.Join(dir, "checkpoints"), 0)
+	if got := m.Steps(); len(got) != 1 || got[0] != 3 {
+		t.Fatalf("checkpoints %v, want only step 3", got)
+	}
+}
+
+// TestLoopResumeRefusals: --resume never starts afresh, never resumes another
+// kind of run or a changed configuration, and a fresh run never overwrites checkpoints.
+func TestLoopResumeRefusals(t *testing.T) {
+	// Nothing to resume: an error, and the existing metrics file is left alone.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "metrics.jsonl"), []byte(`{"step":1}`+"\n"), 0o644)
+	if _, err := runLinLoop(t, dir, true, 1, newLinSource(96, 8, 1), stdctx.Background(), 3); !errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		t.Fatalf("resume without a checkpoint: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "metrics.jsonl")); string(b) != `{"step":1}`+"\n" {
+		t.Fatalf("metrics.jsonl changed to %q", b)
+	}
+
+	// A run interrupted after its first checkpoint.
+	dir = t.TempDir()
+	c, cancel := stdctx.WithCancel(stdctx.Background())
+	src := newLinSource(96, 8, 1)
+	src.onBatch = func(e, i int) {
+		if i == 4 {
+			cancel()
+		}
+	}
+	if _, err := runLinLoop(t, dir, false, 1, src, c, 3); !errors.Is(err, stdctx.Canceled) {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		resume bool
+		opt    func(*LoopConfig)
+		err    string
+	}{
+		{"fresh run over checkpoints", false, func(*LoopConfig) {}, "already holds checkpoints"},
+		{"other kind", true, func(c *LoopConfig) { c.Kind = "sft" }, `"lin" run, not "sft"`},
+		{"other kind, allowed", true, func(c *LoopConfig) { c.Kind, c.AllowConfigChange = "sft", true }, `"lin" run, not "sft"`},
+		{"lr changed", true, func(c *LoopConfig) { c.Meta = map[string]any{"lr": 0.2, "out": "x"} }, `setting "lr" changed`},
+		{"lr changed, allowed", true, func(c *LoopConfig) { c.Meta, c.AllowConfigChange = map[string]any{"lr": 0.2, "out": "x"}, true }, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := runLinLoop(t, dir, tc.resume, 1, newLinSource(96, 8, 1), stdctx.Background(), 3, tc.opt)
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("error %v, want %q", err, tc.err)
+			}
+		})
 	}
 }
 
