@@ -14,6 +14,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/eval"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -89,7 +90,7 @@ func runCompare(args []string) error {
 	// Every run gets the flags set here (the same seed, data and budget); the rest keep
 	// each algorithm's own defaults (ppo.DefaultConfig).
 	own := map[string]bool{"judge-cost-model": true, "shaping-lambdas": true, "bootstrap": true, "score-max-length": true,
-		"out": true, "resume": true, "eval-max": true, "lambda": true, config.FlagName: true}
+		"out": true, "resume": true, "force": true, "eval-max": true, "lambda": true, config.FlagName: true}
 	policies := []eval.ComparePolicy{{Name: "sft", Model: c.Model}}
 	for _, r := range compareRuns(ls) {
 		dir := filepath.Join(c.Out, r.name)
@@ -112,8 +113,10 @@ func runCompare(args []string) error {
 		})
 		a = append(a, r.args...)
 		a = append(a, "--out", dir, "--eval-max", "0")
-		if _, err := os.Stat(filepath.Join(dir, "checkpoints")); err == nil && c.Resume {
+		if _, err := os.Stat(filepath.Join(dir, "checkpoints", checkpoint.LatestFile)); err == nil && c.Resume {
 			a = append(a, "--resume")
+		} else if _, err := os.Stat(dir); err == nil {
+			a = append(a, "--force") // a run interrupted before its first checkpoint starts again
 		}
 		fmt.Fprintf(os.Stderr, "\ncompare: == %s: saferlhf %s %s\n", r.name, map[bool]string{true: "ppo", false: "ppo-lag"}[r.alg == ppo.PPO], strings.Join(a, " "))
 		var err error

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/stages"
 )
@@ -23,7 +24,7 @@ func runDPO(args []string) error {
 		return usagef("%v", err)
 	}
 	cfg.Progress = os.Stderr
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+	if err := checkpoint.PrepareOutput(cfg.Out, string(stages.DPO), cfg.Resume, cfg.Force); err != nil {
 		return err
 	}
 	// The effective settings, reusable as --config for a rerun.

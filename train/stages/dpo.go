@@ -17,11 +17,12 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
-	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 	"github.com/saferlhf/saferlhf/train/trainer"
 	"github.com/schollz/progressbar/v3"
 )
@@ -303,8 +304,8 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 		Stepper: stepper, Train: train, Eval: eval, Epochs: cfg.Epochs, Steps: cfg.Steps,
 		EvalEvery: cfg.EvalEvery, CheckpointEvery: cfg.CkptEvery, KeepCheckpoints: cfg.KeepCkpts,
 		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(DPO), EvalAtStart: true,
-		Meta: cfg,
-		CheckpointWeights: func() (map[string]checkpoint.Array, json.RawMessage, error) {
+		Meta: cfg, Kind: string(DPO), AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
+		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
 			fw, err := weights()
 			if err != nil {
 				return nil, nil, err
@@ -313,9 +314,9 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 			if err != nil {
 				return nil, nil, err
 			}
-			out := make(map[string]checkpoint.Array, len(fw))
-			for n, t := range fw {
-				out[n] = checkpoint.Array{Shape: t.Shape, Data: t.Data}
+			out := make([]safetensors.Tensor, 0, len(fw))
+			for _, n := range fw.Names() {
+				out = append(out, safetensors.Tensor{Name: n, Shape: fw[n].Shape, F32: fw[n].Data})
 			}
 			return out, js, nil
 		},
@@ -338,7 +339,7 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 		return res, err
 	}
 	js, _ := json.MarshalIndent(res, "", "  ")
-	if err := trainer.WriteFileAtomic(filepath.Join(cfg.Out, "result.json"), append(js, '\n')); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(cfg.Out, "result.json"), append(js, '\n'), 0o644); err != nil {
 		return res, err
 	}
 	return res, nil
