@@ -96,6 +96,20 @@ func TestPPOLagSIGKILLResume(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("resumed metrics differ from the uninterrupted run:\n got %s\nwant %s", got, want)
 	}
+	// The last checkpoint opens with generate on its own (weights, config.json and tokenizer inside)
+	// and generates what the final policy does.
+	gen := func(m string) string {
+		t.Helper()
+		out, err := exec.Command(bin, "generate", "--model", m, "--tokenizer", filepath.Join(m, "tok512.bin"),
+			"--prompt", "Once upon", "--max-new-tokens", "6", "--temperature", "0", "--print-ids").CombinedOutput()
+		if err != nil {
+			t.Fatalf("generate --model %s: %v\n%s", m, err, out)
+		}
+		return string(out)
+	}
+	if c, p := gen(filepath.Join(out, "checkpoints", "step-00000005")), gen(filepath.Join(out, "policy")); c != p || c == "" {
+		t.Fatalf("checkpoint generates %q, the final policy %q", c, p)
+	}
 }
 
 // TestRLFlagErrors: bad command lines fail before any model is loaded.
