@@ -199,6 +199,41 @@ func TestResumeExact(t *testing.T) {
 	}
 }
 
+// TestResumeSkipsDamagedCheckpoint: a resume after the newest checkpoint was damaged (one byte of
+// its optimiser state flipped) continues from the previous intact one, and the finished
+// metrics.jsonl still equals an uninterrupted run's.
+func TestResumeSkipsDamagedCheckpoint(t *testing.T) {
+	cfg := fakeConfig(PPOLag)
+	ref := filepath.Join(t.TempDir(), "ref")
+	runFake(t, cfg, ref, Options{}, &fakeNets{harmful: 0.5})
+	want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
+
+	out := filepath.Join(t.TempDir(), "out")
+	runFake(t, cfg, out, Options{CheckpointEvery: 1, StopAfter: 4}, &fakeNets{harmful: 0.5})
+	f := filepath.Join(out, "checkpoints", "step-00000004", checkpoint.TrainStateFile)
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-1] ^= 1
+	os.WriteFile(f, b, 0o644)
+	nets := &fakeNets{harmful: 0.5}
+	tr, err := NewTrainer(cfg, Options{OutDir: out, CheckpointEvery: 1, Resume: true}, nets, testPrompts(t, 20), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.st.Step != 3 {
+		t.Fatalf("resumed at step %d, want the intact step 3", tr.st.Step)
+	}
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+	if got, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl")); !bytes.Equal(got, want) {
+		t.Fatalf("metrics after resuming past a damaged checkpoint differ\n got %s\nwant %s", got, want)
+	}
+}
+
 // TestLambdaRisesWithCost: with J_c > d the multiplier grows (bounded by λ_max), and with the
 // threshold above every cost it shrinks.
 func TestLambdaRisesWithCost(t *testing.T) {
