@@ -164,19 +164,25 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 		if step, pos, err = l.restore(); err != nil {
 			return sum, err
 		}
-		// Drop the records written after the checkpoint, so the finished file equals
-		// an uninterrupted run's.
-		l.metrics, err = metrics.Resume(metricsPath, step)
-	} else {
-		if steps := l.ckpts.Existing(); len(steps) > 0 {
-			return sum, fmt.Errorf("trainer: %s already holds checkpoints (step %d): resume the run or choose a new output", l.ckptRoot(), steps[len(steps)-1])
+	} else if steps := l.ckpts.Existing(); len(steps) > 0 {
+		return sum, fmt.Errorf("trainer: %s already holds checkpoints (step %d): resume the run or choose a new output", l.ckptRoot(), steps[len(steps)-1])
+	}
+	if err := l.checkInSync(step); err != nil {
+		return sum, err
+	}
+	// Only rank 0 writes metrics. A resumed run drops the records written after the
+	// checkpoint, so the finished file equals an uninterrupted run's.
+	if l.primary() {
+		if l.cfg.Resume {
+			l.metrics, err = metrics.Resume(metricsPath, step)
+		} else {
+			l.metrics, err = metrics.Create(metricsPath)
 		}
-		l.metrics, err = metrics.Create(metricsPath)
+		if err != nil {
+			return sum, fmt.Errorf("trainer: %w", err)
+		}
+		defer l.metrics.Close()
 	}
-	if err != nil {
-		return sum, fmt.Errorf("trainer: %w", err)
-	}
-	defer l.metrics.Close()
 	s := l.cfg.Stepper
 	k := s.Config().Accumulation
 	total := l.TotalSteps()
@@ -186,7 +192,7 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 	startStep := step
 	tokens, barTokens := 0, 0
 	var bar *metrics.Progress
-	if l.cfg.Progress != nil {
+	if l.cfg.Progress != nil && l.primary() {
 		bar = metrics.NewProgress(total, startStep, l.cfg.Name, l.cfg.Progress)
 	}
 	if l.cfg.EvalAtStart && step == 0 && l.cfg.Eval != nil && l.cfg.Eval.Len() > 0 {
@@ -199,6 +205,7 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 		var sumLoss float64
 		sumMetrics := map[string]float64{}
 		var res Result
+		stepTokens := 0
 		lr := l.cfg.LR(step)
 		for m := 0; m < k; m++ {
 			if index >= n {
@@ -219,8 +226,15 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			for name, v := range res.Metrics {
 				sumMetrics[name] += v
 			}
-			tokens += b.Tokens
+			stepTokens += b.Tokens
 		}
+		// Ranks agree on the step's global loss, metrics and tokens, and on stopping.
+		cancelled := ctx.Err() != nil
+		sumLoss, stepTokens, cancelled, err = l.reduceStep(sumLoss, sumMetrics, stepTokens, cancelled)
+		if err != nil {
+			return sum, fmt.Errorf("trainer: step %d: %w", step+1, err)
+		}
+		tokens += stepTokens
 		if err := l.guard(step+1, "", sumLoss/float64(k), nil, map[string]float64{"grad_norm": res.GradNorm}); err != nil {
 			return sum, err
 		}
@@ -244,7 +258,6 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			bar.Update(step, sum.TrainLoss, tokens-barTokens)
 			barTokens = tokens
 		}
-		cancelled := ctx.Err() != nil
 		saved := ""
 		if last || cancelled || (l.cfg.CheckpointEvery > 0 && step%l.cfg.CheckpointEvery == 0) {
 			if saved, err = l.checkpoint(step, position{Epoch: epoch, Index: index}); err != nil {
@@ -255,13 +268,20 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 			if bar != nil {
 				bar.Finish()
 			}
-			return l.finish(sum, step, startStep, tokens, start), fmt.Errorf("trainer: interrupted after step %d (checkpoint %s saved; rerun with --resume): %w", step, saved, ctx.Err())
+			why := ctx.Err()
+			if why == nil {
+				why = errors.New("another rank was interrupted")
+			}
+			return l.finish(sum, step, startStep, tokens, start), fmt.Errorf("trainer: interrupted after step %d (checkpoint %s saved; rerun with --resume): %w", step, saved, why)
 		}
 	}
 	if bar != nil {
 		bar.Finish()
 	}
 	sum = l.finish(sum, step, startStep, tokens, start)
+	if !l.primary() {
+		return sum, nil
+	}
 	if l.cfg.SaveModel != nil {
 		sum.ModelDir = filepath.Join(l.cfg.Dir, "model")
 		if err := l.cfg.SaveModel(sum.ModelDir); err != nil {
@@ -357,6 +377,9 @@ func (l *Loop) evaluate(step int) error {
 
 // writeRecord appends one metrics line (keys sorted, shortest float form: deterministic bytes).
 func (l *Loop) writeRecord(step int, split string, vals map[string]float64) error {
+	if l.metrics == nil { // not rank 0
+		return nil
+	}
 	if err := l.metrics.WriteRecord(metrics.Record{Step: step, Values: vals, Tags: map[string]string{"split": split}}); err != nil {
 		return fmt.Errorf("trainer: %w", err)
 	}
@@ -369,6 +392,9 @@ func (l *Loop) writeRecord(step int, split string, vals map[string]float64) erro
 // state.json with the step, data position, kind and config. The previous
 // checkpoints stay usable until the new one is complete. It returns the directory.
 func (l *Loop) checkpoint(step int, pos position) (string, error) {
+	if !l.primary() {
+		return "(by rank 0)", nil
+	}
 	if err := l.metrics.Sync(); err != nil {
 		return "", fmt.Errorf("trainer: checkpoint: %w", err)
 	}

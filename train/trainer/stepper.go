@@ -7,12 +7,14 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/optim"
 )
 
@@ -44,6 +46,11 @@ type Config struct {
 	Accumulation int
 	// OptimScope is the absolute scope holding the optimizer state; default "/optim"+Scope.
 	OptimScope string
+	// Comm, when it has more than one rank, makes the Stepper data-parallel: every
+	// rank runs the same Steps on its shard of each batch, and the accumulated
+	// gradients are averaged across ranks before each update (see dp.go). Nil or a
+	// world of one keeps the single-process path (one fused graph when Accumulation is 1).
+	Comm dist.Communicator
 }
 
 // Result is what one call of Stepper.Step or Stepper.Eval returns to the host.
@@ -76,6 +83,7 @@ type Stepper struct {
 	micro       int // micro-steps done in the current accumulation cycle
 	trained     []*context.Variable
 	opt         *optim.AdamW
+	commTime    time.Duration // time spent in gradient all-reduces
 }
 
 // NewStepper returns a Stepper for cfg on the variables of ctx. ctx must already hold
@@ -121,7 +129,7 @@ func NewStepper(backend backends.Backend, ctx *context.Context, cfg Config) (*St
 		return nil, fmt.Errorf("trainer: %w", err)
 	}
 	s := &Stepper{backend: backend, ctx: ctx, cfg: cfg, opt: opt}
-	if cfg.Accumulation == 1 {
+	if cfg.Accumulation == 1 && !s.dataParallel() {
 		s.trainExec, err = context.NewExec(backend, ctx, s.fusedGraph)
 	} else {
 		s.trainExec, err = context.NewExec(backend, ctx, s.accumulateGraph)
@@ -154,7 +162,7 @@ func (s *Stepper) Step(lr float64, inputs ...any) (Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	args := append([]any{tensors.FromScalar(float32(lr))}, inputs...)
-	if s.cfg.Accumulation == 1 {
+	if s.cfg.Accumulation == 1 && !s.dataParallel() {
 		out, err := execCatch(s.trainExec, args)
 		if err != nil {
 			return Result{}, err
@@ -174,6 +182,9 @@ func (s *Stepper) Step(lr float64, inputs ...any) (Result, error) {
 		return r, nil
 	}
 	s.micro = 0
+	if err := s.allReduceGradients(); err != nil {
+		return Result{}, err
+	}
 	upd, err := execCatch(s.applyExec, args[:1])
 	if err != nil {
 		return Result{}, err

@@ -1,0 +1,186 @@
+package trainer
+
+import (
+	stdctx "context"
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"time"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/saferlhf/saferlhf/train/dist"
+)
+
+// Data parallelism (Config.Comm with more than one rank).
+//
+// GoMLX compiles loss, gradients and the AdamW update into one graph, so with
+// several ranks the gradients must leave the graph between the two halves: the
+// Stepper then always uses its accumulation graphs (even when Accumulation is
+// 1), the accumulators — the mean gradient of this rank's micro-batches — are
+// averaged across ranks with one AllReduce(mean), and the update graph applies
+// the average. Clipping sees the global gradient, so every rank applies the
+// same update to the same weights and they stay identical bit for bit. With
+// per-rank means of equal-sized shards the result is the gradient of the
+// global batch's mean loss (for losses normalised per rank, e.g. per token, it
+// is the mean of the ranks' losses, as in PyTorch DDP and DeepSpeed).
+
+func (s *Stepper) dataParallel() bool { return s.cfg.Comm != nil && s.cfg.Comm.Size() > 1 }
+
+// Comm returns the Stepper's communicator (dist.Self for a single process).
+func (s *Stepper) Comm() dist.Communicator {
+	if s.cfg.Comm == nil {
+		return dist.Self{}
+	}
+	return s.cfg.Comm
+}
+
+// CollectiveTime returns the time spent in gradient all-reduces so far.
+func (s *Stepper) CollectiveTime() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.commTime
+}
+
+// allReduceGradients averages the gradient accumulators of the trained
+// variables across ranks (a no-op for a single process).
+func (s *Stepper) allReduceGradients() error {
+	if !s.dataParallel() {
+		return nil
+	}
+	start := time.Now()
+	defer func() { s.commTime += time.Since(start) }()
+	accs := make([]*tensors.Tensor, len(s.trained))
+	var flat []float32
+	for i, v := range s.trained {
+		scope, name := s.opt.StatePath(v, "_accum")
+		acc := s.ctx.GetVariableByScopeAndName(scope, name)
+		if acc == nil {
+			return fmt.Errorf("trainer: no gradient accumulator for %s", v.ScopeAndName())
+		}
+		t, err := acc.Value()
+		if err != nil {
+			return fmt.Errorf("trainer: gradient of %s: %w", v.ScopeAndName(), err)
+		}
+		data, err := tensors.CopyFlatData[float32](t)
+		if err != nil {
+			return fmt.Errorf("trainer: gradient of %s: %w", v.ScopeAndName(), err)
+		}
+		accs[i] = t
+		flat = append(flat, data...)
+	}
+	if err := s.cfg.Comm.AllReduce(stdctx.Background(), flat, dist.Mean); err != nil {
+		return fmt.Errorf("trainer: averaging gradients across ranks: %w", err)
+	}
+	for i, v := range s.trained {
+		n := accs[i].Shape().Size()
+		scope, name := s.opt.StatePath(v, "_accum")
+		acc := s.ctx.GetVariableByScopeAndName(scope, name)
+		if err := acc.SetValue(tensors.FromFlatDataAndDimensions(flat[:n:n], accs[i].Shape().Dimensions...)); err != nil {
+			return fmt.Errorf("trainer: gradient of %s: %w", v.ScopeAndName(), err)
+		}
+		flat = flat[n:]
+	}
+	return nil
+}
+
+// stateDigest hashes the bytes of every variable under the Stepper's scope and
+// its optimizer scope (names included), to check that ranks start in step.
+func (s *Stepper) stateDigest() (uint64, error) {
+	type kv struct {
+		name string
+		t    *tensors.Tensor
+	}
+	var vars []kv
+	for v := range s.ctx.IterVariables() {
+		path := v.ScopeAndName()
+		if !inScope(v.Scope(), s.cfg.Scope) && !inScope(v.Scope(), s.cfg.OptimScope) {
+			continue
+		}
+		t, err := v.Value()
+		if err != nil {
+			return 0, fmt.Errorf("trainer: variable %s: %w", path, err)
+		}
+		vars = append(vars, kv{path, t})
+	}
+	sort.Slice(vars, func(i, j int) bool { return vars[i].name < vars[j].name })
+	h := fnv.New64a()
+	for _, v := range vars {
+		h.Write([]byte(v.name))
+		if err := v.t.ConstBytes(func(b []byte) { h.Write(b) }); err != nil {
+			return 0, fmt.Errorf("trainer: variable %s: %w", v.name, err)
+		}
+	}
+	return h.Sum64(), nil
+}
+
+func inScope(scope, prefix string) bool {
+	return scope == prefix || len(scope) > len(prefix) && scope[:len(prefix)] == prefix && scope[len(prefix)] == '/'
+}
+
+// checkInSync fails unless every rank is at the same step with the same weights
+// and optimizer state (same --model, seed and checkpoint).
+func (l *Loop) checkInSync(step int) error {
+	comm := l.cfg.Stepper.Comm()
+	if comm.Size() < 2 {
+		return nil
+	}
+	d, err := l.cfg.Stepper.stateDigest()
+	if err != nil {
+		return err
+	}
+	var mine [16]byte
+	binary.LittleEndian.PutUint64(mine[:], uint64(step))
+	binary.LittleEndian.PutUint64(mine[8:], d)
+	all, err := comm.AllGather(stdctx.Background(), mine[:])
+	if err != nil {
+		return fmt.Errorf("trainer: checking that ranks start in step: %w", err)
+	}
+	for r, b := range all {
+		if len(b) != 16 {
+			return fmt.Errorf("trainer: rank %d sent a malformed start record", r)
+		}
+		st, dg := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])
+		if int(st) != step {
+			return fmt.Errorf("trainer: rank %d starts at step %d, rank %d at step %d (different checkpoints? every rank must see the same --out)", r, st, comm.Rank(), step)
+		}
+		if dg != d {
+			return fmt.Errorf("trainer: rank %d's weights or optimizer state differ from rank %d's at step %d (different --model, --seed or checkpoint?)", r, comm.Rank(), step)
+		}
+	}
+	return nil
+}
+
+// reduceStep averages one step's loss and metrics over the ranks and sums its
+// tokens, so rank 0 logs the global batch's values, and reports whether any
+// rank was interrupted, so that all stop after the same step (a no-op for one process).
+func (l *Loop) reduceStep(loss float64, metrics map[string]float64, tokens int, cancelled bool) (float64, int, bool, error) {
+	comm := l.cfg.Stepper.Comm()
+	if comm.Size() < 2 {
+		return loss, tokens, cancelled, nil
+	}
+	names := make([]string, 0, len(metrics))
+	for k := range metrics {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	n := float32(comm.Size())
+	stop := float32(0)
+	if cancelled {
+		stop = 1
+	}
+	buf := []float32{float32(loss), float32(tokens) / n, stop}
+	for _, k := range names {
+		buf = append(buf, float32(metrics[k]))
+	}
+	if err := comm.AllReduce(stdctx.Background(), buf, dist.Mean); err != nil {
+		return 0, 0, false, fmt.Errorf("trainer: reducing metrics across ranks: %w", err)
+	}
+	for i, k := range names {
+		metrics[k] = float64(buf[3+i])
+	}
+	return float64(buf[0]), int(float64(buf[1])*float64(n) + 0.5), buf[2] > 0, nil
+}
+
+// primary reports whether this rank writes metrics, checkpoints, plots and the model.
+func (l *Loop) primary() bool { return l.cfg.Stepper.Comm().Rank() == 0 }
