@@ -167,7 +167,7 @@ func runCompare(args []string) error {
 	if err := rep.Markdown(&md); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(c.Out, "compare.md"), md.Bytes(), 0o644); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(c.Out, "compare.md"), md.Bytes(), 0o644); err != nil {
 		return err
 	}
 	png := filepath.Join(c.Out, "compare.png")

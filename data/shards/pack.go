@@ -25,6 +25,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
 )
 
 // PackOptions configures Pack.
@@ -396,10 +397,10 @@ func Write(ctx context.Context, dir string, m *Manifest, exs []datasets.Example,
 	if err != nil {
 		return err
 	}
-	if err := writeSync(filepath.Join(tmp, ManifestName), append(mb, '\n')); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(tmp, ManifestName), append(mb, '\n'), 0o644); err != nil {
 		return err
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return err
 	}
 	// Swap into place: an existing dir (force) is moved aside first and removed last.
@@ -420,7 +421,7 @@ func Write(ctx context.Context, dir string, m *Manifest, exs []datasets.Example,
 	if old != "" {
 		os.RemoveAll(old)
 	}
-	return syncDir(filepath.Dir(dir))
+	return atomicfile.SyncDir(filepath.Dir(dir))
 }
 
 // tempDir creates a hidden temporary directory beside dir.
@@ -433,29 +434,4 @@ func tempDir(dir string) (string, error) {
 	_, _ = rand.Read(r[:])
 	tmp := filepath.Join(parent, "."+filepath.Base(filepath.Clean(dir))+".tmp-"+hex.EncodeToString(r[:]))
 	return tmp, os.Mkdir(tmp, 0o755)
-}
-
-func writeSync(path string, b []byte) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	_ = d.Sync() // best effort: some file systems refuse directory fsync
-	return nil
 }

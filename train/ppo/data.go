@@ -4,12 +4,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
-	"os"
 	"strings"
 
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/shards"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
 )
 
 // readPrompts returns the tokenized prompts (BOS first) of dataset specs: raw files
@@ -197,5 +197,5 @@ func writeSamples(path string, tok tokenizer.Tokenizer, rs []*Rollout) error {
 				strings.ReplaceAll(tok.Decode(prompt), "\n", " "), strings.ReplaceAll(tok.Decode(resp), "\n", " "))
 		}
 	}
-	return os.WriteFile(path, []byte(b.String()), 0o644)
+	return atomicfile.WriteBytes(path, []byte(b.String()), 0o644)
 }
