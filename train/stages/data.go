@@ -214,6 +214,7 @@ type seqSource struct {
 	pad     int32
 	seed    uint64
 	shuffle bool
+	part    rankPart
 }
 
 func (s *seqSource) Len() int { return len(s.ex) / s.b }
@@ -227,13 +228,13 @@ func (s *seqSource) order(epoch int) []int {
 
 func (s *seqSource) Batch(epoch, index int) (trainer.Batch, error) {
 	perm := s.order(epoch)
-	B, T := s.b, s.t
+	B, T := s.part.rows(s.b), s.t
 	ids := make([]int32, B*T)
 	mask := make([]float32, B*T)
 	lm := make([]float32, B*(T-1))
 	tokens, labelled := 0, 0
 	for r := 0; r < B; r++ {
-		i := index*B + r
+		i := index*s.b + s.part.first(s.b) + r
 		if perm != nil {
 			i = perm[i]
 		}
@@ -266,6 +267,7 @@ type pairSource struct {
 	pad     int32
 	seed    uint64
 	shuffle bool
+	part    rankPart
 }
 
 func (s *pairSource) Len() int { return len(s.ex) / s.b }
@@ -275,7 +277,7 @@ func (s *pairSource) Batch(epoch, index int) (trainer.Batch, error) {
 	if s.shuffle {
 		perm = rand.New(rand.NewPCG(s.seed, uint64(epoch))).Perm(len(s.ex))
 	}
-	B, T := s.b, s.t
+	B, T := s.part.rows(s.b), s.t
 	ids := make([]int32, 2*B*T)
 	mask := make([]float32, 2*B*T)
 	signs := make([]float32, 2*B)
@@ -283,7 +285,7 @@ func (s *pairSource) Batch(epoch, index int) (trainer.Batch, error) {
 	hiM, loM := make([][]float32, B), make([][]float32, B)
 	tokens := 0
 	for r := 0; r < B; r++ {
-		i := index*B + r
+		i := index*s.b + s.part.first(s.b) + r
 		if perm != nil {
 			i = perm[i]
 		}

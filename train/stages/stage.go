@@ -15,6 +15,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
@@ -46,7 +47,23 @@ var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "
 
 // Run trains one stage (SFT, RM or CM) as configured, writing everything under
 // cfg.Out. Cancelling ctx checkpoints and returns an error wrapping ctx.Err().
+// Started by a launcher (torchrun, srun, mpirun, a JobSet: see dist.FromEnv) it
+// runs data-parallel: each rank trains on its share of every global batch of
+// cfg.BatchSize rows, and rank 0 writes the outputs (see runRanked).
 func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
+	if err := cfg.Validate(stage); err != nil {
+		return nil, err
+	}
+	comm, err := connect(ctx, stage, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer comm.Close()
+	return runRanked(ctx, stage, cfg, comm)
+}
+
+// runRanked is Run as one rank of comm.
+func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicator) (*Result, error) {
 	t0 := time.Now()
 	if err := cfg.Validate(stage); err != nil {
 		return nil, err
@@ -81,6 +98,9 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 	}
 	res := &Result{Stage: stage}
 	train, eval, err := buildSources(stage, cfg, tok, res)
+	if err == nil {
+		err = shardTrain(train, comm)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
@@ -91,7 +111,7 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 	}
 	stepper, err := trainer.NewStepper(be, mctx, trainer.Config{
 		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg), WeightDecay: cfg.WeightDecay,
-		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation,
+		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
@@ -141,7 +161,7 @@ func Run(ctx stdctx.Context, stage Stage, cfg Config) (*Result, error) {
 	res.Steps, res.TrainLoss, res.Final, res.TokPerSec, res.ModelDir = sum.Steps, sum.TrainLoss, sum.Eval, sum.TokensPerS, sum.ModelDir
 	res.Initial = initialEval(filepath.Join(cfg.Out, "metrics.jsonl"))
 	res.Seconds = time.Since(t0).Seconds()
-	if err != nil {
+	if err != nil || comm.Rank() != 0 {
 		return res, err
 	}
 	js, _ := json.MarshalIndent(res, "", "  ")
