@@ -74,6 +74,15 @@ func TestSIGKILLResumeIsBitExact(t *testing.T) {
 		if out, err := exec.Command(bin, sftArgs(dir, "--resume")...).CombinedOutput(); err != nil {
 			t.Fatalf("resumed run: %v\n%s", err, out)
 		}
+		// The final checkpoint is a model directory with its tokenizer, and verifies.
+		if _, err := checkpoint.Load(filepath.Join(dir, "checkpoints", "step-00000016")); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"config.json", "model.safetensors", "tok512.bin"} {
+			if _, err := os.Stat(filepath.Join(dir, "checkpoints", "step-00000016", f)); err != nil {
+				t.Errorf("checkpoint: %v", err)
+			}
+		}
 		for _, f := range []string{"metrics.jsonl", "model/model.safetensors"} {
 			want, err := os.ReadFile(filepath.Join(ref, f))
 			if err != nil {

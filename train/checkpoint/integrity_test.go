@@ -271,6 +271,7 @@ func TestPrepareOutput(t *testing.T) {
 		{"unrelated files, --force", other, false, true, "not a saferlhf run", "thesis.tex"},
 		{"unrelated files, --resume", other, true, false, "not a sft run", "thesis.tex"},
 		{"nothing to resume", nil, true, false, "no run to resume", ""},
+		{"older run, --resume", func(t *testing.T, dir string) { os.MkdirAll(filepath.Join(dir, "checkpoints"), 0o755) }, true, false, "older saferlhf", "checkpoints"},
 		{"a regular file", func(t *testing.T, dir string) { os.WriteFile(dir, []byte("x"), 0o644) }, false, true, "is a file", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -57,6 +57,8 @@ func PrepareOutput(dir, kind string, resume, force bool) error {
 	describe := "files that are not a saferlhf run"
 	if have != "" {
 		describe = "a " + have + " run"
+	} else if _, err := os.Stat(filepath.Join(dir, "checkpoints")); err == nil {
+		describe = "a run of an older saferlhf (no " + RunFile + "; its checkpoints cannot be resumed)"
 	}
 	switch {
 	case len(entries) == 0 && resume:

@@ -262,6 +262,10 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
+	tokBytes, err := os.ReadFile(tokPath)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
@@ -305,6 +309,7 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 		EvalEvery: cfg.EvalEvery, CheckpointEvery: cfg.CkptEvery, KeepCheckpoints: cfg.KeepCkpts,
 		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(DPO), EvalAtStart: true,
 		Meta: cfg, Kind: string(DPO), AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
+		CheckpointFiles: map[string][]byte{filepath.Base(tokPath): tokBytes},
 		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
 			fw, err := weights()
 			if err != nil {

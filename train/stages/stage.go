@@ -87,6 +87,10 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
+	tokBytes, err := os.ReadFile(tokPath)
+	if err != nil {
+		return nil, err
+	}
 	if stage != SFT {
 		// A score model: the base transformer and a fresh score head (bias zero), no LM head (spec §3).
 		delete(w, model.NameLMHead)
@@ -131,6 +135,7 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 		EvalEvery: cfg.EvalEvery, CheckpointEvery: cfg.CkptEvery, KeepCheckpoints: cfg.KeepCkpts,
 		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(stage), EvalAtStart: true,
 		Meta: cfg, Kind: string(stage), AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
+		CheckpointFiles: map[string][]byte{filepath.Base(tokPath): tokBytes},
 		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
 			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
 			if err != nil {

@@ -80,6 +80,8 @@ type LoopConfig struct {
 	// CheckpointWeights, if set, returns the model weights (HF names, own dtype) and
 	// config.json to store in each checkpoint, so that a checkpoint directory loads as a model.
 	CheckpointWeights func() ([]safetensors.Tensor, json.RawMessage, error)
+	// CheckpointFiles are extra files (name → contents, e.g. the tokenizer) stored in each checkpoint.
+	CheckpointFiles map[string][]byte
 }
 
 // Summary reports a finished (or interrupted) run.
@@ -412,6 +414,7 @@ func (l *Loop) checkpoint(step int, pos position) (string, error) {
 		State:          checkpoint.State{Step: step, Kind: l.cfg.Kind, Config: meta, Epoch: pos.Epoch, Data: data},
 		TrainState:     ts,
 		TrainStateMeta: checkpoint.TrainableMetadata(ctx, ts),
+		Files:          l.cfg.CheckpointFiles,
 	}
 	if l.cfg.CheckpointWeights != nil {
 		if c.Weights, c.Config, err = l.cfg.CheckpointWeights(); err != nil {
