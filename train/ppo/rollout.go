@@ -60,6 +60,27 @@ func (r *Rollout) ResponseLengths() []int {
 	return out
 }
 
+// splitSamples splits a freshly generated rollout (Seq and Mask only) whose rows are nrs
+// consecutive samples per prompt into nrs rollouts of B/nrs rows: rollout k holds each prompt's
+// k-th sample, in prompt order (the reference's view(B, nrs, T).transpose(0, 1)).
+func (r *Rollout) splitSamples(nrs int) []*Rollout {
+	if nrs <= 1 {
+		return []*Rollout{r}
+	}
+	B, T := r.B/nrs, r.T
+	out := make([]*Rollout, nrs)
+	for k := range out {
+		o := &Rollout{B: B, T: T, S: r.S, Seq: make([]int32, B*T), Mask: make([]float32, B*T)}
+		for i := 0; i < B; i++ {
+			src := (i*nrs + k) * T
+			copy(o.Seq[i*T:(i+1)*T], r.Seq[src:src+T])
+			copy(o.Mask[i*T:(i+1)*T], r.Mask[src:src+T])
+		}
+		out[k] = o
+	}
+	return out
+}
+
 // check validates sizes of the filled fields.
 func (r *Rollout) check(withCost, withCostCritic bool) error {
 	L := r.L()

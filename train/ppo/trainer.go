@@ -177,7 +177,7 @@ func (t *Trainer) Close() error {
 
 // totalRLSteps is the reference's total_training_steps (spec §1.10) for the LR schedules.
 func (t *Trainer) totalRLSteps() int {
-	return t.total * t.cfg.UpdateIters * ceilDiv(t.cfg.PromptBatchSize, t.cfg.TrainBatchSize)
+	return t.total * t.cfg.UpdateIters * ceilDiv(t.cfg.PromptBatchSize, t.cfg.TrainBatchSize) * t.cfg.NumReturnSeqs
 }
 
 // Run trains until the last rollout batch (or ctx is cancelled, which checkpoints and returns ctx.Err()).
@@ -228,7 +228,10 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 	perf.Step = t.st.Step + 1
 	prompts := t.prompts.Next(cfg.PromptBatchSize)
 
-	// 1–2. Rollout, micro-batch by micro-batch: generate, then post_rollout (no gradients).
+	// 1–2. Rollout, micro-batch by micro-batch: generate num_return_sequences samples of each of
+	// train_bs prompts, split them into nrs micro-batches of train_bs rows (micro-batch k holds every
+	// prompt's k-th sample, as RLTrainer.rollout's view(B, nrs, T).transpose(0, 1)), then post_rollout
+	// each (no gradients). Each micro-batch is later one rl_step and one λ update.
 	var rollouts []*Rollout
 	for lo := 0; lo < len(prompts); lo += cfg.TrainBatchSize {
 		mb := prompts[lo:min(lo+cfg.TrainBatchSize, len(prompts))]
@@ -239,28 +242,30 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 			}
 		}
 		t0 := time.Now()
-		r, err := t.nets.Generate(rep, t.rng.Uint64())
+		gen, err := t.nets.Generate(rep, t.rng.Uint64())
 		if err != nil {
 			return StepMetrics{}, perf, fmt.Errorf("generate: %w", err)
 		}
 		perf.GenSeconds += time.Since(t0).Seconds()
-		t1 := time.Now()
-		if err := t.nets.Score(r); err != nil {
-			return StepMetrics{}, perf, fmt.Errorf("score: %w", err)
-		}
-		perf.ScoreSeconds += time.Since(t1).Seconds()
-		if err := r.check(cfg.UsesCost(), cfg.UsesCostCritic()); err != nil {
-			return StepMetrics{}, perf, err
-		}
-		if cfg.UsesCost() {
-			if err := t.lag.AddCosts(r.Cost); err != nil { // episode_costs.extend(cost)
+		for _, r := range gen.splitSamples(cfg.NumReturnSeqs) {
+			t1 := time.Now()
+			if err := t.nets.Score(r); err != nil {
+				return StepMetrics{}, perf, fmt.Errorf("score: %w", err)
+			}
+			perf.ScoreSeconds += time.Since(t1).Seconds()
+			if err := r.check(cfg.UsesCost(), cfg.UsesCostCritic()); err != nil {
 				return StepMetrics{}, perf, err
 			}
+			if cfg.UsesCost() {
+				if err := t.lag.AddCosts(r.Cost); err != nil { // episode_costs.extend(cost)
+					return StepMetrics{}, perf, err
+				}
+			}
+			for _, n := range r.ResponseLengths() {
+				perf.GenTokens += n
+			}
+			rollouts = append(rollouts, r)
 		}
-		for _, n := range r.ResponseLengths() {
-			perf.GenTokens += n
-		}
-		rollouts = append(rollouts, r)
 	}
 
 	// 3–4. update_iters passes; each micro-batch is one rl_step (+ PTX) and one global step.

@@ -474,3 +474,77 @@ func TestConstantScheduleIgnoresWarmup(t *testing.T) {
 		t.Errorf("cosine actor LR at step 0 with warmup = %g, want 0", got)
 	}
 }
+
+// recordNets records the rows of every Score and UpdateActor call.
+type recordNets struct {
+	fakeNets
+	genRows    []int
+	scoreRows  []int
+	scoreSeqs  [][]int32 // the first row's prompt+response of each scored micro-batch
+	actorSteps int
+}
+
+func (f *recordNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
+	f.genRows = append(f.genRows, len(prompts))
+	r, err := f.fakeNets.Generate(prompts, seed)
+	if err == nil {
+		// Tag each row's first response token with its row index so the split order is visible.
+		for i := 0; i < r.B; i++ {
+			r.Seq[i*r.T+r.S] = int32(100 + i)
+		}
+	}
+	return r, err
+}
+
+func (f *recordNets) Score(r *Rollout) error {
+	f.scoreRows = append(f.scoreRows, r.B)
+	tags := make([]int32, r.B)
+	for i := range tags {
+		tags[i] = r.Seq[i*r.T+r.S]
+	}
+	f.scoreSeqs = append(f.scoreSeqs, tags)
+	return f.fakeNets.Score(r)
+}
+
+func (f *recordNets) UpdateActor(lr float64, r *Rollout, rAdv, cAdv []float32, lam float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
+	f.actorSteps++
+	return f.fakeNets.UpdateActor(lr, r, rAdv, cAdv, lam, mask, ptx, c)
+}
+
+// TestNumReturnSequencesMicroBatches: with num_return_sequences = nrs, each micro-batch of
+// train_bs prompts is generated once (train_bs·nrs rows) and split into nrs micro-batches of
+// train_bs rows, micro-batch k holding every prompt's k-th sample (the reference's
+// view(B, nrs, T).transpose(0, 1)); each is one rl_step (one λ update, one global step).
+func TestNumReturnSequencesMicroBatches(t *testing.T) {
+	cfg := fakeConfig(PPOLag)
+	cfg.PromptBatchSize, cfg.TrainBatchSize, cfg.NumReturnSeqs, cfg.UpdateIters, cfg.Epochs, cfg.MaxSteps = 4, 2, 3, 1, 1, 1
+	nets := &recordNets{fakeNets: fakeNets{harmful: 0.5}}
+	tr, err := NewTrainer(cfg, Options{OutDir: t.TempDir()}, nets, testPrompts(t, 8), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(nets.genRows) != "[6 6]" {
+		t.Errorf("generate rows %v, want [6 6] (train_bs·nrs per prompt micro-batch)", nets.genRows)
+	}
+	if fmt.Sprint(nets.scoreRows) != "[2 2 2 2 2 2]" {
+		t.Errorf("scored micro-batches %v, want six of train_bs = 2 rows", nets.scoreRows)
+	}
+	// Rows of one generate call are prompt-major (p0 s0, p0 s1, p0 s2, p1 s0, ...): tags 100..105.
+	if len(nets.scoreSeqs) < 3 {
+		t.Fatalf("%d scored micro-batches, want 6", len(nets.scoreSeqs))
+	}
+	if got := fmt.Sprint(nets.scoreSeqs[:3]); got != "[[100 103] [101 104] [102 105]]" {
+		t.Errorf("micro-batch rows %s, want [[100 103] [101 104] [102 105]]", got)
+	}
+	if nets.actorSteps != 6 {
+		t.Errorf("%d actor steps, want 6 (nrs rl_steps per prompt micro-batch)", nets.actorSteps)
+	}
+	m := tr.History()[0]
+	if m.GlobalStep != 6 {
+		t.Errorf("global step %d, want 6", m.GlobalStep)
+	}
+}
