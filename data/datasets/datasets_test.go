@@ -419,3 +419,38 @@ func FuzzReadAlpaca(f *testing.F) {
 func FuzzReadAuto(f *testing.F) {
 	fuzzFormat(f, FormatAuto, `[{"chosen":"\n\nHuman: a\n\nAssistant: b","rejected":"\n\nHuman: a\n\nAssistant: c"}]`, "prompt,response,category\na,b,c\n")
 }
+
+// TestEncodeMultiTurn: EncodePrompt and EncodeResponse put the EOS id after each earlier assistant
+// turn, exactly as the shard builder does (format_prompt joins assistant turns with EOS).
+func TestEncodeMultiTurn(t *testing.T) {
+	tok := loadTok(t, "tok512.bin")
+	s := RawSample{Input: []string{"hi there", "hello!", "how are you?"}, Answer: "fine", OtherAnswer: "go away",
+		HasOther: true, Better: true}
+	count := func(ids []int32) (n int) {
+		for _, id := range ids {
+			if id == tok.EOS() {
+				n++
+			}
+		}
+		return n
+	}
+	p, err := EncodePrompt(tok, s.Input)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard, _ := Build(tok, KindPrompts, &s, BuildOptions{})
+	if !slices.Equal(p, shard.InputIDs) || count(p) != 1 || p[0] != tok.BOS() {
+		t.Errorf("EncodePrompt %v, shard prompt %v (want one EOS, after the assistant turn)", p, shard.InputIDs)
+	}
+	r, pl, err := EncodeResponse(tok, s.Input, s.Answer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, _ := Build(tok, KindPreference, &s, BuildOptions{})
+	if !slices.Equal(r, pair.Better) || count(r) != 2 || r[len(r)-1] != tok.EOS() || pl != len(p) {
+		t.Errorf("EncodeResponse %v (prompt %d), shard %v (prompt %d)", r, pl, pair.Better, len(p))
+	}
+	if _, err := EncodePrompt(tok, []string{"a", "b"}); err == nil {
+		t.Error("EncodePrompt accepted an even number of turns")
+	}
+}

@@ -3,6 +3,8 @@ package datasets
 import (
 	"errors"
 	"strings"
+
+	"github.com/saferlhf/saferlhf/data/tokenizer"
 )
 
 // Prompt template of the reference (safe_rlhf/configs/constants.py).
@@ -51,4 +53,27 @@ func promptSegments(input []string) ([]string, error) {
 		}
 	}
 	return append(segs, b.String()), nil
+}
+
+// EncodePrompt tokenizes FormatPrompt(input) with BOS, putting the EOS id after each earlier
+// assistant turn (PromptOnlyDataset). Every reader of raw prompts uses it, so a multi-turn
+// prompt read from a raw file equals the one packed into shards.
+func EncodePrompt(tok tokenizer.Tokenizer, input []string) ([]int32, error) {
+	segs, err := promptSegments(input)
+	if err != nil {
+		return nil, err
+	}
+	return encodeSegments(tok, segs, true), nil
+}
+
+// EncodeResponse tokenizes FormatPrompt(input) + answer + EOS with BOS (the sequences of
+// SupervisedDataset, PreferenceDataset and SafetyPreferenceDataset). promptLen is the length of
+// the prompt tokenized alone (the reference's label mask), at most len(ids).
+func EncodeResponse(tok tokenizer.Tokenizer, input []string, answer string) (ids []int32, promptLen int, err error) {
+	segs, err := promptSegments(input)
+	if err != nil {
+		return nil, 0, err
+	}
+	ids = responseIDs(tok, segs, answer)
+	return ids, min(len(encodeSegments(tok, segs, true)), len(ids)), nil
 }

@@ -111,20 +111,9 @@ func RunArena(be backends.Backend, o ArenaOptions) (*ArenaReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	var texts []string
-	var ids [][]int32
-	seen := map[string]bool{}
-	for _, s := range raw {
-		p, err := datasets.FormatPrompt(s.Input, "")
-		if err != nil || seen[p] { // PromptOnlyDataset de-duplicates prompts
-			continue
-		}
-		seen[p] = true
-		texts = append(texts, s.Input[len(s.Input)-1])
-		ids = append(ids, tok.Encode(p, true))
-		if o.Limit > 0 && len(ids) == o.Limit {
-			break
-		}
+	texts, ids, err := arenaPrompts(tok, raw, o.Limit)
+	if err != nil {
+		return nil, err
 	}
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("arena: no prompts in %v", o.Prompts)
@@ -233,4 +222,27 @@ func (r *ArenaReport) Format(w io.Writer) error {
 	}
 	fmt.Fprintln(w, "\nElo from harmlessness (cost model) outcomes:")
 	return r.EloCost.Format(w)
+}
+
+// arenaPrompts tokenizes the de-duplicated prompts (PromptOnlyDataset), at most limit (0: all),
+// and returns each one's last user turn for the report.
+func arenaPrompts(tok tokenizer.Tokenizer, raw []datasets.RawSample, limit int) (texts []string, ids [][]int32, err error) {
+	seen := map[string]bool{}
+	for _, s := range raw {
+		p, err := datasets.FormatPrompt(s.Input, "")
+		if err != nil || seen[p] { // PromptOnlyDataset de-duplicates prompts
+			continue
+		}
+		seen[p] = true
+		pi, err := datasets.EncodePrompt(tok, s.Input)
+		if err != nil {
+			return nil, nil, err
+		}
+		texts = append(texts, s.Input[len(s.Input)-1])
+		ids = append(ids, pi)
+		if limit > 0 && len(ids) == limit {
+			break
+		}
+	}
+	return texts, ids, nil
 }

@@ -39,11 +39,10 @@ type CMReport struct {
 // singleSeq tokenizes prompt+answer+EOS of a one-response sample (BeaverTails QA),
 // truncated like the pairs.
 func singleSeq(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncate string) ([]int32, error) {
-	prompt, err := datasets.FormatPrompt(s.Input, "")
+	ids, _, err := datasets.EncodeResponse(tok, s.Input, s.Answer)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.Where(), err)
 	}
-	ids := append(tok.Encode(prompt+s.Answer, true), tok.EOS())
 	if len(ids) > maxLen {
 		if truncate == "prompt-left" {
 			ids = append(ids[:1:1], ids[len(ids)-(maxLen-1):]...)

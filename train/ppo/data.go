@@ -48,11 +48,11 @@ func readPrompts(tok tokenizer.Tokenizer, specs []string, seed uint64) ([][]int3
 		if len(s.Input) == 0 {
 			continue
 		}
-		txt, err := datasets.FormatPrompt(s.Input, "")
+		ids, err := datasets.EncodePrompt(tok, s.Input)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s.Where(), err)
 		}
-		out = append(out, tok.Encode(txt, true))
+		out = append(out, ids)
 	}
 	return out, nil
 }
@@ -151,16 +151,14 @@ func loadPTX(tok tokenizer.Tokenizer, specs []string, maxLen int, seed uint64) (
 			if len(s.Input) == 0 || s.Answer == "" {
 				continue
 			}
-			p, err := datasets.FormatPrompt(s.Input, "")
+			full, pl, err := datasets.EncodeResponse(tok, s.Input, s.Answer)
 			if err != nil {
 				continue
 			}
-			pi := tok.Encode(p, true)
-			full := append(tok.Encode(p+s.Answer, true), tok.EOS())
 			lab := make([]int32, len(full))
 			for i := range lab {
 				lab[i] = full[i]
-				if i < len(pi) {
+				if i < pl {
 					lab[i] = datasets.IgnoreIndex
 				}
 			}

@@ -89,13 +89,11 @@ func BuildPair(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, trunca
 	if !s.HasOther {
 		return PairExample{}, false, fmt.Errorf("%s: not a pair (no second answer)", s.Where())
 	}
-	prompt, err := datasets.FormatPrompt(s.Input, "")
+	a, pa, err := datasets.EncodeResponse(tok, s.Input, s.Answer)
 	if err != nil {
 		return PairExample{}, false, fmt.Errorf("%s: %w", s.Where(), err)
 	}
-	a, pa := encodePiece(tok, prompt, s.Answer, true)
-	b, pb := encodePiece(tok, prompt, s.OtherAnswer, true)
-	a, b = append(a, tok.EOS()), append(b, tok.EOS())
+	b, pb, _ := datasets.EncodeResponse(tok, s.Input, s.OtherAnswer)
 	if truncate == "prompt-left" {
 		p := min(pa, pb)
 		over := max(len(a), len(b)) - maxLen

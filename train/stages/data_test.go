@@ -119,3 +119,19 @@ func TestBuildPairOrderAndSigns(t *testing.T) {
 		t.Fatal("a single answer accepted as a pair")
 	}
 }
+
+// TestBuildPairMultiTurnEOS: a multi-turn pair read from a raw file has the EOS after the earlier
+// assistant turn, identical to the shard builder's sequences.
+func TestBuildPairMultiTurnEOS(t *testing.T) {
+	tok := tok512(t)
+	s := datasets.RawSample{Input: []string{"hi there", "hello!", "how are you?"}, Answer: "fine", OtherAnswer: "go away",
+		HasOther: true, Better: true}
+	got, ok, err := BuildPair(s, tok, 512, "right", false)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	want, _ := datasets.Build(tok, datasets.KindPreference, &s, datasets.BuildOptions{})
+	if !slices.Equal(got.Hi, want.Better) || !slices.Equal(got.Lo, want.Worse) {
+		t.Errorf("BuildPair %v / %v, shard %v / %v", got.Hi, got.Lo, want.Better, want.Worse)
+	}
+}
