@@ -1,7 +1,7 @@
 // Package optim holds the optimizer of every saferlhf trainer: AdamW applied
 // inside a GoMLX graph on context variables, with the reference's settings
 // (spec §1.10: betas (0.9, 0.95), eps 1e-8, decoupled weight decay skipped for
-// biases and norms, DeepSpeed global-norm gradient clipping at 1.0), gradient
+// biases and layer norms, DeepSpeed global-norm gradient clipping at 1.0), gradient
 // accumulation in context variables, and the HF get_scheduler learning-rate
 // schedules evaluated on the host.
 //
@@ -55,13 +55,14 @@ type AdamW struct {
 	cfg AdamWConfig
 }
 
-// DefaultNoDecay exempts parameters whose name contains "bias" or "norm"
-// (case-insensitive). The reference exempts "bias" and "LayerNorm.weight"
-// (spec §1.10); for LLaMA the normalisation weights are the RMSNorm weights,
-// whose names all contain "norm".
+// DefaultNoDecay is the reference's get_optimizer_grouped_parameters (spec §1.10): parameters
+// whose lower-cased name contains "bias" or "layernorm.weight" are exempt from weight decay
+// (scope separators "/" read as ".").
+// For LLaMA that exempts the per-layer input_layernorm/post_attention_layernorm weights but
+// decays the final norm ("model.norm.weight"), as the reference does.
 func DefaultNoDecay(path string) bool {
-	p := strings.ToLower(path)
-	return strings.Contains(p, "bias") || strings.Contains(p, "norm")
+	p := strings.ReplaceAll(strings.ToLower(path), "/", ".")
+	return strings.Contains(p, "bias") || strings.Contains(p, "layernorm.weight")
 }
 
 // NewAdamW validates cfg, fills in defaults and returns the optimizer.

@@ -17,7 +17,7 @@ import (
 // inputs, different for each micro-batch.
 var (
 	names   = []string{"weight", "bias", "weight"}
-	scopes  = []string{"/model/layer", "/model/layer", "/model/norm"}
+	scopes  = []string{"/model/layer", "/model/layer", "/model/input_layernorm"}
 	init0   = [][]float64{{0.5, -1, 2, 0.25, -0.75, 1.5}, {0.1, -0.2, 0.3}, {1, 1, 1}}
 	curv    = [][]float64{{1, 2, 0.5, 1, 3, 0.1}, {1, 1, 1}, {0.5, 2, 1}}
 	decayed = []bool{true, false, false} // independent of DefaultNoDecay: layer weight only
@@ -234,11 +234,19 @@ func TestAdamWMatchesReference(t *testing.T) {
 	}
 }
 
+// TestDefaultNoDecay: the reference exempts names containing "bias" or "layernorm.weight"
+// (lower-cased), so LLaMA's final norm is decayed.
 func TestDefaultNoDecay(t *testing.T) {
 	for path, want := range map[string]bool{
+		"/actor/model.layers.0.input_layernorm.weight":           true,
+		"/actor/model.layers.3.post_attention_layernorm.weight":  true,
+		"/actor/model.layers.0.self_attn.q_proj.bias":            true,
+		"/actor/model.norm.weight":                               false,
+		"/actor/model.embed_tokens.weight":                       false,
+		"/reward/score_head.weight":                              false,
 		"/policy/model/layers/0/self_attn/q_proj/weight":         false,
 		"/policy/model/layers/0/input_layernorm/weight":          true,
-		"/policy/model/norm/weight":                              true,
+		"/policy/model/norm/weight":                              false,
 		"/reward/score_head/bias":                                true,
 		"/policy/model/layers/0/post_attention_layernorm/weight": true,
 		"/policy/lm_head/weight":                                 false,
