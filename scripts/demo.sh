@@ -53,13 +53,16 @@ if [ "${DEMO_STOP_BEFORE_RL:-0}" = 1 ]; then
 fi
 
 # 4. PPO-Lagrangian on harmful-leaning prompts; 10% of them (a stable hash split) are held out
-#    and scored before and after training.
+#    and scored before and after training. As the reference's script, the actor update mixes the
+#    SFT loss on the SFT data (PTX, coefficient 16).
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
 stage "ppo-lag" "$bin" ppo-lag --actor "$out/sft/model" --reward-model "$out/rm/model" --cost-model "$out/cm/model" \
 	--train-data "$P" --eval-split 0.1 --eval-size 128 --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" \
 	--prompt-batch-size 16 --train-batch-size 16 --max-steps "${PPO_STEPS:-96}" \
 	--actor-lr "${ACTOR_LR:-5e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.05}" \
 	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
+	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/helpful/llamafactory-dpo_en_demo.json \
+	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length 128 \
 	--checkpoint-every 16 --output "$out/ppo-lag"
 
 cp "$out/ppo-lag/summary.json" "$out/summary.json"

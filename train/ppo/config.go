@@ -65,7 +65,7 @@ type Config struct {
 	PIDKi                  float64 `flag:"pid-ki" group:"cost" help:"PID integral gain"`
 	PIDKd                  float64 `flag:"pid-kd" group:"cost" help:"PID derivative gain"`
 
-	PTXCoeff float64 `flag:"ptx-coeff" help:"PTX loss coefficient (0: no PTX; needs --ptx-data)"`
+	PTXCoeff float64 `flag:"ptx-coeff" help:"PTX loss coefficient (spec §1.9), used with --ptx-data"`
 
 	Seed uint64 `flag:"seed" help:"random seed (data order, sampling)"`
 }
@@ -107,7 +107,7 @@ func DefaultConfig(alg Algorithm) Config {
 		PIDKp:                 0.05,
 		PIDKi:                 0.01,
 		PIDKd:                 0.0,
-		PTXCoeff:              0,
+		PTXCoeff:              16,
 		Seed:                  42,
 	}
 	if alg == PPO || alg == Fixed {

@@ -42,3 +42,13 @@ func TestLoadPromptsMultiTurnEOS(t *testing.T) {
 		t.Errorf("loadPTX %v, shard %v", b.IDs, pair.Better)
 	}
 }
+
+// TestPTXDefaults: the PTX defaults are the reference script's (ptx_coeff 16, max_length 512).
+func TestPTXDefaults(t *testing.T) {
+	for _, alg := range []Algorithm{PPOLag, PPOLagPID, Fixed, PPO} {
+		c := DefaultRunConfig(alg)
+		if c.PTXCoeff != 16 || c.PTXMaxLength != 512 {
+			t.Errorf("%s: ptx-coeff %g, ptx-max-length %d; want 16 and 512", alg, c.PTXCoeff, c.PTXMaxLength)
+		}
+	}
+}

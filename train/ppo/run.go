@@ -33,8 +33,8 @@ type RunConfig struct {
 	EvalRatio    float64  `flag:"eval-ratio" alias:"eval-split" help:"fraction of --data prompts held out when --eval-data is empty"`
 	EvalMax      int      `flag:"eval-max" alias:"eval-size" help:"held-out prompts evaluated before and after training (0: no evaluation)"`
 	EvalBatch    int      `flag:"eval-batch-size" help:"generation batch size of the evaluation"`
-	PTXData      []string `flag:"ptx-data" help:"supervised data for PTX mixing (with --ptx-coeff > 0), same forms as --data"`
-	PTXMaxLength int      `flag:"ptx-max-length" help:"PTX examples are cut to this many tokens"`
+	PTXData      []string `flag:"ptx-data" help:"supervised data mixed into the actor update (PTX, the reference's --ptx_datasets), same forms as --data; empty: no PTX"`
+	PTXMaxLength int      `flag:"ptx-max-length" help:"PTX examples are cut to this many tokens (the reference's max_length)"`
 	Out          string   `flag:"out" alias:"output" help:"output dir: config.yaml, metrics.jsonl, perf.jsonl, plots/, checkpoints/, policy/, summary.json"`
 	Backend      string   `flag:"backend" help:"GoMLX backend (default $SAFERLHF_BACKEND or go)"`
 	Resume       bool     `flag:"resume" help:"continue from the newest intact checkpoint in --out"`
@@ -50,7 +50,7 @@ type RunConfig struct {
 func DefaultRunConfig(alg Algorithm) RunConfig {
 	lambda := map[Algorithm]string{PPOLag: "sgd", PPOLagPID: "pid", Fixed: "fixed"}[alg]
 	return RunConfig{Config: DefaultConfig(alg), Lambda: lambda, EvalRatio: 0.1, EvalMax: 64, EvalBatch: 32,
-		PTXMaxLength: 128, SaveEvery: 10, LoRAAlpha: 16, LoRATargets: []string{"q_proj", "v_proj"}}
+		PTXMaxLength: 512, SaveEvery: 10, LoRAAlpha: 16, LoRATargets: []string{"q_proj", "v_proj"}}
 }
 
 // AlgorithmOf returns the algorithm a --lambda mode selects.
@@ -76,7 +76,7 @@ func (c *RunConfig) Validate() error {
 	}
 	ck.Check(len(c.Data) > 0, "--data is required")
 	ck.Required("out", c.Out)
-	ck.Check(c.PTXCoeff <= 0 || len(c.PTXData) > 0, "--ptx-coeff %v needs --ptx-data", c.PTXCoeff)
+	ck.Check(len(c.PTXData) == 0 || c.PTXCoeff > 0, "--ptx-data needs --ptx-coeff > 0, got %v", c.PTXCoeff)
 	ck.Check(c.EvalRatio >= 0 && c.EvalRatio < 1, "--eval-ratio must be in [0, 1), got %v", c.EvalRatio)
 	ck.NonNegativeInt("eval-max", c.EvalMax)
 	ck.PositiveInt("eval-batch-size", c.EvalBatch)
@@ -123,6 +123,9 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer) (*RunResult, erro
 		progress = io.Discard
 	}
 	name := string(c.Algorithm)
+	if len(c.PTXData) == 0 {
+		c.PTXCoeff = 0 // as the reference: PTX only with PTX data
+	}
 	in, err := loadRunInputs(c)
 	if err != nil {
 		return nil, err
@@ -307,7 +310,7 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 	if in.prompts, err = NewPromptSet(in.train, c.Seed); err != nil {
 		return nil, err
 	}
-	if c.PTXCoeff > 0 {
+	if len(c.PTXData) > 0 {
 		if in.ptx, err = loadPTX(in.tok, c.PTXData, c.PTXMaxLength, c.Seed); err != nil {
 			return nil, err
 		}
