@@ -39,6 +39,21 @@ type Config struct {
 	// ScoreDim is the score head's width (1 for Safe-RLHF score models; 0: no
 	// score head).
 	ScoreDim int
+	// Score is the Safe-RLHF score model's normaliser settings and statistics
+	// (ScoreModelMixin's config keys); meaningful when ScoreDim > 0.
+	Score ScoreConfig
+}
+
+// ScoreConfig holds the config.json keys of a Safe-RLHF score model (spec §3):
+// score_type selects the normalize function (reward: affine, cost: scale, critic:
+// identity), do_normalize whether outputs are normalised, and normalizer_type,
+// momentum, mean and var the normaliser tracked during training.
+type ScoreConfig struct {
+	Type           string    // "reward", "cost" or "critic"; "" is written as "reward"
+	DoNormalize    bool      // normalise the scores with Mean/Var
+	NormalizerType string    // "ExponentialMovingAverage", "RunningMeanStd" or "" (None)
+	Momentum       float64   // EMA momentum (ExponentialMovingAverage)
+	Mean, Var      []float64 // per score dimension; nil when never tracked
 }
 
 // RopeScaling is HF "rope_scaling": Type "linear" divides positions by
@@ -141,6 +156,11 @@ type hfConfig struct {
 	TorchDType            string          `json:"torch_dtype,omitempty"`
 	ScoreType             string          `json:"score_type,omitempty"`
 	ScoreBias             *bool           `json:"score_bias,omitempty"`
+	DoNormalize           *bool           `json:"do_normalize,omitempty"`
+	NormalizerType        string          `json:"normalizer_type,omitempty"`
+	Momentum              *float64        `json:"momentum,omitempty"`
+	Mean                  []float64       `json:"mean,omitempty"`
+	Var                   []float64       `json:"var,omitempty"`
 }
 
 // ParseHFConfig parses an HF config.json (LLaMA or Qwen2 family).
@@ -225,6 +245,22 @@ func ParseHFConfig(data []byte) (*Config, error) {
 		c.ScoreDim = *h.ScoreDim
 	} else if strings.HasSuffix(c.Architecture, "ForScore") {
 		c.ScoreDim = 1
+	}
+	c.Score = ScoreConfig{Type: h.ScoreType, NormalizerType: h.NormalizerType, Mean: h.Mean, Var: h.Var}
+	if h.DoNormalize != nil {
+		c.Score.DoNormalize = *h.DoNormalize
+	}
+	if h.Momentum != nil {
+		c.Score.Momentum = *h.Momentum
+	}
+	switch c.Score.Type {
+	case "", "reward", "cost", "critic":
+	default:
+		return nil, fmt.Errorf("config.json: score_type %q: want reward, cost or critic", c.Score.Type)
+	}
+	if len(c.Score.Mean) != len(c.Score.Var) || len(c.Score.Mean) > 0 && len(c.Score.Mean) != c.ScoreDim {
+		return nil, fmt.Errorf("config.json: normaliser mean has %d entries and var %d, want score_dim = %d each",
+			len(c.Score.Mean), len(c.Score.Var), c.ScoreDim)
 	}
 	if len(h.RopeScaling) > 0 && string(h.RopeScaling) != "null" {
 		var raw struct {
@@ -313,6 +349,19 @@ func (c *Config) HFConfigJSON() ([]byte, error) {
 		h.ScoreDim = &sd
 		yes := true
 		h.ScoreBias = &yes
+		sc := c.Score
+		h.ScoreType = sc.Type
+		if h.ScoreType == "" {
+			h.ScoreType = "reward"
+		}
+		do := sc.DoNormalize
+		h.DoNormalize = &do
+		h.NormalizerType = sc.NormalizerType
+		if sc.NormalizerType == "ExponentialMovingAverage" {
+			m := sc.Momentum
+			h.Momentum = &m
+		}
+		h.Mean, h.Var = sc.Mean, sc.Var
 	}
 	if c.RopeScaling != nil {
 		h.RopeScaling, _ = json.Marshal(c.RopeScaling)

@@ -1,9 +1,11 @@
 package model
 
 import (
+	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -42,7 +44,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *cfg2 != *cfg {
+	if !reflect.DeepEqual(cfg2, cfg) {
 		t.Fatalf("config round trip:\n%+v\n%+v", cfg, cfg2)
 	}
 	weightsEqual(t, w, w2, 0)
@@ -51,6 +53,8 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	tc.TieWordEmbeddings = false
 	tc.RopeScaling = &RopeScaling{Type: "linear", Factor: 2}
 	tc.RopeTheta = 500000
+	tc.Score = ScoreConfig{Type: "cost", DoNormalize: true, NormalizerType: "ExponentialMovingAverage", Momentum: 0.9,
+		Mean: []float64{0.25}, Var: []float64{2.5}}
 	tw := RandomWeights(tc, 9)
 	dir = filepath.Join(t.TempDir(), "tiny")
 	if err := Save(dir, tc, tw); err != nil {
@@ -60,7 +64,8 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tc2.RopeScaling == nil || *tc2.RopeScaling != *tc.RopeScaling || tc2.RopeTheta != tc.RopeTheta || tc2.ScoreDim != 1 || !tc2.OBias || tc2.TieWordEmbeddings {
+	if tc2.RopeScaling == nil || *tc2.RopeScaling != *tc.RopeScaling || tc2.RopeTheta != tc.RopeTheta || tc2.ScoreDim != 1 || !tc2.OBias || tc2.TieWordEmbeddings ||
+		!reflect.DeepEqual(tc2.Score, tc.Score) {
 		t.Fatalf("config round trip:\n%+v\n%+v", tc, tc2)
 	}
 	weightsEqual(t, tw, tw2, 0)
@@ -239,4 +244,43 @@ func FuzzLoadLlama2C(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestScoreHeadInitAndConfigKeys: a fresh score head is normal(0, 0.02) with a zero bias (HF
+// _init_weights), and a score model's config.json carries the reference's normaliser keys.
+func TestScoreHeadInitAndConfigKeys(t *testing.T) {
+	cfg := tinyConfig()
+	cfg.HiddenSize = 4096
+	w := Weights{}
+	InitScoreHead(cfg, w, 1, 3)
+	var s, s2 float64
+	for _, v := range w[NameScoreW].Data {
+		s += float64(v)
+		s2 += float64(v) * float64(v)
+	}
+	n := float64(len(w[NameScoreW].Data))
+	mean, std := s/n, math.Sqrt(s2/n-(s/n)*(s/n))
+	if math.Abs(mean) > 0.002 || math.Abs(std-0.02) > 0.001 {
+		t.Errorf("score head init mean %g std %g, want normal(0, 0.02)", mean, std)
+	}
+	for _, v := range w[NameScoreB].Data {
+		if v != 0 {
+			t.Fatalf("score head bias %v, want 0", w[NameScoreB].Data)
+		}
+	}
+	cfg.Score = ScoreConfig{NormalizerType: "ExponentialMovingAverage", Momentum: 0.9, Mean: []float64{1.5}, Var: []float64{4}}
+	js, err := cfg.HFConfigJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys map[string]any
+	if err := json.Unmarshal(js, &keys); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{"score_type": "reward", "do_normalize": false, "normalizer_type": "ExponentialMovingAverage",
+		"momentum": 0.9, "mean": []any{1.5}, "var": []any{4.0}, "score_dim": 1.0, "score_bias": true} {
+		if !reflect.DeepEqual(keys[k], want) {
+			t.Errorf("config.json %s = %v, want %v", k, keys[k], want)
+		}
+	}
 }

@@ -2,7 +2,6 @@ package model
 
 import (
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -131,18 +130,21 @@ func (w Weights) Check(cfg *Config, withLMHead bool) error {
 	return nil
 }
 
-// InitScoreHead adds a fresh score head (Linear(hidden, ScoreDim) with
-// PyTorch's default uniform(±1/sqrt(hidden)) weight and a zero bias, as
-// Safe-RLHF's ScoreModel does) to w, and sets cfg.ScoreDim to scoreDim.
-// Existing score-head tensors are replaced.
+// ScoreHeadInitStd is HF's initializer_range: PreTrainedModel._init_weights draws
+// a new Linear's weight from normal(0, 0.02) (and zeroes its bias).
+const ScoreHeadInitStd = 0.02
+
+// InitScoreHead adds a fresh score head (Linear(hidden, ScoreDim), weight
+// normal(0, 0.02) and bias zero, as HF's _init_weights initialises the
+// Safe-RLHF score head missing from an SFT checkpoint) to w, and sets
+// cfg.ScoreDim to scoreDim. Existing score-head tensors are replaced.
 func InitScoreHead(cfg *Config, w Weights, scoreDim int, seed uint64) {
 	cfg.ScoreDim = scoreDim
 	d := cfg.HiddenSize
 	rng := rand.New(rand.NewPCG(seed, 0x5c0e))
 	wt := NewTensor(scoreDim, d)
-	bound := 1 / math.Sqrt(float64(d))
 	for i := range wt.Data {
-		wt.Data[i] = float32((2*rng.Float64() - 1) * bound)
+		wt.Data[i] = float32(rng.NormFloat64() * ScoreHeadInitStd)
 	}
 	w[NameScoreW] = wt
 	w[NameScoreB] = NewTensor(scoreDim)

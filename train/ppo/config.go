@@ -65,6 +65,12 @@ type Config struct {
 	PIDKi                  float64 `flag:"pid-ki" group:"cost" help:"PID integral gain"`
 	PIDKd                  float64 `flag:"pid-kd" group:"cost" help:"PID derivative gain"`
 
+	// NormalizeReward and NormalizeCost normalise the reward model's end scores affinely,
+	// (x − μ)/(σ + 1e-8), and the cost model's by scale, x/(σ + 1e-8), with the statistics in
+	// their config.json (the reference's --normalize_reward / --normalize_cost; off in its scripts).
+	NormalizeReward bool `flag:"normalize-reward" help:"normalise reward scores (x − μ)/σ with the reward model's config.json statistics"`
+	NormalizeCost   bool `flag:"normalize-cost" group:"cost" help:"normalise cost scores x/σ with the cost model's config.json statistics"`
+
 	PTXCoeff float64 `flag:"ptx-coeff" help:"PTX loss coefficient (spec §1.9), used with --ptx-data"`
 
 	Seed uint64 `flag:"seed" help:"random seed (data order, sampling)"`

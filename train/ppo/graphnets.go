@@ -2,6 +2,7 @@ package ppo
 
 import (
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/gomlx/gomlx/backends"
@@ -9,6 +10,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
+	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/kernels/ingraph"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -27,6 +29,24 @@ const (
 	ScopeCostCritic   = "/cost_critic"
 )
 
+// ScoreNormalizer returns the normaliser of a score model's config.json statistics with the
+// normalize function fn (kernels.Affine for rewards, kernels.Scale for costs, spec §3); it fails
+// for a model saved without statistics.
+func ScoreNormalizer(c *model.Config, fn kernels.NormalizeFunction) (*kernels.Normalizer, error) {
+	if len(c.Score.Mean) != 1 || len(c.Score.Var) != 1 {
+		return nil, fmt.Errorf("no normaliser statistics (config.json mean/var) for a score_dim 1 model")
+	}
+	n, err := kernels.NewNormalizer(kernels.IdentityNormalizer, fn, 0)
+	if err != nil {
+		return nil, err
+	}
+	n.Mean, n.Var = c.Score.Mean[0], c.Score.Var[0]
+	if !(n.Var >= 0) || math.IsInf(n.Var, 0) || math.IsNaN(n.Mean) || math.IsInf(n.Mean, 0) {
+		return nil, fmt.Errorf("normaliser mean %g var %g: want finite, var >= 0", n.Mean, n.Var)
+	}
+	return n, nil
+}
+
 // ModelSpec is a model's configuration and host weights.
 type ModelSpec struct {
 	Cfg     *model.Config
@@ -44,6 +64,8 @@ type GraphNetsConfig struct {
 	RewardCritic, CostCritic *ModelSpec
 	// WithCostCritic trains a cost critic (the Lagrangian variants).
 	WithCostCritic bool
+	// RewardNorm and CostNorm, when set, normalise the reward and cost end scores (spec §3).
+	RewardNorm, CostNorm *kernels.Normalizer
 	// Pad and EOS token ids (pad is also <unk> for llama2.c vocabularies: attention_mask = seq ≠ pad).
 	Pad, EOS int32
 	// Generation settings.
@@ -223,6 +245,16 @@ func (n *GraphNets) Score(r *Rollout) error {
 	if n.cCfg != nil {
 		r.Cost = get(k)
 		k++
+	}
+	for _, s := range []struct {
+		norm   *kernels.Normalizer
+		scores []float32
+	}{{n.cfg.RewardNorm, r.Reward}, {n.cfg.CostNorm, r.Cost}} {
+		if s.norm != nil && s.scores != nil {
+			if err := kernels.NormalizeInto(s.norm, s.scores, s.scores); err != nil {
+				return fmt.Errorf("score: %w", err)
+			}
+		}
 	}
 	if n.ccCfg != nil {
 		r.CostValues = dropLastCol(get(k), r.B, r.T)

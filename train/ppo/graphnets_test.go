@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -306,5 +308,45 @@ func TestGraphNetsCheckpoint(t *testing.T) {
 				t.Fatalf("resumed run differs:\n got %s\nwant %s", got, want)
 			}
 		})
+	}
+}
+
+// TestScoreNormalization: with --normalize-reward/--normalize-cost the end scores are the
+// reference's affine (x − μ)/(σ + 1e-8) for the reward and scale x/(σ + 1e-8) for the cost, with
+// the statistics of the models' config.json.
+func TestScoreNormalization(t *testing.T) {
+	cfg := tinyConfig()
+	plain := tinyNets(t, cfg)
+	r, err := plain.Generate([][]int32{{1, 30, 100}, {1, 31, 107, 200}}, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Score(r); err != nil {
+		t.Fatal(err)
+	}
+	rc := model.Config{ScoreDim: 1, Score: model.ScoreConfig{Mean: []float64{0.5}, Var: []float64{4}}}
+	cc := model.Config{ScoreDim: 1, Score: model.ScoreConfig{Mean: []float64{3}, Var: []float64{0.25}}}
+	rn, err := ScoreNormalizer(&rc, kernels.Affine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn, err := ScoreNormalizer(&cc, kernels.Scale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm := tinyNets(t, cfg, func(g *GraphNetsConfig) { g.RewardNorm, g.CostNorm = rn, cn })
+	r2 := &Rollout{B: r.B, T: r.T, S: r.S, Seq: r.Seq, Mask: r.Mask}
+	if err := norm.Score(r2); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < r.B; i++ {
+		wantR := (float64(r.Reward[i]) - 0.5) / (2 + 1e-8)
+		wantC := float64(r.Cost[i]) / (0.5 + 1e-8)
+		if math.Abs(float64(r2.Reward[i])-wantR) > 1e-6 || math.Abs(float64(r2.Cost[i])-wantC) > 1e-5 {
+			t.Errorf("row %d: reward %g cost %g, want %g %g", i, r2.Reward[i], r2.Cost[i], wantR, wantC)
+		}
+	}
+	if _, err := ScoreNormalizer(&model.Config{ScoreDim: 1}, kernels.Affine); err == nil {
+		t.Error("a model without statistics was accepted")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -371,6 +372,16 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 				return nil, err
 			}
 			gc.CostCritic = &s
+		}
+	}
+	if c.NormalizeReward {
+		if gc.RewardNorm, err = ScoreNormalizer(gc.Reward.Cfg, kernels.Affine); err != nil {
+			return nil, fmt.Errorf("--normalize-reward: --reward-model %s: %w", c.RewardModel, err)
+		}
+	}
+	if c.NormalizeCost && c.UsesCost() {
+		if gc.CostNorm, err = ScoreNormalizer(gc.Cost.Cfg, kernels.Scale); err != nil {
+			return nil, fmt.Errorf("--normalize-cost: --cost-model %s: %w", c.CostModel, err)
 		}
 	}
 	in.nets = gc

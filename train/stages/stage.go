@@ -113,6 +113,15 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
+	// withScore sets a score model's config.json normaliser keys from the tracked statistics.
+	withScore := func() error { return nil }
+	if stage != SFT {
+		initNormalizer(mctx)
+		withScore = func() (err error) {
+			mcfg.Score, err = scoreConfig(mctx, stage)
+			return err
+		}
+	}
 	stepper, err := trainer.NewStepper(be, mctx, trainer.Config{
 		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg), WeightDecay: cfg.WeightDecay,
 		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm,
@@ -141,6 +150,9 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 			if err != nil {
 				return nil, nil, err
 			}
+			if err := withScore(); err != nil {
+				return nil, nil, err
+			}
 			js, err := mcfg.HFConfigJSON()
 			if err != nil {
 				return nil, nil, err
@@ -154,6 +166,9 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 		SaveModel: func(dir string) error {
 			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
 			if err != nil {
+				return err
+			}
+			if err := withScore(); err != nil {
 				return err
 			}
 			return model.SaveWithTokenizer(dir, mcfg, fw, tokPath)
@@ -361,6 +376,9 @@ func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
 		}
 		out := PairwiseScoreLoss(scores, in[2], span, signs, cfg.Reg)
 		ends := graph.Concatenate([]*graph.Node{out.Hi, out.Lo}, 0)
+		if ctx.IsTraining(ends.Graph()) {
+			trackNormalizer(ctx, ends)
+		}
 		m := map[string]*graph.Node{
 			"accuracy":   out.Accuracy,
 			"score_mean": graph.ReduceAllMean(ends),

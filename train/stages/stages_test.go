@@ -102,6 +102,18 @@ func TestRewardModelBeatsChance(t *testing.T) {
 	if err != nil || cfg.ScoreDim != 1 || w["score_head.weight"] == nil {
 		t.Fatalf("saved reward model: score dim %d, err %v", cfg.ScoreDim, err)
 	}
+	checkScoreConfig(t, cfg, "reward")
+}
+
+// checkScoreConfig: a saved score model's config carries its score_type and the normaliser
+// tracked during training (EMA, momentum 0.9, statistics moved from the initial 0/1).
+func checkScoreConfig(t *testing.T, cfg *model.Config, typ string) {
+	t.Helper()
+	sc := cfg.Score
+	if sc.Type != typ || sc.DoNormalize || sc.NormalizerType != "ExponentialMovingAverage" || sc.Momentum != 0.9 ||
+		len(sc.Mean) != 1 || len(sc.Var) != 1 || sc.Mean[0] == 0 || sc.Var[0] == 1 {
+		t.Errorf("saved %s model's score config %+v", typ, sc)
+	}
 }
 
 func TestCostModelBeatsChance(t *testing.T) {
@@ -109,6 +121,11 @@ func TestCostModelBeatsChance(t *testing.T) {
 	if r.HeldOut < 224 || r.Final["accuracy"] < cmTestAccuracy {
 		t.Fatalf("held-out accuracy %.4f on %d pairs: want >= %.2f", r.Final["accuracy"], r.HeldOut, cmTestAccuracy)
 	}
+	cfg, _, err := model.LoadAny(r.ModelDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkScoreConfig(t, cfg, "cost")
 }
 
 // Settings of the real-data tests and the held-out accuracies they must reach

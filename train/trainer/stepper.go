@@ -21,7 +21,8 @@ import (
 // LossFn builds, inside a GoMLX graph, the scalar loss to minimise and any named
 // scalar metrics from the batch inputs (in the order passed to Stepper.Step).
 // ctx is positioned at the Stepper's scope with Reuse set, so model graph
-// functions find the weights that model.SetWeights placed there.
+// functions find the weights that model.SetWeights placed there. ctx.IsTraining is
+// true in the training graphs (Step) and false in the evaluation graph (Eval).
 type LossFn func(ctx *context.Context, inputs []*graph.Node) (loss *graph.Node, metrics map[string]*graph.Node)
 
 // Config configures a Stepper. Zero values take the defaults of spec §1.10.
@@ -284,14 +285,16 @@ func (s *Stepper) trainable(g *graph.Graph) []*context.Variable {
 // fusedGraph: inputs[0] = learning rate; outputs: grad norm, optimizer step, loss, metrics...
 func (s *Stepper) fusedGraph(ctx *context.Context, inputs []*graph.Node) []*graph.Node {
 	lr, batch := inputs[0], inputs[1:]
-	outs := s.lossAndMetrics(ctx, batch)
 	g := lr.Graph()
+	ctx.SetTraining(g, true)
+	outs := s.lossAndMetrics(ctx, batch)
 	norm, step := s.opt.Update(ctx, lr, outs[0], s.trainable(g))
 	return append([]*graph.Node{norm, step}, outs...)
 }
 
 // accumulateGraph adds grad/Accumulation to per-variable accumulators.
 func (s *Stepper) accumulateGraph(ctx *context.Context, batch []*graph.Node) []*graph.Node {
+	ctx.SetTraining(batch[0].Graph(), true)
 	outs := s.lossAndMetrics(ctx, batch)
 	vars := s.trainable(outs[0].Graph())
 	s.opt.Accumulate(ctx, vars, optim.Gradients(outs[0], vars))
