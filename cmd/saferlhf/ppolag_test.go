@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
@@ -133,5 +135,50 @@ func TestRLFlagErrors(t *testing.T) {
 		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
 			t.Errorf("%s: err = %v, want it to mention %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestPPOLagRetokenizedCostModel runs ppo-lag end to end with the stories260K actor (512-token
+// vocabulary) and a cost model on the Llama-2 32K tokenizer (a fresh small trunk): the cost model
+// scores re-tokenised text, the cost critic starts from the actor, and the run trains and
+// evaluates with finite costs.
+func TestPPOLagRetokenizedCostModel(t *testing.T) {
+	dir := t.TempDir()
+	rm, _ := tinyScoreModels(t, dir)
+	assets := filepath.Join("..", "..", "assets", "data")
+	llama, err := tokenizer.Load(filepath.Join(assets, "models", "tokenizer.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg := &model.Config{Architecture: "LlamaForScore", ModelType: "llama", HiddenSize: 16, IntermediateSize: 32,
+		NumLayers: 1, NumHeads: 2, NumKVHeads: 2, VocabSize: llama.VocabSize(), MaxPositions: 512, RMSNormEps: 1e-5,
+		RopeTheta: 10000, BOS: 1, EOS: 2, Pad: -1}
+	w := model.RandomWeights(ccfg, 3)
+	model.InitScoreHead(ccfg, w, 1, 4)
+	cm := filepath.Join(dir, "cm32k")
+	if err := model.SaveWithTokenizer(cm, ccfg, w, filepath.Join(assets, "models", "tokenizer.model")); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	err = runPPOLag([]string{"--actor", filepath.Join(assets, "models", "stories260K.bin"),
+		"--tokenizer", filepath.Join(assets, "models", "tok512.bin"), "--reward-model", rm, "--cost-model", cm,
+		"--train-data", filepath.Join(assets, "pku-saferlhf", "align-anything-preference-sample.json"),
+		"--max-prompt-tokens", "96", "--max-new-tokens", "6", "--prompt-batch-size", "2", "--train-batch-size", "2",
+		"--max-steps", "2", "--eval-size", "2", "--eval-batch-size", "2", "--output", out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "summary.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum struct {
+		Before, After struct {
+			N        int     `json:"n"`
+			CostMean float64 `json:"cost_mean"`
+		}
+	}
+	if err := json.Unmarshal(b, &sum); err != nil || sum.After.N < 1 || sum.After.CostMean == 0 {
+		t.Fatalf("summary %s (%v)", b, err)
 	}
 }

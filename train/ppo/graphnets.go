@@ -10,6 +10,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
+	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/kernels/ingraph"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
@@ -64,6 +65,10 @@ type GraphNetsConfig struct {
 	RewardCritic, CostCritic *ModelSpec
 	// WithCostCritic trains a cost critic (the Lagrangian variants).
 	WithCostCritic bool
+	// Tokenizer is the actor's (and critics') tokenizer; RewardTokenizer and CostTokenizer are
+	// the score models'. When one differs (tokenizer.Same), that model scores the sequences
+	// re-tokenised through text (spec §1.1, batch_retokenize); nil means the actor's.
+	Tokenizer, RewardTokenizer, CostTokenizer tokenizer.Tokenizer
 	// RewardNorm and CostNorm, when set, normalise the reward and cost end scores (spec §3).
 	RewardNorm, CostNorm *kernels.Normalizer
 	// Pad and EOS token ids (pad is also <unk> for llama2.c vocabularies: attention_mask = seq ≠ pad).
@@ -96,6 +101,16 @@ type GraphNets struct {
 	actor, rcritic, ccritic *trainer.Stepper
 	gen                     generator
 	clipRatio, clipValue    float64
+	// retok[k] scores score model k (0 reward, 1 cost) on re-tokenised sequences; nil when it
+	// shares the actor's tokenizer and runs inside scoreExec.
+	retok [2]*retokScorer
+}
+
+// retokScorer runs one frozen score model on sequences re-tokenised for its vocabulary.
+type retokScorer struct {
+	src, dst tokenizer.Tokenizer
+	maxLen   int // the model's max_position_embeddings
+	exec     *context.Exec
 }
 
 // NewGraphNets loads the models into one context and compiles nothing yet (graphs compile on first use).
@@ -180,6 +195,32 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 			return nil, err
 		}
 	}
+	for k, sm := range []struct {
+		tok   tokenizer.Tokenizer
+		scope string
+		cfg   *model.Config
+	}{{c.RewardTokenizer, ScopeReward, c.Reward.Cfg}, {c.CostTokenizer, ScopeCost, c.Cost.Cfg}} {
+		if sm.tok == nil || sm.cfg == nil || tokenizer.Same(sm.tok, c.Tokenizer) {
+			continue
+		}
+		if c.Tokenizer == nil {
+			return nil, fmt.Errorf("ppo: a score model has its own tokenizer, so GraphNetsConfig.Tokenizer (the actor's) is required")
+		}
+		if critic := [2]*ModelSpec{c.RewardCritic, c.CostCritic}[k]; critic != nil && critic.Cfg == sm.cfg {
+			return nil, fmt.Errorf("ppo: the %s critic must share the actor's tokenizer, but it defaults to the %s model, whose tokenizer differs: give the critic another initialisation (e.g. the actor)",
+				[2]string{"reward", "cost"}[k], [2]string{"reward", "cost"}[k])
+		}
+		scope, cfg := sm.scope, sm.cfg
+		ex, err := context.NewExec(c.Backend, n.ctx.Reuse(), func(ctx *context.Context, ids, mask *G.Node) *G.Node {
+			end, _ := model.EndScores(ctx.InAbsPath(scope), cfg, ids, mask)
+			return G.StopGradient(end)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("ppo: %w", err)
+		}
+		ex.SetMaxCache(-1)
+		n.retok[k] = &retokScorer{src: c.Tokenizer, dst: sm.tok, maxLen: cfg.MaxPositions, exec: ex}
+	}
 	var err error
 	if n.scoreExec, err = context.NewExec(c.Backend, n.ctx.Reuse(), n.scoreGraph); err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)
@@ -209,20 +250,24 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 func (n *GraphNets) Context() *context.Context { return n.ctx }
 
 // scoreGraph is post_rollout's no-grad pass (spec §1.2 step 3) over all models in one graph:
-// actor and reference log-probs, reward and cost end scores, critic values.
+// actor and reference log-probs, reward critic values, cost critic values (with a cost critic),
+// then the reward and cost end scores of the score models that share the actor's tokenizer.
 func (n *GraphNets) scoreGraph(ctx *context.Context, ids, mask *G.Node) []*G.Node {
 	out := []*G.Node{
 		model.TokenLogProbs(ctx.InAbsPath(ScopeActor), n.actorCfg, ids, mask),
 		model.TokenLogProbs(ctx.InAbsPath(ScopeReference), n.actorCfg, ids, mask),
-	}
-	end, _ := model.EndScores(ctx.InAbsPath(ScopeReward), n.rCfg, ids, mask)
-	out = append(out, end, model.Scores(ctx.InAbsPath(ScopeRewardCritic), n.rcCfg, ids, mask))
-	if n.cCfg != nil {
-		end, _ := model.EndScores(ctx.InAbsPath(ScopeCost), n.cCfg, ids, mask)
-		out = append(out, end)
+		model.Scores(ctx.InAbsPath(ScopeRewardCritic), n.rcCfg, ids, mask),
 	}
 	if n.ccCfg != nil {
 		out = append(out, model.Scores(ctx.InAbsPath(ScopeCostCritic), n.ccCfg, ids, mask))
+	}
+	if n.retok[0] == nil {
+		end, _ := model.EndScores(ctx.InAbsPath(ScopeReward), n.rCfg, ids, mask)
+		out = append(out, end)
+	}
+	if n.cCfg != nil && n.retok[1] == nil {
+		end, _ := model.EndScores(ctx.InAbsPath(ScopeCost), n.cCfg, ids, mask)
+		out = append(out, end)
 	}
 	for i := range out {
 		out[i] = G.StopGradient(out[i])
@@ -238,13 +283,24 @@ func (n *GraphNets) Score(r *Rollout) error {
 	if err != nil {
 		return fmt.Errorf("score B=%d T=%d: %w", r.B, r.T, err)
 	}
-	get := func(i int) []float32 { return tensors.MustCopyFlatData[float32](out[i]) }
-	r.LogProbs, r.RefLogProbs, r.Reward = get(0), get(1), get(2)
-	r.RewardValues = dropLastCol(get(3), r.B, r.T)
-	k := 4
+	k := 0
+	next := func() []float32 { k++; return tensors.MustCopyFlatData[float32](out[k-1]) }
+	r.LogProbs, r.RefLogProbs = next(), next()
+	r.RewardValues = dropLastCol(next(), r.B, r.T)
+	if n.ccCfg != nil {
+		r.CostValues = dropLastCol(next(), r.B, r.T)
+	}
+	if n.retok[0] == nil {
+		r.Reward = next()
+	} else if r.Reward, err = n.retok[0].score(r); err != nil {
+		return fmt.Errorf("reward model (re-tokenised): %w", err)
+	}
 	if n.cCfg != nil {
-		r.Cost = get(k)
-		k++
+		if n.retok[1] == nil {
+			r.Cost = next()
+		} else if r.Cost, err = n.retok[1].score(r); err != nil {
+			return fmt.Errorf("cost model (re-tokenised): %w", err)
+		}
 	}
 	for _, s := range []struct {
 		norm   *kernels.Normalizer
@@ -256,10 +312,48 @@ func (n *GraphNets) Score(r *Rollout) error {
 			}
 		}
 	}
-	if n.ccCfg != nil {
-		r.CostValues = dropLastCol(get(k), r.B, r.T)
-	}
 	return nil
+}
+
+// score re-tokenises every row of r (its attention-masked tokens) for the score model's
+// vocabulary, right pads them into one batch (width rounded up to 16 to bound recompiles) and
+// returns the end scores. A row longer than the model's positions keeps BOS and its last tokens.
+func (s *retokScorer) score(r *Rollout) ([]float32, error) {
+	rows := make([][]int32, r.B)
+	W := 0
+	for i := range rows {
+		var ids []int32
+		for t := 0; t < r.T; t++ {
+			if r.Mask[i*r.T+t] != 0 {
+				ids = append(ids, r.Seq[i*r.T+t])
+			}
+		}
+		row := tokenizer.Retokenize(s.src, s.dst, ids)
+		if s.maxLen > 1 && len(row) > s.maxLen {
+			row = append(row[:1:1], row[len(row)-(s.maxLen-1):]...)
+		}
+		rows[i] = row
+		W = max(W, len(row))
+	}
+	W = (W + 15) / 16 * 16
+	if s.maxLen > 1 {
+		W = min(W, s.maxLen)
+	}
+	seq := make([]int32, r.B*W)
+	mask := make([]float32, r.B*W)
+	for i, row := range rows {
+		for t := range W {
+			seq[i*W+t] = s.dst.Pad()
+			if t < len(row) {
+				seq[i*W+t], mask[i*W+t] = row[t], 1
+			}
+		}
+	}
+	out, err := execSafe(s.exec, tensors.FromFlatDataAndDimensions(seq, r.B, W), tensors.FromFlatDataAndDimensions(mask, r.B, W))
+	if err != nil {
+		return nil, fmt.Errorf("B=%d T=%d: %w", r.B, W, err)
+	}
+	return tensors.MustCopyFlatData[float32](out[0]), nil
 }
 
 // actorLoss is the actor's LossFn. Inputs: ids, mask, old log-probs, reward advantages, response

@@ -11,7 +11,11 @@ import (
 	"strings"
 	"testing"
 
+	G "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
@@ -348,5 +352,92 @@ func TestScoreNormalization(t *testing.T) {
 	}
 	if _, err := ScoreNormalizer(&model.Config{ScoreDim: 1}, kernels.Affine); err == nil {
 		t.Error("a model without statistics was accepted")
+	}
+}
+
+// llamaCostModel is a fresh small trunk on the Llama-2 32K vocabulary with a score head: a cost
+// model whose tokenizer differs from the stories260K actor's.
+func llamaCostModel(t testing.TB) (ModelSpec, tokenizer.Tokenizer) {
+	t.Helper()
+	tok, err := tokenizer.Load(filepath.Join("..", "..", "assets", "data", "models", "tokenizer.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &model.Config{Architecture: "LlamaForScore", ModelType: "llama", HiddenSize: 16, IntermediateSize: 32, NumLayers: 1,
+		NumHeads: 2, NumKVHeads: 2, VocabSize: tok.VocabSize(), MaxPositions: 256, RMSNormEps: 1e-5, RopeTheta: 10000,
+		ScoreDim: 1, BOS: 1, EOS: 2, Pad: -1}
+	w := model.RandomWeights(cfg, 5)
+	model.InitScoreHead(cfg, w, 1, 6)
+	w[model.NameScoreB].Data[0] = 0.25
+	return ModelSpec{Cfg: cfg, Weights: w}, tok
+}
+
+// TestRetokenizedCostModel: a cost model on another vocabulary scores the rollout re-tokenised
+// through text (the reference's batch_retokenize): its end scores equal the model run alone,
+// row by row, on tokenizer.Retokenize of each sequence; a critic left to default to such a
+// model is refused.
+func TestRetokenizedCostModel(t *testing.T) {
+	cfg := DefaultConfig(Fixed) // a cost model, no cost critic
+	cfg.MaxNewTokens, cfg.MaxPromptTokens = 6, 64
+	actorTok, err := tokenizer.Load(filepath.Join("..", "..", "assets", "data", "models", "tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, cmTok := llamaCostModel(t)
+	n := tinyNets(t, cfg, func(g *GraphNetsConfig) {
+		g.Cost, g.Tokenizer, g.CostTokenizer = cm, actorTok, cmTok
+	})
+	prompts := [][]int32{
+		actorTok.Encode("BEGINNING OF CONVERSATION: USER: Where is the dog? ASSISTANT:", true),
+		actorTok.Encode("BEGINNING OF CONVERSATION: USER: Hi ASSISTANT:", true),
+	}
+	r, err := n.Generate(prompts, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Score(r); err != nil {
+		t.Fatal(err)
+	}
+	be, err := backend.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := mlctx.New()
+	if err := model.SetWeights(ctx.In("cm"), cm.Cfg, cm.Weights); err != nil {
+		t.Fatal(err)
+	}
+	ex, err := mlctx.NewExec(be, ctx.In("cm").Reuse(), func(ctx *mlctx.Context, ids, mask *G.Node) *G.Node {
+		end, _ := model.EndScores(ctx, cm.Cfg, ids, mask)
+		return end
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < r.B; i++ {
+		var ids []int32
+		for t := 0; t < r.T; t++ {
+			if r.Mask[i*r.T+t] != 0 {
+				ids = append(ids, r.Seq[i*r.T+t])
+			}
+		}
+		re := tokenizer.Retokenize(actorTok, cmTok, ids)
+		if !strings.HasPrefix(cmTok.Decode(re), "BEGINNING OF CONVERSATION: USER: ") || re[len(re)-1] != cmTok.EOS() {
+			t.Fatalf("row %d re-tokenised to %q", i, cmTok.Decode(re))
+		}
+		mask := make([]float32, len(re))
+		for k := range mask {
+			mask[k] = 1
+		}
+		out := ex.MustExec(tensors.FromFlatDataAndDimensions(re, 1, len(re)), tensors.FromFlatDataAndDimensions(mask, 1, len(re)))
+		want := tensors.MustCopyFlatData[float32](out[0])[0]
+		if math.Abs(float64(r.Cost[i]-want)) > 1e-5 {
+			t.Errorf("row %d: cost %g, want %g (the cost model alone on the re-tokenised text)", i, r.Cost[i], want)
+		}
+	}
+	// A PPO-Lag cost critic defaulting to this cost model cannot read the actor's ids.
+	gc := GraphNetsConfig{Backend: be, Actor: n.cfg.Actor, Reward: n.cfg.Reward, Cost: cm, WithCostCritic: true,
+		Tokenizer: actorTok, CostTokenizer: cmTok, MaxNewTokens: 4, MaxPromptTokens: 8, Temperature: 1, TopP: 1, RepPenalty: 1}
+	if _, err := NewGraphNets(gc, 0.2, 5); err == nil || !strings.Contains(err.Error(), "cost critic must share the actor's tokenizer") {
+		t.Errorf("a cost critic on another vocabulary: err = %v", err)
 	}
 }

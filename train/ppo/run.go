@@ -355,23 +355,24 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 	if gc.Reward, err = load("reward-model", c.RewardModel, true); err != nil {
 		return nil, err
 	}
-	if c.RewardCritic != "" {
-		s, err := load("reward-critic", c.RewardCritic, false)
-		if err != nil {
-			return nil, err
-		}
-		gc.RewardCritic = &s
+	gc.Tokenizer = in.tok
+	if gc.RewardTokenizer, err = scoreTokenizer(c.RewardModel); err != nil {
+		return nil, err
+	}
+	if gc.RewardCritic, err = criticSpec(c, "reward", c.RewardCritic, gc.RewardTokenizer, in.tok, gc.Actor, c.Seed, load); err != nil {
+		return nil, err
 	}
 	if c.UsesCost() {
 		if gc.Cost, err = load("cost-model", c.CostModel, true); err != nil {
 			return nil, err
 		}
-		if c.CostCritic != "" {
-			s, err := load("cost-critic", c.CostCritic, false)
-			if err != nil {
+		if gc.CostTokenizer, err = scoreTokenizer(c.CostModel); err != nil {
+			return nil, err
+		}
+		if c.UsesCostCritic() {
+			if gc.CostCritic, err = criticSpec(c, "cost", c.CostCritic, gc.CostTokenizer, in.tok, gc.Actor, c.Seed+1, load); err != nil {
 				return nil, err
 			}
-			gc.CostCritic = &s
 		}
 	}
 	if c.NormalizeReward {
@@ -386,4 +387,50 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 	}
 	in.nets = gc
 	return in, nil
+}
+
+// scoreTokenizer loads the tokenizer saved beside a score model (nil when none is found: the
+// model then reads the actor's ids).
+func scoreTokenizer(modelPath string) (tokenizer.Tokenizer, error) {
+	p, err := model.ResolveTokenizer("", modelPath)
+	if err != nil {
+		return nil, nil
+	}
+	return tokenizer.Load(p)
+}
+
+// criticSpec returns a critic's initialisation: path when given (an LM gets a fresh score head),
+// else nil (the score model) when the score model shares the actor's tokenizer, else the actor
+// with a fresh score head, since a critic must read the actor's ids (the reference refuses a
+// critic whose tokenizer differs).
+func criticSpec(c RunConfig, which, path string, scoreTok, actorTok tokenizer.Tokenizer, actor ModelSpec, seed uint64,
+	load func(flag, path string, score bool) (ModelSpec, error)) (*ModelSpec, error) {
+	var s ModelSpec
+	switch {
+	case path != "":
+		var err error
+		if s, err = load(which+"-critic", path, false); err != nil {
+			return nil, err
+		}
+		if s.Cfg.VocabSize != actor.Cfg.VocabSize {
+			return nil, fmt.Errorf("--%s-critic %s: vocabulary %d differs from the actor's %d (a critic reads the actor's ids)",
+				which, path, s.Cfg.VocabSize, actor.Cfg.VocabSize)
+		}
+	case scoreTok == nil || tokenizer.Same(scoreTok, actorTok):
+		return nil, nil
+	default:
+		fmt.Fprintf(os.Stderr, "%s: the %s model's tokenizer differs from the actor's: its scores are computed on re-tokenised text, and the %s critic starts from the actor with a fresh score head (set --%s-critic to choose)\n",
+			c.Algorithm, which, which, which)
+		cfg := *actor.Cfg
+		s = ModelSpec{Cfg: &cfg, Weights: model.Weights{}}
+		for k, v := range actor.Weights {
+			s.Weights[k] = v
+		}
+	}
+	if s.Cfg.ScoreDim == 0 {
+		delete(s.Weights, model.NameLMHead)
+		model.InitScoreHead(s.Cfg, s.Weights, 1, seed)
+		s.Cfg.Architecture = "LlamaForScore"
+	}
+	return &s, nil
 }
