@@ -121,13 +121,10 @@ type Trainer struct {
 }
 
 // NewTrainer prepares a run; with opt.Resume it restores the latest checkpoint of opt.OutDir.
-// ptx may be nil (no PTX mixing).
+// ptx may be nil: no PTX mixing, whatever cfg.PTXCoeff (as the reference without ptx_datasets).
 func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTXSet) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	if cfg.PTXCoeff > 0 && ptx == nil {
-		return nil, fmt.Errorf("ppo: ptx_coeff = %g but no PTX data", cfg.PTXCoeff)
 	}
 	if opt.KeepCheckpoints <= 0 {
 		opt.KeepCheckpoints = 2
@@ -274,7 +271,7 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 	for it := 0; it < cfg.UpdateIters; it++ {
 		for _, r := range rollouts {
 			var ptx *PTXBatch
-			if cfg.PTXCoeff > 0 {
+			if t.ptx != nil && cfg.PTXCoeff > 0 {
 				ptx = t.ptx.Next(r.B)
 			}
 			s, err := t.rlStep(r, ptx)
