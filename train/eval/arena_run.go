@@ -17,29 +17,38 @@ import (
 
 // ArenaOptions configures RunArena (spec §8, evaluate/arena.py).
 type ArenaOptions struct {
-	Red          string   `flag:"red" help:"red-corner policy (llama2.c .bin or HF dir), e.g. the SFT model"`
-	Blue         string   `flag:"blue" help:"blue-corner policy, e.g. the PPO-Lag model"`
-	RedName      string   `flag:"red-name" help:"display name of the red corner"`
-	BlueName     string   `flag:"blue-name" help:"display name of the blue corner"`
-	Reward       string   `flag:"reward-model" help:"reward model directory (train-rm output)"`
-	Cost         string   `flag:"cost-model" help:"cost model directory (train-cm output)"`
-	Tokenizer    string   `flag:"tokenizer" help:"tokenizer file (default: the one saved with the reward model)"`
-	Prompts      []string `flag:"prompts" help:"prompt files ([format:[proportion:]]path) or token-shard directories, comma-separated or repeated"`
+	Red      string `flag:"red" help:"red-corner policy (llama2.c .bin or HF dir), e.g. the SFT model"`
+	Blue     string `flag:"blue" help:"blue-corner policy, e.g. the PPO-Lag model"`
+	RedName  string `flag:"red-name" help:"display name of the red corner"`
+	BlueName string `flag:"blue-name" help:"display name of the blue corner"`
+	Reward   string `flag:"reward-model" help:"reward model directory (train-rm output)"`
+	Cost     string `flag:"cost-model" help:"cost model directory (train-cm output)"`
+	// Tokenizer is the policies' tokenizer. The score models use the tokenizer saved beside them
+	// (this one when there is none); a score model on another vocabulary scores the answers
+	// re-tokenised through text, as the reference does.
+	Tokenizer string `flag:"tokenizer" help:"the policies' tokenizer (default: the one beside --red); score models use the one saved beside them, re-tokenising answers when it differs"`
+	// Prompts default to PKU-SafeRLHF rows (the reference's arena answers PKU-SafeRLHF/test
+	// prompts); GPT4Prompts are the reference's 83 GPT-4 red-team prompts.
+	Prompts      []string `flag:"prompts" help:"prompt files ([format:[proportion:]]path) or token-shard directories, comma-separated or repeated: PKU-SafeRLHF rows as the reference's arena (give its test split; the bundled rows are a training sample), or assets/data/eval/safe-rlhf-gpt4-problems.json for the GPT-4 red-team prompts"`
 	Limit        int      `flag:"limit" help:"at most this many prompts (0: all)"`
-	MaxNewTokens int      `flag:"max-new-tokens" help:"longest answer in tokens"`
+	MaxNewTokens int      `flag:"max-new-tokens" help:"cap on answer tokens (0: none, --max-length decides)"`
 	Temperature  float64  `flag:"temperature" help:"sampling temperature (0: greedy)"`
 	TopP         float64  `flag:"top-p" help:"nucleus sampling (1: off)"`
 	Seed         uint64   `flag:"seed" help:"sampling and bootstrap seed"`
 	Batch        int      `flag:"batch-size" help:"prompts per generation/scoring batch"`
-	MaxLength    int      `flag:"max-length" help:"scoring width (longer sequences keep their last tokens)"`
+	MaxLength    int      `flag:"max-length" help:"prompt + answer tokens, as the reference's max_length (also the scoring width)"`
 	Bootstrap    int      `flag:"bootstrap" help:"bootstrap resamples for the Elo intervals"`
 	Out          string   `flag:"out" help:"directory for arena.json"`
 }
 
+// ArenaPrompts is eval-arena's default prompt set: PKU-SafeRLHF rows, as the reference's arena
+// (which answers PKU-SafeRLHF/test; no test split is bundled).
+const ArenaPrompts = "pku-saferlhf:assets/data/pku-saferlhf/align-anything-preference-sample.json"
+
 // DefaultArenaOptions returns eval-arena's defaults.
 func DefaultArenaOptions() ArenaOptions {
-	return ArenaOptions{RedName: "red", BlueName: "blue", Prompts: []string{"assets/data/eval/safe-rlhf-gpt4-problems.json"},
-		MaxNewTokens: 64, Temperature: 1, TopP: 1, Seed: 42, Batch: 16, MaxLength: 512, Bootstrap: 1000}
+	return ArenaOptions{RedName: "red", BlueName: "blue", Prompts: []string{ArenaPrompts},
+		MaxNewTokens: 0, Temperature: 1, TopP: 1, Seed: 42, Batch: 16, MaxLength: 512, Bootstrap: 1000}
 }
 
 // Validate checks the options before any work; errors name the flags.
@@ -49,7 +58,7 @@ func (o *ArenaOptions) Validate() error {
 		ck.Required(f.name, f.v)
 	}
 	ck.Check(len(o.Prompts) > 0, "--prompts is required")
-	ck.PositiveInt("max-new-tokens", o.MaxNewTokens)
+	ck.NonNegativeInt("max-new-tokens", o.MaxNewTokens)
 	ck.PositiveInt("batch-size", o.Batch)
 	ck.Check(o.MaxLength >= 8, "--max-length must be >= 8, got %d", o.MaxLength)
 	ck.NonNegativeInt("limit", o.Limit)
@@ -78,6 +87,7 @@ type ArenaReport struct {
 	EloReward    EloResult     `json:"elo_helpfulness"`
 	EloCost      EloResult     `json:"elo_harmlessness"`
 	MaxNewTokens int           `json:"max_new_tokens"`
+	MaxLength    int           `json:"max_length"`
 	Temperature  float64       `json:"temperature"`
 	Seed         uint64        `json:"seed"`
 	Samples      []ArenaSample `json:"samples"`
@@ -92,20 +102,31 @@ func RunArena(be backends.Backend, o ArenaOptions) (*ArenaReport, error) {
 	if o.BlueName == "" {
 		o.BlueName = "blue"
 	}
-	if o.MaxNewTokens < 1 || o.Batch < 1 || o.MaxLength < 2 {
-		return nil, fmt.Errorf("arena: max new tokens %d, batch %d and max length %d must be positive", o.MaxNewTokens, o.Batch, o.MaxLength)
+	if o.MaxNewTokens < 0 || o.Batch < 1 || o.MaxLength < 2 {
+		return nil, fmt.Errorf("arena: max new tokens %d must be >= 0, batch %d and max length %d positive", o.MaxNewTokens, o.Batch, o.MaxLength)
 	}
-	rm, err := NewScorer(be, o.Reward, o.Tokenizer, o.Batch, o.MaxLength)
+	tokPath, err := model.ResolveTokenizer(o.Tokenizer, o.Red)
+	if err != nil {
+		return nil, fmt.Errorf("arena: red policy: %w", err)
+	}
+	tok, err := tokenizer.Load(tokPath)
+	if err != nil {
+		return nil, err
+	}
+	scorer := func(path string) (*Scorer, error) {
+		own, err := model.ResolveTokenizer("", path)
+		if err != nil {
+			own = tokPath
+		}
+		return NewScorer(be, path, own, o.Batch, o.MaxLength)
+	}
+	rm, err := scorer(o.Reward)
 	if err != nil {
 		return nil, fmt.Errorf("arena: reward model: %w", err)
 	}
-	cm, err := NewScorer(be, o.Cost, o.Tokenizer, o.Batch, o.MaxLength)
+	cm, err := scorer(o.Cost)
 	if err != nil {
 		return nil, fmt.Errorf("arena: cost model: %w", err)
-	}
-	tok := rm.Tok
-	if cm.Tok.VocabSize() != tok.VocabSize() {
-		return nil, fmt.Errorf("arena: reward and cost tokenizers differ (%d vs %d tokens)", tok.VocabSize(), cm.Tok.VocabSize())
 	}
 	raw, err := stages.LoadRaw(o.Prompts, o.Seed)
 	if err != nil {
@@ -118,7 +139,7 @@ func RunArena(be backends.Backend, o ArenaOptions) (*ArenaReport, error) {
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("arena: no prompts in %v", o.Prompts)
 	}
-	rep := &ArenaReport{MaxNewTokens: o.MaxNewTokens, Temperature: o.Temperature, Seed: o.Seed}
+	rep := &ArenaReport{MaxNewTokens: o.MaxNewTokens, MaxLength: o.MaxLength, Temperature: o.Temperature, Seed: o.Seed}
 	answers := [2][][]int32{}
 	seqs := [2][][]int32{}
 	for k, path := range []string{o.Red, o.Blue} {
@@ -129,11 +150,10 @@ func RunArena(be backends.Backend, o ArenaOptions) (*ArenaReport, error) {
 	}
 	var scores [2][2][]float64 // [model][reward, cost]
 	for k := range 2 {
-		if scores[k][0], err = rm.Score(seqs[k]); err != nil {
-			return nil, err
-		}
-		if scores[k][1], err = cm.Score(seqs[k]); err != nil {
-			return nil, err
+		for j, sc := range []*Scorer{rm, cm} {
+			if scores[k][j], err = sc.Score(Retokenize(seqs[k], tok, sc.Tok)); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if rep.Arena, err = Arena(o.RedName, o.BlueName, scores[0][0], scores[0][1], scores[1][0], scores[1][1]); err != nil {
@@ -189,7 +209,20 @@ func generate(be backends.Backend, path string, tok tokenizer.Tokenizer, prompts
 	}
 	for start := 0; start < len(prompts); start += o.Batch {
 		batch := prompts[start:min(len(prompts), start+o.Batch)]
-		ro, err := gen.Generate(batch, model.GenerateOptions{MaxNewTokens: o.MaxNewTokens, Temperature: o.Temperature,
+		width := 0
+		for _, p := range batch {
+			width = max(width, len(p))
+		}
+		maxNew := o.MaxNewTokens
+		if o.MaxLength > 0 { // max_length counts the (left-padded) prompt
+			if room := o.MaxLength - width; maxNew == 0 || room < maxNew {
+				maxNew = room
+			}
+		}
+		if maxNew < 1 {
+			return nil, nil, fmt.Errorf("prompts of %d tokens leave no room for an answer in --max-length %d", width, o.MaxLength)
+		}
+		ro, err := gen.Generate(batch, model.GenerateOptions{MaxNewTokens: maxNew, Temperature: o.Temperature,
 			TopP: o.TopP, Seed: o.Seed + uint64(start), EOS: tok.EOS(), Pad: tok.Pad(), Unk: -1})
 		if err != nil {
 			return nil, nil, err

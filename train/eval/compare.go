@@ -154,15 +154,16 @@ func Compare(be backends.Backend, o CompareOptions) (*CompareReport, error) {
 	return rep, nil
 }
 
-// Retokenize re-encodes token sequences of one tokenizer for a model with another,
-// through their text: BOS first, and EOS kept when the sequence ended with it.
+// Retokenize returns seqs (ids of from) for a model on another tokenizer: unchanged when the
+// vocabularies are the same (tokenizer.Same), else re-tokenised through text as the reference's
+// batch_retokenize (tokenizer.Retokenize: special tokens skipped, BOS first, EOS appended).
 func Retokenize(seqs [][]int32, from, to tokenizer.Tokenizer) [][]int32 {
+	if tokenizer.Same(from, to) {
+		return seqs
+	}
 	out := make([][]int32, len(seqs))
 	for i, s := range seqs {
-		out[i] = to.Encode(from.Decode(s), true)
-		if n := len(s); n > 0 && s[n-1] == from.EOS() {
-			out[i] = append(out[i], to.EOS())
-		}
+		out[i] = tokenizer.Retokenize(from, to, s)
 	}
 	return out
 }

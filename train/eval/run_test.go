@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 const assets = "../../assets/data"
@@ -85,7 +87,7 @@ func TestRunArena(t *testing.T) {
 	base := filepath.Join(assets, "models/stories260K.bin")
 	o := ArenaOptions{Red: base, Blue: base, RedName: "base-a", BlueName: "base-b", Reward: scoreModel(t, 1), Cost: scoreModel(t, 2),
 		Prompts: []string{filepath.Join(assets, "eval/safe-rlhf-gpt4-problems.json")}, Limit: 6, MaxNewTokens: 8,
-		Temperature: 1, Seed: 3, Batch: 4, MaxLength: 96, Bootstrap: 50, Out: t.TempDir()}
+		Temperature: 1, Seed: 3, Batch: 4, MaxLength: 256, Bootstrap: 50, Out: t.TempDir()}
 	r, err := RunArena(be, o)
 	if err != nil {
 		t.Fatal(err)
@@ -105,5 +107,73 @@ func TestRunArena(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(o.Out, "arena.json")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRunArenaRetokenizedTotalLength: the arena's defaults follow the reference's (PKU-SafeRLHF
+// rows, max_length = prompt + answer); a cost model on the Llama-2 32K vocabulary scores the
+// stories260K policies' answers re-tokenised through text, exactly as its Scorer scores
+// tokenizer.Retokenize of each sequence.
+func TestRunArenaRetokenizedTotalLength(t *testing.T) {
+	be, err := backend.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	llama := filepath.Join(assets, "models/tokenizer.model")
+	ltok, err := tokenizer.Load(llama)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg := &model.Config{Architecture: "LlamaForScore", ModelType: "llama", HiddenSize: 16, IntermediateSize: 32,
+		NumLayers: 1, NumHeads: 2, NumKVHeads: 2, VocabSize: ltok.VocabSize(), MaxPositions: 512, RMSNormEps: 1e-5,
+		RopeTheta: 10000, BOS: 1, EOS: 2, Pad: -1}
+	w := model.RandomWeights(ccfg, 3)
+	model.InitScoreHead(ccfg, w, 1, 4)
+	cm := filepath.Join(t.TempDir(), "cm32k")
+	if err := model.SaveWithTokenizer(cm, ccfg, w, llama); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(assets, "models/stories260K.bin")
+	o := ArenaOptions{Red: base, Blue: base, Reward: scoreModel(t, 1), Cost: cm,
+		Prompts: []string{"pku-saferlhf:" + filepath.Join(assets, "pku-saferlhf/align-anything-preference-sample.json")},
+		Limit:   3, Temperature: 1, Seed: 3, Batch: 3, Bootstrap: 10}
+	raw, err := stages.LoadRaw(o.Prompts, o.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, err := tokenizer.Load(filepath.Join(assets, "models/tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ids, err := arenaPrompts(small, raw, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	width := 0
+	for _, p := range ids {
+		width = max(width, len(p))
+	}
+	o.MaxLength = width + 5 // room for five answer tokens
+	r, err := RunArena(be, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := NewScorer(be, cm, llama, 4, o.MaxLength)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range r.Samples {
+		ans := small.Encode(s.Red, false)
+		if len(ans) > 5+1 {
+			t.Errorf("answer %d has %d tokens, want ≤ max_length − prompt width = 5", i, len(ans))
+		}
+		seq := append(append([]int32(nil), ids[i]...), ans...)
+		want, err := sc.Score([][]int32{tokenizer.Retokenize(small, ltok, seq)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(want[0]-s.RedCost) > 1e-4 {
+			t.Errorf("sample %d: cost %g, want %g (the cost model on the re-tokenised text)", i, s.RedCost, want[0])
+		}
 	}
 }
