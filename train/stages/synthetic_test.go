@@ -59,6 +59,7 @@ func TestScoreModelLearnsSyntheticRule(t *testing.T) {
 	if err := model.SetWeights(ctx.InAbsPath(modelScope), mcfg, w); err != nil {
 		t.Fatal(err)
 	}
+	initNormalizer(ctx)
 	cfg := Defaults(RM)
 	s, err := trainer.NewStepper(be, ctx, trainer.Config{Scope: modelScope, Loss: lossFn(RM, mcfg, cfg), WeightDecay: 0.1})
 	if err != nil {
