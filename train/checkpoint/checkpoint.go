@@ -107,6 +107,11 @@ type Checkpoint struct {
 	Config json.RawMessage
 	// TrainState are the other tensors, bit-exact (see ContextTensors).
 	TrainState []safetensors.Tensor
+	// WeightsScope, when set, is the context scope whose variables the Weights are
+	// (variable WeightsScope/N holds weight N, as train/model names them): a
+	// TrainState tensor WeightsScope/N equal to weight N in dtype, shape and bytes
+	// is stored once, in the weights; Loaded.RestoreContext reads it back from there.
+	WeightsScope string
 	// TrainStateMeta is the metadata of training_state.safetensors (e.g. TrainableMetadata).
 	TrainStateMeta map[string]string
 	// Files are extra files (name → contents) copied into the directory.
@@ -241,7 +246,15 @@ func writeContents(dir string, c *Checkpoint) error {
 		for k, v := range c.TrainStateMeta {
 			meta[k] = v
 		}
-		if err := safetensors.Write(filepath.Join(dir, TrainStateFile), guardTensors(st.Step, c.TrainState), meta); err != nil {
+		ts, inWeights, err := dropStoredWeights(c.WeightsScope, c.Weights, c.TrainState)
+		if err != nil {
+			return err
+		}
+		if len(inWeights) > 0 {
+			b, _ := json.Marshal(inWeights)
+			meta[inWeightsKey] = string(b)
+		}
+		if err := safetensors.Write(filepath.Join(dir, TrainStateFile), guardTensors(st.Step, ts), meta); err != nil {
 			return err
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -337,4 +338,60 @@ func materialise(t *testing.T, ts []safetensors.Tensor) []safetensors.Tensor {
 		}
 	}
 	return out
+}
+
+// TestWeightsStoredOnce: with WeightsScope, a variable equal to its weight is stored only in the
+// weights and restored from there bit for bit; one that differs (or has no weight) stays in the
+// training state.
+func TestWeightsStoredOnce(t *testing.T) {
+	ctx := context.New()
+	ctx.InAbsPath("/model").VariableWithValue("a.weight", [][]float32{{1, 2}, {3, -4.5}})
+	ctx.InAbsPath("/model").VariableWithValue("b.weight", []float32{7, 8, 9})
+	ctx.InAbsPath("/model").VariableWithValue("c.weight", tensors.FromShape(shapes.Make(dtypes.BFloat16, 2)))
+	ctx.InAbsPath("/optim/model").VariableWithValue("a.weight_m1", [][]float32{{0.1, 0.2}, {0.3, 0.4}}).SetTrainable(false)
+	ts, err := ContextTensors(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Checkpoint{State: State{Step: 1}, TrainState: ts, TrainStateMeta: TrainableMetadata(ctx, ts), WeightsScope: "/model",
+		Weights: []safetensors.Tensor{
+			{Name: "a.weight", Shape: []int{2, 2}, F32: []float32{1, 2, 3, -4.5}}, // equal: stored once
+			{Name: "b.weight", Shape: []int{3}, F32: []float32{7, 8, 9.5}},        // differs: kept in the state
+			{Name: "lm_head.weight", Shape: []int{1}, F32: []float32{1}},          // no variable
+		}}
+	m, _ := NewManager(t.TempDir(), 0)
+	dir, err := m.Save(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if got := l.TrainState.Names(); !slices.Equal(got, []string{"/model/b.weight", "/model/c.weight", "/optim/model/a.weight_m1"}) &&
+		!slices.Equal(sorted(got), []string{"/model/b.weight", "/model/c.weight", "/optim/model/a.weight_m1"}) {
+		t.Fatalf("training state holds %v", got)
+	}
+	ctx2 := context.New()
+	ctx2.InAbsPath("/model").VariableWithValue("a.weight", [][]float32{{0, 0}, {0, 0}})
+	ctx2.InAbsPath("/model").VariableWithValue("b.weight", []float32{0, 0, 0})
+	ctx2.InAbsPath("/model").VariableWithValue("c.weight", tensors.FromShape(shapes.Make(dtypes.BFloat16, 2)))
+	if err := l.RestoreContext(ctx2); err != nil {
+		t.Fatal(err)
+	}
+	ts2, _ := ContextTensors(ctx2, nil)
+	if !reflect.DeepEqual(materialise(t, ts), materialise(t, ts2)) {
+		t.Fatal("restored variables differ")
+	}
+	// A context without the variable the weights hold is an error naming it.
+	if err := l.RestoreContext(context.New()); err == nil || !strings.Contains(err.Error(), "/model/a.weight") {
+		t.Errorf("missing variable: %v", err)
+	}
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
 }

@@ -1,9 +1,13 @@
 package checkpoint
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -25,6 +29,131 @@ var toST = map[dtypes.DType]safetensors.DType{
 
 // trainableKey is the safetensors metadata key listing the trainable variables.
 const trainableKey = "saferlhf.trainable"
+
+// inWeightsKey is the training-state metadata key listing the variables stored in the weights
+// (Checkpoint.WeightsScope), as {"variable": "weight name"}.
+const inWeightsKey = "saferlhf.in_weights"
+
+// dropStoredWeights returns ts without the tensors scope/N equal (dtype, shape, bytes) to weight N
+// of ws, and the dropped variable → weight names.
+func dropStoredWeights(scope string, ws, ts []safetensors.Tensor) ([]safetensors.Tensor, map[string]string, error) {
+	if scope == "" || len(ws) == 0 {
+		return ts, nil, nil
+	}
+	byName := make(map[string]*safetensors.Tensor, len(ws))
+	for i := range ws {
+		byName[ws[i].Name] = &ws[i]
+	}
+	var keep []safetensors.Tensor
+	dropped := map[string]string{}
+	for _, t := range ts {
+		n, ok := strings.CutPrefix(t.Name, scope+context.ScopeSeparator)
+		w := byName[n]
+		if !ok || w == nil || dtypeOf(w) != dtypeOf(&t) || !slices.Equal(w.Shape, t.Shape) {
+			keep = append(keep, t)
+			continue
+		}
+		a, err := tensorBytes(&t)
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err := tensorBytes(w)
+		if err != nil {
+			return nil, nil, err
+		}
+		if a == nil || b == nil || !bytes.Equal(a, b) {
+			keep = append(keep, t)
+			continue
+		}
+		dropped[t.Name] = n
+	}
+	return keep, dropped, nil
+}
+
+func dtypeOf(t *safetensors.Tensor) safetensors.DType {
+	if t.DType == "" {
+		return safetensors.F32
+	}
+	return t.DType
+}
+
+// tensorBytes returns the little-endian bytes of t (nil when t holds float32 values of another dtype).
+func tensorBytes(t *safetensors.Tensor) ([]byte, error) {
+	switch {
+	case t.Data != nil:
+		return t.Data, nil
+	case t.Stream != nil:
+		var b bytes.Buffer
+		if err := t.Stream(&b); err != nil {
+			return nil, fmt.Errorf("tensor %s: %w", t.Name, err)
+		}
+		return b.Bytes(), nil
+	case t.F32 != nil && dtypeOf(t) == safetensors.F32:
+		b := make([]byte, 4*len(t.F32))
+		for i, v := range t.F32 {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+		}
+		return b, nil
+	}
+	return nil, nil
+}
+
+// RestoreContext restores the context variables of the checkpoint (see the
+// package function RestoreContext), including those stored once in the weights
+// (Checkpoint.WeightsScope).
+func (l *Loaded) RestoreContext(ctx *context.Context) error {
+	if l.TrainState == nil {
+		return fmt.Errorf("checkpoint %s: no training state", l.Dir)
+	}
+	if err := RestoreContext(ctx, l.TrainState); err != nil {
+		return err
+	}
+	raw := l.TrainState.Metadata()[inWeightsKey]
+	if raw == "" {
+		return nil
+	}
+	var in map[string]string
+	if err := json.Unmarshal([]byte(raw), &in); err != nil {
+		return fmt.Errorf("checkpoint %s: %s: %w", l.Dir, inWeightsKey, err)
+	}
+	if len(in) > 0 && l.Weights == nil {
+		return fmt.Errorf("checkpoint %s: variables stored in weights, but no weights", l.Dir)
+	}
+	names := make([]string, 0, len(in))
+	for v := range in {
+		names = append(names, v)
+	}
+	sort.Strings(names)
+	for _, full := range names {
+		w := in[full]
+		scope, name := splitPath(full)
+		v := ctx.GetVariableByScopeAndName(scope, name)
+		if v == nil {
+			return fmt.Errorf("checkpoint %s: no variable %s for weight %s", l.Dir, full, w)
+		}
+		dt, shape, err := l.Weights.Info(w)
+		if err != nil {
+			return fmt.Errorf("checkpoint %s: %w", l.Dir, err)
+		}
+		raw, err := l.Weights.Bytes(w)
+		if err != nil {
+			return fmt.Errorf("checkpoint %s: %w", l.Dir, err)
+		}
+		if toST[v.Shape().DType] != dt || !slices.Equal(v.Shape().Dimensions, shape) {
+			return fmt.Errorf("checkpoint %s: weight %s is %s%v, variable %s is %s", l.Dir, w, dt, shape, full, v.Shape())
+		}
+		t := tensors.FromShape(v.Shape())
+		if len(raw) > 0 {
+			if err := t.MutableBytes(func(b []byte) { copy(b, raw) }); err != nil {
+				return fmt.Errorf("checkpoint %s: weight %s: %w", l.Dir, w, err)
+			}
+		}
+		if err := v.SetValue(t); err != nil {
+			return fmt.Errorf("checkpoint %s: variable %s: %w", l.Dir, full, err)
+		}
+	}
+	return nil
+}
 
 // ContextTensors returns the variables of ctx for which keep returns true (all
 // if keep is nil) as tensors named by their full path ("/optim/policy/..../weight_m1"),

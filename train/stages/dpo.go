@@ -310,6 +310,7 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(DPO), EvalAtStart: true,
 		Meta: cfg, Kind: string(DPO), AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
 		CheckpointFiles: map[string][]byte{filepath.Base(tokPath): tokBytes},
+		WeightsScope:    modelScope,
 		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
 			fw, err := weights()
 			if err != nil {

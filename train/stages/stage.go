@@ -145,6 +145,7 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(stage), EvalAtStart: true,
 		Meta: cfg, Kind: string(stage), AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
 		CheckpointFiles: map[string][]byte{filepath.Base(tokPath): tokBytes},
+		WeightsScope:    modelScope,
 		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
 			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
 			if err != nil {

@@ -80,6 +80,9 @@ type LoopConfig struct {
 	// CheckpointWeights, if set, returns the model weights (HF names, own dtype) and
 	// config.json to store in each checkpoint, so that a checkpoint directory loads as a model.
 	CheckpointWeights func() ([]safetensors.Tensor, json.RawMessage, error)
+	// WeightsScope is the context scope whose variables CheckpointWeights returns by
+	// name (variable WeightsScope/N is weight N): they are stored once, in the weights.
+	WeightsScope string
 	// CheckpointFiles are extra files (name → contents, e.g. the tokenizer) stored in each checkpoint.
 	CheckpointFiles map[string][]byte
 }
@@ -415,6 +418,7 @@ func (l *Loop) checkpoint(step int, pos position) (string, error) {
 		TrainState:     ts,
 		TrainStateMeta: checkpoint.TrainableMetadata(ctx, ts),
 		Files:          l.cfg.CheckpointFiles,
+		WeightsScope:   l.cfg.WeightsScope,
 	}
 	if l.cfg.CheckpointWeights != nil {
 		if c.Weights, c.Config, err = l.cfg.CheckpointWeights(); err != nil {
@@ -458,7 +462,7 @@ func (l *Loop) restore() (step int, pos position, err error) {
 	if err := json.Unmarshal(ld.State.Data, &pos); err != nil {
 		return 0, pos, fmt.Errorf("trainer: resume: %s: data position: %w", ld.Dir, err)
 	}
-	if err := checkpoint.RestoreContext(l.cfg.Stepper.Context(), ld.TrainState); err != nil {
+	if err := ld.RestoreContext(l.cfg.Stepper.Context()); err != nil {
 		return 0, pos, fmt.Errorf("trainer: resume: %w", err)
 	}
 	return ld.State.Step, pos, nil

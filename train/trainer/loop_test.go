@@ -3,6 +3,7 @@ package trainer
 import (
 	"bytes"
 	stdctx "context"
+	"encoding/json"
 	"errors"
 	"math"
 	"math/rand/v2"
@@ -10,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/optim"
@@ -66,6 +69,16 @@ func runLinLoop(t *testing.T, dir string, resume bool, acc int, src *linSource, 
 	cfg := LoopConfig{Stepper: s, Train: src, Eval: newLinSource(32, 8, 99), Epochs: 3,
 		LR: mustSchedule(t, "cosine", 0.3, 0.1, 3*src.Len()/acc), EvalEvery: 4, CheckpointEvery: ckptEvery, Dir: dir, Resume: resume,
 		Kind: "lin", Meta: map[string]any{"lr": 0.3, "out": dir}, ConfigIgnore: []string{"out"},
+		// The weights are stored once, as "weight" and "bias", and restored from there.
+		WeightsScope: "/m/lin",
+		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
+			var ws []safetensors.Tensor
+			for _, n := range []string{"weight", "bias"} {
+				v := mctx.GetVariableByScopeAndName("/m/lin", n).MustValue()
+				ws = append(ws, safetensors.Tensor{Name: n, Shape: v.Shape().Dimensions, F32: tensors.MustCopyFlatData[float32](v)})
+			}
+			return ws, nil, nil
+		},
 		SaveModel: func(d string) error {
 			ts, err := checkpoint.ContextTensors(mctx, nil)
 			if err != nil {
@@ -130,6 +143,15 @@ func TestLoopResumeIsExact(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("acc %d: resumed metrics differ:\n%s\nwant:\n%s", acc, got, want)
 		}
+		m, _ := checkpoint.NewManager(filepath.Join(dir, "checkpoints"), 0)
+		ld, err := m.Latest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ld.TrainState.Has("/m/lin/weight") || !ld.Weights.Has("weight") || !ld.TrainState.Has("/optim/m/m/lin/weight_m1") {
+			t.Errorf("the weights are not stored once: training state %v", ld.TrainState.Names())
+		}
+		ld.Close()
 	}
 }
 
@@ -170,7 +192,7 @@ func TestLoopNeverSavesNonFiniteWeights(t *testing.T) {
 		}
 	})
 	var nf *checkpoint.NonFiniteError
-	if !errors.As(err, &nf) || !strings.HasPrefix(nf.Quantity, "tensor /m/") || !strings.Contains(err.Error(), "step-00000003") {
+	if !errors.As(err, &nf) || !strings.HasPrefix(nf.Quantity, "tensor ") || !strings.Contains(err.Error(), "step-00000003") {
 		t.Fatalf("want a non-finite tensor error naming checkpoint step-00000003, got %v", err)
 	}
 	m, _ := checkpoint.NewManager(filepath.Join(dir, "checkpoints"), 0)
