@@ -29,12 +29,12 @@ func runStage(stage stages.Stage, args []string) error {
 		return usagef("%v", err)
 	}
 	cfg.Progress = os.Stderr
-	if err := checkpoint.PrepareOutput(cfg.Out, string(stage), cfg.Resume, cfg.Force); err != nil {
-		return err
-	}
-	// The effective settings, reusable as --config for a rerun.
-	if err := config.WriteEffective(fs, filepath.Join(cfg.Out, "config.yaml")); err != nil {
-		return err
+	cfg.Prepare = func() error { // on rank 0 only in a data-parallel run
+		if err := checkpoint.PrepareOutput(cfg.Out, string(stage), cfg.Resume, cfg.Force); err != nil {
+			return err
+		}
+		// The effective settings, reusable as --config for a rerun.
+		return config.WriteEffective(fs, filepath.Join(cfg.Out, "config.yaml"))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

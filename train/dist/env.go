@@ -46,6 +46,11 @@ func (e Env) String() string {
 // DefaultPort + SLURM_JOB_ID mod 1000, so two jobs sharing a node do not collide.
 const DefaultPort = 29500
 
+// PortEnvVar, when set, chooses the rendezvous port whatever the launcher says.
+// Under torchrun's static rendezvous (TORCHELASTIC_USE_AGENT_STORE=True, whose
+// store holds MASTER_PORT) the default is MASTER_PORT+1.
+const PortEnvVar = "SAFERLHF_DIST_PORT"
+
 // FromEnv reads the process's rank, world size, local rank and rendezvous
 // address from the environment (getenv; os.Getenv when nil). The first launcher
 // whose variables are present wins, most specific first (a JobSet pod's
@@ -154,6 +159,19 @@ func rendezvous(r *envReader, launcher string) (string, error) {
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 1 || n > 65535 {
 			return "", fmt.Errorf("MASTER_PORT=%q is not a port number (1-65535)", p)
+		}
+		port = n
+		// torchrun's static rendezvous (--master_addr/--master_port) keeps its own
+		// store listening on MASTER_PORT and expects workers to join it as clients;
+		// we meet on the next port instead.
+		if launcher == "torchrun" && strings.EqualFold(r.get("TORCHELASTIC_USE_AGENT_STORE"), "true") && n < 65535 {
+			port = n + 1
+		}
+	}
+	if p := r.get(PortEnvVar); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return "", fmt.Errorf("%s=%q is not a port number (1-65535)", PortEnvVar, p)
 		}
 		port = n
 	}

@@ -43,6 +43,10 @@ type Config struct {
 	LossType     string    `json:"loss-type" flag:"loss-type" group:"score" help:"sequence-wise or token-wise (spec §4)"`
 	Reg          float64   `json:"regularization" flag:"regularization" group:"score" help:"L2 regularisation of the scores"`
 	Progress     io.Writer `json:"-"`
+	// Prepare, if set, runs once before anything is written to Out (the command's
+	// output guard and config.yaml); in a data-parallel run only rank 0 runs it and
+	// the other ranks wait for it and share its error.
+	Prepare func() error `json:"-"`
 }
 
 // Stage names a training stage.

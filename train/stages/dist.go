@@ -53,3 +53,27 @@ func shardTrain(src trainer.Source, comm dist.Communicator) error {
 	}
 	return nil
 }
+
+// prepareOnRank0 runs prepare (if any) on rank 0 and gives every rank its error.
+func prepareOnRank0(ctx stdctx.Context, prepare func() error, comm dist.Communicator) error {
+	var msg []byte
+	if comm.Rank() == 0 && prepare != nil {
+		if err := prepare(); err != nil {
+			if comm.Size() < 2 {
+				return err
+			}
+			msg = []byte(err.Error())
+		}
+	}
+	if comm.Size() < 2 {
+		return nil
+	}
+	all, err := comm.AllGather(ctx, msg)
+	if err != nil {
+		return fmt.Errorf("waiting for rank 0 to prepare the output: %w", err)
+	}
+	if len(all[0]) > 0 {
+		return fmt.Errorf("rank 0: %s", all[0])
+	}
+	return nil
+}
