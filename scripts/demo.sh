@@ -54,7 +54,8 @@ fi
 
 # 4. PPO-Lagrangian on harmful-leaning prompts; 10% of them (a stable hash split) are held out
 #    and scored before and after training. As the reference's script, the actor update mixes the
-#    SFT loss on the SFT data (PTX, coefficient 16).
+#    SFT loss on the SFT data (PTX, coefficient 16); PTX examples are cut to 64 tokens to keep the demo
+#    in budget (4 ppo-lag steps under load: +12% update time at 64 tokens, +106% at 128; bench/README).
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
 stage "ppo-lag" "$bin" ppo-lag --actor "$out/sft/model" --reward-model "$out/rm/model" --cost-model "$out/cm/model" \
 	--train-data "$P" --eval-split 0.1 --eval-size 128 --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" \
@@ -62,7 +63,7 @@ stage "ppo-lag" "$bin" ppo-lag --actor "$out/sft/model" --reward-model "$out/rm/
 	--actor-lr "${ACTOR_LR:-5e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.05}" \
 	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
 	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/helpful/llamafactory-dpo_en_demo.json \
-	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length 128 \
+	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length "${PTX_LEN:-64}" \
 	--checkpoint-every 16 --output "$out/ppo-lag"
 
 cp "$out/ppo-lag/summary.json" "$out/summary.json"
