@@ -462,7 +462,8 @@ func (n *GraphNets) Checkpoint() (*NetsCheckpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &NetsCheckpoint{}
+	// Without LoRA the actor's variables are its HF weights: stored once, in the weights.
+	c := &NetsCheckpoint{WeightsScope: ScopeActor}
 	for _, name := range w.Names() {
 		c.Weights = append(c.Weights, safetensors.Tensor{Name: name, Shape: w[name].Shape, F32: w[name].Data})
 	}
@@ -485,15 +486,18 @@ func (n *GraphNets) Checkpoint() (*NetsCheckpoint, error) {
 }
 
 // Restore implements Nets.
-func (n *GraphNets) Restore(state *safetensors.File) error {
-	for _, name := range state.Names() {
+func (n *GraphNets) Restore(l *checkpoint.Loaded) error {
+	if l.TrainState == nil {
+		return fmt.Errorf("ppo: checkpoint %s has no training state", l.Dir)
+	}
+	for _, name := range l.TrainState.Names() {
 		for _, s := range frozenScopes {
 			if strings.HasPrefix(name, s+context.ScopeSeparator) {
-				return fmt.Errorf("ppo: checkpoint %s holds %s of the frozen scope %s", state.Path(), name, s)
+				return fmt.Errorf("ppo: checkpoint %s holds %s of the frozen scope %s", l.Dir, name, s)
 			}
 		}
 	}
-	return checkpoint.RestoreContext(n.ctx, state)
+	return l.RestoreContext(n.ctx)
 }
 
 // ActorWeights returns the current policy weights.

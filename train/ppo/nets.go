@@ -3,6 +3,7 @@ package ppo
 import (
 	"encoding/json"
 
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
@@ -29,9 +30,10 @@ type Nets interface {
 	// trainer writes it with train/checkpoint. Tensors may stream (safetensors.Tensor.Stream) and
 	// are written before the next update.
 	Checkpoint() (*NetsCheckpoint, error)
-	// Restore sets every trained variable and optimiser moment, bit for bit, from the tensors a
-	// checkpoint stored from NetsCheckpoint.State.
-	Restore(state *safetensors.File) error
+	// Restore sets every trained variable and optimiser moment, bit for bit, from a checkpoint
+	// written from NetsCheckpoint: l.TrainState holds State (less the tensors stored once in the
+	// weights, which l.RestoreContext reads back; see NetsCheckpoint.WeightsScope).
+	Restore(l *checkpoint.Loaded) error
 	// SavePolicy writes the actor as a model directory (HF safetensors + config.json).
 	SavePolicy(dir string) error
 }
@@ -46,6 +48,9 @@ type NetsCheckpoint struct {
 	// name, in its own dtype; frozen models (reference, reward, cost, LoRA bases) are left out.
 	State     []safetensors.Tensor
 	StateMeta map[string]string
+	// WeightsScope, if set, names the scope whose State tensors WeightsScope/N equal weight N
+	// (the fully trained actor): they are stored once, in the weights (checkpoint.Checkpoint.WeightsScope).
+	WeightsScope string
 }
 
 // PTXBatch is a supervised micro-batch for PTX mixing: ids, attention mask and labels (−100 on

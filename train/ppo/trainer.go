@@ -518,7 +518,7 @@ func (t *Trainer) checkpoint() (string, error) {
 		return "", err
 	}
 	dir, err := t.ckpts.Save(&checkpoint.Checkpoint{State: st, Weights: nc.Weights, Config: nc.Config,
-		TrainState: nc.State, TrainStateMeta: nc.StateMeta, Files: t.opt.CheckpointFiles})
+		TrainState: nc.State, TrainStateMeta: nc.StateMeta, WeightsScope: nc.WeightsScope, Files: t.opt.CheckpointFiles})
 	if err != nil {
 		return "", fmt.Errorf("ppo: %w", err)
 	}
@@ -590,7 +590,7 @@ func (t *Trainer) restore() error {
 	if err := json.Unmarshal(l.State.RNG, &rs); err != nil {
 		return fail("rng", err)
 	}
-	if err := t.nets.Restore(l.TrainState); err != nil {
+	if err := t.nets.Restore(l); err != nil {
 		return fail("networks", err)
 	}
 	if err := t.rng.UnmarshalBinary(rs); err != nil {

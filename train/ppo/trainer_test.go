@@ -119,7 +119,8 @@ func (f *fakeNets) Checkpoint() (*NetsCheckpoint, error) {
 	}, nil
 }
 
-func (f *fakeNets) Restore(st *safetensors.File) error {
+func (f *fakeNets) Restore(l *checkpoint.Loaded) error {
+	st := l.TrainState
 	w, err := st.Bytes("/w")
 	if err != nil {
 		return err
