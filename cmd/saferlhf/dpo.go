@@ -9,6 +9,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/stages"
 )
 
@@ -22,6 +23,9 @@ func runDPO(args []string) error {
 	}
 	if err := cfg.Validate(); err != nil {
 		return usagef("%v", err)
+	}
+	if err := dist.RequireSingle("dpo"); err != nil {
+		return err
 	}
 	cfg.Progress = os.Stderr
 	if err := checkpoint.PrepareOutput(cfg.Out, string(stages.DPO), cfg.Resume, cfg.Force); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/ppo"
 )
 
@@ -57,6 +58,9 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 	}
 	if err := c.Validate(); err != nil {
 		return usagef("%v", err)
+	}
+	if err := dist.RequireSingle(name); err != nil {
+		return err
 	}
 	if err := checkpoint.PrepareOutput(c.Out, name, c.Resume, c.Force); err != nil {
 		return err

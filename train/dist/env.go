@@ -298,3 +298,17 @@ func (r *envReader) require(keys ...string) {
 		r.fail(fmt.Errorf("%s not set (the launcher set only some of its variables)", strings.Join(missing, " and ")))
 	}
 }
+
+// RequireSingle returns an error naming command when the process was started
+// as one of several ranks: for commands that do not run data-parallel yet, so
+// that N copies never race on one output directory.
+func RequireSingle(command string) error {
+	env, err := FromEnv(nil)
+	if err != nil {
+		return err
+	}
+	if env.IsDistributed() {
+		return fmt.Errorf("%s does not run data-parallel yet (started as %s): run it as one process", command, env)
+	}
+	return nil
+}

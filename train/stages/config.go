@@ -24,7 +24,7 @@ type Config struct {
 	Backend      string    `json:"backend" flag:"backend" help:"GoMLX backend (go, go:ops_sequential, xla:cuda, ...; default $SAFERLHF_BACKEND or go)"`
 	Epochs       int       `json:"epochs" flag:"epochs" help:"passes over the training data"`
 	Steps        int       `json:"max-steps" flag:"max-steps" alias:"steps" help:"cap on optimizer steps (0: --epochs decide)"`
-	BatchSize    int       `json:"batch-size" flag:"batch-size" help:"micro-batch size (pairs for train-rm/train-cm)"`
+	BatchSize    int       `json:"batch-size" flag:"batch-size" help:"micro-batch size, global over all ranks of a data-parallel run (pairs for train-rm/train-cm)"`
 	Accumulation int       `json:"grad-accum" flag:"grad-accum" help:"gradient accumulation: micro-batches per optimizer step"`
 	MaxLength    int       `json:"max-length" flag:"max-length" help:"sequence width in tokens; longer examples are truncated"`
 	Truncate     string    `json:"truncate" flag:"truncate" help:"right (reference: cut the end) or prompt-left (drop the oldest prompt tokens first)"`

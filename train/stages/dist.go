@@ -17,6 +17,9 @@ func connect(ctx stdctx.Context, stage Stage, cfg Config) (dist.Communicator, er
 	if env.IsDistributed() && cfg.BatchSize%env.WorldSize != 0 {
 		return nil, fmt.Errorf("%s: --batch-size %d is the global batch and must be divisible by the world size %d", stage, cfg.BatchSize, env.WorldSize)
 	}
+	if _, err := dist.PinGPU(env); err != nil { // one GPU per process, before any backend loads
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
 	comm, err := dist.Connect(ctx, env, dist.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %s: %w", stage, env, err)
