@@ -1,7 +1,9 @@
 /* attn.c: causal GQA attention with padding masks, FlashAttention-style:
- * scores are computed one key block at a time with an online softmax, so no
- * more than a block of scores per query exists; the backward recomputes them
- * from the saved log-sum-exp.
+ * scores are computed one key block (KB keys) at a time with an online
+ * softmax, so no more than a block of scores per query exists; the backward
+ * recomputes them from the saved log-sum-exp. Each task first transposes its
+ * head's keys and values to [dh][T], so every inner loop runs over keys,
+ * contiguous and vectorisable.
  *
  * Masked queries follow the GoMLX graph (train/model), whose bias is a finite
  * -1e9 per violated condition (future key, pad key) added in float32: a query
@@ -10,6 +12,7 @@
  * same rounded score, so it attends uniformly to them; its score gradient
  * still flows through q·k as in the graph. */
 #include "engine.h"
+#include "fexp.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +23,7 @@
 #define CLONES
 #endif
 
-float eng_fexp(float x);
-#define KB 64
+#define KB 128
 
 struct attn_job {
 	int B, T, Hq, Hkv, dh, S, Smax;
@@ -35,7 +37,45 @@ static inline float dot(const float *a, const float *b, int n) {
 	return s;
 }
 
-/* any[i] = 1 when some key j <= i of row b is real */
+/* Reductions in 16 fixed lanes: vectorisable without reassociation, and
+ * deterministic. */
+static inline float lanes_sum(const float *acc) {
+	float s = 0;
+	for (int l = 0; l < 16; l++) s += acc[l];
+	return s;
+}
+
+static inline float sum_prod(const float *a, const float *b, int n) {
+	float acc[16] = {0};
+	int x = 0;
+	for (; x + 16 <= n; x += 16)
+		for (int l = 0; l < 16; l++) acc[l] += a[x + l] * b[x + l];
+	for (; x < n; x++) acc[x & 15] += a[x] * b[x];
+	return lanes_sum(acc);
+}
+
+static inline float vsum(const float *a, int n) {
+	float acc[16] = {0};
+	int x = 0;
+	for (; x + 16 <= n; x += 16)
+		for (int l = 0; l < 16; l++) acc[l] += a[x + l];
+	for (; x < n; x++) acc[x & 15] += a[x];
+	return lanes_sum(acc);
+}
+
+static inline float vmax(const float *a, int n) {
+	float acc[16];
+	for (int l = 0; l < 16; l++) acc[l] = -INFINITY;
+	int x = 0;
+	for (; x + 16 <= n; x += 16)
+		for (int l = 0; l < 16; l++) acc[l] = a[x + l] > acc[l] ? a[x + l] : acc[l];
+	for (; x < n; x++) acc[x & 15] = a[x] > acc[x & 15] ? a[x] : acc[x & 15];
+	float m = acc[0];
+	for (int l = 1; l < 16; l++) m = acc[l] > m ? acc[l] : m;
+	return m;
+}
+
+/* any[i] = 1 when some key j <= i of the row is real */
 static void prefix_any(const float *mask, int T, unsigned char *any) {
 	int a = 0;
 	for (int i = 0; i < T; i++) {
@@ -44,49 +84,72 @@ static void prefix_any(const float *mask, int T, unsigned char *any) {
 	}
 }
 
+/* dst[d*T + t] = src[(row0+t)*ld + d] */
+static void transpose_in(const float *src, int ld, int T, int dh, float *dst) {
+	for (int t = 0; t < T; t++)
+		for (int d = 0; d < dh; d++) dst[(size_t)d * T + t] = src[(size_t)t * ld + d];
+}
+
+/* A uniform (left-pad) query: weights 1/n over its included keys. */
+static void fwd_uniform(struct attn_job *j, const float *mask, int b, int h, int kvh, int i, float *o) {
+	int T = j->T, dh = j->dh, kw = j->Hkv * dh;
+	int n = 0;
+	for (int d = 0; d < dh; d++) o[d] = 0;
+	for (int jj = 0; jj < T; jj++) {
+		if (jj > i && mask[jj] == 0) continue;
+		const float *vv = j->v + (size_t)(b * T + jj) * kw + kvh * dh;
+		for (int d = 0; d < dh; d++) o[d] += vv[d];
+		n++;
+	}
+	for (int d = 0; d < dh; d++) o[d] /= (float)n;
+	j->l[((size_t)b * j->Hq + h) * T + i] = logf((float)n);
+}
+
 CLONES static void attn_fwd_head(struct attn_job *j, int b, int h) {
 	int T = j->T, dh = j->dh, G = j->Hq / j->Hkv, kvh = h / G;
 	int qw = j->Hq * dh, kw = j->Hkv * dh;
 	const float *mask = j->mask + (size_t)b * T;
-	unsigned char any[T];
+	unsigned char *any = malloc(T);
+	float *kt = malloc(sizeof(float) * (size_t)2 * dh * T + sizeof(float) * T);
+	if (!any || !kt) abort();
+	float *vt = kt + (size_t)dh * T, *madd = vt + (size_t)dh * T;
 	prefix_any(mask, T, any);
+	transpose_in(j->k + (size_t)b * T * kw + kvh * dh, kw, T, dh, kt);
+	transpose_in(j->v + (size_t)b * T * kw + kvh * dh, kw, T, dh, vt);
+	for (int t = 0; t < T; t++) madd[t] = mask[t] != 0 ? 0.0f : -INFINITY;
 	float s[KB], acc[dh];
 	for (int i = 0; i < T; i++) {
+		float *o = j->o + (size_t)(b * T + i) * qw + h * dh;
+		if (!any[i]) {
+			fwd_uniform(j, mask, b, h, kvh, i, o);
+			continue;
+		}
 		const float *q = j->q + (size_t)(b * T + i) * qw + h * dh;
 		float m = -INFINITY, l = 0;
 		for (int d = 0; d < dh; d++) acc[d] = 0;
-		int uni = !any[i], last = uni ? T - 1 : i;
-		for (int j0 = 0; j0 <= last; j0 += KB) {
-			int j1 = j0 + KB - 1 < last ? j0 + KB - 1 : last;
-			float bm = -INFINITY;
-			for (int jj = j0; jj <= j1; jj++) {
-				if (uni ? (jj > i && mask[jj] == 0) : mask[jj] == 0) {
-					s[jj - j0] = -INFINITY;
-					continue;
-				}
-				float sc = uni ? 0.0f : dot(q, j->k + (size_t)(b * T + jj) * kw + kvh * dh, dh);
-				s[jj - j0] = sc;
-				bm = sc > bm ? sc : bm;
+		for (int j0 = 0; j0 <= i; j0 += KB) {
+			int n = i + 1 - j0 < KB ? i + 1 - j0 : KB;
+			for (int x = 0; x < n; x++) s[x] = madd[j0 + x];
+			for (int d = 0; d < dh; d++) {
+				float qd = q[d];
+				const float *kr = kt + (size_t)d * T + j0;
+				for (int x = 0; x < n; x++) s[x] += qd * kr[x];
 			}
+			float bm = vmax(s, n);
 			if (bm == -INFINITY) continue;
 			float mn = bm > m ? bm : m;
-			float corr = m == -INFINITY ? 0.0f : eng_fexp(m - mn);
-			l *= corr;
-			for (int d = 0; d < dh; d++) acc[d] *= corr;
-			for (int jj = j0; jj <= j1; jj++) {
-				if (s[jj - j0] == -INFINITY) continue;
-				float p = eng_fexp(s[jj - j0] - mn);
-				l += p;
-				const float *vv = j->v + (size_t)(b * T + jj) * kw + kvh * dh;
-				for (int d = 0; d < dh; d++) acc[d] += p * vv[d];
-			}
+			float corr = m == -INFINITY ? 0.0f : fexp(m - mn);
+			for (int x = 0; x < n; x++) s[x] = fexp(s[x] - mn);
+			l = l * corr + vsum(s, n);
+			for (int d = 0; d < dh; d++) acc[d] = acc[d] * corr + sum_prod(s, vt + (size_t)d * T + j0, n);
 			m = mn;
 		}
-		float *o = j->o + (size_t)(b * T + i) * qw + h * dh;
 		float inv = 1.0f / l;
 		for (int d = 0; d < dh; d++) o[d] = acc[d] * inv;
 		j->l[((size_t)b * j->Hq + h) * T + i] = m + logf(l);
 	}
+	free(kt);
+	free(any);
 }
 
 static void attn_fwd_task(void *arg, int t) {
@@ -101,44 +164,97 @@ void eng_attn_fwd(int B, int T, int Hq, int Hkv, int dh, const float *q, const f
 	eng_parallel(B * Hq, attn_fwd_task, &j);
 }
 
+/* Backward of a uniform (left-pad) query, scalar: rare. */
+static void bwd_uniform(struct attn_job *j, const float *mask, int b, int h, int kvh, int i, float *dkt, float *dvt) {
+	int T = j->T, dh = j->dh, qw = j->Hq * dh, kw = j->Hkv * dh;
+	size_t qo = (size_t)(b * T + i) * qw + h * dh;
+	const float *q = j->q + qo, *o = j->out + qo, *dout = j->dout + qo;
+	float *dq = j->dq + qo;
+	float lse = j->lse[((size_t)b * j->Hq + h) * T + i];
+	float D = dot(dout, o, dh);
+	for (int d = 0; d < dh; d++) dq[d] = 0;
+	for (int jj = 0; jj < T; jj++) {
+		if (jj > i && mask[jj] == 0) continue;
+		size_t ko = (size_t)(b * T + jj) * kw + kvh * dh;
+		const float *k = j->k + ko, *v = j->v + ko;
+		float p = fexp(-lse);
+		float ds = p * (dot(dout, v, dh) - D);
+		for (int d = 0; d < dh; d++) {
+			dq[d] += ds * k[d];
+			dkt[(size_t)d * T + jj] += ds * q[d];
+			dvt[(size_t)d * T + jj] += p * dout[d];
+		}
+	}
+}
+
 /* One task per (batch row, kv head): it owns dk/dv of that head and dq of its query group. */
 CLONES static void attn_bwd_kv(struct attn_job *j, int b, int kvh) {
 	int T = j->T, dh = j->dh, G = j->Hq / j->Hkv;
 	int qw = j->Hq * dh, kw = j->Hkv * dh;
 	const float *mask = j->mask + (size_t)b * T;
-	unsigned char any[T];
+	unsigned char *any = malloc(T);
+	float *kt = malloc(sizeof(float) * ((size_t)4 * dh * T + T));
+	if (!any || !kt) abort();
+	float *vt = kt + (size_t)dh * T, *dkt = vt + (size_t)dh * T, *dvt = dkt + (size_t)dh * T;
+	float *mk = dvt + (size_t)dh * T;
 	prefix_any(mask, T, any);
-	for (int t = 0; t < T; t++) {
-		memset(j->dk + (size_t)(b * T + t) * kw + kvh * dh, 0, dh * sizeof(float));
-		memset(j->dv + (size_t)(b * T + t) * kw + kvh * dh, 0, dh * sizeof(float));
-	}
+	transpose_in(j->k + (size_t)b * T * kw + kvh * dh, kw, T, dh, kt);
+	transpose_in(j->v + (size_t)b * T * kw + kvh * dh, kw, T, dh, vt);
+	memset(dkt, 0, sizeof(float) * (size_t)2 * dh * T);
+	for (int t = 0; t < T; t++) mk[t] = mask[t] != 0 ? 1.0f : 0.0f;
+	float p[KB], ds[KB];
 	for (int g = 0; g < G; g++) {
 		int h = kvh * G + g;
 		for (int i = 0; i < T; i++) {
+			if (!any[i]) {
+				bwd_uniform(j, mask, b, h, kvh, i, dkt, dvt);
+				continue;
+			}
 			size_t qo = (size_t)(b * T + i) * qw + h * dh;
 			const float *q = j->q + qo, *o = j->out + qo, *dout = j->dout + qo;
 			float *dq = j->dq + qo;
 			float lse = j->lse[((size_t)b * j->Hq + h) * T + i];
 			float D = dot(dout, o, dh);
-			int uni = !any[i], last = uni ? T - 1 : i;
 			for (int d = 0; d < dh; d++) dq[d] = 0;
-			for (int jj = 0; jj <= last; jj++) {
-				if (uni ? (jj > i && mask[jj] == 0) : mask[jj] == 0) continue;
-				size_t ko = (size_t)(b * T + jj) * kw + kvh * dh;
-				const float *k = j->k + ko, *v = j->v + ko;
-				float sc = uni ? 0.0f : dot(q, k, dh);
-				float p = eng_fexp(sc - lse);
-				float dp = dot(dout, v, dh);
-				float ds = p * (dp - D);
-				float *dk = j->dk + ko, *dv = j->dv + ko;
+			for (int j0 = 0; j0 <= i; j0 += KB) {
+				int n = i + 1 - j0 < KB ? i + 1 - j0 : KB;
+				for (int x = 0; x < n; x++) p[x] = -lse;
 				for (int d = 0; d < dh; d++) {
-					dq[d] += ds * k[d];
-					dk[d] += ds * q[d];
-					dv[d] += p * dout[d];
+					float qd = q[d];
+					const float *kr = kt + (size_t)d * T + j0;
+					for (int x = 0; x < n; x++) p[x] += qd * kr[x];
+				}
+				for (int x = 0; x < n; x++) {
+					p[x] = fexp(p[x]) * mk[j0 + x];
+					ds[x] = 0;
+				}
+				for (int d = 0; d < dh; d++) {
+					float od = dout[d];
+					const float *vr = vt + (size_t)d * T + j0;
+					for (int x = 0; x < n; x++) ds[x] += od * vr[x];
+				}
+				for (int x = 0; x < n; x++) ds[x] = p[x] * (ds[x] - D);
+				for (int d = 0; d < dh; d++) {
+					float *dkr = dkt + (size_t)d * T + j0, *dvr = dvt + (size_t)d * T + j0;
+					float qd = q[d], od = dout[d];
+					for (int x = 0; x < n; x++) {
+						dkr[x] += ds[x] * qd;
+						dvr[x] += p[x] * od;
+					}
+					dq[d] += sum_prod(ds, kt + (size_t)d * T + j0, n);
 				}
 			}
 		}
 	}
+	for (int t = 0; t < T; t++) {
+		float *dk = j->dk + (size_t)(b * T + t) * kw + kvh * dh, *dv = j->dv + (size_t)(b * T + t) * kw + kvh * dh;
+		for (int d = 0; d < dh; d++) {
+			dk[d] = dkt[(size_t)d * T + t];
+			dv[d] = dvt[(size_t)d * T + t];
+		}
+	}
+	free(kt);
+	free(any);
 }
 
 static void attn_bwd_task(void *arg, int t) {
@@ -182,12 +298,12 @@ CLONES static void attn_dec_head(struct attn_job *j, int b, int h) {
 		}
 		if (bm == -INFINITY) continue;
 		float mn = bm > m ? bm : m;
-		float corr = m == -INFINITY ? 0.0f : eng_fexp(m - mn);
+		float corr = m == -INFINITY ? 0.0f : fexp(m - mn);
 		l *= corr;
 		for (int d = 0; d < dh; d++) acc[d] *= corr;
 		for (int jj = j0; jj < j1; jj++) {
 			if (s[jj - j0] == -INFINITY) continue;
-			float p = eng_fexp(s[jj - j0] - mn);
+			float p = fexp(s[jj - j0] - mn);
 			l += p;
 			const float *vv = j->v + ((size_t)b * j->Smax + jj) * kw + kvh * dh;
 			for (int d = 0; d < dh; d++) acc[d] += p * vv[d];

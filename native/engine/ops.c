@@ -14,32 +14,9 @@
 #define CLONES
 #endif
 
-/* ---- exp, vectorisable (Cephes polynomial; ~1 ulp) ---- */
-static inline float fexp(float x) {
-	float zero = x < -87.0f ? 0.0f : 1.0f;
-	x = x < -87.0f ? -87.0f : x;
-	x = x > 88.0f ? 88.0f : x;
-	float t = x * 1.44269504088896341f + 12582912.0f;
-	float n = t - 12582912.0f;
-	int32_t ti;
-	memcpy(&ti, &t, 4);
-	int32_t ni = ti - 0x4B400000;
-	float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-	float p = 1.9875691500E-4f;
-	p = p * r + 1.3981999507E-3f;
-	p = p * r + 8.3334519073E-3f;
-	p = p * r + 4.1665795894E-2f;
-	p = p * r + 1.6666665459E-1f;
-	p = p * r + 5.0000001201E-1f;
-	p = p * r * r + r + 1.0f;
-	int32_t pi;
-	memcpy(&pi, &p, 4);
-	pi += ni * (1 << 23);
-	memcpy(&p, &pi, 4);
-	return p * zero;
-}
+#include "fexp.h"
 
-float eng_fexp(float x) { return fexp(x); }
+
 
 /* rows per task for a row op of width d: about 64K elements per task */
 static int row_tasks(int n, int d, int *per) {
