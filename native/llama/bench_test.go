@@ -1,6 +1,7 @@
 package llama
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"syscall"
 	"testing"
@@ -20,6 +21,15 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// maxRSSMiB returns the process's peak resident set size.
+func maxRSSMiB() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Maxrss) / 1024
+}
+
 // benchConfigs are llama2.c's stories260K and stories15M shapes.
 func benchConfigs() map[string]*model.Config {
 	return map[string]*model.Config{
@@ -31,32 +41,51 @@ func benchConfigs() map[string]*model.Config {
 }
 
 // BenchmarkStep times one full-parameter AdamW step (forward, fused LM-head
-// log-probs, backward, clipped update) on a B16×T256 batch, as
-// train/model's BenchmarkModel does on the GoMLX backends. Metrics: seconds
-// and CPU seconds per step.
+// log-probs, mean NLL of the real next tokens, backward, clipped update; wd
+// 0.01) on train/model's BenchmarkModel batches: stories260K B16×T256 and the
+// stories15M shape B4×T256, left-padded rows. Metrics: seconds and CPU
+// seconds per step.
 func BenchmarkStep(b *testing.B) {
 	skipNoEngine(b)
-	for _, name := range []string{"stories260K", "stories15M"} {
-		cfg := benchConfigs()[name]
-		b.Run(name+"/B16xT256/adamw", func(b *testing.B) {
-			const bsz, tt = 16, 256
+	for _, c := range []struct {
+		name string
+		bsz  int
+	}{{"stories260K", 16}, {"stories15M", 4}} {
+		cfg := benchConfigs()[c.name]
+		bsz, tt := c.bsz, 256
+		b.Run(fmt.Sprintf("%s/B%dxT%d/adamw", c.name, bsz, tt), func(b *testing.B) {
 			m, err := New(cfg, model.RandomWeights(cfg, 1), 1)
 			if err != nil {
 				b.Fatal(err)
 			}
-			opt, err := NewAdamW(optim.AdamWConfig{WeightDecay: 0.1})
+			opt, err := NewAdamW(optim.AdamWConfig{WeightDecay: 0.01})
 			if err != nil {
 				b.Fatal(err)
 			}
 			rng := rand.New(rand.NewPCG(1, 2))
 			ids, mask := make([]int32, bsz*tt), make([]float32, bsz*tt)
-			for i := range ids {
-				ids[i] = int32(rng.IntN(cfg.VocabSize))
-				mask[i] = 1
+			for r := 0; r < bsz; r++ {
+				pad := r * 7 % 64 // left padding as BenchmarkModel's batches
+				for i := pad; i < tt; i++ {
+					ids[r*tt+i] = int32(rng.IntN(cfg.VocabSize))
+					mask[r*tt+i] = 1
+				}
 			}
-			dl := make([]float32, bsz*(tt-1))
-			for i := range dl {
-				dl[i] = -1 / float32(len(dl))
+			// d(mean NLL of the real next tokens)/d logp.
+			dl, real := make([]float32, bsz*(tt-1)), 0
+			for r := 0; r < bsz; r++ {
+				for i := 0; i+1 < tt; i++ {
+					if mask[r*tt+i] != 0 && mask[r*tt+i+1] != 0 {
+						real++
+					}
+				}
+			}
+			for r := 0; r < bsz; r++ {
+				for i := 0; i+1 < tt; i++ {
+					if mask[r*tt+i] != 0 && mask[r*tt+i+1] != 0 {
+						dl[r*(tt-1)+i] = -1 / float32(real)
+					}
+				}
 			}
 			g := m.NewGrads()
 			step := func() {
@@ -87,6 +116,7 @@ func BenchmarkStep(b *testing.B) {
 			b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/step")
 			b.ReportMetric((cpuTime()-c0).Seconds()/float64(b.N), "cpu-s/step")
 			b.ReportMetric(float64(engine.Threads()), "threads")
+			b.ReportMetric(maxRSSMiB(), "maxRSS-MiB")
 		})
 	}
 }
