@@ -43,6 +43,8 @@ test-native:
 # The native engine's tests under AddressSanitizer (out-of-bounds checks of the C kernels).
 asan:
 	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -asan -count=1 ./native/engine/ ./native/llama/
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -asan -run '^$$' -fuzz FuzzSgemmShapes -fuzztime $(FUZZTIME) ./native/engine/
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -asan -run '^$$' -fuzz FuzzRowOpShapes -fuzztime $(FUZZTIME) ./native/engine/
 
 # Short, bounded fuzz runs of every parser (each target FUZZTIME).
 fuzz:

@@ -270,12 +270,15 @@ void eng_attn_bwd(int B, int T, int Hq, int Hkv, int dh, const float *q, const f
 	eng_parallel(B * Hkv, attn_bwd_task, &j);
 }
 
-/* ---- decode: one query per row against a KV cache ---- */
+/* ---- decode: one query per row against a KV cache ----
+ * Caches are head-major and transposed, [B, Hkv, dh, Smax], so scores and
+ * outputs are loops over cache positions. */
 CLONES static void attn_dec_head(struct attn_job *j, int b, int h) {
-	int S = j->S, dh = j->dh, G = j->Hq / j->Hkv, kvh = h / G;
-	int qw = j->Hq * dh, kw = j->Hkv * dh;
-	const float *mask = j->mask + (size_t)b * j->Smax;
-	const float *q = j->q + (size_t)b * qw + h * dh;
+	int S = j->S, Smax = j->Smax, dh = j->dh, G = j->Hq / j->Hkv, kvh = h / G;
+	const float *mask = j->mask + (size_t)b * Smax;
+	const float *q = j->q + (size_t)b * j->Hq * dh + h * dh;
+	const float *kt = j->k + ((size_t)b * j->Hkv + kvh) * dh * Smax;
+	const float *vt = j->v + ((size_t)b * j->Hkv + kvh) * dh * Smax;
 	int uni = 1;
 	for (int jj = 0; jj < S; jj++)
 		if (mask[jj] != 0) {
@@ -285,32 +288,28 @@ CLONES static void attn_dec_head(struct attn_job *j, int b, int h) {
 	float s[KB], acc[dh], m = -INFINITY, l = 0;
 	for (int d = 0; d < dh; d++) acc[d] = 0;
 	for (int j0 = 0; j0 < S; j0 += KB) {
-		int j1 = j0 + KB < S ? j0 + KB : S;
-		float bm = -INFINITY;
-		for (int jj = j0; jj < j1; jj++) {
-			if (!uni && mask[jj] == 0) {
-				s[jj - j0] = -INFINITY;
-				continue;
+		int n = S - j0 < KB ? S - j0 : KB;
+		if (uni) {
+			for (int x = 0; x < n; x++) s[x] = 0;
+		} else {
+			for (int x = 0; x < n; x++) s[x] = 0;
+			for (int d = 0; d < dh; d++) {
+				float qd = q[d];
+				const float *kr = kt + (size_t)d * Smax + j0;
+				for (int x = 0; x < n; x++) s[x] += qd * kr[x];
 			}
-			float sc = uni ? 0.0f : dot(q, j->k + ((size_t)b * j->Smax + jj) * kw + kvh * dh, dh);
-			s[jj - j0] = sc;
-			bm = sc > bm ? sc : bm;
+			for (int x = 0; x < n; x++) s[x] = mask[j0 + x] != 0 ? s[x] : -INFINITY;
 		}
+		float bm = vmax(s, n);
 		if (bm == -INFINITY) continue;
 		float mn = bm > m ? bm : m;
 		float corr = m == -INFINITY ? 0.0f : fexp(m - mn);
-		l *= corr;
-		for (int d = 0; d < dh; d++) acc[d] *= corr;
-		for (int jj = j0; jj < j1; jj++) {
-			if (s[jj - j0] == -INFINITY) continue;
-			float p = fexp(s[jj - j0] - mn);
-			l += p;
-			const float *vv = j->v + ((size_t)b * j->Smax + jj) * kw + kvh * dh;
-			for (int d = 0; d < dh; d++) acc[d] += p * vv[d];
-		}
+		for (int x = 0; x < n; x++) s[x] = fexp(s[x] - mn);
+		l = l * corr + vsum(s, n);
+		for (int d = 0; d < dh; d++) acc[d] = acc[d] * corr + sum_prod(s, vt + (size_t)d * Smax + j0, n);
 		m = mn;
 	}
-	float *o = j->o + (size_t)b * qw + h * dh;
+	float *o = j->o + (size_t)b * j->Hq * dh + h * dh;
 	for (int d = 0; d < dh; d++) o[d] = acc[d] / l;
 }
 

@@ -39,7 +39,8 @@ void eng_attn_fwd(int B, int T, int Hq, int Hkv, int dh, const float *q, const f
 void eng_attn_bwd(int B, int T, int Hq, int Hkv, int dh, const float *q, const float *k, const float *v,
                   const float *mask, const float *out, const float *lse, const float *dout,
                   float *dq, float *dk, float *dv);
-/* One decode step: q [B, Hq*dh] at position pos (keys 0..S-1 in caches [B, Smax, Hkv*dh]); kmask [B, Smax]. */
+/* One decode step: q [B, Hq*dh] against cache positions 0..S-1 of head-major transposed caches
+ * [B, Hkv, dh, Smax]; kmask [B, Smax]. */
 void eng_attn_decode(int B, int S, int Smax, int Hq, int Hkv, int dh, const float *q, const float *kc,
                      const float *vc, const float *kmask, float *out);
 

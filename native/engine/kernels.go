@@ -371,7 +371,9 @@ func AttentionBackward(b, t, hq, hkv, dh int, q, k, v, mask, out, lse, dout, dq,
 }
 
 // AttentionDecode attends one query per batch row q [b, hq·dh] to the first s
-// positions of KV caches [b, smax, hkv·dh] whose key mask [b, smax] is 1.
+// positions of KV caches kc, vc whose key mask [b, smax] is 1. The caches are
+// head-major and transposed, [b, hkv, dh, smax] so the
+// kernel's loops run over positions.
 func AttentionDecode(b, s, smax, hq, hkv, dh int, q, kc, vc, kmask, out []float32) error {
 	if !Available {
 		return ErrUnavailable

@@ -433,7 +433,18 @@ func TestAttention(t *testing.T) {
 			copy(qd[bi*hq*dh:(bi+1)*hq*dh], q[(bi*tt+tt-1)*hq*dh:])
 		}
 		od := make([]float32, len(qd))
-		if err := AttentionDecode(b, tt, tt, hq, hkv, dh, qd, k, v, mask, od); err != nil {
+		kt, vt := make([]float32, len(k)), make([]float32, len(v))
+		for bi := 0; bi < b; bi++ {
+			for p := 0; p < tt; p++ {
+				for h := 0; h < hkv; h++ {
+					for d := 0; d < dh; d++ {
+						kt[((bi*hkv+h)*dh+d)*tt+p] = k[(bi*tt+p)*hkv*dh+h*dh+d]
+						vt[((bi*hkv+h)*dh+d)*tt+p] = v[(bi*tt+p)*hkv*dh+h*dh+d]
+					}
+				}
+			}
+		}
+		if err := AttentionDecode(b, tt, tt, hq, hkv, dh, qd, kt, vt, mask, od); err != nil {
 			t.Fatal(err)
 		}
 		for bi := 0; bi < b; bi++ {
@@ -508,5 +519,37 @@ func FuzzSgemmShapes(f *testing.F) {
 		}
 		a, b, c := make([]float32, la), make([]float32, lb), make([]float32, lc)
 		_ = Sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, 1, c, ldc)
+	})
+}
+
+// FuzzRowOpShapes drives the row kernels' and attention's shape checks with
+// arbitrary dimensions, buffer sizes and indices: each call must return an
+// error or stay inside its slices (run under `make asan` for the memory check).
+func FuzzRowOpShapes(f *testing.F) {
+	f.Add(2, 3, 2, 1, 4, 16, 16, 5, int32(1))
+	f.Add(1, 8, 4, 4, 2, 3, 64, 8, int32(-1))
+	f.Fuzz(func(t *testing.T, b, tt, hq, hkv, dh, la, lb, lc int, idx int32) {
+		if !Available {
+			t.Skip()
+		}
+		clamp := func(x, lo, hi int) int { return max(lo, min(x, hi)) }
+		b, tt, hq, hkv, dh = clamp(b, -1, 4), clamp(tt, -1, 12), clamp(hq, -1, 6), clamp(hkv, -1, 6), clamp(dh, -1, 10)
+		la, lb, lc = clamp(la, 0, 3000), clamp(lb, 0, 3000), clamp(lc, 0, 300)
+		a, x, small := make([]float32, la), make([]float32, lb), make([]float32, lc)
+		ids := make([]int32, lc)
+		for i := range ids {
+			ids[i] = idx
+		}
+		_ = Attention(b, tt, hq, hkv, dh, a, x, x, small, a, small)
+		_ = AttentionBackward(b, tt, hq, hkv, dh, a, x, x, small, a, small, a, a, x, x)
+		_ = AttentionDecode(b, tt, tt+hq-hkv, hq, hkv, dh, a, x, x, small, a)
+		_ = RMSNorm(b, tt, a, small, 1e-5, x, small)
+		_ = RMSNormBackward(b, tt, a, small, small, x, x, true, small)
+		_ = RoPE(b, hq, dh, ids, small, small, 1, a, false)
+		_ = LogSoftmaxGather(b, tt, a, tt+hkv, ids, small, small)
+		_ = LogSoftmaxGatherBackward(b, tt, a, tt+hkv, ids, small, small)
+		_ = Softmax(b, tt, a)
+		_ = SwiGLU(a, x, small)
+		_ = AdamWStep(a, x, small, a, 1, 0.9, 0.95, 1e-3, 1, 1e-8, 0)
 	})
 }

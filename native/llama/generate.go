@@ -71,8 +71,9 @@ func (m *Model) Generate(prompts [][]int32, opts model.GenerateOptions) (ro *mod
 	for l := range kc {
 		kc[l], vc[l] = make([]float32, b*s*kw), make([]float32, b*s*kw)
 		for r := 0; r < b; r++ {
-			copy(kc[l][r*s*kw:], tp.layers[l].k[r*pw*kw:(r+1)*pw*kw])
-			copy(vc[l][r*s*kw:], tp.layers[l].v[r*pw*kw:(r+1)*pw*kw])
+			for p := 0; p < pw; p++ {
+				cacheWrite(kc[l], vc[l], tp.layers[l].k[(r*pw+p)*kw:], tp.layers[l].v[(r*pw+p)*kw:], r, p, s, hkv, dh)
+			}
 		}
 	}
 	head := m.Params[m.headName()]
@@ -137,8 +138,7 @@ func (m *Model) Generate(prompts [][]int32, opts model.GenerateOptions) (ro *mod
 			fail(engine.RoPE(b, hq, dh, pos, cos, sin, qs, q, false))
 			fail(engine.RoPE(b, hkv, dh, pos, cos, sin, 1, k, false))
 			for r := 0; r < b; r++ {
-				copy(kc[l][(r*s+at)*kw:(r*s+at+1)*kw], k[r*kw:(r+1)*kw])
-				copy(vc[l][(r*s+at)*kw:(r*s+at+1)*kw], vv[r*kw:(r+1)*kw])
+				cacheWrite(kc[l], vc[l], k[r*kw:], vv[r*kw:], r, at, s, hkv, dh)
 			}
 			fail(engine.AttentionDecode(b, at+1, s, hq, hkv, dh, q, kc[l], vc[l], keyMask, o))
 			m.lin(ln("self_attn.o_proj"), o, b, y)
@@ -179,4 +179,16 @@ func (m *Model) Generate(prompts [][]int32, opts model.GenerateOptions) (ro *mod
 		ro.Seq[r], ro.AttentionMask[r], ro.ResponseLen[r] = row, mk, len(resp[r])
 	}
 	return ro, nil
+}
+
+// cacheWrite stores one position's keys and values k, v [hkv·dh] of batch row
+// r at position p of caches laid out [B, hkv, dh, s] (engine.AttentionDecode's).
+func cacheWrite(kc, vc, k, v []float32, r, p, s, hkv, dh int) {
+	for h := 0; h < hkv; h++ {
+		base := (r*hkv + h) * dh * s
+		for d := 0; d < dh; d++ {
+			kc[base+d*s+p] = k[h*dh+d]
+			vc[base+d*s+p] = v[h*dh+d]
+		}
+	}
 }
