@@ -7,10 +7,10 @@
  *
  * Masked queries follow the GoMLX graph (train/model), whose bias is a finite
  * -1e9 per violated condition (future key, pad key) added in float32: a query
- * whose causal prefix holds no real key (a left-pad query) sees every key with
- * exactly one violation (its pad prefix and the real keys after it) at the
- * same rounded score, so it attends uniformly to them; its score gradient
- * still flows through q·k as in the graph. */
+ * whose causal prefix holds no real key (a left-pad query) attends to the keys
+ * with exactly one violation (its pad prefix and the real keys after it) with
+ * scores fl32(q·k − 1e9), which tie within ±32 and otherwise move in steps of
+ * 64; its score gradient flows through q·k as in the graph. */
 #include "engine.h"
 #include "fexp.h"
 #include <math.h>
@@ -90,19 +90,35 @@ static void transpose_in(const float *src, int ld, int T, int dh, float *dst) {
 		for (int d = 0; d < dh; d++) dst[(size_t)d * T + t] = src[(size_t)t * ld + d];
 }
 
-/* A uniform (left-pad) query: weights 1/n over its included keys. */
+/* The score of a key of a query with no real key in its causal prefix, as
+ * the graph computes it: q·k plus a -1e9 bias, rounded to float32 (so scores
+ * within ±32 tie, and larger ones move in steps of 64). */
+static inline float pad_query_score(float s) {
+	volatile float t = s + -1e9f;
+	return t;
+}
+
+/* Forward of a left-pad query: softmax over its included keys (its pad prefix
+ * and the real keys after it, each with exactly one -1e9 violation). */
 static void fwd_uniform(struct attn_job *j, const float *mask, int b, int h, int kvh, int i, float *o) {
-	int T = j->T, dh = j->dh, kw = j->Hkv * dh;
-	int n = 0;
+	int T = j->T, dh = j->dh, kw = j->Hkv * dh, qw = j->Hq * dh;
+	const float *q = j->q + (size_t)(b * T + i) * qw + h * dh;
+	float m = -INFINITY, l = 0;
+	for (int jj = 0; jj < T; jj++) {
+		if (jj > i && mask[jj] == 0) continue;
+		float t = pad_query_score(dot(q, j->k + (size_t)(b * T + jj) * kw + kvh * dh, dh));
+		m = t > m ? t : m;
+	}
 	for (int d = 0; d < dh; d++) o[d] = 0;
 	for (int jj = 0; jj < T; jj++) {
 		if (jj > i && mask[jj] == 0) continue;
-		const float *vv = j->v + (size_t)(b * T + jj) * kw + kvh * dh;
-		for (int d = 0; d < dh; d++) o[d] += vv[d];
-		n++;
+		size_t ko = (size_t)(b * T + jj) * kw + kvh * dh;
+		float p = fexp(pad_query_score(dot(q, j->k + ko, dh)) - m);
+		l += p;
+		for (int d = 0; d < dh; d++) o[d] += p * j->v[ko + d];
 	}
-	for (int d = 0; d < dh; d++) o[d] /= (float)n;
-	j->l[((size_t)b * j->Hq + h) * T + i] = logf((float)n);
+	for (int d = 0; d < dh; d++) o[d] /= l;
+	j->l[((size_t)b * j->Hq + h) * T + i] = m + logf(l);
 }
 
 CLONES static void attn_fwd_head(struct attn_job *j, int b, int h) {
@@ -164,20 +180,30 @@ void eng_attn_fwd(int B, int T, int Hq, int Hkv, int dh, const float *q, const f
 	eng_parallel(B * Hq, attn_fwd_task, &j);
 }
 
-/* Backward of a uniform (left-pad) query, scalar: rare. */
+/* Backward of a left-pad query (scalar: rare). */
 static void bwd_uniform(struct attn_job *j, const float *mask, int b, int h, int kvh, int i, float *dkt, float *dvt) {
 	int T = j->T, dh = j->dh, qw = j->Hq * dh, kw = j->Hkv * dh;
 	size_t qo = (size_t)(b * T + i) * qw + h * dh;
 	const float *q = j->q + qo, *o = j->out + qo, *dout = j->dout + qo;
 	float *dq = j->dq + qo;
-	float lse = j->lse[((size_t)b * j->Hq + h) * T + i];
+	/* The saved lse ≈ -1e9 has lost log(l) to rounding: recompute max and sum. */
+	float m = -INFINITY, l = 0;
+	for (int jj = 0; jj < T; jj++) {
+		if (jj > i && mask[jj] == 0) continue;
+		float t = pad_query_score(dot(q, j->k + (size_t)(b * T + jj) * kw + kvh * dh, dh));
+		m = t > m ? t : m;
+	}
+	for (int jj = 0; jj < T; jj++) {
+		if (jj > i && mask[jj] == 0) continue;
+		l += fexp(pad_query_score(dot(q, j->k + (size_t)(b * T + jj) * kw + kvh * dh, dh)) - m);
+	}
 	float D = dot(dout, o, dh);
 	for (int d = 0; d < dh; d++) dq[d] = 0;
 	for (int jj = 0; jj < T; jj++) {
 		if (jj > i && mask[jj] == 0) continue;
 		size_t ko = (size_t)(b * T + jj) * kw + kvh * dh;
 		const float *k = j->k + ko, *v = j->v + ko;
-		float p = fexp(-lse);
+		float p = fexp(pad_query_score(dot(q, k, dh)) - m) / l;
 		float ds = p * (dot(dout, v, dh) - D);
 		for (int d = 0; d < dh; d++) {
 			dq[d] += ds * k[d];
@@ -289,17 +315,16 @@ CLONES static void attn_dec_head(struct attn_job *j, int b, int h) {
 	for (int d = 0; d < dh; d++) acc[d] = 0;
 	for (int j0 = 0; j0 < S; j0 += KB) {
 		int n = S - j0 < KB ? S - j0 : KB;
-		if (uni) {
-			for (int x = 0; x < n; x++) s[x] = 0;
-		} else {
-			for (int x = 0; x < n; x++) s[x] = 0;
-			for (int d = 0; d < dh; d++) {
-				float qd = q[d];
-				const float *kr = kt + (size_t)d * Smax + j0;
-				for (int x = 0; x < n; x++) s[x] += qd * kr[x];
-			}
-			for (int x = 0; x < n; x++) s[x] = mask[j0 + x] != 0 ? s[x] : -INFINITY;
+		for (int x = 0; x < n; x++) s[x] = 0;
+		for (int d = 0; d < dh; d++) {
+			float qd = q[d];
+			const float *kr = kt + (size_t)d * Smax + j0;
+			for (int x = 0; x < n; x++) s[x] += qd * kr[x];
 		}
+		if (uni) /* every key is a pad: the graph's -1e9 bias on all of them */
+			for (int x = 0; x < n; x++) s[x] = pad_query_score(s[x]);
+		else
+			for (int x = 0; x < n; x++) s[x] = mask[j0 + x] != 0 ? s[x] : -INFINITY;
 		float bm = vmax(s, n);
 		if (bm == -INFINITY) continue;
 		float mn = bm > m ? bm : m;

@@ -11,6 +11,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/kernels/ingraph"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
@@ -277,6 +278,9 @@ func (n *GraphNets) scoreGraph(ctx *context.Context, ids, mask *G.Node) []*G.Nod
 
 // Score implements Nets.
 func (n *GraphNets) Score(r *Rollout) error {
+	if backend.IsNative(n.cfg.Backend) {
+		return n.nativeScore(r)
+	}
 	ids := tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T)
 	mask := tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T)
 	out, err := execSafe(n.scoreExec, ids, mask)
