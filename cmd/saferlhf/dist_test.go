@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func rmArgs(out string, steps int) []string {
+	a := "assets/data"
+	return []string{"train-rm", "--model", a + "/models/stories260K.bin", "--data", a + "/helpful/hh-rlhf-helpful-base-test.jsonl.gz",
+		"--max-steps", strconv.Itoa(steps), "--batch-size", "4", "--max-length", "48", "--truncate", "prompt-left",
+		"--eval-max", "8", "--eval-every", "2", "--lr", "3e-4", "--out", out}
+}
+
+// startRanks starts world processes of bin with torchrun's variables (and its
+// agent store on MASTER_PORT, so that saferlhf meets on the next port).
+func startRanks(t *testing.T, bin string, world int, args []string) ([]*exec.Cmd, []*bytes.Buffer) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	p, _ := strconv.Atoi(port)
+	ln.Close()
+	cmds := make([]*exec.Cmd, world)
+	logs := make([]*bytes.Buffer, world)
+	for r := range world {
+		cmd := exec.Command(bin, args...)
+		cmd.Dir = "../.."
+		logs[r] = new(bytes.Buffer)
+		cmd.Stdout, cmd.Stderr = logs[r], logs[r]
+		cmd.Env = append(os.Environ(), "RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(world), "LOCAL_RANK="+strconv.Itoa(r),
+			"LOCAL_WORLD_SIZE="+strconv.Itoa(world), "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(p-1),
+			"TORCHELASTIC_USE_AGENT_STORE=True")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds[r] = cmd
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	return cmds, logs
+}
+
+func readRecords(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestDataParallelProcesses runs train-rm as two processes of the binary (the
+// launcher's environment, TCP rendezvous) and as one: the same metrics records
+// within 2e-5 relative (3.1e-7 seen). Then kill -9 of rank 1 mid-run ends rank 0
+// with an error naming it.
+func TestDataParallelProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the CLI and trains four times")
+	}
+	bin := buildCLIBinary(t)
+	one, two := t.TempDir(), t.TempDir()
+	if out, code := func() (string, int) { o, e, c := runCLI(t, bin, rmArgs(one, 4)...); return o + e, c }(); code != 0 {
+		t.Fatalf("one process: exit %d\n%s", code, out)
+	}
+	cmds, logs := startRanks(t, bin, 2, rmArgs(two, 4))
+	for r, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("rank %d: %v\n%s", r, err, logs[r])
+		}
+	}
+	a, b := readRecords(t, filepath.Join(one, "metrics.jsonl")), readRecords(t, filepath.Join(two, "metrics.jsonl"))
+	if len(a) != len(b) || len(a) < 5 {
+		t.Fatalf("%d records vs %d", len(a), len(b))
+	}
+	worst := 0.0
+	for i := range a {
+		for k, v := range a[i] {
+			x, ok := v.(float64)
+			if !ok {
+				if v != b[i][k] {
+					t.Errorf("record %d: %s = %v vs %v", i, k, v, b[i][k])
+				}
+				continue
+			}
+			y, _ := b[i][k].(float64)
+			worst = max(worst, math.Abs(x-y)/max(1, math.Abs(x)))
+		}
+	}
+	t.Logf("train-rm, 1 vs 2 processes: largest relative difference %.3g over %d records", worst, len(a))
+	if worst > 2e-5 {
+		t.Errorf("largest relative difference %.3g > 2e-5", worst)
+	}
+	for _, f := range []string{"result.json", "config.yaml", "model/config.json"} {
+		if _, err := os.Stat(filepath.Join(two, f)); err != nil {
+			t.Errorf("2-process run: %v", err)
+		}
+	}
+
+	// A rank killed mid-run ends the other with an error naming it.
+	dir := t.TempDir()
+	cmds, logs = startRanks(t, bin, 2, rmArgs(dir, 100000))
+	metricsPath := filepath.Join(dir, "metrics.jsonl")
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if b, err := os.ReadFile(metricsPath); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := cmds[1].Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmds[0].Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(logs[0].String(), "rank 1 is gone") {
+			t.Fatalf("rank 0 after rank 1 was killed: %v\n%s", err, logs[0])
+		}
+		t.Logf("rank 0: %s", lastLine(logs[0].String()))
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("rank 0 still running 2 minutes after rank 1 was killed:\n%s", logs[0])
+	}
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	return s[strings.LastIndexByte(s, '\n')+1:]
+}
