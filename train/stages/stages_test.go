@@ -2,10 +2,13 @@ package stages
 
 import (
 	stdctx "context"
+	"encoding/binary"
+	"math"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
@@ -134,3 +137,36 @@ const (
 	rmTestSteps, cmTestSteps       = 30, 25
 	rmTestAccuracy, cmTestAccuracy = 0.5, 0.5
 )
+
+// TestNormalizerInCheckpoint: a reward model's checkpoint carries the score normaliser's
+// statistics, equal to those in its config.json, so a resumed run continues them.
+func TestNormalizerInCheckpoint(t *testing.T) {
+	c := tinyConfig(t, RM, "pku-saferlhf/align-anything-preference-sample.json")
+	c.MaxLength, c.BatchSize, c.Steps, c.Epochs, c.EvalMax, c.EvalRatio = 48, 4, 2, 1, 4, 0.2
+	r, err := Run(stdctx.Background(), RM, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := model.LoadAny(r.ModelDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := checkpoint.NewManager(filepath.Join(c.Out, "checkpoints"), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ld, err := m.Latest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ld.Close()
+	for name, want := range map[string]float64{normScope + "/mean": cfg.Score.Mean[0], normScope + "/var": cfg.Score.Var[0]} {
+		b, err := ld.TrainState.Bytes(name)
+		if err != nil || len(b) != 8 {
+			t.Fatalf("checkpoint %s: %d bytes, %v", name, len(b), err)
+		}
+		if got := math.Float64frombits(binary.LittleEndian.Uint64(b)); got != want || want == 0 {
+			t.Errorf("checkpoint %s = %v, want %v as in config.json", name, got, want)
+		}
+	}
+}
