@@ -276,11 +276,31 @@ func (n *GraphNets) scoreGraph(ctx *context.Context, ids, mask *G.Node) []*G.Nod
 	return out
 }
 
-// Score implements Nets.
+// Score implements Nets: the scoring pass (the native engine's or the graph's), then the
+// score normalisation (--normalize-reward/--normalize-cost).
 func (n *GraphNets) Score(r *Rollout) error {
+	score := n.graphScore
 	if backend.IsNative(n.cfg.Backend) {
-		return n.nativeScore(r)
+		score = n.nativeScore
 	}
+	if err := score(r); err != nil {
+		return err
+	}
+	for _, s := range []struct {
+		norm   *kernels.Normalizer
+		scores []float32
+	}{{n.cfg.RewardNorm, r.Reward}, {n.cfg.CostNorm, r.Cost}} {
+		if s.norm != nil && s.scores != nil {
+			if err := kernels.NormalizeInto(s.norm, s.scores, s.scores); err != nil {
+				return fmt.Errorf("score: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// graphScore runs scoreExec (and the re-tokenised score models' execs).
+func (n *GraphNets) graphScore(r *Rollout) error {
 	ids := tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T)
 	mask := tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T)
 	out, err := execSafe(n.scoreExec, ids, mask)
@@ -304,16 +324,6 @@ func (n *GraphNets) Score(r *Rollout) error {
 			r.Cost = next()
 		} else if r.Cost, err = n.retok[1].score(r); err != nil {
 			return fmt.Errorf("cost model (re-tokenised): %w", err)
-		}
-	}
-	for _, s := range []struct {
-		norm   *kernels.Normalizer
-		scores []float32
-	}{{n.cfg.RewardNorm, r.Reward}, {n.cfg.CostNorm, r.Cost}} {
-		if s.norm != nil && s.scores != nil {
-			if err := kernels.NormalizeInto(s.norm, s.scores, s.scores); err != nil {
-				return fmt.Errorf("score: %w", err)
-			}
 		}
 	}
 	return nil

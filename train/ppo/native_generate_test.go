@@ -3,6 +3,7 @@ package ppo
 import (
 	"math"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -11,7 +12,9 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
+	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -127,6 +130,52 @@ func TestNativeScore(t *testing.T) {
 			if diff > 1e-4*scale {
 				t.Errorf("lora=%v %s: max diff %g, largest value %g", withLoRA, c.name, diff, scale)
 			}
+		}
+	}
+}
+
+// TestNativeScoreRetokenizedNormalized: on the native engine too, a cost model on another
+// vocabulary scores re-tokenised text and --normalize-reward applies: its scores equal the
+// graph path's.
+func TestNativeScoreRetokenizedNormalized(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	cfg := DefaultConfig(Fixed)
+	cfg.MaxNewTokens, cfg.MaxPromptTokens = 6, 64
+	actorTok, err := tokenizer.Load(filepath.Join("..", "..", "assets", "data", "models", "tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, cmTok := llamaCostModel(t)
+	norm, err := ScoreNormalizer(&model.Config{ScoreDim: 1, Score: model.ScoreConfig{Mean: []float64{0.5}, Var: []float64{4}}}, kernels.Affine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := func(spec string) *GraphNets {
+		return tinyNets(t, cfg, func(gc *GraphNetsConfig) {
+			be, err := backend.New(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gc.Backend, gc.Cost, gc.Tokenizer, gc.CostTokenizer, gc.RewardNorm = be, cm, actorTok, cmTok, norm
+		})
+	}
+	goNets, natNets := build("go"), build(backend.Native)
+	ro, err := goNets.Generate([][]int32{actorTok.Encode("BEGINNING OF CONVERSATION: USER: Hi ASSISTANT:", true)}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, got := *ro, *ro
+	if err := goNets.Score(&want); err != nil {
+		t.Fatal(err)
+	}
+	if err := natNets.Score(&got); err != nil {
+		t.Fatal(err)
+	}
+	for i := range want.Cost {
+		if math.Abs(float64(got.Cost[i]-want.Cost[i])) > 1e-5 || math.Abs(float64(got.Reward[i]-want.Reward[i])) > 1e-4 {
+			t.Errorf("row %d: native reward %g cost %g, graph %g %g", i, got.Reward[i], got.Cost[i], want.Reward[i], want.Cost[i])
 		}
 	}
 }

@@ -58,20 +58,29 @@ func (n *GraphNets) nativeScore(r *Rollout) error {
 	if r.RefLogProbs, err = logProbs(ScopeReference); err != nil {
 		return err
 	}
-	s, err := scores(ScopeReward, n.rCfg)
-	if err != nil {
+	// A score model on another vocabulary reads re-tokenised text (its GoMLX scorer).
+	endScores := func(k int, scope string, cfg *model.Config) ([]float32, error) {
+		if n.retok[k] != nil {
+			return n.retok[k].score(r)
+		}
+		s, err := scores(scope, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return atEnd(s), nil
+	}
+	if r.Reward, err = endScores(0, ScopeReward, n.rCfg); err != nil {
 		return err
 	}
-	r.Reward = atEnd(s)
-	if s, err = scores(ScopeRewardCritic, n.rcCfg); err != nil {
+	s, err := scores(ScopeRewardCritic, n.rcCfg)
+	if err != nil {
 		return err
 	}
 	r.RewardValues = dropLastCol(s, r.B, r.T)
 	if n.cCfg != nil {
-		if s, err = scores(ScopeCost, n.cCfg); err != nil {
+		if r.Cost, err = endScores(1, ScopeCost, n.cCfg); err != nil {
 			return err
 		}
-		r.Cost = atEnd(s)
 	}
 	if n.ccCfg != nil {
 		if s, err = scores(ScopeCostCritic, n.ccCfg); err != nil {
