@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -56,5 +58,35 @@ func TestGenerateCLIGolden(t *testing.T) {
 				t.Fatalf("%s %s: id %d = %s, llama2.c %d", m, c.Name, i, f, c.GeneratedIDs[i])
 			}
 		}
+	}
+}
+
+// generate refuses non-finite weights (naming the tensor) and a config.json that
+// disagrees with the weights, as the training commands do.
+func TestGenerateRefusesBadModels(t *testing.T) {
+	root := filepath.Join("..", "..")
+	tok := filepath.Join(root, "assets", "data", "models", "tok512.bin")
+	cfg, w, err := model.LoadLlama2C(filepath.Join(root, "assets", "data", "models", "stories260K.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nan := filepath.Join(t.TempDir(), "nan")
+	w[model.NameFinalNorm].Data[0] = float32(math.Inf(1))
+	if err := model.Save(nan, cfg, w); err != nil {
+		t.Fatal(err)
+	}
+	if err := runGenerate([]string{"--model", nan, "--tokenizer", tok}); err == nil || !strings.Contains(err.Error(), model.NameFinalNorm) {
+		t.Errorf("non-finite weights: err = %v", err)
+	}
+	w[model.NameFinalNorm].Data[0] = 1
+	bad := filepath.Join(t.TempDir(), "bad")
+	if err := model.Save(bad, cfg, w); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := os.ReadFile(filepath.Join(bad, "config.json"))
+	js = []byte(strings.Replace(string(js), fmt.Sprintf(`"num_hidden_layers": %d`, cfg.NumLayers), fmt.Sprintf(`"num_hidden_layers": %d`, cfg.NumLayers-1), 1))
+	os.WriteFile(filepath.Join(bad, "config.json"), js, 0o644)
+	if err := runGenerate([]string{"--model", bad, "--tokenizer", tok}); err == nil || !strings.Contains(err.Error(), "not part of the model") {
+		t.Errorf("config disagreeing with the weights: err = %v", err)
 	}
 }

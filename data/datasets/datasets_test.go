@@ -454,3 +454,66 @@ func TestEncodeMultiTurn(t *testing.T) {
 		t.Error("EncodePrompt accepted an even number of turns")
 	}
 }
+
+// Detection needs a format's whole key signature, not one key: a pairwise file with a
+// "question" key is not a prompt file.
+func TestDetectBySignature(t *testing.T) {
+	for _, c := range []struct{ rec, want, wantErr string }{
+		{`{"question": "q", "response_0": "a", "response_1": "b", "better_response_id": 0}`, "", "looks like an answer"},
+		{`{"question": "q", "chosen": "a", "rejected": "b"}`, FormatHHHelpful, ""},
+		{`{"question": "q"}`, FormatPrompts, ""},
+		{`{"prompt": "q", "answer": "a"}`, FormatAlpaca, ""},
+		{`{"prompt": "q", "response": "a", "is_safe": true}`, FormatBeaverTails, ""},
+		{`{"prompt": "q", "response_0": "a", "response_1": "b"}`, FormatPKU, ""},
+		{`{"conversations": [], "chosen": {}, "rejected": {}}`, FormatShareGPT, ""},
+		{`{"goal": "g", "target": "t"}`, FormatPrompts, ""},
+		{`{"prompt": "q", "completion": "c"}`, "", "looks like an answer"},
+	} {
+		recs, err := jsonRecords("x.jsonl", []byte(c.rec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := detect("x.jsonl", recs[0])
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%s: format %q, err %v; want error %q", c.rec, f, err, c.wantErr)
+			}
+		} else if err != nil || f != c.want {
+			t.Errorf("%s: format %q, err %v; want %q", c.rec, f, err, c.want)
+		}
+	}
+}
+
+// A file with no records, or none usable, is an error, not an empty dataset.
+func TestEmptyDatasetIsAnError(t *testing.T) {
+	for _, c := range []struct{ name, content, format, want string }{
+		{"a.json", "[]", FormatAuto, "empty dataset"},
+		{"b.jsonl", "\n\n", FormatHH, "empty dataset"},
+		{"c.jsonl", `{"chosen": "Human: a", "rejected": "Human: b"}`, FormatHH, "no usable examples"},
+	} {
+		if _, _, err := Parse(c.name, []byte(c.content), c.format); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want %q", c.name, err, c.want)
+		}
+	}
+}
+
+// A bad format or proportion is named as such; proportions are capped.
+func TestSpecErrors(t *testing.T) {
+	path := asset(t, "data/pku-saferlhf/align-anything-preference-sample.json")
+	for _, c := range []struct{ spec, want string }{
+		{"pku-saferlhff:" + path, `unknown format "pku-saferlhff"`},
+		{"pku-saferlhf:abc:" + path, `proportion "abc"`},
+		{"pku-saferlhf:-1:" + path, `proportion "-1"`},
+		{"pku-saferlhf:1e9:" + path, "at most 100"},
+		{"pku-saferlhf:NaN:" + path, `proportion "NaN"`},
+	} {
+		if _, err := ParseSpec(c.spec); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want %q", c.spec, err, c.want)
+		}
+	}
+	for _, ok := range []string{path, "pku-saferlhf:" + path, "pku-saferlhf:0.5:" + path, "pku-saferlhf:10/-1:" + path} {
+		if _, err := ParseSpec(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+}

@@ -121,7 +121,7 @@ func Parse(name string, b []byte, format string) ([]RawSample, ReadStats, error)
 	}
 	st.Records = len(recs)
 	if len(recs) == 0 {
-		return nil, st, nil
+		return nil, st, fmt.Errorf("%s: empty dataset (no records)", name)
 	}
 	if f == FormatAuto {
 		if f, err = detect(name, recs[0]); err != nil {
@@ -140,6 +140,9 @@ func Parse(name string, b []byte, format string) ([]RawSample, ReadStats, error)
 			out = append(out, s)
 		}
 	}
+	if len(out) == 0 {
+		return nil, st, fmt.Errorf("%s: no usable examples in %d records read as %s", name, st.Records, f)
+	}
 	return out, st, nil
 }
 
@@ -154,29 +157,77 @@ func detect(name string, rec record) (string, error) {
 		return "", fmt.Errorf("%s:%d: cannot detect the format: record is not an object", name, rec.line)
 	}
 	has := func(k string) bool { _, ok := obj[k]; return ok }
-	switch {
-	case has("response_0") && has("response_1"):
-		return FormatPKU, nil
-	case has("conversations") || has("messages"):
-		return FormatShareGPT, nil
-	case has("chosen") && has("rejected"):
-		if strings.Contains(strings.ToLower(filepath.Base(name)), "harmless") {
-			return FormatHHHarmless, nil
-		}
-		return FormatHHHelpful, nil
-	case has("instruction") || has("answer") || has("output"):
-		return FormatAlpaca, nil
-	case has("response") && (has("is_safe") || has("category")):
-		return FormatBeaverTails, nil
-	case has("prompt") || has("goal") || has("question"):
-		return FormatPrompts, nil
-	}
 	keys := make([]string, 0, len(obj))
 	for k := range obj {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	// The format whose longest complete key signature the record holds; a tie between
+	// two formats is ambiguous.
+	best, bestLen, tie := "", 0, ""
+	for _, sig := range signatures {
+		for _, set := range sig.keys {
+			all := true
+			for _, k := range set {
+				all = all && has(k)
+			}
+			switch {
+			case !all || len(set) < bestLen:
+			case len(set) > bestLen:
+				best, bestLen, tie = sig.format, len(set), ""
+			case sig.format != best:
+				tie = sig.format
+			}
+		}
+	}
+	if tie != "" {
+		return "", fmt.Errorf("%s:%d: keys %v fit both %s and %s; pass the format (%s:PATH)", name, rec.line, keys, best, tie, best)
+	}
+	if best == FormatPrompts {
+		// A prompt key alone does not make a prompt file: a record that also carries
+		// answers or preferences is a pairwise or SFT file of an unknown layout.
+		for _, k := range keys {
+			if answerKey(k) {
+				return "", fmt.Errorf("%s:%d: cannot detect the format from keys %v: %q looks like an answer, but no format's keys match; pass one of %s",
+					name, rec.line, keys, k, strings.Join(Formats, ", "))
+			}
+		}
+	}
+	if best == FormatHH && strings.Contains(strings.ToLower(filepath.Base(name)), "harmless") {
+		return FormatHHHarmless, nil
+	}
+	if best == FormatHH {
+		return FormatHHHelpful, nil
+	}
+	if best != "" {
+		return best, nil
+	}
 	return "", fmt.Errorf("%s:%d: cannot detect the format from keys %v; pass one of %s", name, rec.line, keys, strings.Join(Formats, ", "))
+}
+
+// signatures are the key sets that identify each format: a record is read in the
+// format with the longest set whose keys it all holds.
+var signatures = []struct {
+	format string
+	keys   [][]string
+}{
+	{FormatPKU, [][]string{{"prompt", "response_0", "response_1"}}},
+	{FormatShareGPT, [][]string{{"conversations"}, {"messages"}, {"conversations", "chosen", "rejected"}, {"messages", "chosen", "rejected"}}},
+	{FormatHH, [][]string{{"chosen", "rejected"}}},
+	{FormatBeaverTails, [][]string{{"prompt", "response", "is_safe"}, {"prompt", "response", "category"}}},
+	{FormatAlpaca, [][]string{{"instruction"}, {"instruction", "output"}, {"prompt", "answer"}, {"prompt", "output"}, {"prompt", "response"}}},
+	{FormatPrompts, [][]string{{"prompt"}, {"goal"}, {"question"}}},
+}
+
+// answerKey reports whether a key names an answer or a preference.
+func answerKey(k string) bool {
+	k = strings.ToLower(k)
+	for _, p := range []string{"response", "answer", "output", "chosen", "rejected", "completion", "better", "worse", "safer", "unsafer"} {
+		if strings.HasPrefix(k, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func parseRecord(name, f string, rec record, st *ReadStats) (RawSample, bool, error) {

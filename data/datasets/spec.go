@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -29,28 +30,43 @@ func (s Spec) String() string {
 	return s.Format + ":" + p + ":" + s.Path
 }
 
+// MaxProportion caps a spec's proportion (up-sampling beyond it is almost
+// certainly a typo, and would multiply memory).
+const MaxProportion = 100
+
 // ParseSpec parses "[format:[proportion:]]path"; a bare path has format auto and
-// proportion 1.
+// proportion 1. A path that exists is taken whole even if it holds colons;
+// otherwise an unknown format or a bad proportion is an error naming it.
 func ParseSpec(s string) (Spec, error) {
 	sp := Spec{Format: FormatAuto, Proportion: 1, Count: -1, Path: s}
 	parts := strings.SplitN(s, ":", 3)
-	if len(parts) < 2 {
+	if len(parts) < 2 || exists(s) {
 		return sp, nil
 	}
 	f, ok := CanonicalFormat(parts[0])
 	if !ok {
-		return sp, nil // a path with a colon
+		if len(parts[0]) == 1 { // a Windows drive letter
+			return sp, nil
+		}
+		return sp, fmt.Errorf("dataset spec %q: unknown format %q (known: %s)", s, parts[0], strings.Join(Formats, ", "))
 	}
 	sp.Format, sp.Path = f, strings.Join(parts[1:], ":")
-	if len(parts) == 3 {
-		if p, c, err := parseProportion(parts[1]); err == nil {
-			sp.Proportion, sp.Count, sp.Path = p, c, parts[2]
+	if len(parts) == 3 && !exists(sp.Path) {
+		p, c, err := parseProportion(parts[1])
+		if err != nil {
+			return sp, fmt.Errorf("dataset spec %q: %w", s, err)
 		}
+		sp.Proportion, sp.Count, sp.Path = p, c, parts[2]
 	}
 	if sp.Path == "" {
 		return sp, fmt.Errorf("dataset spec %q: no path", s)
 	}
 	return sp, nil
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 func parseProportion(s string) (float64, int, error) {
@@ -64,6 +80,9 @@ func parseProportion(s string) (float64, int, error) {
 	p, err := strconv.ParseFloat(s, 64)
 	if err != nil || p < 0 || math.IsNaN(p) || math.IsInf(p, 0) {
 		return 0, 0, fmt.Errorf("proportion %q: want a float >= 0 or N/-1", s)
+	}
+	if p > MaxProportion {
+		return 0, 0, fmt.Errorf("proportion %q: at most %d", s, MaxProportion)
 	}
 	return p, -1, nil
 }

@@ -30,6 +30,7 @@ type DemoSet struct {
 //     plus PKU-SafeRLHF rows (signs from is_response_*_safe) (cost model), 10% held out as
 //     safety-preference-eval;
 //   - prompts: the prompt parts of PKU-SafeRLHF, hh-rlhf harmless and helpful-base (PPO-Lag);
+//     prompts longer than the budget keep BOS and their last tokens, as ppo-lag cuts them;
 //   - eval-prompts: BeaverTails-Evaluation, the Safe RLHF GPT-4 problems and AdvBench (evaluation).
 func DemoSets() []DemoSet {
 	helpful := []string{
@@ -42,9 +43,9 @@ func DemoSets() []DemoSet {
 		{Name: "preference", Kind: datasets.KindPreference, Inputs: helpful, MaxLengthDiv: 1, Overlong: datasets.OverlongPromptLeft, EvalFraction: 0.1},
 		{Name: "safety-preference", Kind: datasets.KindSafetyPreference, MaxLengthDiv: 1, Overlong: datasets.OverlongPromptLeft, EvalFraction: 0.1,
 			Inputs: []string{"hh-rlhf-harmless:hh-rlhf/harmless-base-test.jsonl.gz", "pku-saferlhf:pku-saferlhf/align-anything-preference-sample.json"}},
-		{Name: "prompts", Kind: datasets.KindPrompts, MaxLengthDiv: 2, Overlong: datasets.OverlongDrop,
+		{Name: "prompts", Kind: datasets.KindPrompts, MaxLengthDiv: 2, Overlong: datasets.OverlongPromptLeft,
 			Inputs: []string{"pku-saferlhf:pku-saferlhf/align-anything-preference-sample.json", "hh-rlhf-harmless:hh-rlhf/harmless-base-test.jsonl.gz", "hh-rlhf-helpful:helpful/hh-rlhf-helpful-base-test.jsonl.gz"}},
-		{Name: "eval-prompts", Kind: datasets.KindPrompts, MaxLengthDiv: 2, Overlong: datasets.OverlongDrop,
+		{Name: "eval-prompts", Kind: datasets.KindPrompts, MaxLengthDiv: 2, Overlong: datasets.OverlongPromptLeft,
 			Inputs: []string{"prompts:eval/beavertails-evaluation.json", "prompts:eval/safe-rlhf-gpt4-problems.json", "prompts:eval/advbench-harmful_behaviors.csv"}},
 	}
 }

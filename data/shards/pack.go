@@ -196,6 +196,10 @@ func buildAndWrite(ctx context.Context, opts PackOptions, tok tokenizer.Tokenize
 	if err != nil {
 		return nil, err
 	}
+	if len(exs) == 0 {
+		return nil, fmt.Errorf("pack %s: no %s examples from %d samples (%d dropped over-long, %d unusable, %d identical pairs, %d contradictory): nothing written",
+			out, kind, len(samples), bst.DroppedOverlong, bst.SkippedUnusable, bst.DroppedIdentical, bst.SkippedContradictory)
+	}
 	if bopts.Overlong == "" {
 		bopts.Overlong = datasets.OverlongTruncate
 	}

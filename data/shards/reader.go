@@ -56,6 +56,11 @@ func Open(dir string) (*Dataset, error) {
 			d.Close()
 			return nil, fmt.Errorf("%s: offset %d: %w: file has %d bytes, manifest says %d (truncated or replaced)", p, min(fi.Size(), s.Bytes), ErrCorrupt, fi.Size(), s.Bytes)
 		}
+		magic := make([]byte, len(fileMagic))
+		if _, err := f.ReadAt(magic, 0); err != nil || string(magic) != fileMagic {
+			d.Close()
+			return nil, fmt.Errorf("%s: offset 0: %w: bad file magic (not a saferlhf shard, or overwritten)", p, ErrCorrupt)
+		}
 		for _, b := range s.Blocks {
 			d.blocks = append(d.blocks, blockRef{shard: i, BlockInfo: b})
 		}

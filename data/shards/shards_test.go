@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -437,25 +438,31 @@ func writeAlpaca(t testing.TB) string {
 	return p
 }
 
+// Packing an empty dataset is an error, and writes nothing: an empty input file, or inputs
+// none of whose samples makes an example of the kind.
 func TestEmptyDataset(t *testing.T) {
-	in := filepath.Join(t.TempDir(), "empty.json")
-	os.WriteFile(in, []byte("[]"), 0o644)
-	dir := filepath.Join(t.TempDir(), "empty")
-	m, err := Pack(context.Background(), PackOptions{Kind: datasets.KindPrompts, Inputs: []string{"prompts:" + in},
-		TokenizerPath: asset(t, "data/models/tok512.bin"), Out: dir})
-	if err != nil || m.Examples != 0 {
-		t.Fatalf("%+v %v", m, err)
-	}
-	if rep, err := Verify(dir); err != nil || len(rep.Damage) != 0 {
-		t.Fatalf("verify: %+v %v", rep, err)
-	}
-	r, err := OpenReader(dir, ReaderOptions{Loop: true}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if _, err := r.Next(); err != io.EOF {
-		t.Fatalf("empty looping reader: %v, want io.EOF", err)
+	tmp := t.TempDir()
+	empty := filepath.Join(tmp, "empty.json")
+	os.WriteFile(empty, []byte("[]"), 0o644)
+	prompts := filepath.Join(tmp, "prompts.json")
+	os.WriteFile(prompts, []byte(`[{"prompt": "a question"}]`), 0o644)
+	for _, c := range []struct {
+		kind  datasets.Kind
+		input string
+		want  string
+	}{
+		{datasets.KindPrompts, "prompts:" + empty, "empty dataset"},
+		{datasets.KindPreference, "prompts:" + prompts, "no preference examples"},
+	} {
+		dir := filepath.Join(tmp, "out-"+string(c.kind))
+		_, err := Pack(context.Background(), PackOptions{Kind: c.kind, Inputs: []string{c.input},
+			TokenizerPath: asset(t, "data/models/tok512.bin"), Out: dir})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want %q", c.input, err, c.want)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%s: output written (%v)", c.input, err)
+		}
 	}
 }
 
@@ -514,5 +521,29 @@ func TestEvalSplit(t *testing.T) {
 	held2, _, _ := ReadAll(dir + "-eval")
 	if !reflect.DeepEqual(held, held2) {
 		t.Fatal("split not deterministic")
+	}
+}
+
+// A shard replaced by random bytes of the same size reports "bad file magic" in every
+// reader (Verify, Open, ReadAll), not a misleading block or checksum error.
+func TestRandomBytesShardIsBadMagic(t *testing.T) {
+	base := filepath.Join(t.TempDir(), "safety")
+	m := packSmall(t, base)
+	p := filepath.Join(base, m.Shards[0].File)
+	junk := make([]byte, m.Shards[0].Bytes)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range junk {
+		junk[i] = byte(rng.Uint32())
+	}
+	os.WriteFile(p, junk, 0o644)
+	rep, err := Verify(base)
+	if err != nil || len(rep.Damage) == 0 || !strings.Contains(rep.Damage[0].Error(), "bad file magic") {
+		t.Errorf("verify: %+v %v", rep, err)
+	}
+	if _, err := Open(base); err == nil || !strings.Contains(err.Error(), "bad file magic") || !strings.Contains(err.Error(), p) {
+		t.Errorf("open: %v", err)
+	}
+	if _, _, err := ReadAll(base); err == nil || !strings.Contains(err.Error(), "bad file magic") {
+		t.Errorf("read all: %v", err)
 	}
 }

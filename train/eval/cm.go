@@ -66,7 +66,7 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 	var singles [][]int32
 	var singleSign []float32
 	var raw []datasets.RawSample
-	if ps, sk, ok, err := stages.ShardPairs(o.Data, o.MaxLength, true); err != nil {
+	if ps, sk, ok, err := stages.ShardPairs(o.Data, sc.Tok.Info(), o.MaxLength, true); err != nil {
 		return nil, err
 	} else if ok {
 		if o.Limit > 0 && len(ps) > o.Limit {

@@ -164,7 +164,7 @@ type RMReport struct {
 
 // loadPairs reads and tokenizes pairs (hi = better for RM, unsafer for CM).
 func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.PairExample, skipped int, err error) {
-	if ps, sk, ok, err := stages.ShardPairs(o.Data, o.MaxLength, cost); ok || err != nil {
+	if ps, sk, ok, err := stages.ShardPairs(o.Data, tok.Info(), o.MaxLength, cost); ok || err != nil {
 		if err == nil && o.Limit > 0 && len(ps) > o.Limit {
 			ps = ps[:o.Limit]
 		}

@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -77,9 +78,35 @@ func Load(dir string) (*Config, Weights, error) {
 		if err := set.Float32Into(stored, t.Data); err != nil {
 			return nil, nil, err
 		}
+		if err := checkFinite(dir, stored, t.Data); err != nil {
+			return nil, nil, err
+		}
 		w[name] = t
 	}
+	// A tensor config.json does not describe means the two disagree (say, more layers
+	// in the weights than num_hidden_layers): refuse rather than drop it silently.
+	for _, stored := range set.Names() {
+		name := stored
+		if prefix != "" && !strings.HasPrefix(stored, prefix) {
+			name = prefix + stored
+		}
+		if _, ok := exp[name]; ok || name == NameLMHead || strings.HasSuffix(name, "rotary_emb.inv_freq") {
+			continue
+		}
+		return nil, nil, fmt.Errorf("%s: tensor %q is not part of the model config.json describes (%d layers, hidden %d, vocab %d)",
+			dir, stored, cfg.NumLayers, cfg.HiddenSize, cfg.VocabSize)
+	}
 	return cfg, w, nil
+}
+
+// checkFinite returns an error naming the tensor if data holds a NaN or an infinity.
+func checkFinite(file, tensor string, data []float32) error {
+	for i, v := range data {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return fmt.Errorf("%s: tensor %s holds a non-finite value (%v at index %d)", file, tensor, v, i)
+		}
+	}
+	return nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

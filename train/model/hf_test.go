@@ -128,6 +128,24 @@ func TestLoadErrors(t *testing.T) {
 		{"bad config", "config.json", func(dir string) {
 			os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"hidden_size": "x"`), 0o644)
 		}},
+		{"fewer layers in the config than in the weights", `tensor "model.layers.1.input_layernorm.weight" is not part of the model`, func(dir string) {
+			c := strings.Replace(string(cj), `"num_hidden_layers": 2`, `"num_hidden_layers": 1`, 1)
+			os.WriteFile(filepath.Join(dir, "config.json"), []byte(c), 0o644)
+		}},
+		{"non-finite", "tensor model.norm.weight holds a non-finite value", func(dir string) {
+			w := Weights{}
+			for k, v := range tw {
+				w[k] = &Tensor{Shape: v.Shape, Data: slices.Clone(v.Data)}
+			}
+			w[NameFinalNorm].Data[3] = float32(math.NaN())
+			var ts []safetensors.Tensor
+			for _, n := range hfOrder(tc, w) {
+				ts = append(ts, safetensors.Tensor{Name: n, DType: safetensors.F32, Shape: w[n].Shape, F32: w[n].Data})
+			}
+			if _, err := safetensors.WriteDir(dir, ts, nil, MaxShardBytes); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{"hidden_act", "hidden_act", func(dir string) {
 			c := strings.Replace(string(cj), `"hidden_act": "silu"`, `"hidden_act": "gelu"`, 1)
 			os.WriteFile(filepath.Join(dir, "config.json"), []byte(c), 0o644)

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
 	"os"
 )
 
@@ -121,11 +120,9 @@ func LoadLlama2C(path string) (*Config, Weights, error) {
 			return nil, nil, err
 		}
 	}
-	for name, t := range w {
-		for _, v := range t.Data {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, nil, fmt.Errorf("%s: tensor %s holds a non-finite value", path, name)
-			}
+	for _, name := range w.Names() {
+		if err := checkFinite(path, name, w[name].Data); err != nil {
+			return nil, nil, err
 		}
 	}
 	return cfg, w, nil

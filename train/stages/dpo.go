@@ -378,13 +378,13 @@ func dpoExamples(cfg DPOConfig, tok tokenizer.Tokenizer, res *Result) (tr, ev []
 		if safer {
 			kind = CM
 		}
-		all, err := readShardExamples(cfg.Data, kind)
+		all, err := readShardExamples(cfg.Data, kind, tok.Info())
 		if err != nil {
 			return nil, nil, err
 		}
 		var evEx []datasets.Example
 		if len(cfg.EvalData) > 0 {
-			if evEx, err = readShardExamples(cfg.EvalData, kind); err != nil {
+			if evEx, err = readShardExamples(cfg.EvalData, kind, tok.Info()); err != nil {
 				return nil, nil, err
 			}
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/shards"
+	"github.com/saferlhf/saferlhf/data/tokenizer"
 )
 
 // isShardDir reports whether path is a token-shard directory (data/shards: manifest.json).
@@ -32,12 +33,13 @@ func shardSpecs(specs []string) (bool, error) {
 }
 
 // readShardExamples reads every example of the shard directories (already
-// tokenized by `saferlhf data pack`), checking they are of the stage's kind.
-func readShardExamples(dirs []string, stage Stage) ([]datasets.Example, error) {
+// tokenized by `saferlhf data pack`), checking they were packed with tok and are of
+// the stage's kind.
+func readShardExamples(dirs []string, stage Stage, tok tokenizer.Info) ([]datasets.Example, error) {
 	want := map[Stage]datasets.Kind{SFT: datasets.KindSFT, RM: datasets.KindPreference, CM: datasets.KindSafetyPreference}[stage]
 	var out []datasets.Example
 	for _, d := range dirs {
-		exs, _, err := shards.ReadAll(d)
+		exs, _, err := shards.ReadAllFor(d, tok)
 		if err != nil {
 			return nil, err
 		}
@@ -71,9 +73,10 @@ func pairFromShard(e datasets.Example, maxLen int, cost bool) (PairExample, bool
 }
 
 // ShardPairs reads the preference (cost=false) or safety-preference (cost=true)
-// examples of shard directories as pairs of at most maxLen tokens. ok is false when
-// the specs are not all shard directories (read them with LoadRaw and BuildPair).
-func ShardPairs(specs []string, maxLen int, cost bool) (pairs []PairExample, skipped int, ok bool, err error) {
+// examples of shard directories packed with tok as pairs of at most maxLen tokens. ok
+// is false when the specs are not all shard directories (read them with LoadRaw and
+// BuildPair).
+func ShardPairs(specs []string, tok tokenizer.Info, maxLen int, cost bool) (pairs []PairExample, skipped int, ok bool, err error) {
 	if ok, err = shardSpecs(specs); err != nil || !ok {
 		return nil, 0, ok, err
 	}
@@ -81,7 +84,7 @@ func ShardPairs(specs []string, maxLen int, cost bool) (pairs []PairExample, ski
 	if cost {
 		stage = CM
 	}
-	exs, err := readShardExamples(specs, stage)
+	exs, err := readShardExamples(specs, stage, tok)
 	if err != nil {
 		return nil, 0, true, err
 	}

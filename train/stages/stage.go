@@ -250,13 +250,13 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 // shardSources reads pre-tokenized examples from shard directories (saferlhf data
 // pack / data demo); without --eval-data the held-out part is a seeded split.
 func shardSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result) (trainer.Source, trainer.Source, error) {
-	all, err := readShardExamples(cfg.Data, stage)
+	all, err := readShardExamples(cfg.Data, stage, tok.Info())
 	if err != nil {
 		return nil, nil, err
 	}
 	var evEx []datasets.Example
 	if len(cfg.EvalData) > 0 {
-		if evEx, err = readShardExamples(cfg.EvalData, stage); err != nil {
+		if evEx, err = readShardExamples(cfg.EvalData, stage, tok.Info()); err != nil {
 			return nil, nil, err
 		}
 	}
