@@ -49,7 +49,7 @@ func TestShardTokenizerMismatch(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := shards.Pack(stdctx.Background(), shards.PackOptions{Kind: datasets.KindSafetyPreference, Tokenizer: tok,
 		Inputs: []string{"pku-saferlhf:" + filepath.Join(assets, "pku-saferlhf/align-anything-preference-sample.json")},
-		Out: filepath.Join(dir, "cm"), Build: datasets.BuildOptions{MaxLength: 64}}); err != nil {
+		Out:    filepath.Join(dir, "cm"), Build: datasets.BuildOptions{MaxLength: 64}}); err != nil {
 		t.Fatal(err)
 	}
 	other := tok.Info()
