@@ -259,3 +259,34 @@ func FuzzRecord(f *testing.F) {
 		}
 	})
 }
+
+// Tick labels never repeat, even on a narrow range that the default ticker rounds to
+// equal labels.
+func TestDistinctTicks(t *testing.T) {
+	for _, r := range [][2]float64{{0.100001, 0.100004}, {1e-5, 1.00001e-5}, {123456.001, 123456.003}, {0, 1}, {-3, 250}, {5, 5}} {
+		seen := map[string]bool{}
+		for _, tk := range (DistinctTicks{}).Ticks(r[0], r[1]) {
+			if tk.Label == "" {
+				continue
+			}
+			if seen[tk.Label] {
+				t.Errorf("range %v: tick label %q repeated", r, tk.Label)
+			}
+			seen[tk.Label] = true
+		}
+	}
+}
+
+// Curve plots label both axes and keep the legend clear of the curves.
+func TestCurvesPlotLabels(t *testing.T) {
+	p, err := curvesPlot("kl", "step", "kl, approx_kl", []Curve{{Name: "kl", X: []float64{0, 1, 2}, Y: []float64{0, 1, 2}}}, 0.6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.X.Label.Text != "step" || p.Y.Label.Text != "kl, approx_kl" {
+		t.Errorf("labels %q, %q", p.X.Label.Text, p.Y.Label.Text)
+	}
+	if p.Y.Max <= 2 {
+		t.Errorf("no headroom for the legend: y max %v", p.Y.Max)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -39,17 +40,21 @@ func Smooth(y []float64, w float64) []float64 {
 
 // PlotCurves draws curves into a PNG at path (written atomically): each curve's
 // raw values as a thin light line and, if smooth > 0, its smoothed values
-// (Smooth weight) as a thick line of the same colour.
-func PlotCurves(path, title, xLabel string, curves []Curve, smooth float64) error {
-	p := plot.New()
-	p.Title.Text = title
-	p.X.Label.Text = xLabel
-	p.Add(plotter.NewGrid())
-	p.Legend.Top = true
+// (Smooth weight) as a thick line of the same colour. Both axes are labelled.
+func PlotCurves(path, title, xLabel, yLabel string, curves []Curve, smooth float64) error {
+	p, err := curvesPlot(title, xLabel, yLabel, curves, smooth)
+	if err != nil {
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	return save(p, path, 8*vg.Inch, 4.5*vg.Inch)
+}
+
+func curvesPlot(title, xLabel, yLabel string, curves []Curve, smooth float64) (*plot.Plot, error) {
+	p := newPlot(title, xLabel, yLabel)
 	n := 0
 	for i, c := range curves {
 		if len(c.X) != len(c.Y) {
-			return fmt.Errorf("plot %s: curve %q has %d x and %d y values", path, c.Name, len(c.X), len(c.Y))
+			return nil, fmt.Errorf("curve %q has %d x and %d y values", c.Name, len(c.X), len(c.Y))
 		}
 		if len(c.X) == 0 {
 			continue
@@ -58,7 +63,7 @@ func PlotCurves(path, title, xLabel string, curves []Curve, smooth float64) erro
 		col := plotutil.Color(i)
 		raw, err := plotter.NewLine(xys(c.X, c.Y))
 		if err != nil {
-			return fmt.Errorf("plot %s: curve %q: %w", path, c.Name, err)
+			return nil, fmt.Errorf("curve %q: %w", c.Name, err)
 		}
 		raw.Color = col
 		raw.Width = vg.Points(0.7)
@@ -66,7 +71,7 @@ func PlotCurves(path, title, xLabel string, curves []Curve, smooth float64) erro
 			raw.Color = fade(col)
 			sm, err := plotter.NewLine(xys(c.X, Smooth(c.Y, smooth)))
 			if err != nil {
-				return fmt.Errorf("plot %s: curve %q: %w", path, c.Name, err)
+				return nil, fmt.Errorf("curve %q: %w", c.Name, err)
 			}
 			sm.Color = col
 			sm.Width = vg.Points(1.8)
@@ -78,9 +83,77 @@ func PlotCurves(path, title, xLabel string, curves []Curve, smooth float64) erro
 		}
 	}
 	if n == 0 {
-		return fmt.Errorf("plot %s: no data", path)
+		return nil, fmt.Errorf("no data")
 	}
-	return save(p, path, 8*vg.Inch, 4.5*vg.Inch)
+	headroom(p)
+	return p, nil
+}
+
+// newPlot returns a plot with a title, labelled axes, a grid, readable fonts and
+// tick labels that never repeat.
+func newPlot(title, xLabel, yLabel string) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = title
+	p.Title.TextStyle.Font.Size = vg.Points(14)
+	p.X.Label.Text, p.Y.Label.Text = xLabel, yLabel
+	for _, a := range []*plot.Axis{&p.X, &p.Y} {
+		a.Label.TextStyle.Font.Size = vg.Points(12)
+		a.Tick.Label.Font.Size = vg.Points(10)
+		a.Tick.Marker = DistinctTicks{}
+	}
+	p.Legend.TextStyle.Font.Size = vg.Points(11)
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs, p.Legend.YOffs = vg.Points(8), -vg.Points(4)
+	p.Add(plotter.NewGrid())
+	return p
+}
+
+// headroom raises the top of the y axis so that the legend (top left) does not
+// cover the curves.
+func headroom(p *plot.Plot) {
+	if r := p.Y.Max - p.Y.Min; r > 0 {
+		p.Y.Max += 0.25 * r
+	} else {
+		p.Y.Min, p.Y.Max = p.Y.Min-1, p.Y.Max+1
+	}
+}
+
+// DistinctTicks is gonum's default ticker with labels printed to as many
+// significant digits as it takes for no two to read the same (the default
+// rounds ticks of a narrow range, such as a learning rate, to equal labels).
+type DistinctTicks struct{}
+
+// Ticks implements plot.Ticker.
+func (DistinctTicks) Ticks(lo, hi float64) []plot.Tick {
+	if !(hi > lo) {
+		lo, hi = lo-0.5, lo+0.5
+	}
+	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	for prec := 1; prec <= 17; prec++ {
+		seen := map[string]bool{}
+		ok := true
+		for _, t := range ticks {
+			if t.Label == "" {
+				continue
+			}
+			l := strconv.FormatFloat(t.Value, 'g', prec, 64)
+			if seen[l] {
+				ok = false
+				break
+			}
+			seen[l] = true
+		}
+		if ok {
+			for i := range ticks {
+				if ticks[i].Label != "" {
+					ticks[i].Label = strconv.FormatFloat(ticks[i].Value, 'g', prec, 64)
+				}
+			}
+			return ticks
+		}
+	}
+	return ticks
 }
 
 // Sample is a named set of values for a distribution plot.
@@ -112,11 +185,7 @@ func PlotDensities(path, title, xLabel string, samples []Sample, bins int, vline
 		lo, hi = lo-0.5, hi+0.5
 	}
 	width := (hi - lo) / float64(bins)
-	p := plot.New()
-	p.Title.Text = title
-	p.X.Label.Text = xLabel
-	p.Y.Label.Text = "density"
-	p.Add(plotter.NewGrid())
+	p := newPlot(title, xLabel, "density")
 	ymax := 0.0
 	for i, s := range samples {
 		counts := make([]float64, bins)
@@ -159,7 +228,7 @@ func PlotDensities(path, title, xLabel string, samples []Sample, bins int, vline
 			p.Add(l)
 		}
 	}
-	p.Legend.Top = true
+	headroom(p)
 	return save(p, path, 8*vg.Inch, 4.5*vg.Inch)
 }
 
@@ -206,7 +275,7 @@ func PlotFile(jsonlPath, outDir string, groups map[string][]string, smooth float
 			curves = append(curves, Curve{Name: key, X: x, Y: y})
 		}
 		out := filepath.Join(outDir, safeName(g)+".png")
-		if err := PlotCurves(out, g, "step", curves, smooth); err != nil {
+		if err := PlotCurves(out, g, "step", strings.Join(groups[g], ", "), curves, smooth); err != nil {
 			if strings.HasSuffix(err.Error(), "no data") {
 				continue
 			}

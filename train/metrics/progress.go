@@ -10,7 +10,8 @@ import (
 	"golang.org/x/term"
 )
 
-// Progress shows training progress: step/total, loss, tokens/s and ETA. On a
+// Progress shows training progress: step/total, loss (or another status), tokens/s
+// and ETA; it is the one progress reporter of the training loops. On a
 // terminal it draws a progress bar (github.com/schollz/progressbar/v3); on
 // anything else (a log file, CI) it writes a plain line every LogEvery.
 type Progress struct {
@@ -55,9 +56,15 @@ func NewProgress(total, startStep int, desc string, out io.Writer) *Progress {
 // Update reports that step optimizer steps are done, with the latest loss and
 // the number of tokens processed since the previous Update.
 func (p *Progress) Update(step int, loss float64, tokens int) {
+	p.Report(step, fmt.Sprintf("loss %.4g", loss), tokens)
+}
+
+// Report is Update with a status of the caller's (e.g. reward, cost and λ) in
+// place of the loss.
+func (p *Progress) Report(step int, status string, tokens int) {
 	p.tokens += int64(tokens)
 	now := p.now()
-	line := p.status(step, loss, now)
+	line := p.status(step, status, now)
 	if p.bar != nil {
 		p.bar.Describe(p.desc + " " + line)
 		_ = p.bar.Set64(int64(step))
@@ -69,8 +76,8 @@ func (p *Progress) Update(step int, loss float64, tokens int) {
 	}
 }
 
-// status formats loss, tokens/s and ETA.
-func (p *Progress) status(step int, loss float64, now time.Time) string {
+// status formats the status, tokens/s and ETA.
+func (p *Progress) status(step int, status string, now time.Time) string {
 	el := now.Sub(p.t0).Seconds()
 	done := step - p.start
 	tps, eta := 0.0, "?"
@@ -81,7 +88,7 @@ func (p *Progress) status(step int, loss float64, now time.Time) string {
 		rem := time.Duration(float64(p.total-step) * el / float64(done) * float64(time.Second))
 		eta = rem.Round(time.Second).String()
 	}
-	return fmt.Sprintf("loss %.4g | %.0f tok/s | ETA %s", loss, tps, eta)
+	return fmt.Sprintf("%s | %.0f tok/s | ETA %s", status, tps, eta)
 }
 
 // Finish completes the bar (or writes nothing more in line mode).

@@ -406,7 +406,8 @@ func (n *GraphNets) criticLoss(cfg *model.Config) trainer.LossFn {
 }
 
 // UpdateActor implements Nets.
-func (n *GraphNets) UpdateActor(lr float64, r *Rollout, rewardAdv, costAdv []float32, lambda float64, mask []float32, ptx *PTXBatch, ptxCoeff float64) (ActorStats, error) {
+func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
+	r, costAdv, ptx := b.Rollout, b.CostAdv, b.PTX
 	if (costAdv != nil) != n.cfg.WithCostCritic {
 		return ActorStats{}, fmt.Errorf("actor: cost advantages given = %v, but the nets were built with cost critic = %v", costAdv != nil, n.cfg.WithCostCritic)
 	}
@@ -415,11 +416,11 @@ func (n *GraphNets) UpdateActor(lr float64, r *Rollout, rewardAdv, costAdv []flo
 		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),
 		tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T),
 		tensors.FromFlatDataAndDimensions(r.LogProbs, r.B, L),
-		tensors.FromFlatDataAndDimensions(rewardAdv, r.B, L),
-		tensors.FromFlatDataAndDimensions(mask, r.B, L),
+		tensors.FromFlatDataAndDimensions(b.RewardAdv, r.B, L),
+		tensors.FromFlatDataAndDimensions(b.Mask, r.B, L),
 	}
 	if costAdv != nil {
-		args = append(args, tensors.FromFlatDataAndDimensions(costAdv, r.B, L), tensors.FromScalar(float32(lambda)))
+		args = append(args, tensors.FromFlatDataAndDimensions(costAdv, r.B, L), tensors.FromScalar(float32(b.Lambda)))
 	}
 	if ptx != nil {
 		lm := make([]float32, ptx.B*(ptx.T-1))
@@ -434,9 +435,9 @@ func (n *GraphNets) UpdateActor(lr float64, r *Rollout, rewardAdv, costAdv []flo
 			tensors.FromFlatDataAndDimensions(ptx.IDs, ptx.B, ptx.T),
 			tensors.FromFlatDataAndDimensions(ptx.Mask, ptx.B, ptx.T),
 			tensors.FromFlatDataAndDimensions(lm, ptx.B, ptx.T-1),
-			tensors.FromScalar(float32(ptxCoeff)))
+			tensors.FromScalar(float32(b.PTXCoeff)))
 	}
-	res, err := n.actor.Step(lr, args...)
+	res, err := n.actor.Step(b.LR, args...)
 	if err != nil {
 		return ActorStats{}, err
 	}

@@ -156,7 +156,7 @@ func TestActorStepDirection(t *testing.T) {
 				}
 			}
 			before := maskedMean(r.B, r.L(), to64(r.LogProbs), mask)
-			if _, err := n.UpdateActor(1e-3, r, adv, cadv, 1, mask, nil, 0); err != nil {
+			if _, err := n.UpdateActor(ActorBatch{LR: 1e-3, Rollout: r, RewardAdv: adv, CostAdv: cadv, Lambda: 1, Mask: mask}); err != nil {
 				t.Fatal(err)
 			}
 			r2 := *r

@@ -18,11 +18,8 @@ type Nets interface {
 	// Score fills r's log-probs, reference log-probs, end scores and critic values (spec §1.2 step 3),
 	// with no gradients. Cost and CostValues are left nil when the model is absent.
 	Score(r *Rollout) error
-	// UpdateActor runs one clipped-surrogate step on the micro-batch (spec §1.5). rewardAdv and
-	// costAdv are the GAE advantages at full width L (zero before start); with costAdv non-nil the
-	// advantage is (A^r − λ·A^c)/(1+λ) (PPO-Lag), else A^r. mask is the response mask. When ptx is
-	// non-nil the step minimises ½(actor loss + ptxCoeff·PTX loss) (spec §1.9's doubled accumulation).
-	UpdateActor(lr float64, r *Rollout, rewardAdv, costAdv []float32, lambda float64, mask []float32, ptx *PTXBatch, ptxCoeff float64) (ActorStats, error)
+	// UpdateActor runs one clipped-surrogate step on the micro-batch (spec §1.5).
+	UpdateActor(b ActorBatch) (ActorStats, error)
 	// UpdateCritic runs one clipped value-loss step (spec §1.6) of the reward critic (cost=false) or
 	// the cost critic (cost=true) toward returns (width L) under mask.
 	UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error)
@@ -51,6 +48,21 @@ type NetsCheckpoint struct {
 	// WeightsScope, if set, names the scope whose State tensors WeightsScope/N equal weight N
 	// (the fully trained actor): they are stored once, in the weights (checkpoint.Checkpoint.WeightsScope).
 	WeightsScope string
+}
+
+// ActorBatch is the input of one actor step.
+type ActorBatch struct {
+	LR      float64
+	Rollout *Rollout
+	// RewardAdv and CostAdv are the GAE advantages at full width L (zero before start); with
+	// CostAdv non-nil the advantage is (A^r − λ·A^c)/(1+λ) (PPO-Lag), else A^r.
+	RewardAdv, CostAdv []float32
+	Lambda             float64
+	Mask               []float32 // the response mask
+	// PTX, when non-nil, makes the step minimise ½(actor loss + PTXCoeff·PTX loss) (spec §1.9's
+	// doubled accumulation).
+	PTX      *PTXBatch
+	PTXCoeff float64
 }
 
 // PTXBatch is a supervised micro-batch for PTX mixing: ids, attention mask and labels (−100 on

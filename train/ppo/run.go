@@ -173,7 +173,7 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer) (*RunResult, erro
 	if err != nil {
 		return nil, err
 	}
-	opt.Progress, opt.ProgressLines = progress, !isTerminal(progress)
+	opt.Progress = progress
 	tr, err := NewTrainer(c.Config, opt, nets, in.prompts, in.ptx)
 	if err != nil {
 		return nil, err
@@ -231,16 +231,6 @@ func checkpointOptions(c RunConfig, in *runInputs) (Options, error) {
 	}
 	opt.CheckpointFiles = map[string][]byte{filepath.Base(in.tokPath): tb}
 	return opt, nil
-}
-
-// isTerminal reports whether w is a terminal (progress bars redraw) rather than a log.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // Format prints the before/after table (cost columns only when a cost model was used).

@@ -23,8 +23,7 @@ type Options struct {
 	CheckpointEvery int       // rollout batches between checkpoints (0: only at the end)
 	KeepCheckpoints int       // checkpoints kept (default 2)
 	Resume          bool      // continue from the newest intact checkpoint in OutDir/checkpoints (none is an error)
-	Progress        io.Writer // progress bar (nil: none)
-	ProgressLines   bool      // one line per step instead of a redrawn bar (logs, CI)
+	Progress        io.Writer // progress bar on a terminal, else a line every 30 s (nil: none)
 	// Frozen are the models the run reads but does not train (reference actor, reward and cost
 	// models: checkpoint.FrozenModel); checkpoints reference them, and a resume refuses changed ones.
 	Frozen []checkpoint.Frozen
@@ -179,7 +178,11 @@ func (t *Trainer) totalRLSteps() int {
 
 // Run trains until the last rollout batch (or ctx is cancelled, which checkpoints and returns ctx.Err()).
 func (t *Trainer) Run(ctx context.Context) error {
-	started := time.Now()
+	var bar *metrics.Progress
+	if t.opt.Progress != nil {
+		bar = metrics.NewProgress(t.total, t.st.Step, string(t.cfg.Algorithm), t.opt.Progress)
+		defer bar.Finish()
+	}
 	done := 0
 	for t.st.Step < t.total {
 		if err := ctx.Err(); err != nil {
@@ -198,7 +201,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 		if err := t.log(m, p); err != nil {
 			return err
 		}
-		t.progress(m, p, started)
+		t.progress(bar, m, p)
 		done++
 		last := t.st.Step == t.total
 		if last || t.opt.CheckpointEvery > 0 && t.st.Step%t.opt.CheckpointEvery == 0 ||
@@ -210,9 +213,6 @@ func (t *Trainer) Run(ctx context.Context) error {
 		if t.opt.StopAfter > 0 && done >= t.opt.StopAfter && !last {
 			return nil
 		}
-	}
-	if t.opt.Progress != nil && !t.opt.ProgressLines {
-		fmt.Fprintln(t.opt.Progress)
 	}
 	return nil
 }
@@ -346,7 +346,8 @@ func (t *Trainer) rlStep(r *Rollout, ptx *PTXBatch) (StepMetrics, error) {
 	if cfg.UsesCostCritic() {
 		cAdv = toF32(sh.cAdv)
 	}
-	as, err := t.nets.UpdateActor(lrA, r, toF32(sh.rAdv), cAdv, lam, respMask, ptx, cfg.PTXCoeff)
+	as, err := t.nets.UpdateActor(ActorBatch{LR: lrA, Rollout: r, RewardAdv: toF32(sh.rAdv), CostAdv: cAdv, Lambda: lam,
+		Mask: respMask, PTX: ptx, PTXCoeff: cfg.PTXCoeff})
 	if err != nil {
 		return m, fmt.Errorf("actor update: %w", err)
 	}
@@ -435,26 +436,12 @@ func (t *Trainer) log(m StepMetrics, p PerfMetrics) error {
 	return nil
 }
 
-func (t *Trainer) progress(m StepMetrics, p PerfMetrics, started time.Time) {
-	if t.opt.Progress == nil {
+func (t *Trainer) progress(bar *metrics.Progress, m StepMetrics, p PerfMetrics) {
+	if bar == nil {
 		return
 	}
-	const width = 24
-	fill := width * t.st.Step / max(1, t.total)
-	bar := make([]byte, width)
-	for i := range bar {
-		bar[i] = '.'
-		if i < fill {
-			bar[i] = '#'
-		}
-	}
-	el := time.Since(started).Seconds()
-	lead, tail := "\r", ""
-	if t.opt.ProgressLines {
-		lead, tail = "", "\n"
-	}
-	fmt.Fprintf(t.opt.Progress, lead+"%-7s [%s] %3d/%d reward %+.3f cost %+.3f harmful %.2f λ %.3f kl %.3f gen %.0f tok/s train %.0f tok/s %4.0fs"+tail,
-		t.cfg.Algorithm, bar, t.st.Step, t.total, m.Reward, m.Cost, m.HarmfulRate, m.Lambda, m.KL, p.GenTokensPerSec, p.TrainTokensPerSec, el)
+	status := fmt.Sprintf("reward %+.3f cost %+.3f harmful %.2f λ %.3f kl %.3f", m.Reward, m.Cost, m.HarmfulRate, m.Lambda, m.KL)
+	bar.Report(t.st.Step, status, p.GenTokens+p.TrainTokens)
 }
 
 // Kind is the checkpoint kind of a run: "ppo" for plain PPO, "ppo-lag" for the cost-aware variants.

@@ -74,7 +74,8 @@ func (f *fakeNets) Score(r *Rollout) error {
 	return nil
 }
 
-func (f *fakeNets) UpdateActor(lr float64, r *Rollout, rAdv, cAdv []float32, lam float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
+func (f *fakeNets) UpdateActor(b ActorBatch) (ActorStats, error) {
+	lr, r, rAdv, cAdv, lam, mask := b.LR, b.Rollout, b.RewardAdv, b.CostAdv, b.Lambda, b.Mask
 	s := 0.0
 	for i := range rAdv {
 		a := float64(rAdv[i])
@@ -288,9 +289,9 @@ type badStateNets struct {
 	after, n int
 }
 
-func (f *badStateNets) UpdateActor(lr float64, r *Rollout, rAdv, cAdv []float32, lam float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
+func (f *badStateNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	f.n++
-	return f.fakeNets.UpdateActor(lr, r, rAdv, cAdv, lam, mask, ptx, c)
+	return f.fakeNets.UpdateActor(b)
 }
 
 func (f *badStateNets) Checkpoint() (*NetsCheckpoint, error) {
@@ -405,8 +406,8 @@ type nanNets struct {
 	after, n int
 }
 
-func (f *nanNets) UpdateActor(lr float64, r *Rollout, rAdv, cAdv []float32, lam float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
-	s, err := f.fakeNets.UpdateActor(lr, r, rAdv, cAdv, lam, mask, ptx, c)
+func (f *nanNets) UpdateActor(b ActorBatch) (ActorStats, error) {
+	s, err := f.fakeNets.UpdateActor(b)
 	f.n++
 	if f.n > f.after {
 		s.Loss = math.NaN()
@@ -507,9 +508,9 @@ func (f *recordNets) Score(r *Rollout) error {
 	return f.fakeNets.Score(r)
 }
 
-func (f *recordNets) UpdateActor(lr float64, r *Rollout, rAdv, cAdv []float32, lam float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
+func (f *recordNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	f.actorSteps++
-	return f.fakeNets.UpdateActor(lr, r, rAdv, cAdv, lam, mask, ptx, c)
+	return f.fakeNets.UpdateActor(b)
 }
 
 // TestNumReturnSequencesMicroBatches: with num_return_sequences = nrs, each micro-batch of
@@ -547,5 +548,18 @@ func TestNumReturnSequencesMicroBatches(t *testing.T) {
 	m := tr.History()[0]
 	if m.GlobalStep != 6 {
 		t.Errorf("global step %d, want 6", m.GlobalStep)
+	}
+}
+
+// The PPO loop reports progress through the supervised loop's reporter (metrics.Progress):
+// step/total, the RL status, tokens/s and an ETA, a line at the start and at the end in a log.
+func TestProgressUsesTheSharedReporter(t *testing.T) {
+	var buf bytes.Buffer
+	tr := runFake(t, fakeConfig(PPOLag), t.TempDir(), Options{Progress: &buf}, &fakeNets{harmful: 0.5})
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	last := lines[len(lines)-1]
+	if want := fmt.Sprintf("ppo-lag step %d/%d reward", tr.TotalSteps(), tr.TotalSteps()); !strings.HasPrefix(last, want) ||
+		!strings.Contains(last, "tok/s") || !strings.Contains(last, "ETA") || !strings.Contains(last, "λ") {
+		t.Errorf("progress %q", buf.String())
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/data/datasets"
@@ -398,5 +397,3 @@ func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
 	}
 }
 
-// BackendFor is a convenience for tools that need the same backend as the stages.
-func BackendFor(spec string) (backends.Backend, error) { return backend.New(spec) }
