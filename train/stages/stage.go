@@ -396,4 +396,3 @@ func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
 		return out.Loss, m
 	}
 }
-
