@@ -517,3 +517,15 @@ func TestSpecErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestTruncatePrompt(t *testing.T) {
+	ids := []int32{1, 10, 11, 12, 13}
+	for _, c := range []struct {
+		max  int
+		want []int32
+	}{{5, ids}, {9, ids}, {3, []int32{1, 12, 13}}, {1, []int32{1}}} {
+		if got := TruncatePrompt(ids, c.max); !slices.Equal(got, c.want) {
+			t.Errorf("max %d: %v, want %v", c.max, got, c.want)
+		}
+	}
+}

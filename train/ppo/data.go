@@ -78,7 +78,7 @@ func loadPrompts(tok tokenizer.Tokenizer, trainData, evalData []string, split fl
 			}
 			seen[k] = true
 			if len(ids) > maxTokens {
-				ids = append(ids[:1:1], ids[len(ids)-(maxTokens-1):]...)
+				ids = datasets.TruncatePrompt(ids, maxTokens)
 				truncated++
 			}
 			*dst = append(*dst, ids)

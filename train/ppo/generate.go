@@ -3,6 +3,7 @@ package ppo
 import (
 	"fmt"
 
+	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -12,9 +13,9 @@ type generator interface {
 	generate(prompts [][]int32, seed uint64) (*Rollout, error)
 }
 
-// Generate implements Nets: prompts are truncated to MaxPromptTokens (keeping their end, where
-// the "ASSISTANT:" cue is) and sampled with the model's KV-cache Generator reading the actor's
-// live weights; the response is right padded to exactly MaxNewTokens so the scoring and update
+// Generate implements Nets: prompts longer than MaxPromptTokens keep BOS and their end, where
+// the "ASSISTANT:" cue is (datasets.TruncatePrompt, the rule loadPrompts applies), and are
+// sampled with the model's KV-cache Generator reading the actor's live weights; the response is right padded to exactly MaxNewTokens so the scoring and update
 // graphs see few distinct shapes.
 func (n *GraphNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
 	return n.gen.generate(prompts, seed)
@@ -44,10 +45,7 @@ func (g *kvGenerator) generate(prompts [][]int32, seed uint64) (*Rollout, error)
 	c := g.n.cfg
 	ps := make([][]int32, len(prompts))
 	for i, p := range prompts {
-		if len(p) > c.MaxPromptTokens {
-			p = p[len(p)-c.MaxPromptTokens:]
-		}
-		ps[i] = p
+		ps[i] = datasets.TruncatePrompt(p, c.MaxPromptTokens)
 	}
 	opts := g.opts
 	opts.Seed = seed

@@ -441,3 +441,24 @@ func TestRetokenizedCostModel(t *testing.T) {
 		t.Errorf("a cost critic on another vocabulary: err = %v", err)
 	}
 }
+
+// A prompt longer than --max-prompt-tokens keeps BOS and its last tokens in generation, the
+// same rule loadPrompts applies (the generator used to drop BOS).
+func TestGenerateTruncatesLikeLoadPrompts(t *testing.T) {
+	cfg := tinyConfig() // MaxPromptTokens 8
+	n := tinyNets(t, cfg)
+	long := []int32{1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50}
+	r, err := n.Generate([][]int32{long}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prompt []int32
+	for tk := 0; tk < r.S; tk++ {
+		if r.Mask[tk] != 0 {
+			prompt = append(prompt, r.Seq[tk])
+		}
+	}
+	if want := []int32{1, 44, 45, 46, 47, 48, 49, 50}; !slices.Equal(prompt, want) {
+		t.Errorf("prompt %v, want %v", prompt, want)
+	}
+}

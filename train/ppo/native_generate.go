@@ -3,6 +3,7 @@ package ppo
 import (
 	"fmt"
 
+	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -33,9 +34,7 @@ func (g *nativeGenerator) generate(prompts [][]int32, seed uint64) (*Rollout, er
 	}
 	ps := make([][]int32, len(prompts))
 	for i, p := range prompts {
-		if len(p) > c.MaxPromptTokens {
-			p = p[len(p)-c.MaxPromptTokens:]
-		}
+		p = datasets.TruncatePrompt(p, c.MaxPromptTokens)
 		ps[i] = p
 	}
 	opts := g.opts
