@@ -62,16 +62,17 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 	if err := dist.RequireSingle(name); err != nil {
 		return err
 	}
-	if err := checkpoint.PrepareOutput(c.Out, name, c.Resume, c.Force); err != nil {
-		return err
-	}
-	// The effective settings, reusable as --config for a rerun.
-	if err := config.WriteEffective(fs, filepath.Join(c.Out, "config.yaml")); err != nil {
-		return err
+	// The output directory (never clobbered: checkpoint.PrepareOutput) and the effective
+	// settings, reusable as --config for a rerun, once the inputs are loaded and checked.
+	ready := func() error {
+		if err := checkpoint.PrepareOutput(c.Out, name, c.Resume, c.Force); err != nil {
+			return err
+		}
+		return config.WriteEffective(fs, filepath.Join(c.Out, "config.yaml"))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := ppo.Run(ctx, c, os.Stderr)
+	res, err := ppo.Run(ctx, c, os.Stderr, ready)
 	if err != nil {
 		return err
 	}

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -180,5 +182,45 @@ func TestPPOLagRetokenizedCostModel(t *testing.T) {
 	}
 	if err := json.Unmarshal(b, &sum); err != nil || sum.After.N < 1 || sum.After.CostMean == 0 {
 		t.Fatalf("summary %s (%v)", b, err)
+	}
+}
+
+// PPO settings are checked before any work and leave nothing behind: numeric flags (usage
+// errors), lengths beyond the models' context and a bad data spec (failures, after loading).
+func TestRLValidationLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	rm, cm := tinyScoreModels(t, dir)
+	assets := filepath.Join("..", "..", "assets", "data")
+	base := func(out string) []string {
+		return []string{"--model", filepath.Join(assets, "models", "stories260K.bin"), "--tokenizer", filepath.Join(assets, "models", "tok512.bin"),
+			"--reward-model", rm, "--cost-model", cm, "--data", filepath.Join(assets, "eval", "safe-rlhf-gpt4-problems.json"), "--out", out}
+	}
+	for i, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--actor-lr", "0"}, 2, "--actor-lr must be > 0"},
+		{[]string{"--lambda-lr", "-1"}, 2, "--lambda-lr must be >= 0"},
+		{[]string{"--kl-coeff", "-0.1"}, 2, "--kl-coeff must be >= 0"},
+		{[]string{"--repetition-penalty", "0"}, 2, "--repetition-penalty"},
+		{[]string{"--ptx-coeff", "-1"}, 2, "--ptx-coeff"},
+		{[]string{"--threshold", "NaN"}, 2, "finite"},
+		{[]string{"--max-new-tokens", "600"}, 1, "exceed the context"},
+		{[]string{"--data", "nosuchformat:x.json"}, 1, `unknown format "nosuchformat"`},
+	} {
+		out := filepath.Join(dir, fmt.Sprint("out", i))
+		a := append(append([]string{"ppo-lag"}, base(out)...), tc.args...)
+		if tc.args[0] == "--data" {
+			a = append([]string{"ppo-lag"}, base(out)[:8]...)
+			a = append(a, "--out", out, "--data", tc.args[1])
+		}
+		code, errOut := runIn(t, a...)
+		if code != tc.code || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, want %d; stderr %q", tc.args, code, tc.code, errOut)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%v: %s was created", tc.args, out)
+		}
 	}
 }

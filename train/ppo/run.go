@@ -119,7 +119,9 @@ type RunResult struct {
 // Run trains a policy as configured (c must be valid): it loads the models and prompts, checks
 // them against each other, evaluates the SFT policy on the held-out prompts, runs the loop, saves
 // the policy and plots, and evaluates again. Progress and notes go to progress (nil: none).
-func Run(ctx context.Context, c RunConfig, progress io.Writer) (*RunResult, error) {
+// ready, if not nil, runs once the inputs are loaded and checked, before anything is written
+// (the caller records the settings there): a bad input leaves no output behind.
+func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() error) (*RunResult, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
@@ -136,6 +138,11 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer) (*RunResult, erro
 	nets, err := NewGraphNets(in.nets, c.ClipRangeRatio, c.ClipRangeValue)
 	if err != nil {
 		return nil, err
+	}
+	if ready != nil {
+		if err := ready(); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(c.Out, 0o755); err != nil {
 		return nil, err
