@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/gomlx/gomlx/pkg/core/graph"
@@ -229,6 +231,9 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 	if err != nil {
 		return nil, nil, err
 	}
+	if stage == SFT && !slices.ContainsFunc(raw, hasTarget) {
+		return nil, nil, fmt.Errorf("--data %s: every SFT target (answer) is empty: there is nothing to learn but EOS", strings.Join(cfg.Data, ","))
+	}
 	var rawEval []datasets.RawSample
 	if len(cfg.EvalData) > 0 {
 		if rawEval, err = LoadRaw(cfg.EvalData, cfg.Seed); err != nil {
@@ -395,4 +400,17 @@ func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
 		}
 		return out.Loss, m
 	}
+}
+
+// hasTarget reports whether a sample has a non-empty answer (or assistant turn) to learn.
+func hasTarget(s datasets.RawSample) bool {
+	if len(s.Dialogue) > 0 {
+		for k := 1; k < len(s.Dialogue); k += 2 {
+			if strings.TrimSpace(s.Dialogue[k]) != "" {
+				return true
+			}
+		}
+		return false
+	}
+	return strings.TrimSpace(s.Answer) != ""
 }

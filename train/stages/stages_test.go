@@ -170,3 +170,13 @@ func TestNormalizerInCheckpoint(t *testing.T) {
 		}
 	}
 }
+
+// An SFT set whose targets are all empty (a prompt-only file) is an error, not a run that
+// learns EOS.
+func TestSFTEmptyTargets(t *testing.T) {
+	c := tinyConfig(t, SFT, "eval/safe-rlhf-gpt4-problems.json")
+	c.Steps, c.MaxLength = 1, 32
+	if _, err := Run(stdctx.Background(), SFT, c); err == nil || !strings.Contains(err.Error(), "every SFT target") {
+		t.Fatalf("err = %v", err)
+	}
+}
