@@ -68,6 +68,8 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"sft", "--lr", "1", "--lr", "2"}, 2},
 		{[]string{"sft", "--lr", "nan"}, 2},
 		{[]string{"sft", "stray-arg"}, 2},
+		{[]string{"data", "pack", "--kind", "sft", "--kind", "prompts"}, 2},
+		{[]string{"generate", "--seed", "1", "--seed", "2"}, 2},
 		{[]string{"eval-rm", "--model", "/nonexistent", "--data", "x.json"}, 1},
 		{[]string{"generate", "--model", "/nonexistent", "--tokenizer", "assets/data/models/tok512.bin"}, 1},
 	} {

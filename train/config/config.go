@@ -29,6 +29,14 @@ func Parse(fs *flag.FlagSet, args []string) error {
 	if fs.Lookup(FlagName) == nil {
 		fs.String(FlagName, "", "YAML or JSON file of flag values (keys = flag names); command-line flags win")
 	}
+	// A flag defined directly on fs (not by Register) may be given once too.
+	fs.VisitAll(func(f *flag.Flag) {
+		switch f.Value.(type) {
+		case *value, *alias, *once:
+		default:
+			f.Value = &once{Value: f.Value, name: f.Name}
+		}
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

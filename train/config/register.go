@@ -157,6 +157,33 @@ func (v *value) Set(s string) error {
 	return nil
 }
 
+// once wraps a flag.Value defined outside Register so that giving it twice is an error.
+type once struct {
+	flag.Value
+	name string
+	set  bool
+}
+
+func (o *once) String() string {
+	if o == nil || o.Value == nil {
+		return ""
+	}
+	return o.Value.String()
+}
+
+func (o *once) Set(s string) error {
+	if o.set {
+		return fmt.Errorf("--%s given more than once", o.name)
+	}
+	o.set = true
+	return o.Value.Set(s)
+}
+
+func (o *once) IsBoolFlag() bool {
+	b, ok := o.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
 // alias is a deprecated spelling of another flag: it sets the same field.
 type alias struct {
 	*value

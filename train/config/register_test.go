@@ -116,3 +116,20 @@ func TestCheckerFinite(t *testing.T) {
 }
 
 func zero() float64 { return 0 }
+
+// A flag defined directly on the flag set (not by Register) may not be repeated either.
+func TestParsePlainFlagOnce(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	kind := fs.String("kind", "", "")
+	quiet := fs.Bool("quiet", false, "")
+	if err := Parse(fs, []string{"--kind", "sft", "--quiet"}); err != nil || *kind != "sft" || !*quiet {
+		t.Fatalf("err %v kind %q quiet %v", err, *kind, *quiet)
+	}
+	fs = flag.NewFlagSet("x", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.String("kind", "", "")
+	if err := Parse(fs, []string{"--kind", "sft", "--kind", "prompts"}); err == nil || !strings.Contains(err.Error(), "--kind given more than once") {
+		t.Errorf("repeated: %v", err)
+	}
+}
