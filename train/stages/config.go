@@ -4,9 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 
 	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/optim"
 )
 
 // Config holds the settings of one training stage (SFT, reward model, cost model).
@@ -80,48 +80,39 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, stage Stage) {
 	config.Register(fs, c, "score")
 }
 
-// Validate checks every value before any work starts.
+// Validate checks every value before any work starts; the errors (all of them)
+// name the flags.
 func (c *Config) Validate(stage Stage) error {
-	bad := func(f string, a ...any) error { return fmt.Errorf("%s: "+f, append([]any{stage}, a...)...) }
-	finite := func(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
-	switch {
-	case c.Model == "":
-		return bad("--model is required")
-	case len(c.Data) == 0:
-		return bad("--data is required")
-	case c.Out == "":
-		return bad("--out is required")
-	case c.Epochs < 0 || c.Steps < 0 || (c.Epochs == 0 && c.Steps == 0):
-		return bad("--epochs %d / --max-steps %d: need --epochs > 0 or --max-steps > 0 (and neither negative)", c.Epochs, c.Steps)
-	case c.BatchSize < 1:
-		return bad("--batch-size %d must be >= 1", c.BatchSize)
-	case c.Accumulation < 1:
-		return bad("--grad-accum %d must be >= 1", c.Accumulation)
-	case c.MaxLength < 8:
-		return bad("--max-length %d must be >= 8", c.MaxLength)
-	case !finite(c.LR) || c.LR <= 0 || c.LR > 1:
-		return bad("--lr %g must lie in (0, 1]", c.LR)
-	case !finite(c.Warmup) || c.Warmup < 0 || c.Warmup >= 1:
-		return bad("--warmup-ratio %g must lie in [0, 1)", c.Warmup)
-	case !finite(c.WeightDecay) || c.WeightDecay < 0:
-		return bad("--weight-decay %g must be >= 0", c.WeightDecay)
-	case !finite(c.ClipNorm) || c.ClipNorm == 0:
-		return bad("--max-grad-norm %g must be > 0 (negative disables clipping)", c.ClipNorm)
-	case !finite(c.EvalRatio) || c.EvalRatio < 0 || c.EvalRatio >= 1:
-		return bad("--eval-ratio %g must lie in [0, 1)", c.EvalRatio)
-	case c.EvalMax < 0 || c.MaxTrain < 0 || c.EvalEvery < 0 || c.CkptEvery < 0 || c.KeepCkpts < 1:
-		return bad("--eval-max, --max-train, --eval-every, --save-every must be >= 0 and --keep-checkpoints >= 1")
-	case c.Truncate != "right" && c.Truncate != "prompt-left":
-		return bad("--truncate %q: want right or prompt-left", c.Truncate)
-	case stage != SFT && c.LossType != "sequence-wise" && c.LossType != "token-wise":
-		return bad("--loss-type %q: want sequence-wise or token-wise", c.LossType)
-	case stage != SFT && (!finite(c.Reg) || c.Reg < 0):
-		return bad("--regularization %g must be >= 0", c.Reg)
+	var ck config.Checker
+	ck.Finite(c)
+	ck.Required("model", c.Model)
+	ck.Check(len(c.Data) > 0, "--data is required")
+	ck.Required("out", c.Out)
+	ck.Check(c.Epochs >= 0 && c.Steps >= 0 && (c.Epochs > 0 || c.Steps > 0),
+		"--epochs %d / --max-steps %d: need --epochs > 0 or --max-steps > 0 (and neither negative)", c.Epochs, c.Steps)
+	ck.Check(c.BatchSize >= 1, "--batch-size %d must be >= 1", c.BatchSize)
+	ck.Check(c.Accumulation >= 1, "--grad-accum %d must be >= 1", c.Accumulation)
+	ck.Check(c.MaxLength >= 8, "--max-length %d must be >= 8", c.MaxLength)
+	ck.Check(c.LR > 0 && c.LR <= 1, "--lr %g must lie in (0, 1]", c.LR)
+	ck.Check(c.Warmup >= 0 && c.Warmup < 1, "--warmup-ratio %g must lie in [0, 1)", c.Warmup)
+	ck.Check(c.WeightDecay >= 0, "--weight-decay %g must be >= 0", c.WeightDecay)
+	ck.Check(c.ClipNorm != 0, "--max-grad-norm %g must be > 0 (negative disables clipping)", c.ClipNorm)
+	ck.Check(c.EvalRatio >= 0 && c.EvalRatio < 1, "--eval-ratio %g must lie in [0, 1)", c.EvalRatio)
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"eval-max", c.EvalMax}, {"max-train", c.MaxTrain}, {"eval-every", c.EvalEvery}, {"save-every", c.CkptEvery}} {
+		ck.NonNegativeInt(f.name, f.v)
 	}
-	switch c.Scheduler {
-	case "cosine", "linear", "constant", "constant_with_warmup":
-	default:
-		return bad("--lr-scheduler %q: want cosine, linear, constant or constant_with_warmup", c.Scheduler)
+	ck.Check(c.KeepCkpts >= 1, "--keep-checkpoints %d must be >= 1", c.KeepCkpts)
+	ck.OneOf("truncate", c.Truncate, "right", "prompt-left")
+	ck.OneOf("lr-scheduler", c.Scheduler, optim.Cosine, optim.Linear, optim.Constant, optim.ConstantWithWarmup)
+	if stage != SFT && stage != DPO {
+		ck.OneOf("loss-type", c.LossType, "sequence-wise", "token-wise")
+		ck.Check(c.Reg >= 0, "--regularization %g must be >= 0", c.Reg)
+	}
+	if err := ck.Err(); err != nil {
+		return fmt.Errorf("%s: %w", stage, err)
 	}
 	return nil
 }
