@@ -1,0 +1,176 @@
+package ppo
+
+// The trainer's I/O: metrics files and checkpoints (train/checkpoint). The loop is in trainer.go.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/metrics"
+)
+
+// log appends a step's metrics to metrics.jsonl and perf.jsonl.
+func (t *Trainer) log(m StepMetrics, p PerfMetrics) error {
+	t.history = append(t.history, m)
+	t.perf = append(t.perf, p)
+	if err := t.metricsW.WriteJSON(m); err != nil {
+		return fmt.Errorf("ppo: %w", err)
+	}
+	if err := t.perfW.WriteJSON(p); err != nil {
+		return fmt.Errorf("ppo: %w", err)
+	}
+	return nil
+}
+
+// Kind is the checkpoint kind of a run: "ppo" for plain PPO, "ppo-lag" for the cost-aware variants.
+func (t *Trainer) Kind() string {
+	if t.cfg.Algorithm == PPO {
+		return "ppo"
+	}
+	return "ppo-lag"
+}
+
+// openMetrics restores the latest checkpoint (with Resume) and opens metrics.jsonl and perf.jsonl:
+// a resumed run keeps their records up to the checkpoint's step; a fresh run refuses to start over
+// existing checkpoints.
+func (t *Trainer) openMetrics() error {
+	mp, pp := filepath.Join(t.opt.OutDir, "metrics.jsonl"), filepath.Join(t.opt.OutDir, "perf.jsonl")
+	var err error
+	if t.opt.Resume {
+		if err := t.restore(); err != nil {
+			return err
+		}
+		if t.metricsW, err = metrics.Resume(mp, t.st.Step); err != nil {
+			return fmt.Errorf("ppo: %w", err)
+		}
+		if t.perfW, err = metrics.Resume(pp, t.st.Step); err != nil {
+			t.metricsW.Close()
+			return fmt.Errorf("ppo: %w", err)
+		}
+		return nil
+	}
+	if steps := t.ckpts.Existing(); len(steps) > 0 {
+		return fmt.Errorf("ppo: %s already holds checkpoints (step %d): resume the run or choose a new output",
+			t.ckpts.Root, steps[len(steps)-1])
+	}
+	if t.metricsW, err = metrics.Create(mp); err != nil {
+		return fmt.Errorf("ppo: %w", err)
+	}
+	if t.perfW, err = metrics.Create(pp); err != nil {
+		t.metricsW.Close()
+		return fmt.Errorf("ppo: %w", err)
+	}
+	return nil
+}
+
+// checkpoint saves OutDir/checkpoints/step-NNNNNNNN through train/checkpoint: the actor as an HF
+// model (weights + config.json, plus CheckpointFiles), every trained variable and optimiser
+// moment bit for bit, and state.json (step, λ state and episode-cost window, data positions, RNG,
+// config, frozen models by path and hash). Weights or optimiser state holding NaN/Inf are never
+// saved. It returns the directory.
+func (t *Trainer) checkpoint() (string, error) {
+	for _, w := range []*metrics.Writer{t.metricsW, t.perfW} {
+		if err := w.Sync(); err != nil {
+			return "", fmt.Errorf("ppo checkpoint: %w", err)
+		}
+	}
+	nc, err := t.nets.Checkpoint()
+	if err != nil {
+		return "", fmt.Errorf("ppo checkpoint step %d: %w", t.st.Step, err)
+	}
+	st, err := t.checkpointState()
+	if err != nil {
+		return "", err
+	}
+	dir, err := t.ckpts.Save(&checkpoint.Checkpoint{State: st, Weights: nc.Weights, Config: nc.Config,
+		TrainState: nc.State, TrainStateMeta: nc.StateMeta, WeightsScope: nc.WeightsScope, Files: t.opt.CheckpointFiles})
+	if err != nil {
+		return "", fmt.Errorf("ppo: %w", err)
+	}
+	return dir, nil
+}
+
+func (t *Trainer) checkpointState() (checkpoint.State, error) {
+	fail := func(what string, err error) (checkpoint.State, error) {
+		return checkpoint.State{}, fmt.Errorf("ppo checkpoint: %s: %w", what, err)
+	}
+	pos := position{Prompts: t.prompts.Pos, GlobalStep: t.st.GlobalStep}
+	if t.ptx != nil {
+		pos.PTX = t.ptx.Pos
+	}
+	data, err := json.Marshal(pos)
+	if err != nil {
+		return fail("data position", err)
+	}
+	lam, err := json.Marshal(t.lag.State())
+	if err != nil {
+		return fail("λ state", err)
+	}
+	rs, err := t.rng.MarshalBinary()
+	if err != nil {
+		return fail("rng", err)
+	}
+	rng, _ := json.Marshal(rs)
+	cfg, err := t.runConfig()
+	if err != nil {
+		return fail("config", err)
+	}
+	return checkpoint.State{Step: t.st.Step, Kind: t.Kind(), Config: cfg, Data: data, RNG: rng, Lambda: lam,
+		Frozen: t.opt.Frozen}, nil
+}
+
+// runConfig is the configuration checkpoints store and a resume compares.
+func (t *Trainer) runConfig() (json.RawMessage, error) {
+	if t.opt.Config != nil {
+		return json.Marshal(t.opt.Config)
+	}
+	return json.Marshal(t.cfg)
+}
+
+// restore loads the newest intact checkpoint after checking its kind, config and frozen models.
+func (t *Trainer) restore() error {
+	cfg, err := t.runConfig()
+	if err != nil {
+		return fmt.Errorf("ppo resume: config: %w", err)
+	}
+	l, err := t.ckpts.Resume(checkpoint.ResumeOptions{Kind: t.Kind(), Config: cfg, Ignore: t.opt.ConfigIgnore,
+		Frozen: t.opt.Frozen, AllowConfigChange: t.opt.AllowConfigChange})
+	if err != nil {
+		return fmt.Errorf("ppo: %w", err)
+	}
+	defer l.Close()
+	fail := func(what string, err error) error { return fmt.Errorf("ppo resume from %s: %s: %w", l.Dir, what, err) }
+	if l.TrainState == nil {
+		return fail("training state", errors.New("missing"))
+	}
+	var pos position
+	if err := json.Unmarshal(l.State.Data, &pos); err != nil {
+		return fail("data position", err)
+	}
+	var lam LambdaState
+	if err := json.Unmarshal(l.State.Lambda, &lam); err != nil {
+		return fail("λ state", err)
+	}
+	var rs []byte
+	if err := json.Unmarshal(l.State.RNG, &rs); err != nil {
+		return fail("rng", err)
+	}
+	if err := t.nets.Restore(l); err != nil {
+		return fail("networks", err)
+	}
+	if err := t.rng.UnmarshalBinary(rs); err != nil {
+		return fail("rng", err)
+	}
+	if err := t.lag.SetState(lam); err != nil {
+		return fail("λ state", err)
+	}
+	t.prompts.Seek(pos.Prompts)
+	if t.ptx != nil {
+		t.ptx.Seek(pos.PTX)
+	}
+	t.st = State{Step: l.State.Step, GlobalStep: pos.GlobalStep}
+	return nil
+}
