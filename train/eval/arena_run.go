@@ -8,6 +8,7 @@ import (
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/saferlhf/saferlhf/data/datasets"
+	"github.com/saferlhf/saferlhf/data/shards"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/config"
@@ -128,11 +129,7 @@ func RunArena(be backends.Backend, o ArenaOptions) (*ArenaReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("arena: cost model: %w", err)
 	}
-	raw, err := stages.LoadRaw(o.Prompts, o.Seed)
-	if err != nil {
-		return nil, err
-	}
-	texts, ids, err := arenaPrompts(tok, raw, o.Limit)
+	texts, ids, err := loadArenaPrompts(o.Prompts, tok, o.Seed, o.Limit)
 	if err != nil {
 		return nil, err
 	}
@@ -278,4 +275,47 @@ func arenaPrompts(tok tokenizer.Tokenizer, raw []datasets.RawSample, limit int) 
 		}
 	}
 	return texts, ids, nil
+}
+
+// loadArenaPrompts reads the prompts of specs, at most limit (0: all): token-shard
+// directories packed with tok (their prompt part, decoded for the report) and raw files
+// (arenaPrompts).
+func loadArenaPrompts(specs []string, tok tokenizer.Tokenizer, seed uint64, limit int) (texts []string, ids [][]int32, err error) {
+	var raw []string
+	for _, spec := range specs {
+		if !shards.IsDataset(spec) {
+			raw = append(raw, spec)
+			continue
+		}
+		exs, _, err := shards.ReadAllFor(spec, tok.Info())
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, e := range exs {
+			p := e.Sequences()[0]
+			if e.Kind != datasets.KindPrompts {
+				p = p[:min(e.PromptLen, len(p))]
+			}
+			if len(p) == 0 {
+				continue
+			}
+			texts, ids = append(texts, tok.Decode(p)), append(ids, p)
+			if limit > 0 && len(ids) == limit {
+				return texts, ids, nil
+			}
+		}
+	}
+	if len(raw) == 0 {
+		return texts, ids, nil
+	}
+	samples, err := stages.LoadRaw(raw, seed)
+	if err != nil {
+		return nil, nil, err
+	}
+	rest := 0
+	if limit > 0 {
+		rest = limit - len(ids)
+	}
+	t2, i2, err := arenaPrompts(tok, samples, rest)
+	return append(texts, t2...), append(ids, i2...), err
 }

@@ -1,11 +1,14 @@
 package eval
 
 import (
+	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/saferlhf/saferlhf/data/datasets"
+	"github.com/saferlhf/saferlhf/data/shards"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 )
 
@@ -33,5 +36,40 @@ func TestMultiTurnEOS(t *testing.T) {
 	pair, _ := datasets.Build(tok, datasets.KindPreference, &s, datasets.BuildOptions{})
 	if !slices.Equal(seq, pair.Better) {
 		t.Errorf("eval-cm single %v, shard %v", seq, pair.Better)
+	}
+}
+
+// eval-arena reads prompts from token-shard directories as from raw files (same prompts, same
+// ids), and refuses a shard directory packed with another tokenizer.
+func TestArenaPromptsFromShards(t *testing.T) {
+	tok, err := tokenizer.Load(filepath.Join(assets, "models/tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := filepath.Join(assets, "eval/safe-rlhf-gpt4-problems.json")
+	dir := filepath.Join(t.TempDir(), "prompts")
+	if _, err := shards.Pack(context.Background(), shards.PackOptions{Kind: datasets.KindPrompts, Inputs: []string{"prompts:" + raw},
+		Tokenizer: tok, Out: dir}); err != nil {
+		t.Fatal(err)
+	}
+	_, want, err := loadArenaPrompts([]string{raw}, tok, 42, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	texts, got, err := loadArenaPrompts([]string{dir}, tok, 42, 10)
+	if err != nil || len(got) != 10 || len(texts) != 10 {
+		t.Fatalf("%d prompts, err %v", len(got), err)
+	}
+	for i := range want {
+		if len(got[i]) != len(want[i]) || got[i][len(got[i])-1] != want[i][len(want[i])-1] || got[i][0] != want[i][0] {
+			t.Errorf("prompt %d: shard ids %v, raw ids %v", i, got[i], want[i])
+		}
+	}
+	other, err := tokenizer.Load(filepath.Join(assets, "models/tokenizer.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadArenaPrompts([]string{dir}, other, 42, 10); err == nil || !strings.Contains(err.Error(), "packed with tokenizer") {
+		t.Errorf("other tokenizer: %v", err)
 	}
 }
