@@ -54,16 +54,13 @@ func (c *DPOConfig) RegisterFlags(fs *flag.FlagSet) {
 
 // Validate checks every value before any work starts.
 func (c *DPOConfig) Validate() error {
-	if err := c.Config.Validate(DPO); err != nil {
-		return err
+	var ck config.Checker
+	ck.Positive("scale-coeff", c.Beta)
+	ck.OneOf("preference", c.Preference, "better", "safer")
+	if err := ck.Err(); err != nil {
+		return fmt.Errorf("dpo: %w", err)
 	}
-	switch {
-	case math.IsNaN(c.Beta) || math.IsInf(c.Beta, 0) || c.Beta <= 0:
-		return fmt.Errorf("dpo: --scale-coeff %g must be > 0", c.Beta)
-	case c.Preference != "better" && c.Preference != "safer":
-		return fmt.Errorf("dpo: --preference %q: want better or safer", c.Preference)
-	}
-	return nil
+	return c.Config.Validate(DPO)
 }
 
 // dpoExample is one preference pair for DPO: the preferred (0) and rejected (1) rows,
