@@ -62,8 +62,11 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 	if err := dist.RequireSingle(name); err != nil {
 		return err
 	}
-	// The output directory (never clobbered: checkpoint.PrepareOutput) and the effective
-	// settings, reusable as --config for a rerun, once the inputs are loaded and checked.
+	// The output directory is checked now (never clobbered) and prepared, with the effective
+	// settings (reusable as --config for a rerun), once the inputs are loaded and checked.
+	if err := checkpoint.CheckOutput(c.Out, name, c.Resume, c.Force); err != nil {
+		return err
+	}
 	ready := func() error {
 		if err := checkpoint.PrepareOutput(c.Out, name, c.Resume, c.Force); err != nil {
 			return err

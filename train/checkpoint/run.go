@@ -43,15 +43,41 @@ func RunKind(dir string) string {
 //   - without resume, a non-empty dir is an error unless force is set and dir
 //     holds a previous run of the same kind, which is then removed.
 func PrepareOutput(dir, kind string, resume, force bool) error {
+	remove, err := outputAction(dir, kind, resume, force)
+	if err != nil || resume {
+		return err
+	}
+	if remove {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("--force: removing %s: %w", dir, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("output %s: %w", dir, err)
+	}
+	b, _ := json.Marshal(runMarker{Kind: kind})
+	return atomicfile.WriteBytes(filepath.Join(dir, RunFile), append(b, '\n'), 0o644)
+}
+
+// CheckOutput returns the error PrepareOutput would, without touching dir: a
+// command checks its output before loading its inputs and prepares it after.
+func CheckOutput(dir, kind string, resume, force bool) error {
+	_, err := outputAction(dir, kind, resume, force)
+	return err
+}
+
+// outputAction applies PrepareOutput's rules: an error, or whether a previous
+// run in dir is to be removed (--force).
+func outputAction(dir, kind string, resume, force bool) (remove bool, err error) {
 	if dir == "" {
-		return errors.New("no output directory")
+		return false, errors.New("no output directory")
 	}
 	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
-		return fmt.Errorf("output %s is a file, not a directory", dir)
+		return false, fmt.Errorf("output %s is a file, not a directory", dir)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("output %s: %w", dir, err)
+		return false, fmt.Errorf("output %s: %w", dir, err)
 	}
 	have := RunKind(dir)
 	describe := "files that are not a saferlhf run"
@@ -62,26 +88,19 @@ func PrepareOutput(dir, kind string, resume, force bool) error {
 	}
 	switch {
 	case len(entries) == 0 && resume:
-		return fmt.Errorf("--resume: %s holds no run to resume", dir)
+		return false, fmt.Errorf("--resume: %s holds no run to resume", dir)
 	case len(entries) == 0:
+		return false, nil
 	case resume && have != kind:
-		return fmt.Errorf("--resume: %s holds %s, not a %s run: resuming another stage's output is not possible", dir, describe, kind)
+		return false, fmt.Errorf("--resume: %s holds %s, not a %s run: resuming another stage's output is not possible", dir, describe, kind)
 	case resume:
-		return nil
+		return false, nil
 	case !force:
-		return fmt.Errorf("output %s is not empty (it holds %s): pass --resume to continue it, --force to replace a previous %s run, or choose another directory", dir, describe, kind)
+		return false, fmt.Errorf("output %s is not empty (it holds %s): pass --resume to continue it, --force to replace a previous %s run, or choose another directory", dir, describe, kind)
 	case have != kind:
-		return fmt.Errorf("--force replaces only a previous %s run, but %s holds %s", kind, dir, describe)
-	default:
-		if err := os.RemoveAll(dir); err != nil {
-			return fmt.Errorf("--force: removing %s: %w", dir, err)
-		}
+		return false, fmt.Errorf("--force replaces only a previous %s run, but %s holds %s", kind, dir, describe)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("output %s: %w", dir, err)
-	}
-	b, _ := json.Marshal(runMarker{Kind: kind})
-	return atomicfile.WriteBytes(filepath.Join(dir, RunFile), append(b, '\n'), 0o644)
+	return true, nil
 }
 
 // ResumeOptions says how Manager.Resume checks a checkpoint against the new run.
