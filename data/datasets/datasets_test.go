@@ -506,6 +506,7 @@ func TestSpecErrors(t *testing.T) {
 		{"pku-saferlhf:-1:" + path, `proportion "-1"`},
 		{"pku-saferlhf:1e9:" + path, "at most 100"},
 		{"pku-saferlhf:NaN:" + path, `proportion "NaN"`},
+		{path + ":pku-saferlhf", "the format goes first"}, // ppo-lag's old path:format
 	} {
 		if _, err := ParseSpec(c.spec); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want %q", c.spec, err, c.want)

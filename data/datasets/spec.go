@@ -48,6 +48,11 @@ func ParseSpec(s string) (Spec, error) {
 		if len(parts[0]) == 1 { // a Windows drive letter
 			return sp, nil
 		}
+		if i := strings.LastIndex(s, ":"); i > 0 {
+			if f, ok := CanonicalFormat(s[i+1:]); ok && exists(s[:i]) {
+				return sp, fmt.Errorf("dataset spec %q: the format goes first ([format:[proportion:]]path): %s:%s", s, f, s[:i])
+			}
+		}
 		return sp, fmt.Errorf("dataset spec %q: unknown format %q (known: %s)", s, parts[0], strings.Join(Formats, ", "))
 	}
 	sp.Format, sp.Path = f, strings.Join(parts[1:], ":")
