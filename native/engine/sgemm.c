@@ -192,21 +192,24 @@ static float *scratch(size_t n) {
 }
 
 struct gemm_job {
-	int transA, transB, M, N, K, lda, ldb, ldc, mr, nr, nc, mtiles;
+	int transA, transB, M, N, K, lda, ldb, ldc, mr, nr, nc, mtiles, mper;
 	float alpha, beta;
 	const float *A, *B;
 	float *C;
 	ukern_fn kern;
 };
 
+/* A task computes the output tiles of M tiles [mt0, mt0+mper) in one column
+ * block; each B block it packs serves all of them. */
 static void gemm_tile(void *arg, int task) {
 	struct gemm_job *j = arg;
 	int mr = j->mr, nr = j->nr;
-	int i0 = (task % j->mtiles) * MC, j0 = (task / j->mtiles) * j->nc;
-	int mc = j->M - i0 < MC ? j->M - i0 : MC;
+	int mgroups = (j->mtiles + j->mper - 1) / j->mper;
+	int mt0 = (task % mgroups) * j->mper, j0 = (task / mgroups) * j->nc;
+	int mt1 = mt0 + j->mper < j->mtiles ? mt0 + j->mper : j->mtiles;
 	int nc = j->N - j0 < j->nc ? j->N - j0 : j->nc;
 	int kcmax = j->K < KC ? j->K : KC;
-	int ncp = (nc + nr - 1) / nr * nr, mcp = (mc + mr - 1) / mr * mr;
+	int ncp = (nc + nr - 1) / nr * nr, mcp = MC;
 	float *buf = scratch((size_t)kcmax * (ncp + mcp) + (size_t)mr * nr);
 	if (!buf) abort();
 	float *bp = buf, *ap = buf + (size_t)kcmax * ncp, *tmp = ap + (size_t)kcmax * mcp;
@@ -214,22 +217,27 @@ static void gemm_tile(void *arg, int task) {
 		int kc = j->K - k0 < KC ? j->K - k0 : KC;
 		float beta = k0 == 0 ? j->beta : 1.0f;
 		pack_b(j->transB, j->B, j->ldb, k0, kc, j0, nc, nr, bp);
-		pack_a(j->transA, j->A, j->lda, i0, mc, k0, kc, mr, ap);
-		for (int q = 0; q < nc; q += nr) {
-			int cols = nc - q < nr ? nc - q : nr;
-			for (int p = 0; p < mc; p += mr) {
-				int rows = mc - p < mr ? mc - p : mr;
-				float *c = j->C + (size_t)(i0 + p) * j->ldc + j0 + q;
-				const float *a = ap + (size_t)p * kc, *b = bp + (size_t)q * kc;
-				if (rows == mr && cols == nr) {
-					j->kern(kc, a, b, c, j->ldc, j->alpha, beta);
-				} else {
-					j->kern(kc, a, b, tmp, nr, 1.0f, 0.0f);
-					for (int r = 0; r < rows; r++)
-						for (int cc = 0; cc < cols; cc++) {
-							float v = j->alpha * tmp[r * nr + cc];
-							c[(size_t)r * j->ldc + cc] = beta == 0 ? v : beta * c[(size_t)r * j->ldc + cc] + v;
-						}
+		for (int mt = mt0; mt < mt1; mt++) {
+			int i0 = mt * MC;
+			int mc = j->M - i0 < MC ? j->M - i0 : MC;
+			pack_a(j->transA, j->A, j->lda, i0, mc, k0, kc, mr, ap);
+			for (int q = 0; q < nc; q += nr) {
+				int cols = nc - q < nr ? nc - q : nr;
+				for (int p = 0; p < mc; p += mr) {
+					int rows = mc - p < mr ? mc - p : mr;
+					float *c = j->C + (size_t)(i0 + p) * j->ldc + j0 + q;
+					const float *a = ap + (size_t)p * kc, *b = bp + (size_t)q * kc;
+					if (rows == mr && cols == nr) {
+						j->kern(kc, a, b, c, j->ldc, j->alpha, beta);
+					} else {
+						j->kern(kc, a, b, tmp, nr, 1.0f, 0.0f);
+						for (int r = 0; r < rows; r++)
+							for (int cc = 0; cc < cols; cc++) {
+								float v = j->alpha * tmp[r * nr + cc];
+								c[(size_t)r * j->ldc + cc] =
+								    beta == 0 ? v : beta * c[(size_t)r * j->ldc + cc] + v;
+							}
+					}
 				}
 			}
 		}
@@ -312,7 +320,7 @@ void eng_sgemm(int transA, int transB, int M, int N, int K, float alpha, const f
 		eng_parallel((N + chunk - 1) / chunk, gemv_task, &j);
 		return;
 	}
-	struct gemm_job j = {transA, transB, M, N, K, lda, ldb, ldc, 0, 0, 0, 0, alpha, beta, A, B, C, 0};
+	struct gemm_job j = {transA, transB, M, N, K, lda, ldb, ldc, 0, 0, 0, 0, 1, alpha, beta, A, B, C, 0};
 	switch (eng_isa()) {
 	case 2: j.mr = 8; j.nr = 32; j.kern = kern_avx512; break;
 	case 1: j.mr = 6; j.nr = 16; j.kern = kern_avx2; break;
@@ -321,7 +329,10 @@ void eng_sgemm(int transA, int transB, int M, int N, int K, float alpha, const f
 	j.mtiles = (M + MC - 1) / MC;
 	int ntiles = (N + NCMAX - 1) / NCMAX;
 	int want = flops < 4e6 ? 1 : 4 * nt;
-	if (j.mtiles * ntiles < want) {
+	if (ntiles >= want) {
+		/* enough column blocks: each task sweeps every row tile, packing B once */
+		j.mper = j.mtiles;
+	} else if (j.mtiles * ntiles < want) {
 		int maxn = (N + j.nr - 1) / j.nr;
 		ntiles = (want + j.mtiles - 1) / j.mtiles;
 		if (ntiles > maxn) ntiles = maxn;
@@ -329,5 +340,5 @@ void eng_sgemm(int transA, int transB, int M, int N, int K, float alpha, const f
 	int nc = (N + ntiles - 1) / ntiles;
 	j.nc = (nc + j.nr - 1) / j.nr * j.nr;
 	ntiles = (N + j.nc - 1) / j.nc;
-	eng_parallel(j.mtiles * ntiles, gemm_tile, &j);
+	eng_parallel(((j.mtiles + j.mper - 1) / j.mper) * ntiles, gemm_tile, &j);
 }
