@@ -9,7 +9,6 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
-	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/stages"
 )
 
@@ -24,16 +23,13 @@ func runDPO(args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return usagef("%v", err)
 	}
-	if err := dist.RequireSingle("dpo"); err != nil {
-		return err
-	}
 	cfg.Progress = os.Stderr
-	if err := checkpoint.PrepareOutput(cfg.Out, string(stages.DPO), cfg.Resume, cfg.Force); err != nil {
-		return err
-	}
-	// The effective settings, reusable as --config for a rerun.
-	if err := config.WriteEffective(fs, filepath.Join(cfg.Out, "config.yaml")); err != nil {
-		return err
+	cfg.Prepare = func() error { // on rank 0 only in a data-parallel run
+		if err := checkpoint.PrepareOutput(cfg.Out, string(stages.DPO), cfg.Resume, cfg.Force); err != nil {
+			return err
+		}
+		// The effective settings, reusable as --config for a rerun.
+		return config.WriteEffective(fs, filepath.Join(cfg.Out, "config.yaml"))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

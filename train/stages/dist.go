@@ -48,6 +48,8 @@ func shardTrain(src trainer.Source, comm dist.Communicator) error {
 		s.part, b = rankPart{comm.Rank(), comm.Size()}, s.b
 	case *pairSource:
 		s.part, b = rankPart{comm.Rank(), comm.Size()}, s.b
+	case *dpoSource:
+		s.part, b = rankPart{comm.Rank(), comm.Size()}, s.b
 	default:
 		return fmt.Errorf("the %T data source cannot be sharded across ranks", src)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
 	"github.com/saferlhf/saferlhf/train/safetensors"
@@ -108,15 +109,26 @@ func rowRefLogProb(lp []float64, div, n int) refLogProb {
 // ids [2B,T], mask [2B,T], span [2B,T−1] (the reference's summed entries) and the
 // reference log-prob sums ref [2B] over the same spans.
 func dpoBatch(ex []dpoExample, T int, pad int32) (ids []int32, mask, span, ref []float32, tokens int) {
+	return dpoRows(ex, dpoWidth(ex), T, pad)
+}
+
+// dpoWidth is the widest sequence of a batch (the reference's padded width).
+func dpoWidth(ex []dpoExample) int {
+	width := 0
+	for _, e := range ex {
+		width = max(width, len(e.ids[0]), len(e.ids[1]))
+	}
+	return width
+}
+
+// dpoRows is dpoBatch for some rows of a batch whose widest sequence has width
+// tokens (a data-parallel rank's share keeps the whole batch's span quirk).
+func dpoRows(ex []dpoExample, width, T int, pad int32) (ids []int32, mask, span, ref []float32, tokens int) {
 	B := len(ex)
 	ids = make([]int32, 2*B*T)
 	mask = make([]float32, 2*B*T)
 	span = make([]float32, 2*B*(T-1))
 	ref = make([]float32, 2*B)
-	width := 0
-	for _, e := range ex {
-		width = max(width, len(e.ids[0]), len(e.ids[1]))
-	}
 	for r, e := range ex {
 		for h := range 2 {
 			row, seq := h*B+r, e.ids[h]
@@ -149,6 +161,7 @@ type dpoSource struct {
 	pad     int32
 	seed    uint64
 	shuffle bool
+	part    rankPart
 }
 
 func (s *dpoSource) Len() int { return len(s.ex) / s.b }
@@ -166,8 +179,9 @@ func (s *dpoSource) Batch(epoch, index int) (trainer.Batch, error) {
 		}
 		ex[r] = s.ex[i]
 	}
-	B, T := s.b, s.t
-	ids, mask, span, ref, tokens := dpoBatch(ex, T, s.pad)
+	B, T := s.part.rows(s.b), s.t
+	first := s.part.first(s.b)
+	ids, mask, span, ref, tokens := dpoRows(ex[first:first+B], dpoWidth(ex), T, s.pad)
 	return trainer.Batch{Inputs: []any{
 		tensors.FromFlatDataAndDimensions(ids, 2*B, T),
 		tensors.FromFlatDataAndDimensions(mask, 2*B, T),
@@ -229,9 +243,28 @@ func dpoLossFn(mcfg *model.Config, beta float64) trainer.LossFn {
 // log-probabilities are computed once, before training, from the initial weights:
 // it is frozen, so they equal the reference's per-step forward passes, and a resumed
 // run recomputes the same values.
+//
+// Started by a launcher it runs data-parallel as Run does (every rank computes
+// the reference log-probabilities of all pairs, then trains on its share).
 func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	comm, err := connect(ctx, DPO, cfg.Config)
+	if err != nil {
+		return nil, err
+	}
+	defer comm.Close()
+	return runDPORanked(ctx, cfg, comm)
+}
+
+// runDPORanked is RunDPO as one rank of comm.
+func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*Result, error) {
 	t0 := time.Now()
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := prepareOnRank0(ctx, cfg.Prepare, comm); err != nil {
 		return nil, err
 	}
 	be, err := backend.New(cfg.Backend)
@@ -283,9 +316,12 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 	if _, _, err := checkedSources(cfg.Config, res, len(tr), "pairs", train, eval); err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
+	if err := shardTrain(train, comm); err != nil {
+		return nil, fmt.Errorf("dpo: %w", err)
+	}
 	stepper, err := trainer.NewStepper(be, mctx, trainer.Config{
 		Scope: modelScope, Loss: dpoLossFn(mcfg, cfg.Beta), WeightDecay: cfg.WeightDecay,
-		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation,
+		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
@@ -338,7 +374,7 @@ func RunDPO(ctx stdctx.Context, cfg DPOConfig) (*Result, error) {
 	res.Steps, res.TrainLoss, res.Final, res.TokPerSec, res.ModelDir = sum.Steps, sum.TrainLoss, sum.Eval, sum.TokensPerS, sum.ModelDir
 	res.Initial = initialEval(filepath.Join(cfg.Out, "metrics.jsonl"))
 	res.Seconds = time.Since(t0).Seconds()
-	if err != nil {
+	if err != nil || comm.Rank() != 0 {
 		return res, err
 	}
 	js, _ := json.MarshalIndent(res, "", "  ")

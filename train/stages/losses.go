@@ -4,10 +4,18 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/graph"
 )
 
-// negLogSigmoid is −log σ(x) = softplus(−x), computed stably as max(−x,0) + log1p(e^−|x|).
+// negLogSigmoid is −log σ(x) = softplus(−x), computed stably, with the exact
+// derivative −σ(−x) everywhere (−½ at 0, as PyTorch's logsigmoid).
 func negLogSigmoid(x *graph.Node) *graph.Node {
-	nx := graph.Neg(x)
-	return graph.Add(graph.Max(nx, graph.ZerosLike(nx)), graph.Log1p(graph.Exp(graph.Neg(graph.Abs(x)))))
+	// Two branches, each evaluated only where it cannot overflow, joined by Where
+	// (not Max/Abs, whose subgradient at exactly 0 would make the derivative −1
+	// instead of −½ there: DPO's first step, policy = reference, has margins of
+	// exactly 0): x < 0: log1p(exp(x)) − x; x ≥ 0: log1p(exp(−x)).
+	zero := graph.ZerosLike(x)
+	neg := graph.LessThan(x, zero)
+	xa := graph.Where(neg, x, zero)
+	xb := graph.Where(neg, zero, x)
+	return graph.Where(neg, graph.Sub(graph.Log1p(graph.Exp(xa)), xa), graph.Log1p(graph.Exp(graph.Neg(xb))))
 }
 
 // signTerm is the cost model's sign loss −log σ(cost_sign·c), weighted by |cost_sign| so
