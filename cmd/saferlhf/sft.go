@@ -48,6 +48,9 @@ func runStage(stage stages.Stage, args []string) error {
 func printStageResult(r *stages.Result) {
 	fmt.Printf("%s: %d steps, %d training examples, %d held-out (%d dropped), %.1f s, %.0f tokens/s\n",
 		r.Stage, r.Steps, r.Train, r.HeldOut, r.Dropped, r.Seconds, r.TokPerSec)
+	if r.World > 1 {
+		fmt.Printf("  %d ranks: %.0f tokens/s per rank, %.1f s in gradient all-reduces on this rank\n", r.World, r.TokPerSec/float64(r.World), r.CommSecs)
+	}
 	keys := map[string]bool{}
 	for k := range r.Initial {
 		keys[k] = true

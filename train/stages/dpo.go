@@ -372,6 +372,9 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	}
 	sum, err := loop.Run(ctx)
 	res.Steps, res.TrainLoss, res.Final, res.TokPerSec, res.ModelDir = sum.Steps, sum.TrainLoss, sum.Eval, sum.TokensPerS, sum.ModelDir
+	if comm.Size() > 1 {
+		res.World, res.CommSecs = comm.Size(), sum.Collective.Seconds()
+	}
 	res.Initial = initialEval(filepath.Join(cfg.Out, "metrics.jsonl"))
 	res.Seconds = time.Since(t0).Seconds()
 	if err != nil || comm.Rank() != 0 {

@@ -38,7 +38,9 @@ type Result struct {
 	Final     map[string]float64 `json:"final_eval,omitempty"`   // held-out metrics after training
 	TrainLoss float64            `json:"final_train_loss"`
 	Seconds   float64            `json:"seconds"`
-	TokPerSec float64            `json:"tokens_per_second"`
+	TokPerSec float64            `json:"tokens_per_second"`            // all ranks together
+	World     int                `json:"world_size,omitempty"`         // ranks of a data-parallel run
+	CommSecs  float64            `json:"collective_seconds,omitempty"` // rank 0's time in gradient all-reduces
 	ModelDir  string             `json:"model_dir"`
 }
 
@@ -184,6 +186,9 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	}
 	sum, err := loop.Run(ctx)
 	res.Steps, res.TrainLoss, res.Final, res.TokPerSec, res.ModelDir = sum.Steps, sum.TrainLoss, sum.Eval, sum.TokensPerS, sum.ModelDir
+	if comm.Size() > 1 {
+		res.World, res.CommSecs = comm.Size(), sum.Collective.Seconds()
+	}
 	res.Initial = initialEval(filepath.Join(cfg.Out, "metrics.jsonl"))
 	res.Seconds = time.Since(t0).Seconds()
 	if err != nil || comm.Rank() != 0 {

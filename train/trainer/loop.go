@@ -93,7 +93,10 @@ type Summary struct {
 	TrainLoss  float64            // mean loss of the last step
 	Eval       map[string]float64 // last held-out evaluation (loss and metrics)
 	Elapsed    time.Duration      // wall time of this process's part of the run
-	TokensPerS float64
+	TokensPerS float64            // training tokens per second, all ranks together
+	// Collective is the time this rank spent in gradient all-reduces, waiting for the
+	// slowest rank included (0 for one process).
+	Collective time.Duration
 	ModelDir   string // where SaveModel wrote the final model
 }
 
@@ -308,6 +311,7 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 func (l *Loop) finish(sum Summary, step, startStep, tokens int, start time.Time) Summary {
 	sum.Steps = step
 	sum.Elapsed = time.Since(start)
+	sum.Collective = l.cfg.Stepper.CollectiveTime()
 	if step > startStep {
 		sum.TokensPerS = float64(tokens) / sum.Elapsed.Seconds()
 	}
