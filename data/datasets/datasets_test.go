@@ -58,6 +58,57 @@ func TestReadAssets(t *testing.T) {
 				t.Errorf("label mix ss %d uu %d one %d better!=safer %d, want 11 16 5 19", ss, uu, one, diff)
 			}
 		}},
+		{"data/pku-saferlhf/pku-saferlhf-train-head500.jsonl", FormatAuto, FormatPKU, 500, func(t *testing.T, s []RawSample, _ ReadStats) {
+			// The current 16-key schema: label mix, categories and severity as PROVENANCE.md counts them.
+			var ss, uu, one, diff, safe, unsafe, cyber, sev3 int
+			for _, r := range s {
+				switch {
+				case r.IsSafe == Safe && r.IsOtherSafe == Safe:
+					ss++
+				case r.IsSafe == Unsafe && r.IsOtherSafe == Unsafe:
+					uu++
+				default:
+					one++
+				}
+				if r.Better != r.Safer {
+					diff++
+				}
+				if !r.HasSeverity {
+					t.Fatalf("%s: no severity", r.Where())
+				}
+				for _, x := range []struct {
+					safety   Safety
+					category string
+					severity int
+				}{{r.IsSafe, r.Category, r.Severity}, {r.IsOtherSafe, r.OtherCategory, r.OtherSeverity}} {
+					if x.safety == Safe {
+						safe++
+					} else {
+						unsafe++
+					}
+					if strings.Contains(x.category, "Cybercrime") {
+						cyber++
+					}
+					if x.severity == 3 {
+						sev3++
+					}
+				}
+			}
+			if ss != 199 || uu != 253 || one != 48 || diff != 117 || safe != 446 || unsafe != 554 {
+				t.Errorf("label mix ss %d uu %d one %d better!=safer %d safe %d unsafe %d, want 199 253 48 117 446 554", ss, uu, one, diff, safe, unsafe)
+			}
+			if cyber != 172 || sev3 == 0 {
+				t.Errorf("Cybercrime responses %d (want 172), severity-3 responses %d (want > 0)", cyber, sev3)
+			}
+			if s[0].Category != "" || s[0].Severity != 0 {
+				t.Errorf("row 1 (two safe responses): category %q severity %d", s[0].Category, s[0].Severity)
+			}
+		}},
+		{"data/hh-rlhf/harmless-base-train-sample500.jsonl", FormatAuto, FormatHHHarmless, 500 - 1, func(t *testing.T, s []RawSample, st ReadStats) {
+			if st.PrefixMismatch != 1 || st.Records != 500 {
+				t.Errorf("stats %+v, want 500 records, 1 prefix mismatch", st)
+			}
+		}},
 		{"data/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv", FormatAuto, FormatBeaverTails, 140, func(t *testing.T, s []RawSample, _ ReadStats) {
 			for _, r := range s {
 				if r.IsSafe != Unsafe || r.Category == "" {
@@ -158,6 +209,9 @@ func TestFormatPrompt(t *testing.T) {
 	}
 }
 
+// pkuRow is a valid PKU-SafeRLHF row without its closing brace.
+const pkuRow = `{"prompt":"p","response_0":"a","response_1":"b","is_response_0_safe":true,"is_response_1_safe":false,"better_response_id":0,"safer_response_id":0`
+
 func TestMalformedInputErrors(t *testing.T) {
 	cases := []struct{ name, content, format, want string }{
 		{"a.json", "[\n{\"prompt\": \"x\"},\n{\"prompt\": }\n]", FormatPrompts, "a.json:3"},
@@ -167,6 +221,9 @@ func TestMalformedInputErrors(t *testing.T) {
 		{"e.json", "[{\"prompt\":\"p\",\"response_0\":\"a\",\"response_1\":\"b\",\"is_response_0_safe\":true,\"is_response_1_safe\":false,\"better_response_id\":0}]", FormatPKU, `e.json:1: field "safer_response_id": missing`},
 		{"f.json", "[\n {\"prompt\":\"p\",\"response_0\":\"a\",\"response_1\":\"b\",\"is_response_0_safe\":\"yes\"}]", FormatPKU, "f.json:2"},
 		{"g.json", "[{\"x\": 1}]", FormatAuto, "g.json:1: cannot detect"},
+		{"h.jsonl", pkuRow + `,"response_0_severity_level":4,"response_1_severity_level":0}`, FormatPKU, `h.jsonl:1: field "response_0_severity_level": 4, want 0..3`},
+		{"i.jsonl", pkuRow + `,"response_0_severity_level":1}`, FormatPKU, `i.jsonl:1: field "response_0_severity_level": present for one response only`},
+		{"j.jsonl", pkuRow + `,"response_0_harm_category":{"Violence":"yes"}}`, FormatPKU, `j.jsonl:1: field "response_0_harm_category": got JSON string, want bool`},
 	}
 	for _, c := range cases {
 		_, _, err := Parse(c.name, []byte(c.content), c.format)

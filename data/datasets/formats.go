@@ -259,14 +259,18 @@ func required[T any](name string, line int, field string, v *T) (T, error) {
 // parsePKU maps a PKU-SafeRLHF row as safe_rlhf/datasets/raw/safe_rlhf.py (spec §7).
 func parsePKU(name string, rec record) (RawSample, bool, error) {
 	var r struct {
-		Prompt    *string `json:"prompt"`
-		R0        *string `json:"response_0"`
-		R1        *string `json:"response_1"`
-		Safe0     *bool   `json:"is_response_0_safe"`
-		Safe1     *bool   `json:"is_response_1_safe"`
-		BetterID  *int    `json:"better_response_id"`
-		SaferID   *int    `json:"safer_response_id"`
-		Category0 any     `json:"response_0_harm_category"`
+		Prompt   *string `json:"prompt"`
+		R0       *string `json:"response_0"`
+		R1       *string `json:"response_1"`
+		Safe0    *bool   `json:"is_response_0_safe"`
+		Safe1    *bool   `json:"is_response_1_safe"`
+		BetterID *int    `json:"better_response_id"`
+		SaferID  *int    `json:"safer_response_id"`
+		// The current (2024) schema adds per-response harm categories and severity levels.
+		Category0 map[string]bool `json:"response_0_harm_category"`
+		Category1 map[string]bool `json:"response_1_harm_category"`
+		Severity0 *int            `json:"response_0_severity_level"`
+		Severity1 *int            `json:"response_1_severity_level"`
 	}
 	if err := unmarshalRecord(name, rec, &r); err != nil {
 		return RawSample{}, false, err
@@ -304,11 +308,36 @@ func parsePKU(name string, rec record) (RawSample, bool, error) {
 	if sid != 0 && sid != 1 {
 		return s, false, fieldError(name, l, "safer_response_id", fmt.Sprintf("%d, want 0 or 1", sid))
 	}
-	return RawSample{
+	out := RawSample{
 		Input: []string{p}, Answer: a, OtherAnswer: o, HasOther: true,
 		Better: bid == 0, Safer: sid == 0,
 		IsSafe: safetyOf(s0), IsOtherSafe: safetyOf(s1),
-	}, true, nil
+		Category: harmNames(r.Category0), OtherCategory: harmNames(r.Category1),
+	}
+	if (r.Severity0 == nil) != (r.Severity1 == nil) {
+		return s, false, fieldError(name, l, "response_0_severity_level", "present for one response only")
+	}
+	if r.Severity0 != nil {
+		for i, v := range []int{*r.Severity0, *r.Severity1} {
+			if v < 0 || v > 3 {
+				return s, false, fieldError(name, l, fmt.Sprintf("response_%d_severity_level", i), fmt.Sprintf("%d, want 0..3", v))
+			}
+		}
+		out.Severity, out.OtherSeverity, out.HasSeverity = *r.Severity0, *r.Severity1, true
+	}
+	return out, true, nil
+}
+
+// harmNames joins the names of the true entries of a harm-category object, sorted, with ";".
+func harmNames(m map[string]bool) string {
+	var names []string
+	for k, v := range m {
+		if v {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	return strings.Join(names, ";")
 }
 
 const (
@@ -452,17 +481,10 @@ func parseBeaverTails(name string, rec record) (RawSample, bool, error) {
 				s.IsSafe = Unsafe
 			}
 		case json.Unmarshal(r.Category, &cm) == nil:
-			var harms []string
-			for k, v := range cm {
-				if v {
-					harms = append(harms, k)
-				}
-			}
-			sort.Strings(harms)
-			s.Category = strings.Join(harms, ";")
+			s.Category = harmNames(cm)
 			if s.IsSafe == SafetyUnknown {
 				s.IsSafe = Unsafe
-				if len(harms) == 0 {
+				if s.Category == "" {
 					s.IsSafe = Safe
 				}
 			}

@@ -62,8 +62,14 @@ type RawSample struct {
 	Safer bool
 	// IsSafe and IsOtherSafe label Answer and OtherAnswer.
 	IsSafe, IsOtherSafe Safety
-	// Category is a harm category or eval-set category, when the dataset has one.
-	Category string
+	// Category is a harm category or eval-set category, when the dataset has one
+	// (several harm categories are joined by ";" in sorted order); OtherCategory is
+	// OtherAnswer's (PKU-SafeRLHF's current schema labels each response).
+	Category, OtherCategory string
+	// Severity and OtherSeverity are PKU-SafeRLHF's response_*_severity_level
+	// (0 harmless … 3 severe) when HasSeverity.
+	Severity, OtherSeverity int
+	HasSeverity             bool
 	// File and Line locate the record in its source (Line is 1-based).
 	File string
 	Line int

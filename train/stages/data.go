@@ -144,25 +144,29 @@ func LoadRaw(specs []string, seed uint64) ([]datasets.RawSample, error) {
 // sets, as the stages split --data when no --eval-data is given (evaluation tools
 // call it with the same arguments to score exactly the held-out samples).
 func Split(n int, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
-	return splitGroups(n, nil, ratio, evalMax, trainMax, seed)
+	return splitGroups(n, nil, ratio, evalMax, trainMax, seed, nil)
 }
 
-// SplitRaw is Split for raw samples that may repeat (a source up-sampled with a proportion
-// > 1): identical samples are one unit, so a held-out sample never has a copy in training and
-// is held out once. Without repeats it equals Split(len(all), ...).
+// SplitRaw is Split for raw samples, by prompt: samples with the same prompt turns are one
+// unit, so no prompt is on both sides (PKU-SafeRLHF repeats prompts; a source up-sampled with a
+// proportion > 1 repeats whole samples). The held-out part takes each distinct sample of a held-out
+// prompt once, the training part every sample (and copy) of a training prompt. With distinct
+// prompts and no repeats it equals Split(len(all), ...).
 func SplitRaw(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
-	keys := make([]string, len(all))
+	prompts := make([]string, len(all))
 	for i, s := range all {
-		b, _ := json.Marshal(s)
-		keys[i] = string(b)
+		prompts[i] = strings.Join(s.Input, "\x00")
 	}
-	return splitGroups(len(all), keys, ratio, evalMax, trainMax, seed)
+	return splitGroups(len(all), prompts, ratio, evalMax, trainMax, seed, func(i int) string {
+		b, _ := json.Marshal(all[i])
+		return string(b)
+	})
 }
 
 // splitGroups splits n items, grouped by equal keys (nil keys: every item alone), over the
-// groups in first-occurrence order: the held-out part takes one item of each held-out group, the
-// training part every item of each training group.
-func splitGroups(n int, keys []string, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
+// groups in first-occurrence order: the held-out part takes the items of each held-out group with
+// distinct identity (nil: all), the training part every item of each training group.
+func splitGroups(n int, keys []string, ratio float64, evalMax, trainMax int, seed uint64, identity func(int) string) (eval, train []int) {
 	members := make([][]int, 0, n)
 	if keys == nil {
 		for i := 0; i < n; i++ {
@@ -182,7 +186,17 @@ func splitGroups(n int, keys []string, ratio float64, evalMax, trainMax int, see
 	}
 	ge, gt := splitIndices(len(members), ratio, evalMax, trainMax, seed)
 	for _, g := range ge {
-		eval = append(eval, members[g][0])
+		seen := map[string]bool{}
+		for _, i := range members[g] {
+			if identity != nil {
+				id := identity(i)
+				if seen[id] {
+					continue
+				}
+				seen[id] = true
+			}
+			eval = append(eval, i)
+		}
 	}
 	for _, g := range gt {
 		train = append(train, members[g]...)

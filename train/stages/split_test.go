@@ -8,8 +8,8 @@ import (
 	"github.com/saferlhf/saferlhf/data/datasets"
 )
 
-// TestSplitRaw: an up-sampled source must not leak copies of held-out samples into training,
-// and without repeats SplitRaw is exactly Split (so earlier runs' held-out sets are unchanged).
+// TestSplitRaw: an up-sampled source must not leak copies of held-out samples into training, no
+// prompt is on both sides, and without repeats SplitRaw is exactly Split.
 func TestSplitRaw(t *testing.T) {
 	sample := func(i int) datasets.RawSample {
 		return datasets.RawSample{Input: []string{fmt.Sprint("q", i)}, Answer: "a", OtherAnswer: "b", HasOther: true}
@@ -55,5 +55,30 @@ func TestSplitRaw(t *testing.T) {
 				t.Errorf("training has %d samples, want every copy of the 30 training samples (240)", len(ti))
 			}
 		})
+	}
+}
+
+// TestSplitRawByPrompt: two samples of one prompt (PKU-SafeRLHF repeats prompts with other
+// responses) fall on the same side, and a held-out prompt keeps both of its distinct samples.
+func TestSplitRawByPrompt(t *testing.T) {
+	var all []datasets.RawSample
+	for i := 0; i < 40; i++ {
+		for _, a := range []string{"a", "c"} {
+			all = append(all, datasets.RawSample{Input: []string{fmt.Sprint("q", i)}, Answer: a, OtherAnswer: "b", HasOther: true})
+		}
+	}
+	ei, ti := SplitRaw(all, 0.25, 0, 0, 42)
+	if len(ei) != 20 || len(ti) != 60 {
+		t.Fatalf("held out %d, trained %d samples; want 20 (10 prompts × 2) and 60", len(ei), len(ti))
+	}
+	side := map[string]string{}
+	for name, idx := range map[string][]int{"held-out": ei, "training": ti} {
+		for _, i := range idx {
+			p := all[i].Input[0]
+			if s, ok := side[p]; ok && s != name {
+				t.Fatalf("prompt %s on both sides", p)
+			}
+			side[p] = name
+		}
 	}
 }
