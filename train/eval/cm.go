@@ -33,7 +33,39 @@ type CMReport struct {
 	UnsafeMean   float64    `json:"unsafe_cost_mean"`
 	// UnsafeRecall is the fraction of unsafe-labelled responses with cost > 0.
 	UnsafeRecall float64 `json:"unsafe_recall"`
-	Plot         string  `json:"plot,omitempty"`
+	// BySource, ByCategory and BySeverity break the accuracies down by source file, by harm
+	// category (PKU-SafeRLHF's 19, BeaverTails' 14; a pair counts under every category of either
+	// response, a response under each of its own) and by PKU-SafeRLHF severity level (a pair under
+	// the higher level of its two responses).
+	BySource   []Group `json:"by_source,omitempty"`
+	ByCategory []Group `json:"by_category,omitempty"`
+	BySeverity []Group `json:"by_severity,omitempty"`
+	Plot       string  `json:"plot,omitempty"`
+}
+
+// respMeta is what the breakdowns need of one scored response.
+type respMeta struct {
+	source, category string
+	severity         int
+	hasSeverity      bool
+}
+
+// pairMeta returns the metadata of a pair's unsafer (hi) and safer (lo) responses, as BuildPair
+// orders them for a cost model (hi = Answer unless Answer is the safer one).
+func pairMeta(s datasets.RawSample) (hi, lo respMeta) {
+	a := respMeta{sourceName(s.File), s.Category, s.Severity, s.HasSeverity}
+	b := respMeta{sourceName(s.File), s.OtherCategory, s.OtherSeverity, s.HasSeverity}
+	if s.Safer {
+		return b, a
+	}
+	return a, b
+}
+
+func severityName(m respMeta) string {
+	if !m.hasSeverity {
+		return ""
+	}
+	return fmt.Sprintf("severity %d", m.severity)
 }
 
 // singleSeq tokenizes prompt+answer+EOS of a one-response sample (BeaverTails QA),
@@ -63,8 +95,10 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 	}
 	r := &CMReport{Model: o.Model, Data: o.Data}
 	var pairs []stages.PairExample
+	var pairMetas [][2]respMeta
 	var singles [][]int32
 	var singleSign []float32
+	var singleMetas []respMeta
 	var raw []datasets.RawSample
 	if ps, sk, ok, err := stages.ShardPairs(o.Data, sc.Tok.Info(), o.MaxLength, true); err != nil {
 		return nil, err
@@ -73,6 +107,10 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 			ps = ps[:o.Limit]
 		}
 		pairs, r.Skipped = ps, sk
+		pairMetas = make([][2]respMeta, len(ps))
+		for i := range pairMetas {
+			pairMetas[i] = [2]respMeta{{source: sourceName("")}, {source: sourceName("")}}
+		}
 	} else if raw, err = loadSamples(o); err != nil {
 		return nil, err
 	}
@@ -88,6 +126,7 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 			}
 			singles = append(singles, ids)
 			singleSign = append(singleSign, -float32(s.IsSafe))
+			singleMetas = append(singleMetas, respMeta{source: sourceName(s.File), category: s.Category})
 			continue
 		}
 		p, ok, err := stages.BuildPair(s, sc.Tok, o.MaxLength, o.Truncate, true)
@@ -99,6 +138,8 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 			continue
 		}
 		pairs = append(pairs, p)
+		hi, lo := pairMeta(s)
+		pairMetas = append(pairMetas, [2]respMeta{hi, lo})
 	}
 	if len(pairs) == 0 && len(singles) == 0 {
 		return nil, fmt.Errorf("no usable samples in %v", o.Data)
@@ -112,10 +153,29 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 		return nil, err
 	}
 	r.Pairs = len(pairs)
+	bySrc, byCat, bySev := groups{}, groups{}, groups{}
 	k := 0
 	for i := range pairs {
-		if safer[i] < unsafer[i] {
+		right := safer[i] < unsafer[i]
+		if right {
 			k++
+		}
+		hi, lo := pairMetas[i][0], pairMetas[i][1]
+		bySrc.pair(hi.source, right)
+		cats := map[string]bool{}
+		for _, m := range []respMeta{hi, lo} {
+			for _, c := range harmNames(m.category) {
+				cats[c] = true
+			}
+		}
+		if len(cats) > 1 {
+			delete(cats, "(none)")
+		}
+		for c := range cats {
+			byCat.pair(c, right)
+		}
+		if hi.hasSeverity {
+			bySev.pair(severityName(respMeta{severity: max(hi.severity, lo.severity), hasSeverity: true}), right)
 		}
 	}
 	if len(pairs) > 0 {
@@ -123,8 +183,16 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 	}
 	var all, safe, unsafe []float64
 	right := 0
-	add := func(cost float64, costSign float32) {
+	add := func(cost float64, costSign float32, m respMeta) {
 		all = append(all, cost)
+		labelled, ok := costSign != 0, cost*float64(costSign) > 0 // cost·safety_sign < 0
+		bySrc.response(m.source, cost, labelled, ok)
+		for _, c := range harmNames(m.category) {
+			byCat.response(c, cost, labelled, ok)
+		}
+		if m.hasSeverity {
+			bySev.response(severityName(m), cost, labelled, ok)
+		}
 		switch {
 		case costSign < 0: // labelled safe
 			safe = append(safe, cost)
@@ -133,17 +201,18 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 		default:
 			return
 		}
-		if cost*float64(costSign) > 0 { // cost·safety_sign < 0
+		if ok {
 			right++
 		}
 	}
 	for i, p := range pairs {
-		add(unsafer[i], p.HiSign)
-		add(safer[i], p.LoSign)
+		add(unsafer[i], p.HiSign, pairMetas[i][0])
+		add(safer[i], p.LoSign, pairMetas[i][1])
 	}
 	for i, c := range single {
-		add(c, singleSign[i])
+		add(c, singleSign[i], singleMetas[i])
 	}
+	r.BySource, r.ByCategory, r.BySeverity = bySrc.list(), byCat.list(), bySev.list()
 	r.Labelled, r.SafeN, r.UnsafeN = len(safe)+len(unsafe), len(safe), len(unsafe)
 	if r.Labelled > 0 {
 		r.SignAccuracy, r.SignCI = float64(right)/float64(r.Labelled), Wilson(right, r.Labelled)
@@ -199,6 +268,14 @@ func (r *CMReport) Format(w io.Writer) error {
 		"  safe  (n=%d)   mean cost %.4f\n  unsafe (n=%d)  mean cost %.4f, %.1f%% with cost > 0\n",
 		r.Model, r.Pairs, r.Skipped, r.Labelled, r.Accuracy, r.AccuracyCI[0], r.AccuracyCI[1],
 		r.SignAccuracy, r.SignCI[0], r.SignCI[1], r.Mean, r.Std, r.SafeN, r.SafeMean, r.UnsafeN, r.UnsafeMean, 100*r.UnsafeRecall)
+	for _, b := range []struct {
+		title string
+		gs    []Group
+	}{{"source", r.BySource}, {"harm category", r.ByCategory}, {"severity level", r.BySeverity}} {
+		if err == nil && len(b.gs) > 0 {
+			err = formatGroups(w, b.title, b.gs, true)
+		}
+	}
 	if err == nil && r.Plot != "" {
 		_, err = fmt.Fprintf(w, "  distributions: %s\n", r.Plot)
 	}

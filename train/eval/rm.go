@@ -160,10 +160,13 @@ type RMReport struct {
 	Std        float64    `json:"score_std"`
 	BetterMean float64    `json:"better_mean"`
 	WorseMean  float64    `json:"worse_mean"`
+	// BySource breaks the accuracy down by source file.
+	BySource []Group `json:"by_source,omitempty"`
 }
 
-// loadPairs reads and tokenizes pairs (hi = better for RM, unsafer for CM).
-func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.PairExample, skipped int, err error) {
+// loadPairs reads and tokenizes pairs (hi = better for RM, unsafer for CM) and names the
+// source of each.
+func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.PairExample, sources []string, skipped int, err error) {
 	if ps, sk, ok, err := stages.ShardPairs(o.Data, tok.Info(), o.MaxLength, cost); ok || err != nil {
 		if err == nil && o.Limit > 0 && len(ps) > o.Limit {
 			ps = ps[:o.Limit]
@@ -171,11 +174,15 @@ func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.Pa
 		if err == nil && len(ps) == 0 {
 			err = fmt.Errorf("no usable pairs in %v", o.Data)
 		}
-		return ps, sk, err
+		sources = make([]string, len(ps))
+		for i := range sources {
+			sources[i] = sourceName("")
+		}
+		return ps, sources, sk, err
 	}
 	raw, err := loadSamples(o)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	for _, s := range raw {
 		if !s.HasOther {
@@ -184,18 +191,19 @@ func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.Pa
 		}
 		p, ok, err := stages.BuildPair(s, tok, o.MaxLength, o.Truncate, cost)
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, 0, err
 		}
 		if !ok {
 			skipped++
 			continue
 		}
 		pairs = append(pairs, p)
+		sources = append(sources, sourceName(s.File))
 	}
 	if len(pairs) == 0 {
-		return nil, skipped, fmt.Errorf("no usable pairs in %v", o.Data)
+		return nil, nil, skipped, fmt.Errorf("no usable pairs in %v", o.Data)
 	}
-	return pairs, skipped, nil
+	return pairs, sources, skipped, nil
 }
 
 // loadSamples reads the data, keeps the training run's held-out part if asked, and applies Limit.
@@ -239,7 +247,7 @@ func EvalRM(be backends.Backend, o Options) (*RMReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	pairs, skipped, err := loadPairs(o, sc.Tok, false)
+	pairs, sources, skipped, err := loadPairs(o, sc.Tok, false)
 	if err != nil {
 		return nil, err
 	}
@@ -249,11 +257,17 @@ func EvalRM(be backends.Backend, o Options) (*RMReport, error) {
 	}
 	r := &RMReport{Model: o.Model, Data: o.Data, Pairs: len(pairs), Skipped: skipped}
 	k := 0
+	bySrc := groups{}
 	for i := range better {
-		if better[i] > worse[i] {
+		right := better[i] > worse[i]
+		if right {
 			k++
 		}
+		bySrc.pair(sources[i], right)
+		bySrc.response(sources[i], better[i], false, false)
+		bySrc.response(sources[i], worse[i], false, false)
 	}
+	r.BySource = bySrc.list()
 	r.Accuracy, r.AccuracyCI = float64(k)/float64(len(pairs)), Wilson(k, len(pairs))
 	r.Mean, r.Std = meanStd(append(append([]float64{}, better...), worse...))
 	r.BetterMean, _ = meanStd(better)
@@ -273,6 +287,9 @@ func EvalRM(be backends.Backend, o Options) (*RMReport, error) {
 func (r *RMReport) Format(w io.Writer) error {
 	_, err := fmt.Fprintf(w, "reward model %s on %d pairs (%d skipped)\n  accuracy   %.4f  (95%% CI %.4f–%.4f)\n  score      mean %.4f  std %.4f\n  better     mean %.4f\n  worse      mean %.4f\n",
 		r.Model, r.Pairs, r.Skipped, r.Accuracy, r.AccuracyCI[0], r.AccuracyCI[1], r.Mean, r.Std, r.BetterMean, r.WorseMean)
+	if err == nil {
+		err = formatGroups(w, "source", r.BySource, false)
+	}
 	return err
 }
 

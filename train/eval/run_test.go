@@ -64,7 +64,8 @@ func TestEvalRMAndCM(t *testing.T) {
 	}
 
 	o.Data = []string{filepath.Join(assets, "pku-saferlhf/align-anything-preference-sample.json"),
-		filepath.Join(assets, "beavertails/artkit-beavertails-30k_train-unsafe-sample.csv")}
+		filepath.Join(assets, "beavertails/artkit-beavertails-30k_train-unsafe-sample.csv"),
+		"pku-saferlhf:0.1:" + filepath.Join(assets, "pku-saferlhf/pku-saferlhf-train-head500.jsonl")}
 	o.Limit = 0
 	cm, err := EvalCM(be, o)
 	if err != nil {
@@ -76,6 +77,40 @@ func TestEvalRMAndCM(t *testing.T) {
 	}
 	if st, err := os.Stat(cm.Plot); err != nil || st.Size() < 1000 {
 		t.Fatalf("cost distribution plot: %v", err)
+	}
+	// The breakdowns: sources partition the pairs and the labelled responses and reproduce the
+	// overall accuracies; the 50 rows of the current PKU schema carry severity levels and harm categories.
+	var pairs, labelled int
+	var right, signRight float64
+	for _, g := range cm.BySource {
+		pairs += g.Pairs
+		labelled += g.Labelled
+		right += g.Accuracy * float64(g.Pairs)
+		signRight += g.SignAccuracy * float64(g.Labelled)
+	}
+	if len(cm.BySource) != 3 || pairs != cm.Pairs || labelled != cm.Labelled ||
+		math.Abs(right-cm.Accuracy*float64(cm.Pairs)) > 1e-6 || math.Abs(signRight-cm.SignAccuracy*float64(cm.Labelled)) > 1e-6 {
+		t.Fatalf("by source %+v does not partition %d pairs / %d labelled responses", cm.BySource, cm.Pairs, cm.Labelled)
+	}
+	sevPairs, sevResp := 0, 0
+	for _, g := range cm.BySeverity {
+		sevPairs += g.Pairs
+		sevResp += g.Labelled
+	}
+	if sevPairs == 0 || sevPairs > 50 || sevResp != 2*sevPairs {
+		t.Errorf("by severity: %d pairs, %d responses (want ≤ 50 pairs of the new schema, 2 responses each)", sevPairs, sevResp)
+	}
+	cats := map[string]Group{}
+	for _, g := range cm.ByCategory {
+		cats[g.Name] = g
+	}
+	if cats["(none)"].Labelled == 0 || len(cats) < 5 {
+		t.Errorf("by category: %v", cm.ByCategory)
+	}
+	b, _ = os.ReadFile(filepath.Join(out, "eval-cm.json"))
+	var js map[string]any
+	if err := json.Unmarshal(b, &js); err != nil || js["by_category"] == nil || js["by_severity"] == nil || js["by_source"] == nil {
+		t.Errorf("eval-cm.json lacks the breakdowns: %v", err)
 	}
 }
 
