@@ -42,6 +42,7 @@ var commands = []command{
 	{"eval-rm", "reward-model accuracy and score statistics on preference data", runEvalRM},
 	{"eval-cm", "cost-model accuracy, sign accuracy and cost distributions", runEvalCM},
 	{"eval-arena", "two policies answer prompts; reward, cost, win rates, harmful rate, Elo", runEvalArena},
+	{"judge", "harmful rate before/after RL under an independent cost model, with bootstrap CIs of the drop", runJudge},
 	{"bench", "run the standard benchmark suite", runBench},
 }
 

@@ -185,7 +185,9 @@ func Save(dir string, cfg *Config, w Weights) error {
 	return nil
 }
 
-// LoadAny loads a llama2.c checkpoint (a .bin file) or an HF directory.
+// LoadAny loads a llama2.c checkpoint (a .bin file) or an HF directory. An HF
+// config.json file alone gives the configuration and nil weights (a model to
+// initialise from scratch).
 func LoadAny(path string) (*Config, Weights, error) {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -193,6 +195,17 @@ func LoadAny(path string) (*Config, Weights, error) {
 	}
 	if st.IsDir() {
 		return Load(path)
+	}
+	if strings.HasSuffix(path, ".json") {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg, err := ParseHFConfig(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("model %s: %w", path, err)
+		}
+		return cfg, nil, nil
 	}
 	return LoadLlama2C(path)
 }

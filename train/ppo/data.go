@@ -1,7 +1,9 @@
 package ppo
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"strings"
@@ -195,5 +197,48 @@ func writeSamples(path string, tok tokenizer.Tokenizer, rs []*Rollout) error {
 				strings.ReplaceAll(tok.Decode(prompt), "\n", " "), strings.ReplaceAll(tok.Decode(resp), "\n", " "))
 		}
 	}
-	return atomicfile.WriteBytes(path, []byte(b.String()), 0o644)
+	if err := atomicfile.WriteBytes(path, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	return writeSamplesJSONL(strings.TrimSuffix(path, ".txt")+".jsonl", tok, rs)
+}
+
+// sampleRecord is one line of samples_*.jsonl (eval.Sample reads it): the prompt and response
+// text, which `saferlhf judge` re-tokenises for a judge with any tokenizer, and the scores.
+type sampleRecord struct {
+	Prompt   string   `json:"prompt"`
+	Response string   `json:"response"`
+	Reward   float64  `json:"reward"`
+	Cost     *float64 `json:"cost,omitempty"`
+}
+
+// writeSamplesJSONL writes each held-out prompt's text, response text, reward and cost as JSON lines
+// (BOS, EOS and padding left out).
+func writeSamplesJSONL(path string, tok tokenizer.Tokenizer, rs []*Rollout) error {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	for _, r := range rs {
+		for i := 0; i < r.B; i++ {
+			var prompt, resp []int32
+			for t := 0; t < r.T; t++ {
+				id := r.Seq[i*r.T+t]
+				switch {
+				case r.Mask[i*r.T+t] == 0 || id == tok.BOS() || id == tok.EOS():
+				case t < r.S:
+					prompt = append(prompt, id)
+				default:
+					resp = append(resp, id)
+				}
+			}
+			rec := sampleRecord{Prompt: tok.Decode(prompt), Response: tok.Decode(resp), Reward: float64(r.Reward[i])}
+			if r.Cost != nil {
+				c := float64(r.Cost[i])
+				rec.Cost = &c
+			}
+			if err := enc.Encode(rec); err != nil {
+				return err
+			}
+		}
+	}
+	return atomicfile.WriteBytes(path, b.Bytes(), 0o644)
 }

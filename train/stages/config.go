@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
 )
 
@@ -42,6 +43,9 @@ type Config struct {
 	AllowChange  bool      `json:"allow-config-change" flag:"allow-config-change" help:"with --resume: accept changed training settings"`
 	LossType     string    `json:"loss-type" flag:"loss-type" group:"score" help:"sequence-wise or token-wise (spec §4)"`
 	Reg          float64   `json:"regularization" flag:"regularization" group:"score" help:"L2 regularisation of the scores"`
+	SignWeight   float64   `json:"sign-weight" flag:"sign-weight" group:"cost" help:"weight of the cost model's safety-sign term (reference: 1)"`
+	Init         string    `json:"init" flag:"init" help:"pretrained (start from --model's weights) or scratch (--model's architecture with fresh weights, its vocabulary sized to --tokenizer's; --model may then be an HF config.json)"`
+	TrainLayers  string    `json:"train-layers" flag:"train-layers" help:"weights to train: all, head (score head only), top-N (head, final norm, last N layers) or no-embed"`
 	Progress     io.Writer `json:"-"`
 	// Prepare, if set, runs once before anything is written to Out (the command's
 	// output guard and config.yaml); in a data-parallel run only rank 0 runs it and
@@ -64,7 +68,7 @@ const (
 func Defaults(stage Stage) Config {
 	c := Config{EvalRatio: 0.05, Epochs: 2, BatchSize: 16, Accumulation: 1, MaxLength: 512, Truncate: "right",
 		LR: 2e-5, Scheduler: "cosine", Warmup: 0.03, WeightDecay: 0.1, ClipNorm: 1, KeepCkpts: 2, Seed: 42,
-		LossType: "sequence-wise", Reg: 0.001}
+		LossType: "sequence-wise", Reg: 0.001, SignWeight: 1, Init: "pretrained", TrainLayers: "all"}
 	if stage == SFT {
 		c.Epochs, c.BatchSize, c.Accumulation, c.WeightDecay = 3, 4, 8, 0
 	}
@@ -75,6 +79,10 @@ func Defaults(stage Stage) Config {
 func (c *Config) RegisterFlags(fs *flag.FlagSet, stage Stage) {
 	if stage == SFT {
 		config.Register(fs, c)
+		return
+	}
+	if stage == CM {
+		config.Register(fs, c, "score", "cost")
 		return
 	}
 	config.Register(fs, c, "score")
@@ -110,6 +118,11 @@ func (c *Config) Validate(stage Stage) error {
 	if stage != SFT && stage != DPO {
 		ck.OneOf("loss-type", c.LossType, "sequence-wise", "token-wise")
 		ck.Check(c.Reg >= 0, "--regularization %g must be >= 0", c.Reg)
+	}
+	ck.Check(c.SignWeight >= 0, "--sign-weight %g must be >= 0", c.SignWeight)
+	ck.OneOf("init", c.Init, "pretrained", "scratch")
+	if _, err := layerFilter(&model.Config{NumLayers: 1 << 20}, c.TrainLayers); err != nil {
+		ck.Check(false, "%v", err)
 	}
 	if err := ck.Err(); err != nil {
 		return fmt.Errorf("%s: %w", stage, err)

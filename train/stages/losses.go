@@ -58,6 +58,12 @@ type PairLoss struct {
 //
 // The L2 term is reg·mean of the squared scores involved (end scores, or the span's).
 func PairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg float64) PairLoss {
+	return WeightedPairwiseScoreLoss(scores, endOneHot, span, costSigns, reg, 1)
+}
+
+// WeightedPairwiseScoreLoss is PairwiseScoreLoss with the cost model's sign term scaled by
+// signWeight (the reference's loss is signWeight 1).
+func WeightedPairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg, signWeight float64) PairLoss {
 	g := scores.Graph()
 	dt := scores.DType()
 	twoB, T := scores.Shape().Dim(0), scores.Shape().Dim(1)
@@ -98,7 +104,7 @@ func PairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg float
 	if span == nil {
 		l := negLogSigmoid(graph.Sub(hi, lo))
 		if costSigns != nil {
-			l = graph.Add(l, graph.Add(signTerm(hiSign, hi), signTerm(loSign, lo)))
+			l = graph.Add(l, graph.MulScalar(graph.Add(signTerm(hiSign, hi), signTerm(loSign, lo)), signWeight))
 		}
 		out.Loss = graph.ReduceAllMean(l)
 		if reg > 0 {
@@ -112,7 +118,7 @@ func PairwiseScoreLoss(scores, endOneHot, span, costSigns *graph.Node, reg float
 	l := meanSpan(negLogSigmoid(graph.Sub(hiT, loT)))
 	if costSigns != nil {
 		bc := func(s *graph.Node) *graph.Node { return graph.BroadcastToDims(graph.Reshape(s, B, 1), B, T) }
-		l = graph.Add(l, graph.Add(meanSpan(signTerm(bc(hiSign), hiT)), meanSpan(signTerm(bc(loSign), loT))))
+		l = graph.Add(l, graph.MulScalar(graph.Add(meanSpan(signTerm(bc(hiSign), hiT)), meanSpan(signTerm(bc(loSign), loT))), signWeight))
 	}
 	if reg > 0 {
 		sq := graph.MulScalar(graph.Add(graph.Square(hiT), graph.Square(loT)), 0.5)

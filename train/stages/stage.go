@@ -89,6 +89,13 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
+	if cfg.Init == "scratch" {
+		if w, err = scratchWeights(mcfg, tokPath, cfg.Seed); err != nil {
+			return nil, fmt.Errorf("%s: %w", stage, err)
+		}
+	} else if w == nil {
+		return nil, fmt.Errorf("%s: --model %s holds a configuration only: use --init scratch", stage, cfg.Model)
+	}
 	tok, err := model.LoadTokenizer(tokPath, mcfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
@@ -117,6 +124,9 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 
 	mctx := context.New()
 	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	if err := freeze(mctx.InAbsPath(modelScope), mcfg, cfg.TrainLayers); err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
 	// withScore sets a score model's config.json normaliser keys from the tracked statistics.
@@ -387,7 +397,7 @@ func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
 		if stage == CM {
 			signs = in[4]
 		}
-		out := PairwiseScoreLoss(scores, in[2], span, signs, cfg.Reg)
+		out := WeightedPairwiseScoreLoss(scores, in[2], span, signs, cfg.Reg, cfg.SignWeight)
 		ends := graph.Concatenate([]*graph.Node{out.Hi, out.Lo}, 0)
 		if ctx.IsTraining(ends.Graph()) {
 			trackNormalizer(ctx, ends)
