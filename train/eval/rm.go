@@ -126,6 +126,7 @@ type Options struct {
 	// split it (same --eval-ratio, --eval-max and --seed as the training run).
 	HeldOutRatio float64 `flag:"eval-ratio" alias:"held-out-ratio" help:"score only the held-out split of --data that training made with this --eval-ratio (0: all of --data)"`
 	HeldOutMax   int     `flag:"eval-max" alias:"held-out-max" help:"the training run's --eval-max (with --eval-ratio)"`
+	SwapSplit    bool    `flag:"swap-split" help:"the training run used --swap-split (with --eval-ratio): score the other side"`
 	Out          string  `flag:"out" help:"directory for the JSON report, scores and plots"`
 }
 
@@ -213,7 +214,7 @@ func loadSamples(o Options) ([]datasets.RawSample, error) {
 		return nil, err
 	}
 	if o.HeldOutRatio > 0 {
-		ei, _ := stages.SplitRaw(raw, o.HeldOutRatio, o.HeldOutMax, 0, o.Seed)
+		ei, _ := stages.SplitRaw(raw, o.HeldOutRatio, o.HeldOutMax, 0, o.Seed, o.SwapSplit)
 		held := make([]datasets.RawSample, len(ei))
 		for i, j := range ei {
 			held[i] = raw[j]

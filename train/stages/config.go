@@ -18,7 +18,8 @@ type Config struct {
 	Tokenizer    string    `json:"tokenizer" flag:"tokenizer" help:"tokenizer file (default: tokenizer.model/tok512.bin beside the model)"`
 	Data         []string  `json:"data" flag:"data" help:"training data, comma-separated or repeated: raw files [format:[proportion:]]path (hh-rlhf jsonl.gz, PKU-SafeRLHF json, alpaca, sharegpt, ...) or token-shard directories (saferlhf data pack/demo)"`
 	EvalData     []string  `json:"eval-data" flag:"eval-data" help:"held-out data, same forms as --data (default: a seeded split of --data)"`
-	EvalRatio    float64   `json:"eval-ratio" flag:"eval-ratio" help:"held-out fraction of --data when --eval-data is empty"`
+	EvalRatio    float64   `json:"eval-ratio" flag:"eval-ratio" help:"held-out fraction of --data when --eval-data is empty (split by prompt)"`
+	SwapSplit    bool      `json:"swap-split" flag:"swap-split" help:"train on the held-out side of the --eval-ratio split and hold out its training side: a judge that never saw the data of a model trained with the same --data, --eval-ratio and --seed"`
 	EvalMax      int       `json:"eval-max" flag:"eval-max" help:"at most this many held-out examples (0: all)"`
 	MaxTrain     int       `json:"max-train" flag:"max-train" help:"at most this many training examples (0: all)"`
 	Out          string    `json:"out" flag:"out" help:"output directory (config.yaml, metrics.jsonl, plots, checkpoints/, model/)"`
@@ -106,6 +107,7 @@ func (c *Config) Validate(stage Stage) error {
 	ck.Check(c.WeightDecay >= 0, "--weight-decay %g must be >= 0", c.WeightDecay)
 	ck.Check(c.ClipNorm != 0, "--max-grad-norm %g must be > 0 (negative disables clipping)", c.ClipNorm)
 	ck.Check(c.EvalRatio >= 0 && c.EvalRatio < 1, "--eval-ratio %g must lie in [0, 1)", c.EvalRatio)
+	ck.Check(!c.SwapSplit || (c.EvalRatio > 0 && len(c.EvalData) == 0), "--swap-split needs --eval-ratio > 0 and no --eval-data")
 	for _, f := range []struct {
 		name string
 		v    int

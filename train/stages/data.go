@@ -144,20 +144,21 @@ func LoadRaw(specs []string, seed uint64) ([]datasets.RawSample, error) {
 // sets, as the stages split --data when no --eval-data is given (evaluation tools
 // call it with the same arguments to score exactly the held-out samples).
 func Split(n int, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
-	return splitGroups(n, nil, ratio, evalMax, trainMax, seed, nil)
+	return splitGroups(n, nil, ratio, evalMax, trainMax, seed, false, nil)
 }
 
 // SplitRaw is Split for raw samples, by prompt: samples with the same prompt turns are one
 // unit, so no prompt is on both sides (PKU-SafeRLHF repeats prompts; a source up-sampled with a
 // proportion > 1 repeats whole samples). The held-out part takes each distinct sample of a held-out
 // prompt once, the training part every sample (and copy) of a training prompt. With distinct
-// prompts and no repeats it equals Split(len(all), ...).
-func SplitRaw(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
+// prompts and no repeats it equals Split(len(all), ...). With swap the two sides trade places
+// (--swap-split: a judge trained on what a model with the same split held out, and vice versa).
+func SplitRaw(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64, swap bool) (eval, train []int) {
 	prompts := make([]string, len(all))
 	for i, s := range all {
 		prompts[i] = strings.Join(s.Input, "\x00")
 	}
-	return splitGroups(len(all), prompts, ratio, evalMax, trainMax, seed, func(i int) string {
+	return splitGroups(len(all), prompts, ratio, evalMax, trainMax, seed, swap, func(i int) string {
 		b, _ := json.Marshal(all[i])
 		return string(b)
 	})
@@ -166,7 +167,7 @@ func SplitRaw(all []datasets.RawSample, ratio float64, evalMax, trainMax int, se
 // splitGroups splits n items, grouped by equal keys (nil keys: every item alone), over the
 // groups in first-occurrence order: the held-out part takes the items of each held-out group with
 // distinct identity (nil: all), the training part every item of each training group.
-func splitGroups(n int, keys []string, ratio float64, evalMax, trainMax int, seed uint64, identity func(int) string) (eval, train []int) {
+func splitGroups(n int, keys []string, ratio float64, evalMax, trainMax int, seed uint64, swap bool, identity func(int) string) (eval, train []int) {
 	members := make([][]int, 0, n)
 	if keys == nil {
 		for i := 0; i < n; i++ {
@@ -184,7 +185,13 @@ func splitGroups(n int, keys []string, ratio float64, evalMax, trainMax int, see
 			members[g] = append(members[g], i)
 		}
 	}
-	ge, gt := splitIndices(len(members), ratio, evalMax, trainMax, seed)
+	ge, gt := splitIndices(len(members), ratio, evalMax, 0, seed)
+	if swap {
+		ge, gt = gt, ge
+	}
+	if trainMax > 0 && len(gt) > trainMax {
+		gt = gt[:trainMax]
+	}
 	for _, g := range ge {
 		seen := map[string]bool{}
 		for _, i := range members[g] {

@@ -26,7 +26,7 @@ func TestSplitRaw(t *testing.T) {
 		all  []datasets.RawSample
 	}{{"unique", unique}, {"up-sampled 8x", repeated}} {
 		t.Run(tc.name, func(t *testing.T) {
-			ei, ti := SplitRaw(tc.all, 0.25, 0, 0, 42)
+			ei, ti := SplitRaw(tc.all, 0.25, 0, 0, 42, false)
 			if len(ei) != 10 {
 				t.Fatalf("held out %d samples, want 10 (a quarter of 40 unique)", len(ei))
 			}
@@ -67,7 +67,7 @@ func TestSplitRawByPrompt(t *testing.T) {
 			all = append(all, datasets.RawSample{Input: []string{fmt.Sprint("q", i)}, Answer: a, OtherAnswer: "b", HasOther: true})
 		}
 	}
-	ei, ti := SplitRaw(all, 0.25, 0, 0, 42)
+	ei, ti := SplitRaw(all, 0.25, 0, 0, 42, false)
 	if len(ei) != 20 || len(ti) != 60 {
 		t.Fatalf("held out %d, trained %d samples; want 20 (10 prompts × 2) and 60", len(ei), len(ti))
 	}
@@ -80,5 +80,20 @@ func TestSplitRawByPrompt(t *testing.T) {
 			}
 			side[p] = name
 		}
+	}
+}
+
+// TestSplitRawSwap: --swap-split trains on exactly the prompts the plain split holds out and
+// holds out exactly the prompts it trains on.
+func TestSplitRawSwap(t *testing.T) {
+	var all []datasets.RawSample
+	for i := 0; i < 30; i++ {
+		all = append(all, datasets.RawSample{Input: []string{fmt.Sprint("q", i)}, Answer: "a", OtherAnswer: "b", HasOther: true})
+	}
+	ei, ti := SplitRaw(all, 0.5, 0, 0, 7, false)
+	se, st := SplitRaw(all, 0.5, 0, 0, 7, true)
+	sorted := func(x []int) []int { y := slices.Clone(x); slices.Sort(y); return y }
+	if !slices.Equal(sorted(ei), sorted(st)) || !slices.Equal(sorted(ti), sorted(se)) || len(ei) != 15 {
+		t.Fatalf("swap: held-out %v / train %v, plain held-out %v / train %v", se, st, ei, ti)
 	}
 }

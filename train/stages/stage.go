@@ -240,6 +240,9 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 		if !trainShards || (len(cfg.EvalData) > 0 && !evalShards) {
 			return nil, nil, fmt.Errorf("--data and --eval-data must both be shard directories or both raw files")
 		}
+		if cfg.SwapSplit {
+			return nil, nil, fmt.Errorf("--swap-split needs raw --data files (shards are split by example, not by prompt)")
+		}
 		return shardSources(stage, cfg, tok, res)
 	}
 	raw, err := LoadRaw(cfg.Data, cfg.Seed)
@@ -255,7 +258,9 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			return nil, nil, err
 		}
 	}
-	raw, rawEval = splitTrainEval(cfg, raw, rawEval, SplitRaw)
+	raw, rawEval = splitTrainEval(cfg, raw, rawEval, func(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64) ([]int, []int) {
+		return SplitRaw(all, ratio, evalMax, trainMax, seed, cfg.SwapSplit)
+	})
 	return stageSources(stage, cfg, tok, res, raw, rawEval,
 		func(s datasets.RawSample) (sftExample, bool, error) {
 			e, ok := buildSFT(s, tok, cfg.MaxLength, cfg.Truncate)
