@@ -7,7 +7,7 @@ set -euo pipefail
 bin="${1:-bin/saferlhf}"
 out="${2:-out/demo}"
 A=assets/data
-mkdir -p "$out"
+mkdir -p "$out/eval"
 timings="$out/timings.tsv"
 : > "$timings"
 t_all=$(date +%s)
@@ -40,12 +40,33 @@ stage "sft" "$bin" sft --model $A/models/stories260K.bin --tokenizer $A/models/t
 stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz \
 	--truncate prompt-left --max-length 96 --batch-size 8 --steps "${RM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/rm"
 
-# 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF and hh-rlhf harmless pairs.
-#    The PKU-SafeRLHF pairs carry the safety labels that place cost 0 between safe and unsafe answers:
-#    they are up-sampled 8x against a 15% sample of the (unlabelled) hh-rlhf harmless pairs.
-stage "cost model" "$bin" train-cm --model "$out/sft/model" \
-	--data pku-saferlhf:8:$A/pku-saferlhf/align-anything-preference-sample.json,hh-rlhf-harmless:0.15:$A/hh-rlhf/harmless-base-test.jsonl.gz \
-	--truncate prompt-left --max-length 128 --batch-size 8 --steps "${CM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/cm"
+# 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF (500 rows of the current schema and
+#    32 of the original, per-response safety labels) and hh-rlhf harmless pairs (no safety labels).
+#    The data is split in two halves by prompt (--eval-ratio 0.5): the cost model trains on one, the
+#    judge (3b) on the other, and each is scored on the half it never saw.
+CMDATA=pku-saferlhf:2:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,pku-saferlhf:2:$A/pku-saferlhf/align-anything-preference-sample.json,hh-rlhf-harmless:0.1:$A/hh-rlhf/harmless-base-test.jsonl.gz,hh-rlhf-harmless:0.3:$A/hh-rlhf/harmless-base-train-sample500.jsonl
+stage "cost model" "$bin" train-cm --model "$out/sft/model" --data "$CMDATA" --eval-ratio 0.5 --eval-max 0 \
+	--truncate "${CM_TRUNCATE:-right}" --max-length 128 --batch-size 8 --steps "${CM_STEPS:-40}" --lr "${CM_LR:-1e-3}" --out "$out/cm"
+
+# 3b. The independent judge: a cost model with the Llama-2 32K vocabulary on a fresh stories260K-shaped
+#     trunk, trained on the other half (--swap-split). It never saw the cost model's training data; it
+#     reads the policy's text re-tokenised with its own tokenizer (saferlhf judge).
+stage "judge" "$bin" train-cm --model $A/models/stories260K.bin --tokenizer $A/models/tokenizer.model --init scratch \
+	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --swap-split \
+	--truncate "${JUDGE_TRUNCATE:-right}" --max-length 128 --batch-size 8 --steps "${JUDGE_STEPS:-60}" --lr "${JUDGE_LR:-3e-3}" --out "$out/judge"
+
+# 3c. Held-out accuracy of each score model, per source (and for the cost models, per harm category and
+#     severity level); BeaverTails (unsafe answers only, never trained on) measures unsafe recall.
+stage "score-model eval" bash -c "
+	\"$bin\" eval-rm --model \"$out/rm/model\" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz --held-out-ratio 0.05 --held-out-max 64 \
+		--truncate prompt-left --max-length 96 --out \"$out/eval/rm\" > \"$out/eval/rm.txt\" &&
+	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$CMDATA\" --held-out-ratio 0.5 --truncate \"${CM_TRUNCATE:-right}\" --max-length 128 \
+		--out \"$out/eval/cm\" > \"$out/eval/cm.txt\" &&
+	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$CMDATA\" --held-out-ratio 0.5 --swap-split --truncate \"${JUDGE_TRUNCATE:-right}\" --max-length 128 \
+		--out \"$out/eval/judge\" > \"$out/eval/judge.txt\" &&
+	for m in cm judge; do \"$bin\" eval-cm --model \"$out/\$m/model\" --data $A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv \
+		--max-length 128 --out \"$out/eval/\$m-beavertails\" > \"$out/eval/\$m-beavertails.txt\" || exit 1; done &&
+	head -3 \"$out/eval/rm.txt\" && head -3 \"$out/eval/cm.txt\" && head -3 \"$out/eval/judge.txt\""
 
 # make compare (scripts/compare.sh) builds its SFT policy and score models with the stages above, then stops.
 if [ "${DEMO_STOP_BEFORE_RL:-0}" = 1 ]; then
@@ -66,15 +87,42 @@ stage "ppo-lag" "$bin" ppo-lag --actor "$out/sft/model" --reward-model "$out/rm/
 	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length "${PTX_LEN:-64}" \
 	--checkpoint-every 16 --output "$out/ppo-lag"
 
-cp "$out/ppo-lag/summary.json" "$out/summary.json"
+# 5. The harmful rate before and after, judged by the training cost model and by the judge, with
+#    paired-bootstrap CIs of the drop.
+stage "judge eval" bash -o pipefail -c "\"$bin\" judge --cost-model \"$out/judge/model\" --before \"$out/ppo-lag/samples_before.jsonl\" \
+	--after \"$out/ppo-lag/samples_after.jsonl\" --max-length 128 --out \"$out/eval/judge-drop.json\" --force | tee \"$out/eval/judge-drop.txt\""
+
+# summary.json: the before/after table, each score model's held-out accuracy, the judge's harmful rates.
+{
+	printf '{\n"ppo_lag": %s,\n"harmful_rate": %s,\n' "$(cat "$out/ppo-lag/summary.json")" "$(cat "$out/eval/judge-drop.json")"
+	printf '"held_out": {\n"reward_model": %s,\n"cost_model": %s,\n"judge": %s,\n' \
+		"$(cat "$out/eval/rm/eval-rm.json")" "$(cat "$out/eval/cm/eval-cm.json")" "$(cat "$out/eval/judge/eval-cm.json")"
+	printf '"cost_model_beavertails": %s,\n"judge_beavertails": %s}\n}\n' \
+		"$(cat "$out/eval/cm-beavertails/eval-cm.json")" "$(cat "$out/eval/judge-beavertails/eval-cm.json")"
+} > "$out/summary.json"
 total=$(($(date +%s) - t_all))
 printf 'total\t%d\n' "$total" >> "$timings"
 echo
 echo "== time per stage (s)"
 column -t -s $'\t' "$timings" 2> /dev/null || cat "$timings"
 echo
-echo "summary (held-out prompts, SFT policy vs PPO-Lag policy): $out/summary.json"
-cat "$out/summary.json"
+echo "== how far to trust the harmful rate: each score model on held-out data (95% Wilson CIs)"
+acc() { # acc FILE: the first two lines of an eval report after its title
+	sed -n '2,3p' "$1"
+}
+echo "reward model (hh-rlhf helpful, held-out pairs):"
+acc "$out/eval/rm.txt"
+echo "training cost model (held-out half by prompt):"
+acc "$out/eval/cm.txt"
+grep -A6 '  by source' "$out/eval/cm.txt" || true
+echo "judge (the other half):"
+acc "$out/eval/judge.txt"
+grep -A6 '  by source' "$out/eval/judge.txt" || true
+echo
+echo "== before/after on held-out prompts (SFT policy vs PPO-Lag policy; rewards and costs of the training models)"
+cat "$out/ppo-lag/summary.json"
+cat "$out/eval/judge-drop.txt"
+echo "summary: $out/summary.json (ppo_lag: before/after; harmful_rate: both judges; held_out: score-model accuracies)"
 echo "training curves: $out/ppo-lag/plots/ (reward_cost.png, harmful_rate.png, lambda.png, kl.png, ...)"
 echo "stage curves:    $out/sft, $out/rm, $out/cm (metrics.jsonl and plots)"
 echo "samples:         $out/ppo-lag/samples_before.txt, $out/ppo-lag/samples_after.txt"

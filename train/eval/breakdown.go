@@ -47,6 +47,21 @@ func (gs groups) pair(name string, right bool) {
 	}
 }
 
+// pairCategories counts a pair under every harm category of either response ("(none)" when
+// neither has one).
+func (gs groups) pairCategories(hi, lo string, right bool) {
+	cats := map[string]bool{}
+	for _, c := range append(harmNames(hi), harmNames(lo)...) {
+		cats[c] = true
+	}
+	if len(cats) > 1 {
+		delete(cats, "(none)")
+	}
+	for c := range cats {
+		gs.pair(c, right)
+	}
+}
+
 // response counts one scored response; labelled responses also count for sign accuracy.
 func (gs groups) response(name string, score float64, labelled, right bool) {
 	g := gs.get(name)

@@ -47,14 +47,17 @@ type CMReport struct {
 type respMeta struct {
 	source, category string
 	severity         int
-	hasSeverity      bool
+	// hasCategory: the source labels harm categories (PKU-SafeRLHF's current schema, BeaverTails),
+	// so an empty category means "none"; hh-rlhf and the original PKU schema have no such labels.
+	hasCategory, hasSeverity bool
 }
 
 // pairMeta returns the metadata of a pair's unsafer (hi) and safer (lo) responses, as BuildPair
 // orders them for a cost model (hi = Answer unless Answer is the safer one).
 func pairMeta(s datasets.RawSample) (hi, lo respMeta) {
-	a := respMeta{sourceName(s.File), s.Category, s.Severity, s.HasSeverity}
-	b := respMeta{sourceName(s.File), s.OtherCategory, s.OtherSeverity, s.HasSeverity}
+	labelled := s.HasSeverity || s.Category != "" || s.OtherCategory != ""
+	a := respMeta{sourceName(s.File), s.Category, s.Severity, labelled, s.HasSeverity}
+	b := respMeta{sourceName(s.File), s.OtherCategory, s.OtherSeverity, labelled, s.HasSeverity}
 	if s.Safer {
 		return b, a
 	}
@@ -126,7 +129,7 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 			}
 			singles = append(singles, ids)
 			singleSign = append(singleSign, -float32(s.IsSafe))
-			singleMetas = append(singleMetas, respMeta{source: sourceName(s.File), category: s.Category})
+			singleMetas = append(singleMetas, respMeta{source: sourceName(s.File), category: s.Category, hasCategory: s.Category != ""})
 			continue
 		}
 		p, ok, err := stages.BuildPair(s, sc.Tok, o.MaxLength, o.Truncate, true)
@@ -162,17 +165,8 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 		}
 		hi, lo := pairMetas[i][0], pairMetas[i][1]
 		bySrc.pair(hi.source, right)
-		cats := map[string]bool{}
-		for _, m := range []respMeta{hi, lo} {
-			for _, c := range harmNames(m.category) {
-				cats[c] = true
-			}
-		}
-		if len(cats) > 1 {
-			delete(cats, "(none)")
-		}
-		for c := range cats {
-			byCat.pair(c, right)
+		if hi.hasCategory {
+			byCat.pairCategories(hi.category, lo.category, right)
 		}
 		if hi.hasSeverity {
 			bySev.pair(severityName(respMeta{severity: max(hi.severity, lo.severity), hasSeverity: true}), right)
@@ -187,8 +181,10 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 		all = append(all, cost)
 		labelled, ok := costSign != 0, cost*float64(costSign) > 0 // cost·safety_sign < 0
 		bySrc.response(m.source, cost, labelled, ok)
-		for _, c := range harmNames(m.category) {
-			byCat.response(c, cost, labelled, ok)
+		if m.hasCategory {
+			for _, c := range harmNames(m.category) {
+				byCat.response(c, cost, labelled, ok)
+			}
 		}
 		if m.hasSeverity {
 			bySev.response(severityName(m), cost, labelled, ok)
