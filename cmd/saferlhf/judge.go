@@ -35,8 +35,8 @@ func runJudge(args []string) error {
 		return usagef("unexpected arguments %q", fs.Args())
 	case o.Judge == "" || o.Before == "" || o.After == "":
 		return usagef("--cost-model, --before and --after are required")
-	case o.MaxLength < 8 || o.Batch < 1 || o.Bootstrap < 0:
-		return usagef("--max-length must be >= 8, --batch-size >= 1, --bootstrap >= 0")
+	case o.MaxLength < 8 || o.Batch < 1 || o.Bootstrap < 1:
+		return usagef("--max-length must be >= 8, --batch-size >= 1, --bootstrap >= 1")
 	}
 	if out != "" && !force {
 		if _, err := os.Stat(out); err == nil {

@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
-	"math/rand/v2"
 	"os"
-	"sort"
 	"strings"
 
 	"github.com/gomlx/gomlx/backends"
@@ -62,7 +59,8 @@ type Rate struct {
 }
 
 // Drop is before − after of a harmful rate over paired samples (the same prompts), with a
-// percentile bootstrap 95% interval from resampling the prompts.
+// percentile bootstrap 95% interval from resampling the prompts (BootstrapMean of the per-prompt
+// differences, so the interval is paired).
 type Drop struct {
 	Before   Rate       `json:"before"`
 	After    Rate       `json:"after"`
@@ -88,28 +86,17 @@ func HarmDrop(before, after []float64, nBoot int, seed uint64) (Drop, error) {
 		}
 		return Rate{Rate: float64(k) / float64(n), CI: Wilson(k, n), Cost: sum / float64(n), N: n}
 	}
-	d := Drop{Before: rate(before), After: rate(after), Resample: nBoot}
-	d.Drop = d.Before.Rate - d.After.Rate
-	if nBoot > 0 {
-		rng := rand.New(rand.NewPCG(seed, 0xb007))
-		drops := make([]float64, nBoot)
-		for b := range drops {
-			k := 0
-			for j := 0; j < n; j++ {
-				i := rng.IntN(n)
-				if before[i] > 0 {
-					k++
-				}
-				if after[i] > 0 {
-					k--
-				}
-			}
-			drops[b] = float64(k) / float64(n)
-		}
-		sort.Float64s(drops)
-		q := func(p float64) float64 { return drops[min(nBoot-1, int(math.Floor(p*float64(nBoot))))] }
-		d.DropCI = [2]float64{q(0.025), q(0.975)}
+	if nBoot < 1 {
+		return Drop{}, fmt.Errorf("harmful-rate drop: %d bootstrap resamples (want >= 1)", nBoot)
 	}
+	// Per prompt: 1 when it went from harmful to not, −1 the other way; the drop is their mean.
+	diff := make([]float64, n)
+	for i := range diff {
+		diff[i] = indicator(before[i : i+1])[0] - indicator(after[i : i+1])[0]
+	}
+	iv := BootstrapMean(diff, nBoot, seed)
+	d := Drop{Before: rate(before), After: rate(after), Resample: nBoot, DropCI: [2]float64{iv.Lo, iv.Hi}}
+	d.Drop = d.Before.Rate - d.After.Rate
 	return d, nil
 }
 

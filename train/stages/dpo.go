@@ -445,7 +445,7 @@ func dpoExamples(cfg DPOConfig, tok tokenizer.Tokenizer, res *Result) (tr, ev []
 			return nil, nil, err
 		}
 	}
-	raw, rawEval = splitTrainEval(cfg.Config, raw, rawEval, SplitRaw)
+	raw, rawEval = splitTrainEval(cfg.Config, raw, rawEval, rawSplit(cfg.Config))
 	return buildExamples(res, raw, rawEval, func(s datasets.RawSample) (dpoExample, bool, error) {
 		if safer {
 			s.Better = s.Safer

@@ -258,9 +258,7 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			return nil, nil, err
 		}
 	}
-	raw, rawEval = splitTrainEval(cfg, raw, rawEval, func(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64) ([]int, []int) {
-		return SplitRaw(all, ratio, evalMax, trainMax, seed, cfg.SwapSplit)
-	})
+	raw, rawEval = splitTrainEval(cfg, raw, rawEval, rawSplit(cfg))
 	return stageSources(stage, cfg, tok, res, raw, rawEval,
 		func(s datasets.RawSample) (sftExample, bool, error) {
 			e, ok := buildSFT(s, tok, cfg.MaxLength, cfg.Truncate)
@@ -296,6 +294,13 @@ func shardSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			p, ok := pairFromShard(e, cfg.MaxLength, stage == CM)
 			return p, ok, nil
 		})
+}
+
+// rawSplit is SplitRaw with cfg's --swap-split, in the form splitTrainEval takes.
+func rawSplit(cfg Config) func([]datasets.RawSample, float64, int, int, uint64) ([]int, []int) {
+	return func(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64) ([]int, []int) {
+		return SplitRaw(all, ratio, evalMax, trainMax, seed, cfg.SwapSplit)
+	}
 }
 
 // splitTrainEval returns the training and held-out examples: with --eval-data,
