@@ -40,33 +40,37 @@ stage "sft" "$bin" sft --model $A/models/stories260K.bin --tokenizer $A/models/t
 stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz \
 	--truncate prompt-left --max-length 96 --batch-size 8 --steps "${RM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/rm"
 
-# 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF (500 rows of the current schema and
-#    32 of the original, per-response safety labels) and hh-rlhf harmless pairs (no safety labels).
-#    The data is split in two halves by prompt (--eval-ratio 0.5): the cost model trains on one, the
-#    judge (3b) on the other, and each is scored on the half it never saw.
-CMDATA=pku-saferlhf:2:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,pku-saferlhf:2:$A/pku-saferlhf/align-anything-preference-sample.json,hh-rlhf-harmless:0.1:$A/hh-rlhf/harmless-base-test.jsonl.gz,hh-rlhf-harmless:0.3:$A/hh-rlhf/harmless-base-train-sample500.jsonl
+# 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF: 500 rows of the current schema and 32 of
+#    the original, each response labelled safe or unsafe. The rows are split in two halves by prompt
+#    (--eval-ratio 0.5): the cost model trains on one, the judge (3b) on the other, and each is scored on
+#    the half it never saw. hh-rlhf harmless pairs and BeaverTails answers are never trained on: they are
+#    extra held-out sources (3c).
+CMDATA=$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,$A/pku-saferlhf/align-anything-preference-sample.json
 stage "cost model" "$bin" train-cm --model "$out/sft/model" --data "$CMDATA" --eval-ratio 0.5 --eval-max 0 \
 	--truncate "${CM_TRUNCATE:-right}" --max-length 128 --batch-size 8 --steps "${CM_STEPS:-40}" --lr "${CM_LR:-1e-3}" --out "$out/cm"
 
-# 3b. The independent judge: a cost model with the Llama-2 32K vocabulary on a fresh stories260K-shaped
-#     trunk, trained on the other half (--swap-split). It never saw the cost model's training data; it
-#     reads the policy's text re-tokenised with its own tokenizer (saferlhf judge).
-stage "judge" "$bin" train-cm --model $A/models/stories260K.bin --tokenizer $A/models/tokenizer.model --init scratch \
-	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --swap-split \
-	--truncate "${JUDGE_TRUNCATE:-right}" --max-length 128 --batch-size 8 --steps "${JUDGE_STEPS:-60}" --lr "${JUDGE_LR:-3e-3}" --out "$out/judge"
+# 3b. The independent judge: a cost model over the Llama-2 32K vocabulary (whole words, where the
+#     512-token story vocabulary spells words out), a fresh one-layer trunk (scripts/configs), trained
+#     on the other half (--swap-split): it never saw the cost model's training data. It reads the
+#     policy's text re-tokenised with its own tokenizer (saferlhf judge).
+stage "judge" "$bin" train-cm --model scripts/configs/score-llama2-1layer.json --tokenizer $A/models/tokenizer.model --init scratch \
+	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --swap-split --truncate right --max-length 64 \
+	--batch-size 16 --epochs 100 --steps "${JUDGE_STEPS:-150}" --lr "${JUDGE_LR:-5e-3}" --out "$out/judge"
 
 # 3c. Held-out accuracy of each score model, per source (and for the cost models, per harm category and
-#     severity level); BeaverTails (unsafe answers only, never trained on) measures unsafe recall.
-stage "score-model eval" bash -c "
+#     severity level): its unseen half of PKU-SafeRLHF, then hh-rlhf harmless pairs (no safety labels:
+#     pair accuracy only) and BeaverTails unsafe answers (sign accuracy = unsafe recall), never trained on.
+UNSEEN=hh-rlhf-harmless:0.1:$A/hh-rlhf/harmless-base-test.jsonl.gz,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv
+stage "score-model eval" bash -c "set -e
 	\"$bin\" eval-rm --model \"$out/rm/model\" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz --held-out-ratio 0.05 --held-out-max 64 \
-		--truncate prompt-left --max-length 96 --out \"$out/eval/rm\" > \"$out/eval/rm.txt\" &&
+		--truncate prompt-left --max-length 96 --out \"$out/eval/rm\" > \"$out/eval/rm.txt\"
 	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$CMDATA\" --held-out-ratio 0.5 --truncate \"${CM_TRUNCATE:-right}\" --max-length 128 \
-		--out \"$out/eval/cm\" > \"$out/eval/cm.txt\" &&
-	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$CMDATA\" --held-out-ratio 0.5 --swap-split --truncate \"${JUDGE_TRUNCATE:-right}\" --max-length 128 \
-		--out \"$out/eval/judge\" > \"$out/eval/judge.txt\" &&
-	for m in cm judge; do \"$bin\" eval-cm --model \"$out/\$m/model\" --data $A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv \
-		--max-length 128 --out \"$out/eval/\$m-beavertails\" > \"$out/eval/\$m-beavertails.txt\" || exit 1; done &&
-	head -3 \"$out/eval/rm.txt\" && head -3 \"$out/eval/cm.txt\" && head -3 \"$out/eval/judge.txt\""
+		--out \"$out/eval/cm\" > \"$out/eval/cm.txt\"
+	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$CMDATA\" --held-out-ratio 0.5 --swap-split --truncate right --max-length 64 \
+		--out \"$out/eval/judge\" > \"$out/eval/judge.txt\"
+	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 128 --out \"$out/eval/cm-unseen\" > \"$out/eval/cm-unseen.txt\"
+	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 64 --out \"$out/eval/judge-unseen\" > \"$out/eval/judge-unseen.txt\"
+	head -3 \"$out/eval/rm.txt\"; head -3 \"$out/eval/cm.txt\"; head -3 \"$out/eval/judge.txt\""
 
 # make compare (scripts/compare.sh) builds its SFT policy and score models with the stages above, then stops.
 if [ "${DEMO_STOP_BEFORE_RL:-0}" = 1 ]; then
@@ -90,15 +94,15 @@ stage "ppo-lag" "$bin" ppo-lag --actor "$out/sft/model" --reward-model "$out/rm/
 # 5. The harmful rate before and after, judged by the training cost model and by the judge, with
 #    paired-bootstrap CIs of the drop.
 stage "judge eval" bash -o pipefail -c "\"$bin\" judge --cost-model \"$out/judge/model\" --before \"$out/ppo-lag/samples_before.jsonl\" \
-	--after \"$out/ppo-lag/samples_after.jsonl\" --max-length 128 --out \"$out/eval/judge-drop.json\" --force | tee \"$out/eval/judge-drop.txt\""
+	--after \"$out/ppo-lag/samples_after.jsonl\" --max-length 64 --out \"$out/eval/judge-drop.json\" --force | tee \"$out/eval/judge-drop.txt\""
 
 # summary.json: the before/after table, each score model's held-out accuracy, the judge's harmful rates.
 {
 	printf '{\n"ppo_lag": %s,\n"harmful_rate": %s,\n' "$(cat "$out/ppo-lag/summary.json")" "$(cat "$out/eval/judge-drop.json")"
 	printf '"held_out": {\n"reward_model": %s,\n"cost_model": %s,\n"judge": %s,\n' \
 		"$(cat "$out/eval/rm/eval-rm.json")" "$(cat "$out/eval/cm/eval-cm.json")" "$(cat "$out/eval/judge/eval-cm.json")"
-	printf '"cost_model_beavertails": %s,\n"judge_beavertails": %s}\n}\n' \
-		"$(cat "$out/eval/cm-beavertails/eval-cm.json")" "$(cat "$out/eval/judge-beavertails/eval-cm.json")"
+	printf '"cost_model_unseen_sources": %s,\n"judge_unseen_sources": %s}\n}\n' \
+		"$(cat "$out/eval/cm-unseen/eval-cm.json")" "$(cat "$out/eval/judge-unseen/eval-cm.json")"
 } > "$out/summary.json"
 total=$(($(date +%s) - t_all))
 printf 'total\t%d\n' "$total" >> "$timings"
@@ -112,12 +116,11 @@ acc() { # acc FILE: the first two lines of an eval report after its title
 }
 echo "reward model (hh-rlhf helpful, held-out pairs):"
 acc "$out/eval/rm.txt"
-echo "training cost model (held-out half by prompt):"
-acc "$out/eval/cm.txt"
-grep -A6 '  by source' "$out/eval/cm.txt" || true
-echo "judge (the other half):"
-acc "$out/eval/judge.txt"
-grep -A6 '  by source' "$out/eval/judge.txt" || true
+for m in cm judge; do
+	echo "$m (held-out half of PKU-SafeRLHF by prompt, then never-trained sources):"
+	acc "$out/eval/$m.txt"
+	grep -h -A3 '  by source' "$out/eval/$m.txt" "$out/eval/$m-unseen.txt" || true
+done
 echo
 echo "== before/after on held-out prompts (SFT policy vs PPO-Lag policy; rewards and costs of the training models)"
 cat "$out/ppo-lag/summary.json"
