@@ -52,10 +52,11 @@ stage "cost model" "$bin" train-cm --model "$out/sft/model" --data "$CMDATA" --e
 # 3b. The independent judge: a cost model over the Llama-2 32K vocabulary (whole words, where the
 #     512-token story vocabulary spells words out), a fresh one-layer trunk (scripts/configs), trained
 #     on the other half (--swap-split): it never saw the cost model's training data. It reads the
-#     policy's text re-tokenised with its own tokenizer (saferlhf judge).
+#     policy's text re-tokenised with its own tokenizer (saferlhf judge). The recipe (one layer, 64
+#     tokens, a few epochs, sign-loss weight 3) is the best of the ablations in bench/README.md.
 stage "judge" "$bin" train-cm --model scripts/configs/score-llama2-1layer.json --tokenizer $A/models/tokenizer.model --init scratch \
 	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --swap-split --truncate right --max-length 64 \
-	--batch-size 16 --epochs 100 --steps "${JUDGE_STEPS:-150}" --lr "${JUDGE_LR:-5e-3}" --out "$out/judge"
+	--batch-size 16 --epochs "${JUDGE_EPOCHS:-3}" --lr "${JUDGE_LR:-5e-3}" --sign-weight "${JUDGE_SIGN_WEIGHT:-3}" --out "$out/judge"
 
 # 3c. Held-out accuracy of each score model, per source (and for the cost models, per harm category and
 #     severity level): its unseen half of PKU-SafeRLHF, then hh-rlhf harmless pairs (no safety labels:
