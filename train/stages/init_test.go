@@ -47,7 +47,7 @@ func TestLayerFilter(t *testing.T) {
 // TestScratchWeights: --init scratch keeps --model's architecture and sizes the vocabulary to the
 // tokenizer's (the Llama-2 32K vocabulary over the stories260K trunk).
 func TestScratchWeights(t *testing.T) {
-	cfg, w0, err := LoadModel(filepath.Join(assets, "models/stories260K.bin"))
+	cfg, w0, err := model.LoadAny(filepath.Join(assets, "models/stories260K.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
