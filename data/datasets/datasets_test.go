@@ -395,7 +395,7 @@ func TestCompressedJSONL(t *testing.T) {
 		b, _ := json.Marshal(map[string]any{"prompt": s.Input[0], "response_0": s.Answer, "response_1": s.OtherAnswer,
 			"is_response_0_safe": s.IsSafe == Safe, "is_response_1_safe": s.IsOtherSafe == Safe,
 			"better_response_id": map[bool]int{true: 0, false: 1}[s.Better], "safer_response_id": map[bool]int{true: 0, false: 1}[s.Safer],
-			"response_0_severity_level": 2})
+			"prompt_source": "Alpaca-7B"})
 		lines = append(append(lines, b...), '\n')
 	}
 	enc, _ := zstd.NewWriter(nil)
