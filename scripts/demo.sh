@@ -120,7 +120,9 @@ acc "$out/eval/rm.txt"
 for m in cm judge; do
 	echo "$m (held-out half of PKU-SafeRLHF by prompt, then never-trained sources):"
 	acc "$out/eval/$m.txt"
-	grep -h -A3 '  by source' "$out/eval/$m.txt" "$out/eval/$m-unseen.txt" || true
+	for f in "$out/eval/$m.txt" "$out/eval/$m-unseen.txt"; do # the by-source table of each report
+		awk '/^  by source/ {p = 1; print; next} /^  by / {p = 0} p && /^  / {print}' "$f"
+	done
 done
 echo
 echo "== before/after on held-out prompts (SFT policy vs PPO-Lag policy; rewards and costs of the training models)"
