@@ -94,12 +94,12 @@ stage "ppo-lag" "$bin" ppo-lag --actor "$out/sft/model" --reward-model "$out/rm/
 
 # 5. The harmful rate before and after, judged by the training cost model and by the judge, with
 #    paired-bootstrap CIs of the drop.
-stage "judge eval" bash -o pipefail -c "\"$bin\" judge --cost-model \"$out/judge/model\" --before \"$out/ppo-lag/samples_before.jsonl\" \
-	--after \"$out/ppo-lag/samples_after.jsonl\" --max-length 64 --out \"$out/eval/judge-drop.json\" --force | tee \"$out/eval/judge-drop.txt\""
+stage "judge eval" bash -o pipefail -c "\"$bin\" judge --model \"$out/judge/model\" --before \"$out/ppo-lag/samples_before.jsonl\" \
+	--after \"$out/ppo-lag/samples_after.jsonl\" --max-length 64 --out \"$out/eval/judge-drop\" | tee \"$out/eval/judge-drop.txt\""
 
 # summary.json: the before/after table, each score model's held-out accuracy, the judge's harmful rates.
 {
-	printf '{\n"ppo_lag": %s,\n"harmful_rate": %s,\n' "$(cat "$out/ppo-lag/summary.json")" "$(cat "$out/eval/judge-drop.json")"
+	printf '{\n"ppo_lag": %s,\n"harmful_rate": %s,\n' "$(cat "$out/ppo-lag/summary.json")" "$(cat "$out/eval/judge-drop/judge.json")"
 	printf '"held_out": {\n"reward_model": %s,\n"cost_model": %s,\n"judge": %s,\n' \
 		"$(cat "$out/eval/rm/eval-rm.json")" "$(cat "$out/eval/cm/eval-cm.json")" "$(cat "$out/eval/judge/eval-cm.json")"
 	printf '"cost_model_unseen_sources": %s,\n"judge_unseen_sources": %s}\n}\n' \

@@ -18,7 +18,7 @@ func runIn(t *testing.T, args ...string) (int, string) {
 }
 
 // trainEval lists every command that trains or evaluates.
-var trainEval = []string{"sft", "train-rm", "train-cm", "dpo", "ppo-lag", "ppo", "compare", "eval-rm", "eval-cm", "eval-arena", "generate"}
+var trainEval = []string{"sft", "train-rm", "train-cm", "dpo", "ppo-lag", "ppo", "compare", "eval-rm", "eval-cm", "eval-arena", "judge", "generate"}
 
 // Every training and evaluation command takes --config; its keys are the flag names (old
 // spellings too), and a bad file is a usage error.

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/saferlhf/saferlhf/train/config"
 )
 
 // Sample is one generated response as ppo-lag writes it (samples_before.jsonl,
@@ -110,13 +112,34 @@ type JudgeReport struct {
 	ByTrain *Drop  `json:"training_cost_model,omitempty"`
 }
 
-// JudgeOptions configures Judge.
+// JudgeOptions configures Judge (the flags of saferlhf judge).
 type JudgeOptions struct {
-	Judge, Tokenizer string // judge cost model directory and (optional) tokenizer
-	Before, After    string // samples JSONL files (same prompts, same order)
-	MaxLength, Batch int
-	Bootstrap        int
-	Seed             uint64
+	Judge     string `flag:"model" help:"the judge: a cost model directory (train-cm output) trained on data the training cost model never saw"`
+	Tokenizer string `flag:"tokenizer" help:"the judge's tokenizer (default: the one saved with it); the samples are re-tokenised through text"`
+	Before    string `flag:"before" help:"samples of the policy before RL (ppo-lag's samples_before.jsonl)"`
+	After     string `flag:"after" help:"samples of the policy after RL on the same prompts (samples_after.jsonl)"`
+	MaxLength int    `flag:"max-length" help:"longest scored sequence in the judge's tokens (longer ones keep BOS and their tail; use the judge's training value)"`
+	Batch     int    `flag:"batch-size" help:"sequences per forward pass"`
+	Bootstrap int    `flag:"bootstrap" help:"paired bootstrap resamples of the prompts for the drop's 95% CI"`
+	Seed      uint64 `flag:"seed" help:"bootstrap seed"`
+	Out       string `flag:"out" help:"directory for the JSON report (judge.json)"`
+}
+
+// DefaultJudgeOptions returns saferlhf judge's defaults.
+func DefaultJudgeOptions() JudgeOptions {
+	return JudgeOptions{MaxLength: 512, Batch: 32, Bootstrap: 2000, Seed: 1}
+}
+
+// Validate checks the options before any work; errors name the flags.
+func (o *JudgeOptions) Validate() error {
+	var ck config.Checker
+	ck.Required("model", o.Judge)
+	ck.Required("before", o.Before)
+	ck.Required("after", o.After)
+	ck.Check(o.MaxLength >= 8, "--max-length must be >= 8, got %d", o.MaxLength)
+	ck.PositiveInt("batch-size", o.Batch)
+	ck.PositiveInt("bootstrap", o.Bootstrap)
+	return ck.Err()
 }
 
 // Judge re-tokenises the before/after samples through text with the judge's own tokenizer
@@ -174,6 +197,11 @@ func Judge(be backends.Backend, o JudgeOptions) (*JudgeReport, error) {
 			return nil, err
 		}
 		r.ByTrain = &d
+	}
+	if o.Out != "" {
+		if err := writeJSON(filepath.Join(o.Out, "judge.json"), r); err != nil {
+			return r, err
+		}
 	}
 	return r, nil
 }
