@@ -44,32 +44,33 @@ stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/
 #    the original, each response labelled safe or unsafe. The rows are split in two halves by prompt
 #    (--eval-ratio 0.5): the cost model trains on one, the judge (3b) on the other, and each is scored on
 #    the half it never saw. hh-rlhf harmless pairs and BeaverTails answers are never trained on: they are
-#    extra held-out sources (3c).
+#    extra held-out sources (3c). The model: a fresh one-layer trunk (scripts/configs) over the Llama-2 32K
+#    vocabulary (whole words, where the 512-token story vocabulary spells words out), 64 tokens, a few
+#    epochs, the sign term weighted 3x: the best of the ablations in bench/README.md (a stories260K-based
+#    cost model stays at chance). PPO-Lag scores the actor's answers re-tokenised through text.
 CMDATA=$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,$A/pku-saferlhf/align-anything-preference-sample.json
-stage "cost model" "$bin" train-cm --model "$out/sft/model" --data "$CMDATA" --eval-ratio 0.5 --eval-max 0 \
-	--truncate "${CM_TRUNCATE:-right}" --max-length 128 --batch-size 8 --steps "${CM_STEPS:-40}" --lr "${CM_LR:-1e-3}" --out "$out/cm"
+CM=(--model scripts/configs/score-llama2-1layer.json --tokenizer $A/models/tokenizer.model --init scratch
+	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --truncate right --max-length 64 --batch-size 16
+	--epochs "${CM_EPOCHS:-3}" --lr "${CM_LR:-5e-3}" --sign-weight "${CM_SIGN_WEIGHT:-3}")
+stage "cost model" "$bin" train-cm "${CM[@]}" --out "$out/cm"
 
-# 3b. The independent judge: a cost model over the Llama-2 32K vocabulary (whole words, where the
-#     512-token story vocabulary spells words out), a fresh one-layer trunk (scripts/configs), trained
-#     on the other half (--swap-split): it never saw the cost model's training data. It reads the
-#     policy's text re-tokenised with its own tokenizer (saferlhf judge). The recipe (one layer, 64
-#     tokens, a few epochs, sign-loss weight 3) is the best of the ablations in bench/README.md.
-stage "judge" "$bin" train-cm --model scripts/configs/score-llama2-1layer.json --tokenizer $A/models/tokenizer.model --init scratch \
-	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --swap-split --truncate right --max-length 64 \
-	--batch-size 16 --epochs "${JUDGE_EPOCHS:-3}" --lr "${JUDGE_LR:-5e-3}" --sign-weight "${JUDGE_SIGN_WEIGHT:-3}" --out "$out/judge"
+# 3b. The independent judge: the same recipe on the other half (--swap-split): it never saw the cost
+#     model's training data, and the policy never trained against it. saferlhf judge (5) re-tokenises the
+#     policy's text for it.
+stage "judge" "$bin" train-cm "${CM[@]}" --swap-split --out "$out/judge"
 
 # 3c. Held-out accuracy of each score model, per source (and for the cost models, per harm category and
 #     severity level): its unseen half of PKU-SafeRLHF, then hh-rlhf harmless pairs (no safety labels:
 #     pair accuracy only) and BeaverTails unsafe answers (sign accuracy = unsafe recall), never trained on.
 UNSEEN=hh-rlhf-harmless:0.1:$A/hh-rlhf/harmless-base-test.jsonl.gz,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv
 stage "score-model eval" bash -c "set -e
-	\"$bin\" eval-rm --model \"$out/rm/model\" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz --held-out-ratio 0.05 --held-out-max 64 \
+	\"$bin\" eval-rm --model \"$out/rm/model\" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz --eval-ratio 0.05 --eval-max 64 \
 		--truncate prompt-left --max-length 96 --out \"$out/eval/rm\" > \"$out/eval/rm.txt\"
-	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$CMDATA\" --held-out-ratio 0.5 --truncate \"${CM_TRUNCATE:-right}\" --max-length 128 \
+	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$CMDATA\" --eval-ratio 0.5 --truncate right --max-length 64 \
 		--out \"$out/eval/cm\" > \"$out/eval/cm.txt\"
-	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$CMDATA\" --held-out-ratio 0.5 --swap-split --truncate right --max-length 64 \
+	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$CMDATA\" --eval-ratio 0.5 --swap-split --truncate right --max-length 64 \
 		--out \"$out/eval/judge\" > \"$out/eval/judge.txt\"
-	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 128 --out \"$out/eval/cm-unseen\" > \"$out/eval/cm-unseen.txt\"
+	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 64 --out \"$out/eval/cm-unseen\" > \"$out/eval/cm-unseen.txt\"
 	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 64 --out \"$out/eval/judge-unseen\" > \"$out/eval/judge-unseen.txt\"
 	head -3 \"$out/eval/rm.txt\"; head -3 \"$out/eval/cm.txt\"; head -3 \"$out/eval/judge.txt\""
 
