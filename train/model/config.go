@@ -42,6 +42,9 @@ type Config struct {
 	// Score is the Safe-RLHF score model's normaliser settings and statistics
 	// (ScoreModelMixin's config keys); meaningful when ScoreDim > 0.
 	Score ScoreConfig
+	// TorchDType is HF "torch_dtype" of the checkpoint read ("float32",
+	// "bfloat16", ...; "" when unknown): --save-dtype's default.
+	TorchDType string
 }
 
 // ScoreConfig holds the config.json keys of a Safe-RLHF score model (spec §3):
@@ -187,6 +190,7 @@ func ParseHFConfig(data []byte) (*Config, error) {
 		BOS:              1,
 		EOS:              2,
 		Pad:              -1,
+		TorchDType:       h.TorchDType,
 	}
 	if len(h.Architectures) > 0 {
 		c.Architecture = h.Architectures[0]
@@ -329,6 +333,9 @@ func (c *Config) HFConfigJSON() ([]byte, error) {
 		TieWordEmbeddings:     &tie,
 		HiddenAct:             "silu",
 		TorchDType:            "float32",
+	}
+	if c.TorchDType != "" {
+		h.TorchDType = c.TorchDType
 	}
 	if c.HeadDim > 0 && c.HeadDim != c.HiddenSize/c.NumHeads {
 		h.HeadDim = c.HeadDim

@@ -114,8 +114,8 @@ func headLogits(ctx *context.Context, cfg *Config, x *G.Node) *G.Node {
 	g := x.Graph()
 	b := x.Shape().Dimensions[0]
 	xs := rmsScale(x, cfg.RMSNormEps)
-	xin, ws := normed(xs, param(ctx, g, NameFinalNorm), lmHead(ctx, cfg, g))
-	return chunkedLinear(G.Reshape(xin, b, cfg.HiddenSize), ws[0])
+	xin, ws := normed(xs, vecParam(ctx, g, NameFinalNorm), lmHead(ctx, cfg, g))
+	return chunkedLinear(G.Reshape(xin, b, cfg.HiddenSize), ws[0].w)
 }
 
 // smallDotCrosses is the pure-Go backend's threshold (GoMLX v0.26
@@ -146,7 +146,7 @@ func chunkedLinear(x, w *G.Node) *G.Node {
 	}
 	wc := G.Reshape(w, nc, v/nc, d)
 	xc := G.BroadcastToDims(G.Reshape(x, 1, b, d), nc, b, d)
-	out := G.DotGeneral(xc, []int{2}, []int{0}, wc, []int{2}, []int{0}) // [nc, B, V/nc]
+	out := cast(G.DotGeneral(cast(xc, w.DType()), []int{2}, []int{0}, wc, []int{2}, []int{0}), x.DType()) // [nc, B, V/nc]
 	return G.Reshape(G.TransposeAllAxes(out, 1, 0, 2), b, v)
 }
 
@@ -161,7 +161,7 @@ func (gen *Generator) prefillGraph(ctx *context.Context, inputs []*G.Node) []*G.
 	b, p := ids.Shape().Dimensions[0], ids.Shape().Dimensions[1]
 	s := keyMask.Shape().Dimensions[1]
 	mask := G.Slice(keyMask, G.AxisRange(), G.AxisRange(0, p))
-	x := G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(ids, -1))
+	x := cast(G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(ids, -1)), dtypes.Float32)
 	r := newRope(cfg, g, positions(mask), p, s)
 	bias := attnBias(cfg, causalBias(mask))
 	dh, hkv := cfg.Dh(), cfg.NumKVHeads
@@ -171,8 +171,8 @@ func (gen *Generator) prefillGraph(ctx *context.Context, inputs []*G.Node) []*G.
 		kc := G.TransposeAllAxes(k4, 0, 2, 1, 3)
 		vc := G.TransposeAllAxes(v4, 0, 2, 3, 1)
 		if s > p {
-			kc = G.Concatenate([]*G.Node{kc, G.Zeros(g, shapes.Make(dtypes.Float32, b, hkv, s-p, dh))}, 2)
-			vc = G.Concatenate([]*G.Node{vc, G.Zeros(g, shapes.Make(dtypes.Float32, b, hkv, dh, s-p))}, 3)
+			kc = G.Concatenate([]*G.Node{kc, G.Zeros(g, shapes.Make(kc.DType(), b, hkv, s-p, dh))}, 2)
+			vc = G.Concatenate([]*G.Node{vc, G.Zeros(g, shapes.Make(vc.DType(), b, hkv, dh, s-p))}, 3)
 		}
 		caches = append(caches, kc, vc)
 		return k4, v4, false
@@ -196,7 +196,7 @@ func (gen *Generator) stepGraph(ctx *context.Context, inputs []*G.Node) []*G.Nod
 	caches := inputs[4:]
 	g := tok.Graph()
 	b, s := keyMask.Shape().Dimensions[0], keyMask.Shape().Dimensions[1]
-	x := G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(tok, -1))
+	x := cast(G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(tok, -1)), dtypes.Float32)
 	r := newRope(cfg, g, pos, s, s)
 	keys := G.Reshape(G.MulScalar(G.AddScalar(keyMask, -1), -maskBias), b, 1, s)
 	bias := attnBias(cfg, keys)

@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	G "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
@@ -23,37 +24,7 @@ const maskBias = -1e9
 // keep working: variables are graph parameters, so updating them never
 // recompiles.
 func SetWeights(ctx *context.Context, cfg *Config, w Weights) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	if err := w.Check(cfg, false); err != nil {
-		return err
-	}
-	exp := ExpectedShapes(cfg, true)
-	for _, name := range w.Names() {
-		if _, ok := exp[name]; !ok {
-			if name == NameLMHead && cfg.TieWordEmbeddings {
-				continue // tied: the embedding table is the head
-			}
-			return fmt.Errorf("weights: unexpected tensor %q for this config", name)
-		}
-		t := w[name]
-		data := slices.Clone(t.Data)
-		value := tensors.FromFlatDataAndDimensions(data, t.Shape...)
-		if v := ctx.GetVariableByScopeAndName(ctx.Scope(), name); v != nil {
-			if !slices.Equal(v.Shape().Dimensions, t.Shape) {
-				return fmt.Errorf("weights: tensor %q shape %v differs from variable %s", name, t.Shape, v.Shape())
-			}
-			if err := v.SetValue(value); err != nil {
-				return fmt.Errorf("weights: tensor %q: %w", name, err)
-			}
-			continue
-		}
-		if err := catch(func() { ctx.Checked(false).VariableWithValue(name, value) }); err != nil {
-			return fmt.Errorf("weights: tensor %q: %w", name, err)
-		}
-	}
-	return nil
+	return SetWeightsWith(ctx, cfg, w, Storage{})
 }
 
 // GetWeights copies the model's variables in ctx's current scope back to host
@@ -75,7 +46,7 @@ func GetWeights(ctx *context.Context, cfg *Config) (Weights, error) {
 		if err != nil {
 			return nil, fmt.Errorf("weights: variable %q: %w", name, err)
 		}
-		data, err := tensors.CopyFlatData[float32](val)
+		data, err := float32Of(val)
 		if err != nil {
 			return nil, fmt.Errorf("weights: variable %q: %w", name, err)
 		}
@@ -109,29 +80,91 @@ func catch(fn func()) (err error) {
 	return nil
 }
 
-// param returns the graph value of the model variable name in ctx's scope.
-// With ShareBase, weights missing from ctx's scope come from the base scope;
-// LoRA adapters in ctx's scope are added to their linear's weight.
+// param returns the graph value of the model variable name in ctx's scope
+// (or, with ShareBase, its base scope), cast to the compute dtype.
 func param(ctx *context.Context, g *G.Graph, name string) *G.Node {
+	return cast(rawParam(ctx, g, name), ComputeDType(ctx))
+}
+
+// rawParam is param in the variable's own dtype.
+func rawParam(ctx *context.Context, g *G.Graph, name string) *G.Node {
 	v := lookupVar(ctx, name)
 	if v == nil {
 		panic(fmt.Errorf("model: variable %q not in scope %q (call model.SetWeights first)", name, ctx.Scope()))
 	}
-	return withLoRA(ctx, g, name, v.ValueGraph(g))
+	return v.ValueGraph(g)
 }
 
-// optParam is param for tensors that may be absent (biases): nil when absent.
+// vecParam returns a vector weight (a norm weight, a bias) in float32: the
+// activations between matmuls are float32.
+func vecParam(ctx *context.Context, g *G.Graph, name string) *G.Node {
+	return cast(rawParam(ctx, g, name), dtypes.Float32)
+}
+
+// optParam is vecParam for tensors that may be absent (biases): nil when absent.
 func optParam(ctx *context.Context, g *G.Graph, name string) *G.Node {
 	v := lookupVar(ctx, name)
 	if v == nil {
 		return nil
 	}
-	return v.ValueGraph(g)
+	return cast(v.ValueGraph(g), dtypes.Float32)
 }
 
-// linear computes x·Wᵀ for a PyTorch-layout weight W [out, in] over x's last axis.
+// proj is a linear layer's weight W [out, in] and, when ctx's scope holds
+// adapters for it, its LoRA factors A [r, in] and B [out, r] with their
+// scale α/r: apply computes x·Wᵀ + scale·(x·Aᵀ)·Bᵀ, never forming a
+// weight-sized W + scale·B·A (nor its gradient).
+type proj struct {
+	w, a, b *G.Node
+	scale   float64
+}
+
+// projParam returns the linear layer of weight name, with its adapters.
+func projParam(ctx *context.Context, g *G.Graph, name string) proj {
+	p := proj{w: param(ctx, g, name)}
+	an, bn, ok := loraNames(name)
+	if !ok {
+		return p
+	}
+	av := ctx.GetVariableByScopeAndName(ctx.Scope(), an)
+	bv := ctx.GetVariableByScopeAndName(ctx.Scope(), bn)
+	if av == nil || bv == nil {
+		return p
+	}
+	dt := ComputeDType(ctx)
+	p.a, p.b = cast(av.ValueGraph(g), dt), cast(bv.ValueGraph(g), dt)
+	p.scale = context.GetParamOr(ctx, paramLoRAScale, 1.0)
+	return p
+}
+
+// apply computes x·Wᵀ (+ the LoRA term) over x's last axis.
+func (p proj) apply(x *G.Node) *G.Node {
+	y := linear(x, p.w)
+	if p.a != nil {
+		y = G.Add(y, G.MulScalar(linear(linear(x, p.a), p.b), p.scale))
+	}
+	return y
+}
+
+// scaleIn returns the layer with its input scaled by nw [in] (folded into
+// W and A).
+func (p proj) scaleIn(nw *G.Node) proj {
+	fold := func(w *G.Node) *G.Node {
+		return G.Mul(w, G.BroadcastToDims(G.InsertAxes(cast(nw, w.DType()), 0), w.Shape().Dimensions...))
+	}
+	q := p
+	q.w = fold(p.w)
+	if p.a != nil {
+		q.a = fold(p.a)
+	}
+	return q
+}
+
+// linear computes x·Wᵀ for a PyTorch-layout weight W [out, in] over x's
+// last axis. The product runs in W's dtype (bf16 GEMMs accumulate in
+// float32 on XLA's GPU path) and the result has x's dtype.
 func linear(x, w *G.Node) *G.Node {
-	return G.DotGeneral(x, []int{x.Rank() - 1}, nil, w, []int{1}, nil)
+	return cast(G.DotGeneral(cast(x, w.DType()), []int{x.Rank() - 1}, nil, w, []int{1}, nil), x.DType())
 }
 
 // addBias adds a [out] bias to x [..., out].
@@ -145,31 +178,44 @@ func addBias(x, b *G.Node) *G.Node {
 // rmsScale returns x/sqrt(mean(x²)+eps) over the last axis, without the norm
 // weight (folded into the next matmul by normed). Written with Sqrt and Div:
 // GoMLX v0.26 has no gradient for Rsqrt.
+// The statistics and the scaling are float32 (as HF's LlamaRMSNorm); the
+// result has x's dtype.
 func rmsScale(x *G.Node, eps float64) *G.Node {
+	dt := x.DType()
+	x = cast(x, dtypes.Float32)
 	ms := G.ReduceAndKeep(G.Mul(x, x), G.ReduceMean, -1)
 	r := G.Div(G.ScalarOne(x.Graph(), x.DType()), G.Sqrt(G.AddScalar(ms, eps)))
-	return G.Mul(x, G.BroadcastToDims(r, x.Shape().Dimensions...))
+	return cast(G.Mul(x, G.BroadcastToDims(r, x.Shape().Dimensions...)), dt)
 }
 
 // normed applies an RMSNorm weight nw [D] to the scaled activations xs for a
-// group of linears whose weights are ws: when the activations have more rows
-// than the weights' total output width, the weight is folded into each W
-// (W·diag(nw): a weight-sized broadcast) instead of the activations, which is
-// cheaper on the pure-Go backend. Returns the inputs and weights to use.
-func normed(xs, nw *G.Node, ws ...*G.Node) (*G.Node, []*G.Node) {
+// group of linears ps. On the pure-Go backend, when the activations have
+// more rows than the weights' total output width, the weight is folded into
+// each W (W·diag(nw): a weight-sized product, cheaper there than a
+// broadcast over the activations); elsewhere (XLA fuses the broadcast) it
+// scales the activations. Returns the inputs and layers to use.
+func normed(xs, nw *G.Node, ps ...proj) (*G.Node, []proj) {
 	rows := xs.Shape().Size() / xs.Shape().Dimensions[xs.Rank()-1]
 	out := 0
-	for _, w := range ws {
-		out += w.Shape().Dimensions[0]
+	for _, p := range ps {
+		out += p.w.Shape().Dimensions[0]
 	}
-	if rows > out {
-		folded := make([]*G.Node, len(ws))
-		for i, w := range ws {
-			folded[i] = G.Mul(w, G.BroadcastToDims(G.InsertAxes(nw, 0), w.Shape().Dimensions...))
+	if pureGo(xs.Graph()) && rows > out {
+		folded := make([]proj, len(ps))
+		for i, p := range ps {
+			folded[i] = p.scaleIn(nw)
 		}
 		return xs, folded
 	}
-	return G.Mul(xs, bcast(nw, xs.Shape().Dimensions...)), ws
+	return G.Mul(xs, bcast(nw, xs.Shape().Dimensions...)), ps
+}
+
+// pureGo reports whether g runs on a backend without Pad (GoMLX's pure-Go
+// one), where Slice has no gradient and the 0/1-matrix forms below are used;
+// on XLA the exact Slice/Concatenate forms are used (a matmul by a 0/1
+// matrix is not exact under TF32).
+func pureGo(g *G.Graph) bool {
+	return !g.Backend().Capabilities().Operations[backends.OpTypePad]
 }
 
 // invFreq returns RoPE's inverse frequencies θ^(-2i/dh) for i < dh/2, with
@@ -259,16 +305,20 @@ func rotateHalfMatrix(dh int) *tensors.Tensor {
 // position: full shape [B, T, heads*dh], so applying them needs no broadcast.
 type rope struct {
 	cosQ, sinQ, cosK, sinK *G.Node
-	rot                    *G.Node // [dh, dh] rotate-half matrix
+	rot                    *G.Node // [dh, dh] rotate-half matrix (pure-Go backend only)
 }
 
 // newRope gathers the tables at positions pos [B, T] int32 (values < npos).
 // The query tables carry the 1/sqrt(dh) attention scale.
+// Tables and rotation are float32.
 func newRope(cfg *Config, g *G.Graph, pos *G.Node, npos, seqLen int) *rope {
 	dh := cfg.Dh()
 	idx := G.InsertAxes(pos, -1)
 	cq, sq := ropeTables(cfg, npos, cfg.NumHeads, 1/math.Sqrt(float64(dh)), seqLen)
-	r := &rope{rot: G.Const(g, rotateHalfMatrix(dh))}
+	r := &rope{}
+	if pureGo(g) {
+		r.rot = G.Const(g, rotateHalfMatrix(dh))
+	}
 	r.cosQ = G.Gather(G.Const(g, cq), idx)
 	r.sinQ = G.Gather(G.Const(g, sq), idx)
 	ck, sk := ropeTables(cfg, npos, cfg.NumKVHeads, 1, seqLen)
@@ -281,7 +331,15 @@ func newRope(cfg *Config, g *G.Graph, pos *G.Node, npos, seqLen int) *rope {
 func (r *rope) apply(x, cos, sin *G.Node, heads, dh int) *G.Node {
 	dims := x.Shape().Dimensions
 	x4 := G.Reshape(x, dims[0], dims[1], heads, dh)
-	rot := G.DotGeneral(x4, []int{3}, nil, r.rot, []int{0}, nil)
+	var rot *G.Node
+	if r.rot != nil {
+		rot = G.DotGeneral(x4, []int{3}, nil, r.rot, []int{0}, nil)
+	} else {
+		half := dh / 2
+		x1 := G.Slice(x4, G.AxisRange(), G.AxisRange(), G.AxisRange(), G.AxisRange(0, half))
+		x2 := G.Slice(x4, G.AxisRange(), G.AxisRange(), G.AxisRange(), G.AxisRange(half, dh))
+		rot = G.Concatenate([]*G.Node{G.Neg(x2), x1}, 3)
+	}
 	rot = G.Reshape(rot, dims...)
 	return G.Add(G.Mul(x, cos), G.Mul(rot, sin))
 }
@@ -351,17 +409,19 @@ func block(ctx *context.Context, cfg *Config, x *G.Node, l int, r *rope, bias *G
 
 	// Attention.
 	xs := rmsScale(x, cfg.RMSNormEps)
-	xin, ws := normed(xs, param(ctx, g, ln.n("input_layernorm.weight")),
-		param(ctx, g, ln.n("self_attn.q_proj.weight")),
-		param(ctx, g, ln.n("self_attn.k_proj.weight")),
-		param(ctx, g, ln.n("self_attn.v_proj.weight")))
-	q := addBias(linear(xin, ws[0]), optParam(ctx, g, ln.n("self_attn.q_proj.bias")))
-	k := addBias(linear(xin, ws[1]), optParam(ctx, g, ln.n("self_attn.k_proj.bias")))
-	v := addBias(linear(xin, ws[2]), optParam(ctx, g, ln.n("self_attn.v_proj.bias")))
-	q = r.apply(q, r.cosQ, r.sinQ, hq, dh)
-	k = r.apply(k, r.cosK, r.sinK, hkv, dh)
+	xin, ws := normed(xs, vecParam(ctx, g, ln.n("input_layernorm.weight")),
+		projParam(ctx, g, ln.n("self_attn.q_proj.weight")),
+		projParam(ctx, g, ln.n("self_attn.k_proj.weight")),
+		projParam(ctx, g, ln.n("self_attn.v_proj.weight")))
+	q := addBias(ws[0].apply(xin), optParam(ctx, g, ln.n("self_attn.q_proj.bias")))
+	k := addBias(ws[1].apply(xin), optParam(ctx, g, ln.n("self_attn.k_proj.bias")))
+	v := addBias(ws[2].apply(xin), optParam(ctx, g, ln.n("self_attn.v_proj.bias")))
+	// q, k, v enter the attention matmuls (and the KV cache) in the compute dtype.
+	cdt := ComputeDType(ctx)
+	q = cast(r.apply(q, r.cosQ, r.sinQ, hq, dh), cdt)
+	k = cast(r.apply(k, r.cosK, r.sinK, hkv, dh), cdt)
 	k4 := G.Reshape(k, b, t, hkv, dh)
-	v4 := G.Reshape(v, b, t, hkv, dh)
+	v4 := G.Reshape(cast(v, cdt), b, t, hkv, dh)
 	headMajor := false
 	if hook != nil {
 		k4, v4, headMajor = hook(l, k4, v4)
@@ -373,25 +433,26 @@ func block(ctx *context.Context, cfg *Config, x *G.Node, l int, r *rope, bias *G
 	} else {
 		scores = G.DotGeneral(q5, []int{4}, []int{0, 2}, k4, []int{3}, []int{0, 2})
 	}
-	p := G.Softmax(G.Add(scores, bias), -1)
+	// Softmax in float32 (as HF), probabilities back in the compute dtype.
+	p := cast(G.Softmax(G.Add(cast(scores, dtypes.Float32), bias), -1), q5.DType())
 	if headMajor {
 		o = G.DotGeneral(p, []int{4}, []int{0, 1}, v4, []int{3}, []int{0, 1}) // [B, Hkv, T, G, dh]
 	} else {
 		o = G.DotGeneral(p, []int{4}, []int{0, 1}, v4, []int{1}, []int{0, 2})
 	}
-	o = G.Reshape(G.TransposeAllAxes(o, 0, 2, 1, 3, 4), b, t, hq*dh)
-	o = addBias(linear(o, param(ctx, g, ln.n("self_attn.o_proj.weight"))), optParam(ctx, g, ln.n("self_attn.o_proj.bias")))
+	o = cast(G.Reshape(G.TransposeAllAxes(o, 0, 2, 1, 3, 4), b, t, hq*dh), dtypes.Float32)
+	o = addBias(projParam(ctx, g, ln.n("self_attn.o_proj.weight")).apply(o), optParam(ctx, g, ln.n("self_attn.o_proj.bias")))
 	x = G.Add(x, o)
 
 	// SwiGLU feed-forward.
 	xs = rmsScale(x, cfg.RMSNormEps)
-	xin, ws = normed(xs, param(ctx, g, ln.n("post_attention_layernorm.weight")),
-		param(ctx, g, ln.n("mlp.gate_proj.weight")),
-		param(ctx, g, ln.n("mlp.up_proj.weight")))
-	gate := linear(xin, ws[0])
-	up := linear(xin, ws[1])
+	xin, ws = normed(xs, vecParam(ctx, g, ln.n("post_attention_layernorm.weight")),
+		projParam(ctx, g, ln.n("mlp.gate_proj.weight")),
+		projParam(ctx, g, ln.n("mlp.up_proj.weight")))
+	gate := ws[0].apply(xin)
+	up := ws[1].apply(xin)
 	h := G.Mul(G.Mul(gate, G.Logistic(gate)), up)
-	return G.Add(x, linear(h, param(ctx, g, ln.n("mlp.down_proj.weight"))))
+	return G.Add(x, projParam(ctx, g, ln.n("mlp.down_proj.weight")).apply(h))
 }
 
 // trunk runs embedding and all layers; it returns the final activations
@@ -400,7 +461,7 @@ func trunk(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
 	g := ids.Graph()
 	mask = G.ConvertDType(mask, dtypes.Float32)
 	t := ids.Shape().Dimensions[1]
-	x := G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(G.ConvertDType(ids, dtypes.Int32), -1))
+	x := cast(G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(G.ConvertDType(ids, dtypes.Int32), -1)), dtypes.Float32)
 	r := newRope(cfg, g, positions(mask), t, t)
 	bias := attnBias(cfg, causalBias(mask))
 	for l := 0; l < cfg.NumLayers; l++ {
@@ -409,12 +470,12 @@ func trunk(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
 	return rmsScale(x, cfg.RMSNormEps)
 }
 
-// lmHead returns the LM head weight [V, D] (the embedding table when tied).
-func lmHead(ctx *context.Context, cfg *Config, g *G.Graph) *G.Node {
-	if w := optParam(ctx, g, NameLMHead); w != nil && !cfg.TieWordEmbeddings {
-		return w
+// lmHead returns the LM head [V, D] (the embedding table when tied).
+func lmHead(ctx *context.Context, cfg *Config, g *G.Graph) proj {
+	if lookupVar(ctx, NameLMHead) != nil && !cfg.TieWordEmbeddings {
+		return proj{w: param(ctx, g, NameLMHead)}
 	}
-	return param(ctx, g, NameEmbed)
+	return proj{w: param(ctx, g, NameEmbed)}
 }
 
 // Hidden returns the last hidden state [B, T, D] (after the final RMSNorm,
@@ -423,16 +484,17 @@ func lmHead(ctx *context.Context, cfg *Config, g *G.Graph) *G.Node {
 // ctx's current scope.
 func Hidden(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
 	xs := trunk(ctx, cfg, ids, mask)
-	nw := param(ctx, ids.Graph(), NameFinalNorm)
-	return G.Mul(xs, bcast(nw, xs.Shape().Dimensions...))
+	nw := vecParam(ctx, ids.Graph(), NameFinalNorm)
+	return cast(G.Mul(xs, bcast(nw, xs.Shape().Dimensions...)), dtypes.Float32)
 }
 
-// Logits returns the LM logits [B, T, V].
+// Logits returns the LM logits [B, T, V], float32 (computed in the compute
+// dtype, as HF's lm_head, then widened).
 func Logits(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
 	xs := trunk(ctx, cfg, ids, mask)
 	g := ids.Graph()
-	xin, ws := normed(xs, param(ctx, g, NameFinalNorm), lmHead(ctx, cfg, g))
-	return linear(xin, ws[0])
+	xin, ws := normed(xs, vecParam(ctx, g, NameFinalNorm), lmHead(ctx, cfg, g))
+	return ws[0].apply(xin)
 }
 
 // TokenLogProbs returns log p(ids[:, t+1] | ids[:, :t+1]) for t < T-1, shape
@@ -469,6 +531,9 @@ func tokenLogProbsFromLogits(logits, ids *G.Node) *G.Node {
 // backend lacks.
 func dropLast(x *G.Node) *G.Node {
 	t := x.Shape().Dimensions[1]
+	if !pureGo(x.Graph()) {
+		return G.Slice(x, G.AxisRange(), G.AxisRange(0, t-1))
+	}
 	sel := make([]float32, t*(t-1))
 	for i := 0; i < t-1; i++ {
 		sel[i*(t-1)+i] = 1
@@ -481,9 +546,9 @@ func dropLast(x *G.Node) *G.Node {
 func Scores(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
 	xs := trunk(ctx, cfg, ids, mask)
 	g := ids.Graph()
-	xin, ws := normed(xs, param(ctx, g, NameFinalNorm), param(ctx, g, NameScoreW))
-	s := linear(xin, ws[0])
-	bias := param(ctx, g, NameScoreB)
+	xin, ws := normed(xs, vecParam(ctx, g, NameFinalNorm), proj{w: param(ctx, g, NameScoreW)})
+	s := ws[0].apply(xin)
+	bias := cast(rawParam(ctx, g, NameScoreB), dtypes.Float32)
 	dims := s.Shape().Dimensions
 	if dims[2] == 1 {
 		return G.Add(G.Reshape(s, dims[0], dims[1]), G.Reshape(bias))

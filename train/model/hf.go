@@ -150,11 +150,19 @@ func hfOrder(cfg *Config, w Weights) []string {
 
 // Save writes cfg and w to dir in HF layout (config.json plus
 // model.safetensors, or shards of MaxShardBytes with
-// model.safetensors.index.json), float32, loadable by transformers
+// model.safetensors.index.json), float32 (SaveAs: another dtype), loadable by transformers
 // (LlamaForCausalLM; Safe-RLHF's LlamaForScore when cfg.ScoreDim > 0). Every
 // file is written to a temporary name, synced and renamed; config.json last.
 // A tied LM head is not written.
-func Save(dir string, cfg *Config, w Weights) error {
+func Save(dir string, cfg *Config, w Weights) error { return SaveAs(dir, cfg, w, safetensors.F32) }
+
+// SaveAs is Save with the tensors stored as dt (F32, BF16 or F16, rounded
+// to nearest even; --save-dtype) and config.json's torch_dtype set to match.
+func SaveAs(dir string, cfg *Config, w Weights, dt safetensors.DType) error {
+	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.BF16: "bfloat16", safetensors.F16: "float16"}[dt]
+	if torch == "" {
+		return fmt.Errorf("save %s: dtype %s: want F32, BF16 or F16", dir, dt)
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -170,12 +178,14 @@ func Save(dir string, cfg *Config, w Weights) error {
 			continue
 		}
 		t := w[name]
-		ts = append(ts, safetensors.Tensor{Name: name, DType: safetensors.F32, Shape: t.Shape, F32: t.Data})
+		ts = append(ts, safetensors.Tensor{Name: name, DType: dt, Shape: t.Shape, F32: t.Data})
 	}
 	if _, err := safetensors.WriteDir(dir, ts, map[string]string{"format": "pt"}, MaxShardBytes); err != nil {
 		return fmt.Errorf("save %s: %w", dir, err)
 	}
-	js, err := cfg.HFConfigJSON()
+	c := *cfg
+	c.TorchDType = torch
+	js, err := c.HFConfigJSON()
 	if err != nil {
 		return fmt.Errorf("save %s: %w", dir, err)
 	}

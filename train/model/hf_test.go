@@ -44,6 +44,10 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cfg2.TorchDType != "float32" {
+		t.Fatalf("torch_dtype %q after Save, want float32", cfg2.TorchDType)
+	}
+	cfg2.TorchDType = cfg.TorchDType
 	if !reflect.DeepEqual(cfg2, cfg) {
 		t.Fatalf("config round trip:\n%+v\n%+v", cfg, cfg2)
 	}

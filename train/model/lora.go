@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 
-	G "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 )
@@ -30,8 +29,9 @@ func ShareBase(ctx, base *context.Context) {
 
 // LoRAConfig configures low-rank adapters (Hu et al. 2021, as PEFT): each
 // target linear W [out, in] gets A [r, in] (uniform ±1/sqrt(in), PEFT's
-// kaiming-uniform default) and B [out, r] (zeros), and the model uses
-// W + (Alpha/Rank)·B·A, so a fresh adapter leaves the model unchanged.
+// kaiming-uniform default) and B [out, r] (zeros), and the model computes
+// x·Wᵀ + (Alpha/Rank)·(x·Aᵀ)·Bᵀ (never forming W + (Alpha/Rank)·B·A), so a
+// fresh adapter leaves the model unchanged.
 type LoRAConfig struct {
 	Rank  int
 	Alpha float64
@@ -120,23 +120,6 @@ func loraNames(name string) (a, b string, ok bool) {
 	return stem + ".lora_A.weight", stem + ".lora_B.weight", true
 }
 
-// withLoRA adds the adapter update scale·B·A to the weight w of name when
-// ctx's scope holds adapters for it.
-func withLoRA(ctx *context.Context, g *G.Graph, name string, w *G.Node) *G.Node {
-	an, bn, ok := loraNames(name)
-	if !ok {
-		return w
-	}
-	av := ctx.GetVariableByScopeAndName(ctx.Scope(), an)
-	bv := ctx.GetVariableByScopeAndName(ctx.Scope(), bn)
-	if av == nil || bv == nil {
-		return w
-	}
-	scale := context.GetParamOr(ctx, paramLoRAScale, 1.0)
-	delta := G.DotGeneral(bv.ValueGraph(g), []int{1}, nil, av.ValueGraph(g), []int{0}, nil) // [out, in]
-	return G.Add(w, G.MulScalar(delta, scale))
-}
-
 // mergeLoRA adds scale·B·A to host weights w for adapters in ctx's scope.
 func mergeLoRA(ctx *context.Context, w Weights) error {
 	scale := context.GetParamOr(ctx, paramLoRAScale, 1.0)
@@ -158,8 +141,14 @@ func mergeLoRA(ctx *context.Context, w Weights) error {
 		if err != nil {
 			return err
 		}
-		a, _ := tensors.CopyFlatData[float32](at)
-		b, _ := tensors.CopyFlatData[float32](bt)
+		a, err := float32Of(at)
+		if err != nil {
+			return err
+		}
+		b, err := float32Of(bt)
+		if err != nil {
+			return err
+		}
 		r := at.Shape().Dimensions[0]
 		out, in := w[name].Shape[0], w[name].Shape[1]
 		merged := slices.Clone(w[name].Data)
@@ -197,7 +186,7 @@ func Detach(ctx *context.Context, names ...string) error {
 		if err != nil {
 			return fmt.Errorf("detach: %q: %w", name, err)
 		}
-		data, err := tensors.CopyFlatData[float32](val)
+		data, err := float32Of(val) // trainable: a float32 master copy
 		if err != nil {
 			return fmt.Errorf("detach: %q: %w", name, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	G "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
@@ -49,10 +50,29 @@ func ScoreNormalizer(c *model.Config, fn kernels.NormalizeFunction) (*kernels.No
 	return n, nil
 }
 
-// ModelSpec is a model's configuration and host weights.
+// ModelSpec is a model's configuration and where its weights come from:
+// host Weights, else an HF directory Dir read tensor by tensor
+// (model.LoadInto), else random weights drawn from RandomSeed
+// (model.RandomInto, for benchmarks). NewGraphNets keeps no reference to
+// Weights: drop them after it returns and the host holds no model copy.
 type ModelSpec struct {
-	Cfg     *model.Config
-	Weights model.Weights
+	Cfg        *model.Config
+	Weights    model.Weights
+	Dir        string
+	RandomSeed uint64
+}
+
+// load puts the model in ctx's scope as st says.
+func (s *ModelSpec) load(ctx *context.Context, st model.Storage) error {
+	switch {
+	case s.Weights != nil:
+		return model.SetWeightsWith(ctx, s.Cfg, s.Weights, st)
+	case s.Dir != "":
+		_, err := model.LoadInto(s.Dir, ctx, st)
+		return err
+	default:
+		return model.RandomInto(ctx, s.Cfg, s.RandomSeed, st)
+	}
 }
 
 // GraphNetsConfig configures GraphNets.
@@ -88,6 +108,10 @@ type GraphNetsConfig struct {
 	LoRA model.LoRAConfig
 	// LoRASeed seeds the adapters' initialisation.
 	LoRASeed uint64
+	// DType is the compute dtype (--dtype): Float32 (the zero value) or
+	// BFloat16, in which frozen weights are stored in bf16 and trainable
+	// ones stay float32 masters (see model.SetComputeDType).
+	DType dtypes.DType
 }
 
 // GraphNets runs the six networks as GoMLX graphs in one context: one scoring graph for the
@@ -138,9 +162,17 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 	}
 	n := &GraphNets{cfg: c, ctx: context.New(), actorCfg: c.Actor.Cfg, rCfg: c.Reward.Cfg, cCfg: c.Cost.Cfg,
 		rcCfg: c.RewardCritic.Cfg, clipRatio: clipRatio, clipValue: clipValue}
+	if c.DType == dtypes.InvalidDType {
+		c.DType = dtypes.Float32
+	}
+	model.SetComputeDType(n.ctx, c.DType)
 	set := func(scope string, s *ModelSpec, trainable bool) error {
 		sc := n.ctx.InAbsPath(scope)
-		if err := model.SetWeights(sc, s.Cfg, s.Weights); err != nil {
+		st := model.Storage{DType: c.DType, Backend: c.Backend}
+		if trainable {
+			st.DType = dtypes.Float32 // float32 masters
+		}
+		if err := s.load(sc, st); err != nil {
 			return fmt.Errorf("ppo: %s: %w", scope, err)
 		}
 		model.SetTrainable(sc, trainable)
@@ -222,6 +254,9 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 		ex.SetMaxCache(-1)
 		n.retok[k] = &retokScorer{src: c.Tokenizer, dst: sm.tok, maxLen: cfg.MaxPositions, exec: ex}
 	}
+	// No host copy of any model outlives loading.
+	n.cfg.Actor.Weights, n.cfg.Reward.Weights, n.cfg.Cost.Weights = nil, nil, nil
+	n.cfg.RewardCritic, n.cfg.CostCritic = nil, nil
 	var err error
 	if n.scoreExec, err = context.NewExec(c.Backend, n.ctx.Reuse(), n.scoreGraph); err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)
