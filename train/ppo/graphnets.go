@@ -112,6 +112,11 @@ type GraphNetsConfig struct {
 	// BFloat16, in which frozen weights are stored in bf16 and trainable
 	// ones stay float32 masters (see model.SetComputeDType).
 	DType dtypes.DType
+	// MicroBatchSize, when > 0 and smaller than TrainBatchSize (which it must divide), splits each
+	// update into TrainBatchSize/MicroBatchSize micro-batches whose gradients are accumulated in
+	// graph before one AdamW step (--micro-batch-size): activation memory, attention's B×H×T×T
+	// included, is that of one micro-batch.
+	MicroBatchSize, TrainBatchSize int
 }
 
 // GraphNets runs the six networks as GoMLX graphs in one context: one scoring graph for the
@@ -126,6 +131,7 @@ type GraphNets struct {
 	actor, rcritic, ccritic *trainer.Stepper
 	gen                     generator
 	clipRatio, clipValue    float64
+	accum                   int // micro-batches per update
 	// retok[k] scores score model k (0 reward, 1 cost) on re-tokenised sequences; nil when it
 	// shares the actor's tokenizer and runs inside scoreExec.
 	retok [2]*retokScorer
@@ -257,22 +263,30 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 	// No host copy of any model outlives loading.
 	n.cfg.Actor.Weights, n.cfg.Reward.Weights, n.cfg.Cost.Weights = nil, nil, nil
 	n.cfg.RewardCritic, n.cfg.CostCritic = nil, nil
+	accum := 1
+	if c.MicroBatchSize > 0 && c.MicroBatchSize < c.TrainBatchSize {
+		if c.TrainBatchSize%c.MicroBatchSize != 0 {
+			return nil, fmt.Errorf("ppo: micro-batch size %d must divide the train batch size %d", c.MicroBatchSize, c.TrainBatchSize)
+		}
+		accum = c.TrainBatchSize / c.MicroBatchSize
+	}
+	n.accum = accum
 	var err error
 	if n.scoreExec, err = context.NewExec(c.Backend, n.ctx.Reuse(), n.scoreGraph); err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)
 	}
 	n.scoreExec.SetMaxCache(-1)
 	if n.actor, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeActor, Loss: n.actorLoss,
-		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip}); err != nil {
+		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip, Accumulation: accum}); err != nil {
 		return nil, fmt.Errorf("ppo: actor: %w", err)
 	}
 	if n.rcritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeRewardCritic,
-		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip}); err != nil {
+		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum}); err != nil {
 		return nil, fmt.Errorf("ppo: reward critic: %w", err)
 	}
 	if c.WithCostCritic {
 		if n.ccritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeCostCritic,
-			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip}); err != nil {
+			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum}); err != nil {
 			return nil, fmt.Errorf("ppo: cost critic: %w", err)
 		}
 	}
@@ -446,6 +460,9 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	if (costAdv != nil) != n.cfg.WithCostCritic {
 		return ActorStats{}, fmt.Errorf("actor: cost advantages given = %v, but the nets were built with cost critic = %v", costAdv != nil, n.cfg.WithCostCritic)
 	}
+	if n.accum > 1 && ptx == nil {
+		return n.updateActorMicro(b.LR, r, b.RewardAdv, costAdv, b.Lambda, b.Mask)
+	}
 	L := r.L()
 	args := []any{
 		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),
@@ -480,6 +497,41 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 		ApproxKL: res.Metrics["approx_kl"], GradNorm: res.GradNorm}, nil
 }
 
+// updateActorMicro is UpdateActor over n.accum micro-batches of rows, gradients accumulated in
+// graph and applied once (the micro-batches' mean loss, as DeepSpeed's gradient accumulation).
+func (n *GraphNets) updateActorMicro(lr float64, r *Rollout, rewardAdv, costAdv []float32, lambda float64, mask []float32) (ActorStats, error) {
+	if r.B%n.accum != 0 {
+		return ActorStats{}, fmt.Errorf("actor: batch %d not divisible into %d micro-batches", r.B, n.accum)
+	}
+	mb, L := r.B/n.accum, r.L()
+	var st ActorStats
+	for i := 0; i < n.accum; i++ {
+		lo, hi := i*mb, (i+1)*mb
+		args := []any{
+			tensors.FromFlatDataAndDimensions(r.Seq[lo*r.T:hi*r.T], mb, r.T),
+			tensors.FromFlatDataAndDimensions(r.Mask[lo*r.T:hi*r.T], mb, r.T),
+			tensors.FromFlatDataAndDimensions(r.LogProbs[lo*L:hi*L], mb, L),
+			tensors.FromFlatDataAndDimensions(rewardAdv[lo*L:hi*L], mb, L),
+			tensors.FromFlatDataAndDimensions(mask[lo*L:hi*L], mb, L),
+		}
+		if costAdv != nil {
+			args = append(args, tensors.FromFlatDataAndDimensions(costAdv[lo*L:hi*L], mb, L), tensors.FromScalar(float32(lambda)))
+		}
+		res, err := n.actor.Step(lr, args...)
+		if err != nil {
+			return ActorStats{}, err
+		}
+		k := float64(n.accum)
+		st.Loss += res.Metrics["actor_loss"] / k
+		st.ClipFrac += res.Metrics["clip_frac"] / k
+		st.ApproxKL += res.Metrics["approx_kl"] / k
+		if res.Applied {
+			st.GradNorm = res.GradNorm
+		}
+	}
+	return st, nil
+}
+
 // UpdateCritic implements Nets.
 func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error) {
 	s, old := n.rcritic, r.RewardValues
@@ -488,6 +540,27 @@ func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mas
 	}
 	if s == nil {
 		return 0, fmt.Errorf("critic: no cost critic")
+	}
+	if n.accum > 1 {
+		if r.B%n.accum != 0 {
+			return 0, fmt.Errorf("critic: batch %d not divisible into %d micro-batches", r.B, n.accum)
+		}
+		mb, L := r.B/n.accum, r.L()
+		loss := 0.0
+		for i := 0; i < n.accum; i++ {
+			lo, hi := i*mb, (i+1)*mb
+			res, err := s.Step(lr,
+				tensors.FromFlatDataAndDimensions(r.Seq[lo*r.T:hi*r.T], mb, r.T),
+				tensors.FromFlatDataAndDimensions(r.Mask[lo*r.T:hi*r.T], mb, r.T),
+				tensors.FromFlatDataAndDimensions(padLastCol(old[lo*L:hi*L], mb, L), mb, r.T),
+				tensors.FromFlatDataAndDimensions(padLastCol(returns[lo*L:hi*L], mb, L), mb, r.T),
+				tensors.FromFlatDataAndDimensions(padLastCol(mask[lo*L:hi*L], mb, L), mb, r.T))
+			if err != nil {
+				return 0, err
+			}
+			loss += res.Loss / float64(n.accum)
+		}
+		return loss, nil
 	}
 	res, err := s.Step(lr,
 		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),
