@@ -1,148 +1,110 @@
 package main
 
 import (
-	"bufio"
-	"context"
+	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"runtime"
 	"strings"
-	"time"
 
+	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/ppo"
 )
 
-// runBench times PPO-Lag steps on a model (default the bundled stories260K, its trunk reused with
-// fresh score heads for the reward/cost models and critics) and prints one table: rollout and
-// train tokens/s, one step split into generation / scoring / update, and peak memory.
-// bench/torch_ppo_step.py runs the same step in PyTorch for the ratio.
+// runBench times PPO-Lag steps (ppo.Bench) on a model shape with random weights (--preset,
+// --init random) or on real checkpoints (--actor, --reward-model, --cost-model), prints one table
+// and optionally writes it as JSON. bench/torch_scale.py runs the same step in PyTorch.
 func runBench(args []string) error {
 	fs := newFlagSet("bench", "")
-	modelPath := fs.String("model", "assets/data/models/stories260K.bin", "policy model (llama2.c .bin or HF dir)")
+	preset := fs.String("preset", "stories260K", "model shape: "+strings.Join(model.PresetNames(), ", "))
+	initW := fs.String("init", "random", "weights: random (the preset's shape), or give --actor/--reward-model/--cost-model")
+	actor := fs.String("actor", "", "actor HF directory (real weights; overrides --preset)")
+	rm := fs.String("reward-model", "", "reward model HF directory (default: random, the actor's shape)")
+	cm := fs.String("cost-model", "", "cost model HF directory (default: random, the actor's shape)")
 	batch := fs.Int("batch", 16, "rollouts per step (prompt batch = train batch)")
 	promptLen := fs.Int("prompt-len", 32, "prompt tokens (BOS + random ids)")
 	genLen := fs.Int("gen-len", 32, "generated tokens (EOS disabled so every row has exactly this many)")
 	steps := fs.Int("steps", 3, "measured steps (after one warm-up step that compiles the graphs)")
+	micro := fs.Int("micro-batch-size", 0, "rows per update micro-batch, gradients accumulated in graph (0: the whole batch)")
+	loraRank := fs.Int("lora-rank", 0, "LoRA rank for actor and critics (0: full fine-tuning)")
+	loraAlpha := fs.Float64("lora-alpha", 16, "LoRA alpha (scale alpha/rank)")
+	loraTargets := fs.String("lora-targets", "q_proj,k_proj,v_proj,o_proj", "comma-separated LoRA target projections")
+	topK := fs.Int("top-k", 50, "sampling: keep the K most likely tokens (0: off)")
+	topP := fs.Float64("top-p", 1, "sampling: nucleus mass (1: off)")
+	temp := fs.Float64("temperature", 1, "sampling temperature")
 	be := fs.String("backend", "", "GoMLX backend (default $SAFERLHF_BACKEND or "+backend.Default+")")
+	dtype := fs.String("dtype", "", "compute dtype bf16 or f32 (default: bf16 on xla:*, f32 on go)")
+	memFrac := fs.Float64("gpu-memory-fraction", 0, "fraction of GPU memory the XLA client may use (0: the plugin's default)")
+	peak := fs.Float64("peak-tflops", 0, "device dense peak TFLOP/s in --dtype for MFU (0: not reported)")
+	jsonOut := fs.String("json", "", "also write the result as JSON to this file")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
-	if *batch <= 0 || *promptLen <= 1 || *genLen <= 0 || *steps <= 0 {
-		return usagef("--batch, --prompt-len > 1, --gen-len and --steps must be positive")
+	if *initW != "random" && *actor == "" {
+		return usagef("--init %q: only random is supported without --actor", *initW)
 	}
-	b, err := backend.New(*be)
+	if *batch <= 0 || *promptLen <= 1 || *genLen <= 0 || *steps <= 0 || *micro < 0 || *loraRank < 0 || *topK < 0 {
+		return usagef("--batch, --prompt-len > 1, --gen-len and --steps must be positive; --micro-batch-size, --lora-rank, --top-k >= 0")
+	}
+	spec := backend.Resolve(*be)
+	if *dtype == "" {
+		*dtype = model.DefaultDType(spec)
+	}
+	dt, err := model.ParseDType(*dtype)
+	if err != nil {
+		return usagef("--dtype: %v", err)
+	}
+	b, err := backend.NewWithOptions(spec, backend.Options{MemoryFraction: *memFrac})
 	if err != nil {
 		return err
 	}
-	acfg, aw, err := model.LoadAny(*modelPath)
+	cfg, err := model.Preset(*preset)
+	if err != nil {
+		return usagef("--preset: %v", err)
+	}
+	opts := ppo.BenchOptions{Backend: b, BackendName: spec, Cfg: cfg, ActorDir: *actor, RewardDir: *rm, CostDir: *cm,
+		DType: dt, Batch: *batch, PromptLen: *promptLen, GenLen: *genLen, Steps: *steps, MicroBatch: *micro,
+		Sampling:   ppo.Sampling{Temperature: *temp, TopP: *topP, TopK: *topK, RepetitionPenalty: 1},
+		PeakTFLOPS: *peak, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+	if *loraRank > 0 {
+		opts.LoRA = model.LoRAConfig{Rank: *loraRank, Alpha: *loraAlpha, Targets: splitList(*loraTargets)}
+	}
+	r, err := ppo.Bench(opts)
 	if err != nil {
 		return err
 	}
-	score := func(seed uint64) (ppo.ModelSpec, error) {
-		c, w, err := model.LoadAny(*modelPath)
+	fmt.Printf("saferlhf bench: PPO-Lag step, %s (%.2fB params), %s, batch %d, prompt %d + %d generated, LoRA rank %d, backend %s, GOMAXPROCS %d\n",
+		r.Model, float64(r.Params)/1e9, r.DType, r.Batch, r.PromptLen, r.GenLen, r.LoRARank, r.Backend, runtime.GOMAXPROCS(0))
+	fmt.Printf("| %-36s | %12s |\n", "quantity", "value")
+	fmt.Printf("|%s|%s|\n", strings.Repeat("-", 38), strings.Repeat("-", 14))
+	row := func(k, f string, v float64) { fmt.Printf("| %-36s | %12s |\n", k, fmt.Sprintf(f, v)) }
+	row("step: generation (s)", "%.3f", r.GenSeconds)
+	row("step: scoring, 6 models (s)", "%.3f", r.ScoreSeconds)
+	row("step: actor update (s)", "%.3f", r.ActorSeconds)
+	row("step: 2 critic updates (s)", "%.3f", r.CriticSecs)
+	row("step: RL math on host (s)", "%.4f", r.RLMathSecs)
+	row("step: total (s)", "%.3f", r.StepSeconds)
+	row("generation tokens/s", "%.0f", r.GenTokPerS)
+	row("scoring tokens/s (6 models)", "%.0f", r.ScoreTokPerS)
+	row("train tokens/s (actor + 2 critics)", "%.0f", r.TrainTokPerS)
+	row("device copy bandwidth (GB/s)", "%.0f", r.CopyGBps)
+	row("generation / HBM bound", "%.3f", r.GenHBMFraction)
+	row("update model TFLOP per step", "%.2f", r.UpdateTFLOPs)
+	row("update MFU", "%.3f", r.UpdateMFU)
+	row("warm-up step incl. compile (s)", "%.1f", r.WarmupSecs)
+	row("compile estimate (s)", "%.1f", r.CompileSecs)
+	row("model load / init (s)", "%.1f", r.LoadSeconds)
+	row("host peak RSS (MiB)", "%.0f", r.HostRSSMiB)
+	row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
+	row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))
+	if *jsonOut != "" {
+		js, err := json.MarshalIndent(r, "", "  ")
 		if err != nil {
-			return ppo.ModelSpec{}, err
+			return err
 		}
-		delete(w, model.NameLMHead)
-		model.InitScoreHead(c, w, 1, seed)
-		return ppo.ModelSpec{Cfg: c, Weights: w}, nil
+		return atomicfile.WriteBytes(*jsonOut, append(js, '\n'), 0o644)
 	}
-	rm, err := score(1)
-	if err != nil {
-		return err
-	}
-	cm, err := score(2)
-	if err != nil {
-		return err
-	}
-	cfg := ppo.DefaultConfig(ppo.PPOLag)
-	cfg.PromptBatchSize, cfg.TrainBatchSize, cfg.MaxSteps = *batch, *batch, 1+*steps
-	cfg.MaxNewTokens, cfg.MaxPromptTokens = *genLen, *promptLen
-	nets, err := ppo.NewGraphNets(ppo.GraphNetsConfig{Backend: b, Actor: ppo.ModelSpec{Cfg: acfg, Weights: aw},
-		Reward: rm, Cost: cm, WithCostCritic: true, Pad: 0, EOS: -1, MaxNewTokens: *genLen, MaxPromptTokens: *promptLen,
-		Temperature: 1, TopP: 1, RepPenalty: 1, ActorWeightDecay: cfg.ActorWeightDecay, GradClip: 1}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
-	if err != nil {
-		return err
-	}
-	rng := rand.New(rand.NewPCG(7, 7))
-	var prompts [][]int32
-	for i := 0; i < *batch; i++ {
-		p := []int32{1}
-		for len(p) < *promptLen {
-			p = append(p, int32(3+rng.IntN(acfg.VocabSize-3)))
-		}
-		prompts = append(prompts, p)
-	}
-	set, err := ppo.NewPromptSet(prompts, 1)
-	if err != nil {
-		return err
-	}
-	out, err := os.MkdirTemp("", "saferlhf-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(out)
-	tr, err := ppo.NewTrainer(cfg, ppo.Options{OutDir: out}, nets, set, nil)
-	if err != nil {
-		return err
-	}
-	t0 := time.Now()
-	if err := tr.Run(context.Background()); err != nil {
-		return err
-	}
-	tr.Close()
-	wall := time.Since(t0)
-	perf := tr.PerfHistory()[1:] // drop the warm-up (compilation) step
-	var gen, score_, upd float64
-	var genTok, trainTok int
-	for _, p := range perf {
-		gen += p.GenSeconds
-		score_ += p.ScoreSeconds
-		upd += p.UpdateSeconds
-		genTok += p.GenTokens
-		trainTok += p.TrainTokens
-	}
-	n := float64(len(perf))
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	hwm := procStatus("VmHWM")
-	fmt.Printf("saferlhf bench: PPO-Lag step, %s (d=%d, %d layers, vocab %d), batch %d, prompt %d + %d generated tokens, backend %s, GOMAXPROCS %d\n",
-		*modelPath, acfg.HiddenSize, acfg.NumLayers, acfg.VocabSize, *batch, *promptLen, *genLen, backend.Resolve(*be), runtime.GOMAXPROCS(0))
-	fmt.Printf("| %-34s | %12s |\n", "quantity", "value")
-	fmt.Printf("|%s|%s|\n", strings.Repeat("-", 36), strings.Repeat("-", 14))
-	row := func(k, v string) { fmt.Printf("| %-34s | %12s |\n", k, v) }
-	row("rollout tokens/s (generation)", fmt.Sprintf("%.0f", float64(genTok)/gen))
-	row("train tokens/s (actor+2 critics)", fmt.Sprintf("%.0f", float64(trainTok)/upd))
-	row("step: generation (s)", fmt.Sprintf("%.3f", gen/n))
-	row("step: scoring, 6 models (s)", fmt.Sprintf("%.3f", score_/n))
-	row("step: update, 3 models (s)", fmt.Sprintf("%.3f", upd/n))
-	row("step: total (s)", fmt.Sprintf("%.3f", (gen+score_+upd)/n))
-	row("warm-up step incl. compile (s)", fmt.Sprintf("%.3f", tr.PerfHistory()[0].GenSeconds+tr.PerfHistory()[0].ScoreSeconds+tr.PerfHistory()[0].UpdateSeconds))
-	row("peak Go heap (MiB, HeapSys)", fmt.Sprintf("%.1f", float64(ms.HeapSys)/(1<<20)))
-	row("Go runtime total (MiB, Sys)", fmt.Sprintf("%.1f", float64(ms.Sys)/(1<<20)))
-	row("peak RSS (MiB, VmHWM)", hwm)
-	row("wall, all steps (s)", fmt.Sprintf("%.1f", wall.Seconds()))
 	return nil
-}
-
-// procStatus returns a /proc/self/status field in MiB ("n/a" off Linux).
-func procStatus(key string) string {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return "n/a"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), key+":"); ok {
-			var kb float64
-			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%f", &kb); err == nil {
-				return fmt.Sprintf("%.1f", kb/1024)
-			}
-		}
-	}
-	return "n/a"
 }

@@ -70,7 +70,23 @@ func IsNative(be backends.Backend) bool {
 //	native                            the native C engine where it has a path, the pure-Go backend elsewhere
 //	xla:cuda                          XLA with the CUDA PJRT plugin found on this machine
 //	xla:/abs/path/to/pjrt_plugin.so   XLA with that plugin
-func New(spec string) (backends.Backend, error) {
+func New(spec string) (backends.Backend, error) { return NewWithOptions(spec, Options{}) }
+
+// Options are the PJRT client's settings (XLA backends only).
+type Options struct {
+	// MemoryFraction is the fraction of the GPU's memory the client's pool may
+	// take (--gpu-memory-fraction, in (0, 1]; 0: the plugin's default, 0.75).
+	MemoryFraction float64
+	// Preallocate makes the client take its whole pool at start (the plugin's
+	// default); false allocates on demand, so nvidia-smi shows the real peak.
+	Preallocate bool
+}
+
+// NewWithOptions is New with PJRT client options (ignored by the pure-Go backend).
+func NewWithOptions(spec string, o Options) (backends.Backend, error) {
+	if o.MemoryFraction < 0 || o.MemoryFraction > 1 {
+		return nil, fmt.Errorf("--gpu-memory-fraction %g: want a value in (0, 1]", o.MemoryFraction)
+	}
 	spec = Resolve(spec)
 	name, cfg, _ := strings.Cut(spec, ":")
 	switch name {
@@ -95,6 +111,9 @@ func New(spec string) (backends.Backend, error) {
 		}
 		if !xlaCompiled() {
 			return nil, fmt.Errorf("backend %q: this binary was built without XLA (tag noxla or CGO_ENABLED=0); rebuild with cgo", spec)
+		}
+		if o.MemoryFraction > 0 || o.Preallocate {
+			return newXLA(plugin, o)
 		}
 		return newChecked("xla:" + plugin)
 	default:

@@ -3,6 +3,10 @@
 package backend
 
 import (
+	"fmt"
+
+	"github.com/gomlx/go-xla/pkg/pjrt"
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/backends/xla"
 )
 
@@ -12,3 +16,23 @@ func init() {
 }
 
 func xlaCompiled() bool { return true }
+
+// newXLA starts the XLA backend on plugin ("path[,options]") with the PJRT
+// client options of o (the CUDA plugin's "memory_fraction" and "preallocate",
+// as JAX passes them).
+func newXLA(plugin string, o Options) (b backends.Backend, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("backend xla:%s: %v", plugin, r)
+		}
+	}()
+	opts := pjrt.NamedValuesMap{"preallocate": o.Preallocate}
+	if o.MemoryFraction > 0 {
+		opts["memory_fraction"] = float32(o.MemoryFraction)
+	}
+	xb, err := xla.NewWithOptions(plugin, opts)
+	if err != nil {
+		return nil, fmt.Errorf("backend xla:%s: %w", plugin, err)
+	}
+	return xb, nil
+}

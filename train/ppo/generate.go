@@ -67,3 +67,6 @@ func (g *kvGenerator) generate(prompts [][]int32, seed uint64) (*Rollout, error)
 	}
 	return r, nil
 }
+
+// deviceSampling reports whether tokens are sampled inside the decoding graph.
+func (g *kvGenerator) deviceSampling() bool { return false }

@@ -97,6 +97,8 @@ type GraphNetsConfig struct {
 	// Generation settings.
 	MaxNewTokens, MaxPromptTokens int
 	Temperature, TopP, RepPenalty float64
+	// TopK keeps the K most likely tokens before top-p (HF's default 50; 0: off).
+	TopK int
 	// Optimizer settings (spec §1.10).
 	ActorWeightDecay, CriticWeightDecay, GradClip float64
 	// SaveModel writes a model directory (model.Save); SavePolicy fails without it.

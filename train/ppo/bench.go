@@ -1,0 +1,355 @@
+package ppo
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	G "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+
+	"github.com/saferlhf/saferlhf/train/model"
+)
+
+// BenchOptions configures Bench: PPO-Lag steps on models of one shape (a preset with random
+// weights, or real checkpoints), timed phase by phase.
+type BenchOptions struct {
+	Backend     backends.Backend
+	BackendName string
+	// Cfg is the shape of the actor, reward and cost models (random weights) unless ActorDir etc.
+	// name HF checkpoints.
+	Cfg                          *model.Config
+	ActorDir, RewardDir, CostDir string
+	DType                        dtypes.DType
+	LoRA                         model.LoRAConfig
+	Batch, PromptLen, GenLen     int
+	Steps, MicroBatch            int
+	Sampling                     Sampling
+	// PeakTFLOPS is the device's dense bf16 (or f32) peak, for MFU (0: not reported).
+	PeakTFLOPS float64
+	// Log receives progress lines (nil: none).
+	Log func(format string, args ...any)
+}
+
+// Sampling are the generation settings (HF generate's).
+type Sampling struct {
+	Temperature, TopP, RepetitionPenalty float64
+	TopK                                 int
+}
+
+// BenchResult is what Bench measured (saferlhf bench --json writes it).
+type BenchResult struct {
+	Model        string  `json:"model"`
+	Params       int64   `json:"params"`
+	Backend      string  `json:"backend"`
+	DType        string  `json:"dtype"`
+	LoRARank     int     `json:"lora_rank"`
+	Batch        int     `json:"batch"`
+	PromptLen    int     `json:"prompt_len"`
+	GenLen       int     `json:"gen_len"`
+	MicroBatch   int     `json:"micro_batch"`
+	TopK         int     `json:"top_k"`
+	Steps        int     `json:"steps"`
+	LoadSeconds  float64 `json:"load_s"`
+	WarmupSecs   float64 `json:"warmup_step_s"`
+	CompileSecs  float64 `json:"compile_s_est"`
+	GenSeconds   float64 `json:"gen_s"`
+	ScoreSeconds float64 `json:"score_s"`
+	ActorSeconds float64 `json:"actor_update_s"`
+	CriticSecs   float64 `json:"critic_updates_s"`
+	RLMathSecs   float64 `json:"rl_math_s"`
+	StepSeconds  float64 `json:"step_s"`
+	GenTokPerS   float64 `json:"gen_tokens_per_s"`
+	ScoreTokPerS float64 `json:"score_tokens_per_s"`
+	TrainTokPerS float64 `json:"train_tokens_per_s"`
+	// CopyGBps is the measured device copy bandwidth (bytes read + written per second).
+	CopyGBps float64 `json:"copy_GBps"`
+	// GenHBMFraction is the generation time at the HBM bound (weights + KV cache read once per
+	// decoding step at CopyGBps) divided by the measured generation time.
+	GenHBMFraction float64 `json:"gen_hbm_fraction"`
+	UpdateTFLOPs   float64 `json:"update_tflop_per_step"`
+	UpdateMFU      float64 `json:"update_mfu"`
+	HostRSSMiB     float64 `json:"host_peak_rss_mib"`
+	// H2DBytes and D2HBytes are the host↔device bytes of one step, counted from the tensors the
+	// nets pass (model weights excluded: they are loaded once).
+	H2DBytes int64 `json:"h2d_bytes_per_step"`
+	D2HBytes int64 `json:"d2h_bytes_per_step"`
+}
+
+// timedNets wraps Nets, timing each call, and skips checkpoints (a benchmark saves nothing).
+type timedNets struct {
+	*GraphNets
+	actor, critics time.Duration
+}
+
+func (t *timedNets) UpdateActor(lr float64, r *Rollout, ra, ca []float32, lambda float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
+	t0 := time.Now()
+	s, err := t.GraphNets.UpdateActor(lr, r, ra, ca, lambda, mask, ptx, c)
+	t.actor += time.Since(t0)
+	return s, err
+}
+
+func (t *timedNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error) {
+	t0 := time.Now()
+	l, err := t.GraphNets.UpdateCritic(cost, lr, r, returns, mask)
+	t.critics += time.Since(t0)
+	return l, err
+}
+
+func (t *timedNets) SaveState(string) error  { return nil }
+func (t *timedNets) SavePolicy(string) error { return nil }
+
+// Bench builds the six PPO-Lag networks (actor and reference over one frozen base, reward and
+// cost models each shared with its critic under LoRA), runs 1 + Steps steps (the first compiles)
+// and reports the steady-state phase times and derived rates.
+func Bench(o BenchOptions) (*BenchResult, error) {
+	logf := o.Log
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	if o.Batch <= 0 || o.PromptLen < 2 || o.GenLen <= 0 || o.Steps <= 0 {
+		return nil, fmt.Errorf("bench: batch, prompt length ≥ 2, generated length and steps must be positive")
+	}
+	acfg := o.Cfg
+	spec := func(dir string, seed uint64, score bool) (ModelSpec, error) {
+		if dir != "" {
+			c, err := model.LoadHFConfig(dir)
+			if err != nil {
+				return ModelSpec{}, err
+			}
+			return ModelSpec{Cfg: c, Dir: dir}, nil
+		}
+		c := *acfg
+		if score {
+			c.ScoreDim = 1
+		}
+		return ModelSpec{Cfg: &c, RandomSeed: seed}, nil
+	}
+	actor, err := spec(o.ActorDir, 1, false)
+	if err != nil {
+		return nil, err
+	}
+	acfg = actor.Cfg
+	rm, err := spec(o.RewardDir, 2, true)
+	if err != nil {
+		return nil, err
+	}
+	cm, err := spec(o.CostDir, 3, true)
+	if err != nil {
+		return nil, err
+	}
+	cfg := DefaultConfig(PPOLag)
+	cfg.PromptBatchSize, cfg.TrainBatchSize, cfg.MaxSteps = o.Batch, o.Batch, 1+o.Steps
+	cfg.MaxNewTokens, cfg.MaxPromptTokens = o.GenLen, o.PromptLen
+	t0 := time.Now()
+	nets, err := NewGraphNets(GraphNetsConfig{Backend: o.Backend, Actor: actor, Reward: rm, Cost: cm, WithCostCritic: true,
+		Pad: 0, EOS: -1, MaxNewTokens: o.GenLen, MaxPromptTokens: o.PromptLen, Temperature: o.Sampling.Temperature,
+		TopP: o.Sampling.TopP, TopK: o.Sampling.TopK, RepPenalty: o.Sampling.RepetitionPenalty,
+		ActorWeightDecay: cfg.ActorWeightDecay, GradClip: 1, LoRA: o.LoRA, DType: o.DType,
+		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
+	if err != nil {
+		return nil, err
+	}
+	load := time.Since(t0).Seconds()
+	logf("bench: models loaded in %.1fs", load)
+	rng := rand.New(rand.NewPCG(7, 7))
+	var prompts [][]int32
+	for i := 0; i < o.Batch; i++ {
+		p := []int32{acfg.BOS}
+		for len(p) < o.PromptLen {
+			p = append(p, int32(3+rng.IntN(acfg.VocabSize-3)))
+		}
+		prompts = append(prompts, p)
+	}
+	set, err := NewPromptSet(prompts, 1)
+	if err != nil {
+		return nil, err
+	}
+	out, err := os.MkdirTemp("", "saferlhf-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(out)
+	tn := &timedNets{GraphNets: nets}
+	var actorT, criticT []time.Duration
+	var progress progressFunc = func(step int) {
+		actorT, criticT = append(actorT, tn.actor), append(criticT, tn.critics)
+		tn.actor, tn.critics = 0, 0
+		logf("bench: step %d done", len(actorT))
+	}
+	tr, err := NewTrainer(cfg, Options{OutDir: out, Progress: progress, ProgressLines: true}, tn, set, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := tr.Run(context.Background()); err != nil {
+		return nil, err
+	}
+	tr.Close()
+	perf := tr.PerfHistory()
+	if len(perf) != 1+o.Steps || len(actorT) < len(perf) {
+		return nil, fmt.Errorf("bench: %d steps timed, want %d", len(perf), 1+o.Steps)
+	}
+	res := &BenchResult{Model: modelName(o), Params: int64(acfg.NumParams()), Backend: o.BackendName,
+		DType: model.DTypeName(o.DType), LoRARank: o.LoRA.Rank, Batch: o.Batch, PromptLen: o.PromptLen, GenLen: o.GenLen,
+		MicroBatch: o.MicroBatch, TopK: o.Sampling.TopK, Steps: o.Steps, LoadSeconds: load}
+	w := perf[0]
+	res.WarmupSecs = w.GenSeconds + w.ScoreSeconds + w.UpdateSeconds
+	n := float64(o.Steps)
+	for i, p := range perf[1:] {
+		res.GenSeconds += p.GenSeconds / n
+		res.ScoreSeconds += p.ScoreSeconds / n
+		a, c := actorT[i+1].Seconds(), criticT[i+1].Seconds()
+		res.ActorSeconds += a / n
+		res.CriticSecs += c / n
+		res.RLMathSecs += (p.UpdateSeconds - a - c) / n
+	}
+	res.StepSeconds = res.GenSeconds + res.ScoreSeconds + res.ActorSeconds + res.CriticSecs + res.RLMathSecs
+	res.CompileSecs = math.Max(0, res.WarmupSecs-res.StepSeconds)
+	T := o.PromptLen + o.GenLen
+	res.GenTokPerS = float64(o.Batch*o.GenLen) / res.GenSeconds
+	res.ScoreTokPerS = float64(6*o.Batch*T) / res.ScoreSeconds
+	res.TrainTokPerS = float64(3*o.Batch*T) / (res.ActorSeconds + res.CriticSecs)
+	if res.CopyGBps, err = copyBandwidth(o.Backend); err != nil {
+		logf("bench: copy bandwidth: %v", err)
+	}
+	wbytes := 4.0
+	if o.DType == dtypes.BFloat16 {
+		wbytes = 2
+	}
+	if res.CopyGBps > 0 {
+		// Per decoding step: every weight of the actor once, and the KV cache of the average
+		// context (prompt + half the response) once.
+		kv := 2 * float64(acfg.NumLayers*o.Batch*acfg.NumKVHeads*acfg.Dh()) * (float64(o.PromptLen) + float64(o.GenLen)/2) * wbytes
+		bound := float64(o.GenLen) * (float64(acfg.NumParams())*wbytes + kv) / (res.CopyGBps * 1e9)
+		res.GenHBMFraction = bound / res.GenSeconds
+	}
+	res.UpdateTFLOPs = updateFLOPs(acfg, o.LoRA.Rank > 0, o.Batch, T) / 1e12
+	if o.PeakTFLOPS > 0 {
+		res.UpdateMFU = res.UpdateTFLOPs / (res.ActorSeconds + res.CriticSecs) / o.PeakTFLOPS
+	}
+	res.HostRSSMiB = procStatusMiB("VmHWM")
+	res.H2DBytes, res.D2HBytes = stepTraffic(acfg, o, nets.gen)
+	return res, nil
+}
+
+func modelName(o BenchOptions) string {
+	if o.ActorDir != "" {
+		return o.ActorDir
+	}
+	return fmt.Sprintf("random d=%d L=%d V=%d", o.Cfg.HiddenSize, o.Cfg.NumLayers, o.Cfg.VocabSize)
+}
+
+// updateFLOPs counts the model FLOPs of one step's three updates (actor, two critics), each a
+// forward and backward over B×T tokens: 2 FLOPs per weight per token forward, backward 2 more
+// for the activations' gradients and (full fine-tuning only) 2 for the weights'; attention's
+// QKᵀ and PV counted in full (not halved for causality), likewise.
+func updateFLOPs(cfg *model.Config, lora bool, b, t int) float64 {
+	mult := 6.0
+	if lora {
+		mult = 4
+	}
+	tokens := float64(b * t)
+	lin := float64(cfg.NumParams()) - float64(cfg.VocabSize*cfg.HiddenSize) // the embedding gather is no matmul
+	if cfg.TieWordEmbeddings {
+		lin += float64(cfg.VocabSize * cfg.HiddenSize) // ... but the tied head is
+	}
+	attn := 2 * float64(cfg.NumLayers*t*cfg.NumHeads*cfg.Dh()) // QKᵀ + PV per token, forward, /2 FLOP·2
+	critic := lin - float64(cfg.VocabSize*cfg.HiddenSize)      // no LM head
+	return tokens * (mult/2*(2*lin+2*attn) + 2*mult/2*(2*critic+2*attn))
+}
+
+// stepTraffic counts the bytes one PPO-Lag step moves between host and device (besides weights).
+func stepTraffic(cfg *model.Config, o BenchOptions, gen generator) (h2d, d2h int64) {
+	b, p, g := int64(o.Batch), int64(o.PromptLen), int64(o.GenLen)
+	t := p + g
+	s := t // cache width (bucketed: at least this)
+	v := int64(cfg.VocabSize)
+	// Generation: prefill ids + key mask; per step token, position, slot, key mask up; logits
+	// (or the sampled ids with device sampling) down.
+	h2d += b*p*4 + b*s*4 + (g-1)*(b*4*2+4+b*s*4)
+	if kv, ok := gen.(*kvGenerator); ok && kv.deviceSampling() {
+		d2h += g * b * 4
+		h2d += g * b * 4 // per-row uniforms
+	} else {
+		d2h += g * b * v * 4
+	}
+	// Scoring: ids + mask up; log-probs, reference log-probs, 2 end scores, 2 value rows down.
+	h2d += 2 * b * t * 4
+	d2h += 2*b*(t-1)*4 + 2*b*4 + 2*b*t*4
+	// Updates: actor ids, mask, old log-probs, 2 advantages, response mask, λ; critics 5 rows each.
+	h2d += 2*b*t*4 + 4*b*(t-1)*4 + 4 + 2*5*b*t*4
+	return h2d, d2h
+}
+
+// copyBandwidth measures the device's copy bandwidth (bytes read + written per second) with a
+// chain of element-wise passes over a 256 MiB float32 tensor kept on the device.
+func copyBandwidth(be backends.Backend) (gbps float64, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	const n = 64 << 20
+	if strings.HasPrefix(be.Name(), "go") || strings.Contains(strings.ToLower(be.Name()), "simplego") {
+		return 0, fmt.Errorf("not measured on the pure-Go backend")
+	}
+	add, err := G.NewExec(be, func(x *G.Node) *G.Node { return G.AddScalar(x, 1) })
+	if err != nil {
+		return 0, err
+	}
+	sum, err := G.NewExec(be, func(x *G.Node) *G.Node { return G.ReduceAllMax(x) })
+	if err != nil {
+		return 0, err
+	}
+	x := tensors.FromShape(shapes.Make(dtypes.Float32, n))
+	x = add.MustExec1(x) // on the device from here on
+	sum.MustExec1(x).FinalizeAll()
+	const reps = 20
+	t0 := time.Now()
+	for i := 0; i < reps; i++ {
+		y := add.MustExec1(x)
+		x.FinalizeAll()
+		x = y
+	}
+	sum.MustExec1(x).Value() // waits for the chain
+	el := time.Since(t0).Seconds()
+	x.FinalizeAll()
+	return float64(reps) * 2 * n * 4 / el / 1e9, nil
+}
+
+// progressFunc turns the trainer's progress lines (one per step) into a per-step callback.
+type progressFunc func(step int)
+
+func (f progressFunc) Write(b []byte) (int, error) {
+	for range strings.Count(string(b), "\n") {
+		f(0)
+	}
+	return len(b), nil
+}
+
+// procStatusMiB returns a /proc/self/status field in MiB (0 off Linux).
+func procStatusMiB(key string) float64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), key+":"); ok {
+			var kb float64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%f", &kb); err == nil {
+				return kb / 1024
+			}
+		}
+	}
+	return 0
+}
