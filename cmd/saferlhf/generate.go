@@ -22,6 +22,7 @@ type generateConfig struct {
 	Template          string  `flag:"template" help:"prompt template: none or safe-rlhf (BEGINNING OF CONVERSATION: USER: ... ASSISTANT:)"`
 	Temperature       float64 `flag:"temperature" help:"sampling temperature; 0 is greedy (ties to the lowest id)"`
 	TopP              float64 `flag:"top-p" help:"nucleus sampling mass (1: off)"`
+	TopK              int     `flag:"top-k" help:"keep the K most likely tokens before top-p (0: off; HF's default 50)"`
 	RepetitionPenalty float64 `flag:"repetition-penalty" help:"HF repetition penalty (1: off)"`
 	MaxNewTokens      int     `flag:"max-new-tokens" help:"maximum number of generated tokens"`
 	Seed              uint64  `flag:"seed" help:"sampling seed"`
@@ -36,6 +37,7 @@ func (c *generateConfig) validate() error {
 	ck.PositiveInt("max-new-tokens", c.MaxNewTokens)
 	ck.NonNegative("temperature", c.Temperature)
 	ck.Range("top-p", c.TopP, math.SmallestNonzeroFloat64, 1)
+	ck.NonNegativeInt("top-k", c.TopK)
 	ck.Positive("repetition-penalty", c.RepetitionPenalty)
 	ck.OneOf("template", c.Template, "none", "safe-rlhf")
 	return ck.Err()
@@ -43,7 +45,7 @@ func (c *generateConfig) validate() error {
 
 // runGenerate samples one completion of a prompt with the KV-cache generator.
 func runGenerate(args []string) error {
-	c := generateConfig{Template: "none", TopP: 1, RepetitionPenalty: 1, MaxNewTokens: 128, Seed: 1}
+	c := generateConfig{Template: "none", TopP: 1, TopK: 50, RepetitionPenalty: 1, MaxNewTokens: 128, Seed: 1}
 	fs := newFlagSet("generate", "")
 	config.Register(fs, &c)
 	if err := parseFlags(fs, args, false); err != nil {
@@ -80,7 +82,7 @@ func runGenerate(args []string) error {
 	}
 	ids := tok.Encode(text, true)
 	ro, err := gen.Generate([][]int32{ids}, model.GenerateOptions{
-		MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature, TopP: c.TopP, RepetitionPenalty: c.RepetitionPenalty,
+		MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature, TopP: c.TopP, TopK: c.TopK, RepetitionPenalty: c.RepetitionPenalty,
 		Seed: c.Seed, EOS: tok.EOS(), Pad: tok.Pad(), Unk: tok.Unk(),
 	})
 	if err != nil {

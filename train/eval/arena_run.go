@@ -35,6 +35,7 @@ type ArenaOptions struct {
 	MaxNewTokens int      `flag:"max-new-tokens" help:"cap on answer tokens (0: none, --max-length decides)"`
 	Temperature  float64  `flag:"temperature" help:"sampling temperature (0: greedy)"`
 	TopP         float64  `flag:"top-p" help:"nucleus sampling (1: off)"`
+	TopK         int      `flag:"top-k" help:"keep the K most likely tokens before top-p (0: off; HF's default 50)"`
 	Seed         uint64   `flag:"seed" help:"sampling and bootstrap seed"`
 	Batch        int      `flag:"batch-size" help:"prompts per generation/scoring batch"`
 	MaxLength    int      `flag:"max-length" help:"prompt + answer tokens, as the reference's max_length (also the scoring width)"`
@@ -49,7 +50,7 @@ const ArenaPrompts = "pku-saferlhf:assets/data/pku-saferlhf/align-anything-prefe
 // DefaultArenaOptions returns eval-arena's defaults.
 func DefaultArenaOptions() ArenaOptions {
 	return ArenaOptions{RedName: "red", BlueName: "blue", Prompts: []string{ArenaPrompts},
-		MaxNewTokens: 0, Temperature: 1, TopP: 1, Seed: 42, Batch: 16, MaxLength: 512, Bootstrap: 1000}
+		MaxNewTokens: 0, Temperature: 1, TopP: 1, TopK: 50, Seed: 42, Batch: 16, MaxLength: 512, Bootstrap: 1000}
 }
 
 // Validate checks the options before any work; errors name the flags.
@@ -66,6 +67,7 @@ func (o *ArenaOptions) Validate() error {
 	ck.NonNegativeInt("bootstrap", o.Bootstrap)
 	ck.NonNegative("temperature", o.Temperature)
 	ck.Range("top-p", o.TopP, math.SmallestNonzeroFloat64, 1)
+	ck.NonNegativeInt("top-k", o.TopK)
 	return ck.Err()
 }
 
@@ -220,7 +222,7 @@ func generate(be backends.Backend, path string, tok tokenizer.Tokenizer, prompts
 			return nil, nil, fmt.Errorf("prompts of %d tokens leave no room for an answer in --max-length %d", width, o.MaxLength)
 		}
 		ro, err := gen.Generate(batch, model.GenerateOptions{MaxNewTokens: maxNew, Temperature: o.Temperature,
-			TopP: o.TopP, Seed: o.Seed + uint64(start), EOS: tok.EOS(), Pad: tok.Pad(), Unk: -1})
+			TopP: o.TopP, TopK: o.TopK, Seed: o.Seed + uint64(start), EOS: tok.EOS(), Pad: tok.Pad(), Unk: -1})
 		if err != nil {
 			return nil, nil, err
 		}

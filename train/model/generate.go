@@ -22,6 +22,10 @@ type GenerateOptions struct {
 	MaxNewTokens int
 	// Temperature divides the logits; 0 means greedy (ties to the lowest id).
 	Temperature float64
+	// TopK keeps the TopK most likely tokens (ties at the K-th value kept,
+	// as HF's TopKLogitsWarper) before top-p (0: off; the flags' default is
+	// HF's 50).
+	TopK int
 	// TopP keeps the smallest set of most likely tokens whose probability
 	// reaches TopP (0 or 1: off).
 	TopP float64
@@ -68,7 +72,13 @@ type Generator struct {
 	step         *context.Exec
 	PromptBucket int
 	CacheBucket  int
-	mu           sync.Mutex
+	// DeviceSampling samples inside the decoding graph when TopK > 0 (see
+	// sampleNext): per token only the sampled ids come back to the host
+	// instead of the B×V logits. Off by default: the pure-Go path keeps the
+	// float64 host sampler, bit for bit.
+	DeviceSampling bool
+	sampling       map[int][2]*context.Exec // by top-k: prefill and step with sampling
+	mu             sync.Mutex
 }
 
 // NewGenerator returns a generator for the model whose weights are in ctx's
@@ -278,12 +288,20 @@ func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollou
 		history[r] = append([]int32(nil), p...)
 		nreal[r] = int32(len(p))
 	}
+	rng := rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15))
+	var resp [][]int32
+	if gen.DeviceSampling && opts.TopK > 0 {
+		var err error
+		if resp, err = gen.generateOnDevice(ids, keyMask, nreal, b, pw, s, &opts, rng); err != nil {
+			return nil, err
+		}
+		return gen.rollout(ids, resp, pw, &opts), nil
+	}
 	out, err := gen.prefill.Exec(tensors.FromFlatDataAndDimensions(ids, b, pw), tensors.FromFlatDataAndDimensions(keyMask, b, s))
 	if err != nil {
 		return nil, fmt.Errorf("generate: prefill: %w", err)
 	}
-	rng := rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15))
-	resp := make([][]int32, b)
+	resp = make([][]int32, b)
 	done := make([]bool, b)
 	tok := make([]int32, b)
 	pos := make([]int32, b)
@@ -343,6 +361,12 @@ func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollou
 	for _, c := range out[1:] {
 		c.FinalizeAll()
 	}
+	return gen.rollout(ids, resp, pw, &opts), nil
+}
+
+// rollout assembles the padded rows of prompts ids [B, pw] and responses.
+func (gen *Generator) rollout(ids []int32, resp [][]int32, pw int, opts *GenerateOptions) *Rollout {
+	b := len(resp)
 	longest := 0
 	for _, rr := range resp {
 		longest = max(longest, len(rr))
@@ -364,13 +388,164 @@ func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollou
 		}
 		ro.Seq[r], ro.AttentionMask[r], ro.ResponseLen[r] = row, m, len(resp[r])
 	}
-	return ro, nil
+	return ro
+}
+
+// samplingExecs returns the prefill and step executables that sample in graph with top-k k.
+func (gen *Generator) samplingExecs(k int) ([2]*context.Exec, error) {
+	if e, ok := gen.sampling[k]; ok {
+		return e, nil
+	}
+	var e [2]*context.Exec
+	var err error
+	e[0], err = context.NewExecAny(gen.be, gen.ctx.Reuse(), func(ctx *context.Context, in []*G.Node) []*G.Node {
+		out := gen.prefillGraph(ctx, in[:2])
+		p := in[0].Shape().Dimensions[1]
+		seen := seenTokens(in[0], G.Slice(in[1], G.AxisRange(), G.AxisRange(0, p)), gen.cfg.VocabSize)
+		sin := append(append([]*G.Node{}, in[2:2+numSampleInputs-1]...), seen)
+		ids, seen := sampleOutputs(out[0], sin, k)
+		return append([]*G.Node{ids, seen}, out[1:]...)
+	})
+	if err != nil {
+		return e, fmt.Errorf("generator: %w", err)
+	}
+	e[1], err = context.NewExecAny(gen.be, gen.ctx.Reuse(), func(ctx *context.Context, in []*G.Node) []*G.Node {
+		out := gen.stepGraph(ctx, append(append([]*G.Node{}, in[:4]...), in[4+numSampleInputs:]...))
+		ids, seen := sampleOutputs(out[0], in[4:4+numSampleInputs], k)
+		return append([]*G.Node{ids, seen}, out[1:]...)
+	})
+	if err != nil {
+		return e, fmt.Errorf("generator: %w", err)
+	}
+	if gen.sampling == nil {
+		gen.sampling = map[int][2]*context.Exec{}
+	}
+	gen.sampling[k] = e
+	return e, nil
+}
+
+// generateOnDevice is Generate's loop with sampling in graph: per token, B uniforms and the fed
+// tokens go up, the B sampled ids come back.
+func (gen *Generator) generateOnDevice(ids []int32, keyMask []float32, nreal []int32, b, pw, s int, opts *GenerateOptions, rng *rand.Rand) ([][]int32, error) {
+	ex, err := gen.samplingExecs(opts.TopK)
+	if err != nil {
+		return nil, err
+	}
+	topP := opts.TopP
+	if topP <= 0 || topP >= 1 {
+		topP = 2 // off: every value's preceding mass is < 2
+	}
+	rp := opts.RepetitionPenalty
+	if rp <= 0 {
+		rp = 1
+	}
+	u := make([]float32, b)
+	draw := func() *tensors.Tensor {
+		for r := range u {
+			u[r] = float32(rng.Float64())
+		}
+		return tensors.FromFlatDataAndDimensions(u, b)
+	}
+	scalars := []any{tensors.FromScalar(float32(opts.Temperature)), tensors.FromScalar(float32(topP)),
+		tensors.FromScalar(float32(rp)), tensors.FromScalar(opts.Pad)}
+	args := append([]any{tensors.FromFlatDataAndDimensions(ids, b, pw), tensors.FromFlatDataAndDimensions(keyMask, b, s), draw()}, scalars...)
+	out, err := ex[0].Exec(args...)
+	if err != nil {
+		return nil, fmt.Errorf("generate: prefill: %w", err)
+	}
+	resp := make([][]int32, b)
+	done := make([]bool, b)
+	tok := make([]int32, b)
+	pos := make([]int32, b)
+	for i := 0; ; i++ {
+		sampled, err := tensors.CopyFlatData[int32](out[0])
+		if err != nil {
+			return nil, fmt.Errorf("generate: %w", err)
+		}
+		out[0].FinalizeAll()
+		allDone := true
+		for r := 0; r < b; r++ {
+			if done[r] {
+				tok[r] = opts.Pad
+				continue
+			}
+			t := sampled[r]
+			resp[r] = append(resp[r], t)
+			tok[r] = t
+			if t == opts.EOS && opts.EOS >= 0 {
+				done[r] = true
+			} else {
+				allDone = false
+			}
+		}
+		if allDone || i == opts.MaxNewTokens-1 {
+			break
+		}
+		at := pw + i
+		for r := 0; r < b; r++ {
+			pos[r] = nreal[r]
+			if len(resp[r]) == i+1 {
+				keyMask[r*s+at] = 1
+				nreal[r]++
+			}
+		}
+		args := []any{tensors.FromFlatDataAndDimensions(tok, b, 1), tensors.FromFlatDataAndDimensions(pos, b, 1),
+			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1), tensors.FromFlatDataAndDimensions(keyMask, b, s), draw()}
+		args = append(args, scalars...)
+		for _, c := range out[1:] {
+			d, err := G.DonateTensorBuffer(c, gen.be, 0)
+			if err != nil {
+				return nil, fmt.Errorf("generate: %w", err)
+			}
+			args = append(args, d)
+		}
+		if out, err = ex[1].Exec(args...); err != nil {
+			return nil, fmt.Errorf("generate: step %d: %w", i, err)
+		}
+	}
+	for _, c := range out[1:] {
+		c.FinalizeAll()
+	}
+	return resp, nil
 }
 
 // sampler holds scratch buffers for sampling one row.
 type sampler struct {
-	z   []float64
-	idx []int
+	z, heap []float64
+	idx     []int
+}
+
+// kthLargest returns the k-th largest value of z (1 ≤ k < len(z)), counting
+// repeats, with a min-heap of the k largest.
+func (sc *sampler) kthLargest(z []float64, k int) float64 {
+	h := append(sc.heap[:0], z[:k]...)
+	down := func(i int) {
+		for {
+			l := 2*i + 1
+			if l >= len(h) {
+				return
+			}
+			if r := l + 1; r < len(h) && h[r] < h[l] {
+				l = r
+			}
+			if h[i] <= h[l] {
+				return
+			}
+			h[i], h[l] = h[l], h[i]
+			i = l
+		}
+	}
+	for i := k/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	for _, x := range z[k:] {
+		if x > h[0] {
+			h[0] = x
+			down(0)
+		}
+	}
+	sc.heap = h
+	return h[0]
 }
 
 // sample picks the next token from one row's logits: repetition penalty,
@@ -412,8 +587,16 @@ func (sc *sampler) sample(logits []float32, history []int32, opts *GenerateOptio
 		z[i] /= opts.Temperature
 		maxz = math.Max(maxz, z[i])
 	}
+	thr := math.Inf(-1)
+	if opts.TopK > 0 && opts.TopK < v {
+		thr = sc.kthLargest(z, opts.TopK)
+	}
 	sum := 0.0
 	for i := range z {
+		if z[i] < thr {
+			z[i] = 0 // outside the top k
+			continue
+		}
 		z[i] = math.Exp(z[i] - maxz)
 		sum += z[i]
 	}

@@ -214,8 +214,11 @@ func normed(xs, nw *G.Node, ps ...proj) (*G.Node, []proj) {
 // one), where Slice has no gradient and the 0/1-matrix forms below are used;
 // on XLA the exact Slice/Concatenate forms are used (a matmul by a 0/1
 // matrix is not exact under TF32).
-func pureGo(g *G.Graph) bool {
-	return !g.Backend().Capabilities().Operations[backends.OpTypePad]
+func pureGo(g *G.Graph) bool { return PureGo(g.Backend()) }
+
+// PureGo reports whether be is GoMLX's pure-Go backend (no Pad op).
+func PureGo(be backends.Backend) bool {
+	return !be.Capabilities().Operations[backends.OpTypePad]
 }
 
 // invFreq returns RoPE's inverse frequencies θ^(-2i/dh) for i < dh/2, with

@@ -37,6 +37,7 @@ type Config struct {
 	MaxPromptTokens   int     `flag:"max-prompt-tokens" help:"longer prompts keep BOS and their last tokens"`
 	Temperature       float64 `flag:"temperature" help:"sampling temperature"`
 	TopP              float64 `flag:"top-p" help:"nucleus sampling mass"`
+	TopK              int     `flag:"top-k" help:"keep the K most likely tokens before top-p (HF generate's default 50; 0: off)"`
 	RepetitionPenalty float64 `flag:"repetition-penalty" help:"HF repetition penalty (1: off)"`
 
 	ActorLR           float64 `flag:"actor-lr" help:"actor learning rate"`
@@ -90,6 +91,7 @@ func DefaultConfig(alg Algorithm) Config {
 		MaxPromptTokens:       64,
 		Temperature:           1.0,
 		TopP:                  1.0,
+		TopK:                  50,
 		RepetitionPenalty:     1.0,
 		ActorLR:               1e-5,
 		CriticLR:              5e-6,

@@ -36,9 +36,10 @@ func newGenerator(n *GraphNets) (generator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)
 	}
+	g.DeviceSampling = !model.PureGo(n.cfg.Backend) // XLA: sample in graph; pure Go: the host sampler, bit for bit
 	c := n.cfg
 	return &kvGenerator{n: n, gen: g, opts: model.GenerateOptions{MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature,
-		TopP: c.TopP, RepetitionPenalty: c.RepPenalty, EOS: c.EOS, Pad: c.Pad, Unk: c.Pad}}, nil
+		TopP: c.TopP, TopK: c.TopK, RepetitionPenalty: c.RepPenalty, EOS: c.EOS, Pad: c.Pad, Unk: c.Pad}}, nil
 }
 
 func (g *kvGenerator) generate(prompts [][]int32, seed uint64) (*Rollout, error) {
@@ -69,4 +70,4 @@ func (g *kvGenerator) generate(prompts [][]int32, seed uint64) (*Rollout, error)
 }
 
 // deviceSampling reports whether tokens are sampled inside the decoding graph.
-func (g *kvGenerator) deviceSampling() bool { return false }
+func (g *kvGenerator) deviceSampling() bool { return g.gen.DeviceSampling && g.opts.TopK > 0 }

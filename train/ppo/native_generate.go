@@ -19,7 +19,7 @@ type nativeGenerator struct {
 func newNativeGenerator(n *GraphNets) generator {
 	c := n.cfg
 	return &nativeGenerator{n: n, opts: model.GenerateOptions{MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature,
-		TopP: c.TopP, RepetitionPenalty: c.RepPenalty, EOS: c.EOS, Pad: c.Pad, Unk: c.Pad}}
+		TopP: c.TopP, TopK: c.TopK, RepetitionPenalty: c.RepPenalty, EOS: c.EOS, Pad: c.Pad, Unk: c.Pad}}
 }
 
 func (g *nativeGenerator) generate(prompts [][]int32, seed uint64) (*Rollout, error) {

@@ -319,7 +319,7 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 	}
 	gc := GraphNetsConfig{Backend: be, WithCostCritic: c.UsesCostCritic(), Pad: in.tok.Pad(), EOS: in.tok.EOS(),
 		MaxNewTokens: c.MaxNewTokens, MaxPromptTokens: c.MaxPromptTokens, Temperature: c.Temperature,
-		TopP: c.TopP, RepPenalty: c.RepetitionPenalty, ActorWeightDecay: c.ActorWeightDecay,
+		TopP: c.TopP, TopK: c.TopK, RepPenalty: c.RepetitionPenalty, ActorWeightDecay: c.ActorWeightDecay,
 		CriticWeightDecay: c.CriticWeightDecay, GradClip: c.GradClip,
 		SaveModel: func(dir string, cfg *model.Config, w model.Weights) error {
 			return model.SaveWithTokenizer(dir, cfg, w, tokPath)
