@@ -6,6 +6,9 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
@@ -39,6 +42,8 @@ func runBench(args []string) error {
 	memFrac := fs.Float64("gpu-memory-fraction", 0, "fraction of GPU memory the XLA client may use (0: the plugin's default)")
 	peak := fs.Float64("peak-tflops", 0, "device dense peak TFLOP/s in --dtype for MFU (0: not reported)")
 	jsonOut := fs.String("json", "", "also write the result as JSON to this file")
+	numerics := fs.Bool("numerics", false, "instead of the step: compare the preset's logits (random weights) in bf16, f32 and, on XLA, f32 with TF32 forced, against f32 (--numerics-cpu: the pure-Go backend's f32 as reference)")
+	numCPU := fs.Bool("numerics-cpu", false, "with --numerics: also run f32 on the pure-Go backend as the exact reference")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
@@ -63,6 +68,10 @@ func runBench(args []string) error {
 	cfg, err := model.Preset(*preset)
 	if err != nil {
 		return usagef("--preset: %v", err)
+	}
+	if *numerics {
+		b.Finalize()
+		return benchNumerics(cfg, spec, *memFrac, *numCPU, *batch, *promptLen, *jsonOut)
 	}
 	opts := ppo.BenchOptions{Backend: b, BackendName: spec, Cfg: cfg, ActorDir: *actor, RewardDir: *rm, CostDir: *cm,
 		DType: dt, Batch: *batch, PromptLen: *promptLen, GenLen: *genLen, Steps: *steps, MicroBatch: *micro,
@@ -105,6 +114,60 @@ func runBench(args []string) error {
 			return err
 		}
 		return atomicfile.WriteBytes(*jsonOut, append(js, '\n'), 0o644)
+	}
+	return nil
+}
+
+// benchNumerics prints how far the logits of a random model of cfg's shape move between dtypes and
+// backends (the first run is the reference).
+func benchNumerics(cfg *model.Config, spec string, memFrac float64, cpu bool, b, t int, jsonOut string) error {
+	type run struct {
+		Label string
+		spec  string
+		dt    dtypes.DType
+		Diff  model.LogitsDiff
+		Secs  float64
+	}
+	var runs []run
+	if cpu {
+		runs = append(runs, run{Label: "f32 go (reference)", spec: "go", dt: dtypes.Float32})
+	}
+	runs = append(runs, run{Label: "f32 " + spec, spec: spec, dt: dtypes.Float32}, run{Label: "bf16 " + spec, spec: spec, dt: dtypes.BFloat16})
+	if strings.HasPrefix(spec, "xla:") && !strings.Contains(spec, "tf32") {
+		runs = append(runs, run{Label: "f32 TF32 forced " + spec, spec: spec + ",tf32", dt: dtypes.Float32})
+	}
+	var ref []float32
+	for i := range runs {
+		be, err := backend.NewWithOptions(runs[i].spec, backend.Options{MemoryFraction: memFrac})
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		l, err := model.RandomLogits(be, cfg, 1, runs[i].dt, b, t)
+		if err != nil {
+			return fmt.Errorf("%s: %w", runs[i].Label, err)
+		}
+		runs[i].Secs = time.Since(t0).Seconds()
+		be.Finalize()
+		if ref == nil {
+			ref = l
+		}
+		runs[i].Diff = model.CompareLogits(l, ref, cfg.VocabSize)
+		fmt.Fprintf(os.Stderr, "numerics: %s done in %.1fs\n", runs[i].Label, runs[i].Secs)
+	}
+	fmt.Printf("saferlhf bench --numerics: logits of a random model (d=%d, %d layers, vocab %d), %d×%d tokens, vs %s\n",
+		cfg.HiddenSize, cfg.NumLayers, cfg.VocabSize, b, t, runs[0].Label)
+	fmt.Printf("| %-40s | %10s | %10s | %8s |\n", "run", "rel. L2", "max |Δ|", "top-1")
+	fmt.Printf("|%s|%s|%s|%s|\n", strings.Repeat("-", 42), strings.Repeat("-", 12), strings.Repeat("-", 12), strings.Repeat("-", 10))
+	for _, r := range runs {
+		fmt.Printf("| %-40s | %10.3g | %10.3g | %8.4f |\n", r.Label, r.Diff.RelL2, r.Diff.MaxAbs, r.Diff.Top1)
+	}
+	if jsonOut != "" {
+		js, err := json.MarshalIndent(runs, "", "  ")
+		if err != nil {
+			return err
+		}
+		return atomicfile.WriteBytes(jsonOut, append(js, '\n'), 0o644)
 	}
 	return nil
 }

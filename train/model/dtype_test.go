@@ -234,3 +234,24 @@ func TestLoadIntoBF16(t *testing.T) {
 		}
 	}
 }
+
+// TestRandomLogitsDTypes: a random model's logits in bf16 agree with f32
+// within bf16 error (relative L2 < 2e-2 here) and differ from them (the
+// check that scale.sh runs at 1B shape on the GPU).
+func TestRandomLogitsDTypes(t *testing.T) {
+	be := getBackend(t)
+	cfg, _ := Preset("stories260K")
+	f32, err := RandomLogits(be, cfg, 3, dtypes.Float32, 2, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bf16, err := RandomLogits(be, cfg, 3, dtypes.BFloat16, 2, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := CompareLogits(bf16, f32, cfg.VocabSize)
+	t.Logf("bf16 vs f32 logits: %+v", d)
+	if d.RelL2 > 2e-2 || d.RelL2 == 0 || d.Top1 < 0.9 {
+		t.Fatalf("bf16 vs f32 logits: %+v", d)
+	}
+}
