@@ -205,7 +205,7 @@ def run(a):
     prompts = torch.randint(3, c["vocab"], (a.batch, a.prompt_len), generator=g, device=dev)
     prompts[:, 0] = 1
     B, T, start = a.batch, a.prompt_len + a.gen_len, a.prompt_len - 1
-    mb = a.micro_batch_size or B
+    mb = min(a.micro_batch_size or B, B)
     times = []
     for step in range(1 + a.steps):
         sync()

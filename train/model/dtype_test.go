@@ -255,3 +255,36 @@ func TestRandomLogitsDTypes(t *testing.T) {
 		t.Fatalf("bf16 vs f32 logits: %+v", d)
 	}
 }
+
+// TestXLAFormsMatch: the forms used on XLA (Slice/Concatenate RoPE and
+// log-prob trimming, norm weights on the activations) compute the same
+// log-probs and scores as the pure-Go forms (0/1 matrices, folded norms).
+func TestXLAFormsMatch(t *testing.T) {
+	be := getBackend(t)
+	cfg := tinyConfig()
+	w := RandomWeights(cfg, 4)
+	ctx := context.New().In("m")
+	if err := SetWeights(ctx, cfg, w); err != nil {
+		t.Fatal(err)
+	}
+	ids, mask := padded([][]int32{{1, 5, 9, 3, 7, 2, 11}, {1, 4, 4, 8}}, 40, true) // 80 rows > widths: folding on
+	run := func() ([]float32, []float32) {
+		out, err := context.ExecOnceN(be, ctx.Reuse(), func(ctx *context.Context, ids, mask *G.Node) []*G.Node {
+			return []*G.Node{TokenLogProbs(ctx, cfg, ids, mask), Scores(ctx, cfg, ids, mask)}
+		}, tensors.FromFlatDataAndDimensions(ids, 2, 40), tensors.FromFlatDataAndDimensions(mask, 2, 40))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tensors.MustCopyFlatData[float32](out[0]), tensors.MustCopyFlatData[float32](out[1])
+	}
+	lp, sc := run()
+	forceXLAForms = true
+	defer func() { forceXLAForms = false }()
+	lp2, sc2 := run()
+	if e := relErr(lp2, lp); e > 1e-5 {
+		t.Errorf("log-probs: XLA forms differ by %.3g", e)
+	}
+	if e := relErr(sc2, sc); e > 1e-5 {
+		t.Errorf("scores: XLA forms differ by %.3g", e)
+	}
+}

@@ -214,7 +214,11 @@ func normed(xs, nw *G.Node, ps ...proj) (*G.Node, []proj) {
 // one), where Slice has no gradient and the 0/1-matrix forms below are used;
 // on XLA the exact Slice/Concatenate forms are used (a matmul by a 0/1
 // matrix is not exact under TF32).
-func pureGo(g *G.Graph) bool { return PureGo(g.Backend()) }
+func pureGo(g *G.Graph) bool { return !forceXLAForms && PureGo(g.Backend()) }
+
+// forceXLAForms makes tests build the XLA forms on the pure-Go backend
+// (forward only: Slice has no gradient there).
+var forceXLAForms = false
 
 // PureGo reports whether be is GoMLX's pure-Go backend (no Pad op).
 func PureGo(be backends.Backend) bool {
