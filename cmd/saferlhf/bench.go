@@ -80,6 +80,13 @@ func runBench(args []string) error {
 	if *loraRank > 0 {
 		opts.LoRA = model.LoRAConfig{Rank: *loraRank, Alpha: *loraAlpha, Targets: splitList(*loraTargets)}
 	}
+	if strings.HasPrefix(spec, "xla") {
+		frac := *memFrac
+		if frac == 0 {
+			frac = 0.75 // the CUDA PJRT plugin's default
+		}
+		opts.DeviceBytes = int64(float64(ppo.DeviceMemory()) * frac)
+	}
 	r, err := ppo.Bench(opts)
 	if err != nil {
 		return err
@@ -106,6 +113,7 @@ func runBench(args []string) error {
 	row("compile estimate (s)", "%.1f", r.CompileSecs)
 	row("model load / init (s)", "%.1f", r.LoadSeconds)
 	row("host peak RSS (MiB)", "%.0f", r.HostRSSMiB)
+	row("memory plan: device peak (GiB)", "%.1f", r.PlannedPeakGiB)
 	row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
 	row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))
 	if *jsonOut != "" {

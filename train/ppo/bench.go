@@ -35,6 +35,8 @@ type BenchOptions struct {
 	Sampling                     Sampling
 	// PeakTFLOPS is the device's dense bf16 (or f32) peak, for MFU (0: not reported).
 	PeakTFLOPS float64
+	// DeviceBytes is the memory the run may use on the device (0: no memory plan check).
+	DeviceBytes int64
 	// Log receives progress lines (nil: none).
 	Log func(format string, args ...any)
 }
@@ -78,6 +80,8 @@ type BenchResult struct {
 	UpdateTFLOPs   float64 `json:"update_tflop_per_step"`
 	UpdateMFU      float64 `json:"update_mfu"`
 	HostRSSMiB     float64 `json:"host_peak_rss_mib"`
+	// PlannedPeakGiB is the memory plan's estimated device peak.
+	PlannedPeakGiB float64 `json:"planned_peak_gib"`
 	// H2DBytes and D2HBytes are the host↔device bytes of one step, counted from the tensors the
 	// nets pass (model weights excluded: they are loaded once).
 	H2DBytes int64 `json:"h2d_bytes_per_step"`
@@ -144,6 +148,13 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	}
 	cm, err := spec(o.CostDir, 3, true)
 	if err != nil {
+		return nil, err
+	}
+	mp := MemoryPlanConfig{Actor: acfg, Reward: rm.Cfg, Cost: cm.Cfg, DType: o.DType, LoRA: o.LoRA, Batch: o.Batch,
+		MicroBatch: o.MicroBatch, PromptLen: o.PromptLen, GenLen: o.GenLen}
+	plan := PlanMemory(mp)
+	logf("bench: %s", plan)
+	if err := plan.Check(o.DeviceBytes, mp); err != nil {
 		return nil, err
 	}
 	cfg := DefaultConfig(PPOLag)
@@ -236,6 +247,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		res.UpdateMFU = res.UpdateTFLOPs / (res.ActorSeconds + res.CriticSecs) / o.PeakTFLOPS
 	}
 	res.HostRSSMiB = procStatusMiB("VmHWM")
+	res.PlannedPeakGiB = float64(plan.Peak) / (1 << 30)
 	res.H2DBytes, res.D2HBytes = stepTraffic(acfg, o, nets.gen)
 	return res, nil
 }
