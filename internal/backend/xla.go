@@ -4,6 +4,7 @@ package backend
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/gomlx/go-xla/pkg/pjrt"
 	"github.com/gomlx/gomlx/backends"
@@ -32,7 +33,9 @@ func newXLA(plugin string, o Options) (b backends.Backend, err error) {
 	}
 	xb, err := xla.NewWithOptions(plugin, opts)
 	if err != nil {
-		return nil, fmt.Errorf("backend xla:%s: %w", plugin, err)
+		// A plugin that rejects these options still runs, with its defaults.
+		fmt.Fprintf(os.Stderr, "backend xla: PJRT client options %v refused (%v); using the plugin's defaults\n", opts, err)
+		return xla.New(plugin)
 	}
 	return xb, nil
 }

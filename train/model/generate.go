@@ -141,7 +141,7 @@ const smallDotCrosses = 16 * 32 * 32
 func chunkedLinear(x, w *G.Node) *G.Node {
 	b, d := x.Shape().Dimensions[0], x.Shape().Dimensions[1]
 	v := w.Shape().Dimensions[0]
-	if b*v <= smallDotCrosses {
+	if b*v <= smallDotCrosses || !pureGo(x.Graph()) {
 		return linear(x, w)
 	}
 	nc := 0
