@@ -102,8 +102,8 @@ if [ "${SCALE_CPU_TEST:-}" = 1 ]; then
 fi
 
 # 1. Numerics at the 1B shape: f32 on the pure-Go backend (exact reference), f32, bf16 and forced
-# TF32 on XLA; 1 row of 32 tokens.
-run numerics_1b 40 75 "$BIN" bench --numerics --numerics-cpu --preset $P1B --batch 1 --prompt-len 32 \
+# TF32 on XLA; 1 row of 16 tokens.
+run numerics_1b 40 75 "$BIN" bench --numerics --numerics-cpu --preset $P1B --batch 1 --prompt-len 16 \
   --backend $NUMBE --json "$OUT/numerics_1b.json"
 # PyTorch's TF32 switch on the same kind of check, for the record (f32 vs f32+TF32 matmul).
 [ "${SCALE_CPU_TEST:-}" = 1 ] || run torch_tf32 10 30 env PYTHONUNBUFFERED=1 $PY -c '
@@ -129,9 +129,14 @@ run go_3b 90 150 "$BIN" bench --preset $P3B --lora-rank 16 --micro-batch-size 8 
 run torch_3b 40 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P3B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_3b.json"
 
 section "summary"
-for f in "$OUT"/go_*.json "$OUT"/torch_*.json; do
-  [ -f "$f" ] && echo "$(basename "$f"): $(tr -d '\n ' <"$f" | head -c 1200)"
+# One results file (the device tool returns at most 8 files): {"name": ..., "result": ...} per line.
+for f in "$OUT"/numerics_*.json "$OUT"/go_*.json "$OUT"/torch_*.json; do
+  [ -f "$f" ] || continue
+  echo "{\"name\": \"$(basename "$f" .json)\", \"result\": $(tr -d '\n' <"$f")}" >>"$OUT/results.jsonl"
+  echo "$(basename "$f"): $(tr -d '\n ' <"$f" | head -c 1500)"
+  rm -f "$f"
 done
+[ -f "$OUT/runs.jsonl" ] && cat "$OUT/runs.jsonl" >>"$OUT/results.jsonl" && rm -f "$OUT/runs.jsonl"
 if [ ${#FAILED[@]} -eq 0 ]; then
   echo "scale: all sections passed or were skipped in $(elapsed)s"
 else
