@@ -44,6 +44,10 @@ run() {
   shift 3
   local left=$((BUDGET - $(elapsed)))
   section "$name"
+  if [[ " ${SCALE_SKIP:-} " == *" $name "* ]]; then
+    echo "--- $name: SKIPPED (SCALE_SKIP)"
+    return 0
+  fi
   if [ "$left" -lt "$min" ]; then
     echo "--- $name: SKIPPED ($left s left of the ${BUDGET} s budget, needs $min)"
     return 0
@@ -80,7 +84,9 @@ PLUGIN_DIR=$($PY -c 'import jax_plugins.xla_cuda13, os; print(os.path.dirname(ja
 SITE=$($PY -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null || true)
 CUDA_DIR=/usr/local/cuda
 [ -n "$SITE" ] && [ -d "$SITE/nvidia/cu13" ] && CUDA_DIR=$SITE/nvidia/cu13
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_cuda_data_dir=$CUDA_DIR"
+# Autotuning off by default: on the first H200 run (2026-11-29) compiling the 1B step's graphs took
+# over 140 s with XLA's default autotuning (SCALE_XLA_FLAGS= to restore it).
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_cuda_data_dir=$CUDA_DIR ${SCALE_XLA_FLAGS---xla_gpu_autotune_level=0}"
 export GOPJRT_CUDA_CHECKS=0 TF_CPP_MIN_LOG_LEVEL=2
 echo "SAFERLHF_PJRT_CUDA=${SAFERLHF_PJRT_CUDA:-none} XLA_FLAGS=$XLA_FLAGS"
 
@@ -119,10 +125,10 @@ bf = (a.bfloat16() @ b.bfloat16()).double()
 print(f"torch bf16 matmul: rel. L2 error vs f64 {((bf-ref).norm()/ref.norm()):.3g}")'
 
 # 2. 1B: Go, then the twin.
-run go_1b 60 150 "$BIN" bench --preset $P1B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_1b.json"
+run go_1b 60 130 "$BIN" bench --preset $P1B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_1b.json"
 run torch_1b 30 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P1B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_1b.json"
 # 3. 7B (LLaMA-2 shape): the issue's target, B=16, 128 + 384 tokens.
-run go_7b 90 200 "$BIN" bench --preset $P7B --lora-rank 16 --micro-batch-size 4 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_7b.json"
+run go_7b 90 230 "$BIN" bench --preset $P7B --lora-rank 16 --micro-batch-size 4 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_7b.json"
 run torch_7b 40 120 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P7B --lora-rank 16 --micro-batch-size 4 "${TSHAPE[@]}" --json "$OUT/torch_7b.json"
 # 4. 3B if time is left.
 run go_3b 90 150 "$BIN" bench --preset $P3B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_3b.json"

@@ -92,12 +92,28 @@ type BenchResult struct {
 type timedNets struct {
 	*GraphNets
 	actor, critics time.Duration
+	logf           func(string, ...any)
+}
+
+func (t *timedNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
+	t0 := time.Now()
+	r, err := t.GraphNets.Generate(prompts, seed)
+	t.logf("bench:   generate %.2fs", time.Since(t0).Seconds())
+	return r, err
+}
+
+func (t *timedNets) Score(r *Rollout) error {
+	t0 := time.Now()
+	err := t.GraphNets.Score(r)
+	t.logf("bench:   score %.2fs", time.Since(t0).Seconds())
+	return err
 }
 
 func (t *timedNets) UpdateActor(lr float64, r *Rollout, ra, ca []float32, lambda float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
 	t0 := time.Now()
 	s, err := t.GraphNets.UpdateActor(lr, r, ra, ca, lambda, mask, ptx, c)
 	t.actor += time.Since(t0)
+	t.logf("bench:   actor update %.2fs", time.Since(t0).Seconds())
 	return s, err
 }
 
@@ -105,6 +121,7 @@ func (t *timedNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mas
 	t0 := time.Now()
 	l, err := t.GraphNets.UpdateCritic(cost, lr, r, returns, mask)
 	t.critics += time.Since(t0)
+	t.logf("bench:   critic update %.2fs", time.Since(t0).Seconds())
 	return l, err
 }
 
@@ -189,7 +206,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(out)
-	tn := &timedNets{GraphNets: nets}
+	tn := &timedNets{GraphNets: nets, logf: logf}
 	var actorT, criticT []time.Duration
 	var progress progressFunc = func(step int) {
 		actorT, criticT = append(actorT, tn.actor), append(criticT, tn.critics)
