@@ -24,6 +24,7 @@ func runBench(args []string) error {
 	preset := fs.String("preset", "stories260K", "model shape: "+strings.Join(model.PresetNames(), ", "))
 	initW := fs.String("init", "random", "weights: random (the preset's shape), or give --actor/--reward-model/--cost-model")
 	actor := fs.String("actor", "", "actor HF directory (real weights; overrides --preset)")
+	modelPath := fs.String("model", "", "one model (llama2.c .bin or HF dir) as actor and, with fresh score heads, reward and cost models (overrides --preset)")
 	rm := fs.String("reward-model", "", "reward model HF directory (default: random, the actor's shape)")
 	cm := fs.String("cost-model", "", "cost model HF directory (default: random, the actor's shape)")
 	batch := fs.Int("batch", 16, "rollouts per step (prompt batch = train batch)")
@@ -73,7 +74,22 @@ func runBench(args []string) error {
 		b.Finalize()
 		return benchNumerics(cfg, spec, *memFrac, *numCPU, *batch, *promptLen, *jsonOut)
 	}
-	opts := ppo.BenchOptions{Backend: b, BackendName: spec, Cfg: cfg, ActorDir: *actor, RewardDir: *rm, CostDir: *cm,
+	var specs *[3]ppo.ModelSpec
+	if *modelPath != "" {
+		specs = &[3]ppo.ModelSpec{}
+		for i := range specs {
+			c, w, err := model.LoadAny(*modelPath)
+			if err != nil {
+				return err
+			}
+			if i > 0 {
+				delete(w, model.NameLMHead)
+				model.InitScoreHead(c, w, 1, uint64(i))
+			}
+			specs[i] = ppo.ModelSpec{Cfg: c, Weights: w}
+		}
+	}
+	opts := ppo.BenchOptions{Backend: b, Specs: specs, BackendName: spec, Cfg: cfg, ActorDir: *actor, RewardDir: *rm, CostDir: *cm,
 		DType: dt, Batch: *batch, PromptLen: *promptLen, GenLen: *genLen, Steps: *steps, MicroBatch: *micro,
 		Sampling:   ppo.Sampling{Temperature: *temp, TopP: *topP, TopK: *topK, RepetitionPenalty: 1},
 		PeakTFLOPS: *peak, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
@@ -101,10 +117,11 @@ func runBench(args []string) error {
 	row("step: actor update (s)", "%.3f", r.ActorSeconds)
 	row("step: 2 critic updates (s)", "%.3f", r.CriticSecs)
 	row("step: RL math on host (s)", "%.4f", r.RLMathSecs)
+	row("step: update, 3 models (s)", "%.3f", r.ActorSeconds+r.CriticSecs+r.RLMathSecs)
 	row("step: total (s)", "%.3f", r.StepSeconds)
-	row("generation tokens/s", "%.0f", r.GenTokPerS)
+	row("rollout tokens/s (generation)", "%.0f", r.GenTokPerS)
 	row("scoring tokens/s (6 models)", "%.0f", r.ScoreTokPerS)
-	row("train tokens/s (actor + 2 critics)", "%.0f", r.TrainTokPerS)
+	row("train tokens/s (actor+2 critics)", "%.0f", r.TrainTokPerS)
 	row("device copy bandwidth (GB/s)", "%.0f", r.CopyGBps)
 	row("generation / HBM bound", "%.3f", r.GenHBMFraction)
 	row("update model TFLOP per step", "%.2f", r.UpdateTFLOPs)
@@ -112,7 +129,7 @@ func runBench(args []string) error {
 	row("warm-up step incl. compile (s)", "%.1f", r.WarmupSecs)
 	row("compile estimate (s)", "%.1f", r.CompileSecs)
 	row("model load / init (s)", "%.1f", r.LoadSeconds)
-	row("host peak RSS (MiB)", "%.0f", r.HostRSSMiB)
+	row("peak RSS (MiB, VmHWM)", "%.0f", r.HostRSSMiB)
 	row("memory plan: device peak (GiB)", "%.1f", r.PlannedPeakGiB)
 	row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
 	row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))

@@ -29,11 +29,13 @@ type BenchOptions struct {
 	// name HF checkpoints.
 	Cfg                          *model.Config
 	ActorDir, RewardDir, CostDir string
-	DType                        dtypes.DType
-	LoRA                         model.LoRAConfig
-	Batch, PromptLen, GenLen     int
-	Steps, MicroBatch            int
-	Sampling                     Sampling
+	// Specs, when set, are the actor, reward and cost models as given (host weights).
+	Specs                    *[3]ModelSpec
+	DType                    dtypes.DType
+	LoRA                     model.LoRAConfig
+	Batch, PromptLen, GenLen int
+	Steps, MicroBatch        int
+	Sampling                 Sampling
 	// PeakTFLOPS is the device's dense bf16 (or f32) peak, for MFU (0: not reported).
 	PeakTFLOPS float64
 	// DeviceBytes is the memory the run may use on the device (0: no memory plan check).
@@ -159,19 +161,22 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		}
 		return ModelSpec{Cfg: &c, RandomSeed: seed}, nil
 	}
-	actor, err := spec(o.ActorDir, 1, false)
-	if err != nil {
-		return nil, err
+	var actor, rm, cm ModelSpec
+	var err error
+	if o.Specs != nil {
+		actor, rm, cm = o.Specs[0], o.Specs[1], o.Specs[2]
+	} else {
+		if actor, err = spec(o.ActorDir, 1, false); err != nil {
+			return nil, err
+		}
+		if rm, err = spec(o.RewardDir, 2, true); err != nil {
+			return nil, err
+		}
+		if cm, err = spec(o.CostDir, 3, true); err != nil {
+			return nil, err
+		}
 	}
 	acfg = actor.Cfg
-	rm, err := spec(o.RewardDir, 2, true)
-	if err != nil {
-		return nil, err
-	}
-	cm, err := spec(o.CostDir, 3, true)
-	if err != nil {
-		return nil, err
-	}
 	mp := MemoryPlanConfig{Actor: acfg, Reward: rm.Cfg, Cost: cm.Cfg, DType: o.DType, LoRA: o.LoRA, Batch: o.Batch,
 		MicroBatch: o.MicroBatch, PromptLen: o.PromptLen, GenLen: o.GenLen}
 	plan := PlanMemory(mp)
@@ -277,6 +282,10 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 func modelName(o BenchOptions) string {
 	if o.ActorDir != "" {
 		return o.ActorDir
+	}
+	if o.Specs != nil {
+		c := o.Specs[0].Cfg
+		return fmt.Sprintf("d=%d L=%d V=%d", c.HiddenSize, c.NumLayers, c.VocabSize)
 	}
 	return fmt.Sprintf("random d=%d L=%d V=%d", o.Cfg.HiddenSize, o.Cfg.NumLayers, o.Cfg.VocabSize)
 }
