@@ -267,7 +267,8 @@ def run(args):
 
 def go_bench(args):
     out = subprocess.run([args.go_bin, "bench", "--model", args.model, "--batch", str(args.batch),
-                          "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--steps", str(args.steps)]
+                          "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--steps", str(args.steps),
+                          "--top-k", "0", "--dtype", "f32"]
                          + (["--backend", args.go_backend] if args.go_backend else []),
                          check=True, capture_output=True, text=True).stdout
     vals = {}
