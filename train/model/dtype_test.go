@@ -288,3 +288,31 @@ func TestXLAFormsMatch(t *testing.T) {
 		t.Errorf("scores: XLA forms differ by %.3g", e)
 	}
 }
+
+// TestSaveDTypeFollowsCheckpoint: a model loaded from a bf16 checkpoint is saved in bf16 (HF's
+// default), an explicit f16 wins, and an unknown dtype is an error naming it.
+func TestSaveDTypeFollowsCheckpoint(t *testing.T) {
+	cfg := tinyConfig()
+	cfg.ScoreDim = 0
+	w := RandomWeights(cfg, 2)
+	for _, c := range []struct{ torch, want string }{{"", "F32"}, {"bfloat16", "BF16"}, {"f16", "F16"}} {
+		dir := t.TempDir()
+		sc := *cfg
+		sc.TorchDType = c.torch
+		if err := SaveWithTokenizer(dir, &sc, w, ""); err != nil {
+			t.Fatal(err)
+		}
+		set, err := safetensors.OpenDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dt, _, err := set.Info(NameEmbed)
+		set.Close()
+		if err != nil || string(dt) != c.want {
+			t.Fatalf("torch_dtype %q: saved as %s (%v), want %s", c.torch, dt, err, c.want)
+		}
+	}
+	if _, err := SaveDType("int8"); err == nil || !strings.Contains(err.Error(), "int8") {
+		t.Fatalf("SaveDType(int8) = %v", err)
+	}
+}

@@ -13,8 +13,14 @@ import (
 
 // SaveWithTokenizer is Save plus a copy of the tokenizer file at tokPath (when
 // set) in dir, so that the next stage finds the model and its tokenizer in one place.
+// The tensors are stored in cfg.TorchDType (the loaded checkpoint's, or
+// --save-dtype: HF's behaviour), float32 when it is unknown.
 func SaveWithTokenizer(dir string, cfg *Config, w Weights, tokPath string) error {
-	if err := Save(dir, cfg, w); err != nil {
+	dt, err := SaveDType(cfg.TorchDType)
+	if err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	if err := SaveAs(dir, cfg, w, dt); err != nil {
 		return err
 	}
 	if tokPath == "" {

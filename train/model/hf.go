@@ -219,3 +219,17 @@ func LoadAny(path string) (*Config, Weights, error) {
 	}
 	return LoadLlama2C(path)
 }
+
+// SaveDType maps a torch_dtype or --save-dtype value ("float32"/"f32",
+// "bfloat16"/"bf16", "float16"/"f16"; "" means float32) to a safetensors dtype.
+func SaveDType(s string) (safetensors.DType, error) {
+	switch strings.ToLower(s) {
+	case "", "float32", "f32", "fp32":
+		return safetensors.F32, nil
+	case "bfloat16", "bf16":
+		return safetensors.BF16, nil
+	case "float16", "f16", "fp16", "half":
+		return safetensors.F16, nil
+	}
+	return "", fmt.Errorf("dtype %q: want f32, bf16 or f16", s)
+}

@@ -45,6 +45,10 @@ type RunConfig struct {
 	LoRARank     int      `flag:"lora-rank" help:"LoRA rank for actor and critics (0: full fine-tuning)"`
 	LoRAAlpha    float64  `flag:"lora-alpha" help:"LoRA alpha"`
 	LoRATargets  []string `flag:"lora-targets" help:"LoRA target modules"`
+	DType        string   `flag:"dtype" help:"compute dtype bf16 or f32 (default: bf16 on xla:*, f32 otherwise)"`
+	SaveDType    string   `flag:"save-dtype" help:"dtype of the saved policy: f32, bf16 or f16 (default: the --model checkpoint's torch_dtype, f32 when unknown)"`
+	MicroBatch   int      `flag:"micro-batch-size" help:"rows per update micro-batch, gradients accumulated in graph (0: the whole --train-batch-size)"`
+	GPUMemFrac   float64  `flag:"gpu-memory-fraction" help:"fraction of GPU memory the XLA client may use (0: the plugin's default)"`
 }
 
 // DefaultRunConfig returns the defaults of a run of alg (its own DefaultConfig).
@@ -81,6 +85,15 @@ func (c *RunConfig) Validate() error {
 	ck.Check(c.EvalRatio >= 0 && c.EvalRatio < 1, "--eval-ratio must be in [0, 1), got %v", c.EvalRatio)
 	ck.NonNegativeInt("eval-max", c.EvalMax)
 	ck.PositiveInt("eval-batch-size", c.EvalBatch)
+	if c.DType != "" {
+		_, err := model.ParseDType(c.DType)
+		ck.Check(err == nil, "--dtype: %v", err)
+	}
+	_, err := model.SaveDType(c.SaveDType)
+	ck.Check(err == nil, "--save-dtype: %v", err)
+	ck.NonNegativeInt("micro-batch-size", c.MicroBatch)
+	ck.Check(c.MicroBatch == 0 || c.TrainBatchSize%c.MicroBatch == 0, "--micro-batch-size %d must divide --train-batch-size %d", c.MicroBatch, c.TrainBatchSize)
+	ck.Check(c.GPUMemFrac >= 0 && c.GPUMemFrac <= 1, "--gpu-memory-fraction must be in [0, 1], got %v", c.GPUMemFrac)
 	ck.Check(c.PTXMaxLength >= 2, "--ptx-max-length must be >= 2, got %d", c.PTXMaxLength)
 	ck.NonNegativeInt("save-every", c.SaveEvery)
 	ck.NonNegativeInt("lora-rank", c.LoRARank)
@@ -214,7 +227,7 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 
 // NonTrajectoryKeys are the RunConfig keys a resumed run may change freely: where output goes,
 // how often it is saved, the held-out evaluation around training, and the resume switches.
-var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch"}
+var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch", "SaveDType", "GPUMemFrac"}
 
 // checkpointOptions returns the trainer's checkpoint settings for c: the frozen models by path and
 // hash, the tokenizer stored in each checkpoint, and the run config compared on resume.
@@ -313,17 +326,31 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 			return nil, err
 		}
 	}
-	be, err := backend.New(c.Backend)
+	be, err := backend.NewWithOptions(c.Backend, backend.Options{MemoryFraction: c.GPUMemFrac})
 	if err != nil {
 		return nil, err
 	}
-	gc := GraphNetsConfig{Backend: be, WithCostCritic: c.UsesCostCritic(), Pad: in.tok.Pad(), EOS: in.tok.EOS(),
+	dtName := c.DType
+	if dtName == "" {
+		dtName = model.DefaultDType(backend.Resolve(c.Backend))
+	}
+	dt, err := model.ParseDType(dtName)
+	if err != nil {
+		return nil, err
+	}
+	gc := GraphNetsConfig{Backend: be, DType: dt, WithCostCritic: c.UsesCostCritic(), Pad: in.tok.Pad(), EOS: in.tok.EOS(),
 		MaxNewTokens: c.MaxNewTokens, MaxPromptTokens: c.MaxPromptTokens, Temperature: c.Temperature,
 		TopP: c.TopP, TopK: c.TopK, RepPenalty: c.RepetitionPenalty, ActorWeightDecay: c.ActorWeightDecay,
 		CriticWeightDecay: c.CriticWeightDecay, GradClip: c.GradClip,
 		SaveModel: func(dir string, cfg *model.Config, w model.Weights) error {
+			if c.SaveDType != "" {
+				sc := *cfg
+				sc.TorchDType = c.SaveDType
+				cfg = &sc
+			}
 			return model.SaveWithTokenizer(dir, cfg, w, tokPath)
 		},
+		MicroBatchSize: c.MicroBatch, TrainBatchSize: c.TrainBatchSize,
 		LoRA:     model.LoRAConfig{Rank: c.LoRARank, Alpha: c.LoRAAlpha, Targets: c.LoRATargets},
 		LoRASeed: c.Seed}
 	load := func(flag, path string, score bool) (ModelSpec, error) {
