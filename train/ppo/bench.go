@@ -94,11 +94,24 @@ type BenchResult struct {
 // timedNets wraps Nets, timing each call, and skips checkpoints (a benchmark saves nothing).
 type timedNets struct {
 	*GraphNets
-	actor, critics time.Duration
-	logf           func(string, ...any)
+	actor, critics  time.Duration
+	actorT, criticT []time.Duration // per step
+	started         bool
+	logf            func(string, ...any)
+}
+
+// flush ends a step's timings (each step starts with one Generate: prompt batch = train batch).
+func (t *timedNets) flush() {
+	t.actorT, t.criticT = append(t.actorT, t.actor), append(t.criticT, t.critics)
+	t.actor, t.critics = 0, 0
+	t.logf("bench: step %d done", len(t.actorT))
 }
 
 func (t *timedNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
+	if t.started {
+		t.flush()
+	}
+	t.started = true
 	t0 := time.Now()
 	r, err := t.GraphNets.Generate(prompts, seed)
 	t.logf("bench:   generate %.2fs", time.Since(t0).Seconds())
@@ -112,9 +125,9 @@ func (t *timedNets) Score(r *Rollout) error {
 	return err
 }
 
-func (t *timedNets) UpdateActor(lr float64, r *Rollout, ra, ca []float32, lambda float64, mask []float32, ptx *PTXBatch, c float64) (ActorStats, error) {
+func (t *timedNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	t0 := time.Now()
-	s, err := t.GraphNets.UpdateActor(lr, r, ra, ca, lambda, mask, ptx, c)
+	s, err := t.GraphNets.UpdateActor(b)
 	t.actor += time.Since(t0)
 	t.logf("bench:   actor update %.2fs", time.Since(t0).Seconds())
 	return s, err
@@ -217,13 +230,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	}
 	defer os.RemoveAll(out)
 	tn := &timedNets{GraphNets: nets, logf: logf}
-	var actorT, criticT []time.Duration
-	var progress progressFunc = func(step int) {
-		actorT, criticT = append(actorT, tn.actor), append(criticT, tn.critics)
-		tn.actor, tn.critics = 0, 0
-		logf("bench: step %d done", len(actorT))
-	}
-	tr, err := NewTrainer(cfg, Options{OutDir: out, Progress: progress, ProgressLines: true}, tn, set, nil)
+	tr, err := NewTrainer(cfg, Options{OutDir: out}, tn, set, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -231,6 +238,8 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		return nil, err
 	}
 	tr.Close()
+	tn.flush()
+	actorT, criticT := tn.actorT, tn.criticT
 	perf := tr.PerfHistory()
 	if len(perf) != 1+o.Steps || len(actorT) < len(perf) {
 		return nil, fmt.Errorf("bench: %d steps timed, want %d", len(perf), 1+o.Steps)
@@ -366,16 +375,6 @@ func copyBandwidth(be backends.Backend) (gbps float64, err error) {
 	el := time.Since(t0).Seconds()
 	x.FinalizeAll()
 	return float64(reps) * 2 * n * 4 / el / 1e9, nil
-}
-
-// progressFunc turns the trainer's progress lines (one per step) into a per-step callback.
-type progressFunc func(step int)
-
-func (f progressFunc) Write(b []byte) (int, error) {
-	for range strings.Count(string(b), "\n") {
-		f(0)
-	}
-	return len(b), nil
 }
 
 // procStatusMiB returns a /proc/self/status field in MiB (0 off Linux).
