@@ -93,31 +93,42 @@ static void transpose_in(const float *src, int ld, int T, int dh, float *dst) {
 /* The score of a key of a query with no real key in its causal prefix, as
  * the graph computes it: q·k plus a -1e9 bias, rounded to float32 (so scores
  * within ±32 tie, and larger ones move in steps of 64). */
-static inline float pad_query_score(float s) {
-	volatile float t = s + -1e9f;
-	return t;
+static inline float pad_query_score(float s) { return s + -1e9f; }
+
+/* Scores of a left-pad query i for keys [j0, j0+n) from transposed keys kt
+ * [dh][T]: fl32(q·k − 1e9) for its included keys (j <= i or real), -inf else. */
+static inline void pad_scores(const float *q, const float *kt, int T, int dh, int j0, int n, int i, const float *mask,
+                              float *s) {
+	for (int x = 0; x < n; x++) s[x] = 0;
+	for (int d = 0; d < dh; d++) {
+		float qd = q[d];
+		const float *kr = kt + (size_t)d * T + j0;
+		for (int x = 0; x < n; x++) s[x] += qd * kr[x];
+	}
+	for (int x = 0; x < n; x++) s[x] = (j0 + x <= i || mask[j0 + x] != 0) ? pad_query_score(s[x]) : -INFINITY;
 }
 
 /* Forward of a left-pad query: softmax over its included keys (its pad prefix
- * and the real keys after it, each with exactly one -1e9 violation). */
-static void fwd_uniform(struct attn_job *j, const float *mask, int b, int h, int kvh, int i, float *o) {
-	int T = j->T, dh = j->dh, kw = j->Hkv * dh, qw = j->Hq * dh;
+ * and the real keys after it, each with exactly one -1e9 violation), blockwise. */
+static inline void fwd_pad(struct attn_job *j, const float *mask, const float *kt, const float *vt, int b, int h, int i,
+                           float *o, float *s, float *acc) {
+	int T = j->T, dh = j->dh, qw = j->Hq * dh;
 	const float *q = j->q + (size_t)(b * T + i) * qw + h * dh;
 	float m = -INFINITY, l = 0;
-	for (int jj = 0; jj < T; jj++) {
-		if (jj > i && mask[jj] == 0) continue;
-		float t = pad_query_score(dot(q, j->k + (size_t)(b * T + jj) * kw + kvh * dh, dh));
-		m = t > m ? t : m;
+	for (int d = 0; d < dh; d++) acc[d] = 0;
+	for (int j0 = 0; j0 < T; j0 += KB) {
+		int n = T - j0 < KB ? T - j0 : KB;
+		pad_scores(q, kt, T, dh, j0, n, i, mask, s);
+		float bm = vmax(s, n);
+		if (bm == -INFINITY) continue;
+		float mn = bm > m ? bm : m;
+		float corr = m == -INFINITY ? 0.0f : fexp(m - mn);
+		for (int x = 0; x < n; x++) s[x] = fexp(s[x] - mn);
+		l = l * corr + vsum(s, n);
+		for (int d = 0; d < dh; d++) acc[d] = acc[d] * corr + sum_prod(s, vt + (size_t)d * T + j0, n);
+		m = mn;
 	}
-	for (int d = 0; d < dh; d++) o[d] = 0;
-	for (int jj = 0; jj < T; jj++) {
-		if (jj > i && mask[jj] == 0) continue;
-		size_t ko = (size_t)(b * T + jj) * kw + kvh * dh;
-		float p = fexp(pad_query_score(dot(q, j->k + ko, dh)) - m);
-		l += p;
-		for (int d = 0; d < dh; d++) o[d] += p * j->v[ko + d];
-	}
-	for (int d = 0; d < dh; d++) o[d] /= l;
+	for (int d = 0; d < dh; d++) o[d] = acc[d] / l;
 	j->l[((size_t)b * j->Hq + h) * T + i] = m + logf(l);
 }
 
@@ -137,7 +148,7 @@ CLONES static void attn_fwd_head(struct attn_job *j, int b, int h) {
 	for (int i = 0; i < T; i++) {
 		float *o = j->o + (size_t)(b * T + i) * qw + h * dh;
 		if (!any[i]) {
-			fwd_uniform(j, mask, b, h, kvh, i, o);
+			fwd_pad(j, mask, kt, vt, b, h, i, o, s, acc);
 			continue;
 		}
 		const float *q = j->q + (size_t)(b * T + i) * qw + h * dh;
@@ -180,35 +191,50 @@ void eng_attn_fwd(int B, int T, int Hq, int Hkv, int dh, const float *q, const f
 	eng_parallel(B * Hq, attn_fwd_task, &j);
 }
 
-/* Backward of a left-pad query (scalar: rare). */
-static void bwd_uniform(struct attn_job *j, const float *mask, int b, int h, int kvh, int i, float *dkt, float *dvt) {
-	int T = j->T, dh = j->dh, qw = j->Hq * dh, kw = j->Hkv * dh;
+/* Backward of a left-pad query, blockwise. The saved lse ≈ -1e9 has lost
+ * log(l) to rounding, so the softmax's max and sum are recomputed first. */
+static inline void bwd_pad(struct attn_job *j, const float *mask, const float *kt, const float *vt, int b, int h, int i,
+                           float *dkt, float *dvt, float *p, float *ds) {
+	int T = j->T, dh = j->dh, qw = j->Hq * dh;
 	size_t qo = (size_t)(b * T + i) * qw + h * dh;
 	const float *q = j->q + qo, *o = j->out + qo, *dout = j->dout + qo;
 	float *dq = j->dq + qo;
-	/* The saved lse ≈ -1e9 has lost log(l) to rounding: recompute max and sum. */
 	float m = -INFINITY, l = 0;
-	for (int jj = 0; jj < T; jj++) {
-		if (jj > i && mask[jj] == 0) continue;
-		float t = pad_query_score(dot(q, j->k + (size_t)(b * T + jj) * kw + kvh * dh, dh));
-		m = t > m ? t : m;
+	for (int j0 = 0; j0 < T; j0 += KB) {
+		int n = T - j0 < KB ? T - j0 : KB;
+		pad_scores(q, kt, T, dh, j0, n, i, mask, p);
+		float bm = vmax(p, n);
+		m = bm > m ? bm : m;
 	}
-	for (int jj = 0; jj < T; jj++) {
-		if (jj > i && mask[jj] == 0) continue;
-		l += fexp(pad_query_score(dot(q, j->k + (size_t)(b * T + jj) * kw + kvh * dh, dh)) - m);
+	for (int j0 = 0; j0 < T; j0 += KB) {
+		int n = T - j0 < KB ? T - j0 : KB;
+		pad_scores(q, kt, T, dh, j0, n, i, mask, p);
+		for (int x = 0; x < n; x++) p[x] = fexp(p[x] - m);
+		l += vsum(p, n);
 	}
-	float D = dot(dout, o, dh);
+	float inv = 1.0f / l, D = dot(dout, o, dh);
 	for (int d = 0; d < dh; d++) dq[d] = 0;
-	for (int jj = 0; jj < T; jj++) {
-		if (jj > i && mask[jj] == 0) continue;
-		size_t ko = (size_t)(b * T + jj) * kw + kvh * dh;
-		const float *k = j->k + ko, *v = j->v + ko;
-		float p = fexp(pad_query_score(dot(q, k, dh)) - m) / l;
-		float ds = p * (dot(dout, v, dh) - D);
+	for (int j0 = 0; j0 < T; j0 += KB) {
+		int n = T - j0 < KB ? T - j0 : KB;
+		pad_scores(q, kt, T, dh, j0, n, i, mask, p);
+		for (int x = 0; x < n; x++) {
+			p[x] = fexp(p[x] - m) * inv;
+			ds[x] = 0;
+		}
 		for (int d = 0; d < dh; d++) {
-			dq[d] += ds * k[d];
-			dkt[(size_t)d * T + jj] += ds * q[d];
-			dvt[(size_t)d * T + jj] += p * dout[d];
+			float od = dout[d];
+			const float *vr = vt + (size_t)d * T + j0;
+			for (int x = 0; x < n; x++) ds[x] += od * vr[x];
+		}
+		for (int x = 0; x < n; x++) ds[x] = p[x] * (ds[x] - D);
+		for (int d = 0; d < dh; d++) {
+			float *dkr = dkt + (size_t)d * T + j0, *dvr = dvt + (size_t)d * T + j0;
+			float qd = q[d], od = dout[d];
+			for (int x = 0; x < n; x++) {
+				dkr[x] += ds[x] * qd;
+				dvr[x] += p[x] * od;
+			}
+			dq[d] += sum_prod(ds, kt + (size_t)d * T + j0, n);
 		}
 	}
 }
@@ -233,7 +259,7 @@ CLONES static void attn_bwd_kv(struct attn_job *j, int b, int kvh) {
 		int h = kvh * G + g;
 		for (int i = 0; i < T; i++) {
 			if (!any[i]) {
-				bwd_uniform(j, mask, b, h, kvh, i, dkt, dvt);
+				bwd_pad(j, mask, kt, vt, b, h, i, dkt, dvt, p, ds);
 				continue;
 			}
 			size_t qo = (size_t)(b * T + i) * qw + h * dh;
