@@ -16,11 +16,15 @@ A=assets/data
 t0=$(date +%s)
 
 # 1. The SFT policy, reward model, cost model and judge: the demo's stages, stopped before its PPO-Lag.
+judge="${JUDGE:-$models/judge/model}"
+if [ -z "${JUDGE:-}" ] && ! grep -q 'out/judge"' scripts/demo.sh; then
+	echo "compare: scripts/demo.sh builds no judge cost model; set JUDGE=<a cost model dir trained on data the training cost model never saw>" >&2
+	exit 1
+fi
 if [ ! -f "$models/.done" ]; then
 	DEMO_STOP_BEFORE_RL=1 bash scripts/demo.sh "$bin" "$models"
 	touch "$models/.done"
 fi
-judge="${JUDGE:-$models/judge/model}"
 if [ ! -f "$judge/config.json" ]; then
 	echo "compare: no judge cost model at $judge: scripts/demo.sh builds it (stage 'judge'); or set JUDGE=<cost model dir>" >&2
 	exit 1
