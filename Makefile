@@ -56,7 +56,7 @@ verify-reference: build
 demo: build
 	bash scripts/demo.sh $(BIN) $(DEMO_OUT)
 
-# The paper's comparison (PPO, reward shaping, PPO-Lag with SGD and PID λ) on the demo's models (<= 40 min, 2 cores).
+# The paper's comparison (PPO, reward shaping, PPO-Lag with SGD and PID λ) on the demo's models (budget <= 40 min on 2 cores).
 compare: build
 	bash scripts/compare.sh $(BIN) $(COMPARE_OUT)
 
