@@ -19,10 +19,19 @@ import (
 
 // tinyStage trains a stage for a few steps on the bundled model and returns its model dir.
 func tinyStage(t *testing.T, stage stages.Stage, model string, data ...string) string {
+	return tinyStageTok(t, stage, model, "../../assets/data/models/tok512.bin", data...)
+}
+
+// tinyStageTok is tinyStage with a tokenizer; a Llama-2-vocabulary one starts the
+// demo's one-layer score-model config from scratch.
+func tinyStageTok(t *testing.T, stage stages.Stage, model, tok string, data ...string) string {
 	t.Helper()
 	c := stages.Defaults(stage)
 	c.Model, c.Data, c.Out = model, data, t.TempDir()
-	c.Tokenizer = "../../assets/data/models/tok512.bin"
+	c.Tokenizer = tok
+	if strings.HasSuffix(tok, "tokenizer.model") {
+		c.Init = "scratch"
+	}
 	c.MaxLength, c.BatchSize, c.Accumulation, c.Steps, c.Epochs, c.EvalMax, c.LR = 32, 4, 1, 2, 1, 4, 1e-3
 	c.Truncate = "prompt-left"
 	r, err := stages.Run(context.Background(), stage, c)
@@ -43,7 +52,9 @@ func TestCompareCommand(t *testing.T) {
 	a := "../../assets/data"
 	sft := tinyStage(t, stages.SFT, a+"/models/stories260K.bin", a+"/pku-saferlhf/align-anything-preference-sample.json")
 	rm := tinyStage(t, stages.RM, sft, a+"/helpful/hh-rlhf-helpful-base-test.jsonl.gz")
-	cm := tinyStage(t, stages.CM, sft, a+"/pku-saferlhf/align-anything-preference-sample.json")
+	// The training cost model reads the answers re-tokenised (Llama-2 vocabulary, as the demo's).
+	cm := tinyStageTok(t, stages.CM, "../../scripts/configs/score-llama2-1layer.json", a+"/models/tokenizer.model",
+		a+"/pku-saferlhf/align-anything-preference-sample.json")
 	judge := tinyStage(t, stages.CM, a+"/models/stories260K.bin", a+"/hh-rlhf/harmless-base-test.jsonl.gz")
 	out := filepath.Join(t.TempDir(), "compare")
 	args := []string{"--actor", sft, "--reward-model", rm, "--cost-model", cm, "--judge-cost-model", judge,

@@ -37,7 +37,7 @@ type CompareOptions struct {
 	// Reward and Cost are the score models used in training; Judge is an independent
 	// cost model (trained on data the training cost model never saw).
 	Reward, Cost, Judge string
-	Tokenizer           string    // default: the one beside the reward model
+	Tokenizer           string    // the policies' tokenizer (each score model uses the one saved beside it)
 	Prompts             [][]int32 // held-out prompts (token ids, BOS first), the same for every policy
 	MaxNewTokens        int
 	Temperature, TopP   float64
@@ -100,25 +100,21 @@ func Compare(be backends.Backend, o CompareOptions) (*CompareReport, error) {
 	if o.Bootstrap <= 0 {
 		o.Bootstrap = 1000
 	}
+	if o.Tokenizer == "" {
+		return nil, fmt.Errorf("compare: the policies' tokenizer is required")
+	}
+	tok, err := tokenizer.Load(o.Tokenizer)
+	if err != nil {
+		return nil, fmt.Errorf("compare: %w", err)
+	}
+	// Each score model reads the answers through its own tokenizer (saved beside it):
+	// re-tokenised through text when its vocabulary is not the policies'.
 	var sc [3]*Scorer
 	for k, p := range []string{o.Reward, o.Cost, o.Judge} {
-		tp := o.Tokenizer
-		if k == 2 {
-			tp = "" // the judge's own tokenizer, saved beside it
-		}
-		s, err := NewScorer(be, p, tp, o.Batch, o.MaxLength)
-		if err != nil {
+		if sc[k], err = NewScorer(be, p, "", o.Batch, o.MaxLength); err != nil {
 			return nil, fmt.Errorf("compare: %s: %w", p, err)
 		}
-		if k == 1 && s.Tok.VocabSize() != sc[0].Tok.VocabSize() {
-			return nil, fmt.Errorf("compare: cost model %s has a %d-token vocabulary, the reward model %d: the training score models share the policy's tokenizer",
-				p, s.Tok.VocabSize(), sc[0].Tok.VocabSize())
-		}
-		sc[k] = s
 	}
-	tok := sc[0].Tok
-	// A judge with another vocabulary reads the answers re-tokenised through text.
-	retok := sc[2].Tok.VocabSize() != tok.VocabSize()
 	rep := &CompareReport{Prompts: len(o.Prompts), MaxNewTokens: o.MaxNewTokens, Temperature: o.Temperature,
 		TopP: o.TopP, Seed: o.Seed, Bootstrap: o.Bootstrap}
 	for i, p := range o.Policies {
@@ -132,11 +128,7 @@ func Compare(be backends.Backend, o CompareOptions) (*CompareReport, error) {
 		}
 		var scores [3][]float64
 		for k, s := range sc {
-			in := seqs
-			if k == 2 && retok {
-				in = Retokenize(seqs, tok, s.Tok)
-			}
-			if scores[k], err = s.Score(in); err != nil {
+			if scores[k], err = s.Score(Retokenize(seqs, tok, s.Tok)); err != nil {
 				return nil, fmt.Errorf("compare: %s: scoring: %w", p.Name, err)
 			}
 		}

@@ -1,8 +1,13 @@
 package eval
 
 import (
+	"context"
 	"math"
 	"testing"
+
+	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 func TestBootstrapMean(t *testing.T) {
@@ -35,5 +40,66 @@ func TestBootstrapMean(t *testing.T) {
 	}
 	if iv := BootstrapMean(nil, 10, 1); !math.IsNaN(iv.Mean) {
 		t.Errorf("empty: %+v, want NaN", iv)
+	}
+}
+
+// TestCompareScoresThroughEachModelsTokenizer checks that a score model on another
+// vocabulary (the demo's Llama-2-vocabulary cost model) scores the policies' answers
+// re-tokenised through its own tokenizer, not the policies' ids.
+func TestCompareScoresThroughEachModelsTokenizer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains a tiny score model")
+	}
+	const assets = "../../assets/data"
+	c := stages.Defaults(stages.CM)
+	c.Model, c.Tokenizer, c.Init = "../../scripts/configs/score-llama2-1layer.json", assets+"/models/tokenizer.model", "scratch"
+	c.Data, c.Out = []string{assets + "/pku-saferlhf/align-anything-preference-sample.json"}, t.TempDir()
+	c.MaxLength, c.BatchSize, c.Steps, c.Epochs, c.EvalMax, c.LR = 32, 4, 1, 1, 4, 1e-3
+	r, err := stages.Run(context.Background(), stages.CM, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, err := backend.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokPath := assets + "/models/tok512.bin"
+	tok, err := tokenizer.Load(tokPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prompts [][]int32
+	for _, q := range []string{"How do I pick a lock?", "Tell me a story about a cat."} {
+		prompts = append(prompts, tok.Encode("BEGINNING OF CONVERSATION: USER: "+q+" ASSISTANT:", true))
+	}
+	policy := assets + "/models/stories260K.bin"
+	o := CompareOptions{Policies: []ComparePolicy{{Name: "base", Model: policy}}, Reward: r.ModelDir, Cost: r.ModelDir,
+		Judge: r.ModelDir, Tokenizer: tokPath, Prompts: prompts, MaxNewTokens: 6, Temperature: 1, TopP: 1, Seed: 3,
+		Batch: 2, MaxLength: 48, Bootstrap: 10}
+	rep, err := Compare(be, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, seqs, err := generate(be, policy, tok, prompts, ArenaOptions{MaxNewTokens: 6, Temperature: 1, TopP: 1, Seed: 3, Batch: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := NewScorer(be, r.ModelDir, "", 2, 48)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.Tok.VocabSize() == tok.VocabSize() {
+		t.Fatalf("the cost model's tokenizer has the policy's %d tokens: the test needs another vocabulary", tok.VocabSize())
+	}
+	want, err := sc.Score(Retokenize(seqs, tok, sc.Tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, got := range [][]float64{rep.Rows[0].Rewards, rep.Rows[0].Costs, rep.Rows[0].JudgeCosts} {
+		for i := range want {
+			if math.Abs(got[i]-want[i]) > 1e-6 {
+				t.Fatalf("scores %v, want %v (the answers re-tokenised for the score model)", got, want)
+			}
+		}
 	}
 }
