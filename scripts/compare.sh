@@ -30,8 +30,8 @@ if [ ! -f "$judge/config.json" ]; then
 	exit 1
 fi
 
-# 2. Five RL runs with the same seed, prompts and budget (the demo's PPO-Lag settings, PPO_STEPS rollout
-#    batches each), then the held-out evaluation of all six policies.
+# 2. Five RL runs with the same seed, prompts and budget (the demo's PPO-Lag settings, PTX mixing included,
+#    PPO_STEPS rollout batches each), then the held-out evaluation of all six policies.
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
 resume=()
 if [ -d "$out/runs" ]; then
@@ -42,5 +42,7 @@ fi
 	--max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" --prompt-batch-size 16 --train-batch-size 16 \
 	--max-steps "${PPO_STEPS:-64}" --actor-lr "${ACTOR_LR:-5e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.05}" \
 	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
+	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/helpful/llamafactory-dpo_en_demo.json \
+	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length "${PTX_LEN:-64}" \
 	--shaping-lambdas "${SHAPING_LAMBDAS:-0.1,5}" --save-every 16 --out "$out/runs" "${resume[@]}"
 echo "total: $(($(date +%s) - t0)) s"
