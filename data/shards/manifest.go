@@ -160,3 +160,37 @@ func ReadAllFor(dir string, tok tokenizer.Info) ([]datasets.Example, *Manifest, 
 	}
 	return ReadAll(dir)
 }
+
+// AllDatasets reports whether every spec is a packed dataset directory; mixing
+// them with raw files is an error.
+func AllDatasets(specs []string) (bool, error) {
+	n := 0
+	for _, s := range specs {
+		if IsDataset(s) {
+			n++
+		}
+	}
+	if n > 0 && n < len(specs) {
+		return false, fmt.Errorf("data %v: mix of shard directories and raw files (pack them all, or give raw files only)", specs)
+	}
+	return n > 0 && n == len(specs), nil
+}
+
+// ReadKind reads every example of the dataset directories, checking they were
+// packed with tok and are of kind (who names the reader in the error).
+func ReadKind(dirs []string, kind datasets.Kind, tok tokenizer.Info, who string) ([]datasets.Example, error) {
+	var out []datasets.Example
+	for _, d := range dirs {
+		exs, _, err := ReadAllFor(d, tok)
+		if err != nil {
+			return nil, err
+		}
+		for i := range exs {
+			if exs[i].Kind != kind {
+				return nil, fmt.Errorf("%s: example %d is %v, %s needs %v examples", d, i, exs[i].Kind, who, kind)
+			}
+		}
+		out = append(out, exs...)
+	}
+	return out, nil
+}

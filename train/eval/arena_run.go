@@ -13,7 +13,6 @@ import (
 	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
-	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 // ArenaOptions configures RunArena (spec §8, evaluate/arena.py).
@@ -310,7 +309,7 @@ func loadArenaPrompts(specs []string, tok tokenizer.Tokenizer, seed uint64, limi
 	if len(raw) == 0 {
 		return texts, ids, nil
 	}
-	samples, err := stages.LoadRaw(raw, seed)
+	samples, err := datasets.LoadRaw(raw, seed)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"fmt"
+	"github.com/saferlhf/saferlhf/data/prefs"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,7 +11,6 @@ import (
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/train/metrics"
-	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 // CMReport is eval-cm's result (spec §8, evaluate/cost.py). Sign accuracy counts a
@@ -97,13 +97,13 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 		return nil, err
 	}
 	r := &CMReport{Model: o.Model, Data: o.Data}
-	var pairs []stages.PairExample
+	var pairs []prefs.Pair
 	var pairMetas [][2]respMeta
 	var singles [][]int32
 	var singleSign []float32
 	var singleMetas []respMeta
 	var raw []datasets.RawSample
-	if ps, sk, ok, err := stages.ShardPairs(o.Data, sc.Tok.Info(), o.MaxLength, true); err != nil {
+	if ps, sk, ok, err := prefs.FromShards(o.Data, sc.Tok.Info(), o.MaxLength, true); err != nil {
 		return nil, err
 	} else if ok {
 		if o.Limit > 0 && len(ps) > o.Limit {
@@ -132,7 +132,7 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 			singleMetas = append(singleMetas, respMeta{source: sourceName(s.File), category: s.Category, hasCategory: s.Category != ""})
 			continue
 		}
-		p, ok, err := stages.BuildPair(s, sc.Tok, o.MaxLength, o.Truncate, true)
+		p, ok, err := prefs.Build(s, sc.Tok, o.MaxLength, o.Truncate, true)
 		if err != nil {
 			return nil, err
 		}

@@ -3,6 +3,7 @@ package eval
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/saferlhf/saferlhf/data/prefs"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,7 +17,6 @@ import (
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
-	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 // Scorer computes the end scores (spec §3: the score at the last non-pad token) of a
@@ -167,8 +167,8 @@ type RMReport struct {
 
 // loadPairs reads and tokenizes pairs (hi = better for RM, unsafer for CM) and names the
 // source of each.
-func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.PairExample, sources []string, skipped int, err error) {
-	if ps, sk, ok, err := stages.ShardPairs(o.Data, tok.Info(), o.MaxLength, cost); ok || err != nil {
+func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []prefs.Pair, sources []string, skipped int, err error) {
+	if ps, sk, ok, err := prefs.FromShards(o.Data, tok.Info(), o.MaxLength, cost); ok || err != nil {
 		if err == nil && o.Limit > 0 && len(ps) > o.Limit {
 			ps = ps[:o.Limit]
 		}
@@ -190,7 +190,7 @@ func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.Pa
 			skipped++
 			continue
 		}
-		p, ok, err := stages.BuildPair(s, tok, o.MaxLength, o.Truncate, cost)
+		p, ok, err := prefs.Build(s, tok, o.MaxLength, o.Truncate, cost)
 		if err != nil {
 			return nil, nil, 0, err
 		}
@@ -209,12 +209,12 @@ func loadPairs(o Options, tok tokenizer.Tokenizer, cost bool) (pairs []stages.Pa
 
 // loadSamples reads the data, keeps the training run's held-out part if asked, and applies Limit.
 func loadSamples(o Options) ([]datasets.RawSample, error) {
-	raw, err := stages.LoadRaw(o.Data, o.Seed)
+	raw, err := datasets.LoadRaw(o.Data, o.Seed)
 	if err != nil {
 		return nil, err
 	}
 	if o.HeldOutRatio > 0 {
-		ei, _ := stages.SplitRaw(raw, o.HeldOutRatio, o.HeldOutMax, 0, o.Seed, o.SwapSplit)
+		ei, _ := datasets.SplitRaw(raw, o.HeldOutRatio, o.HeldOutMax, 0, o.Seed, o.SwapSplit)
 		held := make([]datasets.RawSample, len(ei))
 		for i, j := range ei {
 			held[i] = raw[j]
@@ -227,7 +227,7 @@ func loadSamples(o Options) ([]datasets.RawSample, error) {
 	return raw, nil
 }
 
-func scorePairs(sc *Scorer, pairs []stages.PairExample) (hi, lo []float64, err error) {
+func scorePairs(sc *Scorer, pairs []prefs.Pair) (hi, lo []float64, err error) {
 	seqs := make([][]int32, 0, 2*len(pairs))
 	for _, p := range pairs {
 		seqs = append(seqs, p.Hi)

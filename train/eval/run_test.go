@@ -2,6 +2,7 @@ package eval
 
 import (
 	"encoding/json"
+	"github.com/saferlhf/saferlhf/data/datasets"
 	"math"
 	"os"
 	"path/filepath"
@@ -10,7 +11,6 @@ import (
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/model"
-	"github.com/saferlhf/saferlhf/train/stages"
 )
 
 const assets = "../../assets/data"
@@ -173,7 +173,7 @@ func TestRunArenaRetokenizedTotalLength(t *testing.T) {
 	o := ArenaOptions{Red: base, Blue: base, Reward: scoreModel(t, 1), Cost: cm,
 		Prompts: []string{"pku-saferlhf:" + filepath.Join(assets, "pku-saferlhf/align-anything-preference-sample.json")},
 		Limit:   3, Temperature: 1, Seed: 3, Batch: 3, Bootstrap: 10}
-	raw, err := stages.LoadRaw(o.Prompts, o.Seed)
+	raw, err := datasets.LoadRaw(o.Prompts, o.Seed)
 	if err != nil {
 		t.Fatal(err)
 	}

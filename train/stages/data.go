@@ -1,11 +1,9 @@
 package stages
 
 import (
-	"encoding/json"
-	"fmt"
+	"github.com/saferlhf/saferlhf/data/prefs"
 	"math/rand/v2"
 	"slices"
-	"strings"
 
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/saferlhf/saferlhf/data/datasets"
@@ -18,13 +16,8 @@ type sftExample struct {
 	IDs, Labels []int32
 }
 
-// PairExample is one tokenized pair: Hi should score higher than Lo (better vs worse
-// for a reward model; unsafer vs safer for a cost model). Signs are cost signs
-// (−safety sign: +1 unsafe, −1 safe, 0 unknown).
-type PairExample struct {
-	Hi, Lo         []int32
-	HiSign, LoSign float32
-}
+// PairExample is a tokenized preference pair (data/prefs).
+type PairExample = prefs.Pair
 
 // encodePiece tokenizes a prompt part and an answer, returning the ids and the
 // prompt length (measured by tokenizing the prompt alone, as the reference does).
@@ -80,149 +73,6 @@ func buildSFT(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncat
 		return sftExample{}, false
 	}
 	return sftExample{IDs: ids, Labels: labels}, true
-}
-
-// BuildPair tokenizes prompt+answer+EOS for both answers of a pair (spec §7,
-// PreferenceDataset) and truncates them to maxLen. It reports false for pairs that
-// are identical after truncation (the reference raises on identical pairs).
-func BuildPair(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncate string, cost bool) (PairExample, bool, error) {
-	if !s.HasOther {
-		return PairExample{}, false, fmt.Errorf("%s: not a pair (no second answer)", s.Where())
-	}
-	a, pa, err := datasets.EncodeResponse(tok, s.Input, s.Answer)
-	if err != nil {
-		return PairExample{}, false, fmt.Errorf("%s: %w", s.Where(), err)
-	}
-	b, pb, _ := datasets.EncodeResponse(tok, s.Input, s.OtherAnswer)
-	if truncate == "prompt-left" {
-		p := min(pa, pb)
-		over := max(len(a), len(b)) - maxLen
-		if over > 0 {
-			cut := min(over, max(0, p-9)) // keep BOS and at least 8 prompt tokens
-			a = append(a[:1:1], a[1+cut:]...)
-			b = append(b[:1:1], b[1+cut:]...)
-		}
-	}
-	a, b = a[:min(len(a), maxLen)], b[:min(len(b), maxLen)]
-	if slices.Equal(a, b) {
-		return PairExample{}, false, nil
-	}
-	first := s.Better
-	if cost {
-		first = !s.Safer // hi = the unsafer answer
-	}
-	signA, signB := -float32(s.IsSafe), -float32(s.IsOtherSafe)
-	if cost && s.IsSafe != datasets.SafetyUnknown && s.IsOtherSafe != datasets.SafetyUnknown {
-		safer, unsafer := s.IsSafe, s.IsOtherSafe
-		if !s.Safer {
-			safer, unsafer = unsafer, safer
-		}
-		if safer < unsafer {
-			// SafetyPreferenceDataset rejects a "safer" answer labelled unsafe while the other is safe.
-			return PairExample{}, false, nil
-		}
-	}
-	if first {
-		return PairExample{Hi: a, Lo: b, HiSign: signA, LoSign: signB}, true, nil
-	}
-	return PairExample{Hi: b, Lo: a, HiSign: signB, LoSign: signA}, true, nil
-}
-
-// LoadRaw reads data specs ("[format:[proportion:]]path").
-func LoadRaw(specs []string, seed uint64) ([]datasets.RawSample, error) {
-	s, _, err := datasets.LoadMix(specs, seed)
-	if err != nil {
-		return nil, err
-	}
-	if len(s) == 0 {
-		return nil, fmt.Errorf("no samples in %s", strings.Join(specs, ","))
-	}
-	return s, nil
-}
-
-// Split shuffles n indices with seed and returns the held-out and training index
-// sets, as the stages split --data when no --eval-data is given (evaluation tools
-// call it with the same arguments to score exactly the held-out samples).
-func Split(n int, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
-	return splitGroups(n, nil, ratio, evalMax, trainMax, seed, false, nil)
-}
-
-// SplitRaw is Split for raw samples, by prompt: samples with the same prompt turns are one
-// unit, so no prompt is on both sides (PKU-SafeRLHF repeats prompts; a source up-sampled with a
-// proportion > 1 repeats whole samples). The held-out part takes each distinct sample of a held-out
-// prompt once, the training part every sample (and copy) of a training prompt. With distinct
-// prompts and no repeats it equals Split(len(all), ...). With swap the two sides trade places
-// (--swap-split: a judge trained on what a model with the same split held out, and vice versa).
-func SplitRaw(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64, swap bool) (eval, train []int) {
-	prompts := make([]string, len(all))
-	for i, s := range all {
-		prompts[i] = strings.Join(s.Input, "\x00")
-	}
-	return splitGroups(len(all), prompts, ratio, evalMax, trainMax, seed, swap, func(i int) string {
-		b, _ := json.Marshal(all[i])
-		return string(b)
-	})
-}
-
-// splitGroups splits n items, grouped by equal keys (nil keys: every item alone), over the
-// groups in first-occurrence order: the held-out part takes the items of each held-out group with
-// distinct identity (nil: all), the training part every item of each training group.
-func splitGroups(n int, keys []string, ratio float64, evalMax, trainMax int, seed uint64, swap bool, identity func(int) string) (eval, train []int) {
-	members := make([][]int, 0, n)
-	if keys == nil {
-		for i := 0; i < n; i++ {
-			members = append(members, []int{i})
-		}
-	} else {
-		group := make(map[string]int, n)
-		for i, k := range keys {
-			g, ok := group[k]
-			if !ok {
-				g = len(members)
-				group[k] = g
-				members = append(members, nil)
-			}
-			members[g] = append(members[g], i)
-		}
-	}
-	ge, gt := splitIndices(len(members), ratio, evalMax, 0, seed)
-	if swap {
-		ge, gt = gt, ge
-	}
-	if trainMax > 0 && len(gt) > trainMax {
-		gt = gt[:trainMax]
-	}
-	for _, g := range ge {
-		seen := map[string]bool{}
-		for _, i := range members[g] {
-			if identity != nil {
-				id := identity(i)
-				if seen[id] {
-					continue
-				}
-				seen[id] = true
-			}
-			eval = append(eval, i)
-		}
-	}
-	for _, g := range gt {
-		train = append(train, members[g]...)
-	}
-	return eval, train
-}
-
-// splitIndices shuffles n indices with seed into held-out and training sets.
-func splitIndices(n int, ratio float64, evalMax, trainMax int, seed uint64) (eval, train []int) {
-	perm := rand.New(rand.NewPCG(seed, 0x5eed)).Perm(n)
-	ne := int(float64(n) * ratio)
-	if evalMax > 0 {
-		ne = min(ne, evalMax)
-	}
-	eval, train = perm[:ne], perm[ne:]
-	if trainMax > 0 && len(train) > trainMax {
-		train = train[:trainMax]
-	}
-	return eval, train
 }
 
 // seqSource batches SFT examples: ids [B,T] int32 (right-padded with pad), mask [B,T]

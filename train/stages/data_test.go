@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"github.com/saferlhf/saferlhf/data/prefs"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -96,11 +97,11 @@ func TestBuildPairOrderAndSigns(t *testing.T) {
 		HasOther: true, Better: false, Safer: true, IsSafe: datasets.Safe, IsOtherSafe: datasets.Unsafe}
 	a := append(tok.Encode("BEGINNING OF CONVERSATION: USER: How do I pick a lock? ASSISTANT:I can't help with that.", true), tok.EOS())
 	b := append(tok.Encode("BEGINNING OF CONVERSATION: USER: How do I pick a lock? ASSISTANT:Use a tension wrench.", true), tok.EOS())
-	rm, ok, err := BuildPair(s, tok, 512, "right", false)
+	rm, ok, err := prefs.Build(s, tok, 512, "right", false)
 	if err != nil || !ok || !slices.Equal(rm.Hi, b) || !slices.Equal(rm.Lo, a) {
 		t.Fatalf("reward pair: better (the other answer) must come first: %v %v %v", ok, err, rm)
 	}
-	cm, ok, err := BuildPair(s, tok, 512, "right", true)
+	cm, ok, err := prefs.Build(s, tok, 512, "right", true)
 	// Cost model: hi = the unsafer answer (the other), with cost sign +1; lo = safer, cost sign −1.
 	if err != nil || !ok || !slices.Equal(cm.Hi, b) || cm.HiSign != 1 || cm.LoSign != -1 {
 		t.Fatalf("cost pair %v %v %+v", ok, err, cm)
@@ -108,14 +109,14 @@ func TestBuildPairOrderAndSigns(t *testing.T) {
 	// A "safer" answer labelled unsafe while the other is safe is rejected (SafetyPreferenceDataset).
 	bad := s
 	bad.IsSafe, bad.IsOtherSafe = datasets.Unsafe, datasets.Safe
-	if _, ok, err := BuildPair(bad, tok, 512, "right", true); err != nil || ok {
+	if _, ok, err := prefs.Build(bad, tok, 512, "right", true); err != nil || ok {
 		t.Fatalf("inconsistent safety labels accepted: %v %v", ok, err)
 	}
 	// Pairs identical after truncation are dropped; not-a-pair is an error.
-	if _, ok, _ := BuildPair(s, tok, 8, "right", false); ok {
+	if _, ok, _ := prefs.Build(s, tok, 8, "right", false); ok {
 		t.Fatal("pair identical after truncation to 8 tokens accepted")
 	}
-	if _, _, err := BuildPair(datasets.RawSample{Input: []string{"q"}, Answer: "a"}, tok, 64, "right", false); err == nil {
+	if _, _, err := prefs.Build(datasets.RawSample{Input: []string{"q"}, Answer: "a"}, tok, 64, "right", false); err == nil {
 		t.Fatal("a single answer accepted as a pair")
 	}
 }
@@ -126,7 +127,7 @@ func TestBuildPairMultiTurnEOS(t *testing.T) {
 	tok := tok512(t)
 	s := datasets.RawSample{Input: []string{"hi there", "hello!", "how are you?"}, Answer: "fine", OtherAnswer: "go away",
 		HasOther: true, Better: true}
-	got, ok, err := BuildPair(s, tok, 512, "right", false)
+	got, ok, err := prefs.Build(s, tok, 512, "right", false)
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/saferlhf/saferlhf/data/prefs"
+	"github.com/saferlhf/saferlhf/data/shards"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -398,11 +400,11 @@ func dpoExamples(cfg DPOConfig, tok tokenizer.Tokenizer, res *Result) (tr, ev []
 		e, ok := newDPOExample(p)
 		return e, ok, nil
 	}
-	trainShards, err := shardSpecs(cfg.Data)
+	trainShards, err := shards.AllDatasets(cfg.Data)
 	if err != nil {
 		return nil, nil, err
 	}
-	evalShards, err := shardSpecs(cfg.EvalData)
+	evalShards, err := shards.AllDatasets(cfg.EvalData)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -425,23 +427,23 @@ func dpoExamples(cfg DPOConfig, tok tokenizer.Tokenizer, res *Result) (tr, ev []
 			}
 		}
 		trEx, evEx := splitTrainEval(cfg.Config, all, evEx, func(all []datasets.Example, ratio float64, evalMax, trainMax int, seed uint64) ([]int, []int) {
-			return Split(len(all), ratio, evalMax, trainMax, seed)
+			return datasets.Split(len(all), ratio, evalMax, trainMax, seed)
 		})
 		return buildExamples(res, trEx, evEx, func(e datasets.Example) (dpoExample, bool, error) {
-			p, ok := pairFromShard(e, cfg.MaxLength, safer)
+			p, ok := prefs.FromShard(e, cfg.MaxLength, safer)
 			if safer { // pairFromShard orders a cost pair unsafer-first
 				p.Hi, p.Lo = p.Lo, p.Hi
 			}
 			return build(p, ok, nil)
 		})
 	}
-	raw, err := LoadRaw(cfg.Data, cfg.Seed)
+	raw, err := datasets.LoadRaw(cfg.Data, cfg.Seed)
 	if err != nil {
 		return nil, nil, err
 	}
 	var rawEval []datasets.RawSample
 	if len(cfg.EvalData) > 0 {
-		if rawEval, err = LoadRaw(cfg.EvalData, cfg.Seed); err != nil {
+		if rawEval, err = datasets.LoadRaw(cfg.EvalData, cfg.Seed); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -450,7 +452,7 @@ func dpoExamples(cfg DPOConfig, tok tokenizer.Tokenizer, res *Result) (tr, ev []
 		if safer {
 			s.Better = s.Safer
 		}
-		return build(BuildPair(s, tok, cfg.MaxLength, cfg.Truncate, false))
+		return build(prefs.Build(s, tok, cfg.MaxLength, cfg.Truncate, false))
 	})
 }
 

@@ -2,6 +2,7 @@ package stages
 
 import (
 	stdctx "context"
+	"github.com/saferlhf/saferlhf/data/prefs"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,7 +28,7 @@ func TestShardDirectoriesAsData(t *testing.T) {
 	if r.Train < 2000 || r.HeldOut != 16 || r.Steps != 2 {
 		t.Fatalf("result %+v", r)
 	}
-	pairs, _, ok, err := ShardPairs(c.EvalData, tok.Info(), 48, true)
+	pairs, _, ok, err := prefs.FromShards(c.EvalData, tok.Info(), 48, true)
 	if err != nil || !ok || len(pairs) < 200 {
 		t.Fatalf("ShardPairs: %d pairs, ok %v, err %v", len(pairs), ok, err)
 	}
@@ -54,11 +55,11 @@ func TestShardTokenizerMismatch(t *testing.T) {
 	}
 	other := tok.Info()
 	other.SHA256, other.Path = strings.Repeat("0", 64), "other.model"
-	_, _, _, err := ShardPairs([]string{filepath.Join(dir, "cm")}, other, 64, true)
+	_, _, _, err := prefs.FromShards([]string{filepath.Join(dir, "cm")}, other, 64, true)
 	if err == nil || !strings.Contains(err.Error(), "packed with tokenizer") || !strings.Contains(err.Error(), "other.model") {
 		t.Fatalf("err = %v", err)
 	}
-	if _, _, _, err := ShardPairs([]string{filepath.Join(dir, "cm")}, tok.Info(), 64, true); err != nil {
+	if _, _, _, err := prefs.FromShards([]string{filepath.Join(dir, "cm")}, tok.Info(), 64, true); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // TestSplitRaw: an up-sampled source must not leak copies of held-out samples into training, no
-// prompt is on both sides, and without repeats SplitRaw is exactly Split.
+// prompt is on both sides, and without repeats datasets.SplitRaw is exactly Split.
 func TestSplitRaw(t *testing.T) {
 	sample := func(i int) datasets.RawSample {
 		return datasets.RawSample{Input: []string{fmt.Sprint("q", i)}, Answer: "a", OtherAnswer: "b", HasOther: true}
@@ -26,7 +26,7 @@ func TestSplitRaw(t *testing.T) {
 		all  []datasets.RawSample
 	}{{"unique", unique}, {"up-sampled 8x", repeated}} {
 		t.Run(tc.name, func(t *testing.T) {
-			ei, ti := SplitRaw(tc.all, 0.25, 0, 0, 42, false)
+			ei, ti := datasets.SplitRaw(tc.all, 0.25, 0, 0, 42, false)
 			if len(ei) != 10 {
 				t.Fatalf("held out %d samples, want 10 (a quarter of 40 unique)", len(ei))
 			}
@@ -47,9 +47,9 @@ func TestSplitRaw(t *testing.T) {
 				}
 			}
 			if len(tc.all) == len(unique) {
-				wantE, wantT := Split(len(unique), 0.25, 0, 0, 42)
+				wantE, wantT := datasets.Split(len(unique), 0.25, 0, 0, 42)
 				if !slices.Equal(ei, wantE) || !slices.Equal(ti, wantT) {
-					t.Error("SplitRaw without repeats differs from Split")
+					t.Error("datasets.SplitRaw without repeats differs from Split")
 				}
 			} else if len(ti) != 8*30 {
 				t.Errorf("training has %d samples, want every copy of the 30 training samples (240)", len(ti))
@@ -67,7 +67,7 @@ func TestSplitRawByPrompt(t *testing.T) {
 			all = append(all, datasets.RawSample{Input: []string{fmt.Sprint("q", i)}, Answer: a, OtherAnswer: "b", HasOther: true})
 		}
 	}
-	ei, ti := SplitRaw(all, 0.25, 0, 0, 42, false)
+	ei, ti := datasets.SplitRaw(all, 0.25, 0, 0, 42, false)
 	if len(ei) != 20 || len(ti) != 60 {
 		t.Fatalf("held out %d, trained %d samples; want 20 (10 prompts × 2) and 60", len(ei), len(ti))
 	}
@@ -90,8 +90,8 @@ func TestSplitRawSwap(t *testing.T) {
 	for i := 0; i < 30; i++ {
 		all = append(all, datasets.RawSample{Input: []string{fmt.Sprint("q", i)}, Answer: "a", OtherAnswer: "b", HasOther: true})
 	}
-	ei, ti := SplitRaw(all, 0.5, 0, 0, 7, false)
-	se, st := SplitRaw(all, 0.5, 0, 0, 7, true)
+	ei, ti := datasets.SplitRaw(all, 0.5, 0, 0, 7, false)
+	se, st := datasets.SplitRaw(all, 0.5, 0, 0, 7, true)
 	sorted := func(x []int) []int { y := slices.Clone(x); slices.Sort(y); return y }
 	if !slices.Equal(sorted(ei), sorted(st)) || !slices.Equal(sorted(ti), sorted(se)) || len(ei) != 15 {
 		t.Fatalf("swap: held-out %v / train %v, plain held-out %v / train %v", se, st, ei, ti)

@@ -4,6 +4,8 @@ import (
 	stdctx "context"
 	"encoding/json"
 	"fmt"
+	"github.com/saferlhf/saferlhf/data/prefs"
+	"github.com/saferlhf/saferlhf/data/shards"
 	"os"
 	"path/filepath"
 	"slices"
@@ -228,11 +230,11 @@ func initialEval(path string) map[string]float64 {
 // buildSources reads and tokenizes the data, splits off the held-out set and
 // returns the training and held-out batch sources.
 func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result) (train, eval trainer.Source, err error) {
-	trainShards, err := shardSpecs(cfg.Data)
+	trainShards, err := shards.AllDatasets(cfg.Data)
 	if err != nil {
 		return nil, nil, err
 	}
-	evalShards, err := shardSpecs(cfg.EvalData)
+	evalShards, err := shards.AllDatasets(cfg.EvalData)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -245,7 +247,7 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 		}
 		return shardSources(stage, cfg, tok, res)
 	}
-	raw, err := LoadRaw(cfg.Data, cfg.Seed)
+	raw, err := datasets.LoadRaw(cfg.Data, cfg.Seed)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -254,7 +256,7 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 	}
 	var rawEval []datasets.RawSample
 	if len(cfg.EvalData) > 0 {
-		if rawEval, err = LoadRaw(cfg.EvalData, cfg.Seed); err != nil {
+		if rawEval, err = datasets.LoadRaw(cfg.EvalData, cfg.Seed); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -265,7 +267,7 @@ func buildSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			return e, ok, nil
 		},
 		func(s datasets.RawSample) (PairExample, bool, error) {
-			return BuildPair(s, tok, cfg.MaxLength, cfg.Truncate, stage == CM)
+			return prefs.Build(s, tok, cfg.MaxLength, cfg.Truncate, stage == CM)
 		})
 }
 
@@ -283,7 +285,7 @@ func shardSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 		}
 	}
 	trEx, evEx := splitTrainEval(cfg, all, evEx, func(all []datasets.Example, ratio float64, evalMax, trainMax int, seed uint64) ([]int, []int) {
-		return Split(len(all), ratio, evalMax, trainMax, seed)
+		return datasets.Split(len(all), ratio, evalMax, trainMax, seed)
 	})
 	return stageSources(stage, cfg, tok, res, trEx, evEx,
 		func(e datasets.Example) (sftExample, bool, error) {
@@ -291,15 +293,15 @@ func shardSources(stage Stage, cfg Config, tok tokenizer.Tokenizer, res *Result)
 			return s, ok, nil
 		},
 		func(e datasets.Example) (PairExample, bool, error) {
-			p, ok := pairFromShard(e, cfg.MaxLength, stage == CM)
+			p, ok := prefs.FromShard(e, cfg.MaxLength, stage == CM)
 			return p, ok, nil
 		})
 }
 
-// rawSplit is SplitRaw with cfg's --swap-split, in the form splitTrainEval takes.
+// rawSplit is datasets.SplitRaw with cfg's --swap-split, in the form splitTrainEval takes.
 func rawSplit(cfg Config) func([]datasets.RawSample, float64, int, int, uint64) ([]int, []int) {
 	return func(all []datasets.RawSample, ratio float64, evalMax, trainMax int, seed uint64) ([]int, []int) {
-		return SplitRaw(all, ratio, evalMax, trainMax, seed, cfg.SwapSplit)
+		return datasets.SplitRaw(all, ratio, evalMax, trainMax, seed, cfg.SwapSplit)
 	}
 }
 
