@@ -206,6 +206,9 @@ func LoadInto(dir string, ctx *context.Context, st Storage) (*Config, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", dir, err)
 			}
+			if err := checkFiniteBF16(dir, stored, raw); err != nil {
+				return nil, err
+			}
 			value = tensors.FromShape(shapes.Make(dtypes.BFloat16, shape...))
 			if err := value.MutableBytes(func(b []byte) { copy(b, raw) }); err != nil {
 				return nil, fmt.Errorf("%s: tensor %q: %w", dir, stored, err)
@@ -213,6 +216,9 @@ func LoadInto(dir string, ctx *context.Context, st Storage) (*Config, error) {
 		} else {
 			data := make([]float32, sizeOf(shape))
 			if err := set.Float32Into(stored, data); err != nil {
+				return nil, err
+			}
+			if err := checkFinite(dir, stored, data); err != nil {
 				return nil, err
 			}
 			if st.dtype() == dtypes.BFloat16 {
@@ -224,6 +230,9 @@ func LoadInto(dir string, ctx *context.Context, st Storage) (*Config, error) {
 		if err := storeVar(ctx, name, value, st); err != nil {
 			return nil, fmt.Errorf("%s: %w", dir, err)
 		}
+	}
+	if err := checkDescribed(dir, set, exp, prefix, cfg); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }

@@ -83,8 +83,16 @@ func Load(dir string) (*Config, Weights, error) {
 		}
 		w[name] = t
 	}
-	// A tensor config.json does not describe means the two disagree (say, more layers
-	// in the weights than num_hidden_layers): refuse rather than drop it silently.
+	if err := checkDescribed(dir, set, exp, prefix, cfg); err != nil {
+		return nil, nil, err
+	}
+	return cfg, w, nil
+}
+
+// checkDescribed refuses a tensor of set that config.json does not describe (exp: the
+// expected names): the two disagree (say, more layers in the weights than
+// num_hidden_layers), and dropping it silently would load another model.
+func checkDescribed(dir string, set *safetensors.Set, exp map[string][]int, prefix string, cfg *Config) error {
 	for _, stored := range set.Names() {
 		name := stored
 		if prefix != "" && !strings.HasPrefix(stored, prefix) {
@@ -93,10 +101,20 @@ func Load(dir string) (*Config, Weights, error) {
 		if _, ok := exp[name]; ok || name == NameLMHead || strings.HasSuffix(name, "rotary_emb.inv_freq") {
 			continue
 		}
-		return nil, nil, fmt.Errorf("%s: tensor %q is not part of the model config.json describes (%d layers, hidden %d, vocab %d)",
+		return fmt.Errorf("%s: tensor %q is not part of the model config.json describes (%d layers, hidden %d, vocab %d)",
 			dir, stored, cfg.NumLayers, cfg.HiddenSize, cfg.VocabSize)
 	}
-	return cfg, w, nil
+	return nil
+}
+
+// checkFiniteBF16 is checkFinite on raw little-endian bfloat16 values.
+func checkFiniteBF16(file, tensor string, raw []byte) error {
+	for i := 0; i+1 < len(raw); i += 2 {
+		if raw[i+1]&0x7f == 0x7f && raw[i]&0x80 != 0 { // exponent all ones: Inf or NaN
+			return fmt.Errorf("%s: tensor %s holds a non-finite value (bf16 at index %d)", file, tensor, i/2)
+		}
+	}
+	return nil
 }
 
 // checkFinite returns an error naming the tensor if data holds a NaN or an infinity.

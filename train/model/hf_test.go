@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/json"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 	"math"
 	"os"
 	"path/filepath"
@@ -168,6 +169,12 @@ func TestLoadErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %q does not mention %q", err, c.want)
 			}
+			// The streaming loader refuses the same checkpoints.
+			_, err = LoadInto(dir, context.New(), Storage{})
+			named := strings.Contains(c.name, "finite") || strings.Contains(c.name, "fewer layers")
+			if err == nil || named && !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("LoadInto: error %v does not mention %q", err, c.want)
+			}
 		})
 	}
 }
@@ -303,6 +310,20 @@ func TestScoreHeadInitAndConfigKeys(t *testing.T) {
 		"momentum": 0.9, "mean": []any{1.5}, "var": []any{4.0}, "score_dim": 1.0, "score_bias": true} {
 		if !reflect.DeepEqual(keys[k], want) {
 			t.Errorf("config.json %s = %v, want %v", k, keys[k], want)
+		}
+	}
+}
+
+func TestCheckFiniteBF16(t *testing.T) {
+	// Little-endian bfloat16: 1.0 = 0x3f80, max finite = 0x7f7f, -1.0 = 0xbf80, +Inf = 0x7f80,
+	// NaN = 0x7fc0, -Inf = 0xff80.
+	for _, c := range []struct {
+		raw []byte
+		ok  bool
+	}{{[]byte{0x80, 0x3f}, true}, {[]byte{0x7f, 0x7f}, true}, {[]byte{0x80, 0xbf}, true}, {[]byte{0x80, 0x7f}, false},
+		{[]byte{0xc0, 0x7f}, false}, {[]byte{0x80, 0x3f, 0x80, 0xff}, false}} {
+		if err := checkFiniteBF16("f", "w", c.raw); (err == nil) != c.ok {
+			t.Errorf("% x: err %v", c.raw, err)
 		}
 	}
 }
