@@ -70,8 +70,8 @@ stage "score-model eval" bash -c "set -e
 		--out \"$out/eval/cm\" > \"$out/eval/cm.txt\"
 	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$CMDATA\" --eval-ratio 0.5 --swap-split --truncate right --max-length 64 \
 		--out \"$out/eval/judge\" > \"$out/eval/judge.txt\"
-	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 64 --out \"$out/eval/cm-unseen\" > \"$out/eval/cm-unseen.txt\"
-	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 64 --out \"$out/eval/judge-unseen\" > \"$out/eval/judge-unseen.txt\"
+	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$UNSEEN\" --truncate right --max-length 64 --out \"$out/eval/cm-unseen\" > \"$out/eval/cm-unseen.txt\"
+	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$UNSEEN\" --truncate right --max-length 64 --out \"$out/eval/judge-unseen\" > \"$out/eval/judge-unseen.txt\"
 	head -3 \"$out/eval/rm.txt\"; head -3 \"$out/eval/cm.txt\"; head -3 \"$out/eval/judge.txt\""
 
 # make compare (scripts/compare.sh) builds its SFT policy and score models with the stages above, then stops.
