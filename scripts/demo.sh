@@ -7,6 +7,11 @@ set -euo pipefail
 bin="${1:-bin/saferlhf}"
 out="${2:-out/demo}"
 A=assets/data
+# Nothing is lost: a previous demo's output is never overwritten (its stages would refuse it one by one).
+if [ -e "$out/sft" ] && [ "${DEMO_STOP_BEFORE_RL:-0}" != 1 ]; then
+	echo "demo: $out holds a previous demo; remove it (rm -rf $out) or choose another: make demo DEMO_OUT=out/demo2" >&2
+	exit 1
+fi
 mkdir -p "$out/eval"
 timings="$out/timings.tsv"
 : > "$timings"
@@ -34,11 +39,11 @@ fi
 # 1. SFT of stories260K on prompt/answer pairs (PKU-SafeRLHF answers, BeaverTails QA, LLaMA-Factory demo).
 stage "sft" "$bin" sft --model $A/models/stories260K.bin --tokenizer $A/models/tok512.bin \
 	--data $A/pku-saferlhf/align-anything-preference-sample.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/helpful/llamafactory-dpo_en_demo.json \
-	--max-length 128 --batch-size 16 --grad-accum 1 --steps "${SFT_STEPS:-40}" --lr 2e-3 --out "$out/sft"
+	--max-length 128 --batch-size 16 --grad-accum 1 --max-steps "${SFT_STEPS:-40}" --lr 2e-3 --out "$out/sft"
 
 # 2. Reward model (helpfulness) on hh-rlhf helpful pairs, from the SFT model.
 stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz \
-	--truncate prompt-left --max-length 96 --batch-size 8 --steps "${RM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/rm"
+	--truncate prompt-left --max-length 96 --batch-size 8 --max-steps "${RM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/rm"
 
 # 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF: 500 rows of the current schema and 32 of
 #    the original, each response labelled safe or unsafe. The rows are split in two halves by prompt
@@ -84,14 +89,14 @@ fi
 #    SFT loss on the SFT data (PTX, coefficient 16); PTX examples are cut to 64 tokens to keep the demo
 #    in budget (4 ppo-lag steps under load: +12% update time at 64 tokens, +106% at 128; bench/README).
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
-stage "ppo-lag" "$bin" ppo-lag --actor "$out/sft/model" --reward-model "$out/rm/model" --cost-model "$out/cm/model" \
-	--train-data "$P" --eval-split 0.1 --eval-size 128 --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" \
+stage "ppo-lag" "$bin" ppo-lag --model "$out/sft/model" --reward-model "$out/rm/model" --cost-model "$out/cm/model" \
+	--data "$P" --eval-ratio 0.1 --eval-max 128 --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" \
 	--prompt-batch-size 16 --train-batch-size 16 --max-steps "${PPO_STEPS:-96}" \
 	--actor-lr "${ACTOR_LR:-5e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.05}" \
 	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
 	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/helpful/llamafactory-dpo_en_demo.json \
 	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length "${PTX_LEN:-64}" \
-	--checkpoint-every 16 --output "$out/ppo-lag"
+	--save-every 16 --out "$out/ppo-lag"
 
 # 5. The harmful rate before and after, judged by the training cost model and by the judge, with
 #    paired-bootstrap CIs of the drop.

@@ -52,3 +52,44 @@ func TestOutputNeverClobbered(t *testing.T) {
 		}
 	}
 }
+
+// TestReportNeverClobbered: the evaluation commands' --out is guarded like a training run's: a
+// non-empty directory is refused, and --force replaces only a previous report of the same command.
+func TestReportNeverClobbered(t *testing.T) {
+	cmds := []struct {
+		name string
+		run  func([]string) error
+		args []string
+	}{
+		{"eval-rm", runEvalRM, []string{"--model", "missing.bin", "--data", "d.json"}},
+		{"eval-cm", runEvalCM, []string{"--model", "missing.bin", "--data", "d.json"}},
+		{"judge", runJudge, []string{"--model", "missing.bin", "--before", "missing-before.jsonl", "--after", "missing-after.jsonl"}},
+	}
+	for _, c := range cmds {
+		for _, tc := range []struct {
+			name  string
+			setup func(dir string)
+			flags []string
+			err   string
+		}{
+			{"unrelated files", func(dir string) { os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644) }, nil, "not empty"},
+			{"unrelated files, --force", func(dir string) { os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644) }, []string{"--force"}, "replaces only a previous " + c.name + " run"},
+			{"previous report", func(dir string) { checkpoint.PrepareOutput(dir, c.name, false, false) }, nil, "not empty"},
+			{"previous report, --force", func(dir string) { checkpoint.PrepareOutput(dir, c.name, false, false) }, []string{"--force"}, "missing"},
+		} {
+			t.Run(c.name+"/"+tc.name, func(t *testing.T) {
+				dir := t.TempDir()
+				tc.setup(dir)
+				err := c.run(append(append(append([]string{}, c.args...), "--out", dir), tc.flags...))
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				if strings.Contains(tc.name, "unrelated") {
+					if _, err := os.Stat(filepath.Join(dir, "notes.txt")); err != nil {
+						t.Fatalf("an unrelated file was removed: %v", err)
+					}
+				}
+			})
+		}
+	}
+}

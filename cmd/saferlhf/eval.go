@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/eval"
 )
@@ -31,7 +32,16 @@ func parseScoreEval(name string, args []string) (scoreEval, error) {
 	if err := c.Validate(); err != nil {
 		return c, usagef("%v", err)
 	}
-	return c, nil
+	return c, prepareReport(c.Out, name, c.Force)
+}
+
+// prepareReport readies an evaluation's --out directory: like a training run's, an
+// existing report is never overwritten without --force (nothing is lost).
+func prepareReport(dir, command string, force bool) error {
+	if dir == "" {
+		return nil
+	}
+	return checkpoint.PrepareOutput(dir, command, false, force)
 }
 
 func runEvalRM(args []string) error {
@@ -75,6 +85,9 @@ func runEvalArena(args []string) error {
 	}
 	if err := c.Validate(); err != nil {
 		return usagef("%v", err)
+	}
+	if err := prepareReport(c.Out, "eval-arena", c.Force); err != nil {
+		return err
 	}
 	be, err := backend.New(c.Backend)
 	if err != nil {

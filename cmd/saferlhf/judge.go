@@ -24,6 +24,9 @@ func runJudge(args []string) error {
 	if err := c.Validate(); err != nil {
 		return usagef("%v", err)
 	}
+	if err := prepareReport(c.Out, "judge", c.Force); err != nil {
+		return err
+	}
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err

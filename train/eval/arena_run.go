@@ -40,6 +40,7 @@ type ArenaOptions struct {
 	MaxLength    int      `flag:"max-length" help:"prompt + answer tokens, as the reference's max_length (also the scoring width)"`
 	Bootstrap    int      `flag:"bootstrap" help:"bootstrap resamples for the Elo intervals"`
 	Out          string   `flag:"out" help:"directory for arena.json"`
+	Force        bool     `flag:"force" help:"replace a previous report of this command in --out"`
 }
 
 // ArenaPrompts is eval-arena's default prompt set: PKU-SafeRLHF rows, as the reference's arena

@@ -123,6 +123,7 @@ type JudgeOptions struct {
 	Bootstrap int    `flag:"bootstrap" help:"paired bootstrap resamples of the prompts for the drop's 95% CI"`
 	Seed      uint64 `flag:"seed" help:"bootstrap seed"`
 	Out       string `flag:"out" help:"directory for the JSON report (judge.json)"`
+	Force     bool   `flag:"force" help:"replace a previous report of this command in --out"`
 }
 
 // DefaultJudgeOptions returns saferlhf judge's defaults.

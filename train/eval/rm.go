@@ -128,6 +128,7 @@ type Options struct {
 	HeldOutMax   int     `flag:"eval-max" alias:"held-out-max" help:"the training run's --eval-max (with --eval-ratio)"`
 	SwapSplit    bool    `flag:"swap-split" help:"the training run used --swap-split (with --eval-ratio): score the other side"`
 	Out          string  `flag:"out" help:"directory for the JSON report, scores and plots"`
+	Force        bool    `flag:"force" help:"replace a previous report of this command in --out"`
 }
 
 // DefaultOptions returns eval-rm's and eval-cm's defaults (the training stages' widths).
