@@ -3,7 +3,6 @@ package llama
 import (
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -16,52 +15,23 @@ import (
 func (m *Model) Generate(prompts [][]int32, opts model.GenerateOptions) (ro *model.Rollout, err error) {
 	defer catch(&err)
 	cfg := m.Cfg
-	b := len(prompts)
-	if b == 0 {
-		return nil, fmt.Errorf("generate: no prompts")
-	}
-	if opts.MaxNewTokens <= 0 {
-		return nil, fmt.Errorf("generate: MaxNewTokens %d must be > 0", opts.MaxNewTokens)
-	}
-	maxLen := 0
-	for i, p := range prompts {
-		if len(p) == 0 {
-			return nil, fmt.Errorf("generate: prompt %d is empty (it needs at least BOS)", i)
-		}
-		for _, id := range p {
-			if id < 0 || int(id) >= cfg.VocabSize {
-				return nil, fmt.Errorf("generate: prompt %d: token %d outside vocabulary [0, %d)", i, id, cfg.VocabSize)
-			}
-		}
-		maxLen = max(maxLen, len(p))
+	dec, err := model.NewDecode(prompts, &opts, cfg.VocabSize, model.PromptBucket, func(pw int) int { return pw + opts.MaxNewTokens })
+	if err != nil {
+		return nil, err
 	}
 	if opts.Pad < 0 || int(opts.Pad) >= cfg.VocabSize {
 		return nil, fmt.Errorf("generate: pad id %d outside vocabulary [0, %d)", opts.Pad, cfg.VocabSize)
 	}
-	pw := (maxLen + model.PromptBucket - 1) / model.PromptBucket * model.PromptBucket
-	s := pw + opts.MaxNewTokens
+	b, pw, s := dec.B, dec.PW, dec.S
+	ids, keyMask, tok, pos := dec.IDs, dec.KeyMask, dec.Tok, dec.Pos
 	d, dh, f, v := cfg.HiddenSize, cfg.Dh(), cfg.IntermediateSize, cfg.VocabSize
 	hq, hkv := cfg.NumHeads, cfg.NumKVHeads
 	kw := hkv * dh
-
-	ids := make([]int32, b*pw)
-	keyMask := make([]float32, b*s)
-	pmask := make([]float32, b*pw)
-	history := make([][]int32, b)
-	nreal := make([]int32, b)
-	for r, p := range prompts {
-		off := pw - len(p)
-		for i := 0; i < pw; i++ {
-			ids[r*pw+i] = opts.Pad
-		}
-		copy(ids[r*pw+off:], p)
-		for i := off; i < pw; i++ {
-			keyMask[r*s+i] = 1
-			pmask[r*pw+i] = 1
-		}
-		history[r] = slices.Clone(p)
-		nreal[r] = int32(len(p))
+	pmask := make([]float32, b*pw) // the prompt columns of the key mask
+	for r := 0; r < b; r++ {
+		copy(pmask[r*pw:(r+1)*pw], keyMask[r*s:r*s+pw])
 	}
+
 	// Prefill: the whole prompt, keeping every layer's keys and values.
 	tp, err := m.forward(b, pw, ids, pmask, s)
 	if err != nil {
@@ -94,39 +64,12 @@ func (m *Model) Generate(prompts [][]int32, opts model.GenerateOptions) (ro *mod
 	gate, up, act := make([]float32, b*f), make([]float32, b*f), make([]float32, b*f)
 	emb := m.Params[model.NameEmbed]
 
-	rng := model.NewSamplingRNG(opts.Seed)
-	resp := make([][]int32, b)
-	done := make([]bool, b)
-	tok := make([]int32, b)
-	pos := make([]int32, b)
-	var sc model.Sampler
 	for i := 0; ; i++ {
-		allDone := true
-		for r := 0; r < b; r++ {
-			if done[r] {
-				tok[r] = opts.Pad
-				continue
-			}
-			t := sc.Sample(logits[r*v:(r+1)*v], history[r], &opts, rng)
-			resp[r] = append(resp[r], t)
-			history[r] = append(history[r], t)
-			tok[r] = t
-			if t == opts.EOS && opts.EOS >= 0 {
-				done[r] = true
-			} else {
-				allDone = false
-			}
-		}
-		if allDone || i == opts.MaxNewTokens-1 {
+		if dec.Sample(i, logits) {
 			break
 		}
-		at := pw + i
+		at := dec.Next(i)
 		for r := 0; r < b; r++ {
-			pos[r] = nreal[r]
-			if len(resp[r]) == i+1 {
-				keyMask[r*s+at] = 1
-				nreal[r]++
-			}
 			copy(x[r*d:(r+1)*d], emb[int(tok[r])*d:])
 		}
 		for l := 0; l < cfg.NumLayers; l++ {
@@ -157,28 +100,7 @@ func (m *Model) Generate(prompts [][]int32, opts model.GenerateOptions) (ro *mod
 		fail(engine.RMSNorm(b, d, x, m.Params[model.NameFinalNorm], eps, h, nil))
 		fail(engine.Sgemm(false, true, b, v, d, 1, h, d, head, d, 0, logits, v))
 	}
-	longest := 0
-	for _, rr := range resp {
-		longest = max(longest, len(rr))
-	}
-	ro = &model.Rollout{PromptWidth: pw, Seq: make([][]int32, b), AttentionMask: make([][]int32, b), ResponseLen: make([]int, b)}
-	t := pw + longest
-	for r := 0; r < b; r++ {
-		row := make([]int32, t)
-		copy(row, ids[r*pw:(r+1)*pw])
-		copy(row[pw:], resp[r])
-		for i := pw + len(resp[r]); i < t; i++ {
-			row[i] = opts.Pad
-		}
-		mk := make([]int32, t)
-		for i, id := range row {
-			if id != opts.Pad && (opts.Unk < 0 || id != opts.Unk) {
-				mk[i] = 1
-			}
-		}
-		ro.Seq[r], ro.AttentionMask[r], ro.ResponseLen[r] = row, mk, len(resp[r])
-	}
-	return ro, nil
+	return dec.Rollout(), nil
 }
 
 // cacheWrite stores one position's keys and values k, v [hkv·dh] of batch row

@@ -245,150 +245,60 @@ func roundUp(n, m int) int {
 func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollout, error) {
 	gen.mu.Lock()
 	defer gen.mu.Unlock()
-	cfg := gen.cfg
-	b := len(prompts)
-	if b == 0 {
-		return nil, fmt.Errorf("generate: no prompts")
+	d, err := NewDecode(prompts, &opts, gen.cfg.VocabSize, gen.PromptBucket, func(pw int) int {
+		return max(roundUp(pw+opts.MaxNewTokens-1, gen.CacheBucket), pw+1)
+	})
+	if err != nil {
+		return nil, err
 	}
-	if opts.MaxNewTokens <= 0 {
-		return nil, fmt.Errorf("generate: MaxNewTokens %d must be > 0", opts.MaxNewTokens)
-	}
-	maxLen := 0
-	for i, p := range prompts {
-		if len(p) == 0 {
-			return nil, fmt.Errorf("generate: prompt %d is empty (it needs at least BOS)", i)
-		}
-		for _, id := range p {
-			if id < 0 || int(id) >= cfg.VocabSize {
-				return nil, fmt.Errorf("generate: prompt %d: token %d outside vocabulary [0, %d)", i, id, cfg.VocabSize)
-			}
-		}
-		maxLen = max(maxLen, len(p))
-	}
-	pw := roundUp(maxLen, gen.PromptBucket)
-	s := roundUp(pw+opts.MaxNewTokens-1, gen.CacheBucket)
-	if s < pw+1 {
-		s = pw + 1
-	}
-	v := cfg.VocabSize
-
-	ids := make([]int32, b*pw)
-	keyMask := make([]float32, b*s)
-	history := make([][]int32, b) // real tokens per row (repetition penalty)
-	nreal := make([]int32, b)
-	for r, p := range prompts {
-		off := pw - len(p)
-		for i := 0; i < pw; i++ {
-			ids[r*pw+i] = opts.Pad
-		}
-		copy(ids[r*pw+off:], p)
-		for i := off; i < pw; i++ {
-			keyMask[r*s+i] = 1
-		}
-		history[r] = append([]int32(nil), p...)
-		nreal[r] = int32(len(p))
-	}
-	rng := rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15))
-	var resp [][]int32
 	if gen.DeviceSampling && opts.TopK > 0 {
-		var err error
-		if resp, err = gen.generateOnDevice(ids, keyMask, nreal, b, pw, s, &opts, rng); err != nil {
+		if err := gen.generateOnDevice(d); err != nil {
 			return nil, err
 		}
-		return gen.rollout(ids, resp, pw, &opts), nil
+		return d.Rollout(), nil
 	}
-	out, err := gen.prefill.Exec(tensors.FromFlatDataAndDimensions(ids, b, pw), tensors.FromFlatDataAndDimensions(keyMask, b, s))
+	b, pw, s := d.B, d.PW, d.S
+	out, err := gen.prefill.Exec(tensors.FromFlatDataAndDimensions(d.IDs, b, pw), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s))
 	if err != nil {
 		return nil, fmt.Errorf("generate: prefill: %w", err)
 	}
-	resp = make([][]int32, b)
-	done := make([]bool, b)
-	tok := make([]int32, b)
-	pos := make([]int32, b)
-	var sc sampler
 	for i := 0; ; i++ {
 		logits, err := tensors.CopyFlatData[float32](out[0])
 		if err != nil {
 			return nil, fmt.Errorf("generate: %w", err)
 		}
 		out[0].FinalizeAll()
-		allDone := true
-		for r := 0; r < b; r++ {
-			if done[r] {
-				tok[r] = opts.Pad
-				continue
-			}
-			t := sc.sample(logits[r*v:(r+1)*v], history[r], &opts, rng)
-			resp[r] = append(resp[r], t)
-			history[r] = append(history[r], t)
-			tok[r] = t
-			if t == opts.EOS && opts.EOS >= 0 {
-				done[r] = true
-			} else {
-				allDone = false
-			}
-		}
-		if allDone || i == opts.MaxNewTokens-1 {
+		if d.Sample(i, logits) {
 			break
 		}
-		// Feed the sampled tokens at cache slot pw+i.
-		at := pw + i
-		args := make([]any, 0, 4+2*cfg.NumLayers)
-		for r := 0; r < b; r++ {
-			pos[r] = nreal[r]
-			if len(resp[r]) == i+1 { // sampled this round (EOS included): a real token
-				keyMask[r*s+at] = 1
-				nreal[r]++
-			}
-		}
-		args = append(args,
-			tensors.FromFlatDataAndDimensions(tok, b, 1),
-			tensors.FromFlatDataAndDimensions(pos, b, 1),
-			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1),
-			tensors.FromFlatDataAndDimensions(keyMask, b, s))
-		for _, c := range out[1:] {
-			d, err := G.DonateTensorBuffer(c, gen.be, 0)
-			if err != nil {
-				return nil, fmt.Errorf("generate: %w", err)
-			}
-			args = append(args, d)
-		}
-		out, err = gen.step.Exec(args...)
-		if err != nil {
-			return nil, fmt.Errorf("generate: step %d: %w", i, err)
+		at := d.Next(i) // feed the sampled tokens at cache slot pw+i
+		args := []any{tensors.FromFlatDataAndDimensions(d.Tok, b, 1), tensors.FromFlatDataAndDimensions(d.Pos, b, 1),
+			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s)}
+		if out, err = gen.stepExec(gen.step, out, args, i); err != nil {
+			return nil, err
 		}
 	}
 	for _, c := range out[1:] {
 		c.FinalizeAll()
 	}
-	return gen.rollout(ids, resp, pw, &opts), nil
+	return d.Rollout(), nil
 }
 
-// rollout assembles the padded rows of prompts ids [B, pw] and responses.
-func (gen *Generator) rollout(ids []int32, resp [][]int32, pw int, opts *GenerateOptions) *Rollout {
-	b := len(resp)
-	longest := 0
-	for _, rr := range resp {
-		longest = max(longest, len(rr))
-	}
-	ro := &Rollout{PromptWidth: pw, Seq: make([][]int32, b), AttentionMask: make([][]int32, b), ResponseLen: make([]int, b)}
-	t := pw + longest
-	for r := 0; r < b; r++ {
-		row := make([]int32, t)
-		copy(row, ids[r*pw:(r+1)*pw])
-		copy(row[pw:], resp[r])
-		for i := pw + len(resp[r]); i < t; i++ {
-			row[i] = opts.Pad
+// stepExec runs one decode step: args, then the caches of the previous step's outputs
+// (out[1:]), donated.
+func (gen *Generator) stepExec(ex *context.Exec, out []*tensors.Tensor, args []any, i int) ([]*tensors.Tensor, error) {
+	for _, c := range out[1:] {
+		dc, err := G.DonateTensorBuffer(c, gen.be, 0)
+		if err != nil {
+			return nil, fmt.Errorf("generate: %w", err)
 		}
-		m := make([]int32, t)
-		for i, id := range row {
-			if id != opts.Pad && (opts.Unk < 0 || id != opts.Unk) {
-				m[i] = 1
-			}
-		}
-		ro.Seq[r], ro.AttentionMask[r], ro.ResponseLen[r] = row, m, len(resp[r])
+		args = append(args, dc)
 	}
-	return ro
+	out, err := ex.Exec(args...)
+	if err != nil {
+		return nil, fmt.Errorf("generate: step %d: %w", i, err)
+	}
+	return out, nil
 }
 
 // samplingExecs returns the prefill and step executables that sample in graph with top-k k.
@@ -426,10 +336,11 @@ func (gen *Generator) samplingExecs(k int) ([2]*context.Exec, error) {
 
 // generateOnDevice is Generate's loop with sampling in graph: per token, B uniforms and the fed
 // tokens go up, the B sampled ids come back.
-func (gen *Generator) generateOnDevice(ids []int32, keyMask []float32, nreal []int32, b, pw, s int, opts *GenerateOptions, rng *rand.Rand) ([][]int32, error) {
+func (gen *Generator) generateOnDevice(d *Decode) error {
+	opts := d.opts
 	ex, err := gen.samplingExecs(opts.TopK)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	topP := opts.TopP
 	if topP <= 0 || topP >= 1 {
@@ -439,74 +350,41 @@ func (gen *Generator) generateOnDevice(ids []int32, keyMask []float32, nreal []i
 	if rp <= 0 {
 		rp = 1
 	}
+	b, pw, s := d.B, d.PW, d.S
 	u := make([]float32, b)
 	draw := func() *tensors.Tensor {
 		for r := range u {
-			u[r] = float32(rng.Float64())
+			u[r] = float32(d.RNG.Float64())
 		}
 		return tensors.FromFlatDataAndDimensions(u, b)
 	}
 	scalars := []any{tensors.FromScalar(float32(opts.Temperature)), tensors.FromScalar(float32(topP)),
 		tensors.FromScalar(float32(rp)), tensors.FromScalar(opts.Pad)}
-	args := append([]any{tensors.FromFlatDataAndDimensions(ids, b, pw), tensors.FromFlatDataAndDimensions(keyMask, b, s), draw()}, scalars...)
+	args := append([]any{tensors.FromFlatDataAndDimensions(d.IDs, b, pw), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s), draw()}, scalars...)
 	out, err := ex[0].Exec(args...)
 	if err != nil {
-		return nil, fmt.Errorf("generate: prefill: %w", err)
+		return fmt.Errorf("generate: prefill: %w", err)
 	}
-	resp := make([][]int32, b)
-	done := make([]bool, b)
-	tok := make([]int32, b)
-	pos := make([]int32, b)
 	for i := 0; ; i++ {
 		sampled, err := tensors.CopyFlatData[int32](out[0])
 		if err != nil {
-			return nil, fmt.Errorf("generate: %w", err)
+			return fmt.Errorf("generate: %w", err)
 		}
 		out[0].FinalizeAll()
-		allDone := true
-		for r := 0; r < b; r++ {
-			if done[r] {
-				tok[r] = opts.Pad
-				continue
-			}
-			t := sampled[r]
-			resp[r] = append(resp[r], t)
-			tok[r] = t
-			if t == opts.EOS && opts.EOS >= 0 {
-				done[r] = true
-			} else {
-				allDone = false
-			}
-		}
-		if allDone || i == opts.MaxNewTokens-1 {
+		if d.Record(i, func(r int) int32 { return sampled[r] }) {
 			break
 		}
-		at := pw + i
-		for r := 0; r < b; r++ {
-			pos[r] = nreal[r]
-			if len(resp[r]) == i+1 {
-				keyMask[r*s+at] = 1
-				nreal[r]++
-			}
-		}
-		args := []any{tensors.FromFlatDataAndDimensions(tok, b, 1), tensors.FromFlatDataAndDimensions(pos, b, 1),
-			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1), tensors.FromFlatDataAndDimensions(keyMask, b, s), draw()}
-		args = append(args, scalars...)
-		for _, c := range out[1:] {
-			d, err := G.DonateTensorBuffer(c, gen.be, 0)
-			if err != nil {
-				return nil, fmt.Errorf("generate: %w", err)
-			}
-			args = append(args, d)
-		}
-		if out, err = ex[1].Exec(args...); err != nil {
-			return nil, fmt.Errorf("generate: step %d: %w", i, err)
+		at := d.Next(i)
+		args := []any{tensors.FromFlatDataAndDimensions(d.Tok, b, 1), tensors.FromFlatDataAndDimensions(d.Pos, b, 1),
+			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s), draw()}
+		if out, err = gen.stepExec(ex[1], out, append(args, scalars...), i); err != nil {
+			return err
 		}
 	}
 	for _, c := range out[1:] {
 		c.FinalizeAll()
 	}
-	return resp, nil
+	return nil
 }
 
 // sampler holds scratch buffers for sampling one row.
