@@ -327,7 +327,7 @@ func stepTraffic(cfg *model.Config, o BenchOptions, gen generator) (h2d, d2h int
 	// Generation: prefill ids + key mask; per step token, position, slot, key mask up; logits
 	// (or the sampled ids with device sampling) down.
 	h2d += b*p*4 + b*s*4 + (g-1)*(b*4*2+4+b*s*4)
-	if kv, ok := gen.(*kvGenerator); ok && kv.deviceSampling() {
+	if kv, ok := gen.(kvGenerator); ok && kv.deviceSampling(o.Sampling.TopK) {
 		d2h += g * b * 4
 		h2d += g * b * 4 // per-row uniforms
 	} else {

@@ -8,51 +8,27 @@ import (
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
-// generator samples responses from the actor.
+// generator samples responses from the actor: model.Generator over the actor scope, or the
+// native engine.
 type generator interface {
-	generate(prompts [][]int32, seed uint64) (*Rollout, error)
+	generate(prompts [][]int32, opts model.GenerateOptions) (*model.Rollout, error)
 }
 
 // Generate implements Nets: prompts longer than MaxPromptTokens keep BOS and their end, where
 // the "ASSISTANT:" cue is (datasets.TruncatePrompt, the rule loadPrompts applies), and are
-// sampled with the model's KV-cache Generator reading the actor's live weights; the response is right padded to exactly MaxNewTokens so the scoring and update
-// graphs see few distinct shapes.
+// sampled with a KV cache from the actor's live weights; the response is right padded to exactly
+// MaxNewTokens so the scoring and update graphs see few distinct shapes.
 func (n *GraphNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
-	return n.gen.generate(prompts, seed)
-}
-
-// kvGenerator wraps model.Generator over the actor scope.
-type kvGenerator struct {
-	n    *GraphNets
-	gen  *model.Generator
-	opts model.GenerateOptions
-}
-
-func newGenerator(n *GraphNets) (generator, error) {
-	if backend.IsNative(n.cfg.Backend) {
-		return newNativeGenerator(n), nil
-	}
-	g, err := model.NewGenerator(n.cfg.Backend, n.actorCfg, n.ctx.InAbsPath(ScopeActor))
-	if err != nil {
-		return nil, fmt.Errorf("ppo: %w", err)
-	}
-	g.DeviceSampling = !model.PureGo(n.cfg.Backend) // XLA: sample in graph; pure Go: the host sampler, bit for bit
 	c := n.cfg
-	return &kvGenerator{n: n, gen: g, opts: model.GenerateOptions{MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature,
-		TopP: c.TopP, TopK: c.TopK, RepetitionPenalty: c.RepPenalty, EOS: c.EOS, Pad: c.Pad, Unk: c.Pad}}, nil
-}
-
-func (g *kvGenerator) generate(prompts [][]int32, seed uint64) (*Rollout, error) {
-	c := g.n.cfg
 	ps := make([][]int32, len(prompts))
 	for i, p := range prompts {
 		ps[i] = datasets.TruncatePrompt(p, c.MaxPromptTokens)
 	}
-	opts := g.opts
-	opts.Seed = seed
-	ro, err := g.gen.Generate(ps, opts)
+	opts := model.GenerateOptions{MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature, TopP: c.TopP, TopK: c.TopK,
+		RepetitionPenalty: c.RepPenalty, EOS: c.EOS, Pad: c.Pad, Unk: c.Pad, Seed: seed}
+	ro, err := n.gen.generate(ps, opts)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ppo: %w", err)
 	}
 	B, S := len(ps), ro.PromptWidth
 	T := S + c.MaxNewTokens
@@ -69,5 +45,24 @@ func (g *kvGenerator) generate(prompts [][]int32, seed uint64) (*Rollout, error)
 	return r, nil
 }
 
+// kvGenerator is model.Generator over the actor scope.
+type kvGenerator struct{ gen *model.Generator }
+
+func newGenerator(n *GraphNets) (generator, error) {
+	if backend.IsNative(n.cfg.Backend) {
+		return &nativeGenerator{n: n}, nil
+	}
+	g, err := model.NewGenerator(n.cfg.Backend, n.actorCfg, n.ctx.InAbsPath(ScopeActor))
+	if err != nil {
+		return nil, fmt.Errorf("ppo: %w", err)
+	}
+	g.DeviceSampling = !model.PureGo(n.cfg.Backend) // XLA: sample in graph; pure Go: the host sampler, bit for bit
+	return kvGenerator{gen: g}, nil
+}
+
+func (g kvGenerator) generate(prompts [][]int32, opts model.GenerateOptions) (*model.Rollout, error) {
+	return g.gen.Generate(prompts, opts)
+}
+
 // deviceSampling reports whether tokens are sampled inside the decoding graph.
-func (g *kvGenerator) deviceSampling() bool { return g.gen.DeviceSampling && g.opts.TopK > 0 }
+func (g kvGenerator) deviceSampling(topK int) bool { return g.gen.DeviceSampling && topK > 0 }
