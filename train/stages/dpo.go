@@ -19,7 +19,6 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
-	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/dist"
@@ -372,21 +371,7 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
-	sum, err := loop.Run(ctx)
-	res.Steps, res.TrainLoss, res.Final, res.TokPerSec, res.ModelDir = sum.Steps, sum.TrainLoss, sum.Eval, sum.TokensPerS, sum.ModelDir
-	if comm.Size() > 1 {
-		res.World, res.CommSecs = comm.Size(), sum.Collective.Seconds()
-	}
-	res.Initial = initialEval(filepath.Join(cfg.Out, "metrics.jsonl"))
-	res.Seconds = time.Since(t0).Seconds()
-	if err != nil || comm.Rank() != 0 {
-		return res, err
-	}
-	js, _ := json.MarshalIndent(res, "", "  ")
-	if err := atomicfile.WriteBytes(filepath.Join(cfg.Out, "result.json"), append(js, '\n'), 0o644); err != nil {
-		return res, err
-	}
-	return res, nil
+	return runLoop(ctx, loop, comm, cfg.Out, res, t0)
 }
 
 // dpoExamples reads the pairs (raw files or shard directories), orders each by

@@ -196,18 +196,24 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
+	return runLoop(ctx, loop, comm, cfg.Out, res, t0)
+}
+
+// runLoop runs a stage's loop and fills res from its summary; rank 0 writes it to
+// <out>/result.json.
+func runLoop(ctx stdctx.Context, loop *trainer.Loop, comm dist.Communicator, out string, res *Result, t0 time.Time) (*Result, error) {
 	sum, err := loop.Run(ctx)
 	res.Steps, res.TrainLoss, res.Final, res.TokPerSec, res.ModelDir = sum.Steps, sum.TrainLoss, sum.Eval, sum.TokensPerS, sum.ModelDir
 	if comm.Size() > 1 {
 		res.World, res.CommSecs = comm.Size(), sum.Collective.Seconds()
 	}
-	res.Initial = initialEval(filepath.Join(cfg.Out, "metrics.jsonl"))
+	res.Initial = initialEval(filepath.Join(out, "metrics.jsonl"))
 	res.Seconds = time.Since(t0).Seconds()
 	if err != nil || comm.Rank() != 0 {
 		return res, err
 	}
 	js, _ := json.MarshalIndent(res, "", "  ")
-	if err := atomicfile.WriteBytes(filepath.Join(cfg.Out, "result.json"), append(js, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(out, "result.json"), append(js, '\n'), 0o644); err != nil {
 		return res, err
 	}
 	return res, nil
