@@ -40,9 +40,9 @@ fi
 "$bin" compare --model "$models/sft/model" --reward-model "$models/rm/model" --cost-model "$models/cm/model" \
 	--judge-cost-model "$judge" --data "$P" --eval-ratio 0.1 --eval-max 128 \
 	--max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" --prompt-batch-size 16 --train-batch-size 16 \
-	--max-steps "${PPO_STEPS:-64}" --actor-lr "${ACTOR_LR:-5e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.05}" \
-	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
-	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/helpful/llamafactory-dpo_en_demo.json \
+	--max-steps "${PPO_STEPS:-64}" --actor-lr "${ACTOR_LR:-2e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.1}" \
+	--threshold "${THRESHOLD:--1.5}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
+	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/helpful/llamafactory-dpo_en_demo.json \
 	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length "${PTX_LEN:-64}" \
 	--shaping-lambdas "${SHAPING_LAMBDAS:-0.1,5}" --save-every 16 --out "$out/runs" "${resume[@]}"
 echo "total: $(($(date +%s) - t0)) s"
