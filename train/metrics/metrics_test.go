@@ -263,7 +263,7 @@ func FuzzRecord(f *testing.F) {
 // Tick labels never repeat, even on a narrow range that the default ticker rounds to
 // equal labels.
 func TestDistinctTicks(t *testing.T) {
-	for _, r := range [][2]float64{{0.100001, 0.100004}, {1e-5, 1.00001e-5}, {123456.001, 123456.003}, {0, 1}, {-3, 250}, {5, 5}} {
+	for _, r := range [][2]float64{{0.100001, 0.100004}, {1e-5, 1.00001e-5}, {123456.001, 123456.003}, {0, 1}, {-3, 250}, {5, 5}, {1, 96}} {
 		seen := map[string]bool{}
 		for _, tk := range (DistinctTicks{}).Ticks(r[0], r[1]) {
 			if tk.Label == "" {
@@ -271,6 +271,9 @@ func TestDistinctTicks(t *testing.T) {
 			}
 			if seen[tk.Label] {
 				t.Errorf("range %v: tick label %q repeated", r, tk.Label)
+			}
+			if strings.Contains(tk.Label, "e") && math.Abs(tk.Value) >= 1e-4 && math.Abs(tk.Value) < 1e6 {
+				t.Errorf("range %v: tick label %q in exponent notation (want plain decimals)", r, tk.Label)
 			}
 			seen[tk.Label] = true
 		}

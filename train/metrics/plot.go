@@ -137,7 +137,7 @@ func (DistinctTicks) Ticks(lo, hi float64) []plot.Tick {
 			if t.Label == "" {
 				continue
 			}
-			l := strconv.FormatFloat(t.Value, 'g', prec, 64)
+			l := tickLabel(t.Value, prec)
 			if seen[l] {
 				ok = false
 				break
@@ -147,13 +147,23 @@ func (DistinctTicks) Ticks(lo, hi float64) []plot.Tick {
 		if ok {
 			for i := range ticks {
 				if ticks[i].Label != "" {
-					ticks[i].Label = strconv.FormatFloat(ticks[i].Value, 'g', prec, 64)
+					ticks[i].Label = tickLabel(ticks[i].Value, prec)
 				}
 			}
 			return ticks
 		}
 	}
 	return ticks
+}
+
+// tickLabel prints v rounded to prec significant digits, in plain decimal notation
+// (10, not 1e+01) unless v is very large or very small.
+func tickLabel(v float64, prec int) string {
+	r, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'g', prec, 64), 64)
+	if a := math.Abs(r); a != 0 && (a < 1e-4 || a >= 1e6) {
+		return strconv.FormatFloat(r, 'g', prec, 64)
+	}
+	return strconv.FormatFloat(r, 'f', -1, 64)
 }
 
 // Sample is a named set of values for a distribution plot.
