@@ -2,7 +2,6 @@ package stages
 
 import (
 	stdctx "context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"github.com/saferlhf/saferlhf/data/prefs"
@@ -10,7 +9,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/gomlx/gomlx/backends"
@@ -24,7 +22,6 @@ import (
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
-	"github.com/saferlhf/saferlhf/train/safetensors"
 	"github.com/saferlhf/saferlhf/train/trainer"
 	"github.com/schollz/progressbar/v3"
 )
@@ -336,38 +333,8 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
-	weights := func() (model.Weights, error) { return model.GetWeights(mctx.InAbsPath(modelScope), mcfg) }
-	loop, err := trainer.NewLoop(trainer.LoopConfig{
-		LR:      sched.LR,
-		Stepper: stepper, Train: train, Eval: eval, Epochs: cfg.Epochs, Steps: cfg.Steps,
-		EvalEvery: cfg.EvalEvery, CheckpointEvery: cfg.CkptEvery, KeepCheckpoints: cfg.KeepCkpts,
-		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(DPO), EvalAtStart: true,
-		Meta: cfg, Kind: string(DPO), AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
-		CheckpointFiles: map[string][]byte{filepath.Base(tokPath): tokBytes},
-		WeightsScope:    modelScope,
-		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
-			fw, err := weights()
-			if err != nil {
-				return nil, nil, err
-			}
-			js, err := mcfg.HFConfigJSON()
-			if err != nil {
-				return nil, nil, err
-			}
-			out := make([]safetensors.Tensor, 0, len(fw))
-			for _, n := range fw.Names() {
-				out = append(out, safetensors.Tensor{Name: n, Shape: fw[n].Shape, F32: fw[n].Data})
-			}
-			return out, js, nil
-		},
-		SaveModel: func(dir string) error {
-			fw, err := weights()
-			if err != nil {
-				return err
-			}
-			return model.SaveWithTokenizer(dir, mcfg, fw, tokPath)
-		},
-	})
+	loop, err := modelLoop(modelLoopSpec{kind: string(DPO), cfg: cfg.Config, meta: cfg, stepper: stepper, train: train, eval: eval,
+		lr: sched.LR, mctx: mctx, mcfg: mcfg, tokPath: tokPath, tokBytes: tokBytes})
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}

@@ -156,20 +156,56 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
-	loop, err := trainer.NewLoop(trainer.LoopConfig{
-		LR:      sched.LR,
-		Stepper: stepper, Train: train, Eval: eval, Epochs: cfg.Epochs, Steps: cfg.Steps,
+	loop, err := modelLoop(modelLoopSpec{kind: string(stage), cfg: cfg, meta: cfg, stepper: stepper, train: train, eval: eval,
+		lr: sched.LR, mctx: mctx, mcfg: mcfg, tokPath: tokPath, tokBytes: tokBytes, beforeSave: withScore})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	return runLoop(ctx, loop, comm, cfg.Out, res, t0)
+}
+
+// modelLoopSpec is what modelLoop needs of a stage that trains the model under modelScope.
+type modelLoopSpec struct {
+	kind        string
+	cfg         Config
+	meta        any // the configuration stored with checkpoints (the stage's whole config)
+	stepper     *trainer.Stepper
+	train, eval trainer.Source
+	lr          trainer.Schedule
+	mctx        *context.Context
+	mcfg        *model.Config
+	tokPath     string
+	tokBytes    []byte
+	beforeSave  func() error // runs before the weights are read for a checkpoint or the model (nil: none)
+}
+
+// modelLoop builds the supervised loop of a stage whose checkpoints and final model are the
+// model under modelScope as HF weights, with config.json and the tokenizer beside them.
+func modelLoop(sp modelLoopSpec) (*trainer.Loop, error) {
+	cfg, mcfg := sp.cfg, sp.mcfg
+	weights := func() (model.Weights, error) {
+		fw, err := model.GetWeights(sp.mctx.InAbsPath(modelScope), mcfg)
+		if err != nil {
+			return nil, err
+		}
+		if sp.beforeSave != nil {
+			if err := sp.beforeSave(); err != nil {
+				return nil, err
+			}
+		}
+		return fw, nil
+	}
+	return trainer.NewLoop(trainer.LoopConfig{
+		LR:      sp.lr,
+		Stepper: sp.stepper, Train: sp.train, Eval: sp.eval, Epochs: cfg.Epochs, Steps: cfg.Steps,
 		EvalEvery: cfg.EvalEvery, CheckpointEvery: cfg.CkptEvery, KeepCheckpoints: cfg.KeepCkpts,
-		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: string(stage), EvalAtStart: true,
-		Meta: cfg, Kind: string(stage), AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
-		CheckpointFiles: map[string][]byte{filepath.Base(tokPath): tokBytes},
+		Dir: cfg.Out, Resume: cfg.Resume, Progress: cfg.Progress, Name: sp.kind, EvalAtStart: true,
+		Meta: sp.meta, Kind: sp.kind, AllowConfigChange: cfg.AllowChange, ConfigIgnore: NonTrajectoryKeys,
+		CheckpointFiles: map[string][]byte{filepath.Base(sp.tokPath): sp.tokBytes},
 		WeightsScope:    modelScope,
 		CheckpointWeights: func() ([]safetensors.Tensor, json.RawMessage, error) {
-			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
+			fw, err := weights()
 			if err != nil {
-				return nil, nil, err
-			}
-			if err := withScore(); err != nil {
 				return nil, nil, err
 			}
 			js, err := mcfg.HFConfigJSON()
@@ -183,20 +219,13 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 			return out, js, nil
 		},
 		SaveModel: func(dir string) error {
-			fw, err := model.GetWeights(mctx.InAbsPath(modelScope), mcfg)
+			fw, err := weights()
 			if err != nil {
 				return err
 			}
-			if err := withScore(); err != nil {
-				return err
-			}
-			return model.SaveWithTokenizer(dir, mcfg, fw, tokPath)
+			return model.SaveWithTokenizer(dir, mcfg, fw, sp.tokPath)
 		},
 	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", stage, err)
-	}
-	return runLoop(ctx, loop, comm, cfg.Out, res, t0)
 }
 
 // runLoop runs a stage's loop and fills res from its summary; rank 0 writes it to
