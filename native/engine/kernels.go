@@ -260,6 +260,22 @@ func checkTargets(what string, n, v int, tgt []int32) error {
 	return nil
 }
 
+// checkLogitsTargets checks n rows of logits of width v (leading dimension ld) and their n
+// target ids, for the log-softmax-gather kernels.
+func checkLogitsTargets(what string, n, v int, logits []float32, ld int, tgt []int32) error {
+	if err := positive(what, n, v); err != nil {
+		return err
+	}
+	nl, err := matNeed(what+" logits", n, v, ld)
+	if err != nil {
+		return err
+	}
+	if err := need(what+" logits", len(logits), nl); err != nil {
+		return err
+	}
+	return checkTargets(what, n, v, tgt)
+}
+
 // LogSoftmaxGather computes, for n rows of logits (width v, leading dimension
 // ld), lse = logsumexp(row) and logp = row[tgt] − lse, without materialising
 // the log-softmax. logp or lse may be nil.
@@ -267,17 +283,7 @@ func LogSoftmaxGather(n, v int, logits []float32, ld int, tgt []int32, logp, lse
 	if !Available {
 		return ErrUnavailable
 	}
-	if err := positive("log-softmax-gather", n, v); err != nil {
-		return err
-	}
-	nl, err := matNeed("log-softmax-gather logits", n, v, ld)
-	if err != nil {
-		return err
-	}
-	if err := need("log-softmax-gather logits", len(logits), nl); err != nil {
-		return err
-	}
-	if err := checkTargets("log-softmax-gather", n, v, tgt); err != nil {
+	if err := checkLogitsTargets("log-softmax-gather", n, v, logits, ld, tgt); err != nil {
 		return err
 	}
 	if logp != nil {
@@ -300,18 +306,10 @@ func LogSoftmaxGatherBackward(n, v int, logits []float32, ld int, tgt []int32, l
 	if !Available {
 		return ErrUnavailable
 	}
-	if err := positive("log-softmax-gather backward", n, v); err != nil {
+	if err := checkLogitsTargets("log-softmax-gather backward", n, v, logits, ld, tgt); err != nil {
 		return err
 	}
-	nl, err := matNeed("log-softmax-gather logits", n, v, ld)
-	if err != nil {
-		return err
-	}
-	if err := errors.Join(need("log-softmax-gather logits", len(logits), nl), need("log-softmax-gather lse", len(lse), n),
-		need("log-softmax-gather g", len(g), n)); err != nil {
-		return err
-	}
-	if err := checkTargets("log-softmax-gather", n, v, tgt); err != nil {
+	if err := errors.Join(need("log-softmax-gather lse", len(lse), n), need("log-softmax-gather g", len(g), n)); err != nil {
 		return err
 	}
 	cLogSoftmaxGatherBwd(n, v, logits, ld, tgt, lse, g)
