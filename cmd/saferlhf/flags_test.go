@@ -72,6 +72,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"generate", "--seed", "1", "--seed", "2"}, 2},
 		{[]string{"eval-rm", "--model", "/nonexistent", "--data", "x.json"}, 1},
 		{[]string{"generate", "--model", "/nonexistent", "--tokenizer", "assets/data/models/tok512.bin"}, 1},
+		{[]string{"generate", "--model", "/nonexistent"}, 1}, // no tokenizer given and none next to the model
 	} {
 		if code, errOut := runIn(t, tc.args...); code != tc.code {
 			t.Errorf("%v: exit %d, want %d (%s)", tc.args, code, tc.code, errOut)

@@ -17,7 +17,7 @@ import (
 // generateConfig is the command line of generate.
 type generateConfig struct {
 	Model             string  `flag:"model" help:"model: a llama2.c .bin checkpoint or an HF directory (config.json + safetensors)"`
-	Tokenizer         string  `flag:"tokenizer" help:"tokenizer file: tokenizer.model (SentencePiece) or llama2.c *.bin"`
+	Tokenizer         string  `flag:"tokenizer" help:"tokenizer file: tokenizer.model (SentencePiece) or llama2.c *.bin; default: the one inside (or next to) --model whose vocabulary fits it"`
 	Prompt            string  `flag:"prompt" help:"prompt text"`
 	Template          string  `flag:"template" help:"prompt template: none or safe-rlhf (BEGINNING OF CONVERSATION: USER: ... ASSISTANT:)"`
 	Temperature       float64 `flag:"temperature" help:"sampling temperature; 0 is greedy (ties to the lowest id)"`
@@ -33,7 +33,6 @@ type generateConfig struct {
 func (c *generateConfig) validate() error {
 	var ck config.Checker
 	ck.Required("model", c.Model)
-	ck.Required("tokenizer", c.Tokenizer)
 	ck.PositiveInt("max-new-tokens", c.MaxNewTokens)
 	ck.NonNegative("temperature", c.Temperature)
 	ck.Range("top-p", c.TopP, math.SmallestNonzeroFloat64, 1)
@@ -61,7 +60,11 @@ func runGenerate(args []string) error {
 			return err
 		}
 	}
-	tok, err := tokenizer.Load(c.Tokenizer)
+	tokPath, err := model.ResolveTokenizer(c.Tokenizer, c.Model)
+	if err != nil {
+		return err
+	}
+	tok, err := tokenizer.Load(tokPath)
 	if err != nil {
 		return err
 	}
@@ -70,7 +73,7 @@ func runGenerate(args []string) error {
 		return err
 	}
 	if tok.VocabSize() > cfg.VocabSize {
-		return fmt.Errorf("tokenizer %s has %d ids, model %s only %d", c.Tokenizer, tok.VocabSize(), c.Model, cfg.VocabSize)
+		return fmt.Errorf("tokenizer %s has %d ids, model %s only %d", tokPath, tok.VocabSize(), c.Model, cfg.VocabSize)
 	}
 	be, err := backend.New(c.Backend)
 	if err != nil {

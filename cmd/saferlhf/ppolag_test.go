@@ -104,7 +104,7 @@ func TestPPOLagSIGKILLResume(t *testing.T) {
 	// and generates what the final policy does.
 	gen := func(m string) string {
 		t.Helper()
-		out, err := exec.Command(bin, "generate", "--model", m, "--tokenizer", filepath.Join(m, "tok512.bin"),
+		out, err := exec.Command(bin, "generate", "--model", m,
 			"--prompt", "Once upon", "--max-new-tokens", "6", "--temperature", "0", "--print-ids").CombinedOutput()
 		if err != nil {
 			t.Fatalf("generate --model %s: %v\n%s", m, err, out)
