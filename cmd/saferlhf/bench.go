@@ -133,6 +133,10 @@ func runBench(args []string) error {
 	row("memory plan: device peak (GiB)", "%.1f", r.PlannedPeakGiB)
 	row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
 	row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))
+	row("scoring programs: compile (s)", "%.2f", r.ScoreCompileSecs)
+	for _, p := range r.Programs {
+		fmt.Printf("  scoring program %-20s %6d nodes, compiled in %7.3fs, %5d calls, inputs %s\n", p.Program, p.Nodes, p.CompileSeconds, p.Calls, p.Shapes)
+	}
 	if *jsonOut != "" {
 		js, err := json.MarshalIndent(r, "", "  ")
 		if err != nil {

@@ -86,8 +86,16 @@ func param(ctx *context.Context, g *G.Graph, name string) *G.Node {
 	return cast(rawParam(ctx, g, name), ComputeDType(ctx))
 }
 
-// rawParam is param in the variable's own dtype.
+// rawParam is param in the variable's own dtype (or the node bound to name,
+// see bindWeights).
 func rawParam(ctx *context.Context, g *G.Graph, name string) *G.Node {
+	if b := boundOf(ctx); b != nil {
+		n, ok := b[name]
+		if !ok {
+			panic(fmt.Errorf("model: weight %q not bound", name))
+		}
+		return n
+	}
 	v := lookupVar(ctx, name)
 	if v == nil {
 		panic(fmt.Errorf("model: variable %q not in scope %q (call model.SetWeights first)", name, ctx.Scope()))
@@ -103,6 +111,12 @@ func vecParam(ctx *context.Context, g *G.Graph, name string) *G.Node {
 
 // optParam is vecParam for tensors that may be absent (biases): nil when absent.
 func optParam(ctx *context.Context, g *G.Graph, name string) *G.Node {
+	if b := boundOf(ctx); b != nil {
+		if n, ok := b[name]; ok {
+			return cast(n, dtypes.Float32)
+		}
+		return nil
+	}
 	v := lookupVar(ctx, name)
 	if v == nil {
 		return nil
@@ -126,12 +140,22 @@ func projParam(ctx *context.Context, g *G.Graph, name string) proj {
 	if !ok {
 		return p
 	}
+	dt := ComputeDType(ctx)
+	if b := boundOf(ctx); b != nil {
+		a, okA := b[an]
+		bb, okB := b[bn]
+		if !okA || !okB {
+			return p
+		}
+		p.a, p.b = cast(a, dt), cast(bb, dt)
+		p.scale = context.GetParamOr(ctx, paramLoRAScale, 1.0)
+		return p
+	}
 	av := ctx.GetVariableByScopeAndName(ctx.Scope(), an)
 	bv := ctx.GetVariableByScopeAndName(ctx.Scope(), bn)
 	if av == nil || bv == nil {
 		return p
 	}
-	dt := ComputeDType(ctx)
 	p.a, p.b = cast(av.ValueGraph(g), dt), cast(bv.ValueGraph(g), dt)
 	p.scale = context.GetParamOr(ctx, paramLoRAScale, 1.0)
 	return p
@@ -465,21 +489,31 @@ func block(ctx *context.Context, cfg *Config, x *G.Node, l int, r *rope, bias *G
 // trunk runs embedding and all layers; it returns the final activations
 // scaled by RMS but without the final norm weight (see normed).
 func trunk(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
-	g := ids.Graph()
-	mask = G.ConvertDType(mask, dtypes.Float32)
-	t := ids.Shape().Dimensions[1]
-	x := cast(G.Gather(param(ctx, g, NameEmbed), G.InsertAxes(G.ConvertDType(ids, dtypes.Int32), -1)), dtypes.Float32)
-	r := newRope(cfg, g, positions(mask), t, t)
-	bias := attnBias(cfg, causalBias(mask))
+	x := embed(ctx, ids)
+	r, bias := layerInputs(cfg, mask)
 	for l := 0; l < cfg.NumLayers; l++ {
 		x = block(ctx, cfg, x, l, r, bias, nil)
 	}
 	return rmsScale(x, cfg.RMSNormEps)
 }
 
+// embed returns the token embeddings of ids [B, T], float32 [B, T, D].
+func embed(ctx *context.Context, ids *G.Node) *G.Node {
+	return cast(G.Gather(param(ctx, ids.Graph(), NameEmbed), G.InsertAxes(G.ConvertDType(ids, dtypes.Int32), -1)), dtypes.Float32)
+}
+
+// layerInputs returns what every decoder layer reads besides its input
+// activations: the RoPE tables at each token's position and the attention
+// bias, both derived from the attention mask [B, T].
+func layerInputs(cfg *Config, mask *G.Node) (*rope, *G.Node) {
+	mask = G.ConvertDType(mask, dtypes.Float32)
+	t := mask.Shape().Dimensions[1]
+	return newRope(cfg, mask.Graph(), positions(mask), t, t), attnBias(cfg, causalBias(mask))
+}
+
 // lmHead returns the LM head [V, D] (the embedding table when tied).
 func lmHead(ctx *context.Context, cfg *Config, g *G.Graph) proj {
-	if lookupVar(ctx, NameLMHead) != nil && !cfg.TieWordEmbeddings {
+	if hasWeight(ctx, NameLMHead) && !cfg.TieWordEmbeddings {
 		return proj{w: param(ctx, g, NameLMHead)}
 	}
 	return proj{w: param(ctx, g, NameEmbed)}
@@ -498,8 +532,12 @@ func Hidden(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
 // Logits returns the LM logits [B, T, V], float32 (computed in the compute
 // dtype, as HF's lm_head, then widened).
 func Logits(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
-	xs := trunk(ctx, cfg, ids, mask)
-	g := ids.Graph()
+	return logitsOf(ctx, cfg, trunk(ctx, cfg, ids, mask))
+}
+
+// logitsOf applies the final norm and the LM head to the trunk's output xs.
+func logitsOf(ctx *context.Context, cfg *Config, xs *G.Node) *G.Node {
+	g := xs.Graph()
 	xin, ws := normed(xs, vecParam(ctx, g, NameFinalNorm), lmHead(ctx, cfg, g))
 	return ws[0].apply(xin)
 }
@@ -551,8 +589,12 @@ func dropLast(x *G.Node) *G.Node {
 // Scores returns the score head's per-token output: [B, T] when
 // cfg.ScoreDim == 1, else [B, T, ScoreDim] (Safe-RLHF ScoreModel.scores).
 func Scores(ctx *context.Context, cfg *Config, ids, mask *G.Node) *G.Node {
-	xs := trunk(ctx, cfg, ids, mask)
-	g := ids.Graph()
+	return scoresOf(ctx, trunk(ctx, cfg, ids, mask))
+}
+
+// scoresOf applies the final norm and the score head to the trunk's output xs.
+func scoresOf(ctx *context.Context, xs *G.Node) *G.Node {
+	g := xs.Graph()
 	xin, ws := normed(xs, vecParam(ctx, g, NameFinalNorm), proj{w: param(ctx, g, NameScoreW)})
 	s := ws[0].apply(xin)
 	bias := cast(rawParam(ctx, g, NameScoreB), dtypes.Float32)

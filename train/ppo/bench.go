@@ -89,6 +89,11 @@ type BenchResult struct {
 	// nets pass (model weights excluded: they are loaded once).
 	H2DBytes int64 `json:"h2d_bytes_per_step"`
 	D2HBytes int64 `json:"d2h_bytes_per_step"`
+	// Programs are the scoring pass's compiled programs (model.Layerwise): kind, argument shapes,
+	// node count, compile seconds and calls.
+	Programs []model.ProgramStat `json:"programs"`
+	// ScoreCompileSecs is the compile time of all scoring programs.
+	ScoreCompileSecs float64 `json:"score_compile_s"`
 }
 
 // timedNets wraps Nets, timing each call, and skips checkpoints (a benchmark saves nothing).
@@ -285,6 +290,10 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	res.HostRSSMiB = procStatusMiB("VmHWM")
 	res.PlannedPeakGiB = float64(plan.Peak) / (1 << 30)
 	res.H2DBytes, res.D2HBytes = stepTraffic(acfg, o, nets.gen)
+	res.Programs = nets.Programs()
+	for _, p := range res.Programs {
+		res.ScoreCompileSecs += p.CompileSeconds
+	}
 	return res, nil
 }
 

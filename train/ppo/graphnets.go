@@ -121,21 +121,25 @@ type GraphNetsConfig struct {
 	MicroBatchSize, TrainBatchSize int
 }
 
-// GraphNets runs the six networks as GoMLX graphs in one context: one scoring graph for the
-// post_rollout pass and three Steppers (actor, reward critic, cost critic) whose loss, gradient and
-// AdamW update are one compiled graph each.
+// GraphNets runs the six networks as GoMLX graphs in one context: the post_rollout scoring pass
+// as per-layer programs shared by the models of one shape (model.Layerwise), and three Steppers
+// (actor, reward critic, cost critic) whose loss, gradient and AdamW update are one compiled graph
+// each.
 type GraphNets struct {
-	cfg                     GraphNetsConfig
-	ctx                     *context.Context
-	actorCfg, rCfg, cCfg    *model.Config
-	rcCfg, ccCfg            *model.Config
-	scoreExec               *context.Exec
-	actor, rcritic, ccritic *trainer.Stepper
-	gen                     generator
-	clipRatio, clipValue    float64
-	accum                   int // micro-batches per update
+	cfg                  GraphNetsConfig
+	ctx                  *context.Context
+	actorCfg, rCfg, cCfg *model.Config
+	rcCfg, ccCfg         *model.Config
+	// lw runs the scoring passes; the models as it sees them (the reference and, under LoRA, the
+	// score models read zero adapters so that they run their partner's programs).
+	lw                                     *model.Layerwise
+	actorM, refM, rcM, ccM, rewardM, costM model.Model
+	actor, rcritic, ccritic                *trainer.Stepper
+	gen                                    generator
+	clipRatio, clipValue                   float64
+	accum                                  int // micro-batches per update
 	// retok[k] scores score model k (0 reward, 1 cost) on re-tokenised sequences; nil when it
-	// shares the actor's tokenizer and runs inside scoreExec.
+	// shares the actor's tokenizer.
 	retok [2]*retokScorer
 }
 
@@ -143,7 +147,8 @@ type GraphNets struct {
 type retokScorer struct {
 	src, dst tokenizer.Tokenizer
 	maxLen   int // the model's max_position_embeddings
-	exec     *context.Exec
+	lw       *model.Layerwise
+	model    model.Model
 }
 
 // NewGraphNets loads the models into one context and compiles nothing yet (graphs compile on first use).
@@ -251,16 +256,7 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 			return nil, fmt.Errorf("ppo: the %s critic must share the actor's tokenizer, but it defaults to the %s model, whose tokenizer differs: give the critic another initialisation (e.g. the actor)",
 				[2]string{"reward", "cost"}[k], [2]string{"reward", "cost"}[k])
 		}
-		scope, cfg := sm.scope, sm.cfg
-		ex, err := context.NewExec(c.Backend, n.ctx.Reuse(), func(ctx *context.Context, ids, mask *G.Node) *G.Node {
-			end, _ := model.EndScores(ctx.InAbsPath(scope), cfg, ids, mask)
-			return G.StopGradient(end)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("ppo: %w", err)
-		}
-		ex.SetMaxCache(-1)
-		n.retok[k] = &retokScorer{src: c.Tokenizer, dst: sm.tok, maxLen: cfg.MaxPositions, exec: ex}
+		n.retok[k] = &retokScorer{src: c.Tokenizer, dst: sm.tok, maxLen: sm.cfg.MaxPositions}
 	}
 	// No host copy of any model outlives loading.
 	n.cfg.Actor.Weights, n.cfg.Reward.Weights, n.cfg.Cost.Weights = nil, nil, nil
@@ -273,11 +269,8 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 		accum = c.TrainBatchSize / c.MicroBatchSize
 	}
 	n.accum = accum
+	n.scoringModels(lora)
 	var err error
-	if n.scoreExec, err = context.NewExec(c.Backend, n.ctx.Reuse(), n.scoreGraph); err != nil {
-		return nil, fmt.Errorf("ppo: %w", err)
-	}
-	n.scoreExec.SetMaxCache(-1)
 	if n.actor, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeActor, Loss: n.actorLoss,
 		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip, Accumulation: accum}); err != nil {
 		return nil, fmt.Errorf("ppo: actor: %w", err)
@@ -301,31 +294,40 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 // Context returns the context holding all six models and the optimizer state.
 func (n *GraphNets) Context() *context.Context { return n.ctx }
 
-// scoreGraph is post_rollout's no-grad pass (spec §1.2 step 3) over all models in one graph:
-// actor and reference log-probs, reward critic values, cost critic values (with a cost critic),
-// then the reward and cost end scores of the score models that share the actor's tokenizer.
-func (n *GraphNets) scoreGraph(ctx *context.Context, ids, mask *G.Node) []*G.Node {
-	out := []*G.Node{
-		model.TokenLogProbs(ctx.InAbsPath(ScopeActor), n.actorCfg, ids, mask),
-		model.TokenLogProbs(ctx.InAbsPath(ScopeReference), n.actorCfg, ids, mask),
-		model.Scores(ctx.InAbsPath(ScopeRewardCritic), n.rcCfg, ids, mask),
+// scoringModels sets up the Layerwise scoring of the six models. Under LoRA the reference reads
+// zero adapters shaped like the actor's, and each score model zero adapters shaped like its
+// critic's, so each pair runs one set of compiled programs (exactly: x·Wᵀ + s·(x·Aᵀ)·0ᵀ = x·Wᵀ).
+// --micro-batch-size also bounds the rows of a scoring pass (attention's B×H×T×T).
+func (n *GraphNets) scoringModels(lora bool) {
+	n.lw = model.NewLayerwise(n.cfg.Backend)
+	n.lw.RowChunk = n.cfg.MicroBatchSize
+	m := func(scope string, cfg *model.Config) model.Model {
+		return model.ScopeModel(n.ctx.InAbsPath(scope), cfg)
 	}
+	n.actorM, n.refM, n.rcM = m(ScopeActor, n.actorCfg), m(ScopeReference, n.actorCfg), m(ScopeRewardCritic, n.rcCfg)
+	n.rewardM = m(ScopeReward, n.rCfg)
 	if n.ccCfg != nil {
-		out = append(out, model.Scores(ctx.InAbsPath(ScopeCostCritic), n.ccCfg, ids, mask))
+		n.ccM = m(ScopeCostCritic, n.ccCfg)
 	}
-	if n.retok[0] == nil {
-		end, _ := model.EndScores(ctx.InAbsPath(ScopeReward), n.rCfg, ids, mask)
-		out = append(out, end)
+	if n.cCfg != nil {
+		n.costM = m(ScopeCost, n.cCfg)
 	}
-	if n.cCfg != nil && n.retok[1] == nil {
-		end, _ := model.EndScores(ctx.InAbsPath(ScopeCost), n.cCfg, ids, mask)
-		out = append(out, end)
+	if lora {
+		n.refM = n.lw.ZeroAdapters(n.refM, n.actorM)
+		n.rewardM = n.lw.ZeroAdapters(n.rewardM, n.rcM)
+		if n.ccCfg != nil && n.cCfg != nil {
+			n.costM = n.lw.ZeroAdapters(n.costM, n.ccM)
+		}
 	}
-	for i := range out {
-		out[i] = G.StopGradient(out[i])
+	for k, mm := range []model.Model{n.rewardM, n.costM} {
+		if n.retok[k] != nil {
+			n.retok[k].lw, n.retok[k].model = n.lw, mm
+		}
 	}
-	return out
 }
+
+// Programs returns the scoring programs compiled so far, with their sizes and compile times.
+func (n *GraphNets) Programs() []model.ProgramStat { return n.lw.Programs() }
 
 // Score implements Nets: the scoring pass (the native engine's or the graph's), then the
 // score normalisation (--normalize-reward/--normalize-cost).
@@ -350,29 +352,40 @@ func (n *GraphNets) Score(r *Rollout) error {
 	return nil
 }
 
-// graphScore runs scoreExec (and the re-tokenised score models' execs).
+// graphScore is post_rollout's no-grad pass (spec §1.2 step 3): actor and reference log-probs,
+// reward and cost critic values, then the reward and cost end scores (re-tokenised for a score
+// model with its own tokenizer).
 func (n *GraphNets) graphScore(r *Rollout) error {
-	ids := tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T)
-	mask := tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T)
-	out, err := execSafe(n.scoreExec, ids, mask)
-	if err != nil {
-		return fmt.Errorf("score B=%d T=%d: %w", r.B, r.T, err)
+	var err error
+	if r.LogProbs, err = n.lw.TokenLogProbs(n.actorM, r.Seq, r.Mask, r.B, r.T); err != nil {
+		return fmt.Errorf("score B=%d T=%d: actor: %w", r.B, r.T, err)
 	}
-	k := 0
-	next := func() []float32 { k++; return tensors.MustCopyFlatData[float32](out[k-1]) }
-	r.LogProbs, r.RefLogProbs = next(), next()
-	r.RewardValues = dropLastCol(next(), r.B, r.T)
+	if r.RefLogProbs, err = n.lw.TokenLogProbs(n.refM, r.Seq, r.Mask, r.B, r.T); err != nil {
+		return fmt.Errorf("score B=%d T=%d: reference: %w", r.B, r.T, err)
+	}
+	v, _, err := n.lw.Scores(n.rcM, r.Seq, r.Mask, r.B, r.T)
+	if err != nil {
+		return fmt.Errorf("score B=%d T=%d: reward critic: %w", r.B, r.T, err)
+	}
+	r.RewardValues = dropLastCol(v, r.B, r.T)
 	if n.ccCfg != nil {
-		r.CostValues = dropLastCol(next(), r.B, r.T)
+		if v, _, err = n.lw.Scores(n.ccM, r.Seq, r.Mask, r.B, r.T); err != nil {
+			return fmt.Errorf("score B=%d T=%d: cost critic: %w", r.B, r.T, err)
+		}
+		r.CostValues = dropLastCol(v, r.B, r.T)
 	}
 	if n.retok[0] == nil {
-		r.Reward = next()
+		if _, r.Reward, err = n.lw.Scores(n.rewardM, r.Seq, r.Mask, r.B, r.T); err != nil {
+			return fmt.Errorf("score B=%d T=%d: reward model: %w", r.B, r.T, err)
+		}
 	} else if r.Reward, err = n.retok[0].score(r); err != nil {
 		return fmt.Errorf("reward model (re-tokenised): %w", err)
 	}
 	if n.cCfg != nil {
 		if n.retok[1] == nil {
-			r.Cost = next()
+			if _, r.Cost, err = n.lw.Scores(n.costM, r.Seq, r.Mask, r.B, r.T); err != nil {
+				return fmt.Errorf("score B=%d T=%d: cost model: %w", r.B, r.T, err)
+			}
 		} else if r.Cost, err = n.retok[1].score(r); err != nil {
 			return fmt.Errorf("cost model (re-tokenised): %w", err)
 		}
@@ -414,11 +427,11 @@ func (s *retokScorer) score(r *Rollout) ([]float32, error) {
 			}
 		}
 	}
-	out, err := execSafe(s.exec, tensors.FromFlatDataAndDimensions(seq, r.B, W), tensors.FromFlatDataAndDimensions(mask, r.B, W))
+	_, end, err := s.lw.Scores(s.model, seq, mask, r.B, W)
 	if err != nil {
 		return nil, fmt.Errorf("B=%d T=%d: %w", r.B, W, err)
 	}
-	return tensors.MustCopyFlatData[float32](out[0]), nil
+	return end, nil
 }
 
 // actorLoss is the actor's LossFn. Inputs: ids, mask, old log-probs, reward advantages, response

@@ -579,3 +579,49 @@ func TestGraphNetsMicroBatch(t *testing.T) {
 		t.Fatal("the update changed nothing")
 	}
 }
+
+// TestScoringPrograms: under LoRA the six models' scoring passes compile one embedding, ONE
+// decoder-layer program (run once per layer of each model), one LM head and one score head, and
+// no program grows with the depth: each has fewer nodes than one whole-model graph.
+func TestScoringPrograms(t *testing.T) {
+	cfg := tinyConfig()
+	n := tinyNets(t, cfg, func(gc *GraphNetsConfig) {
+		gc.LoRA = model.LoRAConfig{Rank: 2, Alpha: 4, Targets: []string{"q_proj", "v_proj"}}
+	})
+	ro, err := n.Generate(tinyPrompts(t).Next(2), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Score(ro); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]model.ProgramStat{}
+	for _, p := range n.Programs() {
+		k, _, _ := strings.Cut(p.Program, "/")
+		if _, dup := kinds[k]; dup {
+			t.Fatalf("two %s programs: %+v", k, n.Programs())
+		}
+		kinds[k] = p
+	}
+	if len(kinds) != 4 {
+		t.Fatalf("programs %+v, want embed, layer, lm_head, score_head", n.Programs())
+	}
+	if got, want := kinds["layer"].Calls, 6*n.actorCfg.NumLayers; got != want {
+		t.Fatalf("layer program ran %d times, want %d", got, want)
+	}
+	ex, err := mlctx.NewExec(n.cfg.Backend, n.ctx.Reuse(), func(ctx *mlctx.Context, ids, mask *G.Node) *G.Node {
+		return model.TokenLogProbs(ctx.InAbsPath(ScopeActor), n.actorCfg, ids, mask)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, g, err := ex.ExecWithGraph(tensors.FromFlatDataAndDimensions(ro.Seq, ro.B, ro.T), tensors.FromFlatDataAndDimensions(ro.Mask, ro.B, ro.T))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, p := range kinds {
+		if p.Nodes <= 0 || p.Nodes >= len(g.Nodes()) {
+			t.Errorf("%s program: %d nodes, one whole actor graph %d", k, p.Nodes, len(g.Nodes()))
+		}
+	}
+}

@@ -9,7 +9,7 @@ import (
 
 // nativeScore is Score on the native engine (backend "native"): each model's
 // live weights (LoRA merged, shared bases resolved) are read from the context
-// into a native model that runs the no-grad pass of scoreGraph.
+// into a native model that runs the no-grad pass of graphScore.
 func (n *GraphNets) nativeScore(r *Rollout) error {
 	if len(r.Seq) != r.B*r.T || len(r.Mask) != r.B*r.T {
 		return fmt.Errorf("score: rollout has %d ids and %d mask values for B=%d T=%d", len(r.Seq), len(r.Mask), r.B, r.T)
