@@ -23,7 +23,7 @@ type Config struct {
 	EvalMax      int       `json:"eval-max" flag:"eval-max" help:"at most this many held-out examples (0: all)"`
 	MaxTrain     int       `json:"max-train" flag:"max-train" help:"at most this many training examples (0: all)"`
 	Out          string    `json:"out" flag:"out" help:"output directory (config.yaml, metrics.jsonl, plots, checkpoints/, model/)"`
-	Backend      string    `json:"backend" flag:"backend" help:"GoMLX backend (go, go:ops_sequential, xla:cuda, ...; default $SAFERLHF_BACKEND or go)"`
+	Backend      string    `json:"backend" flag:"backend" help:"backend: native (the C engine: trains and evaluates on the CPU; the default when built with cgo), go (pure-Go GoMLX), go:ops_sequential, xla:cuda, ...; default $SAFERLHF_BACKEND, else native or go"`
 	Epochs       int       `json:"epochs" flag:"epochs" help:"passes over the training data"`
 	Steps        int       `json:"max-steps" flag:"max-steps" alias:"steps" help:"cap on optimizer steps (0: --epochs decide)"`
 	BatchSize    int       `json:"batch-size" flag:"batch-size" help:"micro-batch size, global over all ranks of a data-parallel run (pairs for train-rm/train-cm)"`

@@ -16,11 +16,20 @@ import (
 // follows the 1-rank run with the same global batch of 4 pairs: the same training
 // and held-out losses and accuracies per step within 2e-5 relative (1.7e-6 seen) (float32
 // summation order differs); only rank 0 writes outputs.
-func TestRewardModelDataParallel(t *testing.T) {
+func TestRewardModelDataParallel(t *testing.T) { rewardModelDataParallel(t, "go") }
+
+// TestNativeRewardModelDataParallel is TestRewardModelDataParallel on the native
+// engine: its gradients go through the same communicator.
+func TestNativeRewardModelDataParallel(t *testing.T) {
+	skipNoNative(t)
+	rewardModelDataParallel(t, "native")
+}
+
+func rewardModelDataParallel(t *testing.T, backend string) {
 	cfg := func() Config {
 		c := tinyConfig(t, RM, "helpful/hh-rlhf-helpful-base-test.jsonl.gz")
 		c.MaxLength, c.BatchSize, c.Steps, c.Epochs, c.EvalMax, c.EvalEvery, c.CkptEvery = 32, 4, 3, 1, 8, 3, 3
-		c.LR = 3e-4
+		c.LR, c.Backend = 3e-4, backend
 		return c
 	}
 	one := cfg()
@@ -68,7 +77,7 @@ func TestRewardModelDataParallel(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("reward model, 3 steps, global batch 4: largest relative difference world 1 vs 2: %.3g", worst)
+	t.Logf("reward model on %s, 3 steps, global batch 4: largest relative difference world 1 vs 2: %.3g", backend, worst)
 }
 
 // onTwoRanks runs run on two in-process ranks and fails on any rank's error.

@@ -317,10 +317,10 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err := shardTrain(train, comm); err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
-	stepper, err := trainer.NewStepper(be, mctx, trainer.Config{
+	stepper, err := newSteps(be, mctx, mcfg, trainer.Config{
 		Scope: modelScope, Loss: dpoLossFn(mcfg, cfg.Beta), WeightDecay: cfg.WeightDecay,
 		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm,
-	})
+	}, dpoNative(cfg.Beta), true)
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}

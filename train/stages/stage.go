@@ -140,10 +140,14 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 			return err
 		}
 	}
-	stepper, err := trainer.NewStepper(be, mctx, trainer.Config{
+	native := sftNative
+	if stage != SFT {
+		native = scoreNative(stage, cfg, mctx)
+	}
+	stepper, err := newSteps(be, mctx, mcfg, trainer.Config{
 		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg), WeightDecay: cfg.WeightDecay,
 		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm,
-	})
+	}, native, stage == SFT)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
@@ -169,7 +173,7 @@ type modelLoopSpec struct {
 	kind        string
 	cfg         Config
 	meta        any // the configuration stored with checkpoints (the stage's whole config)
-	stepper     *trainer.Stepper
+	stepper     trainer.Steps
 	train, eval trainer.Source
 	lr          trainer.Schedule
 	mctx        *context.Context

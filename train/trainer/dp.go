@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/train/dist"
 )
 
@@ -84,17 +85,17 @@ func (s *Stepper) allReduceGradients() error {
 	return nil
 }
 
-// stateDigest hashes the bytes of every variable under the Stepper's scope and
-// its optimizer scope (names included), to check that ranks start in step.
-func (s *Stepper) stateDigest() (uint64, error) {
+// stateDigest hashes the bytes of every variable of ctx under the scope and the
+// optimizer scope of cfg (names included), to check that ranks start in step.
+func stateDigest(ctx *context.Context, cfg Config) (uint64, error) {
 	type kv struct {
 		name string
 		t    *tensors.Tensor
 	}
 	var vars []kv
-	for v := range s.ctx.IterVariables() {
+	for v := range ctx.IterVariables() {
 		path := v.ScopeAndName()
-		if !inScope(v.Scope(), s.cfg.Scope) && !inScope(v.Scope(), s.cfg.OptimScope) {
+		if !inScope(v.Scope(), cfg.Scope) && !inScope(v.Scope(), cfg.OptimScope) {
 			continue
 		}
 		t, err := v.Value()
@@ -125,7 +126,10 @@ func (l *Loop) checkInSync(step int) error {
 	if comm.Size() < 2 {
 		return nil
 	}
-	d, err := l.cfg.Stepper.stateDigest()
+	if err := l.cfg.Stepper.SyncContext(); err != nil {
+		return err
+	}
+	d, err := stateDigest(l.cfg.Stepper.Context(), l.cfg.Stepper.Config())
 	if err != nil {
 		return err
 	}

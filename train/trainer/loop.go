@@ -41,7 +41,7 @@ type Schedule func(step int) float64
 // LoopConfig configures a Loop.
 type LoopConfig struct {
 	// Stepper trains the model; its Accumulation micro-batches make one step.
-	Stepper *Stepper
+	Stepper Steps
 	// Train is the training data; Eval the held-out batches (optional).
 	Train, Eval Source
 	// Epochs over Train; Steps, if > 0, caps the number of optimizer steps.
@@ -291,6 +291,9 @@ func (l *Loop) Run(ctx stdctx.Context) (sum Summary, err error) {
 		return sum, nil
 	}
 	if l.cfg.SaveModel != nil {
+		if err := l.cfg.Stepper.SyncContext(); err != nil {
+			return sum, fmt.Errorf("trainer: saving the final model: %w", err)
+		}
 		sum.ModelDir = filepath.Join(l.cfg.Dir, "model")
 		if err := l.cfg.SaveModel(sum.ModelDir); err != nil {
 			return sum, fmt.Errorf("trainer: saving the final model: %w", err)
@@ -321,7 +324,7 @@ func (l *Loop) finish(sum Summary, step, startStep, tokens int, start time.Time)
 
 // Evaluate runs the Stepper's Eval over every batch of src and returns the weighted
 // means of the loss ("loss") and of each metric.
-func Evaluate(s *Stepper, src Source) (map[string]float64, error) {
+func Evaluate(s Steps, src Source) (map[string]float64, error) {
 	out := map[string]float64{}
 	var wsum float64
 	for i := 0; i < src.Len(); i++ {
@@ -407,6 +410,9 @@ func (l *Loop) checkpoint(step int, pos position) (string, error) {
 	if err := l.metrics.Sync(); err != nil {
 		return "", fmt.Errorf("trainer: checkpoint: %w", err)
 	}
+	if err := l.cfg.Stepper.SyncContext(); err != nil {
+		return "", fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
+	}
 	ctx := l.cfg.Stepper.Context()
 	ts, err := checkpoint.ContextTensors(ctx, nil)
 	if err != nil {
@@ -467,6 +473,9 @@ func (l *Loop) restore() (step int, pos position, err error) {
 		return 0, pos, fmt.Errorf("trainer: resume: %s: data position: %w", ld.Dir, err)
 	}
 	if err := ld.RestoreContext(l.cfg.Stepper.Context()); err != nil {
+		return 0, pos, fmt.Errorf("trainer: resume: %w", err)
+	}
+	if err := l.cfg.Stepper.LoadContext(); err != nil {
 		return 0, pos, fmt.Errorf("trainer: resume: %w", err)
 	}
 	return ld.State.Step, pos, nil

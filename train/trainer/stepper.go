@@ -93,8 +93,32 @@ func NewStepper(backend backends.Backend, ctx *context.Context, cfg Config) (*St
 	if cfg.Loss == nil {
 		return nil, fmt.Errorf("trainer: Config.Loss is nil")
 	}
+	cfg, opt, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Stepper{backend: backend, ctx: ctx, cfg: cfg, opt: opt}
+	if cfg.Accumulation == 1 && !s.dataParallel() {
+		s.trainExec, err = context.NewExec(backend, ctx, s.fusedGraph)
+	} else {
+		s.trainExec, err = context.NewExec(backend, ctx, s.accumulateGraph)
+		if err == nil {
+			s.applyExec, err = context.NewExec(backend, ctx, s.applyGraph)
+		}
+	}
+	if err == nil {
+		s.evalExec, err = context.NewExec(backend, ctx, s.evalGraph)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("trainer: %w", err)
+	}
+	return s, nil
+}
+
+// withDefaults validates cfg, fills in its defaults and returns it with its optimizer.
+func (cfg Config) withDefaults() (Config, *optim.AdamW, error) {
 	if cfg.Scope == "" || !strings.HasPrefix(cfg.Scope, context.ScopeSeparator) {
-		return nil, fmt.Errorf("trainer: Config.Scope %q must be an absolute scope such as \"/policy\"", cfg.Scope)
+		return cfg, nil, fmt.Errorf("trainer: Config.Scope %q must be an absolute scope such as \"/policy\"", cfg.Scope)
 	}
 	if cfg.Beta1 == 0 {
 		cfg.Beta1 = 0.9
@@ -118,33 +142,18 @@ func NewStepper(backend backends.Backend, ctx *context.Context, cfg Config) (*St
 		cfg.OptimScope = "/optim" + cfg.Scope
 	}
 	if cfg.Beta1 < 0 || cfg.Beta1 >= 1 || cfg.Beta2 < 0 || cfg.Beta2 >= 1 {
-		return nil, fmt.Errorf("trainer: Adam betas (%g, %g) must lie in [0, 1)", cfg.Beta1, cfg.Beta2)
+		return cfg, nil, fmt.Errorf("trainer: Adam betas (%g, %g) must lie in [0, 1)", cfg.Beta1, cfg.Beta2)
 	}
 	if cfg.WeightDecay < 0 {
-		return nil, fmt.Errorf("trainer: weight decay %g must be >= 0", cfg.WeightDecay)
+		return cfg, nil, fmt.Errorf("trainer: weight decay %g must be >= 0", cfg.WeightDecay)
 	}
 	opt, err := optim.NewAdamW(optim.AdamWConfig{Beta1: cfg.Beta1, Beta2: cfg.Beta2, Epsilon: cfg.Epsilon,
 		WeightDecay: cfg.WeightDecay, NoDecay: cfg.NoDecay, ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation,
 		StateScope: cfg.OptimScope})
 	if err != nil {
-		return nil, fmt.Errorf("trainer: %w", err)
+		return cfg, nil, fmt.Errorf("trainer: %w", err)
 	}
-	s := &Stepper{backend: backend, ctx: ctx, cfg: cfg, opt: opt}
-	if cfg.Accumulation == 1 && !s.dataParallel() {
-		s.trainExec, err = context.NewExec(backend, ctx, s.fusedGraph)
-	} else {
-		s.trainExec, err = context.NewExec(backend, ctx, s.accumulateGraph)
-		if err == nil {
-			s.applyExec, err = context.NewExec(backend, ctx, s.applyGraph)
-		}
-	}
-	if err == nil {
-		s.evalExec, err = context.NewExec(backend, ctx, s.evalGraph)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("trainer: %w", err)
-	}
-	return s, nil
+	return cfg, opt, nil
 }
 
 // Config returns the Stepper's configuration with defaults filled in.

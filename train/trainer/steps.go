@@ -1,0 +1,39 @@
+package trainer
+
+import (
+	"time"
+
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/saferlhf/saferlhf/train/dist"
+)
+
+// Steps trains a model for a Loop: the GoMLX Stepper, or the NativeStepper on
+// the native C engine. Both keep the weights and the AdamW state in the same
+// context variables under the same names (the model's under Config.Scope,
+// train/optim's under Config.OptimScope), so a checkpoint is the same
+// whichever trained and restores on either.
+type Steps interface {
+	// Config returns the configuration with defaults filled in.
+	Config() Config
+	// Step runs one micro-batch at learning rate lr (see Stepper.Step).
+	Step(lr float64, inputs ...any) (Result, error)
+	// Eval computes the loss and metrics of a batch without gradients or updates.
+	Eval(inputs ...any) (Result, error)
+	// Comm returns the communicator (dist.Self for a single process).
+	Comm() dist.Communicator
+	// CollectiveTime returns the time spent in gradient all-reduces so far.
+	CollectiveTime() time.Duration
+	// Context returns the context that checkpoints store and restore.
+	Context() *context.Context
+	// SyncContext writes the live weights and optimizer state into Context
+	// (before a checkpoint or the final model is read from it).
+	SyncContext() error
+	// LoadContext reads them back from Context (after a checkpoint restored it).
+	LoadContext() error
+}
+
+// SyncContext is a no-op: the Stepper's live state is its context.
+func (s *Stepper) SyncContext() error { return nil }
+
+// LoadContext is a no-op: the Stepper's live state is its context.
+func (s *Stepper) LoadContext() error { return nil }
