@@ -3,8 +3,8 @@ package eval
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/saferlhf/saferlhf/data/prefs"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 
@@ -13,18 +13,22 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/data/datasets"
+	"github.com/saferlhf/saferlhf/data/prefs"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
+	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
 // Scorer computes the end scores (spec §3: the score at the last non-pad token) of a
-// score model — reward or cost — on batches of token sequences.
+// score model — reward or cost — on batches of token sequences. As the reference's
+// ScoreModelMixin, a model whose config.json sets do_normalize returns normalised scores.
 type Scorer struct {
 	Cfg  *model.Config
 	Tok  tokenizer.Tokenizer
 	exec *context.Exec
+	norm *kernels.Normalizer // nil unless the config sets do_normalize
 	// Batch is the number of rows per graph call; MaxLen the widest sequence.
 	Batch, MaxLen int
 }
@@ -60,7 +64,40 @@ func NewScorer(be backends.Backend, modelDir, tokPath string, batch, maxLen int)
 	if batch < 1 || maxLen < 2 {
 		return nil, fmt.Errorf("scorer: batch %d and max length %d must be >= 1 and >= 2", batch, maxLen)
 	}
-	return &Scorer{Cfg: cfg, Tok: tok, exec: exec, Batch: batch, MaxLen: maxLen}, nil
+	norm, err := scoreNormalizer(cfg.Score)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", modelDir, err)
+	}
+	return &Scorer{Cfg: cfg, Tok: tok, exec: exec, norm: norm, Batch: batch, MaxLen: maxLen}, nil
+}
+
+// scoreNormalizer returns the normaliser the reference's score model applies to its outputs:
+// nil unless do_normalize is set; else score_type's function (reward: affine, cost: scale,
+// critic: identity) with the saved mean and var (0 and 1, the reference's initial buffers,
+// when none were saved).
+func scoreNormalizer(sc model.ScoreConfig) (*kernels.Normalizer, error) {
+	if !sc.DoNormalize {
+		return nil, nil
+	}
+	fn := map[string]kernels.NormalizeFunction{"": kernels.Affine, "reward": kernels.Affine, "cost": kernels.Scale,
+		"critic": kernels.Identity}[sc.Type]
+	if fn == "" {
+		return nil, fmt.Errorf("do_normalize: score_type %q: want reward, cost or critic", sc.Type)
+	}
+	n, err := kernels.NewNormalizer(kernels.IdentityNormalizer, fn, 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(sc.Mean) > 0 {
+		if len(sc.Mean) != 1 || len(sc.Var) != 1 {
+			return nil, fmt.Errorf("do_normalize: normaliser mean %v var %v: want one entry each", sc.Mean, sc.Var)
+		}
+		n.Mean, n.Var = sc.Mean[0], sc.Var[0]
+	}
+	if !(n.Var >= 0) || math.IsInf(n.Var, 0) || math.IsNaN(n.Mean) || math.IsInf(n.Mean, 0) {
+		return nil, fmt.Errorf("do_normalize: normaliser mean %g var %g: want finite, var >= 0", n.Mean, n.Var)
+	}
+	return n, nil
 }
 
 // Score returns the end score of each sequence (right-padded in batches; sequences
@@ -106,7 +143,11 @@ func (s *Scorer) Score(seqs [][]int32) (out []float64, err error) {
 		}
 		vals := tensors.MustCopyFlatData[float32](res[0])
 		for i := range rows {
-			out = append(out, float64(vals[i]))
+			v := float64(vals[i])
+			if s.norm != nil {
+				v = s.norm.Normalize(v)
+			}
+			out = append(out, v)
 		}
 	}
 	return out, nil
