@@ -353,13 +353,22 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 		MicroBatchSize: c.MicroBatch, TrainBatchSize: c.TrainBatchSize,
 		LoRA:     model.LoRAConfig{Rank: c.LoRARank, Alpha: c.LoRAAlpha, Targets: c.LoRATargets},
 		LoRASeed: c.Seed}
-	load := func(flag, path string, score bool) (ModelSpec, error) {
+	// load reads a model and checks it against the tokenizer whose ids it reads: the actor's, or
+	// own (non-nil) for a score model on another vocabulary, which reads re-tokenised text and
+	// keeps BOS and the last tokens of a row longer than its context (retokScorer).
+	load := func(flag, path string, score bool, own tokenizer.Tokenizer) (ModelSpec, error) {
 		cfg, w, err := model.LoadAny(path)
 		if err != nil {
 			return ModelSpec{}, fmt.Errorf("--%s: %w", flag, err)
 		}
 		if score && cfg.ScoreDim != 1 {
 			return ModelSpec{}, fmt.Errorf("--%s %s: a score model needs a 1-dimensional score head (got score_dim %d): train it with train-rm or train-cm", flag, path, cfg.ScoreDim)
+		}
+		if own != nil {
+			if own.VocabSize() > cfg.VocabSize {
+				return ModelSpec{}, fmt.Errorf("--%s %s: vocabulary %d is smaller than its tokenizer's %d", flag, path, cfg.VocabSize, own.VocabSize())
+			}
+			return ModelSpec{Cfg: cfg, Weights: w}, nil
 		}
 		if in.tok.VocabSize() > cfg.VocabSize {
 			return ModelSpec{}, fmt.Errorf("--%s %s: vocabulary %d is smaller than the tokenizer's %d (%s)", flag, path, cfg.VocabSize, in.tok.VocabSize(), tokPath)
@@ -370,27 +379,34 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 		}
 		return ModelSpec{Cfg: cfg, Weights: w}, nil
 	}
-	if gc.Actor, err = load("model", c.Model, false); err != nil {
+	if gc.Actor, err = load("model", c.Model, false, nil); err != nil {
 		return nil, err
 	}
 	delete(gc.Actor.Weights, model.NameScoreW)
 	delete(gc.Actor.Weights, model.NameScoreB)
 	gc.Actor.Cfg.ScoreDim = 0
-	if gc.Reward, err = load("reward-model", c.RewardModel, true); err != nil {
+	gc.Tokenizer = in.tok
+	// other is a score model's own tokenizer when it differs from the actor's (else nil).
+	other := func(t tokenizer.Tokenizer) tokenizer.Tokenizer {
+		if t == nil || tokenizer.Same(t, in.tok) {
+			return nil
+		}
+		return t
+	}
+	if gc.RewardTokenizer, err = scoreTokenizer(c.RewardModel); err != nil {
 		return nil, err
 	}
-	gc.Tokenizer = in.tok
-	if gc.RewardTokenizer, err = scoreTokenizer(c.RewardModel); err != nil {
+	if gc.Reward, err = load("reward-model", c.RewardModel, true, other(gc.RewardTokenizer)); err != nil {
 		return nil, err
 	}
 	if gc.RewardCritic, err = criticSpec(c, "reward", c.RewardCritic, gc.RewardTokenizer, in.tok, gc.Actor, c.Seed, load); err != nil {
 		return nil, err
 	}
 	if c.UsesCost() {
-		if gc.Cost, err = load("cost-model", c.CostModel, true); err != nil {
+		if gc.CostTokenizer, err = scoreTokenizer(c.CostModel); err != nil {
 			return nil, err
 		}
-		if gc.CostTokenizer, err = scoreTokenizer(c.CostModel); err != nil {
+		if gc.Cost, err = load("cost-model", c.CostModel, true, other(gc.CostTokenizer)); err != nil {
 			return nil, err
 		}
 		if c.UsesCostCritic() {
@@ -428,12 +444,12 @@ func scoreTokenizer(modelPath string) (tokenizer.Tokenizer, error) {
 // with a fresh score head, since a critic must read the actor's ids (the reference refuses a
 // critic whose tokenizer differs).
 func criticSpec(c RunConfig, which, path string, scoreTok, actorTok tokenizer.Tokenizer, actor ModelSpec, seed uint64,
-	load func(flag, path string, score bool) (ModelSpec, error)) (*ModelSpec, error) {
+	load func(flag, path string, score bool, own tokenizer.Tokenizer) (ModelSpec, error)) (*ModelSpec, error) {
 	var s ModelSpec
 	switch {
 	case path != "":
 		var err error
-		if s, err = load(which+"-critic", path, false); err != nil {
+		if s, err = load(which+"-critic", path, false, nil); err != nil {
 			return nil, err
 		}
 		if s.Cfg.VocabSize != actor.Cfg.VocabSize {
