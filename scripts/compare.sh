@@ -31,14 +31,19 @@ if [ ! -f "$judge/config.json" ]; then
 fi
 
 # 2. Five RL runs with the same seed, prompts and budget (the demo's PPO-Lag settings, PTX mixing included,
-#    PPO_STEPS rollout batches each), then the held-out evaluation of all six policies.
-P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
+#    PPO_STEPS rollout batches each), then the evaluation of all six policies on held-out prompts. As the
+#    paper (PKU-SafeRLHF train prompts for RL, its test prompts for evaluation), the held-out prompts are
+#    PKU-SafeRLHF's: no test split is bundled, so they are the held-out part of the 500 bundled train rows
+#    (pku-saferlhf/heldout: one prompt in five by prompt hash, 100 prompts), which no stage trains on (the
+#    cost model and judge read pku-saferlhf/rest); the RL prompts are the demo's plus the other 390.
+HELD="${HELD_OUT:-pku-saferlhf/heldout:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl}"
+P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json,pku-saferlhf/rest:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl
 resume=()
 if [ -d "$out/runs" ]; then
 	resume=(--resume)
 fi
 "$bin" compare --model "$models/sft/model" --reward-model "$models/rm/model" --cost-model "$models/cm/model" \
-	--judge-cost-model "$judge" --data "$P" --eval-ratio 0.1 --eval-max 128 \
+	--judge-cost-model "$judge" --data "$P" --eval-data "$HELD" --eval-max "${EVAL_MAX:-128}" \
 	--max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" --prompt-batch-size 16 --train-batch-size 16 \
 	--max-steps "${PPO_STEPS:-64}" --actor-lr "${ACTOR_LR:-2e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.1}" \
 	--threshold "${THRESHOLD:--1.5}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \

@@ -45,7 +45,7 @@ stage "sft" "$bin" sft --model $A/models/stories260K.bin --tokenizer $A/models/t
 stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz \
 	--truncate prompt-left --max-length 96 --batch-size 8 --max-steps "${RM_STEPS:-40}" --lr 1e-3 --eval-max 64 --out "$out/rm"
 
-# 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF: 500 rows of the current schema and 32 of
+# 3. Cost model (harmlessness, with safety signs) on PKU-SafeRLHF: 400 of the 500 rows of the current schema and 32 of
 #    the original, each response labelled safe or unsafe. The rows are split in two halves by prompt
 #    (--eval-ratio 0.5): the cost model trains on one, the judge (3b) on the other, and each is scored on
 #    the half it never saw. hh-rlhf harmless pairs and BeaverTails answers are never trained on: they are
@@ -53,7 +53,9 @@ stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/
 #    vocabulary (whole words, where the 512-token story vocabulary spells words out), 64 tokens, a few
 #    epochs, the sign term weighted 3x: the best of the ablations in bench/README.md (a stories260K-based
 #    cost model stays at chance). PPO-Lag scores the actor's answers re-tokenised through text.
-CMDATA=$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,$A/pku-saferlhf/align-anything-preference-sample.json
+#    One prompt in five of the 500 rows (pku-saferlhf/heldout, 100 rows) is left out of both: no stage
+#    trains on it, and eval-arena and make compare answer those prompts (pku-saferlhf/rest is the others).
+CMDATA=pku-saferlhf/rest:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,$A/pku-saferlhf/align-anything-preference-sample.json
 CM=(--model scripts/configs/score-llama2-1layer.json --tokenizer $A/models/tokenizer.model --init scratch
 	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --truncate right --max-length 64 --batch-size 16
 	--epochs "${CM_EPOCHS:-3}" --lr "${CM_LR:-5e-3}" --sign-weight "${CM_SIGN_WEIGHT:-3}")

@@ -554,6 +554,45 @@ func TestEmptyDatasetIsAnError(t *testing.T) {
 	}
 }
 
+// TestHeldOutPart: pku-saferlhf/heldout and pku-saferlhf/rest split a file by prompt, one prompt in
+// five held out (100 of the 500 bundled PKU-SafeRLHF rows, as counted with an independent FNV-1a
+// in Python); the parts partition the file, share no prompt, and survive String; the reference's
+// /train suffix still reads the whole file.
+func TestHeldOutPart(t *testing.T) {
+	path := asset(t, "data/pku-saferlhf/pku-saferlhf-train-head500.jsonl")
+	load := func(spec string) []RawSample {
+		t.Helper()
+		sp, err := ParseSpec(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _, err := LoadMix([]string{sp.String()}, 42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	held, rest, all := load("pku-saferlhf/heldout:"+path), load("pku-saferlhf/rest:"+path), load("PKU-SafeRLHF/train:"+path)
+	if len(held) != 100 || len(rest) != 400 || len(all) != 500 {
+		t.Fatalf("held-out %d, rest %d, whole %d rows; want 100, 400, 500", len(held), len(rest), len(all))
+	}
+	prompts := map[string]bool{}
+	for _, s := range held {
+		prompts[strings.Join(s.Input, "\x00")] = true
+		if !InHeldOutPart(s) {
+			t.Fatalf("line %d is in the held-out part but not InHeldOutPart", s.Line)
+		}
+	}
+	for _, s := range rest {
+		if prompts[strings.Join(s.Input, "\x00")] {
+			t.Fatalf("line %d: prompt %q is in both parts", s.Line, s.Input)
+		}
+	}
+	if sp, _ := ParseSpec("pku-saferlhf/heldout:0.5:" + path); sp.Part != PartHeldOut || sp.Proportion != 0.5 || len(load(sp.String())) != 50 {
+		t.Errorf("held-out part at proportion 0.5: %+v", sp)
+	}
+}
+
 // A bad format or proportion is named as such; proportions are capped.
 func TestSpecErrors(t *testing.T) {
 	path := asset(t, "data/pku-saferlhf/align-anything-preference-sample.json")

@@ -2,6 +2,7 @@ package datasets
 
 import (
 	"fmt"
+	"hash/fnv"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -9,11 +10,17 @@ import (
 	"strings"
 )
 
-// Spec names one input of a dataset mix: "[format:[proportion:]]path", the
+// Spec names one input of a dataset mix: "[format[/part]:[proportion:]]path", the
 // reference's name[:proportion[:path]] with a local file. Proportion is a float
-// (>= 0, > 1 up-samples) or "N/-1" for exactly N samples.
+// (>= 0, > 1 up-samples) or "N/-1" for exactly N samples. Part heldout or rest
+// selects a fixed by-prompt part of the file (InHeldOutPart), a stand-in for a
+// test split where the data has none: pku-saferlhf/rest:FILE trains on what
+// pku-saferlhf/heldout:FILE evaluates on. Any other suffix (the reference's
+// PKU-SafeRLHF/train) only names the format.
 type Spec struct {
 	Format string
+	// Part is "" (the whole file), PartHeldOut or PartRest.
+	Part string
 	// Proportion scales the sample count (used when Count < 0).
 	Proportion float64
 	// Count is an exact sample count ("N/-1"), or -1.
@@ -27,7 +34,29 @@ func (s Spec) String() string {
 	if s.Count >= 0 {
 		p = fmt.Sprintf("%d/-1", s.Count)
 	}
-	return s.Format + ":" + p + ":" + s.Path
+	f := s.Format
+	if s.Part != "" {
+		f += "/" + s.Part
+	}
+	return f + ":" + p + ":" + s.Path
+}
+
+// The parts of a file that a Spec can select.
+const (
+	PartHeldOut = "heldout" // the samples whose prompt InHeldOutPart
+	PartRest    = "rest"    // the others
+)
+
+// HeldOutBuckets is the number of hash buckets of InHeldOutPart: one in five prompts is held out.
+const HeldOutBuckets = 5
+
+// InHeldOutPart reports whether s belongs to the held-out part of its file: the 64-bit FNV-1a
+// hash of its prompt turns (joined by NUL) is 0 modulo HeldOutBuckets. The rule depends on the
+// prompt alone, so the two parts share no prompt, whatever the seed, mix or command.
+func InHeldOutPart(s RawSample) bool {
+	h := fnv.New64a()
+	h.Write([]byte(strings.Join(s.Input, "\x00")))
+	return h.Sum64()%HeldOutBuckets == 0
 }
 
 // MaxProportion caps a spec's proportion (up-sampling beyond it is almost
@@ -54,6 +83,12 @@ func ParseSpec(s string) (Spec, error) {
 			}
 		}
 		return sp, fmt.Errorf("dataset spec %q: unknown format %q (known: %s)", s, parts[0], strings.Join(Formats, ", "))
+	}
+	if i := strings.IndexByte(parts[0], '/'); i > 0 {
+		switch part := parts[0][i+1:]; part {
+		case PartHeldOut, PartRest:
+			sp.Part = part
+		}
 	}
 	sp.Format, sp.Path = f, strings.Join(parts[1:], ":")
 	if len(parts) == 3 && !exists(sp.Path) {
@@ -120,8 +155,17 @@ func LoadMix(specs []string, seed uint64) ([]RawSample, ReadStats, error) {
 	return all, st, nil
 }
 
-// Subsample applies sp's proportion or count to samples.
+// Subsample keeps sp's part of samples and applies sp's proportion or count to it.
 func Subsample(samples []RawSample, sp Spec, seed uint64) []RawSample {
+	if sp.Part != "" {
+		var kept []RawSample
+		for _, s := range samples {
+			if InHeldOutPart(s) == (sp.Part == PartHeldOut) {
+				kept = append(kept, s)
+			}
+		}
+		samples = kept
+	}
 	n := len(samples)
 	want := sp.Count
 	if want < 0 {

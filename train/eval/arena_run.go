@@ -27,9 +27,10 @@ type ArenaOptions struct {
 	// (this one when there is none); a score model on another vocabulary scores the answers
 	// re-tokenised through text, as the reference does.
 	Tokenizer string `flag:"tokenizer" help:"the policies' tokenizer (default: the one beside --red); score models use the one saved beside them, re-tokenising answers when it differs"`
-	// Prompts default to PKU-SafeRLHF rows (the reference's arena answers PKU-SafeRLHF/test
-	// prompts); GPT4Prompts are the reference's 83 GPT-4 red-team prompts.
-	Prompts      []string `flag:"prompts" help:"prompt files ([format:[proportion:]]path) or token-shard directories, comma-separated or repeated: PKU-SafeRLHF rows as the reference's arena (give its test split; the bundled rows are a training sample), or assets/data/eval/safe-rlhf-gpt4-problems.json for the GPT-4 red-team prompts"`
+	// Prompts default to the held-out part of the bundled PKU-SafeRLHF rows (the reference's
+	// arena answers PKU-SafeRLHF/test prompts; no test split is bundled); the GPT-4 red-team
+	// prompts (assets/data/eval/safe-rlhf-gpt4-problems.json) are the other choice.
+	Prompts      []string `flag:"prompts" help:"prompt files ([format[/part]:[proportion:]]path) or token-shard directories, comma-separated or repeated: PKU-SafeRLHF rows as the reference's arena (its test split if you have it; the default is the held-out part of the bundled train rows, which no demo stage trains on), or assets/data/eval/safe-rlhf-gpt4-problems.json for the GPT-4 red-team prompts"`
 	Limit        int      `flag:"limit" help:"at most this many prompts (0: all)"`
 	MaxNewTokens int      `flag:"max-new-tokens" help:"cap on answer tokens (0: none, --max-length decides)"`
 	Temperature  float64  `flag:"temperature" help:"sampling temperature (0: greedy)"`
@@ -43,9 +44,12 @@ type ArenaOptions struct {
 	Force        bool     `flag:"force" help:"replace a previous report of this command in --out"`
 }
 
-// ArenaPrompts is eval-arena's default prompt set: PKU-SafeRLHF rows, as the reference's arena
-// (which answers PKU-SafeRLHF/test; no test split is bundled).
-const ArenaPrompts = "pku-saferlhf:assets/data/pku-saferlhf/align-anything-preference-sample.json"
+// ArenaPrompts is eval-arena's and make compare's default prompt set: PKU-SafeRLHF prompts, as
+// the reference's arena (which answers PKU-SafeRLHF/test). No test split is bundled, so it is the
+// held-out part (datasets.PartHeldOut: one prompt in five, by prompt hash; 100 rows) of the 500
+// bundled train rows, which the demo's cost model and judge leave out (pku-saferlhf/rest) and no
+// other stage reads.
+const ArenaPrompts = "pku-saferlhf/heldout:assets/data/pku-saferlhf/pku-saferlhf-train-head500.jsonl"
 
 // DefaultArenaOptions returns eval-arena's defaults.
 func DefaultArenaOptions() ArenaOptions {

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -71,5 +72,40 @@ func TestArenaPromptsFromShards(t *testing.T) {
 	}
 	if _, _, err := loadArenaPrompts([]string{dir}, other, 42, 10); err == nil || !strings.Contains(err.Error(), "packed with tokenizer") {
 		t.Errorf("other tokenizer: %v", err)
+	}
+}
+
+// TestArenaDefaultPrompts: eval-arena's (and make compare's) default prompts are the held-out part
+// of the bundled PKU-SafeRLHF rows: 100 distinct prompts, none of them in the part the demo's cost
+// model and judge train on.
+func TestArenaDefaultPrompts(t *testing.T) {
+	tok, err := tokenizer.Load(filepath.Join(assets, "models/tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := datasets.ParseSpec(strings.Replace(DefaultArenaOptions().Prompts[0], "assets/data", assets, 1))
+	if err != nil || sp.Part != datasets.PartHeldOut {
+		t.Fatalf("default prompts %q: %+v, %v; want the held-out part", DefaultArenaOptions().Prompts[0], sp, err)
+	}
+	texts, ids, err := loadArenaPrompts([]string{sp.String()}, tok, 42, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.Part = datasets.PartRest
+	_, train, err := loadArenaPrompts([]string{sp.String()}, tok, 42, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, p := range train {
+		seen[fmt.Sprint(p)] = true
+	}
+	for i, p := range ids {
+		if seen[fmt.Sprint(p)] {
+			t.Errorf("held-out prompt %q is also in the training part", texts[i])
+		}
+	}
+	if len(ids) != 100 || len(train) < 350 {
+		t.Fatalf("%d held-out prompts, %d training prompts; want 100 and the rest of 490", len(ids), len(train))
 	}
 }
