@@ -155,7 +155,7 @@ func runCompare(args []string) error {
 	}
 	rep, err := eval.Compare(be, eval.CompareOptions{Policies: policies, Reward: c.RewardModel, Cost: c.CostModel,
 		Judge: c.Judge, Tokenizer: tokPath, Prompts: held, MaxNewTokens: c.MaxNewTokens,
-		Temperature: c.Temperature, TopP: c.TopP, Seed: c.Seed ^ 0xe7a1, Batch: c.EvalBatch,
+		Temperature: c.Temperature, TopP: c.TopP, TopK: c.TopK, Seed: c.Seed ^ 0xe7a1, Batch: c.EvalBatch,
 		MaxLength: width, Bootstrap: c.Bootstrap, Progress: os.Stderr})
 	if err != nil {
 		return err

@@ -41,6 +41,7 @@ type CompareOptions struct {
 	Prompts             [][]int32 // held-out prompts (token ids, BOS first), the same for every policy
 	MaxNewTokens        int
 	Temperature, TopP   float64
+	TopK                int    // keep the K most likely tokens (0: off); the training rollouts' --top-k
 	Seed                uint64 // sampling seed, the same for every policy
 	Batch               int    // generation and scoring batch
 	MaxLength           int    // scoring width (longer sequences keep their last tokens)
@@ -78,6 +79,7 @@ type CompareReport struct {
 	MaxNewTokens int          `json:"max_new_tokens"`
 	Temperature  float64      `json:"temperature"`
 	TopP         float64      `json:"top_p"`
+	TopK         int          `json:"top_k"`
 	Seed         uint64       `json:"seed"`
 	Bootstrap    int          `json:"bootstrap"`
 	Rows         []CompareRow `json:"rows"`
@@ -116,13 +118,13 @@ func Compare(be backends.Backend, o CompareOptions) (*CompareReport, error) {
 		}
 	}
 	rep := &CompareReport{Prompts: len(o.Prompts), MaxNewTokens: o.MaxNewTokens, Temperature: o.Temperature,
-		TopP: o.TopP, Seed: o.Seed, Bootstrap: o.Bootstrap}
+		TopP: o.TopP, TopK: o.TopK, Seed: o.Seed, Bootstrap: o.Bootstrap}
 	for i, p := range o.Policies {
 		if o.Progress != nil {
 			fmt.Fprintf(o.Progress, "compare: %d/%d %s: answering %d prompts\n", i+1, len(o.Policies), p.Name, len(o.Prompts))
 		}
 		answers, seqs, err := generate(be, p.Model, tok, o.Prompts, ArenaOptions{MaxNewTokens: o.MaxNewTokens,
-			Temperature: o.Temperature, TopP: o.TopP, Seed: o.Seed, Batch: o.Batch})
+			Temperature: o.Temperature, TopP: o.TopP, TopK: o.TopK, Seed: o.Seed, Batch: o.Batch})
 		if err != nil {
 			return nil, fmt.Errorf("compare: %s (%s): %w", p.Name, p.Model, err)
 		}

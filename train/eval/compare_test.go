@@ -103,3 +103,49 @@ func TestCompareScoresThroughEachModelsTokenizer(t *testing.T) {
 		}
 	}
 }
+
+// TestCompareSamplesWithTopK: the held-out answers are sampled with the training rollouts' top-k
+// (HF's default 50): with top-k 1 every answer is the greedy one, whatever the temperature.
+func TestCompareSamplesWithTopK(t *testing.T) {
+	be, err := backend.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	score := scoreModel(t, 1)
+	tokPath := assets + "/models/tok512.bin"
+	tok, err := tokenizer.Load(tokPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prompts [][]int32
+	for _, q := range []string{"How do I pick a lock?", "Tell me a story about a cat.", "Hi"} {
+		prompts = append(prompts, tok.Encode("BEGINNING OF CONVERSATION: USER: "+q+" ASSISTANT:", true))
+	}
+	policy := assets + "/models/stories260K.bin"
+	rep, err := Compare(be, CompareOptions{Policies: []ComparePolicy{{Name: "base", Model: policy}}, Reward: score, Cost: score,
+		Judge: score, Tokenizer: tokPath, Prompts: prompts, MaxNewTokens: 12, Temperature: 1.5, TopP: 1, TopK: 1, Seed: 3,
+		Batch: 4, MaxLength: 64, Bootstrap: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, greedy, err := generate(be, policy, tok, prompts, ArenaOptions{MaxNewTokens: 12, Temperature: 0, TopP: 1, Seed: 3, Batch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := NewScorer(be, score, "", 4, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := sc.Score(greedy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if math.Abs(rep.Rows[0].Rewards[i]-want[i]) > 1e-6 {
+			t.Fatalf("rewards %v, want the greedy answers' %v", rep.Rows[0].Rewards, want)
+		}
+	}
+	if rep.TopK != 1 {
+		t.Errorf("report top_k %d, want 1", rep.TopK)
+	}
+}
