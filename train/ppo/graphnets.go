@@ -124,7 +124,8 @@ type GraphNetsConfig struct {
 // GraphNets runs the six networks as GoMLX graphs in one context: the post_rollout scoring pass
 // as per-layer programs shared by the models of one shape (model.Layerwise), and three Steppers
 // (actor, reward critic, cost critic) whose loss, gradient and AdamW update are one compiled graph
-// each.
+// each. On the native backend the same work runs on native models kept for the run (nativeNets);
+// the context then holds their trained state as of the last checkpoint or save.
 type GraphNets struct {
 	cfg                  GraphNetsConfig
 	ctx                  *context.Context
@@ -141,6 +142,8 @@ type GraphNets struct {
 	// retok[k] scores score model k (0 reward, 1 cost) on re-tokenised sequences; nil when it
 	// shares the actor's tokenizer.
 	retok [2]*retokScorer
+	// nat holds the native models (backend "native"), built on first use.
+	nat *nativeNets
 }
 
 // retokScorer runs one frozen score model on sequences re-tokenised for its vocabulary.
@@ -475,6 +478,9 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	if (costAdv != nil) != n.cfg.WithCostCritic {
 		return ActorStats{}, fmt.Errorf("actor: cost advantages given = %v, but the nets were built with cost critic = %v", costAdv != nil, n.cfg.WithCostCritic)
 	}
+	if backend.IsNative(n.cfg.Backend) {
+		return n.nativeUpdateActor(b)
+	}
 	if n.accum > 1 && ptx == nil {
 		return n.updateActorMicro(b.LR, r, b.RewardAdv, costAdv, b.Lambda, b.Mask)
 	}
@@ -549,6 +555,9 @@ func (n *GraphNets) updateActorMicro(lr float64, r *Rollout, rewardAdv, costAdv 
 
 // UpdateCritic implements Nets.
 func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error) {
+	if backend.IsNative(n.cfg.Backend) {
+		return n.nativeUpdateCritic(cost, lr, r, returns, mask)
+	}
 	s, old := n.rcritic, r.RewardValues
 	if cost {
 		s, old = n.ccritic, r.CostValues
@@ -608,6 +617,9 @@ func (n *GraphNets) Checkpoint() (*NetsCheckpoint, error) {
 	if c.Config, err = n.actorCfg.HFConfigJSON(); err != nil {
 		return nil, err
 	}
+	if err := n.syncNative(); err != nil {
+		return nil, err
+	}
 	c.State, err = checkpoint.ContextTensors(n.ctx, func(v *context.Variable) bool {
 		for _, s := range frozenScopes {
 			if v.Scope() == s || strings.HasPrefix(v.Scope(), s+context.ScopeSeparator) {
@@ -635,11 +647,15 @@ func (n *GraphNets) Restore(l *checkpoint.Loaded) error {
 			}
 		}
 	}
+	n.nat = nil // rebuilt from the restored variables
 	return l.RestoreContext(n.ctx)
 }
 
 // ActorWeights returns the current policy weights.
 func (n *GraphNets) ActorWeights() (model.Weights, error) {
+	if err := n.syncNative(); err != nil {
+		return nil, err
+	}
 	return model.GetWeights(n.ctx.InAbsPath(ScopeActor), n.actorCfg)
 }
 

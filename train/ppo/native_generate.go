@@ -3,23 +3,21 @@ package ppo
 import (
 	"fmt"
 
-	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
-// nativeGenerator samples with the native engine (backend "native"): at each rollout it reads
-// the actor's live weights (LoRA merged) from the context into a native model, then generates
-// exactly as model.Generator does.
+// nativeGenerator samples with the native engine (backend "native"): the run's native actor
+// (adapters applied unmerged) generates exactly as model.Generator does.
 type nativeGenerator struct{ n *GraphNets }
 
 func (g *nativeGenerator) generate(prompts [][]int32, opts model.GenerateOptions) (*model.Rollout, error) {
-	w, err := model.GetWeights(g.n.ctx.InAbsPath(ScopeActor), g.n.actorCfg)
+	nn, err := g.n.natives()
+	if err != nil {
+		return nil, err
+	}
+	ro, err := nn.actor.m.Generate(prompts, opts)
 	if err != nil {
 		return nil, fmt.Errorf("native: %w", err)
 	}
-	m, err := llama.New(g.n.actorCfg, w, 1)
-	if err != nil {
-		return nil, fmt.Errorf("native: %w", err)
-	}
-	return m.Generate(prompts, opts)
+	return ro, nil
 }

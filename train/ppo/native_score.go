@@ -4,86 +4,72 @@ import (
 	"fmt"
 
 	"github.com/saferlhf/saferlhf/native/llama"
-	"github.com/saferlhf/saferlhf/train/model"
 )
 
-// nativeScore is Score on the native engine (backend "native"): each model's
-// live weights (LoRA merged, shared bases resolved) are read from the context
-// into a native model that runs the no-grad pass of graphScore.
+// nativeScore is Score on the native engine (backend "native"): the run's native models run
+// the no-grad pass of graphScore.
 func (n *GraphNets) nativeScore(r *Rollout) error {
 	if len(r.Seq) != r.B*r.T || len(r.Mask) != r.B*r.T {
 		return fmt.Errorf("score: rollout has %d ids and %d mask values for B=%d T=%d", len(r.Seq), len(r.Mask), r.B, r.T)
 	}
-	forward := func(scope string, cfg *model.Config) (*llama.Model, *llama.Tape, error) {
-		w, err := model.GetWeights(n.ctx.InAbsPath(scope), cfg)
-		if err != nil {
-			return nil, nil, err
-		}
-		m, err := llama.New(cfg, w, 1)
-		if err != nil {
-			return nil, nil, err
-		}
-		tp, err := m.Forward(r.B, r.T, r.Seq, r.Mask)
-		return m, tp, err
+	nn, err := n.natives()
+	if err != nil {
+		return err
 	}
-	logProbs := func(scope string) ([]float32, error) {
-		m, tp, err := forward(scope, n.actorCfg)
+	logProbs := func(scope string, m *llama.Model) ([]float32, error) {
+		tp, err := m.Forward(r.B, r.T, r.Seq, r.Mask)
 		if err != nil {
 			return nil, fmt.Errorf("score %s: %w", scope, err)
 		}
 		return m.TokenLogProbs(tp)
 	}
-	scores := func(scope string, cfg *model.Config) ([]float32, error) {
-		if cfg.ScoreDim != 1 {
-			return nil, fmt.Errorf("score %s: score dim %d, want 1", scope, cfg.ScoreDim)
+	scores := func(scope string, m *llama.Model) ([]float32, error) {
+		if m.Cfg.ScoreDim != 1 {
+			return nil, fmt.Errorf("score %s: score dim %d, want 1", scope, m.Cfg.ScoreDim)
 		}
-		m, tp, err := forward(scope, cfg)
+		tp, err := m.Forward(r.B, r.T, r.Seq, r.Mask)
 		if err != nil {
 			return nil, fmt.Errorf("score %s: %w", scope, err)
 		}
 		return m.Scores(tp)
 	}
 	ends := llama.EndIndex(r.B, r.T, r.Mask)
-	atEnd := func(s []float32) []float32 {
+	// A score model on another vocabulary reads re-tokenised text (its GoMLX scorer).
+	endScores := func(k int, scope string, m *llama.Model) ([]float32, error) {
+		if n.retok[k] != nil {
+			return n.retok[k].score(r)
+		}
+		s, err := scores(scope, m)
+		if err != nil {
+			return nil, err
+		}
 		out := make([]float32, r.B)
 		for i, e := range ends {
 			out[i] = s[i*r.T+e]
 		}
-		return out
+		return out, nil
 	}
-	var err error
-	if r.LogProbs, err = logProbs(ScopeActor); err != nil {
+	if r.LogProbs, err = logProbs(ScopeActor, nn.actor.m); err != nil {
 		return err
 	}
-	if r.RefLogProbs, err = logProbs(ScopeReference); err != nil {
+	if r.RefLogProbs, err = logProbs(ScopeReference, nn.ref); err != nil {
 		return err
 	}
-	// A score model on another vocabulary reads re-tokenised text (its GoMLX scorer).
-	endScores := func(k int, scope string, cfg *model.Config) ([]float32, error) {
-		if n.retok[k] != nil {
-			return n.retok[k].score(r)
-		}
-		s, err := scores(scope, cfg)
-		if err != nil {
-			return nil, err
-		}
-		return atEnd(s), nil
-	}
-	if r.Reward, err = endScores(0, ScopeReward, n.rCfg); err != nil {
+	if r.Reward, err = endScores(0, ScopeReward, nn.reward); err != nil {
 		return err
 	}
-	s, err := scores(ScopeRewardCritic, n.rcCfg)
+	s, err := scores(ScopeRewardCritic, nn.critics[0].m)
 	if err != nil {
 		return err
 	}
 	r.RewardValues = dropLastCol(s, r.B, r.T)
 	if n.cCfg != nil {
-		if r.Cost, err = endScores(1, ScopeCost, n.cCfg); err != nil {
+		if r.Cost, err = endScores(1, ScopeCost, nn.cost); err != nil {
 			return err
 		}
 	}
-	if n.ccCfg != nil {
-		if s, err = scores(ScopeCostCritic, n.ccCfg); err != nil {
+	if c := nn.critics[1]; c != nil {
+		if s, err = scores(ScopeCostCritic, c.m); err != nil {
 			return err
 		}
 		r.CostValues = dropLastCol(s, r.B, r.T)
