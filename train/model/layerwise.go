@@ -182,48 +182,68 @@ func graphKey(cfg *Config, kind string) string {
 	return string(b)
 }
 
-// program is a program's kind and the names of the weights it takes.
+// program is a program's kind and the names of the weights it takes; a
+// backward program also names the trained weights (a subset of names, whose
+// gradient accumulators it takes and returns) and the gradient scale.
 type program struct {
-	kind  string // embed, layer, lm_head, score_head
-	names []string
+	kind     string // embed, layer, lm_head, score_head; embed_bwd, layer_bwd, loss
+	names    []string
+	trained  []string
+	scale    float64
+	lossName string
+	loss     HeadLoss
 }
 
 // run executes program p of model m on args (activations first, then
-// the weights p.names bound, in order); layer is the layer whose weights
-// fill a layer program's layer-0 names.
-func (lw *Layerwise) run(m Model, p program, layer int, args ...any) ([]*tensors.Tensor, error) {
+// the weights p.names bound, in order, then the accumulators of p.trained
+// read from tr); layer is the layer whose weights fill a layer program's
+// layer-0 names.
+func (lw *Layerwise) run(m Model, p program, layer int, tr *Train, args ...any) ([]*tensors.Tensor, error) {
 	bound := len(args)
-	for _, name := range p.names {
-		full := name
-		if p.kind == "layer" {
-			full = LayerName(layer, strings.TrimPrefix(name, LayerName(0, "")))
+	full := func(name string) string {
+		if strings.HasPrefix(p.kind, "layer") {
+			return LayerName(layer, strings.TrimPrefix(name, LayerName(0, "")))
 		}
-		t, err := m.Weights(full)
+		return name
+	}
+	for _, name := range p.names {
+		t, err := m.Weights(full(name))
 		if err != nil {
-			return nil, fmt.Errorf("layerwise: weight %q: %w", full, err)
+			return nil, fmt.Errorf("layerwise: weight %q: %w", full(name), err)
 		}
 		if t == nil {
-			return nil, fmt.Errorf("layerwise: weight %q missing", full)
+			return nil, fmt.Errorf("layerwise: weight %q missing", full(name))
 		}
 		args = append(args, t)
 	}
-	key := fmt.Sprintf("%s|%s|%s|%g|%s", p.kind, graphKey(m.Cfg, p.kind), m.DType, m.LoRAScale, strings.Join(p.names, ","))
+	var accs []*context.Variable
+	for _, name := range p.trained {
+		v := tr.Accum[full(name)]
+		t, err := v.Value()
+		if err != nil {
+			return nil, fmt.Errorf("layerwise: accumulator of %q: %w", full(name), err)
+		}
+		accs = append(accs, v)
+		args = append(args, t)
+	}
+	key := fmt.Sprintf("%s|%s|%s|%g|%s|%s|%g|%s", p.kind, graphKey(m.Cfg, p.kind), m.DType, m.LoRAScale,
+		strings.Join(p.names, ","), strings.Join(p.trained, ","), p.scale, p.lossName)
 	lw.mu.Lock()
 	ex, ok := lw.execs[key]
 	lw.mu.Unlock()
 	if !ok {
-		cfg, dt, scale, names, kind := m.Cfg, m.DType, m.LoRAScale, p.names, p.kind
+		cfg, dt, scale := m.Cfg, m.DType, m.LoRAScale
 		var err error
 		ex, err = G.NewExec(lw.be, func(in []*G.Node) []*G.Node {
 			ctx := context.New()
 			SetComputeDType(ctx, dt)
 			ctx.SetParam(paramLoRAScale, scale)
 			b := boundWeights{}
-			for i, name := range names {
+			for i, name := range p.names {
 				b[name] = in[bound+i]
 			}
 			ctx.SetParam(paramBound, b)
-			return programGraph(ctx, cfg, kind, in[:bound])
+			return programGraph(ctx, cfg, p, in[:bound], b, in[bound+len(p.names):])
 		})
 		if err != nil {
 			return nil, fmt.Errorf("layerwise: %w", err)
@@ -265,12 +285,25 @@ func (lw *Layerwise) run(m Model, p program, layer int, args ...any) ([]*tensors
 	}); err != nil {
 		return nil, fmt.Errorf("layerwise: %s: %w", p.kind, err)
 	}
+	// Backward programs return the updated accumulators last.
+	if n := len(accs); n > 0 {
+		for j, v := range accs {
+			if err := v.SetValue(out[len(out)-n+j]); err != nil {
+				return nil, fmt.Errorf("layerwise: accumulator of %q: %w", v.Name(), err)
+			}
+		}
+		out = out[:len(out)-n]
+	}
 	lw.mu.Lock()
 	defer lw.mu.Unlock()
 	if !seen {
 		h := fnv.New32a()
 		h.Write([]byte(key))
-		lw.stats = append(lw.stats, ProgramStat{Program: fmt.Sprintf("%s/%08x", p.kind, h.Sum32()),
+		kind := p.kind
+		if p.lossName != "" {
+			kind += ":" + p.lossName
+		}
+		lw.stats = append(lw.stats, ProgramStat{Program: fmt.Sprintf("%s/%08x", kind, h.Sum32()),
 			Shapes: strings.Join(sh[:bound], " "), Nodes: len(g.Nodes()), CompileSeconds: compile.Seconds()})
 		i = len(lw.stats) - 1
 		lw.index[skey] = i
@@ -279,9 +312,24 @@ func (lw *Layerwise) run(m Model, p program, layer int, args ...any) ([]*tensors
 	return out, nil
 }
 
-// programGraph builds one program's graph; in are its activation inputs.
-func programGraph(ctx *context.Context, cfg *Config, kind string, in []*G.Node) []*G.Node {
-	switch kind {
+// programGraph builds one program's graph: in are its activation inputs, b
+// the bound weights, accs the accumulators of p.trained (backward programs).
+func programGraph(ctx *context.Context, cfg *Config, p program, in []*G.Node, b boundWeights, accs []*G.Node) []*G.Node {
+	// grads returns the gradients of loss w.r.t. the activations wrt and the trained weights,
+	// the latter added (times p.scale) to their accumulators.
+	grads := func(loss *G.Node, wrt ...*G.Node) []*G.Node {
+		nodes := append([]*G.Node(nil), wrt...)
+		for _, name := range p.trained {
+			nodes = append(nodes, b[name])
+		}
+		gs := G.Gradient(loss, nodes...)
+		out := gs[:len(wrt)]
+		for j, acc := range accs {
+			out = append(out, G.Add(acc, G.MulScalar(G.ConvertDType(gs[len(wrt)+j], dtypes.Float32), p.scale)))
+		}
+		return out
+	}
+	switch p.kind {
 	case "embed": // ids → x
 		return []*G.Node{embed(ctx, in[0])}
 	case "layer": // x, mask → x
@@ -292,37 +340,189 @@ func programGraph(ctx *context.Context, cfg *Config, kind string, in []*G.Node) 
 	case "score_head": // x, mask → scores [B, T], end scores [B]
 		s := scoresOf(ctx, rmsScale(in[0], cfg.RMSNormEps))
 		return []*G.Node{s, AtEnd(s, in[1])}
+	case "embed_bwd": // ids, dX → accumulators
+		return grads(G.ReduceAllSum(G.Mul(embed(ctx, in[0]), in[1])))
+	case "layer_bwd": // x, mask, dY → dX, accumulators (the layer's forward recomputed)
+		r, bias := layerInputs(cfg, in[1])
+		y := block(ctx, cfg, in[0], 0, r, bias, nil)
+		return grads(G.ReduceAllSum(G.Mul(y, in[2])), in[0])
+	case "loss": // h, inputs... → loss, metrics..., dH, accumulators
+		loss, metrics := p.loss(ctx, cfg, in[0], in[1:])
+		loss = G.ConvertDType(G.Reshape(loss), dtypes.Float32)
+		out := []*G.Node{loss}
+		for _, m := range metrics {
+			out = append(out, G.StopGradient(G.ConvertDType(G.Reshape(m), dtypes.Float32)))
+		}
+		return append(out, grads(loss, in[0])...)
 	}
-	panic(fmt.Errorf("layerwise: unknown program %q", kind))
+	panic(fmt.Errorf("layerwise: unknown program %q", p.kind))
+}
+
+// layerNames returns layer l's weight names present in m, in their layer-0
+// form (a layer program's argument names).
+func layerNames(m Model, l int) ([]string, error) {
+	var names []string
+	for _, s := range layerWeights {
+		t, err := m.Weights(LayerName(l, s))
+		if err != nil {
+			return nil, fmt.Errorf("layerwise: %s: %w", LayerName(l, s), err)
+		}
+		if t != nil {
+			names = append(names, LayerName(0, s))
+		}
+	}
+	return names, nil
 }
 
 // trunkPass runs the embedding and every layer on ids/mask, returning the
-// last layer's activations (on the device).
-func (lw *Layerwise) trunkPass(m Model, ids, mask *tensors.Tensor) (*tensors.Tensor, error) {
-	out, err := lw.run(m, program{kind: "embed", names: []string{NameEmbed}}, 0, ids)
+// last layer's activations (on the device). With keep, the inputs of every
+// layer are returned too (xs[l] is layer l's input), for a backward pass.
+func (lw *Layerwise) trunkPass(m Model, ids, mask *tensors.Tensor, keep bool) (x *tensors.Tensor, xs []*tensors.Tensor, err error) {
+	out, err := lw.run(m, program{kind: "embed", names: []string{NameEmbed}}, 0, nil, ids)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	x := out[0]
+	x = out[0]
 	for l := 0; l < m.Cfg.NumLayers; l++ {
-		var names []string
-		for _, s := range layerWeights {
-			t, err := m.Weights(LayerName(l, s))
-			if err != nil {
-				return nil, fmt.Errorf("layerwise: %s: %w", LayerName(l, s), err)
-			}
-			if t != nil {
-				names = append(names, LayerName(0, s))
-			}
-		}
-		out, err := lw.run(m, program{kind: "layer", names: names}, l, x, mask)
-		x.FinalizeAll()
+		names, err := layerNames(m, l)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		out, err := lw.run(m, program{kind: "layer", names: names}, l, nil, x, mask)
+		if keep {
+			xs = append(xs, x)
+		} else {
+			x.FinalizeAll()
+		}
+		if err != nil {
+			finalize(xs)
+			return nil, nil, err
 		}
 		x = out[0]
 	}
-	return x, nil
+	return x, xs, nil
+}
+
+// finalize frees device tensors.
+func finalize(ts []*tensors.Tensor) {
+	for _, t := range ts {
+		if t != nil {
+			t.FinalizeAll()
+		}
+	}
+}
+
+// headNames are the weights a model's head reads: the score head for a
+// score model, else the LM head (the embedding when tied).
+func headNames(m Model) ([]string, error) {
+	if m.Cfg.ScoreDim > 0 {
+		return []string{NameFinalNorm, NameScoreW, NameScoreB}, nil
+	}
+	head := []string{NameFinalNorm, NameEmbed}
+	if !m.Cfg.TieWordEmbeddings {
+		if t, err := m.Weights(NameLMHead); err != nil {
+			return nil, err
+		} else if t != nil {
+			head[1] = NameLMHead
+		}
+	}
+	return head, nil
+}
+
+// HeadLoss builds a scalar loss and scalar metrics from the last layer's
+// activations h [B, T, D] (before the final norm) and the batch inputs; ctx
+// reads the model's head weights (use HeadTokenLogProbs, HeadScores).
+type HeadLoss func(ctx *context.Context, cfg *Config, h *G.Node, inputs []*G.Node) (loss *G.Node, metrics []*G.Node)
+
+// HeadTokenLogProbs is TokenLogProbs from the last layer's activations h.
+func HeadTokenLogProbs(ctx *context.Context, cfg *Config, h, ids *G.Node) *G.Node {
+	return tokenLogProbsFromLogits(logitsOf(ctx, cfg, rmsScale(h, cfg.RMSNormEps)), ids)
+}
+
+// HeadScores is Scores from the last layer's activations h.
+func HeadScores(ctx *context.Context, cfg *Config, h *G.Node) *G.Node {
+	return scoresOf(ctx, rmsScale(h, cfg.RMSNormEps))
+}
+
+// Train says what a layerwise backward pass trains: Accum maps the HF name
+// of every trained weight of the model to its gradient accumulator (a
+// float32 variable of the weight's shape, e.g. trainer.Stepper's), to which
+// Scale × the gradient is added.
+type Train struct {
+	Accum map[string]*context.Variable
+	Scale float64
+}
+
+// Backward runs loss (lossName identifies it among programs: one name, one
+// function) on model m over ids and mask [B, T] and inputs, layer by layer:
+// forward keeping each layer's input on the device, then the loss program
+// (loss, metrics and the gradient of the last activations), then each
+// layer's backward program from the last to the first, which recomputes the
+// layer's forward (so activation memory is the layer inputs plus one
+// layer's intermediates: rematerialisation), and the embedding's when it is
+// trained. Gradients of the trained weights are added to tr's accumulators.
+// Returns the loss and the metrics.
+func (lw *Layerwise) Backward(m Model, tr Train, lossName string, loss HeadLoss, ids, mask *tensors.Tensor, inputs ...*tensors.Tensor) (float64, []float64, error) {
+	trained := func(names []string, layer int) []string {
+		var out []string
+		for _, n := range names {
+			full := n
+			if layer >= 0 {
+				full = LayerName(layer, strings.TrimPrefix(n, LayerName(0, "")))
+			}
+			if tr.Accum[full] != nil {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	h, xs, err := lw.trunkPass(m, ids, mask, true)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer finalize(xs)
+	head, err := headNames(m)
+	if err != nil {
+		h.FinalizeAll()
+		return 0, nil, err
+	}
+	args := []any{h}
+	for _, t := range inputs {
+		args = append(args, t)
+	}
+	out, err := lw.run(m, program{kind: "loss", names: head, trained: trained(head, -1), scale: tr.Scale,
+		lossName: lossName, loss: loss}, 0, &tr, args...)
+	h.FinalizeAll()
+	if err != nil {
+		return 0, nil, err
+	}
+	vals := make([]float64, len(out)-1)
+	for i, t := range out[:len(out)-1] {
+		vals[i] = float64(tensors.ToScalar[float32](t))
+		t.FinalizeAll()
+	}
+	dy := out[len(out)-1]
+	for l := m.Cfg.NumLayers - 1; l >= 0; l-- {
+		names, err := layerNames(m, l)
+		if err != nil {
+			dy.FinalizeAll()
+			return 0, nil, err
+		}
+		out, err := lw.run(m, program{kind: "layer_bwd", names: names, trained: trained(names, l), scale: tr.Scale}, l, &tr, xs[l], mask, dy)
+		dy.FinalizeAll()
+		if err != nil {
+			return 0, nil, err
+		}
+		dy = out[0]
+	}
+	if tr.Accum[NameEmbed] != nil {
+		_, err = lw.run(m, program{kind: "embed_bwd", names: []string{NameEmbed}, trained: []string{NameEmbed}, scale: tr.Scale}, 0, &tr, ids, dy)
+	}
+	dy.FinalizeAll()
+	if err != nil {
+		return 0, nil, err
+	}
+	return vals[0], vals[1:], nil
 }
 
 // chunks calls fn on row blocks [lo, hi) of a B-row batch (RowChunk rows at
@@ -343,22 +543,22 @@ func (lw *Layerwise) chunks(B int, fn func(lo, hi int) error) error {
 // TokenLogProbs is TokenLogProbs (no gradients) of the LM m on ids and
 // mask [B, T] (row-major host data): [B, T-1].
 func (lw *Layerwise) TokenLogProbs(m Model, ids []int32, mask []float32, B, T int) ([]float32, error) {
-	head := []string{NameFinalNorm, NameEmbed}
-	if !m.Cfg.TieWordEmbeddings {
-		if t, err := m.Weights(NameLMHead); err != nil {
-			return nil, err
-		} else if t != nil {
-			head[1] = NameLMHead
-		}
+	lm := m
+	lm.Cfg = &Config{}
+	*lm.Cfg = *m.Cfg
+	lm.Cfg.ScoreDim = 0
+	head, err := headNames(lm)
+	if err != nil {
+		return nil, err
 	}
 	res := make([]float32, 0, B*(T-1))
-	err := lw.chunks(B, func(lo, hi int) error {
+	err = lw.chunks(B, func(lo, hi int) error {
 		idsT := tensors.FromFlatDataAndDimensions(ids[lo*T:hi*T], hi-lo, T)
-		x, err := lw.trunkPass(m, idsT, tensors.FromFlatDataAndDimensions(mask[lo*T:hi*T], hi-lo, T))
+		x, _, err := lw.trunkPass(m, idsT, tensors.FromFlatDataAndDimensions(mask[lo*T:hi*T], hi-lo, T), false)
 		if err != nil {
 			return err
 		}
-		out, err := lw.run(m, program{kind: "lm_head", names: head}, 0, x, idsT)
+		out, err := lw.run(m, program{kind: "lm_head", names: head}, 0, nil, x, idsT)
 		x.FinalizeAll()
 		if err != nil {
 			return err
@@ -378,11 +578,11 @@ func (lw *Layerwise) Scores(m Model, ids []int32, mask []float32, B, T int) (sco
 	}
 	err = lw.chunks(B, func(lo, hi int) error {
 		maskT := tensors.FromFlatDataAndDimensions(mask[lo*T:hi*T], hi-lo, T)
-		x, err := lw.trunkPass(m, tensors.FromFlatDataAndDimensions(ids[lo*T:hi*T], hi-lo, T), maskT)
+		x, _, err := lw.trunkPass(m, tensors.FromFlatDataAndDimensions(ids[lo*T:hi*T], hi-lo, T), maskT, false)
 		if err != nil {
 			return err
 		}
-		out, err := lw.run(m, program{kind: "score_head", names: []string{NameFinalNorm, NameScoreW, NameScoreB}}, 0, x, maskT)
+		out, err := lw.run(m, program{kind: "score_head", names: []string{NameFinalNorm, NameScoreW, NameScoreB}}, 0, nil, x, maskT)
 		x.FinalizeAll()
 		if err != nil {
 			return err

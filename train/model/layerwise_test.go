@@ -1,6 +1,7 @@
 package model
 
 import (
+	"math"
 	"testing"
 
 	G "github.com/gomlx/gomlx/pkg/core/graph"
@@ -167,4 +168,146 @@ func TestLayerProgramSizeIndependentOfDepth(t *testing.T) {
 		t.Fatalf("whole graph nodes: %d at 2 layers, %d at 6: want growth", w2, w6)
 	}
 	t.Logf("layer program %d nodes; whole graph %d (2 layers), %d (6 layers)", l2, w2, w6)
+}
+
+// TestLayerwiseBackward: the layer-by-layer backward (forward keeping layer inputs, loss program,
+// per-layer backward programs recomputing the forward, embedding backward) accumulates the
+// gradients the whole-model graph computes, for LoRA adapters over a frozen base (LM loss) and
+// for full fine-tuning of a score model (trained embedding, layers and head).
+func TestLayerwiseBackward(t *testing.T) {
+	be := getBackend(t)
+	ids, mask := padded([][]int32{{1, 5, 9, 3, 7, 2}, {1, 4, 4, 8}}, 7, true)
+	B, T := 2, 7
+	idsT, maskT := tensors.FromFlatDataAndDimensions(ids, B, T), tensors.FromFlatDataAndDimensions(mask, B, T)
+	weight := make([]float32, B*(T-1))
+	for i := range weight {
+		weight[i] = float32(i%5) - 1.5
+	}
+	wT := tensors.FromFlatDataAndDimensions(weight, B, T-1)
+	lmLoss := func(ctx *context.Context, cfg *Config, h *G.Node, in []*G.Node) (*G.Node, []*G.Node) {
+		lp := HeadTokenLogProbs(ctx, cfg, h, in[0])
+		return G.ReduceAllSum(G.Mul(lp, in[1])), []*G.Node{G.ReduceAllMax(lp)}
+	}
+	scoreLoss := func(ctx *context.Context, cfg *Config, h *G.Node, in []*G.Node) (*G.Node, []*G.Node) {
+		s := HeadScores(ctx, cfg, h)
+		return G.ReduceAllSum(G.Mul(G.Mul(s, s), in[0])), nil
+	}
+	for _, tc := range []struct {
+		name  string
+		score bool
+		lora  bool
+	}{{"lora-lm", false, true}, {"full-score", true, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tinyConfig()
+			if !tc.score {
+				cfg.ScoreDim = 0
+			}
+			w := RandomWeights(cfg, 11)
+			root := context.New()
+			base, m := root.In("base"), root.In("m")
+			if tc.lora {
+				if err := SetWeights(base, cfg, w); err != nil {
+					t.Fatal(err)
+				}
+				SetTrainable(base, false)
+				ShareBase(m, base)
+				if err := AddLoRA(m, cfg, LoRAConfig{Rank: 2, Alpha: 4, Targets: []string{"q_proj", "o_proj", "up_proj"}}, 3); err != nil {
+					t.Fatal(err)
+				}
+				m.EnumerateVariablesInScope(func(v *context.Variable) {
+					if len(v.Shape().Dimensions) == 2 && v.Shape().Dimensions[1] == 2 {
+						d := make([]float32, v.Shape().Size())
+						for i := range d {
+							d[i] = 0.1 * float32(i%5-2)
+						}
+						v.MustSetValue(tensors.FromFlatDataAndDimensions(d, v.Shape().Dimensions...))
+					}
+				})
+			} else {
+				if err := SetWeights(m, cfg, w); err != nil {
+					t.Fatal(err)
+				}
+				SetTrainable(m, true)
+			}
+			var vars []*context.Variable
+			m.EnumerateVariablesInScope(func(v *context.Variable) {
+				if v.Trainable {
+					vars = append(vars, v)
+				}
+			})
+			// Whole-graph gradients.
+			var wantLoss float32
+			var want [][]float32
+			{
+				args := []any{idsT, maskT, wT}
+				out, err := context.ExecOnceN(be, m.Reuse(), func(ctx *context.Context, in []*G.Node) []*G.Node {
+					var loss *G.Node
+					if tc.score {
+						s := Scores(ctx, cfg, in[0], in[1])
+						loss = G.ReduceAllSum(G.Mul(G.Mul(s, s), in[1]))
+					} else {
+						loss = G.ReduceAllSum(G.Mul(TokenLogProbs(ctx, cfg, in[0], in[1]), in[2]))
+					}
+					nodes := make([]*G.Node, len(vars))
+					for i, v := range vars {
+						nodes[i] = v.ValueGraph(loss.Graph())
+					}
+					return append([]*G.Node{loss}, G.Gradient(loss, nodes...)...)
+				}, args...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				wantLoss = tensors.ToScalar[float32](out[0])
+				for _, o := range out[1:] {
+					want = append(want, tensors.MustCopyFlatData[float32](o))
+				}
+			}
+			lw := NewLayerwise(be)
+			tr := Train{Accum: map[string]*context.Variable{}, Scale: 0.5}
+			accRoot := context.New()
+			for i, v := range vars {
+				a := accRoot.Checked(false).VariableWithValue(v.Name(), tensors.FromShape(v.Shape()))
+				_ = i
+				tr.Accum[v.Name()] = a
+			}
+			mm := ScopeModel(m, cfg)
+			for rep := 0; rep < 2; rep++ { // accumulates: 2 × 0.5 × gradient
+				var loss float64
+				var metrics []float64
+				var err error
+				if tc.score {
+					loss, metrics, err = lw.Backward(mm, tr, "sq", scoreLoss, idsT, maskT, maskT)
+				} else {
+					loss, metrics, err = lw.Backward(mm, tr, "lm", lmLoss, idsT, maskT, idsT, wT)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if math.Abs(loss-float64(wantLoss)) > 1e-5*math.Max(1, math.Abs(float64(wantLoss))) {
+					t.Fatalf("loss %g, whole graph %g", loss, wantLoss)
+				}
+				if !tc.score && len(metrics) != 1 {
+					t.Fatalf("metrics %v", metrics)
+				}
+			}
+			for i, v := range vars {
+				got := tensors.MustCopyFlatData[float32](tr.Accum[v.Name()].MustValue())
+				scale := 0.0
+				for _, x := range want[i] {
+					scale = math.Max(scale, math.Abs(float64(x)))
+				}
+				if scale == 0 && v.Name() != NameLMHead { // a score model reads no LM head
+					t.Fatalf("%s: zero whole-graph gradient", v.Name())
+				}
+				for j := range got {
+					if d := math.Abs(float64(got[j] - want[i][j])); d > 1e-5*scale {
+						t.Fatalf("%s[%d]: layerwise %g, whole graph %g (scale %g)", v.Name(), j, got[j], want[i][j], scale)
+					}
+				}
+			}
+			if len(vars) < 3 {
+				t.Fatalf("only %d trained variables", len(vars))
+			}
+		})
+	}
 }

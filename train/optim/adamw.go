@@ -283,6 +283,12 @@ func (o *AdamW) StatePath(v *context.Variable, suffix string) (scope, name strin
 	return o.cfg.StateScope + v.Scope(), v.Name() + suffix
 }
 
+// Accumulator returns (creating it at zero) the float32 gradient accumulator of v that
+// Accumulate fills and ApplyAccumulated reads.
+func (o *AdamW) Accumulator(ctx *context.Context, v *context.Variable) *context.Variable {
+	return o.stateVar(ctx, v, "_accum")
+}
+
 func (o *AdamW) stateVar(ctx *context.Context, v *context.Variable, suffix string) *context.Variable {
 	scope, name := o.StatePath(v, suffix)
 	sv := ctx.GetVariableByScopeAndName(scope, name)

@@ -119,6 +119,8 @@ type GraphNetsConfig struct {
 	// graph before one AdamW step (--micro-batch-size): activation memory, attention's B×H×T×T
 	// included, is that of one micro-batch.
 	MicroBatchSize, TrainBatchSize int
+	// Updates selects whole-model update graphs or layerwise updates (default: layerwise on XLA).
+	Updates UpdatePrograms
 }
 
 // GraphNets runs the six networks as GoMLX graphs in one context: the post_rollout scoring pass
@@ -136,9 +138,11 @@ type GraphNets struct {
 	lw                                     *model.Layerwise
 	actorM, refM, rcM, ccM, rewardM, costM model.Model
 	actor, rcritic, ccritic                *trainer.Stepper
-	gen                                    generator
-	clipRatio, clipValue                   float64
-	accum                                  int // micro-batches per update
+	// The trained variables of the layerwise updates (set on first use).
+	actorTrained, rcTrained, ccTrained trainedSet
+	gen                                generator
+	clipRatio, clipValue               float64
+	accum                              int // micro-batches per update
 	// retok[k] scores score model k (0 reward, 1 cost) on re-tokenised sequences; nil when it
 	// shares the actor's tokenizer.
 	retok [2]*retokScorer
@@ -481,6 +485,9 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	if backend.IsNative(n.cfg.Backend) {
 		return n.nativeUpdateActor(b)
 	}
+	if ptx == nil && n.layerwiseUpdates() {
+		return n.updateActorLayerwise(b)
+	}
 	if n.accum > 1 && ptx == nil {
 		return n.updateActorMicro(b.LR, r, b.RewardAdv, costAdv, b.Lambda, b.Mask)
 	}
@@ -564,6 +571,9 @@ func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mas
 	}
 	if s == nil {
 		return 0, fmt.Errorf("critic: no cost critic")
+	}
+	if n.layerwiseUpdates() {
+		return n.updateCriticLayerwise(cost, lr, r, returns, mask)
 	}
 	if n.accum > 1 {
 		if r.B%n.accum != 0 {

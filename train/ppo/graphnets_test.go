@@ -81,11 +81,19 @@ func tinyPrompts(t testing.TB) *PromptSet {
 }
 
 // TestGraphNetsResume runs three PPO-Lag steps on stories260K, then the same run interrupted after
-// one step and resumed in fresh nets: the metrics must match byte for byte.
+// one step and resumed in fresh nets: the metrics must match byte for byte, with fused and with
+// layerwise updates.
 func TestGraphNetsResume(t *testing.T) {
+	for _, u := range []UpdatePrograms{UpdatesFused, UpdatesLayerwise} {
+		t.Run(fmt.Sprint(u), func(t *testing.T) { testGraphNetsResume(t, u) })
+	}
+}
+
+func testGraphNetsResume(t *testing.T, u UpdatePrograms) {
 	cfg := tinyConfig()
+	upd := func(gc *GraphNetsConfig) { gc.Updates = u }
 	ref := t.TempDir()
-	tr, err := NewTrainer(cfg, Options{OutDir: ref}, tinyNets(t, cfg), tinyPrompts(t), nil)
+	tr, err := NewTrainer(cfg, Options{OutDir: ref}, tinyNets(t, cfg, upd), tinyPrompts(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +113,7 @@ func TestGraphNetsResume(t *testing.T) {
 	want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
 
 	out := t.TempDir()
-	tr, err = NewTrainer(cfg, Options{OutDir: out, StopAfter: 1}, tinyNets(t, cfg), tinyPrompts(t), nil)
+	tr, err = NewTrainer(cfg, Options{OutDir: out, StopAfter: 1}, tinyNets(t, cfg, upd), tinyPrompts(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +121,7 @@ func TestGraphNetsResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr.Close()
-	tr, err = NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg), tinyPrompts(t), nil)
+	tr, err = NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg, upd), tinyPrompts(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -623,5 +631,98 @@ func TestScoringPrograms(t *testing.T) {
 		if p.Nodes <= 0 || p.Nodes >= len(g.Nodes()) {
 			t.Errorf("%s program: %d nodes, one whole actor graph %d", k, p.Nodes, len(g.Nodes()))
 		}
+	}
+}
+
+// TestLayerwiseUpdatesMatchFused: actor (PPO-Lag) and critic updates run layer by layer
+// (UpdatesLayerwise, the XLA default) give the fused whole-graph updates' losses, statistics and
+// updated weights, with LoRA and micro-batches and with full fine-tuning; and a second step
+// reuses the compiled programs.
+func TestLayerwiseUpdatesMatchFused(t *testing.T) {
+	cfg := tinyConfig()
+	for _, tc := range []struct {
+		name string
+		opt  func(*GraphNetsConfig)
+	}{
+		{"lora-micro", func(gc *GraphNetsConfig) {
+			gc.LoRA = model.LoRAConfig{Rank: 2, Alpha: 4, Targets: []string{"q_proj", "v_proj", "down_proj"}}
+			gc.MicroBatchSize, gc.TrainBatchSize = 2, 4
+		}},
+		{"full", func(*GraphNetsConfig) {}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			build := func(u UpdatePrograms) *GraphNets {
+				return tinyNets(t, cfg, tc.opt, func(gc *GraphNetsConfig) { gc.Updates, gc.EOS = u, -1 })
+			}
+			fused, lw := build(UpdatesFused), build(UpdatesLayerwise)
+			ro, err := fused.Generate(tinyPrompts(t).Next(4), 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := fused.Score(ro); err != nil {
+				t.Fatal(err)
+			}
+			mask := ro.ResponseMask()
+			adv := make([]float32, len(mask))
+			cadv := make([]float32, len(mask))
+			for i := range adv {
+				adv[i], cadv[i] = float32(i%5)*0.3-0.6, float32(i%3)*0.2-0.2
+			}
+			close := func(what string, a, b float64) {
+				t.Helper()
+				if math.Abs(a-b) > 1e-4*math.Max(1, math.Abs(b)) {
+					t.Fatalf("%s: layerwise %g, fused %g", what, a, b)
+				}
+			}
+			for step := 0; step < 2; step++ {
+				b := ActorBatch{LR: 1e-3, Rollout: ro, RewardAdv: adv, CostAdv: cadv, Lambda: 0.7, Mask: mask}
+				sf, err := fused.UpdateActor(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sl, err := lw.UpdateActor(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				close("actor loss", sl.Loss, sf.Loss)
+				close("clip frac", sl.ClipFrac, sf.ClipFrac)
+				close("approx kl", sl.ApproxKL, sf.ApproxKL)
+				close("grad norm", sl.GradNorm, sf.GradNorm)
+				for _, cost := range []bool{false, true} {
+					lf, err := fused.UpdateCritic(cost, 1e-3, ro, adv, mask)
+					if err != nil {
+						t.Fatal(err)
+					}
+					ll, err := lw.UpdateCritic(cost, 1e-3, ro, adv, mask)
+					if err != nil {
+						t.Fatal(err)
+					}
+					close(fmt.Sprintf("critic (cost %v) loss", cost), ll, lf)
+				}
+			}
+			if got := lw.actor.OptimizerStep(); got != 2 {
+				t.Fatalf("layerwise actor made %d optimizer steps, want 2", got)
+			}
+			a, b := *ro, *ro
+			if err := fused.Score(&a); err != nil {
+				t.Fatal(err)
+			}
+			if err := lw.Score(&b); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range [][2][]float32{{a.LogProbs, b.LogProbs}, {a.RewardValues, b.RewardValues}, {a.CostValues, b.CostValues}} {
+				for i := range c[0] {
+					close("after the updates", float64(c[1][i]), float64(c[0][i]))
+				}
+			}
+			if slices.Equal(a.LogProbs, ro.LogProbs) {
+				t.Fatal("the updates changed nothing")
+			}
+			for _, p := range lw.Programs() {
+				if strings.HasPrefix(p.Program, "layer_bwd") && p.Calls < 2 {
+					t.Fatalf("program %+v compiled but not reused", p)
+				}
+			}
+		})
 	}
 }

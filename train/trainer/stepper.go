@@ -203,6 +203,41 @@ func (s *Stepper) Step(lr float64, inputs ...any) (Result, error) {
 	return r, nil
 }
 
+// Accumulator returns (creating it at zero) the float32 gradient accumulator of the trained
+// variable v, for callers that compute gradients outside the Stepper's graphs (for example
+// layer by layer, model.Layerwise.Backward) and then call ApplyAccumulated.
+func (s *Stepper) Accumulator(v *context.Variable) *context.Variable {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opt.Accumulator(s.ctx, v)
+}
+
+// ApplyAccumulated runs the clipped AdamW update of vars (sorted by path, as TrainableVariables)
+// from their accumulators, which it zeroes: the update of gradients accumulated outside the
+// Stepper. The Stepper's own accumulation cycle must be at a boundary.
+func (s *Stepper) ApplyAccumulated(lr float64, vars []*context.Variable) (Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.micro != 0 {
+		return Result{}, fmt.Errorf("trainer: ApplyAccumulated inside an accumulation cycle (%d micro-steps done)", s.micro)
+	}
+	if s.trained != nil && !slices.Equal(s.trained, vars) {
+		return Result{}, fmt.Errorf("trainer: ApplyAccumulated on %d variables, but the Stepper trains %d others", len(vars), len(s.trained))
+	}
+	s.trained = slices.Clone(vars)
+	if s.applyExec == nil {
+		var err error
+		if s.applyExec, err = context.NewExec(s.backend, s.ctx, s.applyGraph); err != nil {
+			return Result{}, fmt.Errorf("trainer: %w", err)
+		}
+	}
+	upd, err := execCatch(s.applyExec, []any{tensors.FromScalar(float32(lr))})
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Applied: true, GradNorm: scalar(upd[0]), OptimizerStep: int64(scalar(upd[1]))}, nil
+}
+
 // Eval computes the loss and metrics of a batch without gradients or updates.
 func (s *Stepper) Eval(inputs ...any) (Result, error) {
 	s.mu.Lock()
