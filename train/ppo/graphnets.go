@@ -400,12 +400,21 @@ func (n *GraphNets) graphScore(r *Rollout) error {
 	return nil
 }
 
-// score re-tokenises every row of r (its attention-masked tokens) for the score model's
-// vocabulary, right pads them into one batch (width rounded up to 16 to bound recompiles) and
-// returns the end scores. A row longer than the model's positions keeps BOS and its last tokens.
+// score re-tokenises r (batch) and returns the score model's end scores.
 func (s *retokScorer) score(r *Rollout) ([]float32, error) {
+	seq, mask, W := s.batch(r)
+	_, end, err := s.lw.Scores(s.model, seq, mask, r.B, W)
+	if err != nil {
+		return nil, fmt.Errorf("B=%d T=%d: %w", r.B, W, err)
+	}
+	return end, nil
+}
+
+// batch re-tokenises every row of r (its attention-masked tokens) for the score model's
+// vocabulary and right pads them into one [r.B, W] batch (W rounded up to 16 to bound
+// recompiles). A row longer than the model's positions keeps BOS and its last tokens.
+func (s *retokScorer) batch(r *Rollout) (seq []int32, mask []float32, W int) {
 	rows := make([][]int32, r.B)
-	W := 0
 	for i := range rows {
 		var ids []int32
 		for t := 0; t < r.T; t++ {
@@ -424,8 +433,8 @@ func (s *retokScorer) score(r *Rollout) ([]float32, error) {
 	if s.maxLen > 1 {
 		W = min(W, s.maxLen)
 	}
-	seq := make([]int32, r.B*W)
-	mask := make([]float32, r.B*W)
+	seq = make([]int32, r.B*W)
+	mask = make([]float32, r.B*W)
 	for i, row := range rows {
 		for t := range W {
 			seq[i*W+t] = s.dst.Pad()
@@ -434,11 +443,7 @@ func (s *retokScorer) score(r *Rollout) ([]float32, error) {
 			}
 		}
 	}
-	_, end, err := s.lw.Scores(s.model, seq, mask, r.B, W)
-	if err != nil {
-		return nil, fmt.Errorf("B=%d T=%d: %w", r.B, W, err)
-	}
-	return end, nil
+	return seq, mask, W
 }
 
 // actorLoss is the actor's LossFn. Inputs: ids, mask, old log-probs, reward advantages, response

@@ -22,7 +22,7 @@ import (
 // under the names the GoMLX steppers use, so one checkpoint format serves both
 // backends.
 type nativeNets struct {
-	ref, reward, cost *llama.Model // reward or cost nil when scored re-tokenised (or absent)
+	ref, reward, cost *llama.Model // cost nil without a cost model
 	actor             *nativeTrained
 	critics           [2]*nativeTrained // reward critic, cost critic (nil without)
 	dirty             bool              // trained since the last sync
@@ -65,12 +65,10 @@ func (n *GraphNets) loadNatives() (*nativeNets, error) {
 	if nn.ref, err = frozen(ScopeReference, n.actorCfg); err != nil {
 		return nil, err
 	}
-	if n.retok[0] == nil {
-		if nn.reward, err = frozen(ScopeReward, n.rCfg); err != nil {
-			return nil, err
-		}
+	if nn.reward, err = frozen(ScopeReward, n.rCfg); err != nil {
+		return nil, err
 	}
-	if n.cCfg != nil && n.retok[1] == nil {
+	if n.cCfg != nil {
 		if nn.cost, err = frozen(ScopeCost, n.cCfg); err != nil {
 			return nil, err
 		}

@@ -33,19 +33,27 @@ func (n *GraphNets) nativeScore(r *Rollout) error {
 		}
 		return m.Scores(tp)
 	}
-	ends := llama.EndIndex(r.B, r.T, r.Mask)
-	// A score model on another vocabulary reads re-tokenised text (its GoMLX scorer).
+	// endScores returns score model k's end scores; a score model on another vocabulary reads
+	// the sequences re-tokenised for it.
 	endScores := func(k int, scope string, m *llama.Model) ([]float32, error) {
+		if m.Cfg.ScoreDim != 1 {
+			return nil, fmt.Errorf("score %s: score dim %d, want 1", scope, m.Cfg.ScoreDim)
+		}
+		seq, mask, b, t := r.Seq, r.Mask, r.B, r.T
 		if n.retok[k] != nil {
-			return n.retok[k].score(r)
+			seq, mask, t = n.retok[k].batch(r)
 		}
-		s, err := scores(scope, m)
+		tp, err := m.Forward(b, t, seq, mask)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("score %s: %w", scope, err)
 		}
-		out := make([]float32, r.B)
-		for i, e := range ends {
-			out[i] = s[i*r.T+e]
+		s, err := m.Scores(tp)
+		if err != nil {
+			return nil, fmt.Errorf("score %s: %w", scope, err)
+		}
+		out := make([]float32, b)
+		for i, e := range llama.EndIndex(b, t, mask) {
+			out[i] = s[i*t+e]
 		}
 		return out, nil
 	}
