@@ -86,6 +86,11 @@ func cAttnDecode(b, s, smax, hq, hkv, dh int, q, kc, vc, kmask, out []float32) {
 	C.eng_attn_decode(C.int(b), C.int(s), C.int(smax), C.int(hq), C.int(hkv), C.int(dh), fp(q), fp(kc), fp(vc), fp(kmask), fp(out))
 }
 
+func cDecodeLayer(b, d, hq, hkv, dh, f, at, smax int, eps, qscale float32, lw []float32, pos []int32, cos, sin, kmask, x, kc, vc []float32) {
+	C.eng_decode_layer(C.int(b), C.int(d), C.int(hq), C.int(hkv), C.int(dh), C.int(f), C.int(at), C.int(smax), C.float(eps), C.float(qscale),
+		fp(lw), ip(pos), fp(cos), fp(sin), fp(kmask), fp(x), fp(kc), fp(vc))
+}
+
 func cAdamW(p, g, m, u []float32, coef, b1, b2, stepSize, invBC2, eps, decay float32) {
 	C.eng_adamw(C.int64_t(len(p)), fp(p), fp(g), fp(m), fp(u), C.float(coef), C.float(b1), C.float(b2), C.float(stepSize), C.float(invBC2), C.float(eps), C.float(decay))
 }

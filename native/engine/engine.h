@@ -44,6 +44,17 @@ void eng_attn_bwd(int B, int T, int Hq, int Hkv, int dh, const float *q, const f
 void eng_attn_decode(int B, int S, int Smax, int Hq, int Hkv, int dh, const float *q, const float *kc,
                      const float *vc, const float *kmask, float *out);
 
+/* A decode layer packed for eng_decode_layer: off[0..10] are the offsets of rms1 [D], wqkv [D][Q+2KW]
+ * (q, k, v projections transposed side by side), bqkv, wo [Q][D], bo [D], rms2 [D], wgu [D][2F]
+ * (gate then up), bgu [2F], wd [F][D], bd [D], and the total (Q = Hq*dh, KW = Hkv*dh). */
+void eng_decode_layout(int D, int Hq, int Hkv, int dh, int F, int64_t *off);
+/* One decode step of one layer for B rows: x [B, D] in place; the new keys and values go to cache
+ * position at of kc, vc [B, Hkv, dh, Smax], attention covers positions 0..at with kmask [B, Smax];
+ * pos [B] are the rotary positions (tables cos, sin [npos, dh/2]); queries are scaled by qscale. */
+void eng_decode_layer(int B, int D, int Hq, int Hkv, int dh, int F, int at, int Smax, float eps, float qscale,
+                      const float *lw, const int32_t *pos, const float *cos, const float *sin, const float *kmask,
+                      float *x, float *kc, float *vc);
+
 /* AdamW on one tensor: see train/optim.Apply. */
 void eng_adamw(int64_t n, float *p, const float *g, float *m, float *u, float coef, float b1, float b2,
                float stepSize, float invBC2, float eps, float decay);

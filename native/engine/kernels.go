@@ -415,3 +415,63 @@ func SumSquares(x []float32) float64 {
 	}
 	return cSumSq(x)
 }
+
+// DecodeLayout returns the offsets of the parts of a decode layer packed for
+// DecodeLayer — rms1 [d], wqkv [d, hq·dh+2·hkv·dh] (the q, k and v
+// projections transposed side by side), bqkv, wo [hq·dh, d], bo [d], rms2
+// [d], wgu [d, 2f] (gate then up, transposed), bgu [2f], wd [f, d], bd [d] —
+// and, last, the packed length.
+func DecodeLayout(d, hq, hkv, dh, f int) [11]int {
+	q, w := hq*dh, hq*dh+2*hkv*dh
+	sizes := []int{d, d * w, w, q * d, d, d, d * 2 * f, 2 * f, f * d, d}
+	var off [11]int
+	for i, s := range sizes {
+		off[i+1] = off[i] + s
+	}
+	return off
+}
+
+// DecodeLayer runs one KV-cache decode step of a LLaMA layer for b rows in
+// place on x [b, d]: RMSNorm, the q/k/v projections, RoPE at positions pos
+// (tables cos, sin [npos, dh/2]; queries scaled by qscale), the new keys and
+// values written to position at of the caches kc, vc [b, hkv, dh, smax],
+// attention over positions 0..at whose key mask kmask [b, smax] is 1, the
+// output projection and residual, RMSNorm, SwiGLU MLP and residual. lw is the
+// layer packed as DecodeLayout says. Each row's result does not depend on the
+// thread count.
+func DecodeLayer(b, d, hq, hkv, dh, f, at, smax int, eps, qscale float32, lw []float32, pos []int32, cos, sin, kmask, x, kc, vc []float32) error {
+	if !Available {
+		return ErrUnavailable
+	}
+	if err := positive("decode layer", b, d, hq, hkv, dh, f, smax); err != nil {
+		return err
+	}
+	if hq%hkv != 0 || dh%2 != 0 {
+		return fmt.Errorf("engine: decode layer: %d query heads not a multiple of %d KV heads, or odd head dim %d", hq, hkv, dh)
+	}
+	if at < 0 || at >= smax {
+		return fmt.Errorf("engine: decode layer: position %d outside the %d-position cache", at, smax)
+	}
+	off := DecodeLayout(d, hq, hkv, dh, f)
+	const maxInt32 = 1<<31 - 1
+	if off[10] > maxInt32 || b*max(d, hq*dh+2*hkv*dh, 2*f)+smax > maxInt32 || b*hkv*dh*smax > maxInt32 {
+		return fmt.Errorf("engine: decode layer dimensions exceed int32")
+	}
+	if len(cos) != len(sin) || len(cos)%(dh/2) != 0 {
+		return fmt.Errorf("engine: decode layer rope tables have %d and %d values, want equal multiples of %d", len(cos), len(sin), dh/2)
+	}
+	nc := b * hkv * dh * smax
+	if err := errors.Join(need("decode layer weights", len(lw), off[10]), need("decode layer pos", len(pos), b),
+		need("decode layer mask", len(kmask), b*smax), need("decode layer x", len(x), b*d),
+		need("decode layer k cache", len(kc), nc), need("decode layer v cache", len(vc), nc)); err != nil {
+		return err
+	}
+	npos := len(cos) / (dh / 2)
+	for r, p := range pos[:b] {
+		if p < 0 || int(p) >= npos {
+			return fmt.Errorf("engine: decode layer: rope position %d of row %d outside the %d-position table", p, r, npos)
+		}
+	}
+	cDecodeLayer(b, d, hq, hkv, dh, f, at, smax, eps, qscale, lw, pos, cos, sin, kmask, x, kc, vc)
+	return nil
+}

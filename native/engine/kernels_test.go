@@ -51,7 +51,7 @@ func closeTo(t *testing.T, what string, got []float32, want []float64, rel float
 
 func TestSgemm(t *testing.T) {
 	skipNoEngine(t)
-	shapes := [][3]int{{1, 1, 1}, {3, 5, 7}, {5, 33, 17}, {8, 32, 64}, {17, 100, 300}, {150, 70, 33}, {300, 513, 64}, {64, 64, 600}}
+	shapes := [][3]int{{1, 1, 1}, {3, 5, 7}, {2, 150, 20}, {5, 33, 17}, {8, 32, 64}, {17, 100, 300}, {150, 70, 33}, {300, 513, 64}, {64, 64, 600}}
 	forISAs(t, func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(1, 2))
 		for _, sh := range shapes {
@@ -421,8 +421,9 @@ func testAttention(t *testing.T, qScale float64) {
 		for i := range mask {
 			mask[i] = 1
 		}
-		for i := 0; i < 9; i++ { // row 1: left padding; row 2: right padding and a hole
+		for i := 0; i < 9; i++ { // row 1: left padding (past a 16-key lane group); row 2: right padding and a hole
 			mask[1*tt+i] = 0
+			mask[1*tt+9+i] = 0
 			mask[2*tt+tt-1-i] = 0
 		}
 		mask[2*tt+20] = 0
@@ -556,6 +557,7 @@ func FuzzRowOpShapes(f *testing.F) {
 		_ = Attention(b, tt, hq, hkv, dh, a, x, x, small, a, small)
 		_ = AttentionBackward(b, tt, hq, hkv, dh, a, x, x, small, a, small, a, a, x, x)
 		_ = AttentionDecode(b, tt, tt+hq-hkv, hq, hkv, dh, a, x, x, small, a)
+		_ = DecodeLayer(b, tt, hq, hkv, dh, hkv+1, int(idx), tt+hq, 1e-5, 1, x, ids, small, small, small, a, x, a)
 		_ = RMSNorm(b, tt, a, small, 1e-5, x, small)
 		_ = RMSNormBackward(b, tt, a, small, small, x, x, true, small)
 		_ = RoPE(b, hq, dh, ids, small, small, 1, a, false)

@@ -16,16 +16,17 @@
 #define MC 144 /* a multiple of every MR */
 #define NCMAX 2048
 
-typedef void (*ukern_fn)(int kc, const float *a, const float *b, float *c, int ldc, float alpha, float beta);
+/* b advances ldb floats per k: nr for a packed panel, the row stride of B when read in place. */
+typedef void (*ukern_fn)(int kc, const float *a, const float *b, int ldb, float *c, int ldc, float alpha, float beta);
 
 /* ---- portable micro-kernel (4x16) ---- */
-static void kern_c(int kc, const float *a, const float *b, float *c, int ldc, float alpha, float beta) {
+static void kern_c(int kc, const float *a, const float *b, int ldb, float *c, int ldc, float alpha, float beta) {
 	float acc[4][16];
 	memset(acc, 0, sizeof acc);
 	for (int k = 0; k < kc; k++) {
 		for (int i = 0; i < 4; i++) {
 			float ai = a[k * 4 + i];
-			for (int j = 0; j < 16; j++) acc[i][j] += ai * b[k * 16 + j];
+			for (int j = 0; j < 16; j++) acc[i][j] += ai * b[(size_t)k * ldb + j];
 		}
 	}
 	for (int i = 0; i < 4; i++)
@@ -36,8 +37,8 @@ static void kern_c(int kc, const float *a, const float *b, float *c, int ldc, fl
 }
 
 /* ---- AVX2 + FMA micro-kernel (6x16) ---- */
-__attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a, const float *b, float *c, int ldc,
-                                                            float alpha, float beta) {
+__attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a, const float *b, int ldb, float *c,
+                                                            int ldc, float alpha, float beta) {
 	__m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
 	__m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
 	for (int k = 0; k < kc; k++) {
@@ -49,7 +50,7 @@ __attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a
 		t = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
 		t = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
 		a += 6;
-		b += 16;
+		b += ldb;
 	}
 	__m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
 #define ST2(r, x0, x1)                                                                              \
@@ -68,8 +69,8 @@ __attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a
 }
 
 /* ---- AVX-512 micro-kernel (8x32) ---- */
-__attribute__((target("avx512f,fma"))) static void kern_avx512(int kc, const float *a, const float *b, float *c,
-                                                                 int ldc, float alpha, float beta) {
+__attribute__((target("avx512f,fma"))) static void kern_avx512(int kc, const float *a, const float *b, int ldb,
+                                                                 float *c, int ldc, float alpha, float beta) {
 	__m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
 	__m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
 	for (int k = 0; k < kc; k++) {
@@ -83,7 +84,7 @@ __attribute__((target("avx512f,fma"))) static void kern_avx512(int kc, const flo
 		t = _mm512_set1_ps(a[6]); c60 = _mm512_fmadd_ps(t, b0, c60); c61 = _mm512_fmadd_ps(t, b1, c61);
 		t = _mm512_set1_ps(a[7]); c70 = _mm512_fmadd_ps(t, b0, c70); c71 = _mm512_fmadd_ps(t, b1, c71);
 		a += 8;
-		b += 32;
+		b += ldb;
 	}
 	__m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #define ST5(r, x0, x1)                                                                              \
@@ -213,10 +214,16 @@ static void gemm_tile(void *arg, int task) {
 	float *buf = scratch((size_t)kcmax * (ncp + mcp) + (size_t)mr * nr);
 	if (!buf) abort();
 	float *bp = buf, *ap = buf + (size_t)kcmax * ncp, *tmp = ap + (size_t)kcmax * mcp;
+	/* Few rows: packing B would cost as much as using it; whole panels of an
+	 * untransposed B are read in place and only the edge panel is packed. */
+	int direct = !j->transB && j->M <= 4 * mr;
 	for (int k0 = 0; k0 < j->K; k0 += KC) {
 		int kc = j->K - k0 < KC ? j->K - k0 : KC;
 		float beta = k0 == 0 ? j->beta : 1.0f;
-		pack_b(j->transB, j->B, j->ldb, k0, kc, j0, nc, nr, bp);
+		if (!direct)
+			pack_b(j->transB, j->B, j->ldb, k0, kc, j0, nc, nr, bp);
+		else if (nc % nr)
+			pack_b(0, j->B, j->ldb, k0, kc, j0 + nc / nr * nr, nc % nr, nr, bp + (size_t)(nc / nr * nr) * kc);
 		for (int mt = mt0; mt < mt1; mt++) {
 			int i0 = mt * MC;
 			int mc = j->M - i0 < MC ? j->M - i0 : MC;
@@ -227,10 +234,15 @@ static void gemm_tile(void *arg, int task) {
 					int rows = mc - p < mr ? mc - p : mr;
 					float *c = j->C + (size_t)(i0 + p) * j->ldc + j0 + q;
 					const float *a = ap + (size_t)p * kc, *b = bp + (size_t)q * kc;
+					int ldb = nr;
+					if (direct && cols == nr) {
+						b = j->B + (size_t)k0 * j->ldb + j0 + q;
+						ldb = j->ldb;
+					}
 					if (rows == mr && cols == nr) {
-						j->kern(kc, a, b, c, j->ldc, j->alpha, beta);
+						j->kern(kc, a, b, ldb, c, j->ldc, j->alpha, beta);
 					} else {
-						j->kern(kc, a, b, tmp, nr, 1.0f, 0.0f);
+						j->kern(kc, a, b, ldb, tmp, nr, 1.0f, 0.0f);
 						for (int r = 0; r < rows; r++)
 							for (int cc = 0; cc < cols; cc++) {
 								float v = j->alpha * tmp[r * nr + cc];
@@ -294,10 +306,46 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void gemv_co
 	}
 }
 
+static inline __attribute__((target("avx512f"))) __mmask16 tailm(int n) {
+	return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* The untransposed case with AVX-512 (decode's matmuls on pre-transposed
+ * weights): 64 columns at a time in four accumulators, each output one FMA
+ * chain over k, as in gemv_cols. */
+__attribute__((target("avx512f,fma"))) static void gemv_nn_avx512(struct gemv_job *j, int n0, int n1) {
+	__m512 va = _mm512_set1_ps(j->alpha), vb = _mm512_set1_ps(j->beta);
+	for (int i = 0; i < j->M; i++) {
+		const float *arow = j->A + (size_t)i * j->lda;
+		float *c = j->C + (size_t)i * j->ldc;
+		for (int n = n0; n < n1; n += 64) {
+			__mmask16 m[4] = {tailm(n1 - n), tailm(n1 - n - 16), tailm(n1 - n - 32), tailm(n1 - n - 48)};
+			__m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+			const float *b = j->B + n;
+			for (int k = 0; k < j->K; k++, b += j->ldb) {
+				__m512 a = _mm512_set1_ps(arow[k]);
+				c0 = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[0], b), c0);
+				c1 = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[1], b + 16), c1);
+				c2 = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[2], b + 32), c2);
+				c3 = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[3], b + 48), c3);
+			}
+			__m512 acc[4] = {c0, c1, c2, c3};
+			for (int q = 0; q < 4 && m[q]; q++) {
+				__m512 y = _mm512_mul_ps(va, acc[q]);
+				if (j->beta != 0) y = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[q], c + n + 16 * q), y);
+				_mm512_mask_storeu_ps(c + n + 16 * q, m[q], y);
+			}
+		}
+	}
+}
+
 static void gemv_task(void *arg, int task) {
 	struct gemv_job *j = arg;
 	int n0 = task * j->chunk, n1 = n0 + j->chunk < j->N ? n0 + j->chunk : j->N;
-	gemv_cols(j, n0, n1);
+	if (!j->transA && !j->transB && eng_isa() == 2)
+		gemv_nn_avx512(j, n0, n1);
+	else
+		gemv_cols(j, n0, n1);
 }
 
 void eng_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,

@@ -33,6 +33,9 @@ func cAttnBwd(int, int, int, int, int, []float32, []float32, []float32, []float3
 func cAttnDecode(int, int, int, int, int, int, []float32, []float32, []float32, []float32, []float32) {
 	unavailable()
 }
+func cDecodeLayer(int, int, int, int, int, int, int, int, float32, float32, []float32, []int32, []float32, []float32, []float32, []float32, []float32, []float32) {
+	unavailable()
+}
 func cAdamW([]float32, []float32, []float32, []float32, float32, float32, float32, float32, float32, float32, float32) {
 	unavailable()
 }

@@ -55,15 +55,19 @@ func (m *Model) Generate(prompts [][]int32, opts model.GenerateOptions) (ro *mod
 	fail(engine.Sgemm(false, true, b, v, d, 1, last, d, head, d, 0, logits, v))
 	tp = nil
 
+	// Decode: each layer is one engine call for the whole batch, on weights
+	// packed (transposed, LoRA merged) once per call of Generate.
+	lws := make([][]float32, cfg.NumLayers)
+	for l := range lws {
+		lws[l] = m.decodeLayer(l)
+	}
+	headT := make([]float32, d*v)
+	transpose(head, v, d, headT, v, 0)
 	cos, sin := m.rope(s, s)
 	eps := float32(cfg.RMSNormEps)
 	qs := float32(1 / math.Sqrt(float64(dh)))
 	x, h := make([]float32, b*d), make([]float32, b*d)
-	q, k, vv, o := make([]float32, b*hq*dh), make([]float32, b*kw), make([]float32, b*kw), make([]float32, b*hq*dh)
-	y := make([]float32, b*d)
-	gate, up, act := make([]float32, b*f), make([]float32, b*f), make([]float32, b*f)
 	emb := m.Params[model.NameEmbed]
-
 	for i := 0; ; i++ {
 		if dec.Sample(i, logits) {
 			break
@@ -72,35 +76,64 @@ func (m *Model) Generate(prompts [][]int32, opts model.GenerateOptions) (ro *mod
 		for r := 0; r < b; r++ {
 			copy(x[r*d:(r+1)*d], emb[int(tok[r])*d:])
 		}
-		for l := 0; l < cfg.NumLayers; l++ {
-			ln := func(s string) string { return model.LayerName(l, s) }
-			fail(engine.RMSNorm(b, d, x, m.Params[ln("input_layernorm.weight")], eps, h, nil))
-			m.lin(ln("self_attn.q_proj"), h, b, q)
-			m.lin(ln("self_attn.k_proj"), h, b, k)
-			m.lin(ln("self_attn.v_proj"), h, b, vv)
-			fail(engine.RoPE(b, hq, dh, pos, cos, sin, qs, q, false))
-			fail(engine.RoPE(b, hkv, dh, pos, cos, sin, 1, k, false))
-			for r := 0; r < b; r++ {
-				cacheWrite(kc[l], vc[l], k[r*kw:], vv[r*kw:], r, at, s, hkv, dh)
-			}
-			fail(engine.AttentionDecode(b, at+1, s, hq, hkv, dh, q, kc[l], vc[l], keyMask, o))
-			m.lin(ln("self_attn.o_proj"), o, b, y)
-			for j := range x {
-				x[j] += y[j]
-			}
-			fail(engine.RMSNorm(b, d, x, m.Params[ln("post_attention_layernorm.weight")], eps, h, nil))
-			m.lin(ln("mlp.gate_proj"), h, b, gate)
-			m.lin(ln("mlp.up_proj"), h, b, up)
-			fail(engine.SwiGLU(gate, up, act))
-			m.lin(ln("mlp.down_proj"), act, b, y)
-			for j := range x {
-				x[j] += y[j]
-			}
+		for l := range lws {
+			fail(engine.DecodeLayer(b, d, hq, hkv, dh, f, at, s, eps, qs, lws[l], pos, cos, sin, keyMask, x, kc[l], vc[l]))
 		}
 		fail(engine.RMSNorm(b, d, x, m.Params[model.NameFinalNorm], eps, h, nil))
-		fail(engine.Sgemm(false, true, b, v, d, 1, h, d, head, d, 0, logits, v))
+		fail(engine.Sgemm(false, false, b, v, d, 1, h, d, headT, v, 0, logits, v))
 	}
 	return dec.Rollout(), nil
+}
+
+// decodeLayer packs layer l for engine.DecodeLayer: norms, the projections
+// transposed to [in, out] with their LoRA adapters merged (W + s·B·A), and
+// their biases (zeros when absent).
+func (m *Model) decodeLayer(l int) []float32 {
+	cfg := m.Cfg
+	d, f, hq, hkv, dh := cfg.HiddenSize, cfg.IntermediateSize, cfg.NumHeads, cfg.NumKVHeads, cfg.Dh()
+	off := engine.DecodeLayout(d, hq, hkv, dh, f)
+	lw := make([]float32, off[10])
+	ln := func(s string) string { return model.LayerName(l, s) }
+	copy(lw[off[0]:off[1]], m.Params[ln("input_layernorm.weight")])
+	copy(lw[off[5]:off[6]], m.Params[ln("post_attention_layernorm.weight")])
+	// put writes linear stem's Wᵀ into the [in, width] block at w, columns
+	// from col, and its bias to bias[col:].
+	put := func(stem string, w []float32, width, col int, bias []float32) {
+		wt := m.Params[stem+".weight"]
+		sh := m.Shapes[stem+".weight"]
+		out, in := sh[0], sh[1]
+		if a := m.Params[stem+".lora_A.weight"]; a != nil {
+			rank := m.Shapes[stem+".lora_A.weight"][0]
+			wt = append([]float32(nil), wt...)
+			fail(engine.Sgemm(false, false, out, in, rank, m.LoRAScale, m.Params[stem+".lora_B.weight"], rank, a, in, 1, wt, in))
+		}
+		transpose(wt, out, in, w, width, col)
+		if bb := m.Params[stem+".bias"]; bb != nil {
+			copy(bias[col:col+out], bb)
+		}
+	}
+	q, kw := hq*dh, hkv*dh
+	w, bqkv := lw[off[1]:off[2]], lw[off[2]:off[3]]
+	put(ln("self_attn.q_proj"), w, q+2*kw, 0, bqkv)
+	put(ln("self_attn.k_proj"), w, q+2*kw, q, bqkv)
+	put(ln("self_attn.v_proj"), w, q+2*kw, q+kw, bqkv)
+	put(ln("self_attn.o_proj"), lw[off[3]:off[4]], d, 0, lw[off[4]:off[5]])
+	w, bgu := lw[off[6]:off[7]], lw[off[7]:off[8]]
+	put(ln("mlp.gate_proj"), w, 2*f, 0, bgu)
+	put(ln("mlp.up_proj"), w, 2*f, f, bgu)
+	put(ln("mlp.down_proj"), lw[off[8]:off[9]], d, 0, lw[off[9]:off[10]])
+	return lw
+}
+
+// transpose writes the transpose of a [rows, cols] into columns [col,
+// col+rows) of dst [cols, width].
+func transpose(a []float32, rows, cols int, dst []float32, width, col int) {
+	for r := 0; r < rows; r++ {
+		row := a[r*cols : (r+1)*cols]
+		for c, x := range row {
+			dst[c*width+col+r] = x
+		}
+	}
 }
 
 // cacheWrite stores one position's keys and values k, v [hkv·dh] of batch row
