@@ -493,76 +493,62 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	if ptx == nil && n.layerwiseUpdates() {
 		return n.updateActorLayerwise(b)
 	}
-	if n.accum > 1 && ptx == nil {
-		return n.updateActorMicro(b.LR, r, b.RewardAdv, costAdv, b.Lambda, b.Mask)
+	k := n.accum
+	if r.B%k != 0 || (ptx != nil && ptx.B%k != 0) {
+		return ActorStats{}, fmt.Errorf("actor: batch %d (PTX %v) not divisible into %d micro-batches", r.B, ptx != nil, k)
 	}
-	L := r.L()
-	args := []any{
-		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),
-		tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T),
-		tensors.FromFlatDataAndDimensions(r.LogProbs, r.B, L),
-		tensors.FromFlatDataAndDimensions(b.RewardAdv, r.B, L),
-		tensors.FromFlatDataAndDimensions(b.Mask, r.B, L),
-	}
-	if costAdv != nil {
-		args = append(args, tensors.FromFlatDataAndDimensions(costAdv, r.B, L), tensors.FromScalar(float32(b.Lambda)))
-	}
-	if ptx != nil {
-		lm := make([]float32, ptx.B*(ptx.T-1))
-		for i := 0; i < ptx.B; i++ {
-			for t := 0; t+1 < ptx.T; t++ {
-				if ptx.Labels[i*ptx.T+t+1] != -100 {
-					lm[i*(ptx.T-1)+t] = 1
-				}
-			}
-		}
-		args = append(args,
-			tensors.FromFlatDataAndDimensions(ptx.IDs, ptx.B, ptx.T),
-			tensors.FromFlatDataAndDimensions(ptx.Mask, ptx.B, ptx.T),
-			tensors.FromFlatDataAndDimensions(lm, ptx.B, ptx.T-1),
-			tensors.FromScalar(float32(b.PTXCoeff)))
-	}
-	res, err := n.actor.Step(b.LR, args...)
-	if err != nil {
-		return ActorStats{}, err
-	}
-	return ActorStats{Loss: res.Metrics["actor_loss"], PTXLoss: res.Metrics["ptx_loss"], ClipFrac: res.Metrics["clip_frac"],
-		ApproxKL: res.Metrics["approx_kl"], GradNorm: res.GradNorm}, nil
-}
-
-// updateActorMicro is UpdateActor over n.accum micro-batches of rows, gradients accumulated in
-// graph and applied once (the micro-batches' mean loss, as DeepSpeed's gradient accumulation).
-func (n *GraphNets) updateActorMicro(lr float64, r *Rollout, rewardAdv, costAdv []float32, lambda float64, mask []float32) (ActorStats, error) {
-	if r.B%n.accum != 0 {
-		return ActorStats{}, fmt.Errorf("actor: batch %d not divisible into %d micro-batches", r.B, n.accum)
-	}
-	mb, L := r.B/n.accum, r.L()
+	// k micro-batches of rows (of the rollout and of the PTX batch), gradients accumulated in
+	// graph and applied once: the micro-batches' mean loss, as DeepSpeed's gradient accumulation.
 	var st ActorStats
-	for i := 0; i < n.accum; i++ {
-		lo, hi := i*mb, (i+1)*mb
-		args := []any{
-			tensors.FromFlatDataAndDimensions(r.Seq[lo*r.T:hi*r.T], mb, r.T),
-			tensors.FromFlatDataAndDimensions(r.Mask[lo*r.T:hi*r.T], mb, r.T),
-			tensors.FromFlatDataAndDimensions(r.LogProbs[lo*L:hi*L], mb, L),
-			tensors.FromFlatDataAndDimensions(rewardAdv[lo*L:hi*L], mb, L),
-			tensors.FromFlatDataAndDimensions(mask[lo*L:hi*L], mb, L),
-		}
-		if costAdv != nil {
-			args = append(args, tensors.FromFlatDataAndDimensions(costAdv[lo*L:hi*L], mb, L), tensors.FromScalar(float32(lambda)))
-		}
-		res, err := n.actor.Step(lr, args...)
+	for i := 0; i < k; i++ {
+		res, err := n.actor.Step(b.LR, actorArgs(b, i, k)...)
 		if err != nil {
 			return ActorStats{}, err
 		}
-		k := float64(n.accum)
-		st.Loss += res.Metrics["actor_loss"] / k
-		st.ClipFrac += res.Metrics["clip_frac"] / k
-		st.ApproxKL += res.Metrics["approx_kl"] / k
+		st.Loss += res.Metrics["actor_loss"] / float64(k)
+		st.PTXLoss += res.Metrics["ptx_loss"] / float64(k)
+		st.ClipFrac += res.Metrics["clip_frac"] / float64(k)
+		st.ApproxKL += res.Metrics["approx_kl"] / float64(k)
 		if res.Applied {
 			st.GradNorm = res.GradNorm
 		}
 	}
 	return st, nil
+}
+
+// actorArgs returns the actor loss's inputs (see actorLoss) for micro-batch i of k of b.
+func actorArgs(b ActorBatch, i, k int) []any {
+	r, ptx := b.Rollout, b.PTX
+	L, mb := r.L(), r.B/k
+	lo, hi := i*mb, (i+1)*mb
+	args := []any{
+		tensors.FromFlatDataAndDimensions(r.Seq[lo*r.T:hi*r.T], mb, r.T),
+		tensors.FromFlatDataAndDimensions(r.Mask[lo*r.T:hi*r.T], mb, r.T),
+		tensors.FromFlatDataAndDimensions(r.LogProbs[lo*L:hi*L], mb, L),
+		tensors.FromFlatDataAndDimensions(b.RewardAdv[lo*L:hi*L], mb, L),
+		tensors.FromFlatDataAndDimensions(b.Mask[lo*L:hi*L], mb, L),
+	}
+	if b.CostAdv != nil {
+		args = append(args, tensors.FromFlatDataAndDimensions(b.CostAdv[lo*L:hi*L], mb, L), tensors.FromScalar(float32(b.Lambda)))
+	}
+	if ptx != nil {
+		pb, T := ptx.B/k, ptx.T
+		plo := i * pb
+		lm := make([]float32, pb*(T-1))
+		for j := 0; j < pb; j++ {
+			for t := 0; t+1 < T; t++ {
+				if ptx.Labels[(plo+j)*T+t+1] != -100 {
+					lm[j*(T-1)+t] = 1
+				}
+			}
+		}
+		args = append(args,
+			tensors.FromFlatDataAndDimensions(ptx.IDs[plo*T:(plo+pb)*T], pb, T),
+			tensors.FromFlatDataAndDimensions(ptx.Mask[plo*T:(plo+pb)*T], pb, T),
+			tensors.FromFlatDataAndDimensions(lm, pb, T-1),
+			tensors.FromScalar(float32(b.PTXCoeff)))
+	}
+	return args
 }
 
 // UpdateCritic implements Nets.
