@@ -6,7 +6,8 @@
 # same seed, prompts and budget; then every policy (and the SFT policy) answers the same held-out prompts,
 # scored by the reward model, the training cost model and the judge. Writes <out>/runs/compare.md (table with
 # bootstrap 95% CIs), compare.json (per-prompt scores) and compare.png (reward vs cost, λ and Jc − d curves).
-# Budget: <= 40 minutes on 2 cores. Usage: bash scripts/compare.sh [bin/saferlhf] [out/compare]
+# Budget: <= 40 minutes on 2 cores (8 min measured, bench/README.md). Usage: bash scripts/compare.sh [bin/saferlhf] [out/compare]
+# Environment: PPO_STEPS (64), SEED (42), EVAL_MAX (128), HELD_OUT (held-out prompt spec), JUDGE, and the PPO settings below.
 # Rerunning continues where it stopped (finished stages and runs are kept).
 set -euo pipefail
 bin="${1:-bin/saferlhf}"
@@ -49,5 +50,5 @@ fi
 	--threshold "${THRESHOLD:--1.5}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
 	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/helpful/llamafactory-dpo_en_demo.json \
 	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length "${PTX_LEN:-64}" \
-	--shaping-lambdas "${SHAPING_LAMBDAS:-0.1,5}" --save-every 16 --out "$out/runs" "${resume[@]}"
+	--shaping-lambdas "${SHAPING_LAMBDAS:-0.1,5}" --seed "${SEED:-42}" --save-every 16 --out "$out/runs" "${resume[@]}"
 echo "total: $(($(date +%s) - t0)) s"
