@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -179,5 +180,92 @@ func BenchmarkGenerate(b *testing.B) {
 				b.ReportMetric(maxRSSMiB(), "maxRSS-MiB")
 			})
 		}
+	}
+}
+
+// BenchmarkCompileDepth measures, per model depth, the graph of one LM forward (TokenLogProbs)
+// and of its forward+backward (gradients of every weight) built whole, against model.Layerwise's
+// programs (embedding, one layer, head; and for the backward the loss and layer-backward
+// programs): node counts and the first call's time (graph building plus the backend's compile,
+// plus one tiny run), on the pure-Go backend — a proxy for XLA's compile time, which follows
+// the node count. Run: go test -tags noxla -run - -bench CompileDepth ./train/model/
+func BenchmarkCompileDepth(b *testing.B) {
+	be := getBackend(b)
+	for _, layers := range []int{4, 16, 32} {
+		cfg := &Config{HiddenSize: 64, IntermediateSize: 172, NumLayers: layers, NumHeads: 8, NumKVHeads: 4, VocabSize: 512,
+			MaxPositions: 64, RMSNormEps: 1e-5, RopeTheta: 10000, BOS: 1, EOS: 2}
+		b.Run(fmt.Sprintf("layers=%d", layers), func(b *testing.B) {
+			ctx := context.New()
+			if err := SetWeights(ctx, cfg, RandomWeights(cfg, 1)); err != nil {
+				b.Fatal(err)
+			}
+			SetTrainable(ctx, true)
+			ids, mask := benchBatch(cfg, 1, 8)
+			var wholeF, wholeB, lwF, lwB int
+			var tWholeF, tWholeB, tLwF, tLwB time.Duration
+			for i := 0; i < b.N; i++ {
+				for k, bwd := range []bool{false, true} {
+					t0 := time.Now()
+					ex, err := context.NewExec(be, ctx.Reuse(), func(ctx *context.Context, ids, mask *G.Node) []*G.Node {
+						lp := TokenLogProbs(ctx, cfg, ids, mask)
+						out := []*G.Node{G.ReduceAllSum(lp)}
+						if bwd {
+							vars := optim.TrainableVariables(ctx, ids.Graph(), "/")
+							out = append(out, optim.Gradients(out[0], vars)...)
+						}
+						return out
+					})
+					if err != nil {
+						b.Fatal(err)
+					}
+					_, g, err := ex.ExecWithGraph(ids, mask)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if k == 0 {
+						wholeF, tWholeF = len(g.Nodes()), time.Since(t0)
+					} else {
+						wholeB, tWholeB = len(g.Nodes()), time.Since(t0)
+					}
+				}
+				lw := NewLayerwise(be)
+				m := ScopeModel(ctx, cfg)
+				idsH, maskH := tensors.MustCopyFlatData[int32](ids), tensors.MustCopyFlatData[float32](mask)
+				t0 := time.Now()
+				if _, err := lw.TokenLogProbs(m, idsH, maskH, 1, 8); err != nil {
+					b.Fatal(err)
+				}
+				tLwF = time.Since(t0)
+				tr := Train{Accum: map[string]*context.Variable{}, Scale: 1}
+				acc := context.New()
+				ctx.EnumerateVariables(func(v *context.Variable) {
+					tr.Accum[v.Name()] = acc.Checked(false).VariableWithValue(v.Name(), tensors.FromShape(v.Shape()))
+				})
+				t0 = time.Now()
+				if _, _, err := lw.Backward(m, tr, "sum", func(ctx *context.Context, cfg *Config, h *G.Node, in []*G.Node) (*G.Node, []*G.Node) {
+					return G.ReduceAllSum(HeadTokenLogProbs(ctx, cfg, h, in[0])), nil
+				}, ids, mask, ids); err != nil {
+					b.Fatal(err)
+				}
+				tLwB = time.Since(t0)
+				lwF, lwB = 0, 0
+				for _, p := range lw.Programs() {
+					switch strings.SplitN(p.Program, "/", 2)[0] {
+					case "embed", "layer", "lm_head":
+						lwF += p.Nodes
+					default:
+						lwB += p.Nodes
+					}
+				}
+			}
+			b.ReportMetric(float64(wholeF), "whole-fwd-nodes")
+			b.ReportMetric(tWholeF.Seconds()*1e3, "whole-fwd-first-ms")
+			b.ReportMetric(float64(wholeB), "whole-fwdbwd-nodes")
+			b.ReportMetric(tWholeB.Seconds()*1e3, "whole-fwdbwd-first-ms")
+			b.ReportMetric(float64(lwF), "layerwise-fwd-nodes")
+			b.ReportMetric(tLwF.Seconds()*1e3, "layerwise-fwd-first-ms")
+			b.ReportMetric(float64(lwB), "layerwise-bwd-nodes")
+			b.ReportMetric(tLwB.Seconds()*1e3, "layerwise-bwd-first-ms")
+		})
 	}
 }
