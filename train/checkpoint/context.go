@@ -180,9 +180,15 @@ func ContextTensors(ctx *context.Context, keep func(v *context.Variable) bool) (
 			if t.Shape().Size() == 0 {
 				return nil
 			}
+			// A device-resident tensor is copied to the host for the write only: the host copy is
+			// dropped after it, so a checkpoint holds one tensor on the host at a time.
+			local := t.IsLocal()
 			var werr error
 			if err := t.ConstBytes(func(b []byte) { _, werr = w.Write(b) }); err != nil {
 				return fmt.Errorf("checkpoint: variable %s: %w", name, err)
+			}
+			if !local && t.IsOnAnyDevice() {
+				t.FinalizeLocal()
 			}
 			return werr
 		}

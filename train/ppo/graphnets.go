@@ -17,7 +17,6 @@ import (
 	"github.com/saferlhf/saferlhf/kernels/ingraph"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
-	"github.com/saferlhf/saferlhf/train/safetensors"
 	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
@@ -606,19 +605,18 @@ var frozenScopes = []string{ScopeReference, ScopeReward, ScopeCost}
 // variable of the context outside the frozen scopes (trained weights or adapters, optimizer
 // moments and steps), streamed from the variables.
 func (n *GraphNets) Checkpoint() (*NetsCheckpoint, error) {
-	w, err := n.ActorWeights()
-	if err != nil {
+	if err := n.syncNative(); err != nil {
 		return nil, err
 	}
-	// Without LoRA the actor's variables are its HF weights: stored once, in the weights.
+	// The actor's weights stream tensor by tensor from its variables (adapters merged on the
+	// device): no host copy of the model. Without LoRA the actor's variables are its HF weights:
+	// stored once, in the weights.
 	c := &NetsCheckpoint{WeightsScope: ScopeActor}
-	for _, name := range w.Names() {
-		c.Weights = append(c.Weights, safetensors.Tensor{Name: name, Shape: w[name].Shape, F32: w[name].Data})
+	var err error
+	if c.Weights, err = model.StreamWeights(n.ctx.InAbsPath(ScopeActor), n.actorCfg, n.cfg.Backend); err != nil {
+		return nil, err
 	}
 	if c.Config, err = n.actorCfg.HFConfigJSON(); err != nil {
-		return nil, err
-	}
-	if err := n.syncNative(); err != nil {
 		return nil, err
 	}
 	c.State, err = checkpoint.ContextTensors(n.ctx, func(v *context.Variable) bool {
