@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 )
 
@@ -29,7 +30,28 @@ func TestSIGKILLResumeIsBitExact(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI and trains five times")
 	}
-	bin := buildCLIBinary(t)
+	sigkillResume(t, buildCLIBinary(t), "go")
+}
+
+// TestNativeSIGKILLResumeIsBitExact is TestSIGKILLResumeIsBitExact with the
+// cgo binary training on the native engine.
+func TestNativeSIGKILLResumeIsBitExact(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	bin := filepath.Join(t.TempDir(), "saferlhf")
+	cmd := exec.Command("go", "build", "-tags", "noxla", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	sigkillResume(t, bin, "native")
+}
+
+func sigkillResume(t *testing.T, bin, backend string) {
+	sftArgs := func(out string, extra ...string) []string {
+		return sftArgs(out, append([]string{"--backend", backend}, extra...)...)
+	}
 	ref := t.TempDir()
 	if out, err := exec.Command(bin, sftArgs(ref)...).CombinedOutput(); err != nil {
 		t.Fatalf("reference run: %v\n%s", err, out)

@@ -18,6 +18,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -410,16 +411,38 @@ func dpoExamples(cfg DPOConfig, tok tokenizer.Tokenizer, res *Result) (tr, ev []
 
 // referenceLogProbs fills the reference log-prob sums of every example from the
 // model weights now in mctx (the initial, frozen reference), in batches of
-// cfg.BatchSize pairs of width cfg.MaxLength.
+// cfg.BatchSize pairs of width cfg.MaxLength, on the native engine when be is native.
 func referenceLogProbs(be backends.Backend, mctx *context.Context, mcfg *model.Config, cfg DPOConfig, pad int32, sets ...[]dpoExample) error {
-	exec, err := context.NewExec(be, mctx.InAbsPath(modelScope).Reuse(), func(ctx *context.Context, ids, mask *graph.Node) *graph.Node {
-		return model.TokenLogProbs(ctx, mcfg, ids, mask)
-	})
-	if err != nil {
-		return err
-	}
-	defer exec.Finalize() // the compiled reference pass is not needed during training
 	B, T := cfg.BatchSize, cfg.MaxLength
+	var logProbs func(ids []int32, mask []float32) ([]float32, error)
+	if backend.IsNative(be) {
+		m, _, err := llama.FromContext(mctx.InAbsPath(modelScope), mcfg)
+		if err != nil {
+			return err
+		}
+		logProbs = func(ids []int32, mask []float32) ([]float32, error) {
+			tp, err := m.Forward(2*B, T, ids, mask)
+			if err != nil {
+				return nil, err
+			}
+			return m.TokenLogProbs(tp)
+		}
+	} else {
+		exec, err := context.NewExec(be, mctx.InAbsPath(modelScope).Reuse(), func(ctx *context.Context, ids, mask *graph.Node) *graph.Node {
+			return model.TokenLogProbs(ctx, mcfg, ids, mask)
+		})
+		if err != nil {
+			return err
+		}
+		defer exec.Finalize() // the compiled reference pass is not needed during training
+		logProbs = func(ids []int32, mask []float32) ([]float32, error) {
+			out, err := exec.Exec(tensors.FromFlatDataAndDimensions(ids, 2*B, T), tensors.FromFlatDataAndDimensions(mask, 2*B, T))
+			if err != nil {
+				return nil, err
+			}
+			return tensors.CopyFlatData[float32](out[0])
+		}
+	}
 	n := 0
 	for _, s := range sets {
 		n += len(s)
@@ -438,11 +461,7 @@ func referenceLogProbs(be backends.Backend, mctx *context.Context, mcfg *model.C
 				full[i] = batch[min(i, len(batch)-1)]
 			}
 			ids, mask, _, _, _ := dpoBatch(full, T, pad)
-			out, err := exec.Exec(tensors.FromFlatDataAndDimensions(ids, 2*B, T), tensors.FromFlatDataAndDimensions(mask, 2*B, T))
-			if err != nil {
-				return err
-			}
-			lp, err := tensors.CopyFlatData[float32](out[0])
+			lp, err := logProbs(ids, mask)
 			if err != nil {
 				return err
 			}

@@ -176,7 +176,19 @@ func TestDPOStartsAtLog2AndResumes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains the tiny model twice")
 	}
+	dpoStartsAtLog2AndResumes(t, "go")
+}
+
+// TestNativeDPOStartsAtLog2AndResumes is TestDPOStartsAtLog2AndResumes on the
+// native engine (reference log-probs, training and resume).
+func TestNativeDPOStartsAtLog2AndResumes(t *testing.T) {
+	skipNoNative(t)
+	dpoStartsAtLog2AndResumes(t, "native")
+}
+
+func dpoStartsAtLog2AndResumes(t *testing.T, backend string) {
 	c := tinyDPO(t, 3)
+	c.Backend = backend
 	full, err := RunDPO(stdctx.Background(), c)
 	if err != nil {
 		t.Fatal(err)
