@@ -59,18 +59,33 @@ type Interval struct {
 // CompareRow is one policy's held-out result. Harmful rates count answers with
 // cost > 0 (the reference's sign convention), by the training cost model and by the judge.
 type CompareRow struct {
-	Name         string    `json:"name"`
-	Model        string    `json:"model"`
-	Run          string    `json:"run,omitempty"`
-	Reward       Interval  `json:"reward"`
-	Cost         Interval  `json:"cost"`
-	Harmful      Interval  `json:"harmful_rate"`
-	JudgeCost    Interval  `json:"judge_cost"`
-	JudgeHarmful Interval  `json:"judge_harmful_rate"`
-	GenLen       float64   `json:"gen_len_mean"`
-	Rewards      []float64 `json:"rewards"`
-	Costs        []float64 `json:"costs"`
-	JudgeCosts   []float64 `json:"judge_costs"`
+	Name         string   `json:"name"`
+	Model        string   `json:"model"`
+	Run          string   `json:"run,omitempty"`
+	Reward       Interval `json:"reward"`
+	Cost         Interval `json:"cost"`
+	Harmful      Interval `json:"harmful_rate"`
+	JudgeCost    Interval `json:"judge_cost"`
+	JudgeHarmful Interval `json:"judge_harmful_rate"`
+	GenLen       float64  `json:"gen_len_mean"`
+	// VsFirst is the paired difference to the first policy (nil for the first).
+	VsFirst    *CompareDiff `json:"vs_first,omitempty"`
+	Rewards    []float64    `json:"rewards"`
+	Costs      []float64    `json:"costs"`
+	JudgeCosts []float64    `json:"judge_costs"`
+}
+
+// CompareDiff is a policy's paired difference to the first policy (the SFT policy in saferlhf
+// compare): the mean of the per-prompt differences (same prompts, same sampling seed), with the
+// bootstrap 95% interval over the prompts. Pairing removes the prompts' own spread, so it can
+// separate two policies whose unpaired intervals overlap.
+type CompareDiff struct {
+	Against      string   `json:"against"`
+	Reward       Interval `json:"reward"`
+	Cost         Interval `json:"cost"`
+	Harmful      Interval `json:"harmful_rate"`
+	JudgeCost    Interval `json:"judge_cost"`
+	JudgeHarmful Interval `json:"judge_harmful_rate"`
 }
 
 // CompareReport is the result of Compare.
@@ -145,7 +160,29 @@ func Compare(be backends.Backend, o CompareOptions) (*CompareReport, error) {
 		}
 		rep.Rows = append(rep.Rows, row)
 	}
+	rep.pairDiffs(o.Bootstrap, o.Seed)
 	return rep, nil
+}
+
+// pairDiffs sets every row's paired difference to the first row (n resamples from seed).
+func (rep *CompareReport) pairDiffs(n int, seed uint64) {
+	base := rep.Rows[0]
+	diff := func(a, b []float64) []float64 {
+		d := make([]float64, len(a))
+		for i := range a {
+			d[i] = a[i] - b[i]
+		}
+		return d
+	}
+	for i := 1; i < len(rep.Rows); i++ {
+		r := &rep.Rows[i]
+		r.VsFirst = &CompareDiff{Against: base.Name,
+			Reward:       BootstrapMean(diff(r.Rewards, base.Rewards), n, seed),
+			Cost:         BootstrapMean(diff(r.Costs, base.Costs), n, seed),
+			Harmful:      BootstrapMean(diff(indicator(r.Costs), indicator(base.Costs)), n, seed),
+			JudgeCost:    BootstrapMean(diff(r.JudgeCosts, base.JudgeCosts), n, seed),
+			JudgeHarmful: BootstrapMean(diff(indicator(r.JudgeCosts), indicator(base.JudgeCosts)), n, seed)}
+	}
 }
 
 // Retokenize returns seqs (ids of from) for a model on another tokenizer: unchanged when the
@@ -210,6 +247,15 @@ func (r *CompareReport) Format(w io.Writer) error {
 		fmt.Fprintf(w, "%-18s %-26s %-26s %-22s %-26s %-22s %7.1f\n", row.Name, ci(row.Reward), ci(row.Cost),
 			rate(row.Harmful), ci(row.JudgeCost), rate(row.JudgeHarmful), row.GenLen)
 	}
+	for i, row := range r.Rows {
+		if d := row.VsFirst; d != nil {
+			if i == 1 {
+				fmt.Fprintf(w, "\npaired difference to %s over the same prompts (policy − %s):\n", d.Against, d.Against)
+			}
+			fmt.Fprintf(w, "%-18s %-26s %-26s %-22s %-26s %-22s\n", row.Name, ci(d.Reward), ci(d.Cost),
+				ci(d.Harmful), ci(d.JudgeCost), ci(d.JudgeHarmful))
+		}
+	}
 	_, err := fmt.Fprintln(w)
 	return err
 }
@@ -223,8 +269,20 @@ func (r *CompareReport) Markdown(w io.Writer) error {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %.1f |\n", row.Name, ci(row.Reward), ci(row.Cost),
 			ci(row.Harmful), ci(row.JudgeCost), ci(row.JudgeHarmful), row.GenLen)
 	}
-	_, err := fmt.Fprintf(w, "\n%d held-out prompts, 95%% bootstrap confidence intervals (%d resamples).\n", r.Prompts, r.Bootstrap)
-	return err
+	fmt.Fprintf(w, "\n%d held-out prompts, 95%% bootstrap confidence intervals (%d resamples).\n", r.Prompts, r.Bootstrap)
+	for i, row := range r.Rows {
+		d := row.VsFirst
+		if d == nil {
+			continue
+		}
+		if i == 1 {
+			fmt.Fprintf(w, "\nPaired difference to %s (policy − %s, per prompt: same prompts and sampling seed; 95%% bootstrap CIs over the prompts):\n\n", d.Against, d.Against)
+			fmt.Fprintln(w, "| policy | Δ reward | Δ cost (training CM) | Δ harmful rate (training CM) | Δ cost (judge) | Δ harmful rate (judge) |")
+			fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", row.Name, ci(d.Reward), ci(d.Cost), ci(d.Harmful), ci(d.JudgeCost), ci(d.JudgeHarmful))
+	}
+	return nil
 }
 
 // errPoints are the (cost, reward) points of the policies with their intervals.

@@ -3,6 +3,7 @@ package eval
 import (
 	"context"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
@@ -147,5 +148,50 @@ func TestCompareSamplesWithTopK(t *testing.T) {
 	}
 	if rep.TopK != 1 {
 		t.Errorf("report top_k %d, want 1", rep.TopK)
+	}
+}
+
+// TestComparePairedDifference: each policy's difference to the first is paired over the prompts.
+// A policy scoring every prompt exactly 0.1 above the first has Δ reward 0.1 with a zero-width
+// interval although the unpaired intervals overlap; Δ harmful counts prompts that turned harmful
+// minus those that turned harmless; the first row has none; the Markdown carries the Δ table.
+func TestComparePairedDifference(t *testing.T) {
+	base := []float64{-2, -1, 0, 1, 2, -1.5, 0.5, 1.5}
+	up := make([]float64, len(base))
+	for i, v := range base {
+		up[i] = v + 0.1
+	}
+	costs := []float64{-1, -1, 1, 1, -1, -1, -1, -1}
+	rep := &CompareReport{Prompts: len(base), Bootstrap: 500, Rows: []CompareRow{
+		{Name: "sft", Rewards: base, Costs: base, JudgeCosts: base},
+		{Name: "ppo-lag", Rewards: up, Costs: costs, JudgeCosts: up}}}
+	for i := range rep.Rows {
+		r := &rep.Rows[i]
+		r.Reward = BootstrapMean(r.Rewards, 500, 1)
+	}
+	rep.pairDiffs(500, 1)
+	if rep.Rows[0].VsFirst != nil {
+		t.Fatalf("the first row has a difference to itself: %+v", rep.Rows[0].VsFirst)
+	}
+	d := rep.Rows[1].VsFirst
+	if d == nil || d.Against != "sft" {
+		t.Fatalf("difference %+v", d)
+	}
+	if math.Abs(d.Reward.Mean-0.1) > 1e-12 || math.Abs(d.Reward.Lo-0.1) > 1e-12 || math.Abs(d.Reward.Hi-0.1) > 1e-12 {
+		t.Errorf("Δ reward %+v, want 0.1 with a zero-width interval", d.Reward)
+	}
+	if a, b := rep.Rows[0].Reward, rep.Rows[1].Reward; a.Hi < b.Lo {
+		t.Fatalf("unpaired intervals %+v and %+v do not overlap: the test needs them to", a, b)
+	}
+	// The first policy's costs are > 0 at prompts 3, 4, 6, 7; the second's at 2, 3: Δ = (2 − 4)/8.
+	if math.Abs(d.Harmful.Mean-(-0.25)) > 1e-12 || d.Harmful.Lo > d.Harmful.Mean || d.Harmful.Hi < d.Harmful.Mean {
+		t.Errorf("Δ harmful %+v, want mean −0.25 inside its interval", d.Harmful)
+	}
+	var md strings.Builder
+	if err := rep.Markdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "| ppo-lag | 0.100 [0.100, 0.100] |") {
+		t.Errorf("Markdown lacks the paired table:\n%s", md.String())
 	}
 }
