@@ -179,9 +179,19 @@ func (l *Lagrange) EpisodeCost() float64 {
 // λ ← clip(K_P·e + K_I·I + K_D·D, 0, λ_max). With an empty window (the
 // reference would take the mean of nothing: NaN) nothing changes.
 func (l *Lagrange) Update(globalStep int) LagrangeStep {
-	jc := l.EpisodeCost()
+	return l.UpdateWith(globalStep, l.EpisodeCost(), l.n > 0)
+}
+
+// WindowLen is the number of episode costs in the window.
+func (l *Lagrange) WindowLen() int { return l.n }
+
+// UpdateWith is Update with J_c given: the reference's data-parallel update,
+// where J_c is the mean over ranks of each rank's window mean (dist.reduce AVG,
+// spec §1.7) and every rank then applies the same step. have is false when no
+// window holds a cost yet (nothing changes then).
+func (l *Lagrange) UpdateWith(globalStep int, jc float64, have bool) LagrangeStep {
 	s := LagrangeStep{EpisodeCost: jc, LogLambdaBefore: l.st.LogLambda}
-	if globalStep >= l.cfg.DelaySteps && l.n > 0 {
+	if globalStep >= l.cfg.DelaySteps && have {
 		s.Applied = true
 		l.st.StepCount++
 		if l.cfg.Method == LagrangeSGD {

@@ -152,3 +152,121 @@ func lastLine(s string) string {
 	s = strings.TrimSpace(s)
 	return s[strings.LastIndexByte(s, '\n')+1:]
 }
+
+// TestPPOLagDataParallelProcesses runs ppo-lag as two processes of the binary (the launcher's
+// environment, TCP rendezvous) and as one, with greedy sampling (--top-k 1: each rank draws its own
+// random stream, so only deterministic decoding can match): the same metrics records (λ included)
+// within 1e-4 relative and the same held-out summary (evaluated half by each rank). Then kill -9 of
+// rank 1 mid-run ends rank 0 with an error naming it.
+func TestPPOLagDataParallelProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the CLI and trains three times")
+	}
+	bin := buildCLIBinary(t)
+	dir := t.TempDir()
+	rm, cm := tinyScoreModels(t, dir)
+	assets, err := filepath.Abs(filepath.Join("..", "..", "assets", "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := func(out string, steps, evalMax int) []string {
+		return []string{"ppo-lag", "--model", filepath.Join(assets, "models", "stories260K.bin"),
+			"--tokenizer", filepath.Join(assets, "models", "tok512.bin"), "--reward-model", rm, "--cost-model", cm,
+			"--data", filepath.Join(assets, "pku-saferlhf", "align-anything-preference-sample.json"),
+			"--max-prompt-tokens", "64", "--max-new-tokens", "8", "--prompt-batch-size", "4", "--train-batch-size", "4",
+			"--top-k", "1", "--threshold", "-2", "--lambda-lr", "0.5", "--max-steps", strconv.Itoa(steps),
+			"--save-every", "2", "--eval-max", strconv.Itoa(evalMax), "--eval-batch-size", "2", "--actor-lr", "1e-3", "--critic-lr", "1e-3",
+			"--out", out}
+	}
+	one, two := filepath.Join(dir, "one"), filepath.Join(dir, "two")
+	start := time.Now()
+	if o, e, code := runCLI(t, bin, args(one, 3, 4)...); code != 0 {
+		t.Fatalf("one process: exit %d\n%s%s", code, o, e)
+	}
+	t.Logf("one process: %.1f s", time.Since(start).Seconds())
+	start = time.Now()
+	cmds, logs := startRanks(t, bin, 2, args(two, 3, 4))
+	for r, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("rank %d: %v\n%s", r, err, logs[r])
+		}
+	}
+	t.Logf("two processes: %.1f s", time.Since(start).Seconds())
+	worst := 0.0
+	for _, f := range []string{"metrics.jsonl", "summary.json"} {
+		var a, b []map[string]any
+		if f == "summary.json" {
+			for _, p := range []string{one, two} {
+				raw, err := os.ReadFile(filepath.Join(p, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var s struct{ Before, After map[string]any }
+				if err := json.Unmarshal(raw, &s); err != nil {
+					t.Fatal(err)
+				}
+				if p == one {
+					a = []map[string]any{s.Before, s.After}
+				} else {
+					b = []map[string]any{s.Before, s.After}
+				}
+			}
+		} else {
+			a, b = readRecords(t, filepath.Join(one, f)), readRecords(t, filepath.Join(two, f))
+		}
+		if len(a) != len(b) || len(a) < 2 {
+			t.Fatalf("%s: %d records vs %d", f, len(a), len(b))
+		}
+		for i := range a {
+			for k, v := range a[i] {
+				x, _ := v.(float64)
+				y, ok := b[i][k].(float64)
+				if !ok {
+					t.Fatalf("%s record %d: %s missing in the 2-process run", f, i, k)
+				}
+				d := math.Abs(x-y) / max(1, math.Abs(x))
+				worst = max(worst, d)
+				if d > 1e-4 {
+					t.Errorf("%s record %d: %s = %v (1 process) vs %v (2)", f, i, k, x, y)
+				}
+			}
+		}
+	}
+	t.Logf("ppo-lag, 1 vs 2 processes: largest relative difference %.3g", worst)
+	for _, f := range []string{"policy/config.json", "checkpoints/step-00000002/state.json", "samples_after.jsonl", "perf.jsonl"} {
+		if _, err := os.Stat(filepath.Join(two, f)); err != nil {
+			t.Errorf("2-process run: %v", err)
+		}
+	}
+	if perf := readRecords(t, filepath.Join(two, "perf.jsonl")); perf[0]["ranks"] != 2.0 {
+		t.Errorf("perf.jsonl of 2 ranks: %v", perf[0])
+	}
+
+	// A rank killed mid-run ends the other with an error naming it.
+	out := filepath.Join(dir, "killed")
+	cmds, logs = startRanks(t, bin, 2, args(out, 100000, 0))
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if b, err := os.ReadFile(filepath.Join(out, "metrics.jsonl")); err == nil && bytes.Count(b, []byte("\n")) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := cmds[1].Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmds[0].Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(logs[0].String(), "rank 1 is gone") {
+			t.Fatalf("rank 0 after rank 1 was killed: %v\n%s", err, logs[0])
+		}
+		t.Logf("rank 0: %s", lastLine(logs[0].String()))
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("rank 0 still running 2 minutes after rank 1 was killed:\n%s", logs[0])
+	}
+}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
-	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/ppo"
 )
 
@@ -59,11 +58,9 @@ func runRL(name string, alg ppo.Algorithm, args []string) error {
 	if err := c.Validate(); err != nil {
 		return usagef("%v", err)
 	}
-	if err := dist.RequireSingle(name); err != nil {
-		return err
-	}
 	// The output directory is checked now (never clobbered) and prepared, with the effective
-	// settings (reusable as --config for a rerun), once the inputs are loaded and checked.
+	// settings (reusable as --config for a rerun), once the inputs are loaded and checked (by rank 0
+	// of a data-parallel run, after every rank has checked it and joined).
 	if err := checkpoint.CheckOutput(c.Out, name, c.Resume, c.Force); err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/kernels/ingraph"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/trainer"
 )
@@ -120,6 +121,9 @@ type GraphNetsConfig struct {
 	MicroBatchSize, TrainBatchSize int
 	// Updates selects whole-model update graphs or layerwise updates (default: layerwise on XLA).
 	Updates UpdatePrograms
+	// Comm, with more than one rank, averages the actor's and critics' gradients across ranks
+	// before each optimiser step (TrainBatchSize is then this rank's share of the micro-batch).
+	Comm dist.Communicator
 }
 
 // GraphNets runs the six networks as GoMLX graphs in one context: the post_rollout scoring pass
@@ -278,16 +282,16 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 	n.scoringModels(lora)
 	var err error
 	if n.actor, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeActor, Loss: n.actorLoss,
-		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip, Accumulation: accum}); err != nil {
+		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm}); err != nil {
 		return nil, fmt.Errorf("ppo: actor: %w", err)
 	}
 	if n.rcritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeRewardCritic,
-		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum}); err != nil {
+		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm}); err != nil {
 		return nil, fmt.Errorf("ppo: reward critic: %w", err)
 	}
 	if c.WithCostCritic {
 		if n.ccritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeCostCritic,
-			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum}); err != nil {
+			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm}); err != nil {
 			return nil, fmt.Errorf("ppo: cost critic: %w", err)
 		}
 	}
@@ -295,6 +299,15 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 		return nil, err
 	}
 	return n, nil
+}
+
+// CollectiveSeconds is the time the actor and critics have spent averaging gradients across ranks.
+func (n *GraphNets) CollectiveSeconds() float64 {
+	d := n.actor.CollectiveTime() + n.rcritic.CollectiveTime()
+	if n.ccritic != nil {
+		d += n.ccritic.CollectiveTime()
+	}
+	return d.Seconds()
 }
 
 // Context returns the context holding all six models and the optimizer state.

@@ -15,6 +15,7 @@ import (
 	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
@@ -134,15 +135,50 @@ type RunResult struct {
 // the policy and plots, and evaluates again. Progress and notes go to progress (nil: none).
 // ready, if not nil, runs once the inputs are loaded and checked, before anything is written
 // (the caller records the settings there): a bad input leaves no output behind.
+//
+// Started by a launcher (torchrun, srun, mpirun, a JobSet: see dist.FromEnv), it runs as one rank
+// of a data-parallel run (dist.go): ready runs on rank 0 only, and rank 0 writes every output.
 func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() error) (*RunResult, error) {
-	if progress == nil {
+	env, err := dist.FromEnv(nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Algorithm, err)
+	}
+	if err := checkRankShares(c, env.WorldSize); err != nil { // before waiting for the other ranks
+		return nil, err
+	}
+	comm, _, err := dist.Join(ctx, dist.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Algorithm, err)
+	}
+	defer comm.Close()
+	return runRanked(ctx, c, progress, ready, comm)
+}
+
+// checkRankShares refuses batch sizes that do not split evenly over world ranks.
+func checkRankShares(c RunConfig, world int) error {
+	if err := checkShares(&c.Config, world); err != nil {
+		return err
+	}
+	if world > 1 && c.MicroBatch > 0 && (c.TrainBatchSize/world)%c.MicroBatch != 0 {
+		return fmt.Errorf("ppo: --micro-batch-size %d must divide each rank's share of --train-batch-size, %d/%d", c.MicroBatch, c.TrainBatchSize, world)
+	}
+	return nil
+}
+
+// runRanked is Run as one rank of comm.
+func runRanked(ctx context.Context, c RunConfig, progress io.Writer, ready func() error, comm dist.Communicator) (*RunResult, error) {
+	primary := comm.Rank() == 0
+	if progress == nil || !primary {
 		progress = io.Discard
 	}
 	name := string(c.Algorithm)
 	if len(c.PTXData) == 0 {
 		c.PTXCoeff = 0 // as the reference: PTX only with PTX data
 	}
-	in, err := loadRunInputs(c)
+	if err := checkRankShares(c, comm.Size()); err != nil {
+		return nil, err
+	}
+	in, err := loadRunInputs(c, comm)
 	if err != nil {
 		return nil, err
 	}
@@ -152,10 +188,8 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 	if err != nil {
 		return nil, err
 	}
-	if ready != nil {
-		if err := ready(); err != nil {
-			return nil, err
-		}
+	if err := dist.OnRank0(ctx, comm, ready); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(c.Out, 0o755); err != nil {
 		return nil, err
@@ -169,9 +203,12 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 	}
 	evaluate := func(stage string) (*EvalResult, error) {
 		t0 := time.Now()
-		r, rs, err := Evaluate(nets, in.held, c.EvalBatch, c.Seed^0xe7a1)
+		r, rs, err := EvaluateRanked(nets, in.held, c.EvalBatch, c.Seed^0xe7a1, comm)
 		if err != nil {
 			return nil, err
+		}
+		if !primary {
+			return &r, nil
 		}
 		if err := writeSamples(filepath.Join(c.Out, "samples_"+stage+".txt"), in.tok, rs); err != nil {
 			return nil, err
@@ -185,7 +222,7 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 		if res.Before, err = evaluate("before"); err != nil {
 			return nil, err
 		}
-		if err := writeJSON(summaryPath, res.Summary); err != nil {
+		if err := writeJSONOn(primary, summaryPath, res.Summary); err != nil {
 			return nil, err
 		}
 	}
@@ -194,6 +231,7 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 		return nil, err
 	}
 	opt.Progress = progress
+	opt.Comm = comm
 	tr, err := NewTrainer(c.Config, opt, nets, in.prompts, in.ptx)
 	if err != nil {
 		return nil, err
@@ -208,17 +246,19 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 	}
 	res.Steps, res.Seconds = tr.TotalSteps(), time.Since(t0).Seconds()
 	res.PolicyDir = filepath.Join(c.Out, "policy")
-	if err := nets.SavePolicy(res.PolicyDir); err != nil {
-		return nil, err
-	}
-	if res.Plots, err = Plot(c.Out); err != nil {
-		fmt.Fprintf(progress, "%s: plots: %v\n", name, err)
+	if primary {
+		if err := nets.SavePolicy(res.PolicyDir); err != nil {
+			return nil, err
+		}
+		if res.Plots, err = Plot(c.Out); err != nil {
+			fmt.Fprintf(progress, "%s: plots: %v\n", name, err)
+		}
 	}
 	if withEval {
 		if res.After, err = evaluate("after"); err != nil {
 			return nil, err
 		}
-		if err := writeJSON(summaryPath, res.Summary); err != nil {
+		if err := writeJSONOn(primary, summaryPath, res.Summary); err != nil {
 			return nil, err
 		}
 	}
@@ -272,6 +312,14 @@ func (r *RunResult) Format(w io.Writer) {
 	}
 }
 
+// writeJSONOn writes v on the rank that writes outputs (primary) only.
+func writeJSONOn(primary bool, path string, v any) error {
+	if !primary {
+		return nil
+	}
+	return writeJSON(path, v)
+}
+
 func writeJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
@@ -302,7 +350,7 @@ type runInputs struct {
 
 // loadRunInputs opens the tokenizer, prompts, PTX data and models, and checks that they fit
 // each other (vocabularies, score heads, lengths within every model's context).
-func loadRunInputs(c RunConfig) (*runInputs, error) {
+func loadRunInputs(c RunConfig, comm dist.Communicator) (*runInputs, error) {
 	in := &runInputs{}
 	tokPath, err := model.ResolveTokenizer(c.Tokenizer, c.Model)
 	if err != nil {
@@ -350,7 +398,7 @@ func loadRunInputs(c RunConfig) (*runInputs, error) {
 			}
 			return model.SaveWithTokenizer(dir, cfg, w, tokPath)
 		},
-		MicroBatchSize: c.MicroBatch, TrainBatchSize: c.TrainBatchSize,
+		MicroBatchSize: c.MicroBatch, TrainBatchSize: c.TrainBatchSize / comm.Size(), Comm: comm,
 		LoRA:     model.LoRAConfig{Rank: c.LoRARank, Alpha: c.LoRAAlpha, Targets: c.LoRATargets},
 		LoRASeed: c.Seed}
 	// load reads a model and checks it against the tokenizer whose ids it reads: the actor's, or

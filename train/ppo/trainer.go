@@ -12,6 +12,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/optim"
 )
@@ -39,6 +40,10 @@ type Options struct {
 	// StopAfter stops (without error, after checkpointing) once this many rollout batches are
 	// done in this process; 0 runs to the end. Used by tests to simulate interruptions.
 	StopAfter int
+	// Comm, with more than one rank, makes the run data-parallel (see dist.go): each rank
+	// generates, scores and trains on its share of every batch; rank 0 writes the outputs.
+	// Nil: one process.
+	Comm dist.Communicator
 }
 
 // StepMetrics is one line of metrics.jsonl: everything here is a deterministic function of the
@@ -82,6 +87,10 @@ type PerfMetrics struct {
 	TrainTokens       int     `json:"train_tokens"`
 	GenTokensPerSec   float64 `json:"gen_tokens_per_s"`
 	TrainTokensPerSec float64 `json:"train_tokens_per_s"`
+	// With several ranks: tokens are all ranks' together and seconds the slowest rank's;
+	// CollectiveSeconds is rank 0's time in gradient all-reduces (waiting included).
+	Ranks             int     `json:"ranks,omitempty"`
+	CollectiveSeconds float64 `json:"collective_s,omitempty"`
 }
 
 // State is the trainer's part of a checkpoint (weights and optimizer state are Nets.Checkpoint's).
@@ -107,8 +116,11 @@ type Trainer struct {
 	lag     *lagrange
 	rng     *rand.PCG
 	ws      *kernels.Workspace
+	comm    dist.Communicator
 	st      State
-	total   int // rollout batches in the whole run
+	// collSeconds is the nets' gradient all-reduce time at the last perf line.
+	collSeconds float64
+	total       int // rollout batches in the whole run
 
 	actorSched, criticSched optim.Schedule
 
@@ -132,7 +144,13 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 		return nil, fmt.Errorf("ppo: %w", err)
 	}
 	t := &Trainer{cfg: cfg, opt: opt, nets: nets, prompts: prompts, ptx: ptx, rng: rand.NewPCG(cfg.Seed, 0x5afe41f),
-		ws: kernels.NewWorkspace(1), ckpts: ckpts}
+		ws: kernels.NewWorkspace(1), ckpts: ckpts, comm: opt.Comm}
+	if t.comm == nil {
+		t.comm = dist.Self{}
+	}
+	if err := checkShares(&t.cfg, t.comm.Size()); err != nil {
+		return nil, err
+	}
 	if t.lag, err = newLagrange(&t.cfg); err != nil {
 		return nil, err
 	}
@@ -167,6 +185,9 @@ func (t *Trainer) PerfHistory() []PerfMetrics { return t.perf }
 // Close closes the metric files.
 func (t *Trainer) Close() error {
 	t.ws.Close()
+	if t.metricsW == nil { // not rank 0
+		return nil
+	}
 	return errors.Join(t.metricsW.Close(), t.perfW.Close())
 }
 
@@ -178,13 +199,16 @@ func (t *Trainer) totalRLSteps() int {
 // Run trains until the last rollout batch (or ctx is cancelled, which checkpoints and returns ctx.Err()).
 func (t *Trainer) Run(ctx context.Context) error {
 	var bar *metrics.Progress
-	if t.opt.Progress != nil {
+	if t.opt.Progress != nil && t.primary() {
 		bar = metrics.NewProgress(t.total, t.st.Step, string(t.cfg.Algorithm), t.opt.Progress)
 		defer bar.Finish()
 	}
+	if err := t.checkInStep(); err != nil {
+		return err
+	}
 	done := 0
 	for t.st.Step < t.total {
-		if err := ctx.Err(); err != nil {
+		if err := t.interrupted(ctx); err != nil {
 			dir, cerr := t.checkpoint()
 			if cerr != nil {
 				return errors.Join(err, cerr)
@@ -230,7 +254,7 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 	// each (no gradients). Each micro-batch is later one rl_step and one λ update.
 	var rollouts []*Rollout
 	for lo := 0; lo < len(prompts); lo += cfg.TrainBatchSize {
-		mb := prompts[lo:min(lo+cfg.TrainBatchSize, len(prompts))]
+		mb := t.share(prompts[lo:min(lo+cfg.TrainBatchSize, len(prompts))])
 		var rep [][]int32
 		for _, p := range mb {
 			for k := 0; k < cfg.NumReturnSeqs; k++ {
@@ -238,7 +262,7 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 			}
 		}
 		t0 := time.Now()
-		gen, err := t.nets.Generate(rep, t.rng.Uint64())
+		gen, err := t.nets.Generate(rep, t.rankSeed(t.rng.Uint64()))
 		if err != nil {
 			return StepMetrics{}, perf, fmt.Errorf("generate: %w", err)
 		}
@@ -271,7 +295,7 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 		for _, r := range rollouts {
 			var ptx *PTXBatch
 			if t.ptx != nil && cfg.PTXCoeff > 0 {
-				ptx = t.ptx.Next(r.B)
+				ptx = t.sharePTX(t.ptx.Next(r.B * t.comm.Size()))
 			}
 			s, err := t.rlStep(r, ptx)
 			if err != nil {
@@ -283,35 +307,17 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 		}
 	}
 	perf.UpdateSeconds = time.Since(t2).Seconds()
-	perf.GenTokensPerSec = float64(perf.GenTokens) / math.Max(perf.GenSeconds, 1e-9)
-	perf.TrainTokensPerSec = float64(perf.TrainTokens) / math.Max(perf.UpdateSeconds, 1e-9)
 
 	m := acc.mean()
 	m.Step, m.GlobalStep = t.st.Step+1, t.st.GlobalStep
-	var rewards, costs []float32
-	var lens []int
-	for _, r := range rollouts {
-		rewards = append(rewards, r.Reward...)
-		costs = append(costs, r.Cost...)
-		lens = append(lens, r.ResponseLengths()...)
+	jc, err := t.reduceStep(&m, &perf, rollouts)
+	if err != nil {
+		return m, perf, err
 	}
-	m.Reward = mean32(rewards)
-	if cfg.UsesCost() {
-		m.Cost = mean32(costs)
-		harmful := 0
-		for _, c := range costs {
-			if c > 0 {
-				harmful++
-			}
-		}
-		m.HarmfulRate = float64(harmful) / float64(len(costs))
-	}
-	for _, n := range lens {
-		m.GenLenMean += float64(n) / float64(len(lens))
-		m.GenLenMax = max(m.GenLenMax, n)
-	}
+	perf.GenTokensPerSec = float64(perf.GenTokens) / math.Max(perf.GenSeconds, 1e-9)
+	perf.TrainTokensPerSec = float64(perf.TrainTokens) / math.Max(perf.UpdateSeconds, 1e-9)
 	m.Lambda = t.lag.Lambda()
-	m.EpisodeCost = t.lag.Jc()
+	m.EpisodeCost = jc
 	m.JcMinusD = m.EpisodeCost - cfg.Threshold
 	if err := checkpoint.CheckFinite(m.Step, map[string]float64{"reward": m.Reward, "cost": m.Cost, "lambda": m.Lambda,
 		"kl": m.KL, "actor_loss": m.ActorLoss, "ptx_loss": m.PTXLoss, "reward_critic_loss": m.RewardCriticLoss,
@@ -329,7 +335,9 @@ func (t *Trainer) rlStep(r *Rollout, ptx *PTXBatch) (StepMetrics, error) {
 	var m StepMetrics
 
 	// 1. λ update (every rl_step, before anything else; a no-op for PPO and the fixed penalty).
-	t.lag.Update(t.st.GlobalStep)
+	if err := t.updateLambda(); err != nil {
+		return m, err
+	}
 	lam := t.lag.Lambda()
 
 	// 2. KL-shaped rewards/costs and GAE (no gradients), with the rollout's old values and log-probs.
@@ -429,17 +437,6 @@ func (t *Trainer) progress(bar *metrics.Progress, m StepMetrics, p PerfMetrics) 
 	}
 	status := fmt.Sprintf("reward %+.3f cost %+.3f harmful %.2f λ %.3f kl %.3f", m.Reward, m.Cost, m.HarmfulRate, m.Lambda, m.KL)
 	bar.Report(t.st.Step, status, p.GenTokens+p.TrainTokens)
-}
-
-func mean32(x []float32) float64 {
-	if len(x) == 0 {
-		return 0
-	}
-	s := 0.0
-	for _, v := range x {
-		s += float64(v)
-	}
-	return s / float64(len(x))
 }
 
 func to64(x []float32) []float64 {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/metrics"
@@ -16,6 +17,9 @@ import (
 func (t *Trainer) log(m StepMetrics, p PerfMetrics) error {
 	t.history = append(t.history, m)
 	t.perf = append(t.perf, p)
+	if !t.primary() {
+		return nil
+	}
 	if err := t.metricsW.WriteJSON(m); err != nil {
 		return fmt.Errorf("ppo: %w", err)
 	}
@@ -43,6 +47,9 @@ func (t *Trainer) openMetrics() error {
 		if err := t.restore(); err != nil {
 			return err
 		}
+		if !t.primary() {
+			return nil
+		}
 		if t.metricsW, err = metrics.Resume(mp, t.st.Step); err != nil {
 			return fmt.Errorf("ppo: %w", err)
 		}
@@ -55,6 +62,9 @@ func (t *Trainer) openMetrics() error {
 	if steps := t.ckpts.Existing(); len(steps) > 0 {
 		return fmt.Errorf("ppo: %s already holds checkpoints (step %d): resume the run or choose a new output",
 			t.ckpts.Root, steps[len(steps)-1])
+	}
+	if !t.primary() {
+		return nil
 	}
 	if t.metricsW, err = metrics.Create(mp); err != nil {
 		return fmt.Errorf("ppo: %w", err)
@@ -72,6 +82,13 @@ func (t *Trainer) openMetrics() error {
 // config, frozen models by path and hash). Weights or optimiser state holding NaN/Inf are never
 // saved. It returns the directory.
 func (t *Trainer) checkpoint() (string, error) {
+	lams, err := t.rankLambdas() // every rank takes part
+	if err != nil {
+		return "", fmt.Errorf("ppo checkpoint step %d: %w", t.st.Step, err)
+	}
+	if !t.primary() {
+		return "(by rank 0)", nil
+	}
 	for _, w := range []*metrics.Writer{t.metricsW, t.perfW} {
 		if err := w.Sync(); err != nil {
 			return "", fmt.Errorf("ppo checkpoint: %w", err)
@@ -84,6 +101,13 @@ func (t *Trainer) checkpoint() (string, error) {
 	st, err := t.checkpointState()
 	if err != nil {
 		return "", err
+	}
+	if len(lams) > 1 {
+		all, err := json.Marshal(lams)
+		if err != nil {
+			return "", fmt.Errorf("ppo checkpoint: λ states: %w", err)
+		}
+		st.Extra = map[string]json.RawMessage{extraWorldSize: json.RawMessage(strconv.Itoa(len(lams))), extraRankLambda: all}
 	}
 	dir, err := t.ckpts.Save(&checkpoint.Checkpoint{State: st, Weights: nc.Weights, Config: nc.Config,
 		TrainState: nc.State, TrainStateMeta: nc.StateMeta, WeightsScope: nc.WeightsScope, Files: t.opt.CheckpointFiles})
@@ -150,8 +174,24 @@ func (t *Trainer) restore() error {
 	if err := json.Unmarshal(l.State.Data, &pos); err != nil {
 		return fail("data position", err)
 	}
+	world, err := worldOf(l.State.Extra)
+	if err != nil {
+		return fail("state.json", err)
+	}
+	if world != t.comm.Size() {
+		return fmt.Errorf("ppo resume from %s: the checkpoint was written by %d rank(s) and this run has %d: resume with the same world size (each rank's episode-cost window is its own)",
+			l.Dir, world, t.comm.Size())
+	}
+	lamJSON := l.State.Lambda
+	if world > 1 {
+		var lams []json.RawMessage
+		if err := json.Unmarshal(l.State.Extra[extraRankLambda], &lams); err != nil || len(lams) != world {
+			return fail("the ranks' λ states", fmt.Errorf("want %d: %v", world, err))
+		}
+		lamJSON = lams[t.comm.Rank()]
+	}
 	var lam LambdaState
-	if err := json.Unmarshal(l.State.Lambda, &lam); err != nil {
+	if err := json.Unmarshal(lamJSON, &lam); err != nil {
 		return fail("λ state", err)
 	}
 	var rs []byte

@@ -14,15 +14,12 @@ func connect(ctx stdctx.Context, stage Stage, cfg Config) (dist.Communicator, er
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
-	if env.IsDistributed() && cfg.BatchSize%env.WorldSize != 0 {
+	if env.IsDistributed() && cfg.BatchSize%env.WorldSize != 0 { // before waiting for the others
 		return nil, fmt.Errorf("%s: --batch-size %d is the global batch and must be divisible by the world size %d", stage, cfg.BatchSize, env.WorldSize)
 	}
-	if _, err := dist.PinGPU(env); err != nil { // one GPU per process, before any backend loads
-		return nil, fmt.Errorf("%s: %w", stage, err)
-	}
-	comm, err := dist.Connect(ctx, env, dist.Options{})
+	comm, _, err := dist.Join(ctx, dist.Options{})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s: %w", stage, env, err)
+		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
 	return comm, nil
 }
@@ -55,30 +52,6 @@ func shardTrain(src trainer.Source, comm dist.Communicator) error {
 	}
 	if b%comm.Size() != 0 {
 		return fmt.Errorf("--batch-size %d is the global batch and must be divisible by the world size %d", b, comm.Size())
-	}
-	return nil
-}
-
-// prepareOnRank0 runs prepare (if any) on rank 0 and gives every rank its error.
-func prepareOnRank0(ctx stdctx.Context, prepare func() error, comm dist.Communicator) error {
-	var msg []byte
-	if comm.Rank() == 0 && prepare != nil {
-		if err := prepare(); err != nil {
-			if comm.Size() < 2 {
-				return err
-			}
-			msg = []byte(err.Error())
-		}
-	}
-	if comm.Size() < 2 {
-		return nil
-	}
-	all, err := comm.AllGather(ctx, msg)
-	if err != nil {
-		return fmt.Errorf("waiting for rank 0 to prepare the output: %w", err)
-	}
-	if len(all[0]) > 0 {
-		return fmt.Errorf("rank 0: %s", all[0])
 	}
 	return nil
 }

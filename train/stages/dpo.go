@@ -263,7 +263,7 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := prepareOnRank0(ctx, cfg.Prepare, comm); err != nil {
+	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
 		return nil, err
 	}
 	be, err := backend.New(cfg.Backend)

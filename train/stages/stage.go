@@ -73,7 +73,7 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err := cfg.Validate(stage); err != nil {
 		return nil, err
 	}
-	if err := prepareOnRank0(ctx, cfg.Prepare, comm); err != nil {
+	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
 		return nil, err
 	}
 	be, err := backend.New(cfg.Backend)

@@ -51,36 +51,28 @@ func (s *Stepper) allReduceGradients() error {
 	}
 	start := time.Now()
 	defer func() { s.commTime += time.Since(start) }()
-	accs := make([]*tensors.Tensor, len(s.trained))
-	var flat []float32
+	accs := make([]*context.Variable, len(s.trained))
+	grads := make([][]float32, len(s.trained))
 	for i, v := range s.trained {
 		scope, name := s.opt.StatePath(v, "_accum")
-		acc := s.ctx.GetVariableByScopeAndName(scope, name)
-		if acc == nil {
+		if accs[i] = s.ctx.GetVariableByScopeAndName(scope, name); accs[i] == nil {
 			return fmt.Errorf("trainer: no gradient accumulator for %s", v.ScopeAndName())
 		}
-		t, err := acc.Value()
+		t, err := accs[i].Value()
+		if err == nil {
+			grads[i], err = tensors.CopyFlatData[float32](t)
+		}
 		if err != nil {
 			return fmt.Errorf("trainer: gradient of %s: %w", v.ScopeAndName(), err)
 		}
-		data, err := tensors.CopyFlatData[float32](t)
-		if err != nil {
-			return fmt.Errorf("trainer: gradient of %s: %w", v.ScopeAndName(), err)
-		}
-		accs[i] = t
-		flat = append(flat, data...)
 	}
-	if err := s.cfg.Comm.AllReduce(stdctx.Background(), flat, dist.Mean); err != nil {
+	if err := dist.AllReduceSlices(stdctx.Background(), s.cfg.Comm, dist.Mean, grads...); err != nil {
 		return fmt.Errorf("trainer: averaging gradients across ranks: %w", err)
 	}
-	for i, v := range s.trained {
-		n := accs[i].Shape().Size()
-		scope, name := s.opt.StatePath(v, "_accum")
-		acc := s.ctx.GetVariableByScopeAndName(scope, name)
-		if err := acc.SetValue(tensors.FromFlatDataAndDimensions(flat[:n:n], accs[i].Shape().Dimensions...)); err != nil {
-			return fmt.Errorf("trainer: gradient of %s: %w", v.ScopeAndName(), err)
+	for i, acc := range accs {
+		if err := acc.SetValue(tensors.FromFlatDataAndDimensions(grads[i], acc.Shape().Dimensions...)); err != nil {
+			return fmt.Errorf("trainer: gradient of %s: %w", s.trained[i].ScopeAndName(), err)
 		}
-		flat = flat[n:]
 	}
 	return nil
 }

@@ -225,6 +225,9 @@ func (s *Stepper) ApplyAccumulated(lr float64, vars []*context.Variable) (Result
 		return Result{}, fmt.Errorf("trainer: ApplyAccumulated on %d variables, but the Stepper trains %d others", len(vars), len(s.trained))
 	}
 	s.trained = slices.Clone(vars)
+	if err := s.allReduceGradients(); err != nil { // data parallel: the ranks' mean gradient
+		return Result{}, err
+	}
 	if s.applyExec == nil {
 		var err error
 		if s.applyExec, err = context.NewExec(s.backend, s.ctx, s.applyGraph); err != nil {

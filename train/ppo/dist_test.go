@@ -1,0 +1,168 @@
+package ppo
+
+import (
+	"bytes"
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/saferlhf/saferlhf/train/dist"
+	"github.com/saferlhf/saferlhf/train/model"
+)
+
+// dpConfig is a PPO-Lag run whose sampling is greedy (--top-k 1), so that the ranks' rows
+// follow the one-process run's (sampling draws one stream per rank), with λ moving from the
+// first step (threshold below every cost).
+func dpConfig() Config {
+	cfg := tinyConfig()
+	cfg.PromptBatchSize, cfg.TrainBatchSize, cfg.MaxSteps = 8, 4, 3
+	cfg.Threshold, cfg.LambdaLR = -2, 0.5
+	return cfg
+}
+
+func greedy(c *GraphNetsConfig) { c.TopK = 1 }
+
+type rankRun struct {
+	hist    []StepMetrics
+	weights model.Weights
+	err     error
+}
+
+// runRanks runs cfg on world in-process ranks (TCP over loopback, the multi-process code path)
+// into dir and returns each rank's history and final actor weights.
+func runRanks(t *testing.T, cfg Config, world int, opt Options) []rankRun {
+	t.Helper()
+	out := make([]rankRun, world)
+	one := func(r int, comm dist.Communicator) {
+		o := opt
+		o.Comm = comm
+		nets := tinyNets(t, cfg, greedy, func(c *GraphNetsConfig) { c.Comm, c.TrainBatchSize = comm, cfg.TrainBatchSize/world })
+		tr, err := NewTrainer(cfg, o, nets, tinyPrompts(t), nil)
+		if err != nil {
+			out[r].err = err
+			comm.Close() // the other ranks then fail instead of waiting
+			return
+		}
+		defer tr.Close()
+		if out[r].err = tr.Run(context.Background()); out[r].err != nil {
+			comm.Close()
+			return
+		}
+		out[r].hist = tr.History()
+		out[r].weights, out[r].err = nets.ActorWeights()
+	}
+	if world == 1 {
+		one(0, dist.Self{})
+		return out
+	}
+	comms, err := dist.NewLocalGroup(context.Background(), world, dist.Options{Timeout: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for r := range world {
+		wg.Go(func() {
+			defer comms[r].Close()
+			one(r, comms[r])
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// metricFields returns the float fields of m by JSON name.
+func metricFields(m StepMetrics) map[string]float64 {
+	out := map[string]float64{}
+	v := reflect.ValueOf(m)
+	for i := 0; i < v.NumField(); i++ {
+		name := strings.Split(v.Type().Field(i).Tag.Get("json"), ",")[0]
+		switch f := v.Field(i); f.Kind() {
+		case reflect.Float64:
+			out[name] = f.Float()
+		case reflect.Int:
+			out[name] = float64(f.Int())
+		}
+	}
+	return out
+}
+
+// TestDataParallelPPOLag: PPO-Lag on 2 ranks (each generating, scoring and training on half of
+// every micro-batch, gradients averaged, λ from the ranks' mean window cost) follows the 1-rank
+// run with the same global batch: every logged metric (λ included) within 1e-4 relative and the
+// actor's weights within 1e-5; both ranks log the same metrics and end with identical weights.
+// Then a 2-rank run stopped after one rollout batch and resumed on 2 ranks writes the
+// uninterrupted 2-rank run's metrics.jsonl byte for byte (every rank's episode-cost window is in
+// the checkpoint), and resuming it on 1 rank is refused, naming both world sizes.
+func TestDataParallelPPOLag(t *testing.T) {
+	cfg := dpConfig()
+	ref, out := t.TempDir(), t.TempDir()
+	one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()})
+	two := runRanks(t, cfg, 2, Options{OutDir: ref})
+	for r, x := range append(one, two...) {
+		if x.err != nil {
+			t.Fatalf("run %d: %v", r, x.err)
+		}
+	}
+	if !reflect.DeepEqual(two[0].hist, two[1].hist) {
+		t.Errorf("the ranks log different metrics:\n%+v\n%+v", two[0].hist, two[1].hist)
+	}
+	for name, w := range two[0].weights {
+		if !reflect.DeepEqual(w.Data, two[1].weights[name].Data) {
+			t.Errorf("%s differs between the ranks", name)
+		}
+	}
+	if len(one[0].hist) != 3 || len(two[0].hist) != 3 {
+		t.Fatalf("%d and %d steps", len(one[0].hist), len(two[0].hist))
+	}
+	worst := 0.0
+	for i := range one[0].hist {
+		a, b := metricFields(one[0].hist[i]), metricFields(two[0].hist[i])
+		for k, v := range a {
+			d := math.Abs(v-b[k]) / max(1, math.Abs(v))
+			worst = max(worst, d)
+			if d > 1e-4 {
+				t.Errorf("step %d %s: 1 rank %.7g, 2 ranks %.7g", i+1, k, v, b[k])
+			}
+		}
+	}
+	if l := one[0].hist[2].Lambda; l <= cfg.LambdaInit {
+		t.Errorf("λ did not move (%g): the test does not exercise the λ update", l)
+	}
+	wworst := 0.0
+	for name, w := range one[0].weights {
+		v := two[0].weights[name].Data
+		for i := range w.Data {
+			wworst = max(wworst, math.Abs(float64(w.Data[i]-v[i])))
+		}
+	}
+	if wworst > 1e-5 {
+		t.Errorf("actor weights: 1 vs 2 ranks differ by up to %g", wworst)
+	}
+	t.Logf("PPO-Lag, 3 rollout batches of 8 prompts: largest relative metric difference 1 vs 2 ranks %.3g, largest weight difference %.3g", worst, wworst)
+
+	for _, run := range [][]rankRun{
+		runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}),
+		runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}),
+	} {
+		for r, x := range run {
+			if x.err != nil {
+				t.Fatalf("rank %d: %v", r, x.err)
+			}
+		}
+	}
+	want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
+	got, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+	if !bytes.Equal(got, want) || bytes.Count(want, []byte("\n")) != 3 {
+		t.Fatalf("resumed 2-rank run differs:\n got %s\nwant %s", got, want)
+	}
+	_, err := NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg, greedy), tinyPrompts(t), nil)
+	if err == nil || !strings.Contains(err.Error(), "written by 2 rank(s) and this run has 1") {
+		t.Fatalf("resume on 1 rank of a 2-rank checkpoint: %v", err)
+	}
+}
