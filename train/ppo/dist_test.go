@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -36,13 +37,14 @@ type rankRun struct {
 
 // runRanks runs cfg on world in-process ranks (TCP over loopback, the multi-process code path)
 // into dir and returns each rank's history and final actor weights.
-func runRanks(t *testing.T, cfg Config, world int, opt Options) []rankRun {
+func runRanks(t *testing.T, cfg Config, world int, opt Options, nets ...func(*GraphNetsConfig)) []rankRun {
 	t.Helper()
 	out := make([]rankRun, world)
 	one := func(r int, comm dist.Communicator) {
 		o := opt
 		o.Comm = comm
-		nets := tinyNets(t, cfg, greedy, func(c *GraphNetsConfig) { c.Comm, c.TrainBatchSize = comm, cfg.TrainBatchSize/world })
+		opts := append([]func(*GraphNetsConfig){greedy, func(c *GraphNetsConfig) { c.Comm, c.TrainBatchSize = comm, cfg.TrainBatchSize/world }}, nets...)
+		nets := tinyNets(t, cfg, opts...)
 		tr, err := NewTrainer(cfg, o, nets, tinyPrompts(t), nil)
 		if err != nil {
 			out[r].err = err
@@ -99,11 +101,21 @@ func metricFields(m StepMetrics) map[string]float64 {
 // Then a 2-rank run stopped after one rollout batch and resumed on 2 ranks writes the
 // uninterrupted 2-rank run's metrics.jsonl byte for byte (every rank's episode-cost window is in
 // the checkpoint), and resuming it on 1 rank is refused, naming both world sizes.
-func TestDataParallelPPOLag(t *testing.T) {
+func TestDataParallelPPOLag(t *testing.T) { testDataParallelPPOLag(t) }
+
+// TestNativeDataParallelPPOLag is TestDataParallelPPOLag with the native engine's updates.
+func TestNativeDataParallelPPOLag(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	testDataParallelPPOLag(t, withSpec(t, "native"))
+}
+
+func testDataParallelPPOLag(t *testing.T, nets ...func(*GraphNetsConfig)) {
 	cfg := dpConfig()
 	ref, out := t.TempDir(), t.TempDir()
-	one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()})
-	two := runRanks(t, cfg, 2, Options{OutDir: ref})
+	one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, nets...)
+	two := runRanks(t, cfg, 2, Options{OutDir: ref}, nets...)
 	for r, x := range append(one, two...) {
 		if x.err != nil {
 			t.Fatalf("run %d: %v", r, x.err)
@@ -147,8 +159,8 @@ func TestDataParallelPPOLag(t *testing.T) {
 	t.Logf("PPO-Lag, 3 rollout batches of 8 prompts: largest relative metric difference 1 vs 2 ranks %.3g, largest weight difference %.3g", worst, wworst)
 
 	for _, run := range [][]rankRun{
-		runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}),
-		runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}),
+		runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}, nets...),
+		runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}, nets...),
 	} {
 		for r, x := range run {
 			if x.err != nil {
@@ -161,7 +173,7 @@ func TestDataParallelPPOLag(t *testing.T) {
 	if !bytes.Equal(got, want) || bytes.Count(want, []byte("\n")) != 3 {
 		t.Fatalf("resumed 2-rank run differs:\n got %s\nwant %s", got, want)
 	}
-	_, err := NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg, greedy), tinyPrompts(t), nil)
+	_, err := NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg, append(nets, greedy)...), tinyPrompts(t), nil)
 	if err == nil || !strings.Contains(err.Error(), "written by 2 rank(s) and this run has 1") {
 		t.Fatalf("resume on 1 rank of a 2-rank checkpoint: %v", err)
 	}

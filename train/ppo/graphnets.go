@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -151,6 +152,8 @@ type GraphNets struct {
 	retok [2]*retokScorer
 	// nat holds the native models (backend "native"), built on first use.
 	nat *nativeNets
+	// natCommTime is the native updates' time in gradient all-reduces.
+	natCommTime time.Duration
 }
 
 // retokScorer runs one frozen score model on sequences re-tokenised for its vocabulary.
@@ -303,7 +306,7 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 
 // CollectiveSeconds is the time the actor and critics have spent averaging gradients across ranks.
 func (n *GraphNets) CollectiveSeconds() float64 {
-	d := n.actor.CollectiveTime() + n.rcritic.CollectiveTime()
+	d := n.actor.CollectiveTime() + n.rcritic.CollectiveTime() + n.natCommTime
 	if n.ccritic != nil {
 		d += n.ccritic.CollectiveTime()
 	}

@@ -1,13 +1,18 @@
 package ppo
 
 import (
+	stdctx "context"
 	"fmt"
+	"maps"
+	"slices"
+	"time"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/native/llama"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
 	"github.com/saferlhf/saferlhf/train/trainer"
@@ -248,6 +253,9 @@ func (n *GraphNets) nativeUpdateActor(b ActorBatch) (st ActorStats, err error) {
 			st.PTXLoss += l / float64(k)
 		}
 	}
+	if err := n.allReduceGrads(a.g); err != nil {
+		return st, fmt.Errorf("actor: %w", err)
+	}
 	if st.GradNorm, err = a.opt.Apply(a.m, a.g, b.LR); err != nil {
 		return st, fmt.Errorf("actor: %w", err)
 	}
@@ -347,9 +355,32 @@ func (n *GraphNets) nativeUpdateCritic(cost bool, lr float64, r *Rollout, return
 		}
 		loss += l / float64(k)
 	}
+	if err := n.allReduceGrads(c.g); err != nil {
+		return 0, fmt.Errorf("critic: %w", err)
+	}
 	if _, err := c.opt.Apply(c.m, c.g, lr); err != nil {
 		return 0, fmt.Errorf("critic: %w", err)
 	}
 	nn.dirty = true
 	return loss, nil
+}
+
+// allReduceGrads averages accumulated gradients across the ranks of GraphNetsConfig.Comm (a
+// no-op for one process), in name order, before the optimiser step, as the GoMLX steppers do.
+func (n *GraphNets) allReduceGrads(g llama.Grads) error {
+	comm := n.cfg.Comm
+	if comm == nil || comm.Size() < 2 {
+		return nil
+	}
+	start := time.Now()
+	defer func() { n.natCommTime += time.Since(start) }()
+	names := slices.Sorted(maps.Keys(g))
+	grads := make([][]float32, len(names))
+	for i, name := range names {
+		grads[i] = g[name]
+	}
+	if err := dist.AllReduceSlices(stdctx.Background(), comm, dist.Mean, grads...); err != nil {
+		return fmt.Errorf("averaging gradients across ranks: %w", err)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
@@ -51,7 +52,7 @@ func TestLoadRunInputsScoreModelsOnAnotherVocabulary(t *testing.T) {
 	c.Model, c.Data = actor, []string{filepath.Join(a, "eval", "safe-rlhf-gpt4-problems.json")}
 	c.RewardModel, c.CostModel = score(32, 512), score(32, 512)
 	c.MaxPromptTokens, c.MaxNewTokens = 32, 32
-	in, err := loadRunInputs(c)
+	in, err := loadRunInputs(c, dist.Self{})
 	if err != nil {
 		t.Fatalf("score models on another vocabulary: %v", err)
 	}
@@ -61,7 +62,7 @@ func TestLoadRunInputsScoreModelsOnAnotherVocabulary(t *testing.T) {
 			in.nets.RewardTokenizer, in.nets.RewardCritic)
 	}
 	c.CostModel = score(512, 400) // tok512.bin beside it does not fit its 400 tokens
-	if _, err := loadRunInputs(c); err == nil || !strings.Contains(err.Error(), "vocabulary 400 is smaller than the tokenizer's 32000") {
+	if _, err := loadRunInputs(c, dist.Self{}); err == nil || !strings.Contains(err.Error(), "vocabulary 400 is smaller than the tokenizer's 32000") {
 		t.Fatalf("a cost model with no tokenizer of its own, smaller than the actor's: err = %v", err)
 	}
 }
