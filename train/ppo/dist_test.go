@@ -101,17 +101,23 @@ func metricFields(m StepMetrics) map[string]float64 {
 // Then a 2-rank run stopped after one rollout batch and resumed on 2 ranks writes the
 // uninterrupted 2-rank run's metrics.jsonl byte for byte (every rank's episode-cost window is in
 // the checkpoint), and resuming it on 1 rank is refused, naming both world sizes.
-func TestDataParallelPPOLag(t *testing.T) { testDataParallelPPOLag(t) }
+func TestDataParallelPPOLag(t *testing.T) { testDataParallelPPOLag(t, true) }
+
+// TestDataParallelPPOLagLayerwise: the same equivalence with layer-by-layer updates (the XLA
+// default: gradients into the Stepper's accumulators, then ApplyAccumulated).
+func TestDataParallelPPOLagLayerwise(t *testing.T) {
+	testDataParallelPPOLag(t, false, func(c *GraphNetsConfig) { c.Updates = UpdatesLayerwise })
+}
 
 // TestNativeDataParallelPPOLag is TestDataParallelPPOLag with the native engine's updates.
 func TestNativeDataParallelPPOLag(t *testing.T) {
 	if !engine.Available {
 		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
 	}
-	testDataParallelPPOLag(t, withSpec(t, "native"))
+	testDataParallelPPOLag(t, true, withSpec(t, "native"))
 }
 
-func testDataParallelPPOLag(t *testing.T, nets ...func(*GraphNetsConfig)) {
+func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsConfig)) {
 	cfg := dpConfig()
 	ref, out := t.TempDir(), t.TempDir()
 	one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, nets...)
@@ -157,6 +163,9 @@ func testDataParallelPPOLag(t *testing.T, nets ...func(*GraphNetsConfig)) {
 		t.Errorf("actor weights: 1 vs 2 ranks differ by up to %g", wworst)
 	}
 	t.Logf("PPO-Lag, 3 rollout batches of 8 prompts: largest relative metric difference 1 vs 2 ranks %.3g, largest weight difference %.3g", worst, wworst)
+	if !resume {
+		return
+	}
 
 	for _, run := range [][]rankRun{
 		runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}, nets...),
