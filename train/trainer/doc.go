@@ -24,7 +24,13 @@
 // the context and restoring it resumes bit for bit (the Loop does it through
 // train/checkpoint).
 //
-// Loop is the generic supervised loop built on a Stepper: epochs over a resumable
+// NativeStepper does the same on the native C engine (native/llama) with a
+// host-side loss (NativeLoss) that writes its gradients into the model's
+// backward; it keeps weights and AdamW state in host memory and writes them into
+// the same context variables, under the same names, at each checkpoint
+// (Steps.SyncContext), so a checkpoint is one format whichever engine trained.
+//
+// Loop is the generic supervised loop built on Steps (a Stepper or a NativeStepper): epochs over a resumable
 // batch source, evaluation every N steps on held-out batches, train/checkpoint
 // checkpoints every N steps and at the end (atomic, the previous one stays usable;
 // model weights as HF safetensors plus every context variable), exact --resume
