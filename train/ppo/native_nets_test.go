@@ -313,3 +313,58 @@ func TestNativeResumeLoRAPTX(t *testing.T) {
 		t.Fatalf("no PTX loss in the metrics: %s", want)
 	}
 }
+
+// TestNativeResumeAcrossBackends: one checkpoint format serves both engines. A PPO-Lag run
+// interrupted after one step on one backend and resumed on the other writes the uninterrupted
+// run's metrics within 1e-3 relative (the engines differ by float32 rounding only), both ways.
+func TestNativeResumeAcrossBackends(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	cfg := tinyConfig()
+	metrics := func(out string) []map[string]float64 {
+		data, err := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows []map[string]float64
+		for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+			var m map[string]float64
+			if err := json.Unmarshal(line, &m); err != nil {
+				t.Fatal(err)
+			}
+			rows = append(rows, m)
+		}
+		return rows
+	}
+	run := func(out, spec string, o Options) {
+		o.OutDir = out
+		tr, err := NewTrainer(cfg, o, tinyNets(t, cfg, withSpec(t, spec)), tinyPrompts(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.Run(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		tr.Close()
+	}
+	ref := t.TempDir()
+	run(ref, backend.Native, Options{})
+	want := metrics(ref)
+	for _, c := range [][2]string{{backend.Native, "go"}, {"go", backend.Native}} {
+		out := t.TempDir()
+		run(out, c[0], Options{StopAfter: 1})
+		run(out, c[1], Options{Resume: true})
+		got := metrics(out)
+		if len(got) != len(want) {
+			t.Fatalf("%s then %s: %d steps, want %d", c[0], c[1], len(got), len(want))
+		}
+		for i := range want {
+			for k, w := range want[i] {
+				if g := got[i][k]; math.Abs(g-w) > 1e-3*math.Max(math.Abs(w), 1e-2) {
+					t.Errorf("%s then %s: step %d %s: %g, uninterrupted native run %g", c[0], c[1], i+1, k, g, w)
+				}
+			}
+		}
+	}
+}
