@@ -12,20 +12,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KC 256
+#define KC 320
 #define MC 144 /* a multiple of every MR */
 #define NCMAX 2048
 
-/* b advances ldb floats per k: nr for a packed panel, the row stride of B when read in place. */
-typedef void (*ukern_fn)(int kc, const float *a, const float *b, int ldb, float *c, int ldc, float alpha, float beta);
+/* Row r of op(A) at step k is a[r*ars + k*aks] (packed: ars 1, aks MR; read in
+ * place: the matrix's strides); b advances ldb floats per k (nr when packed,
+ * the row stride of B when read in place). */
+typedef void (*ukern_fn)(int kc, const float *a, int ars, int aks, const float *b, int ldb, float *c, int ldc,
+                         float alpha, float beta);
 
 /* ---- portable micro-kernel (4x16) ---- */
-static void kern_c(int kc, const float *a, const float *b, int ldb, float *c, int ldc, float alpha, float beta) {
+static void kern_c(int kc, const float *a, int ars, int aks, const float *b, int ldb, float *c, int ldc, float alpha,
+                   float beta) {
 	float acc[4][16];
 	memset(acc, 0, sizeof acc);
 	for (int k = 0; k < kc; k++) {
 		for (int i = 0; i < 4; i++) {
-			float ai = a[k * 4 + i];
+			float ai = a[(size_t)i * ars + (size_t)k * aks];
 			for (int j = 0; j < 16; j++) acc[i][j] += ai * b[(size_t)k * ldb + j];
 		}
 	}
@@ -37,19 +41,20 @@ static void kern_c(int kc, const float *a, const float *b, int ldb, float *c, in
 }
 
 /* ---- AVX2 + FMA micro-kernel (6x16) ---- */
-__attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a, const float *b, int ldb, float *c,
-                                                            int ldc, float alpha, float beta) {
+__attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a, int ars, int aks, const float *b,
+                                                            int ldb, float *c, int ldc, float alpha, float beta) {
+	const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars, *a5 = a + 5 * ars;
 	__m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
 	__m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
 	for (int k = 0; k < kc; k++) {
 		__m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), t;
-		t = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(t, b0, c00); c01 = _mm256_fmadd_ps(t, b1, c01);
-		t = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11);
-		t = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21);
-		t = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31);
-		t = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
-		t = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
-		a += 6;
+		size_t o = (size_t)k * aks;
+		t = _mm256_broadcast_ss(a0 + o); c00 = _mm256_fmadd_ps(t, b0, c00); c01 = _mm256_fmadd_ps(t, b1, c01);
+		t = _mm256_broadcast_ss(a1 + o); c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11);
+		t = _mm256_broadcast_ss(a2 + o); c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21);
+		t = _mm256_broadcast_ss(a3 + o); c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31);
+		t = _mm256_broadcast_ss(a4 + o); c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
+		t = _mm256_broadcast_ss(a5 + o); c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
 		b += ldb;
 	}
 	__m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
@@ -69,21 +74,24 @@ __attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a
 }
 
 /* ---- AVX-512 micro-kernel (8x32) ---- */
-__attribute__((target("avx512f,fma"))) static void kern_avx512(int kc, const float *a, const float *b, int ldb,
-                                                                 float *c, int ldc, float alpha, float beta) {
+__attribute__((target("avx512f,fma"))) static void kern_avx512(int kc, const float *a, int ars, int aks,
+                                                                 const float *b, int ldb, float *c, int ldc,
+                                                                 float alpha, float beta) {
+	const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars, *a5 = a + 5 * ars,
+	            *a6 = a + 6 * ars, *a7 = a + 7 * ars;
 	__m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
 	__m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
 	for (int k = 0; k < kc; k++) {
 		__m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), t;
-		t = _mm512_set1_ps(a[0]); c00 = _mm512_fmadd_ps(t, b0, c00); c01 = _mm512_fmadd_ps(t, b1, c01);
-		t = _mm512_set1_ps(a[1]); c10 = _mm512_fmadd_ps(t, b0, c10); c11 = _mm512_fmadd_ps(t, b1, c11);
-		t = _mm512_set1_ps(a[2]); c20 = _mm512_fmadd_ps(t, b0, c20); c21 = _mm512_fmadd_ps(t, b1, c21);
-		t = _mm512_set1_ps(a[3]); c30 = _mm512_fmadd_ps(t, b0, c30); c31 = _mm512_fmadd_ps(t, b1, c31);
-		t = _mm512_set1_ps(a[4]); c40 = _mm512_fmadd_ps(t, b0, c40); c41 = _mm512_fmadd_ps(t, b1, c41);
-		t = _mm512_set1_ps(a[5]); c50 = _mm512_fmadd_ps(t, b0, c50); c51 = _mm512_fmadd_ps(t, b1, c51);
-		t = _mm512_set1_ps(a[6]); c60 = _mm512_fmadd_ps(t, b0, c60); c61 = _mm512_fmadd_ps(t, b1, c61);
-		t = _mm512_set1_ps(a[7]); c70 = _mm512_fmadd_ps(t, b0, c70); c71 = _mm512_fmadd_ps(t, b1, c71);
-		a += 8;
+		size_t o = (size_t)k * aks;
+		t = _mm512_set1_ps(a0[o]); c00 = _mm512_fmadd_ps(t, b0, c00); c01 = _mm512_fmadd_ps(t, b1, c01);
+		t = _mm512_set1_ps(a1[o]); c10 = _mm512_fmadd_ps(t, b0, c10); c11 = _mm512_fmadd_ps(t, b1, c11);
+		t = _mm512_set1_ps(a2[o]); c20 = _mm512_fmadd_ps(t, b0, c20); c21 = _mm512_fmadd_ps(t, b1, c21);
+		t = _mm512_set1_ps(a3[o]); c30 = _mm512_fmadd_ps(t, b0, c30); c31 = _mm512_fmadd_ps(t, b1, c31);
+		t = _mm512_set1_ps(a4[o]); c40 = _mm512_fmadd_ps(t, b0, c40); c41 = _mm512_fmadd_ps(t, b1, c41);
+		t = _mm512_set1_ps(a5[o]); c50 = _mm512_fmadd_ps(t, b0, c50); c51 = _mm512_fmadd_ps(t, b1, c51);
+		t = _mm512_set1_ps(a6[o]); c60 = _mm512_fmadd_ps(t, b0, c60); c61 = _mm512_fmadd_ps(t, b1, c61);
+		t = _mm512_set1_ps(a7[o]); c70 = _mm512_fmadd_ps(t, b0, c70); c71 = _mm512_fmadd_ps(t, b1, c71);
 		b += ldb;
 	}
 	__m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
@@ -193,7 +201,7 @@ static float *scratch(size_t n) {
 }
 
 struct gemm_job {
-	int transA, transB, M, N, K, lda, ldb, ldc, mr, nr, nc, mtiles, mper;
+	int transA, transB, M, N, K, lda, ldb, ldc, mr, nr, nc, mtiles, mper, kc;
 	float alpha, beta;
 	const float *A, *B;
 	float *C;
@@ -209,40 +217,55 @@ static void gemm_tile(void *arg, int task) {
 	int mt0 = (task % mgroups) * j->mper, j0 = (task / mgroups) * j->nc;
 	int mt1 = mt0 + j->mper < j->mtiles ? mt0 + j->mper : j->mtiles;
 	int nc = j->N - j0 < j->nc ? j->N - j0 : j->nc;
-	int kcmax = j->K < KC ? j->K : KC;
+	int kcmax = j->K < j->kc ? j->K : j->kc;
 	int ncp = (nc + nr - 1) / nr * nr, mcp = MC;
 	float *buf = scratch((size_t)kcmax * (ncp + mcp) + (size_t)mr * nr);
 	if (!buf) abort();
 	float *bp = buf, *ap = buf + (size_t)kcmax * ncp, *tmp = ap + (size_t)kcmax * mcp;
 	/* Few rows: packing B would cost as much as using it; whole panels of an
-	 * untransposed B are read in place and only the edge panel is packed. */
-	int direct = !j->transB && j->M <= 4 * mr;
-	for (int k0 = 0; k0 < j->K; k0 += KC) {
-		int kc = j->K - k0 < KC ? j->K - k0 : KC;
+	 * untransposed B are read in place and only the edge panel is packed.
+	 * Few columns: likewise for A (either transposition), whose packed panels
+	 * would serve only ncp/nr micro-kernel calls. */
+	int bdirect = !j->transB && j->M <= 4 * mr, adirect = ncp <= 4 * nr && (!j->transA || j->lda <= 256);
+	for (int k0 = 0; k0 < j->K; k0 += j->kc) {
+		int kc = j->K - k0 < j->kc ? j->K - k0 : j->kc;
 		float beta = k0 == 0 ? j->beta : 1.0f;
-		if (!direct)
+		if (!bdirect)
 			pack_b(j->transB, j->B, j->ldb, k0, kc, j0, nc, nr, bp);
 		else if (nc % nr)
 			pack_b(0, j->B, j->ldb, k0, kc, j0 + nc / nr * nr, nc % nr, nr, bp + (size_t)(nc / nr * nr) * kc);
 		for (int mt = mt0; mt < mt1; mt++) {
 			int i0 = mt * MC;
-			int mc = j->M - i0 < MC ? j->M - i0 : MC;
-			pack_a(j->transA, j->A, j->lda, i0, mc, k0, kc, mr, ap);
+			int mc = j->M - i0 < MC ? j->M - i0 : MC, full = mc / mr * mr;
+			if (!adirect)
+				pack_a(j->transA, j->A, j->lda, i0, mc, k0, kc, mr, ap);
+			else if (full < mc)
+				pack_a(j->transA, j->A, j->lda, i0 + full, mc - full, k0, kc, mr, ap + (size_t)full * kc);
 			for (int q = 0; q < nc; q += nr) {
 				int cols = nc - q < nr ? nc - q : nr;
 				for (int p = 0; p < mc; p += mr) {
 					int rows = mc - p < mr ? mc - p : mr;
 					float *c = j->C + (size_t)(i0 + p) * j->ldc + j0 + q;
 					const float *a = ap + (size_t)p * kc, *b = bp + (size_t)q * kc;
-					int ldb = nr;
-					if (direct && cols == nr) {
+					int ars = 1, aks = mr, ldb = nr;
+					if (adirect && rows == mr) {
+						if (j->transA) {
+							a = j->A + (size_t)k0 * j->lda + i0 + p;
+							aks = j->lda;
+						} else {
+							a = j->A + (size_t)(i0 + p) * j->lda + k0;
+							ars = j->lda;
+							aks = 1;
+						}
+					}
+					if (bdirect && cols == nr) {
 						b = j->B + (size_t)k0 * j->ldb + j0 + q;
 						ldb = j->ldb;
 					}
 					if (rows == mr && cols == nr) {
-						j->kern(kc, a, b, ldb, c, j->ldc, j->alpha, beta);
+						j->kern(kc, a, ars, aks, b, ldb, c, j->ldc, j->alpha, beta);
 					} else {
-						j->kern(kc, a, b, ldb, tmp, nr, 1.0f, 0.0f);
+						j->kern(kc, a, ars, aks, b, ldb, tmp, nr, 1.0f, 0.0f);
 						for (int r = 0; r < rows; r++)
 							for (int cc = 0; cc < cols; cc++) {
 								float v = j->alpha * tmp[r * nr + cc];
@@ -368,7 +391,10 @@ void eng_sgemm(int transA, int transB, int M, int N, int K, float alpha, const f
 		eng_parallel((N + chunk - 1) / chunk, gemv_task, &j);
 		return;
 	}
-	struct gemm_job j = {transA, transB, M, N, K, lda, ldb, ldc, 0, 0, 0, 0, 1, alpha, beta, A, B, C, 0};
+	struct gemm_job j = {transA, transB, M, N, K, lda, ldb, ldc, 0, 0, 0, 0, 1, 0, alpha, beta, A, B, C, 0};
+	/* K in equal blocks of at most KC (no thin last block) */
+	int nkb = (K + KC - 1) / KC;
+	j.kc = (K + nkb - 1) / nkb;
 	switch (eng_isa()) {
 	case 2: j.mr = 8; j.nr = 32; j.kern = kern_avx512; break;
 	case 1: j.mr = 6; j.nr = 16; j.kern = kern_avx2; break;
@@ -384,6 +410,10 @@ void eng_sgemm(int transA, int transB, int M, int N, int K, float alpha, const f
 		int maxn = (N + j.nr - 1) / j.nr;
 		ntiles = (want + j.mtiles - 1) / j.mtiles;
 		if (ntiles > maxn) ntiles = maxn;
+	} else {
+		/* enough row tiles: group them so each packed B block serves several */
+		int groups = (want + ntiles - 1) / ntiles;
+		j.mper = (j.mtiles + groups - 1) / groups;
 	}
 	int nc = (N + ntiles - 1) / ntiles;
 	j.nc = (nc + j.nr - 1) / j.nr * j.nr;
