@@ -43,6 +43,7 @@ func runBench(args []string) error {
 	memFrac := fs.Float64("gpu-memory-fraction", 0, "fraction of GPU memory the XLA client may use (0: the plugin's default)")
 	peak := fs.Float64("peak-tflops", 0, "device dense peak TFLOP/s in --dtype for MFU (0: not reported)")
 	jsonOut := fs.String("json", "", "also write the result as JSON to this file")
+	out := fs.String("out", "", "run directory (absent or empty): the trainer checkpoints the timed run there, then resumes from it for one more step (checkpoint size, write, restore times and host peak RSS reported)")
 	numerics := fs.Bool("numerics", false, "instead of the step: compare the preset's logits (random weights) in bf16, f32 and, on XLA, f32 with TF32 forced, against f32 (--numerics-cpu: the pure-Go backend's f32 as reference)")
 	numCPU := fs.Bool("numerics-cpu", false, "with --numerics: also run f32 on the pure-Go backend as the exact reference")
 	if err := parseFlags(fs, args, false); err != nil {
@@ -92,7 +93,7 @@ func runBench(args []string) error {
 	opts := ppo.BenchOptions{Backend: b, Specs: specs, BackendName: spec, Cfg: cfg, ActorDir: *actor, RewardDir: *rm, CostDir: *cm,
 		DType: dt, Batch: *batch, PromptLen: *promptLen, GenLen: *genLen, Steps: *steps, MicroBatch: *micro,
 		Sampling:   ppo.Sampling{Temperature: *temp, TopP: *topP, TopK: *topK, RepetitionPenalty: 1},
-		PeakTFLOPS: *peak, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+		PeakTFLOPS: *peak, CheckpointDir: *out, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
 	if *loraRank > 0 {
 		opts.LoRA = model.LoRAConfig{Rank: *loraRank, Alpha: *loraAlpha, Targets: splitList(*loraTargets)}
 	}
@@ -133,6 +134,13 @@ func runBench(args []string) error {
 	row("memory plan: device peak (GiB)", "%.1f", r.PlannedPeakGiB)
 	row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
 	row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))
+	if *out != "" {
+		row("checkpoint size (GiB)", "%.3f", float64(r.CheckpointBytes)/(1<<30))
+		row("checkpoint write (s)", "%.2f", r.CheckpointSecs)
+		row("checkpoint: host peak RSS (MiB)", "%.0f", r.CheckpointRSSMiB)
+		row("restore (s)", "%.2f", r.RestoreSecs)
+		row("resumed step (s)", "%.2f", r.ResumedStepSeconds)
+	}
 	row("scoring programs: compile (s)", "%.2f", r.ScoreCompileSecs)
 	for _, p := range r.Programs {
 		fmt.Printf("  scoring program %-20s %6d nodes, compiled in %7.3fs, %5d calls, inputs %s\n", p.Program, p.Nodes, p.CompileSeconds, p.Calls, p.Shapes)

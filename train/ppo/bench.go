@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
@@ -42,6 +45,11 @@ type BenchOptions struct {
 	DeviceBytes int64
 	// Log receives progress lines (nil: none).
 	Log func(format string, args ...any)
+	// CheckpointDir, when set (absent or empty), is the run's output directory: after the timed
+	// steps the trainer writes its checkpoint there (train/checkpoint, the real path), then a
+	// second trainer resumes from it in the same nets for one more step; size, write time, the
+	// host's peak RSS during the write and the restore time are reported.
+	CheckpointDir string
 }
 
 // Sampling are the generation settings (HF generate's).
@@ -94,6 +102,14 @@ type BenchResult struct {
 	Programs []model.ProgramStat `json:"programs"`
 	// ScoreCompileSecs is the compile time of all scoring programs.
 	ScoreCompileSecs float64 `json:"score_compile_s"`
+	// Checkpoint proof (BenchOptions.CheckpointDir): the checkpoint directory's bytes, the
+	// seconds from the nets' Checkpoint call to the written directory, the host's peak RSS
+	// during that write (VmHWM reset before it), the restore seconds and the resumed step's.
+	CheckpointBytes    int64   `json:"checkpoint_bytes,omitempty"`
+	CheckpointSecs     float64 `json:"checkpoint_write_s,omitempty"`
+	CheckpointRSSMiB   float64 `json:"checkpoint_peak_rss_mib,omitempty"`
+	RestoreSecs        float64 `json:"restore_s,omitempty"`
+	ResumedStepSeconds float64 `json:"resumed_step_s,omitempty"`
 }
 
 // timedNets wraps Nets, timing each call, and skips checkpoints (a benchmark saves nothing).
@@ -103,6 +119,11 @@ type timedNets struct {
 	actorT, criticT []time.Duration // per step
 	started         bool
 	logf            func(string, ...any)
+	// With checkpoint, Checkpoint passes through (timed from ckptStart); restore is Restore's time.
+	checkpoint bool
+	ckptStart  time.Time
+	restore    time.Duration
+	peakRSS    float64 // VmHWM (MiB) before the checkpoint reset it
 }
 
 // flush ends a step's timings (each step starts with one Generate: prompt batch = train batch).
@@ -150,8 +171,25 @@ func (t *timedNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mas
 // metrics are logged before).
 var errNoCheckpoint = errors.New("bench: no checkpoint")
 
-func (t *timedNets) Checkpoint() (*NetsCheckpoint, error) { return nil, errNoCheckpoint }
-func (t *timedNets) SavePolicy(string) error              { return nil }
+func (t *timedNets) Checkpoint() (*NetsCheckpoint, error) {
+	if !t.checkpoint {
+		return nil, errNoCheckpoint
+	}
+	t.peakRSS = max(t.peakRSS, procStatusMiB("VmHWM"))
+	resetPeakRSS()
+	t.ckptStart = time.Now()
+	t.logf("bench: checkpoint")
+	return t.GraphNets.Checkpoint()
+}
+
+func (t *timedNets) Restore(l *checkpoint.Loaded) error {
+	t0 := time.Now()
+	err := t.GraphNets.Restore(l)
+	t.restore = time.Since(t0)
+	t.logf("bench: restored in %.2fs", t.restore.Seconds())
+	return err
+}
+func (t *timedNets) SavePolicy(string) error { return nil }
 
 // Bench builds the six PPO-Lag networks (actor and reference over one frozen base, reward and
 // cost models each shared with its critic under LoRA), runs 1 + Steps steps (the first compiles)
@@ -229,18 +267,32 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := os.MkdirTemp("", "saferlhf-bench-")
-	if err != nil {
-		return nil, err
+	out := o.CheckpointDir
+	if out == "" {
+		if out, err = os.MkdirTemp("", "saferlhf-bench-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(out)
+	} else if ents, err := os.ReadDir(out); err == nil && len(ents) > 0 {
+		return nil, fmt.Errorf("bench: checkpoint directory %s is not empty", out)
 	}
-	defer os.RemoveAll(out)
-	tn := &timedNets{GraphNets: nets, logf: logf}
-	tr, err := NewTrainer(cfg, Options{OutDir: out}, tn, set, nil)
+	tn := &timedNets{GraphNets: nets, logf: logf, checkpoint: o.CheckpointDir != ""}
+	opt := Options{OutDir: out}
+	if tn.checkpoint {
+		// Stop (with the checkpoint) before the last step, which the resumed trainer runs.
+		cfg.MaxSteps = 2 + o.Steps
+		opt.StopAfter = 1 + o.Steps
+	}
+	tr, err := NewTrainer(cfg, opt, tn, set, nil)
 	if err != nil {
 		return nil, err
 	}
 	if err := tr.Run(context.Background()); err != nil && !errors.Is(err, errNoCheckpoint) {
 		return nil, err
+	}
+	var ckptSecs, ckptRSS float64
+	if tn.checkpoint {
+		ckptSecs, ckptRSS = time.Since(tn.ckptStart).Seconds(), procStatusMiB("VmHWM")
 	}
 	tr.Close()
 	tn.flush()
@@ -287,9 +339,31 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	if o.PeakTFLOPS > 0 {
 		res.UpdateMFU = res.UpdateTFLOPs / (res.ActorSeconds + res.CriticSecs) / o.PeakTFLOPS
 	}
-	res.HostRSSMiB = procStatusMiB("VmHWM")
+	res.HostRSSMiB = max(tn.peakRSS, procStatusMiB("VmHWM"))
 	res.PlannedPeakGiB = float64(plan.Peak) / (1 << 30)
 	res.H2DBytes, res.D2HBytes = stepTraffic(acfg, o, nets.gen)
+	if tn.checkpoint {
+		res.CheckpointSecs, res.CheckpointRSSMiB = ckptSecs, ckptRSS
+		if res.CheckpointBytes, err = dirBytes(filepath.Join(out, "checkpoints")); err != nil {
+			return nil, err
+		}
+		logf("bench: checkpoint %.2f GiB written in %.1fs (peak RSS %.0f MiB); resuming", float64(res.CheckpointBytes)/(1<<30), ckptSecs, ckptRSS)
+		t0 := time.Now()
+		tn.started = false
+		tr2, err := NewTrainer(cfg, Options{OutDir: out, Resume: true}, tn, set, nil)
+		if err != nil {
+			return nil, err
+		}
+		if err := tr2.Run(context.Background()); err != nil {
+			return nil, fmt.Errorf("bench: resumed run: %w", err)
+		}
+		tr2.Close()
+		if got := len(tr2.PerfHistory()); got != 1 {
+			return nil, fmt.Errorf("bench: the resumed run made %d steps, want 1", got)
+		}
+		res.RestoreSecs = tn.restore.Seconds()
+		res.ResumedStepSeconds = time.Since(t0).Seconds() - res.RestoreSecs
+	}
 	res.Programs = nets.Programs()
 	for _, p := range res.Programs {
 		res.ScoreCompileSecs += p.CompileSeconds
@@ -384,6 +458,25 @@ func copyBandwidth(be backends.Backend) (gbps float64, err error) {
 	el := time.Since(t0).Seconds()
 	x.FinalizeAll()
 	return float64(reps) * 2 * n * 4 / el / 1e9, nil
+}
+
+// resetPeakRSS resets the process's VmHWM to its current RSS (Linux; a no-op elsewhere).
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// dirBytes is the total size of the regular files under dir.
+func dirBytes(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err == nil {
+			n += info.Size()
+		}
+		return err
+	})
+	return n, err
 }
 
 // procStatusMiB returns a /proc/self/status field in MiB (0 off Linux).
