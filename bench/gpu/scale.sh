@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Scale benchmark of saferlhf on one GPU: numerics (bf16 vs f32 logits of a random 1B-shape model,
-# TF32's effect on the f32 path, the pure-Go backend's f32 as exact reference), then PPO-Lag steps
-# with LoRA in bf16 at the 1B / 7B / 3B shapes (random weights), each followed by its PyTorch twin
-# (bench/torch_scale.py) on the same card, so every ratio comes from one run.
+# Scale benchmark of saferlhf on one GPU: PPO-Lag steps with LoRA in bf16 at the 7B / 1B / 3B shapes
+# (random weights), each followed by its PyTorch twin (bench/torch_scale.py) on the same card, so
+# every ratio comes from one run; the 7B run also checkpoints and resumes through the trainer (bench
+# --out: checkpoint size, write time, host peak RSS, restore time); every Go run's JSON lists its
+# scoring programs with node counts and compile seconds. Then, if time is left, numerics (bf16 vs
+# f32 logits of a random 1B-shape model, TF32's effect, the pure-Go backend's f32 as reference).
 #
 #   here:   bash bench/gpu/scale.sh --build [DEST]   cgo build of the CLI + copies of the scripts
 #                                                   into DEST (default .carry/scale); no GPU needed
@@ -10,8 +12,10 @@
 #
 # The GPU machine has no Go toolchain: nothing is built there. Everything goes to stdout and $OUT
 # (scale.log, one JSON per run, the peak device memory of each run from nvidia-smi). Sections run
-# in order of priority against a global budget (SCALE_BUDGET_S, default 400 s) and are skipped when
-# too little time is left. Exit status: the number of failed sections.
+# in order of priority against a global budget (SCALE_BUDGET_S, default 450 s: the device gives 10
+# minutes a command, and loading the binary and the card's start come on top) and are skipped when
+# too little time is left, or when named in SCALE_SKIP (e.g. SCALE_SKIP="go_3b torch_3b numerics_1b").
+# Exit status: the number of failed sections.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -32,7 +36,7 @@ OUT=${OUT:-/tmp/saferlhf-scale-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/scale.log") 2>&1
 T0=$(date +%s)
-BUDGET=${SCALE_BUDGET_S:-400}
+BUDGET=${SCALE_BUDGET_S:-450}
 FAILED=()
 elapsed() { echo $(($(date +%s) - T0)); }
 section() { echo; echo "=== $* [t=$(elapsed)s]"; }
@@ -101,14 +105,28 @@ TSHAPE=(--batch 16 --prompt-len 128 --gen-len 384 --steps 1 --top-k 50 --dtype b
 P1B=llama-1b P3B=llama-3b P7B=llama2-7b NUMBE=xla:cuda
 if [ "${SCALE_CPU_TEST:-}" = 1 ]; then
   # The script's own check on a machine without a GPU: stories260K on the pure-Go backend.
-  COMMON=(--backend go --dtype f32 --steps 1 --top-k 50)
+  COMMON=(--backend go --dtype f32 --steps 1 --top-k 50 --updates layerwise) # the GPU path's programs
   SHAPE=(--batch 4 --prompt-len 16 --gen-len 16)
   TSHAPE=(--batch 4 --prompt-len 16 --gen-len 16 --steps 1 --top-k 50 --dtype f32 --device cpu)
   P1B=stories260K P3B=stories260K P7B=stories260K NUMBE=go
 fi
 
-# 1. Numerics at the 1B shape: f32 on the pure-Go backend (exact reference), f32, bf16 and forced
-# TF32 on XLA; 1 row of 16 tokens.
+CKDIR=/tmp/saferlhf-scale-ckpt # not under $OUT: a 7B checkpoint is ~13 GB (the merged bf16 actor)
+rm -rf "$CKDIR"
+# 1. 7B (LLaMA-2 shape), the issue's target: B=16, 128 + 384 tokens; warm-up step (compiles), one
+# timed step, the trainer's checkpoint into $CKDIR, and one resumed step from it. Then the twin.
+run go_7b 120 300 "$BIN" bench --preset $P7B --lora-rank 16 --micro-batch-size 4 "${COMMON[@]}" "${SHAPE[@]}" \
+  --out "$CKDIR/7b" --json "$OUT/go_7b.json"
+du -sh "$CKDIR"/7b/checkpoints/* 2>/dev/null; rm -rf "$CKDIR"
+run torch_7b 40 120 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P7B --lora-rank 16 --micro-batch-size 4 "${TSHAPE[@]}" --json "$OUT/torch_7b.json"
+# 2. 1B: Go, then the twin.
+run go_1b 60 120 "$BIN" bench --preset $P1B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_1b.json"
+run torch_1b 30 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P1B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_1b.json"
+# 3. 3B if time is left.
+run go_3b 90 150 "$BIN" bench --preset $P3B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_3b.json"
+run torch_3b 40 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P3B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_3b.json"
+# 4. Numerics at the 1B shape (measured on 2026-11-29; rerun when time is left): f32 on the pure-Go
+# backend (exact reference), f32, bf16 and forced TF32 on XLA; 1 row of 16 tokens.
 run numerics_1b 40 75 "$BIN" bench --numerics --numerics-cpu --preset $P1B --batch 1 --prompt-len 16 \
   --backend $NUMBE --json "$OUT/numerics_1b.json"
 # PyTorch's TF32 switch on the same kind of check, for the record (f32 vs f32+TF32 matmul).
@@ -123,16 +141,6 @@ for tf in (False, True):
     print(f"torch f32 matmul 2048x8192x2048 allow_tf32={tf}: rel. L2 error vs f64 {e:.3g}")
 bf = (a.bfloat16() @ b.bfloat16()).double()
 print(f"torch bf16 matmul: rel. L2 error vs f64 {((bf-ref).norm()/ref.norm()):.3g}")'
-
-# 2. 1B: Go, then the twin.
-run go_1b 60 130 "$BIN" bench --preset $P1B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_1b.json"
-run torch_1b 30 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P1B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_1b.json"
-# 3. 7B (LLaMA-2 shape): the issue's target, B=16, 128 + 384 tokens.
-run go_7b 90 230 "$BIN" bench --preset $P7B --lora-rank 16 --micro-batch-size 4 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_7b.json"
-run torch_7b 40 120 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P7B --lora-rank 16 --micro-batch-size 4 "${TSHAPE[@]}" --json "$OUT/torch_7b.json"
-# 4. 3B if time is left.
-run go_3b 90 150 "$BIN" bench --preset $P3B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_3b.json"
-run torch_3b 40 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P3B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_3b.json"
 
 section "summary"
 # One results file (the device tool returns at most 8 files): {"name": ..., "result": ...} per line.

@@ -43,6 +43,7 @@ func runBench(args []string) error {
 	memFrac := fs.Float64("gpu-memory-fraction", 0, "fraction of GPU memory the XLA client may use (0: the plugin's default)")
 	peak := fs.Float64("peak-tflops", 0, "device dense peak TFLOP/s in --dtype for MFU (0: not reported)")
 	jsonOut := fs.String("json", "", "also write the result as JSON to this file")
+	updates := fs.String("updates", "auto", "update programs: fused (one graph per update, every layer unrolled), layerwise (per-layer backward programs) or auto (layerwise on XLA)")
 	out := fs.String("out", "", "run directory (absent or empty): the trainer checkpoints the timed run there, then resumes from it for one more step (checkpoint size, write, restore times and host peak RSS reported)")
 	numerics := fs.Bool("numerics", false, "instead of the step: compare the preset's logits (random weights) in bf16, f32 and, on XLA, f32 with TF32 forced, against f32 (--numerics-cpu: the pure-Go backend's f32 as reference)")
 	numCPU := fs.Bool("numerics-cpu", false, "with --numerics: also run f32 on the pure-Go backend as the exact reference")
@@ -54,6 +55,10 @@ func runBench(args []string) error {
 	}
 	if *batch <= 0 || *promptLen <= 1 || *genLen <= 0 || *steps <= 0 || *micro < 0 || *loraRank < 0 || *topK < 0 {
 		return usagef("--batch, --prompt-len > 1, --gen-len and --steps must be positive; --micro-batch-size, --lora-rank, --top-k >= 0")
+	}
+	upd, err := ppo.ParseUpdatePrograms(*updates)
+	if err != nil {
+		return usagef("--updates: %v", err)
 	}
 	spec := backend.Resolve(*be)
 	if *dtype == "" {
@@ -93,7 +98,7 @@ func runBench(args []string) error {
 	opts := ppo.BenchOptions{Backend: b, Specs: specs, BackendName: spec, Cfg: cfg, ActorDir: *actor, RewardDir: *rm, CostDir: *cm,
 		DType: dt, Batch: *batch, PromptLen: *promptLen, GenLen: *genLen, Steps: *steps, MicroBatch: *micro,
 		Sampling:   ppo.Sampling{Temperature: *temp, TopP: *topP, TopK: *topK, RepetitionPenalty: 1},
-		PeakTFLOPS: *peak, CheckpointDir: *out, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+		PeakTFLOPS: *peak, CheckpointDir: *out, Updates: upd, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
 	if *loraRank > 0 {
 		opts.LoRA = model.LoRAConfig{Rank: *loraRank, Alpha: *loraAlpha, Targets: splitList(*loraTargets)}
 	}
@@ -141,9 +146,9 @@ func runBench(args []string) error {
 		row("restore (s)", "%.2f", r.RestoreSecs)
 		row("resumed step (s)", "%.2f", r.ResumedStepSeconds)
 	}
-	row("scoring programs: compile (s)", "%.2f", r.ScoreCompileSecs)
+	row("layerwise programs: compile (s)", "%.2f", r.ProgramsCompileSecs)
 	for _, p := range r.Programs {
-		fmt.Printf("  scoring program %-20s %6d nodes, compiled in %7.3fs, %5d calls, inputs %s\n", p.Program, p.Nodes, p.CompileSeconds, p.Calls, p.Shapes)
+		fmt.Printf("  program %-30s %6d nodes, compiled in %7.3fs, %5d calls, inputs %s\n", p.Program, p.Nodes, p.CompileSeconds, p.Calls, p.Shapes)
 	}
 	if *jsonOut != "" {
 		js, err := json.MarshalIndent(r, "", "  ")

@@ -175,7 +175,7 @@ func graphKey(cfg *Config, kind string) string {
 	c := *cfg
 	c.Architecture, c.ModelType, c.NumLayers, c.TorchDType = "", "", 0, ""
 	c.BOS, c.EOS, c.Pad, c.Score = 0, 0, 0, ScoreConfig{}
-	if kind == "embed" || kind == "layer" {
+	if kind == "embed" || kind == "layer" || kind == "embed_bwd" || kind == "layer_bwd" {
 		c.ScoreDim, c.TieWordEmbeddings, c.VocabSize = 0, false, 0
 	}
 	b, _ := json.Marshal(c)

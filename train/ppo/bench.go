@@ -50,6 +50,8 @@ type BenchOptions struct {
 	// second trainer resumes from it in the same nets for one more step; size, write time, the
 	// host's peak RSS during the write and the restore time are reported.
 	CheckpointDir string
+	// Updates selects fused or layerwise update programs (default: layerwise on XLA).
+	Updates UpdatePrograms
 }
 
 // Sampling are the generation settings (HF generate's).
@@ -97,11 +99,11 @@ type BenchResult struct {
 	// nets pass (model weights excluded: they are loaded once).
 	H2DBytes int64 `json:"h2d_bytes_per_step"`
 	D2HBytes int64 `json:"d2h_bytes_per_step"`
-	// Programs are the scoring pass's compiled programs (model.Layerwise): kind, argument shapes,
-	// node count, compile seconds and calls.
+	// Programs are the layerwise programs (model.Layerwise: scoring, and the updates when they
+	// run layer by layer): kind, argument shapes, node count, compile seconds and calls.
 	Programs []model.ProgramStat `json:"programs"`
-	// ScoreCompileSecs is the compile time of all scoring programs.
-	ScoreCompileSecs float64 `json:"score_compile_s"`
+	// ProgramsCompileSecs is the compile time of all those programs.
+	ProgramsCompileSecs float64 `json:"programs_compile_s"`
 	// Checkpoint proof (BenchOptions.CheckpointDir): the checkpoint directory's bytes, the
 	// seconds from the nets' Checkpoint call to the written directory, the host's peak RSS
 	// during that write (VmHWM reset before it), the restore seconds and the resumed step's.
@@ -248,7 +250,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		Pad: 0, EOS: -1, MaxNewTokens: o.GenLen, MaxPromptTokens: o.PromptLen, Temperature: o.Sampling.Temperature,
 		TopP: o.Sampling.TopP, TopK: o.Sampling.TopK, RepPenalty: o.Sampling.RepetitionPenalty,
 		ActorWeightDecay: cfg.ActorWeightDecay, GradClip: 1, LoRA: o.LoRA, DType: o.DType,
-		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
+		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch, Updates: o.Updates}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
 	if err != nil {
 		return nil, err
 	}
@@ -366,7 +368,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	}
 	res.Programs = nets.Programs()
 	for _, p := range res.Programs {
-		res.ScoreCompileSecs += p.CompileSeconds
+		res.ProgramsCompileSecs += p.CompileSeconds
 	}
 	return res, nil
 }

@@ -348,7 +348,8 @@ func (n *GraphNets) scoringModels(lora bool) {
 	}
 }
 
-// Programs returns the scoring programs compiled so far, with their sizes and compile times.
+// Programs returns the layerwise programs (scoring, layerwise updates) compiled so far, with their
+// sizes and compile times.
 func (n *GraphNets) Programs() []model.ProgramStat { return n.lw.Programs() }
 
 // Score implements Nets: the scoring pass (the native engine's or the graph's), then the

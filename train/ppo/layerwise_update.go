@@ -39,6 +39,16 @@ func (u UpdatePrograms) String() string {
 	return "auto"
 }
 
+// ParseUpdatePrograms reads auto, fused or layerwise.
+func ParseUpdatePrograms(s string) (UpdatePrograms, error) {
+	for _, u := range []UpdatePrograms{UpdatesAuto, UpdatesFused, UpdatesLayerwise} {
+		if s == u.String() {
+			return u, nil
+		}
+	}
+	return UpdatesAuto, fmt.Errorf("update programs %q: want auto, fused or layerwise", s)
+}
+
 // layerwiseUpdates reports whether the updates run layer by layer.
 func (n *GraphNets) layerwiseUpdates() bool {
 	switch n.cfg.Updates {
