@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -365,6 +366,38 @@ func TestNativeResumeAcrossBackends(t *testing.T) {
 					t.Errorf("%s then %s: step %d %s: %g, uninterrupted native run %g", c[0], c[1], i+1, k, g, w)
 				}
 			}
+		}
+	}
+}
+
+// TestNativeScoreMicroBatch: with --micro-batch-size the native scoring pass runs row chunks
+// (2 + 1 rows here) and returns exactly the whole batch's outputs.
+func TestNativeScoreMicroBatch(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	cfg := tinyConfig()
+	whole := tinyNets(t, cfg, withSpec(t, backend.Native))
+	micro := tinyNets(t, cfg, withSpec(t, backend.Native), func(gc *GraphNetsConfig) { gc.MicroBatchSize, gc.TrainBatchSize = 2, 4 })
+	ro, err := whole.Generate([][]int32{{1, 403, 407}, {1, 30, 100, 200, 250}, {1, 9}}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, got := *ro, *ro
+	if err := whole.Score(&want); err != nil {
+		t.Fatal(err)
+	}
+	if err := micro.Score(&got); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want []float32
+	}{{"log-probs", got.LogProbs, want.LogProbs}, {"reference log-probs", got.RefLogProbs, want.RefLogProbs},
+		{"reward", got.Reward, want.Reward}, {"cost", got.Cost, want.Cost},
+		{"reward values", got.RewardValues, want.RewardValues}, {"cost values", got.CostValues, want.CostValues}} {
+		if len(c.want) == 0 || !slices.Equal(c.got, c.want) {
+			t.Errorf("%s: chunked %v\nwhole %v", c.name, c.got, c.want)
 		}
 	}
 }

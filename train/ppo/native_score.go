@@ -7,11 +7,34 @@ import (
 )
 
 // nativeScore is Score on the native engine (backend "native"): the run's native models run
-// the no-grad pass of graphScore.
+// the no-grad pass of graphScore, on row chunks of --micro-batch-size rows when set (as the
+// graph path, so that activation memory is that of one micro-batch).
 func (n *GraphNets) nativeScore(r *Rollout) error {
 	if len(r.Seq) != r.B*r.T || len(r.Mask) != r.B*r.T {
 		return fmt.Errorf("score: rollout has %d ids and %d mask values for B=%d T=%d", len(r.Seq), len(r.Mask), r.B, r.T)
 	}
+	rows := n.cfg.MicroBatchSize
+	if rows <= 0 || rows >= r.B {
+		return n.nativeScoreRows(r)
+	}
+	var out Rollout
+	for lo := 0; lo < r.B; lo += rows {
+		hi := min(lo+rows, r.B)
+		c := &Rollout{B: hi - lo, T: r.T, S: r.S, Seq: r.Seq[lo*r.T : hi*r.T], Mask: r.Mask[lo*r.T : hi*r.T]}
+		if err := n.nativeScoreRows(c); err != nil {
+			return err
+		}
+		out.LogProbs, out.RefLogProbs = append(out.LogProbs, c.LogProbs...), append(out.RefLogProbs, c.RefLogProbs...)
+		out.Reward, out.Cost = append(out.Reward, c.Reward...), append(out.Cost, c.Cost...)
+		out.RewardValues, out.CostValues = append(out.RewardValues, c.RewardValues...), append(out.CostValues, c.CostValues...)
+	}
+	r.LogProbs, r.RefLogProbs, r.Reward, r.Cost = out.LogProbs, out.RefLogProbs, out.Reward, out.Cost
+	r.RewardValues, r.CostValues = out.RewardValues, out.CostValues
+	return nil
+}
+
+// nativeScoreRows is nativeScore on one chunk of rows.
+func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 	nn, err := n.natives()
 	if err != nil {
 		return err
