@@ -47,6 +47,8 @@ type Config struct {
 	SignWeight   float64   `json:"sign-weight" flag:"sign-weight" group:"cost" help:"weight of the cost model's safety-sign term (reference: 1)"`
 	Init         string    `json:"init" flag:"init" help:"pretrained (start from --model's weights) or scratch (--model's architecture with fresh weights, its vocabulary sized to --tokenizer's; --model may then be an HF config.json)"`
 	TrainLayers  string    `json:"train-layers" flag:"train-layers" help:"weights to train: all, head (score head only), top-N (head, final norm, last N layers) or no-embed"`
+	DType        string    `json:"dtype" flag:"dtype" help:"compute dtype bf16 or f32 (default: bf16 on xla:*, f32 otherwise); trained weights stay float32 masters"`
+	SaveDType    string    `json:"save-dtype" flag:"save-dtype" help:"dtype of the saved model: f32, bf16 or f16 (default: the --model checkpoint's torch_dtype, f32 when unknown)"`
 	Progress     io.Writer `json:"-"`
 	// Prepare, if set, runs once before anything is written to Out (the command's
 	// output guard and config.yaml); in a data-parallel run only rank 0 runs it and
@@ -122,6 +124,12 @@ func (c *Config) Validate(stage Stage) error {
 		ck.Check(c.Reg >= 0, "--regularization %g must be >= 0", c.Reg)
 	}
 	ck.Check(c.SignWeight >= 0, "--sign-weight %g must be >= 0", c.SignWeight)
+	if c.DType != "" {
+		_, err := model.ParseDType(c.DType)
+		ck.Check(err == nil, "--dtype: %v", err)
+	}
+	_, err := model.SaveDType(c.SaveDType)
+	ck.Check(err == nil, "--save-dtype: %v", err)
 	ck.OneOf("init", c.Init, "pretrained", "scratch")
 	if _, err := layerFilter(&model.Config{NumLayers: 1 << 20}, c.TrainLayers); err != nil {
 		ck.Check(false, "%v", err)

@@ -304,6 +304,9 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
 	mctx := context.New()
+	if err := setComputeDType(mctx, be, cfg.Config); err != nil {
+		return nil, fmt.Errorf("dpo: %w", err)
+	}
 	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}

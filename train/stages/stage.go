@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/data/datasets"
@@ -48,7 +50,7 @@ type Result struct {
 
 // NonTrajectoryKeys are the Config keys that a resumed run may change freely:
 // where output goes, how often it is saved or evaluated, and the resume switches.
-var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "keep-checkpoints", "resume", "force", "allow-config-change"}
+var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "keep-checkpoints", "resume", "force", "allow-config-change", "save-dtype"}
 
 // Run trains one stage (SFT, RM or CM) as configured, writing everything under
 // cfg.Out. Cancelling ctx checkpoints and returns an error wrapping ctx.Err().
@@ -125,6 +127,9 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	}
 
 	mctx := context.New()
+	if err := setComputeDType(mctx, be, cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
 	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
@@ -166,6 +171,25 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
 	return runLoop(ctx, loop, comm, cfg.Out, res, t0)
+}
+
+// setComputeDType applies --dtype (default: bf16 on xla:*, f32 otherwise) to the models of
+// mctx: matmuls in that dtype, the trained weights float32 masters (model.SetComputeDType). The
+// native engine computes in float32 only.
+func setComputeDType(mctx *context.Context, be backends.Backend, cfg Config) error {
+	name := cfg.DType
+	if name == "" {
+		name = model.DefaultDType(backend.Resolve(cfg.Backend))
+	}
+	dt, err := model.ParseDType(name)
+	if err != nil {
+		return fmt.Errorf("--dtype: %w", err)
+	}
+	if dt != dtypes.Float32 && backend.IsNative(be) {
+		return fmt.Errorf("--dtype %s: the native engine computes in float32 (use --dtype f32, or --backend go or xla:cuda)", name)
+	}
+	model.SetComputeDType(mctx, dt)
+	return nil
 }
 
 // modelLoopSpec is what modelLoop needs of a stage that trains the model under modelScope.
@@ -227,7 +251,13 @@ func modelLoop(sp modelLoopSpec) (*trainer.Loop, error) {
 			if err != nil {
 				return err
 			}
-			return model.SaveWithTokenizer(dir, mcfg, fw, sp.tokPath)
+			save := mcfg
+			if cfg.SaveDType != "" {
+				sc := *mcfg
+				sc.TorchDType = cfg.SaveDType
+				save = &sc
+			}
+			return model.SaveWithTokenizer(dir, save, fw, sp.tokPath)
 		},
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -178,5 +179,49 @@ func TestSFTEmptyTargets(t *testing.T) {
 	c.Steps, c.MaxLength = 1, 32
 	if _, err := Run(stdctx.Background(), SFT, c); err == nil || !strings.Contains(err.Error(), "every SFT target") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestSFTDTypes: --dtype bf16 trains with bf16 matmuls (float32 masters) on the pure-Go backend,
+// its held-out loss within bf16 error of the f32 run's, and --save-dtype bf16 saves bf16
+// safetensors with torch_dtype bfloat16; --dtype bf16 on the native engine is refused.
+func TestSFTDTypes(t *testing.T) {
+	run := func(dt, save string) *Result {
+		c := tinyConfig(t, SFT, "helpful/hh-rlhf-helpful-base-test.jsonl.gz")
+		c.Backend, c.DType, c.SaveDType = "go", dt, save
+		c.MaxLength, c.BatchSize, c.Steps, c.EvalMax, c.Epochs = 32, 4, 2, 8, 1
+		r, err := Run(stdctx.Background(), SFT, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	f32, bf16 := run("f32", ""), run("bf16", "bf16")
+	for _, k := range []string{"loss"} {
+		a, b := f32.Final[k], bf16.Final[k]
+		if math.IsNaN(b) || math.Abs(a-b) > 0.05*math.Abs(a) {
+			t.Fatalf("held-out %s: f32 %g, bf16 %g", k, a, b)
+		}
+		if a == b {
+			t.Fatalf("held-out %s identical in f32 and bf16 (%g): --dtype had no effect", k, a)
+		}
+	}
+	cfg, err := model.LoadHFConfig(bf16.ModelDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TorchDType != "bfloat16" {
+		t.Fatalf("saved torch_dtype %q, want bfloat16", cfg.TorchDType)
+	}
+	if c, err := model.LoadHFConfig(f32.ModelDir); err != nil || c.TorchDType == "bfloat16" {
+		t.Fatalf("f32 run saved torch_dtype %q (%v)", c.TorchDType, err)
+	}
+	if !engine.Available {
+		return
+	}
+	c := tinyConfig(t, SFT, "helpful/hh-rlhf-helpful-base-test.jsonl.gz")
+	c.Backend, c.DType, c.Steps = "native", "bf16", 1
+	if _, err := Run(stdctx.Background(), SFT, c); err == nil || !strings.Contains(err.Error(), "--dtype") {
+		t.Fatalf("bf16 on the native engine: %v", err)
 	}
 }
