@@ -191,6 +191,9 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 	if c.DType == dtypes.InvalidDType {
 		c.DType = dtypes.Float32
 	}
+	if c.DType != dtypes.Float32 && backend.IsNative(c.Backend) {
+		return nil, fmt.Errorf("ppo: --dtype %s: the native engine computes in float32 (use --dtype f32, or --backend go or xla:cuda)", model.DTypeName(c.DType))
+	}
 	model.SetComputeDType(n.ctx, c.DType)
 	set := func(scope string, s *ModelSpec, trainable bool) error {
 		sc := n.ctx.InAbsPath(scope)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
@@ -399,5 +400,25 @@ func TestNativeScoreMicroBatch(t *testing.T) {
 		if len(c.want) == 0 || !slices.Equal(c.got, c.want) {
 			t.Errorf("%s: chunked %v\nwhole %v", c.name, c.got, c.want)
 		}
+	}
+}
+
+// TestNativeRefusesBF16: --dtype bf16 on the native engine (float32 only) is an error naming the
+// flag, not a silent float32 run.
+func TestNativeRefusesBF16(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	be, err := backend.New(backend.Native)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acfg, err := model.Preset("stories260K")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewGraphNets(GraphNetsConfig{Backend: be, DType: dtypes.BFloat16, Actor: ModelSpec{Cfg: acfg}, Reward: ModelSpec{Cfg: acfg}}, 0.2, 0.2)
+	if err == nil || !strings.Contains(err.Error(), "--dtype bf16") {
+		t.Fatalf("bf16 on the native engine: %v", err)
 	}
 }
