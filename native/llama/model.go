@@ -289,8 +289,23 @@ func (m *Model) Forward(b, t int, ids []int32, mask []float32) (tp *Tape, err er
 	return m.forward(b, t, ids, mask, t)
 }
 
+// Infer is Forward for passes without a backward (evaluation, scoring,
+// reference log-probs): it saves no activations, running every layer in one
+// layer's reused buffers, so it allocates about one layer's activations
+// instead of all of them. Its tape serves Logits, TokenLogProbs and Scores;
+// Backward refuses it.
+func (m *Model) Infer(b, t int, ids []int32, mask []float32) (tp *Tape, err error) {
+	return m.run(b, t, ids, mask, t, false)
+}
+
 // forward is Forward with RoPE tables built for sequences of length seqLen.
 func (m *Model) forward(b, t int, ids []int32, mask []float32, seqLen int) (tp *Tape, err error) {
+	return m.run(b, t, ids, mask, seqLen, true)
+}
+
+// run is the forward pass; keep saves every layer's activations in the tape
+// for Backward, else one set of buffers is reused layer after layer.
+func (m *Model) run(b, t int, ids []int32, mask []float32, seqLen int, keep bool) (tp *Tape, err error) {
 	defer catch(&err)
 	cfg := m.Cfg
 	n := b * t
@@ -312,15 +327,30 @@ func (m *Model) forward(b, t int, ids []int32, mask []float32, seqLen int) (tp *
 	tp.seqLen = seqLen
 	eps := float32(cfg.RMSNormEps)
 	qs := float32(1 / math.Sqrt(float64(dh)))
-	tp.layers = make([]layerActs, cfg.NumLayers)
-	for l := range tp.layers {
-		la := &tp.layers[l]
-		ln := func(s string) string { return model.LayerName(l, s) }
-		la.x = x
+	alloc := func(la *layerActs) {
 		la.xa = map[string][]float32{}
 		la.h1, la.rstd1 = make([]float32, n*d), make([]float32, n)
-		fail(engine.RMSNorm(n, d, x, m.Params[ln("input_layernorm.weight")], eps, la.h1, la.rstd1))
 		la.q, la.k, la.v = make([]float32, n*hq*dh), make([]float32, n*hkv*dh), make([]float32, n*hkv*dh)
+		la.o, la.lse = make([]float32, n*hq*dh), make([]float32, b*hq*t)
+		la.x2 = make([]float32, n*d)
+		la.h2, la.rstd2 = make([]float32, n*d), make([]float32, n)
+		la.gate, la.up, la.act = make([]float32, n*f), make([]float32, n*f), make([]float32, n*f)
+	}
+	var scratch layerActs
+	if keep {
+		tp.layers = make([]layerActs, cfg.NumLayers)
+	} else {
+		alloc(&scratch)
+	}
+	for l := range cfg.NumLayers {
+		la := &scratch
+		if keep {
+			la = &tp.layers[l]
+			alloc(la)
+		}
+		ln := func(s string) string { return model.LayerName(l, s) }
+		la.x = x
+		fail(engine.RMSNorm(n, d, x, m.Params[ln("input_layernorm.weight")], eps, la.h1, la.rstd1))
 		for i, dst := range [][]float32{la.q, la.k, la.v} {
 			stem := ln(attnLinears[i])
 			if xa := m.lin(stem, la.h1, n, dst); xa != nil {
@@ -329,9 +359,8 @@ func (m *Model) forward(b, t int, ids []int32, mask []float32, seqLen int) (tp *
 		}
 		fail(engine.RoPE(n, hq, dh, tp.pos, cos, sin, qs, la.q, false))
 		fail(engine.RoPE(n, hkv, dh, tp.pos, cos, sin, 1, la.k, false))
-		la.o, la.lse = make([]float32, n*hq*dh), make([]float32, b*hq*t)
 		fail(engine.Attention(b, t, hq, hkv, dh, la.q, la.k, la.v, mask, la.o, la.lse))
-		x2 := make([]float32, n*d)
+		x2 := la.x2
 		stem := ln("self_attn.o_proj")
 		if xa := m.lin(stem, la.o, n, x2); xa != nil {
 			la.xa[stem] = xa
@@ -339,10 +368,7 @@ func (m *Model) forward(b, t int, ids []int32, mask []float32, seqLen int) (tp *
 		for i := range x2 {
 			x2[i] += x[i]
 		}
-		la.x2 = x2
-		la.h2, la.rstd2 = make([]float32, n*d), make([]float32, n)
 		fail(engine.RMSNorm(n, d, x2, m.Params[ln("post_attention_layernorm.weight")], eps, la.h2, la.rstd2))
-		la.gate, la.up, la.act = make([]float32, n*f), make([]float32, n*f), make([]float32, n*f)
 		for _, p := range []struct {
 			s   string
 			dst []float32
@@ -352,7 +378,10 @@ func (m *Model) forward(b, t int, ids []int32, mask []float32, seqLen int) (tp *
 			}
 		}
 		fail(engine.SwiGLU(la.gate, la.up, la.act))
-		x3 := make([]float32, n*d)
+		x3 := x // without a tape the layer's input is dead once x2 exists
+		if keep {
+			x3 = make([]float32, n*d)
+		}
 		stem = ln("mlp.down_proj")
 		if xa := m.lin(stem, la.act, n, x3); xa != nil {
 			la.xa[stem] = xa
@@ -378,6 +407,9 @@ func (m *Model) Backward(tp *Tape, dHidden []float32, g Grads) (err error) {
 	hq, hkv := cfg.NumHeads, cfg.NumKVHeads
 	if len(dHidden) != n*d {
 		return fmt.Errorf("llama: backward: dHidden has %d values, want %d", len(dHidden), n*d)
+	}
+	if len(tp.layers) != cfg.NumLayers {
+		return fmt.Errorf("llama: backward: the tape has no saved activations (from Infer, not Forward)")
 	}
 	cos, sin := m.rope(t, tp.seqLen)
 	qs := float32(1 / math.Sqrt(float64(dh)))

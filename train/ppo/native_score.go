@@ -7,8 +7,8 @@ import (
 )
 
 // nativeScore is Score on the native engine (backend "native"): the run's native models run
-// the no-grad pass of graphScore, on row chunks of --micro-batch-size rows when set (as the
-// graph path, so that activation memory is that of one micro-batch).
+// the no-grad pass of graphScore, tape-less (llama.Infer), on row chunks of --micro-batch-size
+// rows when set (as the graph path, so that activation memory is that of one micro-batch).
 func (n *GraphNets) nativeScore(r *Rollout) error {
 	if len(r.Seq) != r.B*r.T || len(r.Mask) != r.B*r.T {
 		return fmt.Errorf("score: rollout has %d ids and %d mask values for B=%d T=%d", len(r.Seq), len(r.Mask), r.B, r.T)
@@ -40,7 +40,7 @@ func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 		return err
 	}
 	logProbs := func(scope string, m *llama.Model) ([]float32, error) {
-		tp, err := m.Forward(r.B, r.T, r.Seq, r.Mask)
+		tp, err := m.Infer(r.B, r.T, r.Seq, r.Mask)
 		if err != nil {
 			return nil, fmt.Errorf("score %s: %w", scope, err)
 		}
@@ -50,7 +50,7 @@ func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 		if m.Cfg.ScoreDim != 1 {
 			return nil, fmt.Errorf("score %s: score dim %d, want 1", scope, m.Cfg.ScoreDim)
 		}
-		tp, err := m.Forward(r.B, r.T, r.Seq, r.Mask)
+		tp, err := m.Infer(r.B, r.T, r.Seq, r.Mask)
 		if err != nil {
 			return nil, fmt.Errorf("score %s: %w", scope, err)
 		}
@@ -66,7 +66,7 @@ func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 		if n.retok[k] != nil {
 			seq, mask, t = n.retok[k].batch(r)
 		}
-		tp, err := m.Forward(b, t, seq, mask)
+		tp, err := m.Infer(b, t, seq, mask)
 		if err != nil {
 			return nil, fmt.Errorf("score %s: %w", scope, err)
 		}

@@ -424,7 +424,7 @@ func referenceLogProbs(be backends.Backend, mctx *context.Context, mcfg *model.C
 			return err
 		}
 		logProbs = func(ids []int32, mask []float32) ([]float32, error) {
-			tp, err := m.Forward(2*B, T, ids, mask)
+			tp, err := m.Infer(2*B, T, ids, mask) // the frozen reference: no backward, no tape
 			if err != nil {
 				return nil, err
 			}

@@ -66,7 +66,7 @@ func sftNative(m *llama.Model, g llama.Grads, in []any) (float64, map[string]flo
 	if err != nil {
 		return 0, nil, err
 	}
-	lp, err := tokenLogProbs(m, dims[0], dims[1], ids, fs[1])
+	lp, err := tokenLogProbs(m, dims[0], dims[1], ids, fs[1], g != nil)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -96,8 +96,14 @@ type logProbs struct {
 	logp []float32
 }
 
-func tokenLogProbs(m *llama.Model, b, t int, ids []int32, mask []float32) (*logProbs, error) {
-	tp, err := m.Forward(b, t, ids, mask)
+// tokenLogProbs runs the forward pass, saving its activations for the
+// backward only when train (evaluation passes use the tape-less llama.Infer).
+func tokenLogProbs(m *llama.Model, b, t int, ids []int32, mask []float32, train bool) (*logProbs, error) {
+	forward := m.Infer
+	if train {
+		forward = m.Forward
+	}
+	tp, err := forward(b, t, ids, mask)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +148,11 @@ func scoreNative(stage Stage, cfg Config, mctx *context.Context) trainer.NativeL
 		twoB, T := dims[0], dims[1]
 		B := twoB / 2
 		mask, end, span, signs := fs[1], fs[2], fs[3], fs[4]
-		tp, err := m.Forward(twoB, T, ids, mask)
+		forward := m.Infer // evaluation: no tape
+		if g != nil {
+			forward = m.Forward
+		}
+		tp, err := forward(twoB, T, ids, mask)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -291,7 +301,7 @@ func dpoNative(beta float64) trainer.NativeLoss {
 		twoB, T := dims[0], dims[1]
 		B := twoB / 2
 		span, ref := fs[2], fs[3]
-		lp, err := tokenLogProbs(m, twoB, T, ids, fs[1])
+		lp, err := tokenLogProbs(m, twoB, T, ids, fs[1], g != nil)
 		if err != nil {
 			return 0, nil, err
 		}
