@@ -9,6 +9,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // SaveWithTokenizer is Save plus a copy of the tokenizer file at tokPath (when
@@ -23,6 +24,24 @@ func SaveWithTokenizer(dir string, cfg *Config, w Weights, tokPath string) error
 	if err := SaveAs(dir, cfg, w, dt); err != nil {
 		return err
 	}
+	return copyTokenizer(dir, tokPath)
+}
+
+// SaveTensorsWithTokenizer is SaveWithTokenizer for tensors given as safetensors.Tensor
+// (StreamWeights' streams: the model never whole on the host), via SaveTensorsAs.
+func SaveTensorsWithTokenizer(dir string, cfg *Config, ts []safetensors.Tensor, tokPath string) error {
+	dt, err := SaveDType(cfg.TorchDType)
+	if err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	if err := SaveTensorsAs(dir, cfg, ts, dt); err != nil {
+		return err
+	}
+	return copyTokenizer(dir, tokPath)
+}
+
+// copyTokenizer copies the tokenizer file tokPath (if any) into dir.
+func copyTokenizer(dir, tokPath string) error {
 	if tokPath == "" {
 		return nil
 	}

@@ -1,8 +1,10 @@
 package model
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -177,6 +179,24 @@ func Save(dir string, cfg *Config, w Weights) error { return SaveAs(dir, cfg, w,
 // SaveAs is Save with the tensors stored as dt (F32, BF16 or F16, rounded
 // to nearest even; --save-dtype) and config.json's torch_dtype set to match.
 func SaveAs(dir string, cfg *Config, w Weights, dt safetensors.DType) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := w.Check(cfg, false); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	var ts []safetensors.Tensor
+	for _, name := range hfOrder(cfg, w) {
+		t := w[name]
+		ts = append(ts, safetensors.Tensor{Name: name, DType: dt, Shape: t.Shape, F32: t.Data})
+	}
+	return SaveTensorsAs(dir, cfg, ts, dt)
+}
+
+// SaveTensorsAs is SaveAs for tensors given as safetensors.Tensor (e.g. StreamWeights'
+// streams, written one at a time): each is stored as dt, a tensor of another dtype (F32 or
+// BF16) converted as it streams (widened exactly, or rounded to nearest even).
+func SaveTensorsAs(dir string, cfg *Config, ts []safetensors.Tensor, dt safetensors.DType) error {
 	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.BF16: "bfloat16", safetensors.F16: "float16"}[dt]
 	if torch == "" {
 		return fmt.Errorf("save %s: dtype %s: want F32, BF16 or F16", dir, dt)
@@ -184,21 +204,24 @@ func SaveAs(dir string, cfg *Config, w Weights, dt safetensors.DType) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if err := w.Check(cfg, false); err != nil {
-		return fmt.Errorf("save %s: %w", dir, err)
-	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("save %s: %w", dir, err)
 	}
-	var ts []safetensors.Tensor
-	for _, name := range hfOrder(cfg, w) {
-		if name == NameLMHead && cfg.TieWordEmbeddings {
+	out := make([]safetensors.Tensor, 0, len(ts))
+	for _, t := range ts {
+		if t.Name == NameLMHead && cfg.TieWordEmbeddings {
 			continue
 		}
-		t := w[name]
-		ts = append(ts, safetensors.Tensor{Name: name, DType: dt, Shape: t.Shape, F32: t.Data})
+		if t.Stream != nil && t.DType != dt {
+			conv, err := convertStream(t, dt)
+			if err != nil {
+				return fmt.Errorf("save %s: %w", dir, err)
+			}
+			t = conv
+		}
+		out = append(out, t)
 	}
-	if _, err := safetensors.WriteDir(dir, ts, map[string]string{"format": "pt"}, MaxShardBytes); err != nil {
+	if _, err := safetensors.WriteDir(dir, out, map[string]string{"format": "pt"}, MaxShardBytes); err != nil {
 		return fmt.Errorf("save %s: %w", dir, err)
 	}
 	c := *cfg
@@ -211,6 +234,71 @@ func SaveAs(dir string, cfg *Config, w Weights, dt safetensors.DType) error {
 		return fmt.Errorf("save %s: %w", dir, err)
 	}
 	return nil
+}
+
+// convertStream returns t streaming as dt: its F32 or BF16 bytes decoded to float32 in chunks
+// and re-encoded (safetensors.AppendFloat32s's rounding).
+func convertStream(t safetensors.Tensor, dt safetensors.DType) (safetensors.Tensor, error) {
+	src := t.DType
+	if src == "" {
+		src = safetensors.F32
+	}
+	if src != safetensors.F32 && src != safetensors.BF16 {
+		return t, fmt.Errorf("tensor %s: cannot convert %s to %s", t.Name, src, dt)
+	}
+	stream := t.Stream
+	out := t
+	out.DType = dt
+	out.Stream = func(w io.Writer) error {
+		cw := &convertWriter{w: w, src: src, dst: dt}
+		if err := stream(cw); err != nil {
+			return err
+		}
+		if len(cw.rest) != 0 {
+			return fmt.Errorf("tensor %s: %d trailing bytes", t.Name, len(cw.rest))
+		}
+		return nil
+	}
+	return out, nil
+}
+
+// convertWriter re-encodes a stream of src elements as dst.
+type convertWriter struct {
+	w        io.Writer
+	src, dst safetensors.DType
+	rest     []byte // an incomplete element from the last Write
+	f32      []float32
+	buf      []byte
+}
+
+func (c *convertWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(c.rest) > 0 {
+		p = append(c.rest, p...)
+		c.rest = nil
+	}
+	size := c.src.Size()
+	whole := len(p) / size * size
+	c.rest = append([]byte(nil), p[whole:]...)
+	for lo := 0; lo < whole; lo += 1 << 22 {
+		chunk := p[lo:min(lo+1<<22, whole)]
+		c.f32 = c.f32[:0]
+		for i := 0; i < len(chunk); i += size {
+			if c.src == safetensors.BF16 {
+				c.f32 = append(c.f32, safetensors.BF16ToFloat32(binary.LittleEndian.Uint16(chunk[i:])))
+			} else {
+				c.f32 = append(c.f32, math.Float32frombits(binary.LittleEndian.Uint32(chunk[i:])))
+			}
+		}
+		var err error
+		if c.buf, err = safetensors.AppendFloat32s(c.buf[:0], c.f32, c.dst); err != nil {
+			return 0, err
+		}
+		if _, err := c.w.Write(c.buf); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
 
 // LoadAny loads a llama2.c checkpoint (a .bin file) or an HF directory. An HF

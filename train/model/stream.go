@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"sort"
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
@@ -23,15 +22,15 @@ import (
 // bf16 frozen base stays bf16, a float32 master float32, bit for bit); an
 // adapted one is merged on the device by a small program per shape,
 // W + (α/r)·B·A computed in float32, and rounded to W's dtype on the host
-// (round to nearest even, as PyTorch: GoMLX's pure-Go backend truncates).
-// be is the backend holding the variables.
-func StreamWeights(ctx *context.Context, cfg *Config, be backends.Backend) ([]safetensors.Tensor, error) {
-	exp := ExpectedShapes(cfg, true)
-	names := make([]string, 0, len(exp))
-	for name := range exp {
-		names = append(names, name)
+// (round to nearest even, as PyTorch: GoMLX's pure-Go backend truncates),
+// or kept float32 with mergedF32 (for a save in another dtype: one rounding,
+// as GetWeights then SaveAs). be is the backend holding the variables.
+func StreamWeights(ctx *context.Context, cfg *Config, be backends.Backend, mergedF32 bool) ([]safetensors.Tensor, error) {
+	present := Weights{}
+	for name := range ExpectedShapes(cfg, true) {
+		present[name] = nil
 	}
-	sort.Strings(names)
+	names := hfOrder(cfg, present) // Save's order
 	scale := context.GetParamOr(ctx, paramLoRAScale, 1.0)
 	merge := &mergeExecs{be: be, scale: scale}
 	var out []safetensors.Tensor
@@ -51,6 +50,10 @@ func StreamWeights(ctx *context.Context, cfg *Config, be backends.Backend) ([]sa
 		var av, bv *context.Variable
 		if an, bn, ok := loraNames(name); ok {
 			av, bv = ctx.GetVariableByScopeAndName(ctx.Scope(), an), ctx.GetVariableByScopeAndName(ctx.Scope(), bn)
+		}
+		keepF32 := av != nil && bv != nil && (mergedF32 || v.Shape().DType == dtypes.Float32)
+		if keepF32 {
+			t.DType = safetensors.F32
 		}
 		t.Stream = func(w io.Writer) error {
 			val, err := v.Value()
@@ -73,7 +76,7 @@ func StreamWeights(ctx *context.Context, cfg *Config, be backends.Backend) ([]sa
 				return fmt.Errorf("weights: merging the adapters of %s: %w", name, err)
 			}
 			defer merged.FinalizeAll()
-			if val.DType() == dtypes.Float32 {
+			if keepF32 {
 				return WriteTensor(w, merged)
 			}
 			return writeBF16(w, merged)

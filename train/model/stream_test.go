@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -43,7 +45,7 @@ func TestStreamWeights(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ts, err := StreamWeights(actor, cfg, be)
+		ts, err := StreamWeights(actor, cfg, be, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,6 +87,57 @@ func TestStreamWeights(t *testing.T) {
 		}
 		if merged != 2*cfg.NumLayers {
 			t.Fatalf("%s: %d merged tensors, want %d", dt, merged, 2*cfg.NumLayers)
+		}
+	}
+}
+
+// TestSaveStreamedEqualsSaveAs: saving StreamWeights' tensors (merged in float32, converted as
+// they stream) writes the same files as GetWeights then SaveAs, in bf16 and f32, from a bf16
+// base with LoRA (so both the widening and the rounding conversions run).
+func TestSaveStreamedEqualsSaveAs(t *testing.T) {
+	be := getBackend(t)
+	cfg := tinyConfig()
+	cfg.ScoreDim = 0
+	root := context.New()
+	base, actor := root.In("base"), root.In("actor")
+	if err := SetWeightsWith(base, cfg, RandomWeights(cfg, 8), Storage{DType: dtypes.BFloat16, Backend: be}); err != nil {
+		t.Fatal(err)
+	}
+	ShareBase(actor, base)
+	if err := AddLoRA(actor, cfg, LoRAConfig{Rank: 2, Alpha: 4, Targets: []string{"v_proj", "up_proj"}}, 5); err != nil {
+		t.Fatal(err)
+	}
+	actor.EnumerateVariablesInScope(func(v *context.Variable) {
+		if v.Shape().Dimensions[1] == 2 {
+			d := make([]float32, v.Shape().Size())
+			for i := range d {
+				d[i] = 0.03 * float32(i%7-3)
+			}
+			v.MustSetValue(tensors.FromFlatDataAndDimensions(d, v.Shape().Dimensions...))
+		}
+	})
+	w, err := GetWeights(actor, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dt := range []safetensors.DType{safetensors.BF16, safetensors.F32} {
+		old, streamed := t.TempDir(), t.TempDir()
+		if err := SaveAs(old, cfg, w, dt); err != nil {
+			t.Fatal(err)
+		}
+		ts, err := StreamWeights(actor, cfg, be, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := SaveTensorsAs(streamed, cfg, ts, dt); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"model.safetensors", "config.json"} {
+			a, err1 := os.ReadFile(filepath.Join(old, f))
+			b, err2 := os.ReadFile(filepath.Join(streamed, f))
+			if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
+				t.Fatalf("%s: %s differs between SaveAs and the streamed save (%v, %v)", dt, f, err1, err2)
+			}
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
@@ -103,7 +104,8 @@ type GraphNetsConfig struct {
 	// Optimizer settings (spec §1.10).
 	ActorWeightDecay, CriticWeightDecay, GradClip float64
 	// SaveModel writes a model directory (model.Save); SavePolicy fails without it.
-	SaveModel func(dir string, cfg *model.Config, w model.Weights) error
+	// The tensors stream one at a time (model.StreamWeights).
+	SaveModel func(dir string, cfg *model.Config, ts []safetensors.Tensor) error
 	// LoRA, when LoRA.Rank > 0, trains low-rank adapters instead of full weights: the actor reads the
 	// frozen reference weights and adds its adapters, and each critic that starts from its score model
 	// reads that frozen model's trunk, with its own score head and adapters. One frozen copy of each
@@ -633,7 +635,7 @@ func (n *GraphNets) Checkpoint() (*NetsCheckpoint, error) {
 	// stored once, in the weights.
 	c := &NetsCheckpoint{WeightsScope: ScopeActor}
 	var err error
-	if c.Weights, err = model.StreamWeights(n.ctx.InAbsPath(ScopeActor), n.actorCfg, n.cfg.Backend); err != nil {
+	if c.Weights, err = model.StreamWeights(n.ctx.InAbsPath(ScopeActor), n.actorCfg, n.cfg.Backend, false); err != nil {
 		return nil, err
 	}
 	if c.Config, err = n.actorCfg.HFConfigJSON(); err != nil {
@@ -683,11 +685,14 @@ func (n *GraphNets) SavePolicy(dir string) error {
 	if n.cfg.SaveModel == nil {
 		return fmt.Errorf("ppo: no SaveModel function configured")
 	}
-	w, err := n.ActorWeights()
+	if err := n.syncNative(); err != nil {
+		return err
+	}
+	ts, err := model.StreamWeights(n.ctx.InAbsPath(ScopeActor), n.actorCfg, n.cfg.Backend, true)
 	if err != nil {
 		return err
 	}
-	return n.cfg.SaveModel(dir, n.actorCfg, w)
+	return n.cfg.SaveModel(dir, n.actorCfg, ts)
 }
 
 // dropLastCol turns [B, T] into [B, T−1] (critic scores[:, :-1]).

@@ -17,6 +17,7 @@ import (
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // RunConfig is one ppo-lag or ppo run: the models, data and outputs around the loop's Config.
@@ -390,13 +391,13 @@ func loadRunInputs(c RunConfig, comm dist.Communicator) (*runInputs, error) {
 		MaxNewTokens: c.MaxNewTokens, MaxPromptTokens: c.MaxPromptTokens, Temperature: c.Temperature,
 		TopP: c.TopP, TopK: c.TopK, RepPenalty: c.RepetitionPenalty, ActorWeightDecay: c.ActorWeightDecay,
 		CriticWeightDecay: c.CriticWeightDecay, GradClip: c.GradClip,
-		SaveModel: func(dir string, cfg *model.Config, w model.Weights) error {
+		SaveModel: func(dir string, cfg *model.Config, ts []safetensors.Tensor) error {
 			if c.SaveDType != "" {
 				sc := *cfg
 				sc.TorchDType = c.SaveDType
 				cfg = &sc
 			}
-			return model.SaveWithTokenizer(dir, cfg, w, tokPath)
+			return model.SaveTensorsWithTokenizer(dir, cfg, ts, tokPath)
 		},
 		MicroBatchSize: c.MicroBatch, TrainBatchSize: c.TrainBatchSize / comm.Size(), Comm: comm,
 		LoRA:     model.LoRAConfig{Rank: c.LoRARank, Alpha: c.LoRAAlpha, Targets: c.LoRATargets},

@@ -233,3 +233,9 @@ func Float32ToF16(v float32) uint16 {
 	}
 	return sign | uint16(r)
 }
+
+// AppendFloat32s appends src encoded as the float dtype d (F32, F64, BF16 or F16; rounded to
+// nearest even) to dst.
+func AppendFloat32s(dst []byte, src []float32, d DType) ([]byte, error) {
+	return encodeFloat32(d, src, dst)
+}
