@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/saferlhf/saferlhf/native/engine"
 )
 
 // Shared helpers for the CLI tests of this package.
@@ -15,9 +17,24 @@ import (
 // into a temporary directory and returns its path.
 func buildCLIBinary(t *testing.T) string {
 	t.Helper()
+	return buildBinary(t, "0")
+}
+
+// buildNativeCLIBinary builds the cgo binary (the native engine compiled in, -tags noxla);
+// it skips the test when this test binary was built without cgo.
+func buildNativeCLIBinary(t *testing.T) string {
+	t.Helper()
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	return buildBinary(t, "1")
+}
+
+func buildBinary(t *testing.T, cgo string) string {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "saferlhf")
 	cmd := exec.Command("go", "build", "-tags", "noxla", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

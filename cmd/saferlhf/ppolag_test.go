@@ -41,7 +41,16 @@ func TestPPOLagSIGKILLResume(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI")
 	}
-	bin := buildCLIBinary(t)
+	ppoLagSIGKILLResume(t, buildCLIBinary(t), "go")
+}
+
+// TestNativePPOLagSIGKILLResume is TestPPOLagSIGKILLResume with the cgo binary: generation,
+// scoring and the actor and critic updates on the native engine.
+func TestNativePPOLagSIGKILLResume(t *testing.T) {
+	ppoLagSIGKILLResume(t, buildNativeCLIBinary(t), "native")
+}
+
+func ppoLagSIGKILLResume(t *testing.T, bin, backend string) {
 	dir := t.TempDir()
 	rm, cm := tinyScoreModels(t, dir)
 	assets := filepath.Join("..", "..", "assets", "data")
@@ -51,7 +60,7 @@ func TestPPOLagSIGKILLResume(t *testing.T) {
 			"--train-data", filepath.Join(assets, "pku-saferlhf", "align-anything-preference-sample.json"),
 			"--max-prompt-tokens", "96", "--max-new-tokens", "8", "--prompt-batch-size", "4", "--train-batch-size", "2",
 			"--max-steps", "5", "--checkpoint-every", "1", "--eval-size", "0", "--actor-lr", "1e-3", "--critic-lr", "1e-3",
-			"--output", out}
+			"--backend", backend, "--output", out}
 	}
 	run := func(a []string) {
 		t.Helper()
@@ -104,7 +113,7 @@ func TestPPOLagSIGKILLResume(t *testing.T) {
 	// and generates what the final policy does.
 	gen := func(m string) string {
 		t.Helper()
-		out, err := exec.Command(bin, "generate", "--model", m,
+		out, err := exec.Command(bin, "generate", "--model", m, "--backend", backend,
 			"--prompt", "Once upon", "--max-new-tokens", "6", "--temperature", "0", "--print-ids").CombinedOutput()
 		if err != nil {
 			t.Fatalf("generate --model %s: %v\n%s", m, err, out)

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 )
 
@@ -36,16 +35,7 @@ func TestSIGKILLResumeIsBitExact(t *testing.T) {
 // TestNativeSIGKILLResumeIsBitExact is TestSIGKILLResumeIsBitExact with the
 // cgo binary training on the native engine.
 func TestNativeSIGKILLResumeIsBitExact(t *testing.T) {
-	if !engine.Available {
-		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
-	}
-	bin := filepath.Join(t.TempDir(), "saferlhf")
-	cmd := exec.Command("go", "build", "-tags", "noxla", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	sigkillResume(t, bin, "native")
+	sigkillResume(t, buildNativeCLIBinary(t), "native")
 }
 
 func sigkillResume(t *testing.T, bin, backend string) {
