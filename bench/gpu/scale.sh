@@ -12,7 +12,7 @@
 #
 # The GPU machine has no Go toolchain: nothing is built there. Everything goes to stdout and $OUT
 # (scale.log, one JSON per run, the peak device memory of each run from nvidia-smi). Sections run
-# in order of priority against a global budget (SCALE_BUDGET_S, default 450 s: the device gives 10
+# in order of priority against a global budget (SCALE_BUDGET_S, default 460 s: the device gives 10
 # minutes a command, and loading the binary and the card's start come on top) and are skipped when
 # too little time is left, or when named in SCALE_SKIP (e.g. SCALE_SKIP="go_3b torch_3b numerics_1b").
 # Exit status: the number of failed sections.
@@ -36,7 +36,7 @@ OUT=${OUT:-/tmp/saferlhf-scale-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/scale.log") 2>&1
 T0=$(date +%s)
-BUDGET=${SCALE_BUDGET_S:-450}
+BUDGET=${SCALE_BUDGET_S:-460}
 FAILED=()
 elapsed() { echo $(($(date +%s) - T0)); }
 section() { echo; echo "=== $* [t=$(elapsed)s]"; }
@@ -115,7 +115,7 @@ CKDIR=/tmp/saferlhf-scale-ckpt # not under $OUT: a 7B checkpoint is ~13 GB (the 
 rm -rf "$CKDIR"
 # 1. 7B (LLaMA-2 shape), the target: B=16, 128 + 384 tokens; warm-up step (compiles), one
 # timed step, the trainer's checkpoint into $CKDIR, and one resumed step from it. Then the twin.
-run go_7b 120 300 "$BIN" bench --preset $P7B --lora-rank 16 --micro-batch-size 4 "${COMMON[@]}" "${SHAPE[@]}" \
+run go_7b 120 330 "$BIN" bench --preset $P7B --lora-rank 16 --micro-batch-size 4 "${COMMON[@]}" "${SHAPE[@]}" \
   --out "$CKDIR/7b" --json "$OUT/go_7b.json"
 du -sh "$CKDIR"/7b/checkpoints/* 2>/dev/null; rm -rf "$CKDIR"
 run torch_7b 40 120 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P7B --lora-rank 16 --micro-batch-size 4 "${TSHAPE[@]}" --json "$OUT/torch_7b.json"
