@@ -19,6 +19,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 
+	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -235,7 +236,8 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		}
 	}
 	acfg = actor.Cfg
-	mp := MemoryPlanConfig{Actor: acfg, Reward: rm.Cfg, Cost: cm.Cfg, DType: o.DType, LoRA: o.LoRA, Batch: o.Batch,
+	layerwise := o.Updates == UpdatesLayerwise || o.Updates == UpdatesAuto && !model.PureGo(o.Backend) && !backend.IsNative(o.Backend)
+	mp := MemoryPlanConfig{Actor: acfg, Reward: rm.Cfg, Cost: cm.Cfg, DType: o.DType, LoRA: o.LoRA, Batch: o.Batch, Layerwise: layerwise,
 		MicroBatch: o.MicroBatch, PromptLen: o.PromptLen, GenLen: o.GenLen}
 	plan := PlanMemory(mp)
 	logf("bench: %s", plan)

@@ -27,6 +27,9 @@ type MemoryPlanConfig struct {
 	LoRA                model.LoRAConfig
 	Batch, MicroBatch   int // rollouts per update and rows per micro-batch (0: Batch)
 	PromptLen, GenLen   int
+	// Layerwise: the updates run layer by layer (UpdatesLayerwise, the XLA default), keeping
+	// only each layer's input for the backward and recomputing one layer at a time.
+	Layerwise bool
 }
 
 // PlanMemory returns the plan of c.
@@ -69,9 +72,14 @@ func PlanMemory(c MemoryPlanConfig) MemoryPlan {
 	d, f, h := int64(a.HiddenSize), int64(a.IntermediateSize), int64(a.NumHeads)
 	perTok := 4*3*d + wb*(int64(a.NumHeads*a.Dh())+2*kvWidth+d+3*f) + h*t*(4+wb)
 	p.Activations = int64(mb) * t * (int64(a.NumLayers)*perTok + 3*4*int64(a.VocabSize))
-	// Scoring (no gradients): the actor's and reference's float32 logits and their exponentials,
-	// and one layer's attention scores at a time.
-	p.Scoring = int64(c.Batch)*t*3*4*int64(a.VocabSize) + int64(c.Batch)*h*t*t*(4+wb)
+	if c.Layerwise {
+		// Each layer's float32 input, plus one layer's intermediates while it is recomputed, and
+		// the loss program's logits.
+		p.Activations = int64(mb) * t * (int64(a.NumLayers)*4*d + perTok + 3*4*int64(a.VocabSize))
+	}
+	// Scoring (no gradients), in row blocks of the micro-batch size: a model's float32 logits and
+	// their exponentials, and one layer's attention scores at a time.
+	p.Scoring = int64(mb)*t*3*4*int64(a.VocabSize) + int64(mb)*h*t*t*(4+wb)
 	p.Peak = p.Weights + p.Trainable + p.Optimizer + max(p.KVCache, p.Activations, p.Scoring)
 	return p
 }

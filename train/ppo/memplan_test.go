@@ -38,4 +38,13 @@ func TestMemoryPlan(t *testing.T) {
 	if a, b := PlanMemory(lora).Activations, PlanMemory(half).Activations; b*2 != a {
 		t.Fatalf("activations %d with micro-batch 4, %d with 2", a, b)
 	}
+	if a, b := PlanMemory(lora).Scoring, PlanMemory(half).Scoring; b*2 != a {
+		t.Fatalf("scoring transients %d with micro-batch 4, %d with 2: scoring runs in row blocks", a, b)
+	}
+	// Layerwise updates keep each layer's input only: far less than every layer's intermediates.
+	lw := lora
+	lw.Layerwise = true
+	if a, b := PlanMemory(lora).Activations, PlanMemory(lw).Activations; !(b < a/4) {
+		t.Fatalf("activations %d fused, %d layerwise: want under a quarter", a, b)
+	}
 }
