@@ -128,17 +128,28 @@ func runBench(args []string) error {
 	row("rollout tokens/s (generation)", "%.0f", r.GenTokPerS)
 	row("scoring tokens/s (6 models)", "%.0f", r.ScoreTokPerS)
 	row("train tokens/s (actor+2 critics)", "%.0f", r.TrainTokPerS)
-	row("device copy bandwidth (GB/s)", "%.0f", r.CopyGBps)
-	row("generation / HBM bound", "%.3f", r.GenHBMFraction)
+	native := r.Engine == "native" // no device, no copies, no compiled programs
+	if !native {
+		row("device copy bandwidth (GB/s)", "%.0f", r.CopyGBps)
+		row("generation / HBM bound", "%.3f", r.GenHBMFraction)
+	}
 	row("update model TFLOP per step", "%.2f", r.UpdateTFLOPs)
-	row("update MFU", "%.3f", r.UpdateMFU)
-	row("warm-up step incl. compile (s)", "%.1f", r.WarmupSecs)
-	row("compile estimate (s)", "%.1f", r.CompileSecs)
+	if !native || *peak > 0 {
+		row("update MFU", "%.3f", r.UpdateMFU)
+	}
+	if native {
+		row("warm-up step (s)", "%.1f", r.WarmupSecs)
+	} else {
+		row("warm-up step incl. compile (s)", "%.1f", r.WarmupSecs)
+		row("compile estimate (s)", "%.1f", r.CompileSecs)
+	}
 	row("model load / init (s)", "%.1f", r.LoadSeconds)
 	row("peak RSS (MiB, VmHWM)", "%.0f", r.HostRSSMiB)
 	row("memory plan: device peak (GiB)", "%.1f", r.PlannedPeakGiB)
-	row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
-	row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))
+	if !native {
+		row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
+		row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))
+	}
 	if *out != "" {
 		row("checkpoint size (GiB)", "%.3f", float64(r.CheckpointBytes)/(1<<30))
 		row("checkpoint write (s)", "%.2f", r.CheckpointSecs)

@@ -63,9 +63,11 @@ type Sampling struct {
 
 // BenchResult is what Bench measured (saferlhf bench --json writes it).
 type BenchResult struct {
-	Model        string  `json:"model"`
-	Params       int64   `json:"params"`
-	Backend      string  `json:"backend"`
+	Model   string `json:"model"`
+	Params  int64  `json:"params"`
+	Backend string `json:"backend"`
+	// Engine is what ran the step: "native" (native/llama models kept for the run) or "gomlx".
+	Engine       string  `json:"engine"`
 	DType        string  `json:"dtype"`
 	LoRARank     int     `json:"lora_rank"`
 	Batch        int     `json:"batch"`
@@ -308,6 +310,10 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	res := &BenchResult{Model: modelName(o), Params: int64(acfg.NumParams()), Backend: o.BackendName,
 		DType: model.DTypeName(o.DType), LoRARank: o.LoRA.Rank, Batch: o.Batch, PromptLen: o.PromptLen, GenLen: o.GenLen,
 		MicroBatch: o.MicroBatch, TopK: o.Sampling.TopK, Steps: o.Steps, LoadSeconds: load}
+	res.Engine = "gomlx"
+	if nets.nat != nil {
+		res.Engine = "native"
+	}
 	w := perf[0]
 	res.WarmupSecs = w.GenSeconds + w.ScoreSeconds + w.UpdateSeconds
 	n := float64(o.Steps)

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/ppo"
 	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
@@ -73,7 +76,7 @@ func TestNativeBF16Checkpoints(t *testing.T) {
 		return b
 	}
 	same("sft", func(k int) []byte {
-		out := filepath.Join(dir, "sft", actor[k])
+		out := filepath.Join(dir, "sft", filepath.Base(actor[k]))
 		if err := runSFT([]string{"--backend", "native", "--model", actor[k], "--tokenizer", tok,
 			"--data", filepath.Join(assets, "helpful", "hh-rlhf-helpful-base-test.jsonl.gz"), "--out", out,
 			"--max-length", "32", "--batch-size", "4", "--steps", "2", "--lr", "1e-3", "--eval-max", "8", "--truncate", "prompt-left"}); err != nil {
@@ -82,7 +85,7 @@ func TestNativeBF16Checkpoints(t *testing.T) {
 		return metricsOf(out)
 	})
 	same("ppo-lag", func(k int) []byte {
-		out := filepath.Join(dir, "ppo", actor[k])
+		out := filepath.Join(dir, "ppo", filepath.Base(actor[k]))
 		if err := runPPOLag([]string{"--backend", "native", "--actor", actor[k], "--reward-model", rm[k], "--cost-model", cm[k],
 			"--tokenizer", tok, "--train-data", filepath.Join(assets, "pku-saferlhf", "align-anything-preference-sample.json"),
 			"--max-prompt-tokens", "32", "--max-new-tokens", "6", "--prompt-batch-size", "2", "--train-batch-size", "2",
@@ -91,4 +94,35 @@ func TestNativeBF16Checkpoints(t *testing.T) {
 		}
 		return metricsOf(out)
 	})
+}
+
+// TestNativeBench: `saferlhf bench --backend native` times a step run by the
+// native engine (generation, scoring and updates all on native models, no
+// GoMLX program compiled) and leaves out the device-only rows.
+func TestNativeBench(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	js := filepath.Join(t.TempDir(), "bench.json")
+	out := captureStdout(t, func() error {
+		return runBench([]string{"--backend", "native", "--preset", "stories260K", "--batch", "2", "--prompt-len", "4",
+			"--gen-len", "4", "--steps", "1", "--json", js})
+	})
+	b, err := os.ReadFile(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r ppo.BenchResult
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Engine != "native" || len(r.Programs) != 0 {
+		t.Errorf("engine %q, %d GoMLX programs: want the native engine and none", r.Engine, len(r.Programs))
+	}
+	if r.GenSeconds <= 0 || r.ScoreSeconds <= 0 || r.ActorSeconds <= 0 || r.CriticSecs <= 0 {
+		t.Errorf("phases not timed: %+v", r)
+	}
+	if strings.Contains(out, "device copy bandwidth") || strings.Contains(out, "compile estimate") {
+		t.Errorf("device-only rows printed for the native engine:\n%s", out)
+	}
 }
