@@ -39,7 +39,7 @@ test: vet build
 test-native:
 	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 ./native/... ./internal/backend/
 	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 -run 'Native|Resume' ./train/ppo/
-	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 -run 'Native' ./train/stages/ ./cmd/saferlhf/
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 -run 'Native' ./train/stages/ ./cmd/saferlhf/ ./train/eval/
 	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 -run 'Backends' ./train/model/
 
 # The native engine's tests under AddressSanitizer (out-of-bounds checks of the C kernels).

@@ -16,7 +16,9 @@ import (
 	"github.com/saferlhf/saferlhf/data/prefs"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
+	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/kernels"
+	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 )
@@ -27,7 +29,8 @@ import (
 type Scorer struct {
 	Cfg  *model.Config
 	Tok  tokenizer.Tokenizer
-	exec *context.Exec
+	exec *context.Exec       // the GoMLX end-score graph; nil on the native engine
+	nat  *llama.Model        // the native engine's model (backend "native"); nil on GoMLX
 	norm *kernels.Normalizer // nil unless the config sets do_normalize
 	// Batch is the number of rows per graph call; MaxLen the widest sequence.
 	Batch, MaxLen int
@@ -50,16 +53,23 @@ func NewScorer(be backends.Backend, modelDir, tokPath string, batch, maxLen int)
 	if err != nil {
 		return nil, err
 	}
-	ctx := context.New()
-	if err := model.SetWeights(ctx.In("score"), cfg, w); err != nil {
-		return nil, err
-	}
-	exec, err := context.NewExec(be, ctx.In("score").Reuse(), func(ctx *context.Context, ids, mask *graph.Node) *graph.Node {
-		end, _ := model.EndScores(ctx, cfg, ids, mask)
-		return end
-	})
-	if err != nil {
-		return nil, err
+	sc := &Scorer{Cfg: cfg, Tok: tok, Batch: batch, MaxLen: maxLen}
+	if backend.IsNative(be) {
+		if sc.nat, err = llama.New(cfg, w, 1); err != nil {
+			return nil, err
+		}
+	} else {
+		ctx := context.New()
+		if err := model.SetWeights(ctx.In("score"), cfg, w); err != nil {
+			return nil, err
+		}
+		sc.exec, err = context.NewExec(be, ctx.In("score").Reuse(), func(ctx *context.Context, ids, mask *graph.Node) *graph.Node {
+			end, _ := model.EndScores(ctx, cfg, ids, mask)
+			return end
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	if batch < 1 || maxLen < 2 {
 		return nil, fmt.Errorf("scorer: batch %d and max length %d must be >= 1 and >= 2", batch, maxLen)
@@ -68,7 +78,32 @@ func NewScorer(be backends.Backend, modelDir, tokPath string, batch, maxLen int)
 	if err != nil {
 		return nil, fmt.Errorf("model %s: %w", modelDir, err)
 	}
-	return &Scorer{Cfg: cfg, Tok: tok, exec: exec, norm: norm, Batch: batch, MaxLen: maxLen}, nil
+	sc.norm = norm
+	return sc, nil
+}
+
+// endScores returns the end score of each row of a [b, t] batch.
+func (s *Scorer) endScores(ids []int32, mask []float32, b, t int) ([]float32, error) {
+	if s.nat != nil {
+		tp, err := s.nat.Infer(b, t, ids, mask)
+		if err != nil {
+			return nil, err
+		}
+		scores, err := s.nat.Scores(tp)
+		if err != nil {
+			return nil, err
+		}
+		end := make([]float32, b)
+		for i, e := range llama.EndIndex(b, t, mask) {
+			end[i] = scores[i*t+e]
+		}
+		return end, nil
+	}
+	res, err := s.exec.Exec(tensors.FromFlatDataAndDimensions(ids, b, t), tensors.FromFlatDataAndDimensions(mask, b, t))
+	if err != nil {
+		return nil, err
+	}
+	return tensors.MustCopyFlatData[float32](res[0]), nil
 }
 
 // scoreNormalizer returns the normaliser the reference's score model applies to its outputs:
@@ -137,11 +172,10 @@ func (s *Scorer) Score(seqs [][]int32) (out []float64, err error) {
 				}
 			}
 		}
-		res, err := s.exec.Exec(tensors.FromFlatDataAndDimensions(ids, s.Batch, T), tensors.FromFlatDataAndDimensions(mask, s.Batch, T))
+		vals, err := s.endScores(ids, mask, s.Batch, T)
 		if err != nil {
 			return nil, fmt.Errorf("scorer: %w", err)
 		}
-		vals := tensors.MustCopyFlatData[float32](res[0])
 		for i := range rows {
 			v := float64(vals[i])
 			if s.norm != nil {
