@@ -424,3 +424,79 @@ func TestBackendsBF16Checkpoint(t *testing.T) {
 		})
 	}
 }
+
+// TestBackendsSamplingAndEOS, through llama.NewGenerator on both backends:
+// seeded sampling (temperature, top-p, repetition penalty) is reproducible,
+// another seed changes it, and both backends draw the same rollout; a row
+// stops at EOS with right pads and the spec §1.2 mask after it, the other rows
+// continuing as before.
+func TestBackendsSamplingAndEOS(t *testing.T) {
+	cfg, w := model.LoadStories(t)
+	prompts := [][]int32{{1, 403, 407}, {1}, {1, 261, 378, 432, 383}}
+	opts := model.GenerateOptions{MaxNewTokens: 40, Temperature: 1, TopP: 0.9, RepetitionPenalty: 1.2, Seed: 42, EOS: 2, Pad: 0, Unk: 0}
+	var first *model.Rollout
+	forBackends(t, func(t *testing.T, mb modelBackend) {
+		gen, err := llama.NewGenerator(mb.be, cfg, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		generate := func(o model.GenerateOptions) *model.Rollout {
+			t.Helper()
+			ro, err := gen.Generate(prompts, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ro
+		}
+		a, b := generate(opts), generate(opts)
+		o43 := opts
+		o43.Seed = 43
+		c := generate(o43)
+		for r := range prompts {
+			if !slices.Equal(a.Seq[r], b.Seq[r]) {
+				t.Fatalf("row %d: same seed, different samples", r)
+			}
+		}
+		if slices.Equal(a.Seq[0], c.Seq[0]) && slices.Equal(a.Seq[1], c.Seq[1]) {
+			t.Error("different seeds gave identical rollouts")
+		}
+		if first == nil {
+			first = a
+		} else {
+			for r := range prompts {
+				if !slices.Equal(a.Seq[r], first.Seq[r]) {
+					t.Errorf("row %d: %s sampled %v, go %v", r, mb.name, a.Seq[r], first.Seq[r])
+				}
+			}
+		}
+		greedy := model.GenerateOptions{MaxNewTokens: 30, EOS: 2, Pad: 0, Unk: 0}
+		ref := generate(greedy)
+		stop := ref.Seq[0][ref.PromptWidth]
+		greedy.EOS = stop // row 0's first token becomes EOS
+		ro := generate(greedy)
+		if ro.ResponseLen[0] != 1 || ro.Seq[0][ro.PromptWidth] != stop {
+			t.Fatalf("row 0 did not stop at EOS %d: length %d", stop, ro.ResponseLen[0])
+		}
+		for r := range prompts {
+			row, m := ro.Seq[r], ro.AttentionMask[r]
+			for i := range row {
+				want := int32(0)
+				if row[i] != 0 {
+					want = 1
+				}
+				if m[i] != want {
+					t.Fatalf("row %d col %d: mask %d for id %d", r, i, m[i], row[i])
+				}
+				if i >= ro.PromptWidth+ro.ResponseLen[r] && row[i] != 0 {
+					t.Fatalf("row %d col %d: %d after the response, want pad", r, i, row[i])
+				}
+			}
+			if r > 0 {
+				n := min(ro.ResponseLen[r], ref.ResponseLen[r])
+				if !slices.Equal(ro.Seq[r][ro.PromptWidth:ro.PromptWidth+n], ref.Seq[r][ref.PromptWidth:ref.PromptWidth+n]) {
+					t.Fatalf("row %d changed when row 0 stopped early", r)
+				}
+			}
+		}
+	})
+}
