@@ -34,7 +34,7 @@ func (p rankPart) rows(b int) int { return b / max(1, p.world) }
 func (p rankPart) first(b int) int { return p.rank * p.rows(b) }
 
 // shardTrain makes a training source yield only comm's rank's share of every
-// global batch; the held-out source stays whole (every rank evaluates it, rank 0 logs).
+// global batch; the held-out source stays whole (trainer.Evaluate shares its batches out among the ranks).
 func shardTrain(src trainer.Source, comm dist.Communicator) error {
 	if comm.Size() < 2 {
 		return nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/metrics"
+	"github.com/saferlhf/saferlhf/train/model"
 )
 
 // TestRewardModelDataParallel: the reward model trained by 2 ranks (2 pairs each)
@@ -78,6 +79,24 @@ func rewardModelDataParallel(t *testing.T, backend string) {
 		}
 	}
 	t.Logf("reward model on %s, 3 steps, global batch 4: largest relative difference world 1 vs 2: %.3g", backend, worst)
+	// The score normaliser (config.json) tracks the global batches' end scores on both.
+	var stats [2][]float64
+	for i, dir := range []string{one.Out, two.Out} {
+		c, err := model.LoadHFConfig(filepath.Join(dir, "model"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Score.Mean) != 1 || len(c.Score.Var) != 1 {
+			t.Fatalf("%s: normaliser %+v", dir, c.Score)
+		}
+		stats[i] = []float64{c.Score.Mean[0], c.Score.Var[0]}
+	}
+	for k, name := range []string{"mean", "var"} {
+		if d := math.Abs(stats[0][k]-stats[1][k]) / max(1, math.Abs(stats[0][k])); d > 1e-5 {
+			t.Errorf("score normaliser %s: world 1 %.9g, world 2 %.9g", name, stats[0][k], stats[1][k])
+		}
+	}
+	t.Logf("score normaliser (mean, var): world 1 %v, world 2 %v", stats[0], stats[1])
 }
 
 // onTwoRanks runs run on two in-process ranks and fails on any rank's error.

@@ -136,7 +136,7 @@ func nls(x float64) float64 {
 // scoreNative is the reward/cost model loss of lossFn over pairSource batches
 // (ids, mask, end one-hot, span, cost signs), tracking the score normaliser in
 // mctx on training steps as the graph does.
-func scoreNative(stage Stage, cfg Config, mctx *context.Context) trainer.NativeLoss {
+func scoreNative(stage Stage, cfg Config, mctx *context.Context, track bool) trainer.NativeLoss {
 	tokenWise := cfg.LossType == "token-wise"
 	cost := stage == CM
 	reg, sw := cfg.Reg, cfg.SignWeight
@@ -256,7 +256,7 @@ func scoreNative(stage Stage, cfg Config, mctx *context.Context) trainer.NativeL
 		if err == nil {
 			err = m.Backward(tp, dh, g)
 		}
-		if err == nil {
+		if err == nil && track {
 			err = trackNormalizerHost(mctx, ends)
 		}
 		return loss, metrics, err

@@ -147,14 +147,17 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	}
 	native := sftNative
 	if stage != SFT {
-		native = scoreNative(stage, cfg, mctx)
+		native = scoreNative(stage, cfg, mctx, comm.Size() < 2)
 	}
 	stepper, err := newSteps(be, mctx, mcfg, trainer.Config{
-		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg), WeightDecay: cfg.WeightDecay,
+		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg, comm.Size() < 2), WeightDecay: cfg.WeightDecay,
 		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm,
 	}, native, stage == SFT)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	if stage != SFT && comm.Size() > 1 {
+		stepper = rankedNormalizer{Steps: stepper, ctx: mctx}
 	}
 	total := trainer.TotalSteps(cfg.Epochs, cfg.Steps, train.Len(), cfg.Accumulation)
 	if total < 1 {
@@ -461,7 +464,9 @@ func checkedSources(cfg Config, res *Result, n int, what string, ts, es trainer.
 }
 
 // lossFn returns the stage's loss graph over the batch inputs of seqSource / pairSource.
-func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
+// A score model's loss tracks the score normaliser in the graph when track is set (one process;
+// several ranks combine their batches' statistics instead: rankedNormalizer).
+func lossFn(stage Stage, mcfg *model.Config, cfg Config, track bool) trainer.LossFn {
 	if stage == SFT {
 		return func(ctx *context.Context, in []*graph.Node) (*graph.Node, map[string]*graph.Node) {
 			lp := model.TokenLogProbs(ctx, mcfg, in[0], in[1])
@@ -480,7 +485,7 @@ func lossFn(stage Stage, mcfg *model.Config, cfg Config) trainer.LossFn {
 		}
 		out := WeightedPairwiseScoreLoss(scores, in[2], span, signs, cfg.Reg, cfg.SignWeight)
 		ends := graph.Concatenate([]*graph.Node{out.Hi, out.Lo}, 0)
-		if ctx.IsTraining(ends.Graph()) {
+		if track && ctx.IsTraining(ends.Graph()) {
 			trackNormalizer(ctx, ends)
 		}
 		m := map[string]*graph.Node{

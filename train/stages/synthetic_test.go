@@ -61,7 +61,7 @@ func TestScoreModelLearnsSyntheticRule(t *testing.T) {
 	}
 	initNormalizer(ctx)
 	cfg := Defaults(RM)
-	s, err := trainer.NewStepper(be, ctx, trainer.Config{Scope: modelScope, Loss: lossFn(RM, mcfg, cfg), WeightDecay: 0.1})
+	s, err := trainer.NewStepper(be, ctx, trainer.Config{Scope: modelScope, Loss: lossFn(RM, mcfg, cfg, true), WeightDecay: 0.1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestScoreNormalizerEMA(t *testing.T) {
 		t.Fatal(err)
 	}
 	initNormalizer(ctx)
-	s, err := trainer.NewStepper(be, ctx, trainer.Config{Scope: modelScope, Loss: lossFn(CM, mcfg, Defaults(CM))})
+	s, err := trainer.NewStepper(be, ctx, trainer.Config{Scope: modelScope, Loss: lossFn(CM, mcfg, Defaults(CM), true)})
 	if err != nil {
 		t.Fatal(err)
 	}

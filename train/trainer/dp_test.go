@@ -254,3 +254,64 @@ func TestDataParallelResumeOtherWorld(t *testing.T) {
 		}
 	}
 }
+
+// evalFake is a Steps whose Eval returns the batch's first input as loss and metric
+// "m", and counts its calls.
+type evalFake struct {
+	Steps
+	comm  dist.Communicator
+	calls int
+}
+
+func (f *evalFake) Comm() dist.Communicator { return f.comm }
+func (f *evalFake) Eval(in ...any) (Result, error) {
+	f.calls++
+	x := in[0].(float64)
+	return Result{Loss: x, Metrics: map[string]float64{"m": 2 * x, "r_num": x, "r_den": 1}}, nil
+}
+
+type listSource []float64
+
+func (s listSource) Len() int { return len(s) }
+func (s listSource) Batch(_, i int) (Batch, error) {
+	return Batch{Inputs: []any{s[i]}, Weight: float64(i + 1)}, nil
+}
+
+// TestEvaluateSharded: with 2 ranks each evaluates its share of the held-out batches (batch i
+// on rank i mod 2, 3 of 5 on rank 0) and both return the one-process weighted means.
+func TestEvaluateSharded(t *testing.T) {
+	src := listSource{0.5, 1.25, -3, 7, 0.125}
+	want, err := Evaluate(&evalFake{comm: dist.Self{}}, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	comms, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fakes := []*evalFake{{comm: comms[0]}, {comm: comms[1]}}
+	got := make([]map[string]float64, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() { got[r], errs[r] = Evaluate(fakes[r], src) })
+	}
+	wg.Wait()
+	for r := range 2 {
+		comms[r].Close()
+		if errs[r] != nil {
+			t.Fatalf("rank %d: %v", r, errs[r])
+		}
+		for k, v := range want {
+			if math.Abs(got[r][k]-v) > 1e-12 {
+				t.Errorf("rank %d: %s = %v, one process %v", r, k, got[r][k], v)
+			}
+		}
+		if len(got[r]) != len(want) {
+			t.Errorf("rank %d: %v, one process %v", r, got[r], want)
+		}
+	}
+	if fakes[0].calls != 3 || fakes[1].calls != 2 {
+		t.Errorf("ranks evaluated %d and %d batches, want 3 and 2", fakes[0].calls, fakes[1].calls)
+	}
+}

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/safetensors"
 )
@@ -322,12 +324,16 @@ func (l *Loop) finish(sum Summary, step, startStep, tokens int, start time.Time)
 	return sum
 }
 
-// Evaluate runs the Stepper's Eval over every batch of src and returns the weighted
-// means of the loss ("loss") and of each metric.
+// Evaluate computes the weighted mean loss and metrics over every batch of src (each
+// batch weighs Batch.Weight, default 1). With several ranks (s.Comm()) the batches
+// are shared out, batch i on rank i mod world, and the weighted sums reduced exactly
+// (float64, in rank order), so every rank returns the same values; every rank must call it.
 func Evaluate(s Steps, src Source) (map[string]float64, error) {
-	out := map[string]float64{}
+	comm := s.Comm()
+	w, rank := comm.Size(), comm.Rank()
+	sums := map[string]float64{}
 	var wsum float64
-	for i := 0; i < src.Len(); i++ {
+	for i := rank; i < src.Len(); i += w {
 		b, err := src.Batch(0, i)
 		if err != nil {
 			return nil, fmt.Errorf("held-out batch %d: %w", i, err)
@@ -336,21 +342,66 @@ func Evaluate(s Steps, src Source) (map[string]float64, error) {
 		if err != nil {
 			return nil, fmt.Errorf("held-out batch %d: %w", i, err)
 		}
-		w := b.Weight
-		if w == 0 {
-			w = 1
+		bw := b.Weight
+		if bw == 0 {
+			bw = 1
 		}
-		wsum += w
-		out["loss"] += w * r.Loss
+		wsum += bw
+		sums["loss"] += bw * r.Loss
 		for name, v := range r.Metrics {
-			out[name] += w * v
+			sums[name] += bw * v
 		}
 	}
-	for name := range out {
-		out[name] /= wsum
+	if w > 1 {
+		var err error
+		if sums, wsum, err = reduceSums(comm, sums, wsum); err != nil {
+			return nil, fmt.Errorf("held-out evaluation: %w", err)
+		}
 	}
-	CombineRatios(out)
-	return out, nil
+	for name := range sums {
+		sums[name] /= wsum
+	}
+	CombineRatios(sums)
+	return sums, nil
+}
+
+// reduceSums adds the ranks' named sums and total weights (float64 bits exchanged, added in
+// rank order, so every rank gets the same values; a rank without batches sends none).
+func reduceSums(comm dist.Communicator, sums map[string]float64, wsum float64) (map[string]float64, float64, error) {
+	names := make([]string, 0, len(sums))
+	for k := range sums {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	vals := []float64{wsum}
+	for _, k := range names {
+		vals = append(vals, sums[k])
+	}
+	nb, err := json.Marshal(names)
+	if err != nil {
+		return nil, 0, err
+	}
+	allNames, err := comm.AllGather(stdctx.Background(), nb)
+	if err != nil {
+		return nil, 0, err
+	}
+	allVals, err := dist.AllGatherFloat64(stdctx.Background(), comm, vals)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := map[string]float64{}
+	total := 0.0
+	for r := range allNames {
+		var ns []string
+		if err := json.Unmarshal(allNames[r], &ns); err != nil || len(ns)+1 != len(allVals[r]) {
+			return nil, 0, fmt.Errorf("rank %d sent a malformed evaluation record", r)
+		}
+		total += allVals[r][0]
+		for i, k := range ns {
+			out[k] += allVals[r][1+i]
+		}
+	}
+	return out, total, nil
 }
 
 // CombineRatios replaces each pair of metrics "X_num" and "X_den" (averaged over

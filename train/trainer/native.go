@@ -208,16 +208,12 @@ func (s *NativeStepper) allReduce() error {
 	}
 	start := time.Now()
 	defer func() { s.commTime += time.Since(start) }()
-	var flat []float32
-	for _, n := range s.names {
-		flat = append(flat, s.grads[n]...)
+	grads := make([][]float32, len(s.names))
+	for i, n := range s.names {
+		grads[i] = s.grads[n]
 	}
-	if err := s.cfg.Comm.AllReduce(stdctx.Background(), flat, dist.Mean); err != nil {
+	if err := dist.AllReduceSlices(stdctx.Background(), s.cfg.Comm, dist.Mean, grads...); err != nil {
 		return fmt.Errorf("trainer: averaging gradients across ranks: %w", err)
-	}
-	for _, n := range s.names {
-		k := copy(s.grads[n], flat)
-		flat = flat[k:]
 	}
 	return nil
 }
