@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/ppo"
 )
@@ -60,6 +62,12 @@ func runBench(args []string) error {
 	if err != nil {
 		return usagef("--updates: %v", err)
 	}
+	// Under a launcher every rank runs its share of the step; rank 0 prints and writes --json.
+	comm, _, err := dist.Join(context.Background(), dist.Options{})
+	if err != nil {
+		return err
+	}
+	defer comm.Close()
 	spec := backend.Resolve(*be)
 	if *dtype == "" {
 		*dtype = model.DefaultDType(spec)
@@ -98,7 +106,11 @@ func runBench(args []string) error {
 	opts := ppo.BenchOptions{Backend: b, Specs: specs, BackendName: spec, Cfg: cfg, ActorDir: *actor, RewardDir: *rm, CostDir: *cm,
 		DType: dt, Batch: *batch, PromptLen: *promptLen, GenLen: *genLen, Steps: *steps, MicroBatch: *micro,
 		Sampling:   ppo.Sampling{Temperature: *temp, TopP: *topP, TopK: *topK, RepetitionPenalty: 1},
-		PeakTFLOPS: *peak, CheckpointDir: *out, Updates: upd, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+		PeakTFLOPS: *peak, CheckpointDir: *out, Updates: upd, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+		Comm: comm}
+	if comm.Rank() > 0 {
+		opts.Log = nil
+	}
 	if *loraRank > 0 {
 		opts.LoRA = model.LoRAConfig{Rank: *loraRank, Alpha: *loraAlpha, Targets: splitList(*loraTargets)}
 	}
@@ -110,7 +122,7 @@ func runBench(args []string) error {
 		opts.DeviceBytes = int64(float64(ppo.DeviceMemory()) * frac)
 	}
 	r, err := ppo.Bench(opts)
-	if err != nil {
+	if err != nil || comm.Rank() > 0 {
 		return err
 	}
 	fmt.Printf("saferlhf bench: PPO-Lag step, %s (%.2fB params), %s, batch %d, prompt %d + %d generated, LoRA rank %d, backend %s, GOMAXPROCS %d\n",
@@ -158,6 +170,14 @@ func runBench(args []string) error {
 		row("resumed step (s)", "%.2f", r.ResumedStepSeconds)
 	}
 	row("layerwise programs: compile (s)", "%.2f", r.ProgramsCompileSecs)
+	if r.WorldSize > 1 {
+		row("ranks (data parallel)", "%.0f", float64(r.WorldSize))
+		row("all-reduces per step, rank 0 (s)", "%.3f", r.CollectiveSecs)
+		for _, k := range r.Ranks {
+			fmt.Printf("  rank %d: generation %.0f tokens/s, training %.0f tokens/s, update %.3f s of which %.3f s in all-reduces\n",
+				k.Rank, k.GenTokPerS, k.TrainTokPerS, k.UpdateSeconds, k.CollectiveSecs)
+		}
+	}
 	for _, p := range r.Programs {
 		fmt.Printf("  program %-30s %6d nodes, compiled in %7.3fs, %5d calls, inputs %s\n", p.Program, p.Nodes, p.CompileSeconds, p.Calls, p.Shapes)
 	}

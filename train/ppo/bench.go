@@ -21,6 +21,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 )
 
@@ -53,6 +54,9 @@ type BenchOptions struct {
 	CheckpointDir string
 	// Updates selects fused or layerwise update programs (default: layerwise on XLA).
 	Updates UpdatePrograms
+	// Comm, with several ranks, benchmarks a data-parallel step: Batch is the global batch, each
+	// rank generates, scores and trains on Batch/world rows, gradients averaged across ranks.
+	Comm dist.Communicator
 }
 
 // Sampling are the generation settings (HF generate's).
@@ -115,15 +119,34 @@ type BenchResult struct {
 	CheckpointRSSMiB   float64 `json:"checkpoint_peak_rss_mib,omitempty"`
 	RestoreSecs        float64 `json:"restore_s,omitempty"`
 	ResumedStepSeconds float64 `json:"resumed_step_s,omitempty"`
+	// With several ranks (WorldSize > 1) the phase times above are the slowest rank's and the
+	// tokens/s the aggregate of all ranks (global batch over the slowest rank's time); Ranks
+	// holds each rank's own rates and CollectiveSecs rank 0's time per step in gradient
+	// all-reduces (waiting for the slowest rank included).
+	WorldSize      int         `json:"world_size"`
+	CollectiveSecs float64     `json:"collective_s_per_step"`
+	Ranks          []BenchRank `json:"ranks,omitempty"`
+}
+
+// BenchRank is one rank's measurement in a data-parallel benchmark (its Batch/world rows).
+type BenchRank struct {
+	Rank           int     `json:"rank"`
+	GenSeconds     float64 `json:"gen_s"`
+	UpdateSeconds  float64 `json:"update_s"` // actor and critic updates, collectives included
+	GenTokPerS     float64 `json:"gen_tokens_per_s"`
+	TrainTokPerS   float64 `json:"train_tokens_per_s"`
+	CollectiveSecs float64 `json:"collective_s_per_step"`
 }
 
 // timedNets wraps Nets, timing each call, and skips checkpoints (a benchmark saves nothing).
 type timedNets struct {
 	*GraphNets
-	actor, critics  time.Duration
-	actorT, criticT []time.Duration // per step
-	started         bool
-	logf            func(string, ...any)
+	actor, critics, gen time.Duration
+	actorT, criticT     []time.Duration // per step
+	genT                []time.Duration
+	collT               []float64 // cumulative collective seconds at the end of each step
+	started             bool
+	logf                func(string, ...any)
 	// With checkpoint, Checkpoint passes through (timed from ckptStart); restore is Restore's time.
 	checkpoint bool
 	ckptStart  time.Time
@@ -133,8 +156,9 @@ type timedNets struct {
 
 // flush ends a step's timings (each step starts with one Generate: prompt batch = train batch).
 func (t *timedNets) flush() {
-	t.actorT, t.criticT = append(t.actorT, t.actor), append(t.criticT, t.critics)
-	t.actor, t.critics = 0, 0
+	t.actorT, t.criticT, t.genT = append(t.actorT, t.actor), append(t.criticT, t.critics), append(t.genT, t.gen)
+	t.collT = append(t.collT, t.CollectiveSeconds())
+	t.actor, t.critics, t.gen = 0, 0, 0
 	t.logf("bench: step %d done", len(t.actorT))
 }
 
@@ -145,6 +169,7 @@ func (t *timedNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
 	t.started = true
 	t0 := time.Now()
 	r, err := t.GraphNets.Generate(prompts, seed)
+	t.gen += time.Since(t0)
 	t.logf("bench:   generate %.2fs", time.Since(t0).Seconds())
 	return r, err
 }
@@ -246,6 +271,17 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	if err := plan.Check(o.DeviceBytes, mp); err != nil {
 		return nil, err
 	}
+	comm := o.Comm
+	if comm == nil {
+		comm = dist.Self{}
+	}
+	world := comm.Size()
+	if world > 1 && o.CheckpointDir != "" {
+		return nil, fmt.Errorf("bench: the checkpoint proof (--out) runs in one process only, not as %d ranks", world)
+	}
+	if o.Batch%world != 0 || (o.MicroBatch > 0 && (o.Batch/world)%o.MicroBatch != 0) {
+		return nil, fmt.Errorf("bench: --batch %d is global: it must divide by the world size %d (and each rank's share by --micro-batch-size %d)", o.Batch, world, o.MicroBatch)
+	}
 	cfg := DefaultConfig(PPOLag)
 	cfg.PromptBatchSize, cfg.TrainBatchSize, cfg.MaxSteps = o.Batch, o.Batch, 1+o.Steps
 	cfg.MaxNewTokens, cfg.MaxPromptTokens = o.GenLen, o.PromptLen
@@ -254,7 +290,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		Pad: 0, EOS: -1, MaxNewTokens: o.GenLen, MaxPromptTokens: o.PromptLen, Temperature: o.Sampling.Temperature,
 		TopP: o.Sampling.TopP, TopK: o.Sampling.TopK, RepPenalty: o.Sampling.RepetitionPenalty,
 		ActorWeightDecay: cfg.ActorWeightDecay, GradClip: 1, LoRA: o.LoRA, DType: o.DType,
-		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch, Updates: o.Updates}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
+		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch / world, Updates: o.Updates, Comm: comm}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +319,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		return nil, fmt.Errorf("bench: checkpoint directory %s is not empty", out)
 	}
 	tn := &timedNets{GraphNets: nets, logf: logf, checkpoint: o.CheckpointDir != ""}
-	opt := Options{OutDir: out}
+	opt := Options{OutDir: out, Comm: comm}
 	if tn.checkpoint {
 		// Stop (with the checkpoint) before the last step, which the resumed trainer runs.
 		cfg.MaxSteps = 2 + o.Steps
@@ -324,6 +360,12 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		res.ActorSeconds += a / n
 		res.CriticSecs += c / n
 		res.RLMathSecs += (p.UpdateSeconds - a - c) / n
+	}
+	res.WorldSize = world
+	if world > 1 {
+		if err := res.addRanks(comm, tn, o); err != nil {
+			return nil, err
+		}
 	}
 	res.StepSeconds = res.GenSeconds + res.ScoreSeconds + res.ActorSeconds + res.CriticSecs + res.RLMathSecs
 	res.CompileSecs = math.Max(0, res.WarmupSecs-res.StepSeconds)
@@ -379,6 +421,36 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		res.ProgramsCompileSecs += p.CompileSeconds
 	}
 	return res, nil
+}
+
+// addRanks gathers every rank's measured steps (tn's, after the warm-up): per-rank rates, the
+// slowest rank's update times, and rank 0's collective time per step.
+func (res *BenchResult) addRanks(comm dist.Communicator, tn *timedNets, o BenchOptions) error {
+	n := float64(o.Steps)
+	var gen, actor, critic float64
+	for i := 1; i <= o.Steps; i++ {
+		gen += tn.genT[i].Seconds() / n
+		actor += tn.actorT[i].Seconds() / n
+		critic += tn.criticT[i].Seconds() / n
+	}
+	coll := (tn.collT[o.Steps] - tn.collT[0]) / n
+	all, err := dist.AllGatherFloat64(context.Background(), comm, []float64{gen, actor, critic, coll})
+	if err != nil {
+		return fmt.Errorf("bench: gathering the ranks' timings: %w", err)
+	}
+	rows := float64(o.Batch / comm.Size())
+	T := float64(o.PromptLen + o.GenLen)
+	res.ActorSeconds, res.CriticSecs = 0, 0
+	for r, a := range all {
+		if len(a) != 4 {
+			return fmt.Errorf("bench: rank %d sent a malformed record", r)
+		}
+		res.Ranks = append(res.Ranks, BenchRank{Rank: r, GenSeconds: a[0], UpdateSeconds: a[1] + a[2],
+			GenTokPerS: rows * float64(o.GenLen) / a[0], TrainTokPerS: 3 * rows * T / (a[1] + a[2]), CollectiveSecs: a[3]})
+		res.ActorSeconds, res.CriticSecs = max(res.ActorSeconds, a[1]), max(res.CriticSecs, a[2])
+	}
+	res.CollectiveSecs = all[0][3]
+	return nil
 }
 
 func modelName(o BenchOptions) string {

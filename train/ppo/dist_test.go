@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -186,4 +187,51 @@ func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsCo
 	if err == nil || !strings.Contains(err.Error(), "written by 2 rank(s) and this run has 1") {
 		t.Fatalf("resume on 1 rank of a 2-rank checkpoint: %v", err)
 	}
+}
+
+// TestBenchDataParallel: Bench on 2 ranks reports each rank's rates and rank 0's time in
+// gradient all-reduces, and the same aggregate table on both ranks.
+func TestBenchDataParallel(t *testing.T) {
+	cfg, err := model.Preset("stories260K")
+	if err != nil {
+		t.Fatal(err)
+	}
+	comms, err := dist.NewLocalGroup(context.Background(), 2, dist.Options{Timeout: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := make([]*BenchResult, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			defer comms[r].Close()
+			be, err := backend.New("go")
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			res[r], errs[r] = Bench(BenchOptions{Backend: be, BackendName: "go", Cfg: cfg, Batch: 4, PromptLen: 4, GenLen: 4,
+				Steps: 1, Sampling: Sampling{Temperature: 1, TopP: 1, RepetitionPenalty: 1}, Comm: comms[r]})
+		})
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	r0 := res[0]
+	if r0.WorldSize != 2 || len(r0.Ranks) != 2 || r0.CollectiveSecs <= 0 {
+		t.Fatalf("world %d, ranks %+v, collective %g s", r0.WorldSize, r0.Ranks, r0.CollectiveSecs)
+	}
+	for _, k := range r0.Ranks {
+		if k.GenTokPerS <= 0 || k.TrainTokPerS <= 0 || k.CollectiveSecs <= 0 || k.CollectiveSecs > k.UpdateSeconds {
+			t.Errorf("rank %d: %+v", k.Rank, k)
+		}
+	}
+	if !reflect.DeepEqual(r0.Ranks, res[1].Ranks) || r0.ActorSeconds != res[1].ActorSeconds {
+		t.Errorf("the ranks report different tables: %+v vs %+v", r0.Ranks, res[1].Ranks)
+	}
+	t.Logf("2 ranks: %+v", r0.Ranks)
 }
