@@ -8,7 +8,7 @@ top-p 0.9, 16-token prompts, 128 new tokens). Prints one JSON line per case.
 
     python3 bench/torch_model.py [--threads 2] [--only stories260K|15M] [--reps 3]
 """
-import argparse, json, math, resource, time
+import argparse, ctypes, json, math, resource, time
 
 import torch
 import torch.nn as nn
@@ -164,6 +164,23 @@ def generate(m, prompts, new):
         logits = m(tok, None, caches, pos=pos, key_mask=key_mask)[:, -1]
 
 
+def blas_info():
+    """The BLAS library this process mapped (after a matmul) and, for OpenBLAS, its core type."""
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    libs = sorted({l.split()[-1] for l in open("/proc/self/maps") if "blas" in l.lower() and "/" in l})
+    info = dict(torch=torch.__version__, blas_libs=libs)
+    for lib in libs:
+        try:
+            h = ctypes.CDLL(lib)
+            h.openblas_get_corename.restype = ctypes.c_char_p
+            h.openblas_get_config.restype = ctypes.c_char_p
+            info.update(openblas_core=h.openblas_get_corename().decode(), openblas_config=h.openblas_get_config().decode())
+            break
+        except (OSError, AttributeError):
+            continue
+    return info
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -172,6 +189,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    print(json.dumps(dict(blas_info(), threads=a.threads)), flush=True)
     for name, c in CONFIGS.items():
         if a.only and a.only != name:
             continue

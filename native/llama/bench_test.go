@@ -121,9 +121,11 @@ func BenchmarkStep(b *testing.B) {
 	}
 }
 
-// BenchmarkGenerate times greedy KV-cache generation of 256 new tokens per
-// row for stories260K-shaped random weights at batch 1 and 32. Metric:
-// generated tokens per second (all rows).
+// BenchmarkGenerate times KV-cache generation with the bundled stories260K
+// at batch 1 and 32: greedy, 2-token prompts, 256 new tokens per row; and
+// "topp", bench/torch_model.py's workload (16-token prompts, 128 new tokens,
+// temperature 1, top-p 0.9). Metrics: generated tokens (all rows) per second
+// and per CPU-second.
 func BenchmarkGenerate(b *testing.B) {
 	skipNoEngine(b)
 	cfg, w := loadStories(b)
@@ -131,21 +133,30 @@ func BenchmarkGenerate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, bsz := range []int{1, 32} {
-		b.Run(map[int]string{1: "stories260K/batch1", 32: "stories260K/batch32"}[bsz], func(b *testing.B) {
-			prompts := make([][]int32, bsz)
-			for i := range prompts {
-				prompts[i] = []int32{1, int32(300 + i)}
-			}
-			const newTok = 256
-			c0 := cpuTime()
-			for i := 0; i < b.N; i++ {
-				if _, err := m.Generate(prompts, model.GenerateOptions{MaxNewTokens: newTok, EOS: -1, Unk: -1}); err != nil {
-					b.Fatal(err)
+	for _, c := range []struct {
+		name            string
+		prompt, newTok  int
+		temperature, tp float64
+	}{{"greedy", 2, 256, 0, 0}, {"topp", 16, 128, 1, 0.9}} {
+		for _, bsz := range []int{1, 32} {
+			b.Run(fmt.Sprintf("stories260K/batch%d/%s", bsz, c.name), func(b *testing.B) {
+				prompts := make([][]int32, bsz)
+				for i := range prompts {
+					prompts[i] = []int32{1}
+					for j := 1; j < c.prompt; j++ {
+						prompts[i] = append(prompts[i], int32((i*31+j*7+1)%cfg.VocabSize))
+					}
 				}
-			}
-			b.ReportMetric(float64(bsz*newTok*b.N)/b.Elapsed().Seconds(), "tok/s")
-			b.ReportMetric(float64(bsz*newTok*b.N)/(cpuTime()-c0).Seconds(), "tok/cpu-s")
-		})
+				opts := model.GenerateOptions{MaxNewTokens: c.newTok, Temperature: c.temperature, TopP: c.tp, Seed: 1, EOS: -1, Unk: -1}
+				c0 := cpuTime()
+				for i := 0; i < b.N; i++ {
+					if _, err := m.Generate(prompts, opts); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(bsz*c.newTok*b.N)/b.Elapsed().Seconds(), "tok/s")
+				b.ReportMetric(float64(bsz*c.newTok*b.N)/(cpuTime()-c0).Seconds(), "tok/cpu-s")
+			})
+		}
 	}
 }
