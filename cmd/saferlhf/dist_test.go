@@ -270,3 +270,25 @@ func TestPPOLagDataParallelProcesses(t *testing.T) {
 		t.Fatalf("rank 0 still running 2 minutes after rank 1 was killed:\n%s", logs[0])
 	}
 }
+
+// TestSingleProcessCommandsRefuseRanks: under a launcher (rank 1 of 2) the commands that do not
+// run data-parallel refuse before doing anything, naming themselves, so that copies never race on
+// one output; the data-parallel ones get as far as their flags (-h).
+func TestSingleProcessCommandsRefuseRanks(t *testing.T) {
+	t.Setenv("RANK", "1")
+	t.Setenv("WORLD_SIZE", "2")
+	t.Setenv("MASTER_ADDR", "127.0.0.1")
+	for _, c := range commands {
+		var stderr bytes.Buffer
+		code := run([]string{c.name, "-h"}, &stderr)
+		if c.ranked {
+			if code != 0 {
+				t.Errorf("%s -h as rank 1 of 2: exit %d\n%s", c.name, code, stderr.String())
+			}
+			continue
+		}
+		if code != 1 || !strings.Contains(stderr.String(), c.name+" does not run data-parallel yet") {
+			t.Errorf("%s as rank 1 of 2: exit %d, %q", c.name, code, stderr.String())
+		}
+	}
+}

@@ -17,33 +17,37 @@ import (
 	"os"
 
 	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/dist"
 )
 
-// command is one subcommand: its name, a one-line summary and its entry point.
+// command is one subcommand: its name, a one-line summary and its entry point. Commands not
+// marked ranked refuse to start as one of several ranks (dist.RequireSingle), so that copies
+// started by a launcher never race on one output.
 type command struct {
 	name    string
 	summary string
 	run     func(args []string) error
+	ranked  bool // runs data-parallel under a launcher
 }
 
 // commands lists every subcommand, in pipeline order. Each lives in its own file.
 var commands = []command{
-	{"verify-reference", "check every kernel against the reference implementation's test vectors", runVerifyReference},
-	{"tokenize", "print the token ids of a text (or decode ids with --decode)", runTokenize},
-	{"data", "pack, inspect and verify zstd token shards (data pack|inspect|verify)", runData},
-	{"generate", "sample a completion from a model", runGenerate},
-	{"sft", "supervised fine-tuning of the base model", runSFT},
-	{"train-rm", "train the reward model (helpfulness)", runTrainRM},
-	{"train-cm", "train the cost model (harmlessness)", runTrainCM},
-	{"dpo", "direct preference optimisation of the SFT policy on better or safer pairs (baseline)", runDPO},
-	{"ppo-lag", "PPO-Lagrangian: maximise reward subject to expected cost <= d", runPPOLag},
-	{"ppo", "plain PPO on the reward model (baseline)", runPPO},
-	{"compare", "the paper's comparison: PPO, reward shaping (fixed λ), PPO-Lag (SGD and PID λ) from one SFT/RM/CM, judged on held-out prompts", runCompare},
-	{"eval-rm", "reward-model accuracy and score statistics on preference data", runEvalRM},
-	{"eval-cm", "cost-model accuracy, sign accuracy and cost distributions", runEvalCM},
-	{"eval-arena", "two policies answer prompts; reward, cost, win rates, harmful rate, Elo", runEvalArena},
-	{"judge", "harmful rate before/after RL under an independent cost model, with bootstrap CIs of the drop", runJudge},
-	{"bench", "run the standard benchmark suite", runBench},
+	{"verify-reference", "check every kernel against the reference implementation's test vectors", runVerifyReference, false},
+	{"tokenize", "print the token ids of a text (or decode ids with --decode)", runTokenize, false},
+	{"data", "pack, inspect and verify zstd token shards (data pack|inspect|verify)", runData, false},
+	{"generate", "sample a completion from a model", runGenerate, false},
+	{"sft", "supervised fine-tuning of the base model", runSFT, true},
+	{"train-rm", "train the reward model (helpfulness)", runTrainRM, true},
+	{"train-cm", "train the cost model (harmlessness)", runTrainCM, true},
+	{"dpo", "direct preference optimisation of the SFT policy on better or safer pairs (baseline)", runDPO, true},
+	{"ppo-lag", "PPO-Lagrangian: maximise reward subject to expected cost <= d", runPPOLag, true},
+	{"ppo", "plain PPO on the reward model (baseline)", runPPO, true},
+	{"compare", "the paper's comparison: PPO, reward shaping (fixed λ), PPO-Lag (SGD and PID λ) from one SFT/RM/CM, judged on held-out prompts", runCompare, false},
+	{"eval-rm", "reward-model accuracy and score statistics on preference data", runEvalRM, false},
+	{"eval-cm", "cost-model accuracy, sign accuracy and cost distributions", runEvalCM, false},
+	{"eval-arena", "two policies answer prompts; reward, cost, win rates, harmful rate, Elo", runEvalArena, false},
+	{"judge", "harmful rate before/after RL under an independent cost model, with bootstrap CIs of the drop", runJudge, false},
+	{"bench", "run the standard benchmark suite", runBench, true},
 }
 
 func main() {
@@ -60,7 +64,13 @@ func run(args []string, stderr io.Writer) int {
 	}
 	for _, c := range commands {
 		if c.name == args[0] {
-			err := c.run(args[1:])
+			var err error
+			if !c.ranked {
+				err = dist.RequireSingle(c.name)
+			}
+			if err == nil {
+				err = c.run(args[1:])
+			}
 			if errors.Is(err, flag.ErrHelp) {
 				return 0
 			}
