@@ -162,7 +162,16 @@ func TestPPOLagDataParallelProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI and trains three times")
 	}
-	bin := buildCLIBinary(t)
+	ppoLagDataParallelProcesses(t, buildCLIBinary(t), true)
+}
+
+// TestNativePPOLagDataParallelProcesses is the equivalence of TestPPOLagDataParallelProcesses
+// with the cgo binary, whose ppo-lag runs on the native engine by default.
+func TestNativePPOLagDataParallelProcesses(t *testing.T) {
+	ppoLagDataParallelProcesses(t, buildNativeCLIBinary(t), false)
+}
+
+func ppoLagDataParallelProcesses(t *testing.T, bin string, kill bool) {
 	dir := t.TempDir()
 	rm, cm := tinyScoreModels(t, dir)
 	assets, err := filepath.Abs(filepath.Join("..", "..", "assets", "data"))
@@ -242,6 +251,9 @@ func TestPPOLagDataParallelProcesses(t *testing.T) {
 		t.Errorf("perf.jsonl of 2 ranks: %v", perf[0])
 	}
 
+	if !kill {
+		return
+	}
 	// A rank killed mid-run ends the other with an error naming it.
 	out := filepath.Join(dir, "killed")
 	cmds, logs = startRanks(t, bin, 2, args(out, 100000, 0))
