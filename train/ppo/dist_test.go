@@ -38,7 +38,7 @@ type rankRun struct {
 
 // runRanks runs cfg on world in-process ranks (TCP over loopback, the multi-process code path)
 // into dir and returns each rank's history and final actor weights.
-func runRanks(t *testing.T, cfg Config, world int, opt Options, nets ...func(*GraphNetsConfig)) []rankRun {
+func runRanks(t *testing.T, cfg Config, world int, opt Options, ptx func() *PTXSet, nets ...func(*GraphNetsConfig)) []rankRun {
 	t.Helper()
 	out := make([]rankRun, world)
 	one := func(r int, comm dist.Communicator) {
@@ -46,7 +46,11 @@ func runRanks(t *testing.T, cfg Config, world int, opt Options, nets ...func(*Gr
 		o.Comm = comm
 		opts := append([]func(*GraphNetsConfig){greedy, func(c *GraphNetsConfig) { c.Comm, c.TrainBatchSize = comm, cfg.TrainBatchSize/world }}, nets...)
 		nets := tinyNets(t, cfg, opts...)
-		tr, err := NewTrainer(cfg, o, nets, tinyPrompts(t), nil)
+		var ps *PTXSet
+		if ptx != nil {
+			ps = ptx()
+		}
+		tr, err := NewTrainer(cfg, o, nets, tinyPrompts(t), ps)
 		if err != nil {
 			out[r].err = err
 			comm.Close() // the other ranks then fail instead of waiting
@@ -121,8 +125,8 @@ func TestNativeDataParallelPPOLag(t *testing.T) {
 func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsConfig)) {
 	cfg := dpConfig()
 	ref, out := t.TempDir(), t.TempDir()
-	one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, nets...)
-	two := runRanks(t, cfg, 2, Options{OutDir: ref}, nets...)
+	one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, nil, nets...)
+	two := runRanks(t, cfg, 2, Options{OutDir: ref}, nil, nets...)
 	for r, x := range append(one, two...) {
 		if x.err != nil {
 			t.Fatalf("run %d: %v", r, x.err)
@@ -169,8 +173,8 @@ func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsCo
 	}
 
 	for _, run := range [][]rankRun{
-		runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}, nets...),
-		runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}, nets...),
+		runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}, nil, nets...),
+		runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}, nil, nets...),
 	} {
 		for r, x := range run {
 			if x.err != nil {
@@ -234,4 +238,65 @@ func TestBenchDataParallel(t *testing.T) {
 		t.Errorf("the ranks report different tables: %+v vs %+v", r0.Ranks, res[1].Ranks)
 	}
 	t.Logf("2 ranks: %+v", r0.Ranks)
+}
+
+// TestNativeDataParallelVariants: plain PPO, the fixed-penalty baseline, and PPO-Lag with PTX
+// (PTX rows of equal label counts, so the ranks' token means average to the global one) on 2
+// ranks follow 1 rank with the same global batch: every metric within 1e-4 relative.
+func TestNativeDataParallelVariants(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	ptx := func() *PTXSet { // 8 examples of 7 tokens, the first 2 prompt (5 labels each)
+		var ids, labels [][]int32
+		for i := 0; i < 8; i++ {
+			row, lab := []int32{1}, []int32{-100}
+			for j := 1; j < 7; j++ {
+				id := int32(3 + (37*i+11*j)%500)
+				row, lab = append(row, id), append(lab, id)
+			}
+			lab[1] = -100
+			ids, labels = append(ids, row), append(labels, lab)
+		}
+		s, err := NewPTXSet(ids, labels, 0, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	for _, v := range []struct {
+		name string
+		alg  Algorithm
+		ptx  func() *PTXSet
+	}{{"ppo", PPO, nil}, {"fixed", Fixed, nil}, {"ppo-lag+ptx", PPOLag, ptx}} {
+		t.Run(v.name, func(t *testing.T) {
+			cfg := dpConfig()
+			cfg.Algorithm, cfg.MaxSteps = v.alg, 2
+			if v.ptx != nil {
+				cfg.PTXCoeff = 2
+			}
+			one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, v.ptx, withSpec(t, "native"))
+			two := runRanks(t, cfg, 2, Options{OutDir: t.TempDir()}, v.ptx, withSpec(t, "native"))
+			for r, x := range append(one, two...) {
+				if x.err != nil {
+					t.Fatalf("run %d: %v", r, x.err)
+				}
+			}
+			worst := 0.0
+			for i := range one[0].hist {
+				a, b := metricFields(one[0].hist[i]), metricFields(two[0].hist[i])
+				for k, x := range a {
+					d := math.Abs(x-b[k]) / max(1, math.Abs(x))
+					worst = max(worst, d)
+					if d > 1e-4 {
+						t.Errorf("step %d %s: 1 rank %.7g, 2 ranks %.7g", i+1, k, x, b[k])
+					}
+				}
+			}
+			if v.ptx != nil && one[0].hist[0].PTXLoss == 0 {
+				t.Error("no PTX loss logged")
+			}
+			t.Logf("%s: largest relative metric difference 1 vs 2 ranks %.3g", v.name, worst)
+		})
+	}
 }
