@@ -3,7 +3,6 @@ package dist
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 )
@@ -107,6 +106,3 @@ func AllGatherFloat64(ctx context.Context, comm Communicator, data []float64) ([
 	}
 	return out, nil
 }
-
-// ErrWorldSize is wrapped by errors of a resume at another world size than the checkpoint's.
-var ErrWorldSize = errors.New("world size differs from the checkpoint's")

@@ -40,4 +40,8 @@
 // With LoRA (GraphNetsConfig.LoRA, --lora-rank) the actor trains adapters over the frozen reference
 // weights and each critic trains its score head and adapters over its frozen score model, so one
 // copy of each base serves two of the six models; otherwise the actor and critics are fully fine-tuned.
+//
+// Started by a launcher, Run is one rank of a data-parallel run (dist.go: global batch sizes, each
+// rank's share of every micro-batch, gradients averaged across ranks, λ from the ranks' mean
+// window cost as the reference computes it, rank 0 writing the outputs).
 package ppo
