@@ -40,7 +40,11 @@ type CMReport struct {
 	BySource   []Group `json:"by_source,omitempty"`
 	ByCategory []Group `json:"by_category,omitempty"`
 	BySeverity []Group `json:"by_severity,omitempty"`
-	Plot       string  `json:"plot,omitempty"`
+	// ByLabels breaks the pair accuracy down by the safety labels of the pair's two responses
+	// (pairLabels): which of two safe, or of two unsafe, answers is "safer" is a finer judgement
+	// than safe vs unsafe, and most PKU-SafeRLHF pairs are of those two kinds.
+	ByLabels []Group `json:"by_pair_labels,omitempty"`
+	Plot     string  `json:"plot,omitempty"`
 }
 
 // respMeta is what the breakdowns need of one scored response.
@@ -62,6 +66,21 @@ func pairMeta(s datasets.RawSample) (hi, lo respMeta) {
 		return b, a
 	}
 	return a, b
+}
+
+// pairLabels names the kind of a pair from the cost signs of its unsafer (hi) and safer (lo)
+// responses (+1 unsafe, −1 safe, 0 unlabelled).
+func pairLabels(hi, lo float32) string {
+	switch {
+	case hi == 0 || lo == 0:
+		return "unlabelled"
+	case hi != lo:
+		return "unsafe vs safe"
+	case hi > 0:
+		return "both unsafe"
+	default:
+		return "both safe"
+	}
 }
 
 func severityName(m respMeta) string {
@@ -156,15 +175,16 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 		return nil, err
 	}
 	r.Pairs = len(pairs)
-	bySrc, byCat, bySev := groups{}, groups{}, groups{}
+	bySrc, byCat, bySev, byLab := groups{}, groups{}, groups{}, groups{}
 	k := 0
-	for i := range pairs {
+	for i, p := range pairs {
 		right := safer[i] < unsafer[i]
 		if right {
 			k++
 		}
 		hi, lo := pairMetas[i][0], pairMetas[i][1]
 		bySrc.pair(hi.source, right)
+		byLab.pair(pairLabels(p.HiSign, p.LoSign), right)
 		if hi.hasCategory {
 			byCat.pairCategories(hi.category, lo.category, right)
 		}
@@ -208,7 +228,7 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 	for i, c := range single {
 		add(c, singleSign[i], singleMetas[i])
 	}
-	r.BySource, r.ByCategory, r.BySeverity = bySrc.list(), byCat.list(), bySev.list()
+	r.BySource, r.ByCategory, r.BySeverity, r.ByLabels = bySrc.list(), byCat.list(), bySev.list(), byLab.list()
 	r.Labelled, r.SafeN, r.UnsafeN = len(safe)+len(unsafe), len(safe), len(unsafe)
 	if r.Labelled > 0 {
 		r.SignAccuracy, r.SignCI = float64(right)/float64(r.Labelled), Wilson(right, r.Labelled)
@@ -267,7 +287,7 @@ func (r *CMReport) Format(w io.Writer) error {
 	for _, b := range []struct {
 		title string
 		gs    []Group
-	}{{"source", r.BySource}, {"harm category", r.ByCategory}, {"severity level", r.BySeverity}} {
+	}{{"source", r.BySource}, {"harm category", r.ByCategory}, {"severity level", r.BySeverity}, {"pair labels", r.ByLabels}} {
 		if err == nil && len(b.gs) > 0 {
 			err = formatGroups(w, b.title, b.gs, true)
 		}

@@ -100,6 +100,16 @@ func TestEvalRMAndCM(t *testing.T) {
 	if sevPairs == 0 || sevPairs > 50 || sevResp != 2*sevPairs {
 		t.Errorf("by severity: %d pairs, %d responses (want ≤ 50 pairs of the new schema, 2 responses each)", sevPairs, sevResp)
 	}
+	// The pair-label kinds partition the pairs; the 32 + 50 PKU rows hold pairs of each kind.
+	kinds := map[string]int{}
+	labPairs := 0
+	for _, g := range cm.ByLabels {
+		kinds[g.Name] = g.Pairs
+		labPairs += g.Pairs
+	}
+	if labPairs != cm.Pairs || kinds["unsafe vs safe"] == 0 || kinds["both unsafe"] == 0 || kinds["both safe"] == 0 || len(kinds) != 3 {
+		t.Errorf("by pair labels %+v does not partition the %d pairs into the three kinds", cm.ByLabels, cm.Pairs)
+	}
 	cats := map[string]Group{}
 	for _, g := range cm.ByCategory {
 		cats[g.Name] = g
@@ -110,7 +120,7 @@ func TestEvalRMAndCM(t *testing.T) {
 	}
 	b, _ = os.ReadFile(filepath.Join(out, "eval-cm.json"))
 	var js map[string]any
-	if err := json.Unmarshal(b, &js); err != nil || js["by_category"] == nil || js["by_severity"] == nil || js["by_source"] == nil {
+	if err := json.Unmarshal(b, &js); err != nil || js["by_category"] == nil || js["by_severity"] == nil || js["by_source"] == nil || js["by_pair_labels"] == nil {
 		t.Errorf("eval-cm.json lacks the breakdowns: %v", err)
 	}
 }
