@@ -120,10 +120,29 @@ func checkScoreConfig(t *testing.T, cfg *model.Config, typ string) {
 	}
 }
 
+// TestCostModelBeatsChance trains the demo's cost-model recipe (bench/README "Score models that
+// learn": a fresh one-layer trunk over the Llama-2 32K vocabulary, the sign term weighted 3×, two
+// epochs of 400 PKU-SafeRLHF rows) and requires held-out sign accuracy well above chance: it measured
+// 0.67–0.71 over three seeds (0.44 untrained), so the 0.62 floor has a margin and a lower bound of its
+// 95% Wilson interval above 0.5, and a cost model that does not learn harm (stories260K's character-level
+// vocabulary, or a broken sign term) fails it.
 func TestCostModelBeatsChance(t *testing.T) {
-	r := scoreRun(t, CM, cmTestSteps, 1e-2, "token-wise", "hh-rlhf/harmless-base-test.jsonl.gz", "pku-saferlhf/align-anything-preference-sample.json")
-	if r.HeldOut < 224 || r.Final["accuracy"] < cmTestAccuracy {
-		t.Fatalf("held-out accuracy %.4f on %d pairs: want >= %.2f", r.Final["accuracy"], r.HeldOut, cmTestAccuracy)
+	if testing.Short() {
+		t.Skip("trains on real data for about 20 s (idle machine); TestScoreModelLearnsSyntheticRule covers the path in -short")
+	}
+	c := tinyConfig(t, CM, "pku-saferlhf/pku-saferlhf-train-head500.jsonl", "pku-saferlhf/align-anything-preference-sample.json")
+	c.Model, c.Tokenizer, c.Init = "../../scripts/configs/score-llama2-1layer.json", filepath.Join(assets, "models/tokenizer.model"), "scratch"
+	c.Truncate, c.MaxLength, c.BatchSize, c.Epochs, c.Steps, c.EvalRatio, c.EvalMax = "right", 64, 16, 2, 0, 0.2, 0
+	c.LR, c.SignWeight = 5e-3, 3
+	r, err := Run(stdctx.Background(), CM, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, after := r.Initial["sign_accuracy"], r.Final["sign_accuracy"]
+	t.Logf("CM: held-out sign accuracy %.4f -> %.4f, pair accuracy %.4f -> %.4f on %d pairs (%d train, %d steps, %.1f s)",
+		before, after, r.Initial["accuracy"], r.Final["accuracy"], r.HeldOut, r.Train, r.Steps, r.Seconds)
+	if r.HeldOut < 90 || after < cmTestSignAccuracy {
+		t.Fatalf("held-out sign accuracy %.4f on %d pairs: want >= %.2f", after, r.HeldOut, cmTestSignAccuracy)
 	}
 	cfg, _, err := model.LoadAny(r.ModelDir)
 	if err != nil {
@@ -135,8 +154,9 @@ func TestCostModelBeatsChance(t *testing.T) {
 // Settings of the real-data tests and the held-out accuracies they must reach
 // (measured values and held-out sizes are in bench/README.md).
 const (
-	rmTestSteps, cmTestSteps       = 30, 25
-	rmTestAccuracy, cmTestAccuracy = 0.5, 0.5
+	rmTestSteps        = 30
+	rmTestAccuracy     = 0.5
+	cmTestSignAccuracy = 0.62
 )
 
 // TestNormalizerInCheckpoint: a reward model's checkpoint carries the score normaliser's
