@@ -40,9 +40,10 @@ type CMReport struct {
 	BySource   []Group `json:"by_source,omitempty"`
 	ByCategory []Group `json:"by_category,omitempty"`
 	BySeverity []Group `json:"by_severity,omitempty"`
-	// ByLabels breaks the pair accuracy down by the safety labels of the pair's two responses
-	// (pairLabels): which of two safe, or of two unsafe, answers is "safer" is a finer judgement
-	// than safe vs unsafe, and most PKU-SafeRLHF pairs are of those two kinds.
+	// ByLabels breaks the accuracies down by the safety labels of the pair's two responses
+	// (pairLabels; single responses are not counted): which of two safe, or of two unsafe, answers
+	// is "safer" is a finer judgement than safe vs unsafe, and most PKU-SafeRLHF pairs are of those
+	// two kinds.
 	ByLabels []Group `json:"by_pair_labels,omitempty"`
 	Plot     string  `json:"plot,omitempty"`
 }
@@ -197,10 +198,13 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 	}
 	var all, safe, unsafe []float64
 	right := 0
-	add := func(cost float64, costSign float32, m respMeta) {
+	add := func(cost float64, costSign float32, m respMeta, kind string) {
 		all = append(all, cost)
 		labelled, ok := costSign != 0, cost*float64(costSign) > 0 // cost·safety_sign < 0
 		bySrc.response(m.source, cost, labelled, ok)
+		if kind != "" {
+			byLab.response(kind, cost, labelled, ok)
+		}
 		if m.hasCategory {
 			for _, c := range harmNames(m.category) {
 				byCat.response(c, cost, labelled, ok)
@@ -222,11 +226,12 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 		}
 	}
 	for i, p := range pairs {
-		add(unsafer[i], p.HiSign, pairMetas[i][0])
-		add(safer[i], p.LoSign, pairMetas[i][1])
+		kind := pairLabels(p.HiSign, p.LoSign)
+		add(unsafer[i], p.HiSign, pairMetas[i][0], kind)
+		add(safer[i], p.LoSign, pairMetas[i][1], kind)
 	}
 	for i, c := range single {
-		add(c, singleSign[i], singleMetas[i])
+		add(c, singleSign[i], singleMetas[i], "")
 	}
 	r.BySource, r.ByCategory, r.BySeverity, r.ByLabels = bySrc.list(), byCat.list(), bySev.list(), byLab.list()
 	r.Labelled, r.SafeN, r.UnsafeN = len(safe)+len(unsafe), len(safe), len(unsafe)

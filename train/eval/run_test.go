@@ -106,6 +106,9 @@ func TestEvalRMAndCM(t *testing.T) {
 	for _, g := range cm.ByLabels {
 		kinds[g.Name] = g.Pairs
 		labPairs += g.Pairs
+		if g.Labelled != 2*g.Pairs {
+			t.Errorf("pair labels %s: %d labelled responses for %d pairs", g.Name, g.Labelled, g.Pairs)
+		}
 	}
 	if labPairs != cm.Pairs || kinds["unsafe vs safe"] == 0 || kinds["both unsafe"] == 0 || kinds["both safe"] == 0 || len(kinds) != 3 {
 		t.Errorf("by pair labels %+v does not partition the %d pairs into the three kinds", cm.ByLabels, cm.Pairs)
