@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -260,14 +261,18 @@ func FuzzRecord(f *testing.F) {
 	})
 }
 
-// Tick labels never repeat, even on a narrow range that the default ticker rounds to
-// equal labels.
+// Tick labels read their ticks' values and never repeat, even on a narrow range that the
+// default ticker rounds to equal labels.
 func TestDistinctTicks(t *testing.T) {
-	for _, r := range [][2]float64{{0.100001, 0.100004}, {1e-5, 1.00001e-5}, {123456.001, 123456.003}, {0, 1}, {-3, 250}, {5, 5}, {1, 96}} {
+	for _, r := range [][2]float64{{0.100001, 0.100004}, {1e-5, 1.00001e-5}, {123456.001, 123456.003}, {0, 1}, {-3, 250}, {5, 5}, {1, 96},
+		{0, 150}, {0.43, 0.64}, {0, 112}} {
 		seen := map[string]bool{}
 		for _, tk := range (DistinctTicks{}).Ticks(r[0], r[1]) {
 			if tk.Label == "" {
 				continue
+			}
+			if v, err := strconv.ParseFloat(tk.Label, 64); err != nil || math.Abs(v-tk.Value) > 1e-6*math.Max(r[1]-r[0], 1) {
+				t.Errorf("range %v: tick %v labelled %q", r, tk.Value, tk.Label)
 			}
 			if seen[tk.Label] {
 				t.Errorf("range %v: tick label %q repeated", r, tk.Label)

@@ -120,8 +120,9 @@ func headroom(p *plot.Plot) {
 }
 
 // DistinctTicks is gonum's default ticker with labels printed to as many
-// significant digits as it takes for no two to read the same (the default
-// rounds ticks of a narrow range, such as a learning rate, to equal labels).
+// significant digits as it takes for each to read its tick's value and no two to
+// read the same (the default rounds ticks of a narrow range, such as a learning
+// rate, to equal labels).
 type DistinctTicks struct{}
 
 // Ticks implements plot.Ticker.
@@ -138,7 +139,9 @@ func (DistinctTicks) Ticks(lo, hi float64) []plot.Tick {
 				continue
 			}
 			l := tickLabel(t.Value, prec)
-			if seen[l] {
+			// The label must read the tick's value (150 to one digit reads "200"), to a
+			// millionth of the range, and differ from the others.
+			if r, _ := strconv.ParseFloat(l, 64); seen[l] || math.Abs(r-t.Value) > 1e-6*(hi-lo) {
 				ok = false
 				break
 			}
