@@ -50,11 +50,14 @@ stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/
 #    (--eval-ratio 0.5): the cost model trains on one, the judge (3b) on the other, and each is scored on
 #    the half it never saw. hh-rlhf harmless pairs and BeaverTails answers are never trained on: they are
 #    extra held-out sources (3c). The model: a fresh one-layer trunk (scripts/configs) over the Llama-2 32K
-#    vocabulary (whole words, where the 512-token story vocabulary spells words out), 64 tokens, a few
-#    epochs, the sign term weighted 3x: the best of the ablations in bench/README.md (a stories260K-based
-#    cost model stays at chance). PPO-Lag scores the actor's answers re-tokenised through text.
+#    vocabulary (whole words, where the 512-token story vocabulary spells words out), 64 tokens, 3
+#    epochs (held-out accuracy has plateaued by then; later epochs over-fit), the sign term weighted 3x:
+#    the ablations in bench/README.md (a stories260K-based cost model stays at chance; no other lever
+#    tried, nor adding the hh-rlhf harmless pairs, moves PKU-SafeRLHF accuracy outside its CI).
+#    PPO-Lag scores the actor's answers re-tokenised through text.
 #    One prompt in five of the 500 rows (pku-saferlhf/heldout, 100 rows) is left out of both: no stage
-#    trains on it, and eval-arena and make compare answer those prompts (pku-saferlhf/rest is the others).
+#    trains on it; both cost models are scored on it (3c), and eval-arena and make compare answer those
+#    prompts (pku-saferlhf/rest is the others).
 CMDATA=pku-saferlhf/rest:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,$A/pku-saferlhf/align-anything-preference-sample.json
 CM=(--model scripts/configs/score-llama2-1layer.json --tokenizer $A/models/tokenizer.model --init scratch
 	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --truncate right --max-length 64 --batch-size 16
@@ -66,10 +69,11 @@ stage "cost model" "$bin" train-cm "${CM[@]}" --out "$out/cm"
 #     policy's text for it.
 stage "judge" "$bin" train-cm "${CM[@]}" --swap-split --out "$out/judge"
 
-# 3c. Held-out accuracy of each score model, per source (and for the cost models, per harm category and
-#     severity level): its unseen half of PKU-SafeRLHF, then hh-rlhf harmless pairs (no safety labels:
-#     pair accuracy only) and BeaverTails unsafe answers (sign accuracy = unsafe recall), never trained on.
-UNSEEN=hh-rlhf-harmless:0.1:$A/hh-rlhf/harmless-base-test.jsonl.gz,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv
+# 3c. Held-out accuracy of each score model, per source (and for the cost models, per harm category,
+#     severity level and the pair's safety labels): its unseen half of PKU-SafeRLHF, then data neither
+#     cost model trained on: the 100 held-out PKU-SafeRLHF rows, hh-rlhf harmless pairs (no safety labels:
+#     pair accuracy only) and BeaverTails unsafe answers (sign accuracy = unsafe recall).
+UNSEEN=pku-saferlhf/heldout:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,hh-rlhf-harmless:0.1:$A/hh-rlhf/harmless-base-test.jsonl.gz,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv
 stage "score-model eval" bash -c "set -e
 	\"$bin\" eval-rm --model \"$out/rm/model\" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz --eval-ratio 0.05 --eval-max 64 \
 		--truncate prompt-left --max-length 96 --out \"$out/eval/rm\" > \"$out/eval/rm.txt\"
@@ -133,8 +137,8 @@ acc "$out/eval/rm.txt"
 for m in cm judge; do
 	echo "$m (held-out half of PKU-SafeRLHF by prompt, then never-trained sources):"
 	acc "$out/eval/$m.txt"
-	for f in "$out/eval/$m.txt" "$out/eval/$m-unseen.txt"; do # the by-source table of each report
-		awk '/^  by source/ {p = 1; print; next} /^  by / {p = 0} p && /^  / {print}' "$f"
+	for f in "$out/eval/$m.txt" "$out/eval/$m-unseen.txt"; do # the by-source and by-pair-labels tables of each report
+		awk '/^  by (source|pair labels)/ {p = 1; print; next} /^  by |distributions:/ {p = 0} p && /^  / {print}' "$f"
 	done
 done
 echo
