@@ -23,8 +23,8 @@ if [ -z "${JUDGE:-}" ] && ! grep -q 'out/judge"' scripts/demo.sh; then
 	exit 1
 fi
 # The default held-out prompts are PKU rows that no stage may train on: refuse a demo.sh that reads the
-# bundled PKU train rows other than through their rest part.
-if [ -z "${HELD_OUT:-}" ] && grep -o '[^ ,"=]*pku-saferlhf-train-head500.jsonl' scripts/demo.sh | grep -qv '^pku-saferlhf/rest:'; then
+# bundled PKU train rows other than through their rest part (training) or held-out part (evaluation).
+if [ -z "${HELD_OUT:-}" ] && grep -o '[^ ,"=]*pku-saferlhf-train-head500.jsonl' scripts/demo.sh | grep -Eqv '^pku-saferlhf/(rest|heldout):'; then
 	echo "compare: scripts/demo.sh trains on pku-saferlhf-train-head500.jsonl beyond its pku-saferlhf/rest part, so the default held-out prompts (pku-saferlhf/heldout) would not be held out; read it as pku-saferlhf/rest:FILE there, or set HELD_OUT=<prompt spec>" >&2
 	exit 1
 fi
