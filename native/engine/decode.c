@@ -45,7 +45,7 @@ static inline float lanes16(const float *acc) {
 /* Attention of one batch row's Hq query heads q [Hq*dh] (pre-scaled) to the
  * first S positions of its caches kt, vt [Hkv][dh][Smax]; keys with mask 0 are
  * excluded, and when every key is masked all get the graph's -1e9 bias
- * (see attn.c). s is scratch of S floats. */
+ * (see attn.c). s is scratch of S floats (2*S for the AVX-512 path). */
 CLONES static void dec_attn_row(int S, int Smax, int Hq, int Hkv, int dh, const float *q, const float *kt,
                                 const float *vt, const float *mask, float *o, float *s) {
 	int G = Hq / Hkv, uni = 1, x0 = 0;
@@ -132,8 +132,100 @@ AVX512 static inline __m512 fexp16(__m512 x) {
 	return _mm512_maskz_mov_ps(~z, p);
 }
 
+/* The attention of NH (1 or 2) query heads qh [NH*dh] that share one KV head
+ * k, v [dh][Smax], from key xs on: each key block and each V row is loaded
+ * once for both heads. Per head, every operation is the one (and in the order)
+ * a head alone would do, so the result does not depend on NH. s is scratch of
+ * NH*S floats. */
+AVX512 static inline __attribute__((always_inline)) void dec_heads_avx512(int NH, int S, int Smax, int dh, int xs, int uni,
+                                                                          const float *qh, const float *k, const float *v,
+                                                                          const float *mask, float *oh, float *s) {
+	const __m512 ninf = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
+	__m512 mv[2] = {ninf, ninf};
+	for (int x0 = xs; x0 < S; x0 += 64) {
+		__mmask16 mk[4] = {tail16(S - x0), tail16(S - x0 - 16), tail16(S - x0 - 32), tail16(S - x0 - 48)};
+		__m512 a[2][4];
+		for (int e = 0; e < NH; e++)
+			for (int c = 0; c < 4; c++) a[e][c] = zero;
+		for (int d = 0; d < dh; d++) {
+			const float *kr = k + (size_t)d * Smax + x0;
+			__m512 k0 = _mm512_maskz_loadu_ps(mk[0], kr), k1 = _mm512_maskz_loadu_ps(mk[1], kr + 16),
+			       k2 = _mm512_maskz_loadu_ps(mk[2], kr + 32), k3 = _mm512_maskz_loadu_ps(mk[3], kr + 48);
+			for (int e = 0; e < NH; e++) {
+				__m512 qd = _mm512_set1_ps(qh[e * dh + d]);
+				a[e][0] = _mm512_fmadd_ps(qd, k0, a[e][0]);
+				a[e][1] = _mm512_fmadd_ps(qd, k1, a[e][1]);
+				a[e][2] = _mm512_fmadd_ps(qd, k2, a[e][2]);
+				a[e][3] = _mm512_fmadd_ps(qd, k3, a[e][3]);
+			}
+		}
+		for (int c = 0; c < 4; c++) {
+			if (!mk[c]) break;
+			__mmask16 keep = 0xFFFF;
+			if (!uni)
+				keep = _mm512_mask_cmp_ps_mask(mk[c], _mm512_maskz_loadu_ps(mk[c], mask + x0 + 16 * c), zero, _CMP_NEQ_UQ);
+			for (int e = 0; e < NH; e++) {
+				__m512 sv = a[e][c];
+				if (uni)
+					sv = _mm512_add_ps(sv, _mm512_set1_ps(-1e9f));
+				else
+					sv = _mm512_mask_mov_ps(ninf, keep, sv);
+				_mm512_mask_storeu_ps(s + (size_t)e * S + x0 + 16 * c, mk[c], sv);
+				mv[e] = _mm512_mask_max_ps(mv[e], mk[c], mv[e], sv);
+			}
+		}
+	}
+	float inv[2];
+	for (int e = 0; e < NH; e++) {
+		float *se = s + (size_t)e * S;
+		__m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv[e])), acc = zero;
+		for (int x0 = xs; x0 < S; x0 += 16) {
+			__mmask16 mk = tail16(S - x0);
+			__m512 p = fexp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, se + x0), m));
+			_mm512_mask_storeu_ps(se + x0, mk, p);
+			acc = _mm512_mask_add_ps(acc, mk, acc, p);
+		}
+		inv[e] = 1.0f / _mm512_reduce_add_ps(acc);
+	}
+	int d0 = 0;
+	for (; d0 + 4 <= dh; d0 += 4) {
+		const float *v0 = v + (size_t)d0 * Smax;
+		__m512 b[2][4];
+		for (int e = 0; e < NH; e++)
+			for (int c = 0; c < 4; c++) b[e][c] = zero;
+		for (int x0 = xs; x0 < S; x0 += 16) {
+			__mmask16 mk = tail16(S - x0);
+			__m512 w0 = _mm512_maskz_loadu_ps(mk, v0 + x0), w1 = _mm512_maskz_loadu_ps(mk, v0 + Smax + x0),
+			       w2 = _mm512_maskz_loadu_ps(mk, v0 + 2 * (size_t)Smax + x0),
+			       w3 = _mm512_maskz_loadu_ps(mk, v0 + 3 * (size_t)Smax + x0);
+			for (int e = 0; e < NH; e++) {
+				__m512 p = _mm512_maskz_loadu_ps(mk, s + (size_t)e * S + x0);
+				b[e][0] = _mm512_fmadd_ps(p, w0, b[e][0]);
+				b[e][1] = _mm512_fmadd_ps(p, w1, b[e][1]);
+				b[e][2] = _mm512_fmadd_ps(p, w2, b[e][2]);
+				b[e][3] = _mm512_fmadd_ps(p, w3, b[e][3]);
+			}
+		}
+		for (int e = 0; e < NH; e++)
+			for (int c = 0; c < 4; c++) oh[e * dh + d0 + c] = _mm512_reduce_add_ps(b[e][c]) * inv[e];
+	}
+	for (; d0 < dh; d0++) {
+		const float *v0 = v + (size_t)d0 * Smax;
+		__m512 b[2] = {zero, zero};
+		for (int x0 = xs; x0 < S; x0 += 16) {
+			__mmask16 mk = tail16(S - x0);
+			__m512 w = _mm512_maskz_loadu_ps(mk, v0 + x0);
+			for (int e = 0; e < NH; e++)
+				b[e] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, s + (size_t)e * S + x0), w, b[e]);
+		}
+		for (int e = 0; e < NH; e++) oh[e * dh + d0] = _mm512_reduce_add_ps(b[e]) * inv[e];
+	}
+}
+
 /* dec_attn_row with AVX-512: keys in blocks of 64 (four independent
- * accumulators), masked loads and stores for the tail. */
+ * accumulators), masked loads and stores for the tail; the query heads that
+ * share a KV head go through it in pairs, so the cache is read once per pair.
+ * s is scratch of 2*S floats. */
 AVX512 static void dec_attn_row_avx512(int S, int Smax, int Hq, int Hkv, int dh, const float *q, const float *kt,
                                        const float *vt, const float *mask, float *o, float *s) {
 	int G = Hq / Hkv, uni = 1, xs = 0;
@@ -143,70 +235,13 @@ AVX512 static void dec_attn_row_avx512(int S, int Smax, int Hq, int Hkv, int dh,
 			xs = x & ~15; /* as dec_attn_row */
 			break;
 		}
-	const __m512 ninf = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
-	for (int h = 0; h < Hq; h++) {
-		const float *qh = q + h * dh, *k = kt + (size_t)(h / G) * dh * Smax, *v = vt + (size_t)(h / G) * dh * Smax;
-		__m512 mv = ninf;
-		for (int x0 = xs; x0 < S; x0 += 64) {
-			__mmask16 m0 = tail16(S - x0), m1 = tail16(S - x0 - 16), m2 = tail16(S - x0 - 32),
-			          m3 = tail16(S - x0 - 48);
-			__m512 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-			for (int d = 0; d < dh; d++) {
-				__m512 qd = _mm512_set1_ps(qh[d]);
-				const float *kr = k + (size_t)d * Smax + x0;
-				a0 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m0, kr), a0);
-				a1 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m1, kr + 16), a1);
-				a2 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m2, kr + 32), a2);
-				a3 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m3, kr + 48), a3);
-			}
-			__m512 a[4] = {a0, a1, a2, a3};
-			__mmask16 mk[4] = {m0, m1, m2, m3};
-			for (int c = 0; c < 4; c++) {
-				if (!mk[c]) break;
-				const float *mr = mask + x0 + 16 * c;
-				__m512 sv = a[c];
-				if (uni)
-					sv = _mm512_add_ps(sv, _mm512_set1_ps(-1e9f));
-				else
-					sv = _mm512_mask_mov_ps(ninf, _mm512_mask_cmp_ps_mask(mk[c], _mm512_maskz_loadu_ps(mk[c], mr), zero, _CMP_NEQ_UQ), sv);
-				_mm512_mask_storeu_ps(s + x0 + 16 * c, mk[c], sv);
-				mv = _mm512_mask_max_ps(mv, mk[c], mv, sv);
-			}
-		}
-		__m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv)), acc = zero;
-		for (int x0 = xs; x0 < S; x0 += 16) {
-			__mmask16 mk = tail16(S - x0);
-			__m512 p = fexp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + x0), m));
-			_mm512_mask_storeu_ps(s + x0, mk, p);
-			acc = _mm512_mask_add_ps(acc, mk, acc, p);
-		}
-		float inv = 1.0f / _mm512_reduce_add_ps(acc);
-		float *oh = o + h * dh;
-		int d0 = 0;
-		for (; d0 + 4 <= dh; d0 += 4) {
-			const float *v0 = v + (size_t)d0 * Smax;
-			__m512 b0 = zero, b1 = zero, b2 = zero, b3 = zero;
-			for (int x0 = xs; x0 < S; x0 += 16) {
-				__mmask16 mk = tail16(S - x0);
-				__m512 p = _mm512_maskz_loadu_ps(mk, s + x0);
-				b0 = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, v0 + x0), b0);
-				b1 = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, v0 + Smax + x0), b1);
-				b2 = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, v0 + 2 * (size_t)Smax + x0), b2);
-				b3 = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, v0 + 3 * (size_t)Smax + x0), b3);
-			}
-			oh[d0] = _mm512_reduce_add_ps(b0) * inv;
-			oh[d0 + 1] = _mm512_reduce_add_ps(b1) * inv;
-			oh[d0 + 2] = _mm512_reduce_add_ps(b2) * inv;
-			oh[d0 + 3] = _mm512_reduce_add_ps(b3) * inv;
-		}
-		for (; d0 < dh; d0++) {
-			const float *v0 = v + (size_t)d0 * Smax;
-			__m512 b0 = zero;
-			for (int x0 = xs; x0 < S; x0 += 16) {
-				__mmask16 mk = tail16(S - x0);
-				b0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, s + x0), _mm512_maskz_loadu_ps(mk, v0 + x0), b0);
-			}
-			oh[d0] = _mm512_reduce_add_ps(b0) * inv;
+	for (int g = 0; g < Hkv; g++) {
+		const float *k = kt + (size_t)g * dh * Smax, *v = vt + (size_t)g * dh * Smax;
+		for (int h = g * G; h < (g + 1) * G; h += 2) {
+			if (h + 1 < (g + 1) * G)
+				dec_heads_avx512(2, S, Smax, dh, xs, uni, q + h * dh, k, v, mask, o + h * dh, s);
+			else
+				dec_heads_avx512(1, S, Smax, dh, xs, uni, q + h * dh, k, v, mask, o + h * dh, s);
 		}
 	}
 }
@@ -233,7 +268,7 @@ struct dec_att_job {
 static void dec_att_task(void *arg, int b) {
 	struct dec_att_job *j = arg;
 	size_t cw = (size_t)j->Hkv * j->dh * j->Smax, qw = (size_t)j->Hq * j->dh;
-	float *s = dec_scratch(j->S);
+	float *s = dec_scratch(2 * (size_t)j->S);
 	if (!s) abort();
 	dec_row(j->S, j->Smax, j->Hq, j->Hkv, j->dh, j->q + b * qw, j->kc + b * cw, j->vc + b * cw,
 	             j->mask + (size_t)b * j->Smax, j->o + b * qw, s);
@@ -285,7 +320,7 @@ static void dec_task(void *arg, int t) {
 	int64_t off[11];
 	eng_decode_layout(D, j->Hq, j->Hkv, dh, F, off);
 	const float *lw = j->lw;
-	size_t need = (size_t)n * (2 * D + W + Q + 3 * F) + S;
+	size_t need = (size_t)n * (2 * D + W + Q + 3 * F) + 2 * (size_t)S;
 	float *buf = dec_scratch(need);
 	if (!buf) abort();
 	float *h = buf, *qkv = h + (size_t)n * D, *att = qkv + (size_t)n * W, *y = att + (size_t)n * Q;

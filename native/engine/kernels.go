@@ -454,8 +454,8 @@ func DecodeLayer(b, d, hq, hkv, dh, f, at, smax int, eps, qscale float32, lw []f
 	}
 	off := DecodeLayout(d, hq, hkv, dh, f)
 	const maxInt32 = 1<<31 - 1
-	// the C side's per-task scratch is (rows of a task)·(2d + qkv width + hq·dh + 3f) + smax floats
-	if off[10] > maxInt32 || b*(2*d+hq*dh+2*hkv*dh+hq*dh+3*f)+smax > maxInt32 || b*hkv*dh*smax > maxInt32 || b*max(d, smax) > maxInt32 {
+	// the C side's per-task scratch is (rows of a task)·(2d + qkv width + hq·dh + 3f) + 2·smax floats
+	if off[10] > maxInt32 || b*(2*d+hq*dh+2*hkv*dh+hq*dh+3*f)+2*smax > maxInt32 || b*hkv*dh*smax > maxInt32 || b*max(d, smax) > maxInt32 {
 		return fmt.Errorf("engine: decode layer dimensions exceed int32")
 	}
 	if len(cos) != len(sin) || len(cos)%(dh/2) != 0 {

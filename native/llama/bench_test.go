@@ -160,3 +160,39 @@ func BenchmarkGenerate(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkGenerateContext times greedy generation of the bundled stories260K
+// at batch 1 and 32 from 16-token prompts for 16, 64, 128 and 256 new tokens,
+// so the share of attention (which grows with the context and reads each
+// row's own KV cache) can be told from the per-token matmuls (which batch).
+// Metrics as BenchmarkGenerate.
+func BenchmarkGenerateContext(b *testing.B) {
+	skipNoEngine(b)
+	cfg, w := loadStories(b)
+	m, err := New(cfg, w, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, newTok := range []int{16, 64, 128, 256} {
+		for _, bsz := range []int{1, 32} {
+			b.Run(fmt.Sprintf("stories260K/new%d/batch%d", newTok, bsz), func(b *testing.B) {
+				prompts := make([][]int32, bsz)
+				for i := range prompts {
+					prompts[i] = []int32{1}
+					for j := 1; j < 16; j++ {
+						prompts[i] = append(prompts[i], int32((i*31+j*7+1)%cfg.VocabSize))
+					}
+				}
+				opts := model.GenerateOptions{MaxNewTokens: newTok, Seed: 1, EOS: -1, Unk: -1}
+				c0 := cpuTime()
+				for i := 0; i < b.N; i++ {
+					if _, err := m.Generate(prompts, opts); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(bsz*newTok*b.N)/b.Elapsed().Seconds(), "tok/s")
+				b.ReportMetric(float64(bsz*newTok*b.N)/(cpuTime()-c0).Seconds(), "tok/cpu-s")
+			})
+		}
+	}
+}

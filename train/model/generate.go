@@ -426,6 +426,18 @@ func (sc *sampler) kthLargest(z []float64, k int) float64 {
 	return h[0]
 }
 
+// max64 is math.Max(x, y), with the common case inlined (math.Max is an
+// assembly call on amd64: 5% of a top-p batch-32 generation profile).
+func max64(x, y float64) float64 {
+	if x > y {
+		return x
+	}
+	if y > x {
+		return y
+	}
+	return math.Max(x, y) // equal, or a NaN
+}
+
 // sample picks the next token from one row's logits: repetition penalty,
 // then greedy (Temperature 0) or temperature + top-p sampling, the order of
 // HF's logits processors and warpers.
@@ -461,9 +473,13 @@ func (sc *sampler) sample(logits []float32, history []int32, opts *GenerateOptio
 		return int32(best)
 	}
 	maxz := math.Inf(-1)
-	for i := range z {
-		z[i] /= opts.Temperature
-		maxz = math.Max(maxz, z[i])
+	if t := opts.Temperature; t != 1 { // x/1 is x
+		for i := range z {
+			z[i] /= t
+		}
+	}
+	for _, x := range z {
+		maxz = max64(maxz, x)
 	}
 	thr := math.Inf(-1)
 	if opts.TopK > 0 && opts.TopK < v {

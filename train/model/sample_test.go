@@ -195,3 +195,17 @@ func TestSamplerTopK(t *testing.T) {
 		}
 	}
 }
+
+// TestMax64: max64 is math.Max on every pair of special and ordinary values,
+// bit for bit (signed zeros, infinities, NaN).
+func TestMax64(t *testing.T) {
+	vals := []float64{math.Inf(-1), -3.5, -1, math.Copysign(0, -1), 0, 1e-300, 2, 7.25, math.MaxFloat64, math.Inf(1), math.NaN()}
+	for _, x := range vals {
+		for _, y := range vals {
+			got, want := max64(x, y), math.Max(x, y)
+			if math.Float64bits(got) != math.Float64bits(want) && !(math.IsNaN(got) && math.IsNaN(want)) {
+				t.Errorf("max64(%v, %v) = %v, math.Max %v", x, y, got, want)
+			}
+		}
+	}
+}
