@@ -6,7 +6,7 @@
 # same seed, prompts and budget; then every policy (and the SFT policy) answers the same held-out prompts,
 # scored by the reward model, the training cost model and the judge. Writes <out>/runs/compare.md (table with
 # bootstrap 95% CIs), compare.json (per-prompt scores) and compare.png (reward vs cost, λ and Jc − d curves).
-# Budget: <= 40 minutes on 2 cores (8 min measured, bench/README.md). Usage: bash scripts/compare.sh [bin/saferlhf] [out/compare]
+# Budget: <= 40 minutes on 2 cores (3.6-8 min measured under load, bench/README.md). Usage: bash scripts/compare.sh [bin/saferlhf] [out/compare]
 # Environment: PPO_STEPS (64), SEED (42), EVAL_MAX (128), HELD_OUT (held-out prompt spec), JUDGE, and the PPO settings below.
 # Rerunning continues where it stopped (finished stages and runs are kept).
 set -euo pipefail
