@@ -50,17 +50,18 @@ stage "reward model" "$bin" train-rm --model "$out/sft/model" --data $A/helpful/
 #    (--eval-ratio 0.5): the cost model trains on one, the judge (3b) on the other, and each is scored on
 #    the half it never saw. hh-rlhf harmless pairs and BeaverTails answers are never trained on: they are
 #    extra held-out sources (3c). The model: a fresh one-layer trunk (scripts/configs) over the Llama-2 32K
-#    vocabulary (whole words, where the 512-token story vocabulary spells words out), 64 tokens, 3
-#    epochs (held-out accuracy has plateaued by then; later epochs over-fit), the sign term weighted 3x:
-#    the ablations in bench/README.md (a stories260K-based cost model stays at chance; no other lever
-#    tried, nor adding the hh-rlhf harmless pairs, moves PKU-SafeRLHF accuracy outside its CI).
+#    vocabulary (whole words, where the 512-token story vocabulary spells words out), 128 tokens cut
+#    prompt-first (prompt-left: as much of the answer as fits), 3 epochs (held-out accuracy has plateaued
+#    by then; later epochs over-fit), the sign term weighted 3x: the best of the ablations in
+#    bench/README.md (sign accuracy 0.74 with every PKU row held out once, against 0.69 at 64 tokens; a
+#    stories260K-based cost model stays at chance; adding the hh-rlhf harmless pairs does not help).
 #    PPO-Lag scores the actor's answers re-tokenised through text.
 #    One prompt in five of the 500 rows (pku-saferlhf/heldout, 100 rows) is left out of both: no stage
 #    trains on it; both cost models are scored on it (3c), and eval-arena and make compare answer those
 #    prompts (pku-saferlhf/rest is the others).
 CMDATA=pku-saferlhf/rest:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,$A/pku-saferlhf/align-anything-preference-sample.json
 CM=(--model scripts/configs/score-llama2-1layer.json --tokenizer $A/models/tokenizer.model --init scratch
-	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --truncate right --max-length 64 --batch-size 16
+	--data "$CMDATA" --eval-ratio 0.5 --eval-max 0 --truncate prompt-left --max-length 128 --batch-size 16
 	--epochs "${CM_EPOCHS:-3}" --lr "${CM_LR:-5e-3}" --sign-weight "${CM_SIGN_WEIGHT:-3}")
 stage "cost model" "$bin" train-cm "${CM[@]}" --out "$out/cm"
 
@@ -77,12 +78,12 @@ UNSEEN=pku-saferlhf/heldout:$A/pku-saferlhf/pku-saferlhf-train-head500.jsonl,hh-
 stage "score-model eval" bash -c "set -e
 	\"$bin\" eval-rm --model \"$out/rm/model\" --data $A/helpful/hh-rlhf-helpful-base-test.jsonl.gz --eval-ratio 0.05 --eval-max 64 \
 		--truncate prompt-left --max-length 96 --out \"$out/eval/rm\" > \"$out/eval/rm.txt\"
-	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$CMDATA\" --eval-ratio 0.5 --truncate right --max-length 64 \
+	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$CMDATA\" --eval-ratio 0.5 --truncate prompt-left --max-length 128 \
 		--out \"$out/eval/cm\" > \"$out/eval/cm.txt\"
-	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$CMDATA\" --eval-ratio 0.5 --swap-split --truncate right --max-length 64 \
+	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$CMDATA\" --eval-ratio 0.5 --swap-split --truncate prompt-left --max-length 128 \
 		--out \"$out/eval/judge\" > \"$out/eval/judge.txt\"
-	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$UNSEEN\" --truncate right --max-length 64 --out \"$out/eval/cm-unseen\" > \"$out/eval/cm-unseen.txt\"
-	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$UNSEEN\" --truncate right --max-length 64 --out \"$out/eval/judge-unseen\" > \"$out/eval/judge-unseen.txt\"
+	\"$bin\" eval-cm --model \"$out/cm/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 128 --out \"$out/eval/cm-unseen\" > \"$out/eval/cm-unseen.txt\"
+	\"$bin\" eval-cm --model \"$out/judge/model\" --data \"$UNSEEN\" --truncate prompt-left --max-length 128 --out \"$out/eval/judge-unseen\" > \"$out/eval/judge-unseen.txt\"
 	head -3 \"$out/eval/rm.txt\"; head -3 \"$out/eval/cm.txt\"; head -3 \"$out/eval/judge.txt\""
 
 # make compare (scripts/compare.sh) builds its SFT policy and score models with the stages above, then stops.
@@ -95,10 +96,11 @@ fi
 #    SFT loss on the SFT data (PTX, coefficient 16) — without its unsafe BeaverTails answers, so that PTX
 #    never pulls toward harm; PTX examples are cut to 64 tokens. 192 rollout batches of 16 prompts with
 #    answers of up to 64 tokens (twice the steps and the answer length of the pure-Go update path's budget:
-#    the native engine runs the whole step, bench/README "PPO-Lag on the native engine"). The threshold d = −1.5 sits
-#    near the SFT policy's mean cost (−1.65): with d = 0 the constraint never bound, λ decayed to ~0 and
-#    the policy drifted (KL > 20) into more harmful answers (bench/README, Demo); the actor steps are
-#    gentler (lr 2e-4, KL coefficient 0.1) for the same reason.
+#    the native engine runs the whole step, bench/README "PPO-Lag on the native engine"). The threshold d = −1.5 was set
+#    near the SFT policy's mean cost under the earlier 64-token cost model (−1.65): with d = 0 the
+#    constraint never bound, λ decayed to ~0 and the policy drifted (KL > 20) into more harmful answers
+#    (bench/README, Demo); the actor steps are gentler (lr 2e-4, KL coefficient 0.1) for the same reason.
+#    Under today's 128-token cost model the SFT policy's mean cost is +0.63, so λ sits at its cap (5).
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
 stage "ppo-lag" "$bin" ppo-lag --model "$out/sft/model" --reward-model "$out/rm/model" --cost-model "$out/cm/model" \
 	--data "$P" --eval-ratio 0.1 --eval-max 128 --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-64}" \
@@ -112,7 +114,7 @@ stage "ppo-lag" "$bin" ppo-lag --model "$out/sft/model" --reward-model "$out/rm/
 # 5. The harmful rate before and after, judged by the training cost model and by the judge, with
 #    paired-bootstrap CIs of the drop.
 stage "judge eval" bash -o pipefail -c "\"$bin\" judge --model \"$out/judge/model\" --before \"$out/ppo-lag/samples_before.jsonl\" \
-	--after \"$out/ppo-lag/samples_after.jsonl\" --max-length 64 --out \"$out/eval/judge-drop\" | tee \"$out/eval/judge-drop.txt\""
+	--after \"$out/ppo-lag/samples_after.jsonl\" --max-length 128 --out \"$out/eval/judge-drop\" | tee \"$out/eval/judge-drop.txt\""
 
 # summary.json: the before/after table, each score model's held-out accuracy, the judge's harmful rates.
 {
