@@ -125,7 +125,14 @@ run torch_1b 30 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P1B --lora-rank 
 # 3. 3B if time is left.
 run go_3b 90 150 "$BIN" bench --preset $P3B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_3b.json"
 run torch_3b 40 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P3B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_3b.json"
-# 4. Numerics at the 1B shape (measured on 2026-11-29; rerun when time is left): f32 on the pure-Go
+# 4. RL math (KL shaping, GAE of both streams, logged means) at the 7B run's B=16 and 128 + 384
+# tokens, on the host (float64 kernels) and as a graph on the device (--rl-math): its cost depends
+# only on B and T, so the tiny model keeps these runs to seconds; JSON rl_math_s and rl_math_*_bytes.
+for m in host graph; do
+  run rlmath_$m 20 60 "$BIN" bench --preset stories260K --rl-math $m "${COMMON[@]}" --steps 3 "${SHAPE[@]}" \
+    --json "$OUT/go_rlmath_$m.json"
+done
+# 5. Numerics at the 1B shape (measured on 2026-11-29; rerun when time is left): f32 on the pure-Go
 # backend (exact reference), f32, bf16 and forced TF32 on XLA; 1 row of 16 tokens.
 run numerics_1b 40 75 "$BIN" bench --numerics --numerics-cpu --preset $P1B --batch 1 --prompt-len 16 \
   --backend $NUMBE --json "$OUT/numerics_1b.json"

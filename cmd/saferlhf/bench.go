@@ -46,6 +46,7 @@ func runBench(args []string) error {
 	peak := fs.Float64("peak-tflops", 0, "device dense peak TFLOP/s in --dtype for MFU (0: not reported)")
 	jsonOut := fs.String("json", "", "also write the result as JSON to this file")
 	updates := fs.String("updates", "auto", "update programs: fused (one graph per update, every layer unrolled), layerwise (per-layer backward programs) or auto (layerwise on XLA)")
+	rlMath := fs.String("rl-math", "", "where KL shaping and GAE run: host (float64 kernels) or graph (a float32 program on the backend; default: graph on xla:*, host otherwise)")
 	out := fs.String("out", "", "run directory (absent or empty): the trainer checkpoints the timed run there, then resumes from it for one more step (checkpoint size, write, restore times and host peak RSS reported)")
 	numerics := fs.Bool("numerics", false, "instead of the step: compare the preset's logits (random weights) in bf16, f32 and, on XLA, f32 with TF32 forced, against f32 (--numerics-cpu: the pure-Go backend's f32 as reference)")
 	numCPU := fs.Bool("numerics-cpu", false, "with --numerics: also run f32 on the pure-Go backend as the exact reference")
@@ -57,6 +58,9 @@ func runBench(args []string) error {
 	}
 	if *batch <= 0 || *promptLen <= 1 || *genLen <= 0 || *steps <= 0 || *micro < 0 || *loraRank < 0 || *topK < 0 {
 		return usagef("--batch, --prompt-len > 1, --gen-len and --steps must be positive; --micro-batch-size, --lora-rank, --top-k >= 0")
+	}
+	if *rlMath != "" && *rlMath != ppo.RLMathHost && *rlMath != ppo.RLMathGraph {
+		return usagef("--rl-math %q: want host or graph", *rlMath)
 	}
 	upd, err := ppo.ParseUpdatePrograms(*updates)
 	if err != nil {
@@ -106,7 +110,7 @@ func runBench(args []string) error {
 	opts := ppo.BenchOptions{Backend: b, Specs: specs, BackendName: spec, Cfg: cfg, ActorDir: *actor, RewardDir: *rm, CostDir: *cm,
 		DType: dt, Batch: *batch, PromptLen: *promptLen, GenLen: *genLen, Steps: *steps, MicroBatch: *micro,
 		Sampling:   ppo.Sampling{Temperature: *temp, TopP: *topP, TopK: *topK, RepetitionPenalty: 1},
-		PeakTFLOPS: *peak, CheckpointDir: *out, Updates: upd, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+		PeakTFLOPS: *peak, CheckpointDir: *out, Updates: upd, RLMath: *rlMath, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 		Comm: comm}
 	if comm.Rank() > 0 {
 		opts.Log = nil
@@ -134,7 +138,7 @@ func runBench(args []string) error {
 	row("step: scoring, 6 models (s)", "%.3f", r.ScoreSeconds)
 	row("step: actor update (s)", "%.3f", r.ActorSeconds)
 	row("step: 2 critic updates (s)", "%.3f", r.CriticSecs)
-	row("step: RL math on host (s)", "%.4f", r.RLMathSecs)
+	row("step: RL math on "+r.RLMath+" (s)", "%.4f", r.RLMathSecs)
 	row("step: update, 3 models (s)", "%.3f", r.ActorSeconds+r.CriticSecs+r.RLMathSecs)
 	row("step: total (s)", "%.3f", r.StepSeconds)
 	row("rollout tokens/s (generation)", "%.0f", r.GenTokPerS)
@@ -161,6 +165,10 @@ func runBench(args []string) error {
 	if !native {
 		row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
 		row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))
+		if r.RLMath == ppo.RLMathGraph {
+			row("  of which RL math host->device KiB", "%.1f", float64(r.RLMathH2DBytes)/(1<<10))
+			row("  of which RL math device->host KiB", "%.1f", float64(r.RLMathD2HBytes)/(1<<10))
+		}
 	}
 	if *out != "" {
 		row("checkpoint size (GiB)", "%.3f", float64(r.CheckpointBytes)/(1<<30))

@@ -140,6 +140,7 @@ func TestRLFlagErrors(t *testing.T) {
 		{"indivisible batch", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d",
 			"--prompt-batch-size", "6", "--train-batch-size", "4"}, "divisible"},
 		{"lora", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d", "--lora-rank", "8", "--lora-alpha", "0"}, "--lora-alpha"},
+		{"bad rl math", runPPO, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d", "--rl-math", "gpu"}, "--rl-math"},
 		{"ptx data without a coefficient", runPPO, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d", "--ptx-data", "p", "--ptx-coeff", "0"}, "--ptx-coeff"},
 	} {
 		err := tc.run(tc.args)

@@ -54,6 +54,8 @@ type BenchOptions struct {
 	CheckpointDir string
 	// Updates selects fused or layerwise update programs (default: layerwise on XLA).
 	Updates UpdatePrograms
+	// RLMath is --rl-math: host or graph (empty: DefaultRLMath of BackendName).
+	RLMath string
 	// Comm, with several ranks, benchmarks a data-parallel step: Batch is the global batch, each
 	// rank generates, scores and trains on Batch/world rows, gradients averaged across ranks.
 	Comm dist.Communicator
@@ -88,10 +90,15 @@ type BenchResult struct {
 	ActorSeconds float64 `json:"actor_update_s"`
 	CriticSecs   float64 `json:"critic_updates_s"`
 	RLMathSecs   float64 `json:"rl_math_s"`
-	StepSeconds  float64 `json:"step_s"`
-	GenTokPerS   float64 `json:"gen_tokens_per_s"`
-	ScoreTokPerS float64 `json:"score_tokens_per_s"`
-	TrainTokPerS float64 `json:"train_tokens_per_s"`
+	// RLMath is where KL shaping and GAE ran (host or graph); with graph, RLMathH2DBytes and
+	// RLMathD2HBytes are its host↔device bytes per step (included in H2DBytes and D2HBytes).
+	RLMath         string  `json:"rl_math"`
+	RLMathH2DBytes int64   `json:"rl_math_h2d_bytes_per_step"`
+	RLMathD2HBytes int64   `json:"rl_math_d2h_bytes_per_step"`
+	StepSeconds    float64 `json:"step_s"`
+	GenTokPerS     float64 `json:"gen_tokens_per_s"`
+	ScoreTokPerS   float64 `json:"score_tokens_per_s"`
+	TrainTokPerS   float64 `json:"train_tokens_per_s"`
 	// CopyGBps is the measured device copy bandwidth (bytes read + written per second).
 	CopyGBps float64 `json:"copy_GBps"`
 	// GenHBMFraction is the generation time at the HBM bound (weights + KV cache read once per
@@ -285,6 +292,18 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	cfg := DefaultConfig(PPOLag)
 	cfg.PromptBatchSize, cfg.TrainBatchSize, cfg.MaxSteps = o.Batch, o.Batch, 1+o.Steps
 	cfg.MaxNewTokens, cfg.MaxPromptTokens = o.GenLen, o.PromptLen
+	cfg.RLMath = o.RLMath
+	if cfg.RLMath == "" {
+		cfg.RLMath = DefaultRLMath(o.BackendName)
+	}
+	var rlm *RLMath
+	if cfg.RLMath == RLMathGraph {
+		if backend.IsNative(o.Backend) {
+			return nil, fmt.Errorf("bench: --rl-math graph needs a GoMLX backend (go or xla:*), not native")
+		}
+		rlm = NewRLMath(o.Backend)
+		defer rlm.Close()
+	}
 	t0 := time.Now()
 	nets, err := NewGraphNets(GraphNetsConfig{Backend: o.Backend, Actor: actor, Reward: rm, Cost: cm, WithCostCritic: true,
 		Pad: 0, EOS: -1, MaxNewTokens: o.GenLen, MaxPromptTokens: o.PromptLen, Temperature: o.Sampling.Temperature,
@@ -319,7 +338,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		return nil, fmt.Errorf("bench: checkpoint directory %s is not empty", out)
 	}
 	tn := &timedNets{GraphNets: nets, logf: logf, checkpoint: o.CheckpointDir != ""}
-	opt := Options{OutDir: out, Comm: comm}
+	opt := Options{OutDir: out, Comm: comm, RLMath: rlm}
 	if tn.checkpoint {
 		// Stop (with the checkpoint) before the last step, which the resumed trainer runs.
 		cfg.MaxSteps = 2 + o.Steps
@@ -394,6 +413,13 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	res.HostRSSMiB = max(tn.peakRSS, procStatusMiB("VmHWM"))
 	res.PlannedPeakGiB = float64(plan.Peak) / (1 << 30)
 	res.H2DBytes, res.D2HBytes = stepTraffic(acfg, o, nets.gen)
+	res.RLMath = cfg.RLMath
+	if rlm != nil { // every step moves the same bytes; the checkpoint proof's extra step runs after this
+		steps := int64(len(perf))
+		res.RLMathH2DBytes, res.RLMathD2HBytes = rlm.H2DBytes/steps, rlm.D2HBytes/steps
+		res.H2DBytes += res.RLMathH2DBytes
+		res.D2HBytes += res.RLMathD2HBytes
+	}
 	if tn.checkpoint {
 		res.CheckpointSecs, res.CheckpointRSSMiB = ckptSecs, ckptRSS
 		if res.CheckpointBytes, err = dirBytes(filepath.Join(out, "checkpoints")); err != nil {
@@ -402,7 +428,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		logf("bench: checkpoint %.2f GiB written in %.1fs (peak RSS %.0f MiB); resuming", float64(res.CheckpointBytes)/(1<<30), ckptSecs, ckptRSS)
 		t0 := time.Now()
 		tn.started = false
-		tr2, err := NewTrainer(cfg, Options{OutDir: out, Resume: true}, tn, set, nil)
+		tr2, err := NewTrainer(cfg, Options{OutDir: out, Resume: true, RLMath: rlm}, tn, set, nil)
 		if err != nil {
 			return nil, err
 		}

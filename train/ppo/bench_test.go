@@ -40,3 +40,33 @@ func TestBenchCheckpointProof(t *testing.T) {
 		t.Fatal("a second bench into the same directory was not refused")
 	}
 }
+
+// TestBenchRLMathModes: the bench runs with host and graph RL math; graph counts its bytes
+// (PPO-Lag: 5 [B,L] float32 rows and 2 [B] scores up, 4 rows and 8 scalars down per rl_step,
+// L = T−1 with T the bucketed prompt width plus the generated tokens).
+func TestBenchRLMathModes(t *testing.T) {
+	be, err := backend.New("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &model.Config{Architecture: "LlamaForCausalLM", ModelType: "llama", HiddenSize: 8, IntermediateSize: 16,
+		NumLayers: 1, NumHeads: 2, NumKVHeads: 1, VocabSize: 20, MaxPositions: 32, RMSNormEps: 1e-5, RopeTheta: 10000,
+		BOS: 1, EOS: 2}
+	for _, mode := range []string{RLMathHost, RLMathGraph} {
+		o := BenchOptions{Backend: be, BackendName: "go", Cfg: cfg, Batch: 2, PromptLen: 3, GenLen: 2, Steps: 1, RLMath: mode,
+			Sampling: Sampling{Temperature: 1, TopP: 1, RepetitionPenalty: 1}}
+		r, err := Bench(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		B := int64(2)
+		L := (r.RLMathD2HBytes/4 - 8) / (4 * B)
+		up, down := 4*(5*B*L+2*B), 4*(4*B*L+8)
+		if mode == RLMathHost {
+			L, up, down = 4, 0, 0
+		}
+		if r.RLMath != mode || L < 4 || r.RLMathH2DBytes != up || r.RLMathD2HBytes != down {
+			t.Errorf("%s: rl_math %q, %d bytes up, %d down; want %d, %d (L %d)", mode, r.RLMath, r.RLMathH2DBytes, r.RLMathD2HBytes, up, down, L)
+		}
+	}
+}

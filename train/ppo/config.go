@@ -75,6 +75,11 @@ type Config struct {
 	PTXCoeff float64 `flag:"ptx-coeff" help:"PTX loss coefficient (spec §1.9), used with --ptx-data"`
 
 	Seed uint64 `flag:"seed" help:"random seed (data order, sampling)"`
+
+	// RLMath is where KL shaping, GAE and the logged means run: "host" (package kernels, float64,
+	// bit-exact) or "graph" (one GoMLX program in float32 on the backend, Options.RLMath); empty
+	// means DefaultRLMath of the backend.
+	RLMath string `flag:"rl-math" help:"where KL shaping and GAE run: host (float64 kernels) or graph (a float32 program on the backend; default on xla:*)"`
 }
 
 // DefaultConfig returns the reference's ppo-lag.sh defaults (spec §1.11) for alg. For PPO the
@@ -138,6 +143,9 @@ func (c *Config) RolloutBatch() int { return c.PromptBatchSize * c.NumReturnSeqs
 func (c *Config) Validate() error {
 	var ck config.Checker
 	ck.OneOf("lambda", string(c.Algorithm), string(PPOLag), string(PPOLagPID), string(Fixed), string(PPO))
+	if c.RLMath != "" {
+		ck.OneOf("rl-math", c.RLMath, RLMathHost, RLMathGraph)
+	}
 	ck.Finite(c)
 	for _, f := range []struct {
 		name string

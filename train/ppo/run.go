@@ -179,6 +179,14 @@ func runRanked(ctx context.Context, c RunConfig, progress io.Writer, ready func(
 	if err := checkRankShares(c, comm.Size()); err != nil {
 		return nil, err
 	}
+	// --rl-math: graph by default on xla:*; host is stored as "" so that checkpoints written
+	// before the flag existed resume.
+	if c.RLMath == "" {
+		c.RLMath = DefaultRLMath(backend.Resolve(c.Backend))
+	}
+	if c.RLMath == RLMathHost {
+		c.RLMath = ""
+	}
 	in, err := loadRunInputs(c, comm)
 	if err != nil {
 		return nil, err
@@ -233,6 +241,13 @@ func runRanked(ctx context.Context, c RunConfig, progress io.Writer, ready func(
 	}
 	opt.Progress = progress
 	opt.Comm = comm
+	if c.RLMath == RLMathGraph {
+		if backend.IsNative(in.nets.Backend) {
+			return nil, fmt.Errorf("ppo: --rl-math graph needs a GoMLX backend (go or xla:*), not --backend native")
+		}
+		opt.RLMath = NewRLMath(in.nets.Backend)
+		defer opt.RLMath.Close()
+	}
 	tr, err := NewTrainer(c.Config, opt, nets, in.prompts, in.ptx)
 	if err != nil {
 		return nil, err

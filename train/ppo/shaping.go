@@ -12,6 +12,9 @@ type shaped struct {
 	rewards, costs         []float64
 	rAdv, rRet, cAdv, cRet []float64
 	stats                  kernels.KLStats
+	// means, when set (RLMath), are the logged masked means of rAdv, rRet, the reward values
+	// [, cAdv, cRet, the cost values] under the response mask, computed with the advantages.
+	means []float64
 }
 
 // shapeAndGAE runs the KL shaping and the fused reward+cost GAE kernels on a scored rollout:

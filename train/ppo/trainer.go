@@ -44,6 +44,8 @@ type Options struct {
 	// generates, scores and trains on its share of every batch; rank 0 writes the outputs.
 	// Nil: one process.
 	Comm dist.Communicator
+	// RLMath runs KL shaping and GAE as a graph program (required by Config.RLMath "graph").
+	RLMath *RLMath
 }
 
 // StepMetrics is one line of metrics.jsonl: everything here is a deterministic function of the
@@ -147,6 +149,10 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 		ws: kernels.NewWorkspace(1), ckpts: ckpts, comm: opt.Comm}
 	if t.comm == nil {
 		t.comm = dist.Self{}
+	}
+	if cfg.RLMath == RLMathGraph && opt.RLMath == nil {
+		t.ws.Close()
+		return nil, fmt.Errorf("ppo: --rl-math graph needs a GoMLX backend (go or xla:*)")
 	}
 	if err := checkShares(&t.cfg, t.comm.Size()); err != nil {
 		return nil, err
@@ -342,7 +348,13 @@ func (t *Trainer) rlStep(r *Rollout, ptx *PTXBatch) (StepMetrics, error) {
 
 	// 2. KL-shaped rewards/costs and GAE (no gradients), with the rollout's old values and log-probs.
 	respMask := r.ResponseMask()
-	sh, err := shapeAndGAE(t.ws, cfg, r)
+	var sh shaped
+	var err error
+	if cfg.RLMath == RLMathGraph {
+		sh, err = t.opt.RLMath.shapeAndGAE(cfg, r)
+	} else {
+		sh, err = shapeAndGAE(t.ws, cfg, r)
+	}
 	if err != nil {
 		return m, err
 	}
@@ -374,10 +386,17 @@ func (t *Trainer) rlStep(r *Rollout, ptx *PTXBatch) (StepMetrics, error) {
 	// 6. Logged statistics (the reference's names: kl_divergence, reward_with_kl_penalty, ...).
 	m.ActorLoss, m.PTXLoss, m.ClipFrac, m.ApproxKL = as.Loss, as.PTXLoss, as.ClipFrac, as.ApproxKL
 	m.KL, m.RewardWithKLPenalty = sh.stats.KL, sh.stats.RewardWithKLPenalty
-	m.RewardAdvantage = maskedMean(B, L, sh.rAdv, respMask)
-	m.RewardReturn = maskedMean(B, L, sh.rRet, respMask)
-	m.RewardValue = maskedMean(B, L, to64(r.RewardValues), respMask)
-	if cfg.UsesCostCritic() {
+	if sh.means != nil { // computed with the advantages (RLMath)
+		m.RewardAdvantage, m.RewardReturn, m.RewardValue = sh.means[0], sh.means[1], sh.means[2]
+		if cfg.UsesCostCritic() {
+			m.CostAdvantage, m.CostReturn, m.CostValue = sh.means[3], sh.means[4], sh.means[5]
+		}
+	} else {
+		m.RewardAdvantage = maskedMean(B, L, sh.rAdv, respMask)
+		m.RewardReturn = maskedMean(B, L, sh.rRet, respMask)
+		m.RewardValue = maskedMean(B, L, to64(r.RewardValues), respMask)
+	}
+	if sh.means == nil && cfg.UsesCostCritic() {
 		m.CostAdvantage = maskedMean(B, L, sh.cAdv, respMask)
 		m.CostReturn = maskedMean(B, L, sh.cRet, respMask)
 		m.CostValue = maskedMean(B, L, to64(r.CostValues), respMask)
