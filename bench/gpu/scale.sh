@@ -129,7 +129,7 @@ run torch_3b 40 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P3B --lora-rank 
 # tokens, on the host (float64 kernels) and as a graph on the device (--rl-math): its cost depends
 # only on B and T, so the tiny model keeps these runs to seconds; JSON rl_math_s and rl_math_*_bytes.
 for m in host graph; do
-  run rlmath_$m 20 60 "$BIN" bench --preset stories260K --rl-math $m "${COMMON[@]}" --steps 3 "${SHAPE[@]}" \
+  run rlmath_$m 20 60 "$BIN" bench --preset stories260K --rl-math $m "${COMMON[@]}" "${SHAPE[@]}" \
     --json "$OUT/go_rlmath_$m.json"
 done
 # 5. Numerics at the 1B shape (measured on 2026-11-29; rerun when time is left): f32 on the pure-Go
