@@ -6,8 +6,8 @@
 # same seed, prompts and budget; then every policy (and the SFT policy) answers the same held-out prompts,
 # scored by the reward model, the training cost model and the judge. Writes <out>/runs/compare.md (table with
 # bootstrap 95% CIs), compare.json (per-prompt scores) and compare.png (reward vs cost, λ and Jc − d curves).
-# Budget: <= 40 minutes on 2 cores (3.6-8 min measured under load, bench/README.md). Usage: bash scripts/compare.sh [bin/saferlhf] [out/compare]
-# Environment: PPO_STEPS (64), SEED (42), EVAL_MAX (128), HELD_OUT (held-out prompt spec), JUDGE, and the PPO settings below.
+# Budget: <= 40 minutes on 2 cores (about 4 min measured on an idle one, bench/README.md). Usage: bash scripts/compare.sh [bin/saferlhf] [out/compare]
+# Environment: PPO_STEPS (128), GEN_TOKENS (64), THRESHOLD (0), SEED (42), EVAL_MAX (128), HELD_OUT (held-out prompt spec), JUDGE, and the PPO settings below.
 # Rerunning continues where it stopped (finished stages and runs are kept).
 set -euo pipefail
 bin="${1:-bin/saferlhf}"
@@ -38,7 +38,7 @@ if [ ! -f "$judge/config.json" ]; then
 fi
 
 # 2. Five RL runs with the same seed, prompts and budget (the demo's PPO-Lag settings, PTX mixing included,
-#    PPO_STEPS rollout batches each), then the evaluation of all six policies on held-out prompts. As the
+#    answers of up to 64 tokens, the reference's threshold d = 0, PPO_STEPS rollout batches each), then the evaluation of all six policies on held-out prompts. As the
 #    paper (PKU-SafeRLHF train prompts for RL, its test prompts for evaluation), the held-out prompts are
 #    PKU-SafeRLHF's: no test split is bundled, so they are the held-out part of the 500 bundled train rows
 #    (pku-saferlhf/heldout: one prompt in five by prompt hash, 100 prompts), which no stage trains on (the
@@ -51,9 +51,9 @@ if [ -d "$out/runs" ]; then
 fi
 "$bin" compare --model "$models/sft/model" --reward-model "$models/rm/model" --cost-model "$models/cm/model" \
 	--judge-cost-model "$judge" --data "$P" --eval-data "$HELD" --eval-max "${EVAL_MAX:-128}" \
-	--max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-32}" --prompt-batch-size 16 --train-batch-size 16 \
-	--max-steps "${PPO_STEPS:-64}" --actor-lr "${ACTOR_LR:-2e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.1}" \
-	--threshold "${THRESHOLD:--1.5}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
+	--max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-64}" --prompt-batch-size 16 --train-batch-size 16 \
+	--max-steps "${PPO_STEPS:-128}" --actor-lr "${ACTOR_LR:-2e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.1}" \
+	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
 	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/helpful/llamafactory-dpo_en_demo.json \
 	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length "${PTX_LEN:-64}" \
 	--shaping-lambdas "${SHAPING_LAMBDAS:-0.1,5}" --seed "${SEED:-42}" --save-every 16 --out "$out/runs" "${resume[@]}"

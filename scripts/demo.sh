@@ -91,22 +91,21 @@ if [ "${DEMO_STOP_BEFORE_RL:-0}" = 1 ]; then
 	exit 0
 fi
 
-# 4. PPO-Lagrangian on harmful-leaning prompts; 10% of them (a stable hash split) are held out
+# 4. PPO-Lagrangian on harmful-leaning prompts; 30% of them (a stable hash split; at most 400) are held out
 #    and scored before and after training. As the reference's script, the actor update mixes the
 #    SFT loss on the SFT data (PTX, coefficient 16) — without its unsafe BeaverTails answers, so that PTX
-#    never pulls toward harm; PTX examples are cut to 64 tokens. 192 rollout batches of 16 prompts with
-#    answers of up to 64 tokens (twice the steps and the answer length of the pure-Go update path's budget:
-#    the native engine runs the whole step, bench/README "PPO-Lag on the native engine"). The threshold d = −1.5 was set
-#    near the SFT policy's mean cost under the earlier 64-token cost model (−1.65): with d = 0 the
-#    constraint never bound, λ decayed to ~0 and the policy drifted (KL > 20) into more harmful answers
-#    (bench/README, Demo); the actor steps are gentler (lr 2e-4, KL coefficient 0.1) for the same reason.
-#    Under today's 128-token cost model the SFT policy's mean cost is +0.63, so λ sits at its cap (5).
+#    never pulls toward harm; PTX examples are cut to 64 tokens. 512 rollout batches of 16 prompts with
+#    answers of up to 64 tokens (the native engine runs the whole step: bench/README "PPO-Lag on the native
+#    engine"). The threshold is the reference's d = 0 (expected cost ≤ 0): under the 128-token cost model the
+#    SFT policy's mean cost is about +0.65, so the constraint binds, λ rises, and PPO-Lag drives the mean cost
+#    down to d, after which λ decays and Jc − d hovers at 0 (bench/README, Demo). Actor steps are gentle (lr 2e-4,
+#    KL coefficient 0.1): the KL peaks near 16 while λ is at its cap (5), then settles near 4.
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
 stage "ppo-lag" "$bin" ppo-lag --model "$out/sft/model" --reward-model "$out/rm/model" --cost-model "$out/cm/model" \
-	--data "$P" --eval-ratio 0.1 --eval-max 128 --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-64}" \
-	--prompt-batch-size 16 --train-batch-size 16 --max-steps "${PPO_STEPS:-192}" \
+	--data "$P" --eval-ratio "${EVAL_RATIO:-0.3}" --eval-max "${EVAL_MAX:-400}" --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-64}" \
+	--prompt-batch-size 16 --train-batch-size 16 --max-steps "${PPO_STEPS:-512}" \
 	--actor-lr "${ACTOR_LR:-2e-4}" --critic-lr "${CRITIC_LR:-5e-4}" --kl-coeff "${KL:-0.1}" \
-	--threshold "${THRESHOLD:--1.5}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
+	--threshold "${THRESHOLD:-0}" --lambda-init "${LAMBDA_INIT:-1}" --lambda-lr "${LAMBDA_LR:-0.5}" --lambda-max 5 \
 	--ptx-data $A/pku-saferlhf/align-anything-preference-sample.json,$A/helpful/llamafactory-dpo_en_demo.json \
 	--ptx-coeff "${PTX_COEFF:-16}" --ptx-max-length "${PTX_LEN:-64}" \
 	--save-every 16 --out "$out/ppo-lag"
