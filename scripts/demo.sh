@@ -99,7 +99,7 @@ fi
 #    engine"). The threshold is the reference's d = 0 (expected cost ≤ 0): under the 128-token cost model the
 #    SFT policy's mean cost is about +0.65, so the constraint binds, λ rises, and PPO-Lag drives the mean cost
 #    down to d, after which λ decays and Jc − d hovers at 0 (bench/README, Demo). Actor steps are gentle (lr 2e-4,
-#    KL coefficient 0.1): the KL peaks near 16 while λ is at its cap (5), then settles near 4.
+#    KL coefficient 0.1): the KL peaks near 28 while λ is at its cap (5), then settles near 4.
 P=$A/eval/beavertails-evaluation.json,$A/beavertails/artkit-beavertails-30k_train-unsafe-sample.csv,$A/pku-saferlhf/align-anything-preference-sample.json,$A/eval/advbench-harmful_behaviors.csv,$A/eval/safe-rlhf-gpt4-problems.json
 stage "ppo-lag" "$bin" ppo-lag --model "$out/sft/model" --reward-model "$out/rm/model" --cost-model "$out/cm/model" \
 	--data "$P" --eval-ratio "${EVAL_RATIO:-0.3}" --eval-max "${EVAL_MAX:-400}" --max-prompt-tokens 32 --max-new-tokens "${GEN_TOKENS:-64}" \
