@@ -3,7 +3,6 @@ package model
 import (
 	"fmt"
 	"slices"
-	"sort"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
@@ -31,25 +30,15 @@ const PromptBucket = 16
 func Variables(ctx *context.Context, cfg *Config) (Weights, map[string]*context.Variable, float64, error) {
 	w, vars := Weights{}, map[string]*context.Variable{}
 	add := func(name string, v *context.Variable) error {
-		val, err := v.Value()
+		data, err := VariableData(v)
 		if err != nil {
-			return fmt.Errorf("weights: variable %q: %w", name, err)
+			return err
 		}
-		data, err := float32Of(val)
-		if err != nil {
-			return fmt.Errorf("weights: variable %q: %w", name, err)
-		}
-		w[name] = &Tensor{Shape: slices.Clone(val.Shape().Dimensions), Data: data}
+		w[name] = &Tensor{Shape: slices.Clone(v.Shape().Dimensions), Data: data}
 		vars[name] = v
 		return nil
 	}
-	exp := ExpectedShapes(cfg, true)
-	names := make([]string, 0, len(exp))
-	for name := range exp {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range sortedKeys(ExpectedShapes(cfg, true)) {
 		v := lookupVar(ctx, name)
 		if v == nil {
 			if name == NameLMHead {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"sort"
 )
 
 // Tensor is a host float32 tensor, row-major.
@@ -39,12 +38,7 @@ type Weights map[string]*Tensor
 
 // Names returns the names in w, sorted.
 func (w Weights) Names() []string {
-	names := make([]string, 0, len(w))
-	for k := range w {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	return names
+	return sortedKeys(w)
 }
 
 // Weight names of the HF LLaMA layout.
@@ -105,12 +99,7 @@ func ExpectedShapes(cfg *Config, withLMHead bool) map[string][]int {
 // (the LM head only when present or required by withLMHead).
 func (w Weights) Check(cfg *Config, withLMHead bool) error {
 	exp := ExpectedShapes(cfg, withLMHead)
-	names := make([]string, 0, len(exp))
-	for k := range exp {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range sortedKeys(exp) {
 		t, ok := w[name]
 		if !ok {
 			return fmt.Errorf("weights: tensor %q missing", name)
@@ -156,12 +145,7 @@ func RandomWeights(cfg *Config, seed uint64) Weights {
 	rng := rand.New(rand.NewPCG(seed, 0x11a3a))
 	w := Weights{}
 	exp := ExpectedShapes(cfg, true)
-	names := make([]string, 0, len(exp))
-	for name := range exp {
-		names = append(names, name)
-	}
-	sort.Strings(names) // deterministic draws
-	for _, name := range names {
+	for _, name := range sortedKeys(exp) { // sorted: deterministic draws
 		shape := exp[name]
 		t := NewTensor(shape...)
 		switch {
