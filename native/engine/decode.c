@@ -23,17 +23,9 @@
 
 #define DEC_ROWS 8
 
+/* Separate from sgemm's scratch: a decode task holds this one across eng_sgemm calls. */
 static __thread float *dec_buf;
 static __thread size_t dec_cap;
-
-static float *dec_scratch(size_t n) {
-	if (n > dec_cap) {
-		free(dec_buf);
-		dec_buf = aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64);
-		dec_cap = dec_buf ? n : 0;
-	}
-	return dec_buf;
-}
 
 /* 16 fixed lanes: vectorisable without reassociation, deterministic. */
 static inline float lanes16(const float *acc) {
@@ -268,7 +260,7 @@ struct dec_att_job {
 static void dec_att_task(void *arg, int b) {
 	struct dec_att_job *j = arg;
 	size_t cw = (size_t)j->Hkv * j->dh * j->Smax, qw = (size_t)j->Hq * j->dh;
-	float *s = dec_scratch(2 * (size_t)j->S);
+	float *s = eng_scratch(&dec_buf, &dec_cap, 2 * (size_t)j->S);
 	if (!s) abort();
 	dec_row(j->S, j->Smax, j->Hq, j->Hkv, j->dh, j->q + b * qw, j->kc + b * cw, j->vc + b * cw,
 	             j->mask + (size_t)b * j->Smax, j->o + b * qw, s);
@@ -321,7 +313,7 @@ static void dec_task(void *arg, int t) {
 	eng_decode_layout(D, j->Hq, j->Hkv, dh, F, off);
 	const float *lw = j->lw;
 	size_t need = (size_t)n * (2 * D + W + Q + 3 * F) + 2 * (size_t)S;
-	float *buf = dec_scratch(need);
+	float *buf = eng_scratch(&dec_buf, &dec_cap, need);
 	if (!buf) abort();
 	float *h = buf, *qkv = h + (size_t)n * D, *att = qkv + (size_t)n * W, *y = att + (size_t)n * Q;
 	float *gu = y + (size_t)n * D, *act = gu + (size_t)n * 2 * F, *s = act + (size_t)n * F;

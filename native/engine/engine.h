@@ -3,6 +3,7 @@
  * before calling, so these functions trust their arguments. */
 #ifndef SAFERLHF_ENGINE_H
 #define SAFERLHF_ENGINE_H
+#include <stddef.h>
 #include <stdint.h>
 
 /* Thread pool. */
@@ -14,6 +15,10 @@ void eng_parallel(int ntasks, eng_task_fn fn, void *arg);
 /* ISA: 0 portable C, 1 AVX2+FMA, 2 AVX-512. eng_set_isa clamps to what the CPU has. */
 int eng_isa(void);
 int eng_set_isa(int isa);
+
+/* Grows the caller's (thread-local) scratch *buf of *cap floats to at least n, 64-byte aligned;
+ * NULL when allocation fails. The old contents are not kept. */
+float *eng_scratch(float **buf, size_t *cap, size_t n);
 
 /* C = alpha*op(A)*op(B) + beta*C; op(A) is MxK, op(B) is KxN. */
 void eng_sgemm(int transA, int transB, int M, int N, int K, float alpha,

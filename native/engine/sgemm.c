@@ -188,17 +188,17 @@ static void pack_b(int transB, const float *B, int ldb, int k0, int kc, int j0, 
 	}
 }
 
+float *eng_scratch(float **buf, size_t *cap, size_t n) {
+	if (n > *cap) {
+		free(*buf);
+		*buf = aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64);
+		*cap = *buf ? n : 0;
+	}
+	return *buf;
+}
+
 static __thread float *tl_buf;
 static __thread size_t tl_cap;
-
-static float *scratch(size_t n) {
-	if (n > tl_cap) {
-		free(tl_buf);
-		tl_buf = aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64);
-		tl_cap = tl_buf ? n : 0;
-	}
-	return tl_buf;
-}
 
 struct gemm_job {
 	int transA, transB, M, N, K, lda, ldb, ldc, mr, nr, nc, mtiles, mper, kc;
@@ -219,7 +219,7 @@ static void gemm_tile(void *arg, int task) {
 	int nc = j->N - j0 < j->nc ? j->N - j0 : j->nc;
 	int kcmax = j->K < j->kc ? j->K : j->kc;
 	int ncp = (nc + nr - 1) / nr * nr, mcp = MC;
-	float *buf = scratch((size_t)kcmax * (ncp + mcp) + (size_t)mr * nr);
+	float *buf = eng_scratch(&tl_buf, &tl_cap, (size_t)kcmax * (ncp + mcp) + (size_t)mr * nr);
 	if (!buf) abort();
 	float *bp = buf, *ap = buf + (size_t)kcmax * ncp, *tmp = ap + (size_t)kcmax * mcp;
 	/* Few rows: packing B would cost as much as using it; whole panels of an
