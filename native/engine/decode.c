@@ -15,12 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CLONES
-#endif
-
 #define DEC_ROWS 8
 
 /* Separate from sgemm's scratch: a decode task holds this one across eng_sgemm calls. */

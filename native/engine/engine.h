@@ -16,6 +16,13 @@ void eng_parallel(int ntasks, eng_task_fn fn, void *arg);
 int eng_isa(void);
 int eng_set_isa(int isa);
 
+/* CLONES compiles a function for AVX-512, AVX2 and plain x86-64, picked at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
 /* Grows the caller's (thread-local) scratch *buf of *cap floats to at least n, 64-byte aligned;
  * NULL when allocation fails. The old contents are not kept. */
 float *eng_scratch(float **buf, size_t *cap, size_t n);

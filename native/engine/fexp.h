@@ -2,7 +2,6 @@
 #ifndef SAFERLHF_FEXP_H
 #define SAFERLHF_FEXP_H
 #include <stdint.h>
-#include <string.h>
 
 static inline float fexp(float x) {
 	union {

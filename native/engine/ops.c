@@ -4,19 +4,10 @@
  * Cross-row reductions (norm-weight gradients, sums of squares) use fixed
  * chunks summed in order, so results never depend on the thread count. */
 #include "engine.h"
+#include "fexp.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CLONES
-#endif
-
-#include "fexp.h"
-
-
 
 /* rows per task for a row op of width d: about 64K elements per task */
 static int row_tasks(int n, int d, int *per) {
