@@ -2,11 +2,10 @@ package checkpoint
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -89,11 +88,7 @@ func tensorBytes(t *safetensors.Tensor) ([]byte, error) {
 		}
 		return b.Bytes(), nil
 	case t.F32 != nil && dtypeOf(t) == safetensors.F32:
-		b := make([]byte, 4*len(t.F32))
-		for i, v := range t.F32 {
-			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
-		}
-		return b, nil
+		return safetensors.AppendFloat32s(make([]byte, 0, 4*len(t.F32)), t.F32, safetensors.F32)
 	}
 	return nil, nil
 }
@@ -119,12 +114,7 @@ func (l *Loaded) RestoreContext(ctx *context.Context) error {
 	if len(in) > 0 && l.Weights == nil {
 		return fmt.Errorf("checkpoint %s: variables stored in weights, but no weights", l.Dir)
 	}
-	names := make([]string, 0, len(in))
-	for v := range in {
-		names = append(names, v)
-	}
-	sort.Strings(names)
-	for _, full := range names {
+	for _, full := range slices.Sorted(maps.Keys(in)) {
 		w := in[full]
 		scope, name := splitPath(full)
 		v := ctx.GetVariableByScopeAndName(scope, name)
