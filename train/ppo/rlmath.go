@@ -3,7 +3,6 @@ package ppo
 import (
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/gomlx/gomlx/backends"
 	G "github.com/gomlx/gomlx/pkg/core/graph"
@@ -41,10 +40,8 @@ type RLMath struct {
 	be    backends.Backend
 	mu    sync.Mutex
 	execs map[rlMathKey]*G.Exec
-	// H2DBytes and D2HBytes count the bytes sent to and read from the device; Seconds the time
-	// spent (all calls, compilation included).
+	// H2DBytes and D2HBytes count the bytes sent to and read from the device.
 	H2DBytes, D2HBytes int64
-	Seconds            float64
 }
 
 type rlMathKey struct {
@@ -73,8 +70,6 @@ func (m *RLMath) Close() {
 // (shaped.means): Fixed subtracts λ₀·c from the reward in graph; PPO-Lag shapes and runs GAE on
 // both streams.
 func (m *RLMath) shapeAndGAE(cfg *Config, r *Rollout) (shaped, error) {
-	t0 := time.Now()
-	defer func() { m.Seconds += time.Since(t0).Seconds() }()
 	B, L, start := r.B, r.L(), r.Start()
 	k := rlMathKey{start: start, cost: cfg.UsesCost(), costCritic: cfg.UsesCostCritic(), fixed: cfg.Algorithm == Fixed,
 		kl: cfg.KLCoeff, clip: cfg.ClipRangeScore, g: cfg.Gamma, gl: cfg.GAELambda, l0: cfg.LambdaInit}
