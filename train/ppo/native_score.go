@@ -46,25 +46,10 @@ func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 		}
 		return m.TokenLogProbs(tp)
 	}
-	scores := func(scope string, m *llama.Model) ([]float32, error) {
+	// scores returns m's per-token scores of the b×t batch seq.
+	scores := func(scope string, m *llama.Model, b, t int, seq []int32, mask []float32) ([]float32, error) {
 		if m.Cfg.ScoreDim != 1 {
 			return nil, fmt.Errorf("score %s: score dim %d, want 1", scope, m.Cfg.ScoreDim)
-		}
-		tp, err := m.Infer(r.B, r.T, r.Seq, r.Mask)
-		if err != nil {
-			return nil, fmt.Errorf("score %s: %w", scope, err)
-		}
-		return m.Scores(tp)
-	}
-	// endScores returns score model k's end scores; a score model on another vocabulary reads
-	// the sequences re-tokenised for it.
-	endScores := func(k int, scope string, m *llama.Model) ([]float32, error) {
-		if m.Cfg.ScoreDim != 1 {
-			return nil, fmt.Errorf("score %s: score dim %d, want 1", scope, m.Cfg.ScoreDim)
-		}
-		seq, mask, b, t := r.Seq, r.Mask, r.B, r.T
-		if n.retok[k] != nil {
-			seq, mask, t = n.retok[k].batch(r)
 		}
 		tp, err := m.Infer(b, t, seq, mask)
 		if err != nil {
@@ -73,6 +58,19 @@ func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 		s, err := m.Scores(tp)
 		if err != nil {
 			return nil, fmt.Errorf("score %s: %w", scope, err)
+		}
+		return s, nil
+	}
+	// endScores returns score model k's end scores; a score model on another vocabulary reads
+	// the sequences re-tokenised for it.
+	endScores := func(k int, scope string, m *llama.Model) ([]float32, error) {
+		seq, mask, b, t := r.Seq, r.Mask, r.B, r.T
+		if n.retok[k] != nil {
+			seq, mask, t = n.retok[k].batch(r)
+		}
+		s, err := scores(scope, m, b, t, seq, mask)
+		if err != nil {
+			return nil, err
 		}
 		out := make([]float32, b)
 		for i, e := range llama.EndIndex(b, t, mask) {
@@ -89,7 +87,7 @@ func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 	if r.Reward, err = endScores(0, ScopeReward, nn.reward); err != nil {
 		return err
 	}
-	s, err := scores(ScopeRewardCritic, nn.critics[0].m)
+	s, err := scores(ScopeRewardCritic, nn.critics[0].m, r.B, r.T, r.Seq, r.Mask)
 	if err != nil {
 		return err
 	}
@@ -100,7 +98,7 @@ func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 		}
 	}
 	if c := nn.critics[1]; c != nil {
-		if s, err = scores(ScopeCostCritic, c.m); err != nil {
+		if s, err = scores(ScopeCostCritic, c.m, r.B, r.T, r.Seq, r.Mask); err != nil {
 			return err
 		}
 		r.CostValues = dropLastCol(s, r.B, r.T)
