@@ -107,10 +107,6 @@ func (t *Trainer) updateLambda() error {
 	if !t.cfg.UsesCostCritic() {
 		return nil
 	}
-	if t.comm.Size() < 2 {
-		t.lag.Update(t.st.GlobalStep)
-		return nil
-	}
 	jc, have, err := t.globalJc()
 	if err != nil {
 		return err

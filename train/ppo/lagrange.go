@@ -45,13 +45,6 @@ func (l *lagrange) AddCosts(cost []float32) error { return l.k.AddEpisodeCosts(t
 // Jc is the window mean.
 func (l *lagrange) Jc() float64 { return l.k.EpisodeCost() }
 
-// Update runs the λ update at the start of an rl_step; a no-op unless the algorithm is Lagrangian.
-func (l *lagrange) Update(globalStep int) {
-	if l.cfg.UsesCostCritic() {
-		l.k.Update(globalStep)
-	}
-}
-
 // State and SetState move the whole state in and out of checkpoints.
 func (l *lagrange) State() LambdaState { return l.k.State() }
 

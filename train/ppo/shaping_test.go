@@ -157,7 +157,7 @@ func TestLambdaUpdate(t *testing.T) {
 				if !close64(l.Jc(), st.EpisodeCost, 1e-6) {
 					t.Fatalf("case %d step %d: J_c %g, golden %g", ci, st.GlobalStep, l.Jc(), st.EpisodeCost)
 				}
-				l.Update(st.GlobalStep)
+				l.k.Update(st.GlobalStep)
 				if !close64(l.k.LogLambda(), st.After, 1e-6) {
 					t.Fatalf("case %d step %d: log λ %g, golden %g", ci, st.GlobalStep, l.k.LogLambda(), st.After)
 				}
