@@ -42,15 +42,11 @@ func GetWeights(ctx *context.Context, cfg *Config) (Weights, error) {
 			}
 			return nil, fmt.Errorf("weights: variable %q missing in scope %q", name, ctx.Scope())
 		}
-		val, err := v.Value()
+		data, err := VariableData(v)
 		if err != nil {
-			return nil, fmt.Errorf("weights: variable %q: %w", name, err)
+			return nil, err
 		}
-		data, err := float32Of(val)
-		if err != nil {
-			return nil, fmt.Errorf("weights: variable %q: %w", name, err)
-		}
-		w[name] = &Tensor{Shape: slices.Clone(val.Shape().Dimensions), Data: data}
+		w[name] = &Tensor{Shape: slices.Clone(v.Shape().Dimensions), Data: data}
 	}
 	if err := mergeLoRA(ctx, w); err != nil {
 		return nil, fmt.Errorf("weights: %w", err)
