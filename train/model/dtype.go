@@ -237,14 +237,6 @@ func LoadInto(dir string, ctx *context.Context, st Storage) (*Config, error) {
 	return cfg, nil
 }
 
-func sizeOf(shape []int) int {
-	n := 1
-	for _, d := range shape {
-		n *= d
-	}
-	return n
-}
-
 // ToBF16 rounds float32 values to bfloat16 (nearest, ties to even, as
 // PyTorch), in parallel for large inputs.
 func ToBF16(x []float32) []bfloat16.BFloat16 {

@@ -14,17 +14,16 @@ type Tensor struct {
 
 // NewTensor returns a zero tensor of the given shape.
 func NewTensor(shape ...int) *Tensor {
-	n := 1
-	for _, d := range shape {
-		n *= d
-	}
-	return &Tensor{Shape: slices.Clone(shape), Data: make([]float32, n)}
+	return &Tensor{Shape: slices.Clone(shape), Data: make([]float32, sizeOf(shape))}
 }
 
 // Size returns the number of elements the shape holds.
-func (t *Tensor) Size() int {
+func (t *Tensor) Size() int { return sizeOf(t.Shape) }
+
+// sizeOf returns the number of elements of a tensor of this shape.
+func sizeOf(shape []int) int {
 	n := 1
-	for _, d := range t.Shape {
+	for _, d := range shape {
 		n *= d
 	}
 	return n
