@@ -2,13 +2,13 @@ package eval
 
 import (
 	"fmt"
-	"github.com/saferlhf/saferlhf/data/prefs"
 	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/saferlhf/saferlhf/data/datasets"
+	"github.com/saferlhf/saferlhf/data/prefs"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/train/metrics"
 )
