@@ -23,6 +23,11 @@ func runDPO(args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return usagef("%v", err)
 	}
+	// The output is checked now (never clobbered) and claimed by Prepare once the inputs
+	// have loaded, so a run that fails on its inputs leaves nothing behind.
+	if err := checkpoint.CheckOutput(cfg.Out, string(stages.DPO), cfg.Resume, cfg.Force); err != nil {
+		return err
+	}
 	cfg.Progress = os.Stderr
 	cfg.Prepare = func() error { // on rank 0 only in a data-parallel run
 		if err := checkpoint.PrepareOutput(cfg.Out, string(stages.DPO), cfg.Resume, cfg.Force); err != nil {

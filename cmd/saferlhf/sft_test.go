@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,5 +152,34 @@ func TestConfigFile(t *testing.T) {
 	os.WriteFile(cfg, []byte("learning-rate: 1\n"), 0o644)
 	if err := runTrainRM([]string{"--config", cfg}); err == nil || !strings.Contains(err.Error(), "unknown key") {
 		t.Fatalf("want an unknown-key error, got %v", err)
+	}
+}
+
+// TestStageInputErrorsLeaveNothing: a training stage that fails on its inputs (a
+// missing model or data file, a dtype the backend cannot run) creates no output
+// directory, so the same command with the inputs fixed runs without --force.
+func TestStageInputErrorsLeaveNothing(t *testing.T) {
+	assets := filepath.Join("..", "..", "assets", "data")
+	model := filepath.Join(assets, "models", "stories260K.bin")
+	data := filepath.Join(assets, "helpful", "llamafactory-dpo_en_demo.json")
+	dir := t.TempDir()
+	for i, tc := range []struct {
+		run  func([]string) error
+		args []string
+		want string
+	}{
+		{runSFT, []string{"--model", filepath.Join(dir, "missing.bin"), "--data", data}, "missing.bin"},
+		{runSFT, []string{"--model", model, "--data", filepath.Join(dir, "missing.json")}, "missing.json"},
+		{runTrainRM, []string{"--model", model, "--data", filepath.Join(dir, "missing.jsonl")}, "missing.jsonl"},
+		{runDPO, []string{"--model", model, "--data", filepath.Join(dir, "missing.json")}, "missing.json"},
+	} {
+		out := filepath.Join(dir, fmt.Sprint("out", i))
+		err := tc.run(append(tc.args, "--out", out, "--max-steps", "1", "--backend", "go"))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want an error naming %s", tc.args, err, tc.want)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%v: the failed run left its output %s behind (%v)", tc.args, out, err)
+		}
 	}
 }

@@ -50,8 +50,9 @@ type Config struct {
 	DType        string    `json:"dtype" flag:"dtype" help:"compute dtype bf16 or f32 (default: bf16 on xla:*, f32 otherwise); trained weights stay float32 masters"`
 	SaveDType    string    `json:"save-dtype" flag:"save-dtype" help:"dtype of the saved model: f32, bf16 or f16 (default: the --model checkpoint's torch_dtype, f32 when unknown)"`
 	Progress     io.Writer `json:"-"`
-	// Prepare, if set, runs once before anything is written to Out (the command's
-	// output guard and config.yaml); in a data-parallel run only rank 0 runs it and
+	// Prepare, if set, runs once the model, tokenizer and data have loaded and before
+	// anything is written to Out (the command's output guard and config.yaml), so a run
+	// that fails on its inputs leaves no output behind; in a data-parallel run only rank 0 runs it and
 	// the other ranks wait for it and share its error.
 	Prepare func() error `json:"-"`
 }

@@ -263,9 +263,6 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
-		return nil, err
-	}
 	be, err := backend.New(cfg.Backend)
 	if err != nil {
 		return nil, err
@@ -295,9 +292,6 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("dpo: %w", err)
-	}
 	res := &Result{Stage: DPO}
 	tr, ev, err := dpoExamples(cfg, tok, res)
 	if err != nil {
@@ -305,6 +299,13 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	}
 	mctx := context.New()
 	if err := setComputeDType(mctx, be, cfg.Config); err != nil {
+		return nil, fmt.Errorf("dpo: %w", err)
+	}
+	// Claimed only once the inputs have loaded (see runRanked).
+	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
 	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {

@@ -75,9 +75,6 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err := cfg.Validate(stage); err != nil {
 		return nil, err
 	}
-	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
-		return nil, err
-	}
 	be, err := backend.New(cfg.Backend)
 	if err != nil {
 		return nil, err
@@ -114,9 +111,6 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 		model.InitScoreHead(mcfg, w, 1, cfg.Seed)
 		mcfg.Architecture = "LlamaForScore"
 	}
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("%s: %w", stage, err)
-	}
 	res := &Result{Stage: stage}
 	train, eval, err := buildSources(stage, cfg, tok, res)
 	if err == nil {
@@ -125,11 +119,19 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
-
 	mctx := context.New()
 	if err := setComputeDType(mctx, be, cfg); err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
+	// The output is claimed only now that the model, tokenizer and data have loaded, so a run
+	// that fails on its inputs leaves nothing behind (the command checked the output first).
+	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+
 	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
