@@ -53,6 +53,31 @@ func loraTargetPath(target string) (string, error) {
 	return "", fmt.Errorf("lora: unknown target %q (want one of %v)", target, LoRATargets)
 }
 
+// targets returns lc.Targets, or the default four attention projections.
+func (lc LoRAConfig) targets() []string {
+	if len(lc.Targets) == 0 {
+		return []string{"q_proj", "k_proj", "v_proj", "o_proj"}
+	}
+	return lc.Targets
+}
+
+// Params returns the number of adapter parameters AddLoRA creates for a model of cfg (all
+// layers); unknown targets, which AddLoRA refuses, add none.
+func (lc LoRAConfig) Params(cfg *Config) int64 {
+	exp := ExpectedShapes(cfg, false)
+	var n int64
+	for _, tg := range lc.targets() {
+		p, err := loraTargetPath(tg)
+		if err != nil {
+			continue
+		}
+		if s, ok := exp[LayerName(0, p+".weight")]; ok {
+			n += int64(lc.Rank * (s[0] + s[1]))
+		}
+	}
+	return n * int64(cfg.NumLayers)
+}
+
 // AddLoRA creates trainable adapter variables in ctx's scope for every layer's
 // target projections (names "<linear>.lora_A.weight" / ".lora_B.weight", as
 // PEFT) and records the scale Alpha/Rank. The base weights come from ctx's
@@ -62,10 +87,7 @@ func AddLoRA(ctx *context.Context, cfg *Config, lc LoRAConfig, seed uint64) erro
 	if lc.Rank <= 0 || lc.Alpha <= 0 {
 		return fmt.Errorf("lora: rank %d and alpha %g must be > 0", lc.Rank, lc.Alpha)
 	}
-	targets := lc.Targets
-	if len(targets) == 0 {
-		targets = []string{"q_proj", "k_proj", "v_proj", "o_proj"}
-	}
+	targets := lc.targets()
 	exp := ExpectedShapes(cfg, false)
 	rng := rand.New(rand.NewPCG(seed, 0x10a4))
 	for l := 0; l < cfg.NumLayers; l++ {

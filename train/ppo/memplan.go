@@ -47,7 +47,7 @@ func PlanMemory(c MemoryPlanConfig) MemoryPlan {
 		n := int64(m.NumParams())
 		if c.LoRA.Rank > 0 {
 			p.Weights += n * wb // one frozen base per pair (actor/reference, model/critic)
-			p.Trainable += 4 * loraParams(m, c.LoRA)
+			p.Trainable += 4 * c.LoRA.Params(m)
 		} else {
 			p.Weights += n * wb // the frozen one (reference, reward model, cost model)
 			p.Trainable += 4 * n
@@ -82,25 +82,6 @@ func PlanMemory(c MemoryPlanConfig) MemoryPlan {
 	p.Scoring = int64(mb)*t*3*4*int64(a.VocabSize) + int64(mb)*h*t*t*(4+wb)
 	p.Peak = p.Weights + p.Trainable + p.Optimizer + max(p.KVCache, p.Activations, p.Scoring)
 	return p
-}
-
-func loraParams(m *model.Config, l model.LoRAConfig) int64 {
-	exp := model.ExpectedShapes(m, false)
-	targets := l.Targets
-	if len(targets) == 0 {
-		targets = []string{"q_proj", "k_proj", "v_proj", "o_proj"}
-	}
-	var n int64
-	for _, tg := range targets {
-		path := "self_attn." + tg
-		if strings.HasSuffix(tg, "gate_proj") || strings.HasSuffix(tg, "up_proj") || strings.HasSuffix(tg, "down_proj") {
-			path = "mlp." + tg
-		}
-		if s, ok := exp[model.LayerName(0, path+".weight")]; ok {
-			n += int64(l.Rank * (s[0] + s[1]))
-		}
-	}
-	return n * int64(m.NumLayers)
 }
 
 func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }
