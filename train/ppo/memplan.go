@@ -44,12 +44,13 @@ func PlanMemory(c MemoryPlanConfig) MemoryPlan {
 	}
 	var p MemoryPlan
 	for _, m := range models {
+		// One frozen copy per pair (reference, reward model, cost model: under LoRA the base the
+		// actor and critics share), and float32 trained weights or adapters.
 		n := int64(m.NumParams())
+		p.Weights += n * wb
 		if c.LoRA.Rank > 0 {
-			p.Weights += n * wb // one frozen base per pair (actor/reference, model/critic)
 			p.Trainable += 4 * c.LoRA.Params(m)
 		} else {
-			p.Weights += n * wb // the frozen one (reference, reward model, cost model)
 			p.Trainable += 4 * n
 		}
 	}
