@@ -169,24 +169,12 @@ func LoadInto(dir string, ctx *context.Context, st Storage) (*Config, error) {
 		return nil, err
 	}
 	defer set.Close()
-	prefix := ""
-	if !set.Has(NameEmbed) && set.Has(strings.TrimPrefix(NameEmbed, "model.")) {
-		prefix = "model."
-	}
-	if cfg.ScoreDim == 0 && set.Has(NameScoreW) {
-		if _, shape, err := set.Info(NameScoreW); err == nil && len(shape) == 2 {
-			cfg.ScoreDim = shape[0]
-		}
+	prefix, exp, err := hfLayout(dir, cfg, set)
+	if err != nil {
+		return nil, err
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
-	}
-	exp := ExpectedShapes(cfg, false)
-	if !cfg.TieWordEmbeddings && set.Has(NameLMHead) {
-		exp[NameLMHead] = []int{cfg.VocabSize, cfg.HiddenSize}
-	}
-	if !cfg.TieWordEmbeddings && !set.Has(NameLMHead) && cfg.ScoreDim == 0 {
-		return nil, fmt.Errorf("%s: tensor %q missing (config has tie_word_embeddings=false and no score head)", dir, NameLMHead)
 	}
 	for _, name := range sortedKeys(exp) {
 		stored := strings.TrimPrefix(name, prefix)

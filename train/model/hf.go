@@ -36,33 +36,13 @@ func Load(dir string) (*Config, Weights, error) {
 		return nil, nil, err
 	}
 	defer set.Close()
-	prefix := ""
-	if !set.Has(NameEmbed) && set.Has(strings.TrimPrefix(NameEmbed, "model.")) {
-		prefix = "model."
-	}
-	fileName := func(name string) string {
-		stored := name
-		if prefix != "" {
-			stored = strings.TrimPrefix(name, prefix)
-		}
-		return stored
-	}
-	if cfg.ScoreDim == 0 && set.Has(NameScoreW) {
-		_, shape, err := set.Info(NameScoreW)
-		if err == nil && len(shape) == 2 {
-			cfg.ScoreDim = shape[0]
-		}
-	}
-	exp := ExpectedShapes(cfg, false)
-	if !cfg.TieWordEmbeddings && set.Has(NameLMHead) {
-		exp[NameLMHead] = []int{cfg.VocabSize, cfg.HiddenSize}
-	}
-	if !cfg.TieWordEmbeddings && !set.Has(NameLMHead) && cfg.ScoreDim == 0 {
-		return nil, nil, fmt.Errorf("%s: tensor %q missing (config has tie_word_embeddings=false and no score head)", dir, NameLMHead)
+	prefix, exp, err := hfLayout(dir, cfg, set)
+	if err != nil {
+		return nil, nil, err
 	}
 	w := Weights{}
 	for _, name := range sortedKeys(exp) {
-		stored := fileName(name)
+		stored := strings.TrimPrefix(name, prefix)
 		dt, shape, err := set.Info(stored)
 		if err != nil {
 			if errors.Is(err, safetensors.ErrNotFound) {
@@ -89,6 +69,29 @@ func Load(dir string) (*Config, Weights, error) {
 		return nil, nil, err
 	}
 	return cfg, w, nil
+}
+
+// hfLayout reads what Load and LoadInto need of set before the weights: the
+// prefix its names lack ("model." when they omit it), the score head's size
+// into cfg.ScoreDim, and the expected tensors by HF name (the LM head when
+// stored untied).
+func hfLayout(dir string, cfg *Config, set *safetensors.Set) (prefix string, exp map[string][]int, err error) {
+	if !set.Has(NameEmbed) && set.Has(strings.TrimPrefix(NameEmbed, "model.")) {
+		prefix = "model."
+	}
+	if cfg.ScoreDim == 0 && set.Has(NameScoreW) {
+		if _, shape, err := set.Info(NameScoreW); err == nil && len(shape) == 2 {
+			cfg.ScoreDim = shape[0]
+		}
+	}
+	exp = ExpectedShapes(cfg, false)
+	if !cfg.TieWordEmbeddings && set.Has(NameLMHead) {
+		exp[NameLMHead] = []int{cfg.VocabSize, cfg.HiddenSize}
+	}
+	if !cfg.TieWordEmbeddings && !set.Has(NameLMHead) && cfg.ScoreDim == 0 {
+		return "", nil, fmt.Errorf("%s: tensor %q missing (config has tie_word_embeddings=false and no score head)", dir, NameLMHead)
+	}
+	return prefix, exp, nil
 }
 
 // checkDescribed refuses a tensor of set that config.json does not describe (exp: the
