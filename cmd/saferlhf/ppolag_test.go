@@ -216,6 +216,7 @@ func TestRLValidationLeavesNothing(t *testing.T) {
 		{[]string{"--repetition-penalty", "0"}, 2, "--repetition-penalty"},
 		{[]string{"--ptx-coeff", "-1"}, 2, "--ptx-coeff"},
 		{[]string{"--threshold", "NaN"}, 2, "finite"},
+		{[]string{"--rl-math", "graph", "--backend", "native"}, 2, "--rl-math graph needs a GoMLX backend"},
 		{[]string{"--max-new-tokens", "600"}, 1, "exceed the context"},
 		{[]string{"--data", "nosuchformat:x.json"}, 1, `unknown format "nosuchformat"`},
 	} {

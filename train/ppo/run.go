@@ -99,6 +99,8 @@ func (c *RunConfig) Validate() error {
 	ck.Check(c.PTXMaxLength >= 2, "--ptx-max-length must be >= 2, got %d", c.PTXMaxLength)
 	ck.NonNegativeInt("save-every", c.SaveEvery)
 	ck.NonNegativeInt("lora-rank", c.LoRARank)
+	ck.Check(c.RLMath != RLMathGraph || backend.Resolve(c.Backend) != backend.Native,
+		"--rl-math graph needs a GoMLX backend (go or xla:*), not --backend native")
 	if c.LoRARank > 0 {
 		ck.Positive("lora-alpha", c.LoRAAlpha)
 	}
