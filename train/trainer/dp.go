@@ -26,15 +26,19 @@ import (
 // global batch's mean loss (for losses normalised per rank, e.g. per token, it
 // is the mean of the ranks' losses, as in PyTorch DDP and DeepSpeed).
 
-func (s *Stepper) dataParallel() bool { return s.cfg.Comm != nil && s.cfg.Comm.Size() > 1 }
+// dataParallel reports whether c trains across more than one rank.
+func (c *Config) dataParallel() bool { return c.Comm != nil && c.Comm.Size() > 1 }
 
-// Comm returns the Stepper's communicator (dist.Self for a single process).
-func (s *Stepper) Comm() dist.Communicator {
-	if s.cfg.Comm == nil {
+// comm is c's communicator (dist.Self for a single process).
+func (c *Config) comm() dist.Communicator {
+	if c.Comm == nil {
 		return dist.Self{}
 	}
-	return s.cfg.Comm
+	return c.Comm
 }
+
+// Comm returns the Stepper's communicator (dist.Self for a single process).
+func (s *Stepper) Comm() dist.Communicator { return s.cfg.comm() }
 
 // CollectiveTime returns the time spent in gradient all-reduces so far.
 func (s *Stepper) CollectiveTime() time.Duration {
@@ -46,7 +50,7 @@ func (s *Stepper) CollectiveTime() time.Duration {
 // allReduceGradients averages the gradient accumulators of the trained
 // variables across ranks (a no-op for a single process).
 func (s *Stepper) allReduceGradients() error {
-	if !s.dataParallel() {
+	if !s.cfg.dataParallel() {
 		return nil
 	}
 	start := time.Now()

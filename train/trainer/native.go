@@ -114,12 +114,7 @@ func (s *NativeStepper) Context() *context.Context { return s.ctx }
 func (s *NativeStepper) Model() *llama.Model { return s.m }
 
 // Comm returns the communicator (dist.Self for a single process).
-func (s *NativeStepper) Comm() dist.Communicator {
-	if s.cfg.Comm == nil {
-		return dist.Self{}
-	}
-	return s.cfg.Comm
-}
+func (s *NativeStepper) Comm() dist.Communicator { return s.cfg.comm() }
 
 // CollectiveTime returns the time spent in gradient all-reduces so far.
 func (s *NativeStepper) CollectiveTime() time.Duration {
@@ -203,7 +198,7 @@ func (s *NativeStepper) LoadContext() error {
 
 // allReduce averages the accumulated gradients across ranks (a no-op for one process).
 func (s *NativeStepper) allReduce() error {
-	if s.cfg.Comm == nil || s.cfg.Comm.Size() < 2 {
+	if !s.cfg.dataParallel() {
 		return nil
 	}
 	start := time.Now()

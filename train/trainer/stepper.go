@@ -98,7 +98,7 @@ func NewStepper(backend backends.Backend, ctx *context.Context, cfg Config) (*St
 		return nil, err
 	}
 	s := &Stepper{backend: backend, ctx: ctx, cfg: cfg, opt: opt}
-	if cfg.Accumulation == 1 && !s.dataParallel() {
+	if cfg.Accumulation == 1 && !s.cfg.dataParallel() {
 		s.trainExec, err = context.NewExec(backend, ctx, s.fusedGraph)
 	} else {
 		s.trainExec, err = context.NewExec(backend, ctx, s.accumulateGraph)
@@ -172,7 +172,7 @@ func (s *Stepper) Step(lr float64, inputs ...any) (Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	args := append([]any{tensors.FromScalar(float32(lr))}, inputs...)
-	if s.cfg.Accumulation == 1 && !s.dataParallel() {
+	if s.cfg.Accumulation == 1 && !s.cfg.dataParallel() {
 		out, err := execCatch(s.trainExec, args)
 		if err != nil {
 			return Result{}, err
