@@ -112,17 +112,7 @@ func (o *AdamW) Config() AdamWConfig { return o.cfg }
 func TrainableVariables(ctx *context.Context, g *graph.Graph, scope string, frozen ...string) []*context.Variable {
 	var vars []*context.Variable
 	for v := range ctx.IterVariables() {
-		if !v.Trainable || !v.InUseByGraph(g) || !InScope(v.Scope(), scope) {
-			continue
-		}
-		skip := false
-		for _, f := range frozen {
-			if InScope(v.Scope(), f) {
-				skip = true
-				break
-			}
-		}
-		if !skip {
+		if v.Trainable && v.InUseByGraph(g) && InScope(v.Scope(), scope) && !InAnyScope(v.Scope(), frozen) {
 			vars = append(vars, v)
 		}
 	}
@@ -134,6 +124,16 @@ func TrainableVariables(ctx *context.Context, g *graph.Graph, scope string, froz
 func InScope(scope, prefix string) bool {
 	prefix = strings.TrimSuffix(prefix, context.ScopeSeparator)
 	return prefix == "" || scope == prefix || strings.HasPrefix(scope, prefix+context.ScopeSeparator)
+}
+
+// InAnyScope reports whether scope is InScope of any of prefixes.
+func InAnyScope(scope string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if InScope(scope, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // Update computes the gradients of loss with respect to vars and applies the

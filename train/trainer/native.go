@@ -74,14 +74,8 @@ func NewNativeStepper(ctx *context.Context, cfg NativeConfig) (*NativeStepper, e
 	}
 	s := &NativeStepper{ctx: ctx, cfg: c, loss: cfg.Loss, m: m, vars: vars, train: llama.Vars{}}
 	for name, v := range vars {
-		if !v.Trainable || !optim.InScope(v.Scope(), c.Scope) || (cfg.Uses != nil && !cfg.Uses(name)) {
-			continue
-		}
-		frozen := false
-		for _, f := range c.Frozen {
-			frozen = frozen || optim.InScope(v.Scope(), f)
-		}
-		if !frozen {
+		if v.Trainable && optim.InScope(v.Scope(), c.Scope) && !optim.InAnyScope(v.Scope(), c.Frozen) &&
+			(cfg.Uses == nil || cfg.Uses(name)) {
 			s.train[name] = v
 			s.names = append(s.names, name)
 		}
