@@ -99,8 +99,12 @@ func ResolveTokenizerFor(explicit, modelPath string, vocab int) (string, error) 
 	if explicit != "" {
 		return explicit, nil
 	}
+	st, err := os.Stat(modelPath)
+	if err != nil {
+		return "", fmt.Errorf("model: %w", err) // not "no tokenizer found" for a model that is not there
+	}
 	dir := modelPath
-	if st, err := os.Stat(modelPath); err == nil && !st.IsDir() {
+	if !st.IsDir() {
 		dir = filepath.Dir(modelPath)
 	}
 	for _, n := range []string{"tokenizer.model", "tok512.bin", "tokenizer.bin"} {

@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/json"
+	"errors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"math"
 	"os"
@@ -325,5 +326,14 @@ func TestCheckFiniteBF16(t *testing.T) {
 		if err := checkFiniteBF16("f", "w", c.raw); (err == nil) != c.ok {
 			t.Errorf("% x: err %v", c.raw, err)
 		}
+	}
+}
+
+// TestResolveTokenizerMissingModel: a model path that does not exist is reported as
+// such, not as "no tokenizer found" in it.
+func TestResolveTokenizerMissingModel(t *testing.T) {
+	_, err := ResolveTokenizer("", filepath.Join(t.TempDir(), "missing"))
+	if err == nil || !errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "no tokenizer") {
+		t.Fatalf("got %v, want the model's not-exist error", err)
 	}
 }
