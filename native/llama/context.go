@@ -2,7 +2,8 @@ package llama
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
@@ -102,7 +103,7 @@ func (o *AdamW) SaveState(ctx *context.Context, vars Vars) error {
 	if err := g.StepVariable(ctx).SetValue(tensors.FromScalar(float32(o.Step))); err != nil {
 		return fmt.Errorf("llama: adamw step: %w", err)
 	}
-	for _, n := range sortedKeys(o.M) {
+	for _, n := range slices.Sorted(maps.Keys(o.M)) {
 		v := vars[n]
 		if v == nil {
 			return fmt.Errorf("llama: adamw: no variable for parameter %q", n)
@@ -133,7 +134,7 @@ func (o *AdamW) LoadState(ctx *context.Context, vars Vars) error {
 	}
 	o.Step = int64(g.Step(ctx))
 	o.M, o.U = map[string][]float32{}, map[string][]float32{}
-	for _, n := range sortedKeys(vars) {
+	for _, n := range slices.Sorted(maps.Keys(vars)) {
 		v := vars[n]
 		var mu [2][]float32
 		for i, suffix := range []string{"_m1", "_m2"} {
@@ -154,13 +155,4 @@ func (o *AdamW) LoadState(ctx *context.Context, vars Vars) error {
 		}
 	}
 	return nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
