@@ -19,6 +19,10 @@ type AdamW struct {
 	M, U map[string][]float32
 	// Step counts the updates made.
 	Step int64
+	// Owns, when set (ZeRO-1, see train/dist), reports whether this rank updates
+	// a parameter: Apply still clips by the norm of every gradient but updates,
+	// and keeps moments for, owned parameters only; LoadState reads only theirs.
+	Owns func(name string) bool
 }
 
 // NewAdamW validates cfg and fills in train/optim's defaults.
@@ -77,6 +81,9 @@ func (o *AdamW) Apply(m *Model, g Grads, lr float64) (float64, error) {
 	invBC2 := float32(1 / bc2)
 	decay := lr32 * float32(o.cfg.WeightDecay)
 	for _, n := range names {
+		if o.Owns != nil && !o.Owns(n) {
+			continue
+		}
 		p := m.Params[n]
 		if o.M[n] == nil {
 			o.M[n], o.U[n] = make([]float32, len(p)), make([]float32, len(p))

@@ -126,7 +126,8 @@ func (o *AdamW) SaveState(ctx *context.Context, vars Vars) error {
 
 // LoadState reads what SaveState writes (or the graph path's AdamW left): the
 // update count and the moments of the parameters in vars that have them in ctx.
-// Parameters without moments in ctx start from zero moments.
+// Parameters without moments in ctx start from zero moments; with Owns, only
+// the owned parameters' moments are read.
 func (o *AdamW) LoadState(ctx *context.Context, vars Vars) error {
 	g, err := o.graphOptimizer()
 	if err != nil {
@@ -135,6 +136,9 @@ func (o *AdamW) LoadState(ctx *context.Context, vars Vars) error {
 	o.Step = int64(g.Step(ctx))
 	o.M, o.U = map[string][]float32{}, map[string][]float32{}
 	for _, n := range slices.Sorted(maps.Keys(vars)) {
+		if o.Owns != nil && !o.Owns(n) {
+			continue
+		}
 		v := vars[n]
 		var mu [2][]float32
 		for i, suffix := range []string{"_m1", "_m2"} {

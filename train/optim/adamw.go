@@ -174,6 +174,12 @@ func (o *AdamW) Accumulate(ctx *context.Context, vars []*context.Variable, grads
 // (which must have been accumulated at least once in this context) and zeroes
 // the accumulators. It returns the pre-clip gradient norm and the new step.
 func (o *AdamW) ApplyAccumulated(ctx *context.Context, lr *graph.Node, vars []*context.Variable) (gradNorm, step *graph.Node) {
+	return o.ApplyAccumulatedOwned(ctx, lr, vars, nil)
+}
+
+// ApplyAccumulatedOwned is ApplyAccumulated updating only the variables i with
+// owned[i] (all when owned is nil): see ApplyOwned.
+func (o *AdamW) ApplyAccumulatedOwned(ctx *context.Context, lr *graph.Node, vars []*context.Variable, owned []bool) (gradNorm, step *graph.Node) {
 	g := lr.Graph()
 	grads := make([]*graph.Node, len(vars))
 	for i, v := range vars {
@@ -181,7 +187,7 @@ func (o *AdamW) ApplyAccumulated(ctx *context.Context, lr *graph.Node, vars []*c
 		grads[i] = acc.ValueGraph(g)
 		acc.SetValueGraph(graph.ZerosLike(grads[i]))
 	}
-	return o.Apply(ctx, lr, vars, grads)
+	return o.ApplyOwned(ctx, lr, vars, grads, owned)
 }
 
 // Apply clips grads by their global norm and applies one AdamW step to vars.
@@ -193,6 +199,17 @@ func (o *AdamW) ApplyAccumulated(ctx *context.Context, lr *graph.Node, vars []*c
 // Moments are float32 whatever the variable dtype; a bf16 variable is updated in
 // float32 and rounded back. Returns the pre-clip norm and the new step as float32 scalars.
 func (o *AdamW) Apply(ctx *context.Context, lr *graph.Node, vars []*context.Variable, grads []*graph.Node) (gradNorm, step *graph.Node) {
+	return o.ApplyOwned(ctx, lr, vars, grads, nil)
+}
+
+// ApplyOwned is Apply for one rank of a ZeRO-1 run: the global norm and the
+// clip come from every gradient, but only the variables i with owned[i] (all
+// when owned is nil) are updated and have moments (created, read or written);
+// the others are left as they are, for their owners to update.
+func (o *AdamW) ApplyOwned(ctx *context.Context, lr *graph.Node, vars []*context.Variable, grads []*graph.Node, owned []bool) (gradNorm, step *graph.Node) {
+	if owned != nil && len(owned) != len(vars) {
+		panic(fmt.Errorf("optim: %d variables but %d ownership flags", len(vars), len(owned)))
+	}
 	if len(vars) != len(grads) {
 		panic(fmt.Errorf("optim: %d variables but %d gradients", len(vars), len(grads)))
 	}
@@ -234,6 +251,9 @@ func (o *AdamW) Apply(ctx *context.Context, lr *graph.Node, vars []*context.Vari
 
 	b1, b2 := o.cfg.Beta1, o.cfg.Beta2
 	for i, v := range vars {
+		if owned != nil && !owned[i] {
+			continue
+		}
 		gr := graph.Mul(f32[i], coef)
 		m := o.stateVar(ctx, v, "_m1")
 		u := o.stateVar(ctx, v, "_m2")

@@ -28,6 +28,7 @@ type Config struct {
 	Steps        int       `json:"max-steps" flag:"max-steps" alias:"steps" help:"cap on optimizer steps (0: --epochs decide)"`
 	BatchSize    int       `json:"batch-size" flag:"batch-size" help:"micro-batch size, global over all ranks of a data-parallel run (pairs for train-rm/train-cm)"`
 	Accumulation int       `json:"grad-accum" flag:"grad-accum" help:"gradient accumulation: micro-batches per optimizer step"`
+	ZeroStage    int       `json:"zero-stage" flag:"zero-stage" help:"optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share; same trajectory and checkpoints)"`
 	MaxLength    int       `json:"max-length" flag:"max-length" help:"sequence width in tokens; longer examples are truncated"`
 	Truncate     string    `json:"truncate" flag:"truncate" help:"right (reference: cut the end) or prompt-left (drop the oldest prompt tokens first)"`
 	LR           float64   `json:"lr" flag:"lr" help:"peak learning rate"`
@@ -104,6 +105,7 @@ func (c *Config) Validate(stage Stage) error {
 		"--epochs %d / --max-steps %d: need --epochs > 0 or --max-steps > 0 (and neither negative)", c.Epochs, c.Steps)
 	ck.Check(c.BatchSize >= 1, "--batch-size %d must be >= 1", c.BatchSize)
 	ck.Check(c.Accumulation >= 1, "--grad-accum %d must be >= 1", c.Accumulation)
+	ck.Check(c.ZeroStage == 0 || c.ZeroStage == 1, "--zero-stage %d: want 0 or 1", c.ZeroStage)
 	ck.Check(c.MaxLength >= 8, "--max-length %d must be >= 8", c.MaxLength)
 	ck.Check(c.LR > 0 && c.LR <= 1, "--lr %g must lie in (0, 1]", c.LR)
 	ck.Check(c.Warmup >= 0 && c.Warmup < 1, "--warmup-ratio %g must lie in [0, 1)", c.Warmup)

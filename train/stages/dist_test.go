@@ -17,6 +17,10 @@ import (
 // follows the 1-rank run with the same global batch of 4 pairs: the same training
 // and held-out losses and accuracies per step within 2e-5 relative (1.7e-6 seen) (float32
 // summation order differs); only rank 0 writes outputs.
+//
+// With the optimiser state sharded (--zero-stage 1) the 2 ranks follow the
+// same trajectory within the same tolerance, each holding part of the AdamW
+// moments, the two parts making the 1-rank run's.
 func TestRewardModelDataParallel(t *testing.T) { rewardModelDataParallel(t, "go") }
 
 // TestNativeRewardModelDataParallel is TestRewardModelDataParallel on the native
@@ -34,69 +38,84 @@ func rewardModelDataParallel(t *testing.T, backend string) {
 		return c
 	}
 	one := cfg()
-	if _, err := runRanked(stdctx.Background(), RM, one, dist.Self{}); err != nil {
-		t.Fatal(err)
-	}
-	comms, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 5 * time.Minute})
+	res1, err := runRanked(stdctx.Background(), RM, one, dist.Self{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	two := cfg()
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for r := range 2 {
-		wg.Go(func() {
-			defer comms[r].Close()
-			_, errs[r] = runRanked(stdctx.Background(), RM, two, comms[r])
-		})
-	}
-	wg.Wait()
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-	}
-	r1, err := metrics.Read(filepath.Join(one.Out, "metrics.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r2, err := metrics.Read(filepath.Join(two.Out, "metrics.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(r1) != len(r2) || len(r1) < 4 {
-		t.Fatalf("%d records vs %d", len(r1), len(r2))
-	}
-	worst := 0.0
-	for i := range r1 {
-		for k, v := range r1[i].Values {
-			w := r2[i].Values[k]
-			d := math.Abs(v-w) / max(1, math.Abs(v))
-			worst = max(worst, d)
-			if d > 2e-5 {
-				t.Errorf("step %d %s %s: world 1 %.7g, world 2 %.7g", r1[i].Step, r1[i].Tags["split"], k, v, w)
-			}
-		}
-	}
-	t.Logf("reward model on %s, 3 steps, global batch 4: largest relative difference world 1 vs 2: %.3g", backend, worst)
-	// The score normaliser (config.json) tracks the global batches' end scores on both.
-	var stats [2][]float64
-	for i, dir := range []string{one.Out, two.Out} {
-		c, err := model.LoadHFConfig(filepath.Join(dir, "model"))
+	for _, zero := range []int{0, 1} {
+		comms, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 5 * time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(c.Score.Mean) != 1 || len(c.Score.Var) != 1 {
-			t.Fatalf("%s: normaliser %+v", dir, c.Score)
+		two := cfg()
+		two.ZeroStage = zero
+		errs := make([]error, 2)
+		res2 := make([]*Result, 2)
+		var wg sync.WaitGroup
+		for r := range 2 {
+			wg.Go(func() {
+				defer comms[r].Close()
+				res2[r], errs[r] = runRanked(stdctx.Background(), RM, two, comms[r])
+			})
 		}
-		stats[i] = []float64{c.Score.Mean[0], c.Score.Var[0]}
-	}
-	for k, name := range []string{"mean", "var"} {
-		if d := math.Abs(stats[0][k]-stats[1][k]) / max(1, math.Abs(stats[0][k])); d > 1e-5 {
-			t.Errorf("score normaliser %s: world 1 %.9g, world 2 %.9g", name, stats[0][k], stats[1][k])
+		wg.Wait()
+		for r, err := range errs {
+			if err != nil {
+				t.Fatalf("rank %d: %v", r, err)
+			}
 		}
+		b1, b2 := res1.OptimBytes, []int64{res2[0].OptimBytes, res2[1].OptimBytes}
+		t.Logf("AdamW moment bytes: world 1 %d, world 2 (zero stage %d) %v", b1, zero, b2)
+		switch {
+		case b1 == 0:
+			t.Errorf("world 1 holds no optimiser state")
+		case zero == 0 && (b2[0] != b1 || b2[1] != b1):
+			t.Errorf("replicated optimiser state: %v bytes per rank, want %d each", b2, b1)
+		case zero == 1 && (b2[0]+b2[1] != b1 || b2[0] == 0 || b2[1] == 0 || max(b2[0], b2[1]) > b1*6/10):
+			t.Errorf("ZeRO-1 optimiser state: %v bytes per rank, want about half each of %d", b2, b1)
+		}
+		r1, err := metrics.Read(filepath.Join(one.Out, "metrics.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2, err := metrics.Read(filepath.Join(two.Out, "metrics.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r1) != len(r2) || len(r1) < 4 {
+			t.Fatalf("%d records vs %d", len(r1), len(r2))
+		}
+		worst := 0.0
+		for i := range r1 {
+			for k, v := range r1[i].Values {
+				w := r2[i].Values[k]
+				d := math.Abs(v-w) / max(1, math.Abs(v))
+				worst = max(worst, d)
+				if d > 2e-5 {
+					t.Errorf("step %d %s %s: world 1 %.7g, world 2 %.7g", r1[i].Step, r1[i].Tags["split"], k, v, w)
+				}
+			}
+		}
+		t.Logf("reward model on %s, 3 steps, global batch 4: largest relative difference world 1 vs 2 (zero stage %d): %.3g", backend, zero, worst)
+		// The score normaliser (config.json) tracks the global batches' end scores on both.
+		var stats [2][]float64
+		for i, dir := range []string{one.Out, two.Out} {
+			c, err := model.LoadHFConfig(filepath.Join(dir, "model"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.Score.Mean) != 1 || len(c.Score.Var) != 1 {
+				t.Fatalf("%s: normaliser %+v", dir, c.Score)
+			}
+			stats[i] = []float64{c.Score.Mean[0], c.Score.Var[0]}
+		}
+		for k, name := range []string{"mean", "var"} {
+			if d := math.Abs(stats[0][k]-stats[1][k]) / max(1, math.Abs(stats[0][k])); d > 1e-5 {
+				t.Errorf("score normaliser %s: world 1 %.9g, world 2 %.9g", name, stats[0][k], stats[1][k])
+			}
+		}
+		t.Logf("score normaliser (mean, var): world 1 %v, world 2 %v", stats[0], stats[1])
 	}
-	t.Logf("score normaliser (mean, var): world 1 %v, world 2 %v", stats[0], stats[1])
 }
 
 // onTwoRanks runs run on two in-process ranks and fails on any rank's error.

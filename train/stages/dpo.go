@@ -324,7 +324,7 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	}
 	stepper, err := newSteps(be, mctx, mcfg, trainer.Config{
 		Scope: modelScope, Loss: dpoLossFn(mcfg, cfg.Beta), WeightDecay: cfg.WeightDecay,
-		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm,
+		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm, ZeroStage: cfg.ZeroStage,
 	}, dpoNative(cfg.Beta), true)
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)

@@ -45,12 +45,14 @@ type Result struct {
 	TokPerSec float64            `json:"tokens_per_second"`            // all ranks together
 	World     int                `json:"world_size,omitempty"`         // ranks of a data-parallel run
 	CommSecs  float64            `json:"collective_seconds,omitempty"` // rank 0's time in gradient all-reduces
-	ModelDir  string             `json:"model_dir"`
+	// OptimBytes is the size of the AdamW moments this rank held at the end (about 1/world of them with --zero-stage 1).
+	OptimBytes int64  `json:"optimizer_state_bytes"`
+	ModelDir   string `json:"model_dir"`
 }
 
 // NonTrajectoryKeys are the Config keys that a resumed run may change freely:
 // where output goes, how often it is saved or evaluated, and the resume switches.
-var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "keep-checkpoints", "resume", "force", "allow-config-change", "save-dtype"}
+var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "keep-checkpoints", "resume", "force", "allow-config-change", "save-dtype", "zero-stage"}
 
 // Run trains one stage (SFT, RM or CM) as configured, writing everything under
 // cfg.Out. Cancelling ctx checkpoints and returns an error wrapping ctx.Err().
@@ -153,7 +155,7 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	}
 	stepper, err := newSteps(be, mctx, mcfg, trainer.Config{
 		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg, comm.Size() < 2), WeightDecay: cfg.WeightDecay,
-		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm,
+		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm, ZeroStage: cfg.ZeroStage,
 	}, native, stage == SFT)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
@@ -272,6 +274,7 @@ func modelLoop(sp modelLoopSpec) (*trainer.Loop, error) {
 func runLoop(ctx stdctx.Context, loop *trainer.Loop, comm dist.Communicator, out string, res *Result, t0 time.Time) (*Result, error) {
 	sum, err := loop.Run(ctx)
 	res.Steps, res.TrainLoss, res.Final, res.TokPerSec, res.ModelDir = sum.Steps, sum.TrainLoss, sum.Eval, sum.TokensPerS, sum.ModelDir
+	res.OptimBytes = sum.OptimizerStateBytes
 	if comm.Size() > 1 {
 		res.World, res.CommSecs = comm.Size(), sum.Collective.Seconds()
 	}

@@ -82,7 +82,8 @@ func (s *Stepper) allReduceGradients() error {
 }
 
 // stateDigest hashes the bytes of every variable of ctx under the scope and the
-// optimizer scope of cfg (names included), to check that ranks start in step.
+// optimizer scope of cfg (names included), to check that ranks start in step;
+// with ZeRO-1 the moments, which differ between ranks, are left out.
 func stateDigest(ctx *context.Context, cfg Config) (uint64, error) {
 	type kv struct {
 		name string
@@ -93,6 +94,9 @@ func stateDigest(ctx *context.Context, cfg Config) (uint64, error) {
 		path := v.ScopeAndName()
 		if !inScope(v.Scope(), cfg.Scope) && !inScope(v.Scope(), cfg.OptimScope) {
 			continue
+		}
+		if cfg.zero1() && isMoment(v, cfg.OptimScope) {
+			continue // each rank holds its own share
 		}
 		t, err := v.Value()
 		if err != nil {

@@ -45,11 +45,18 @@ type dpRun struct {
 	err     error
 	weights []float32
 	bias    float32
+	moments int64 // AdamW moment elements the rank holds at the end
 }
 
 // runDP trains the linear model for steps optimizer steps with a global batch
 // of 8 on world ranks (world 1: no communicator, the single-process path).
 func runDP(t *testing.T, dir string, world, acc, steps int, resume bool, fail func(c dist.Communicator, epoch, index int) error) []dpRun {
+	t.Helper()
+	return runDPZero(t, dir, world, 0, acc, steps, resume, fail)
+}
+
+// runDPZero is runDP at a ZeRO stage.
+func runDPZero(t *testing.T, dir string, world, zero, acc, steps int, resume bool, fail func(c dist.Communicator, epoch, index int) error) []dpRun {
 	t.Helper()
 	comms := []dist.Communicator{nil}
 	if world > 1 {
@@ -69,7 +76,7 @@ func runDP(t *testing.T, dir string, world, acc, steps int, resume bool, fail fu
 		wg.Go(func() {
 			mctx := newLinearCtx([]float32{0, 0, 0}, 0)
 			s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, WeightDecay: 0.01, Accumulation: acc,
-				ClipNorm: 2, Comm: comms[r]})
+				ClipNorm: 2, Comm: comms[r], ZeroStage: zero})
 			if err != nil {
 				out[r].err = err
 				return
@@ -91,6 +98,7 @@ func runDP(t *testing.T, dir string, world, acc, steps int, resume bool, fail fu
 			}
 			out[r].weights = tensors.MustCopyFlatData[float32](mctx.GetVariableByScopeAndName("/m/lin", "weight").MustValue())
 			out[r].bias = tensors.MustCopyFlatData[float32](mctx.GetVariableByScopeAndName("/m/lin", "bias").MustValue())[0]
+			out[r].moments = s.OptimizerStateElements()
 		})
 	}
 	wg.Wait()

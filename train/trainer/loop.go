@@ -100,6 +100,9 @@ type Summary struct {
 	// slowest rank included (0 for one process).
 	Collective time.Duration
 	ModelDir   string // where SaveModel wrote the final model
+	// OptimizerStateBytes is the size of the AdamW moments this rank holds at the end
+	// (all of them, or with ZeRO-1 about 1/world of them).
+	OptimizerStateBytes int64
 }
 
 // position is the data position stored in a checkpoint's state.json.
@@ -317,6 +320,7 @@ func (l *Loop) finish(sum Summary, step, startStep, tokens int, start time.Time)
 	sum.Steps = step
 	sum.Elapsed = time.Since(start)
 	sum.Collective = l.cfg.Stepper.CollectiveTime()
+	sum.OptimizerStateBytes = 4 * l.cfg.Stepper.OptimizerStateElements()
 	if step > startStep {
 		sum.TokensPerS = float64(tokens) / sum.Elapsed.Seconds()
 	}
@@ -455,20 +459,30 @@ func (l *Loop) writeRecord(step int, split string, vals map[string]float64) erro
 // state.json with the step, data position, kind and config. The previous
 // checkpoints stay usable until the new one is complete. It returns the directory.
 func (l *Loop) checkpoint(step int, pos position) (string, error) {
-	if !l.primary() {
-		return "(by rank 0)", nil
-	}
+	s := l.cfg.Stepper
+	// With ZeRO-1 every rank takes part: rank 0 streams the moments others own from them.
+	return checkpoint.SaveSharded(s.Comm(), s.Context(), s.ShardedState(), func() error {
+		if err := s.SyncContext(); err != nil {
+			return fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
+		}
+		return nil
+	}, func(remote []safetensors.Tensor) (string, error) {
+		return l.save(step, pos, remote)
+	})
+}
+
+// save is rank 0's part of checkpoint; remote are training-state tensors other ranks hold.
+func (l *Loop) save(step int, pos position, remote []safetensors.Tensor) (string, error) {
 	if err := l.metrics.Sync(); err != nil {
 		return "", fmt.Errorf("trainer: checkpoint: %w", err)
-	}
-	if err := l.cfg.Stepper.SyncContext(); err != nil {
-		return "", fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
 	}
 	ctx := l.cfg.Stepper.Context()
 	ts, err := checkpoint.ContextTensors(ctx, nil)
 	if err != nil {
 		return "", fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
 	}
+	ts = append(ts, remote...)
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
 	data, _ := json.Marshal(pos)
 	meta, err := l.meta()
 	if err != nil {

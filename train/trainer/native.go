@@ -11,6 +11,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/saferlhf/saferlhf/native/llama"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
@@ -55,6 +56,7 @@ type NativeStepper struct {
 	mu       sync.Mutex
 	micro    int
 	commTime time.Duration
+	owners   []int // ZeRO-1: the owning rank of each of names
 }
 
 // NewNativeStepper returns a NativeStepper for cfg on the model at cfg.Scope of
@@ -91,6 +93,18 @@ func NewNativeStepper(ctx *context.Context, cfg NativeConfig) (*NativeStepper, e
 		WeightDecay: c.WeightDecay, ClipNorm: c.ClipNorm, Accumulation: c.Accumulation, StateScope: c.OptimScope,
 		NoDecay: func(name string) bool { return noDecay(vars[name].ScopeAndName()) }}); err != nil {
 		return nil, fmt.Errorf("trainer: %w", err)
+	}
+	if c.zero1() {
+		sizes := make([]int64, len(s.names))
+		for i, n := range s.names {
+			sizes[i] = int64(len(m.Params[n]))
+		}
+		s.owners = dist.Owners(s.names, sizes, c.Comm.Size())
+		mine := map[string]bool{}
+		for i, n := range s.names {
+			mine[n] = s.owners[i] == c.Comm.Rank()
+		}
+		s.opt.Owns = func(name string) bool { return mine[name] }
 	}
 	if err := s.opt.LoadState(ctx, s.train); err != nil {
 		return nil, fmt.Errorf("trainer: %w", err)
@@ -145,8 +159,56 @@ func (s *NativeStepper) Step(lr float64, inputs ...any) (Result, error) {
 		}
 		return Result{}, fmt.Errorf("trainer: %w", err)
 	}
+	if err := s.gatherWeights(); err != nil {
+		return Result{}, err
+	}
 	r.Applied, r.GradNorm, r.OptimizerStep = true, norm, s.opt.Step
 	return r, nil
+}
+
+// gatherWeights hands every rank the owners' updated parameters (ZeRO-1; a no-op otherwise).
+func (s *NativeStepper) gatherWeights() error {
+	if s.owners == nil {
+		return nil
+	}
+	start := time.Now()
+	defer func() { s.commTime += time.Since(start) }()
+	params := make([][]float32, len(s.names))
+	for i, n := range s.names {
+		params[i] = s.m.Params[n]
+	}
+	if err := dist.AllGatherOwnedFloat32(stdctx.Background(), s.cfg.Comm, s.owners, params); err != nil {
+		return fmt.Errorf("trainer: gathering the owners' weights: %w", err)
+	}
+	return nil
+}
+
+// trainedVars are the trained parameters' variables, in names order.
+func (s *NativeStepper) trainedVars() []*context.Variable {
+	vs := make([]*context.Variable, len(s.names))
+	for i, n := range s.names {
+		vs[i] = s.train[n]
+	}
+	return vs
+}
+
+// ShardedState implements Steps (nil without ZeRO-1).
+func (s *NativeStepper) ShardedState() []checkpoint.Owned {
+	if s.owners == nil {
+		return nil
+	}
+	return ownedMoments(s.cfg.OptimScope, s.trainedVars(), s.owners)
+}
+
+// OptimizerStateElements counts the AdamW moment elements this rank holds.
+func (s *NativeStepper) OptimizerStateElements() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for name := range s.opt.M {
+		n += int64(len(s.opt.M[name]) + len(s.opt.U[name]))
+	}
+	return n
 }
 
 // Eval computes the loss and metrics of a batch without gradients or updates.
@@ -184,6 +246,11 @@ func (s *NativeStepper) LoadContext() error {
 	}
 	if err := s.opt.LoadState(s.ctx, s.train); err != nil {
 		return fmt.Errorf("trainer: %w", err)
+	}
+	if s.owners != nil { // a restored full state: keep this rank's share only
+		if err := dropForeignMoments(s.ctx, s.cfg.OptimScope, s.trainedVars(), s.owners, s.cfg.Comm.Rank()); err != nil {
+			return err
+		}
 	}
 	s.grads.Zero()
 	s.micro = 0

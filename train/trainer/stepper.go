@@ -52,6 +52,9 @@ type Config struct {
 	// gradients are averaged across ranks before each update (see dp.go). Nil or a
 	// world of one keeps the single-process path (one fused graph when Accumulation is 1).
 	Comm dist.Communicator
+	// ZeroStage 1 shards the optimiser state across the ranks of Comm (ZeRO-1, see
+	// zero.go); 0 (the default) keeps all of it on every rank.
+	ZeroStage int
 }
 
 // Result is what one call of Stepper.Step or Stepper.Eval returns to the host.
@@ -85,6 +88,11 @@ type Stepper struct {
 	trained     []*context.Variable
 	opt         *optim.AdamW
 	commTime    time.Duration // time spent in gradient all-reduces
+	// ZeRO-1: the owning rank of each trained variable, whether this rank owns it, and
+	// whether moments of others' variables (from a restored checkpoint) are gone.
+	owners         []int
+	owned          []bool
+	foreignDropped bool
 }
 
 // NewStepper returns a Stepper for cfg on the variables of ctx. ctx must already hold
@@ -147,6 +155,9 @@ func (cfg Config) withDefaults() (Config, *optim.AdamW, error) {
 	if cfg.WeightDecay < 0 {
 		return cfg, nil, fmt.Errorf("trainer: weight decay %g must be >= 0", cfg.WeightDecay)
 	}
+	if cfg.ZeroStage != 0 && cfg.ZeroStage != 1 {
+		return cfg, nil, fmt.Errorf("trainer: ZeRO stage %d: want %s", cfg.ZeroStage, ZeroStages)
+	}
 	opt, err := optim.NewAdamW(optim.AdamWConfig{Beta1: cfg.Beta1, Beta2: cfg.Beta2, Epsilon: cfg.Epsilon,
 		WeightDecay: cfg.WeightDecay, NoDecay: cfg.NoDecay, ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation,
 		StateScope: cfg.OptimScope})
@@ -199,6 +210,9 @@ func (s *Stepper) Step(lr float64, inputs ...any) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if err := s.gatherWeights(); err != nil {
+		return Result{}, err
+	}
 	r.Applied, r.GradNorm, r.OptimizerStep = true, scalar(upd[0]), int64(scalar(upd[1]))
 	return r, nil
 }
@@ -236,6 +250,9 @@ func (s *Stepper) ApplyAccumulated(lr float64, vars []*context.Variable) (Result
 	}
 	upd, err := execCatch(s.applyExec, []any{tensors.FromScalar(float32(lr))})
 	if err != nil {
+		return Result{}, err
+	}
+	if err := s.gatherWeights(); err != nil {
 		return Result{}, err
 	}
 	return Result{Applied: true, GradNorm: scalar(upd[0]), OptimizerStep: int64(scalar(upd[1]))}, nil
@@ -357,7 +374,8 @@ func (s *Stepper) applyGraph(ctx *context.Context, lr *graph.Node) []*graph.Node
 	for _, v := range s.trained {
 		v.ValueGraph(g) // parameters of this graph
 	}
-	norm, step := s.opt.ApplyAccumulated(ctx, lr, s.trained)
+	s.partition() // ZeRO-1: only this rank's variables are updated
+	norm, step := s.opt.ApplyAccumulatedOwned(ctx, lr, s.trained, s.owned)
 	return []*graph.Node{norm, step}
 }
 

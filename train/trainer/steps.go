@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
 )
 
@@ -30,10 +31,23 @@ type Steps interface {
 	SyncContext() error
 	// LoadContext reads them back from Context (after a checkpoint restored it).
 	LoadContext() error
+	// ShardedState lists the optimiser-state tensors sharded across ranks with
+	// their owners (ZeRO-1), nil when every rank holds the same state; every
+	// rank then takes part in writing a checkpoint (checkpoint.SaveSharded).
+	ShardedState() []checkpoint.Owned
+	// OptimizerStateElements counts the AdamW moment elements (float32) this rank holds.
+	OptimizerStateElements() int64
 }
 
 // SyncContext is a no-op: the Stepper's live state is its context.
 func (s *Stepper) SyncContext() error { return nil }
 
-// LoadContext is a no-op: the Stepper's live state is its context.
-func (s *Stepper) LoadContext() error { return nil }
+// LoadContext notes that the context may hold a full optimiser state again (a
+// restored checkpoint): with ZeRO-1 the next update drops the moments of
+// variables other ranks own. The Stepper's live state is its context.
+func (s *Stepper) LoadContext() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.foreignDropped = false
+	return nil
+}

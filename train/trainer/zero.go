@@ -1,0 +1,168 @@
+package trainer
+
+import (
+	stdctx "context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/dist"
+)
+
+// ZeRO-1 (Config.ZeroStage 1 with more than one rank): optimiser-state
+// sharding as PyTorch's ZeroRedundancyOptimizer. The trained variables are
+// partitioned among the ranks (dist.Owners: largest first, ties by name). The
+// gradients are still all-reduced, so every rank computes the same global norm
+// and clip as without sharding; each rank then runs AdamW, and keeps the two
+// moments, only for the variables it owns, and one AllGather hands every rank
+// the owners' updated weights (bit for bit). Checkpoints hold the full state,
+// as a single process writes it: rank 0 streams the moments other ranks own
+// from them while it writes (checkpoint.SaveSharded), so they resume at any
+// world size and stage; a rank that loads a full state drops the moments it
+// does not own.
+
+// ZeroStages are the supported values of Config.ZeroStage.
+const ZeroStages = "0 (replicated optimiser state) or 1 (optimiser state sharded across ranks)"
+
+// zero1 reports whether c shards the optimiser state across ranks.
+func (c *Config) zero1() bool { return c.ZeroStage == 1 && c.dataParallel() }
+
+// momentPaths are the full context paths of the AdamW moments of v (train/optim's StatePath).
+func momentPaths(optimScope string, v *context.Variable) [2]string {
+	base := optimScope + v.Scope() + context.ScopeSeparator + v.Name()
+	return [2]string{base + "_m1", base + "_m2"}
+}
+
+// isMoment reports whether v is an AdamW moment under optimScope.
+func isMoment(v *context.Variable, optimScope string) bool {
+	return inScope(v.Scope(), optimScope) && (strings.HasSuffix(v.Name(), "_m1") || strings.HasSuffix(v.Name(), "_m2"))
+}
+
+// owned lists the moments of vars with their owners.
+func ownedMoments(optimScope string, vars []*context.Variable, owners []int) []checkpoint.Owned {
+	out := make([]checkpoint.Owned, 0, 2*len(vars))
+	for i, v := range vars {
+		for _, p := range momentPaths(optimScope, v) {
+			out = append(out, checkpoint.Owned{Name: p, Shape: append([]int(nil), v.Shape().Dimensions...), Owner: owners[i]})
+		}
+	}
+	return out
+}
+
+// dropForeignMoments deletes from ctx the moments of the variables this rank does not own
+// (after a full state was restored).
+func dropForeignMoments(ctx *context.Context, optimScope string, vars []*context.Variable, owners []int, rank int) error {
+	for i, v := range vars {
+		if owners[i] == rank {
+			continue
+		}
+		for _, p := range momentPaths(optimScope, v) {
+			scope, name := p[:strings.LastIndex(p, context.ScopeSeparator)], p[strings.LastIndex(p, context.ScopeSeparator)+1:]
+			if ctx.GetVariableByScopeAndName(scope, name) == nil {
+				continue
+			}
+			if err := ctx.DeleteVariable(scope, name); err != nil {
+				return fmt.Errorf("trainer: dropping %s (owned by rank %d): %w", p, owners[i], err)
+			}
+		}
+	}
+	return nil
+}
+
+// OptimizerStateElements counts the AdamW moment elements ctx holds under optimScope.
+func OptimizerStateElements(ctx *context.Context, optimScope string) int64 {
+	var n int64
+	for v := range ctx.IterVariables() {
+		if isMoment(v, optimScope) {
+			n += int64(v.Shape().Size())
+		}
+	}
+	return n
+}
+
+// partition computes the owners of the trained variables (once they are known).
+func (s *Stepper) partition() {
+	if s.owners != nil || !s.cfg.zero1() {
+		return
+	}
+	names := make([]string, len(s.trained))
+	sizes := make([]int64, len(s.trained))
+	for i, v := range s.trained {
+		names[i], sizes[i] = v.ScopeAndName(), int64(v.Shape().Size())
+	}
+	s.owners = dist.Owners(names, sizes, s.cfg.Comm.Size())
+	s.owned = make([]bool, len(s.owners))
+	for i, o := range s.owners {
+		s.owned[i] = o == s.cfg.Comm.Rank()
+	}
+}
+
+// gatherWeights hands every rank the owners' updated weights (ZeRO-1; a no-op otherwise) and
+// drops moments of variables this rank does not own that a restored checkpoint brought.
+func (s *Stepper) gatherWeights() error {
+	if !s.cfg.zero1() {
+		return nil
+	}
+	start := time.Now()
+	defer func() { s.commTime += time.Since(start) }()
+	s.partition()
+	if !s.foreignDropped {
+		if err := dropForeignMoments(s.ctx, s.cfg.OptimScope, s.trained, s.owners, s.cfg.Comm.Rank()); err != nil {
+			return err
+		}
+		s.foreignDropped = true
+	}
+	bufs := make([][]byte, len(s.trained))
+	for i, v := range s.trained {
+		t, err := v.Value()
+		if err != nil {
+			return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
+		}
+		if s.owned[i] {
+			err = t.ConstBytes(func(b []byte) { bufs[i] = append([]byte(nil), b...) })
+		} else {
+			bufs[i] = make([]byte, t.Memory())
+		}
+		if err != nil {
+			return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
+		}
+	}
+	if err := dist.AllGatherOwned(stdctx.Background(), s.cfg.Comm, s.owners, bufs); err != nil {
+		return fmt.Errorf("trainer: gathering the owners' weights: %w", err)
+	}
+	for i, v := range s.trained {
+		if s.owned[i] {
+			continue
+		}
+		t := tensors.FromShape(v.Shape())
+		if err := t.MutableBytes(func(b []byte) { copy(b, bufs[i]) }); err != nil {
+			return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
+		}
+		if err := v.SetValue(t); err != nil {
+			return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
+		}
+	}
+	return nil
+}
+
+// ShardedState implements Steps: the moments of the trained variables and their owners
+// (nil without ZeRO-1, or before the first update, when every rank holds the same state).
+func (s *Stepper) ShardedState() []checkpoint.Owned {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.owners == nil {
+		return nil
+	}
+	return ownedMoments(s.cfg.OptimScope, s.trained, s.owners)
+}
+
+// OptimizerStateElements counts the AdamW moment elements this rank holds.
+func (s *Stepper) OptimizerStateElements() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return OptimizerStateElements(s.ctx, s.cfg.OptimScope)
+}

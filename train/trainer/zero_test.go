@@ -1,0 +1,124 @@
+package trainer
+
+import (
+	"math"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/safetensors"
+)
+
+// sameRun reports whether a and b end with the same weights, bit for bit.
+func sameRun(a, b dpRun) bool {
+	return slices.Equal(a.weights, b.weights) && a.bias == b.bias
+}
+
+// TestZeroOneEquivalence: with the optimiser state sharded (ZeRO-1), 2 ranks
+// end bit for bit where 2 ranks with replicated state end (which follow 1 rank
+// within 2e-6, TestDataParallelEquivalence), with identical weights on both
+// ranks, while each rank holds only the moments of the variables it owns: the
+// weight (3 elements, rank 0) and the bias (1, rank 1), 2 moments each. The
+// clip (ClipNorm 2) is active in the first steps, so a clip by a rank's own
+// share of the gradient norm would change the trajectory; a rank updating a
+// variable it does not own would hold its moments.
+func TestZeroOneEquivalence(t *testing.T) {
+	for _, acc := range []int{1, 2} {
+		d0, d1 := t.TempDir(), t.TempDir()
+		one := runDPZero(t, t.TempDir(), 1, 0, acc, 6, false, nil)
+		rep := runDPZero(t, d0, 2, 0, acc, 6, false, nil)
+		sh := runDPZero(t, d1, 2, 1, acc, 6, false, nil)
+		for r, run := range append(append(one, rep...), sh...) {
+			if run.err != nil {
+				t.Fatalf("acc %d: run %d: %v", acc, r, run.err)
+			}
+		}
+		if !sameRun(sh[0], sh[1]) {
+			t.Errorf("acc %d: ZeRO-1 ranks diverged: %v %v vs %v %v", acc, sh[0].weights, sh[0].bias, sh[1].weights, sh[1].bias)
+		}
+		if !sameRun(sh[0], rep[0]) {
+			t.Errorf("acc %d: ZeRO-1 %v %v, replicated %v %v", acc, sh[0].weights, sh[0].bias, rep[0].weights, rep[0].bias)
+		}
+		for i := range 3 {
+			if d := math.Abs(float64(one[0].weights[i] - sh[0].weights[i])); d > 2e-6*max(1, math.Abs(float64(one[0].weights[i]))) {
+				t.Errorf("acc %d: weight %d: 1 rank %v, ZeRO-1 %v", acc, i, one[0].weights[i], sh[0].weights[i])
+			}
+		}
+		if one[0].moments != 8 || rep[0].moments != 8 || rep[1].moments != 8 || sh[0].moments != 6 || sh[1].moments != 2 {
+			t.Errorf("acc %d: moment elements: 1 rank %d, replicated %d+%d, ZeRO-1 %d+%d (want 8; 8, 8; 6, 2)", acc,
+				one[0].moments, rep[0].moments, rep[1].moments, sh[0].moments, sh[1].moments)
+		}
+		clipped := false
+		r0, r1 := trainRecords(t, d0), trainRecords(t, d1)
+		for i := range r0 {
+			clipped = clipped || r0[i].Values["grad_norm"] > 2
+			if !mapsEqual(r0[i].Values, r1[i].Values) {
+				t.Errorf("acc %d: record %d: replicated %v, ZeRO-1 %v", acc, i, r0[i].Values, r1[i].Values)
+			}
+		}
+		if !clipped {
+			t.Errorf("acc %d: no step clipped: the test cannot see the clip", acc)
+		}
+		// The checkpoint holds the full state (both ranks' moments), as one process writes it.
+		f, err := safetensors.Open(filepath.Join(d1, "checkpoints", "step-00000006", checkpoint.TrainStateFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var moments []string
+		for _, n := range f.Names() {
+			if strings.HasSuffix(n, "_m1") || strings.HasSuffix(n, "_m2") {
+				moments = append(moments, n)
+			}
+		}
+		f.Close()
+		if len(moments) != 4 {
+			t.Errorf("acc %d: checkpoint moments %v, want the 4 of weight and bias", acc, moments)
+		}
+	}
+}
+
+func mapsEqual(a, b map[string]float64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestZeroOneResume: a 2-rank ZeRO-1 run stopped after 2 steps resumes to 6 bit
+// for bit where the uninterrupted run ends, and its checkpoint (full state)
+// also resumes with replicated state on 2 ranks and on 1 rank, and a replicated
+// run's checkpoint resumes with ZeRO-1 (2e-6 across world sizes).
+func TestZeroOneResume(t *testing.T) {
+	full := runDPZero(t, t.TempDir(), 2, 1, 2, 6, false, nil)
+	for _, c := range []struct{ world0, zero0, world1, zero1 int }{{2, 1, 2, 1}, {2, 1, 2, 0}, {2, 1, 1, 0}, {2, 0, 2, 1}, {1, 0, 2, 1}} {
+		dir := t.TempDir()
+		part := runDPZero(t, dir, c.world0, c.zero0, 2, 2, false, nil)
+		resumed := runDPZero(t, dir, c.world1, c.zero1, 2, 6, true, nil)
+		for _, r := range append(part, resumed...) {
+			if r.err != nil {
+				t.Fatalf("%+v: %v", c, r.err)
+			}
+		}
+		if c.world0 == c.world1 {
+			if !sameRun(full[0], resumed[0]) {
+				t.Errorf("%+v: resumed %v %v, uninterrupted %v %v", c, resumed[0].weights, resumed[0].bias, full[0].weights, full[0].bias)
+			}
+		} else {
+			for i := range 3 {
+				if d := math.Abs(float64(full[0].weights[i] - resumed[0].weights[i])); d > 2e-6*max(1, math.Abs(float64(full[0].weights[i]))) {
+					t.Errorf("%+v: weight %d: %v, uninterrupted %v", c, i, resumed[0].weights[i], full[0].weights[i])
+				}
+			}
+		}
+		if c.zero1 == 1 && (resumed[0].moments != 6 || resumed[1].moments != 2) {
+			t.Errorf("%+v: moment elements per rank %d, %d after resuming (want 6, 2)", c, resumed[0].moments, resumed[1].moments)
+		}
+	}
+}
