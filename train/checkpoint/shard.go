@@ -4,6 +4,7 @@ import (
 	stdctx "context"
 	"fmt"
 	"io"
+	"sort"
 
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
@@ -85,6 +86,27 @@ func SaveSharded(comm dist.Communicator, ctx *context.Context, owned []Owned, sy
 		err = fmt.Errorf("checkpoint: sharded state: %w", endErr)
 	}
 	return dir, err
+}
+
+// WithRemote returns local with the tensors of remote (SaveSharded's) added, replacing any
+// local tensor of the same name, sorted by name.
+func WithRemote(local, remote []safetensors.Tensor) []safetensors.Tensor {
+	if len(remote) == 0 {
+		return local
+	}
+	names := make(map[string]bool, len(remote))
+	for _, t := range remote {
+		names[t.Name] = true
+	}
+	out := make([]safetensors.Tensor, 0, len(local)+len(remote))
+	for _, t := range local {
+		if !names[t.Name] {
+			out = append(out, t)
+		}
+	}
+	out = append(out, remote...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // variableBytes returns a copy of the bytes of the context variable at path.

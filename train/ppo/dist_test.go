@@ -16,6 +16,7 @@ import (
 	"github.com/saferlhf/saferlhf/native/engine"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // dpConfig is a PPO-Lag run whose sampling is greedy (--top-k 1), so that the ranks' rows
@@ -33,6 +34,7 @@ func greedy(c *GraphNetsConfig) { c.TopK = 1 }
 type rankRun struct {
 	hist    []StepMetrics
 	weights model.Weights
+	moments int64 // AdamW moment elements the rank holds at the end
 	err     error
 }
 
@@ -62,7 +64,8 @@ func runRanks(t *testing.T, cfg Config, world int, opt Options, ptx func() *PTXS
 			return
 		}
 		out[r].hist = tr.History()
-		out[r].weights, out[r].err = nets.ActorWeights()
+		out[r].weights, out[r].err = nets.ActorWeights() // syncs the native models' state into the context
+		out[r].moments = trainer.OptimizerStateElements(nets.ctx, "/optim")
 	}
 	if world == 1 {
 		one(0, dist.Self{})
@@ -190,6 +193,67 @@ func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsCo
 	_, err := NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg, append(nets, greedy)...), tinyPrompts(t), nil)
 	if err == nil || !strings.Contains(err.Error(), "written by 2 rank(s) and this run has 1") {
 		t.Fatalf("resume on 1 rank of a 2-rank checkpoint: %v", err)
+	}
+}
+
+// TestZeroOnePPOLag: PPO-Lag on 2 ranks with the actor's and critics' AdamW moments sharded
+// (--zero-stage 1) logs the replicated 2-rank run's metrics and ends with its weights, bit for
+// bit (the clip sees every gradient), each rank holding part of the moments and the two parts
+// making the replicated run's; a ZeRO-1 run stopped after one rollout batch resumes, with
+// ZeRO-1 or without, to the uninterrupted run's metrics.jsonl byte for byte.
+func TestZeroOnePPOLag(t *testing.T) { testZeroOnePPOLag(t) }
+
+// TestNativeZeroOnePPOLag is TestZeroOnePPOLag with the native engine's updates.
+func TestNativeZeroOnePPOLag(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	testZeroOnePPOLag(t, withSpec(t, "native"))
+}
+
+func testZeroOnePPOLag(t *testing.T, nets ...func(*GraphNetsConfig)) {
+	cfg := dpConfig()
+	zero := func(stage int) []func(*GraphNetsConfig) {
+		return append(append([]func(*GraphNetsConfig){}, nets...), func(c *GraphNetsConfig) { c.ZeroStage = stage })
+	}
+	ref := t.TempDir()
+	rep := runRanks(t, cfg, 2, Options{OutDir: ref}, nil, zero(0)...)
+	sh := runRanks(t, cfg, 2, Options{OutDir: t.TempDir()}, nil, zero(1)...)
+	for r, x := range append(rep, sh...) {
+		if x.err != nil {
+			t.Fatalf("run %d: %v", r, x.err)
+		}
+	}
+	if !reflect.DeepEqual(sh[0].hist, rep[0].hist) || !reflect.DeepEqual(sh[1].hist, rep[0].hist) {
+		t.Errorf("ZeRO-1 metrics differ from the replicated run's:\n%+v\n%+v", sh[0].hist, rep[0].hist)
+	}
+	for name, w := range rep[0].weights {
+		if !reflect.DeepEqual(w.Data, sh[0].weights[name].Data) || !reflect.DeepEqual(w.Data, sh[1].weights[name].Data) {
+			t.Errorf("%s: ZeRO-1 weights differ from the replicated run's", name)
+		}
+	}
+	m := rep[0].moments
+	t.Logf("AdamW moment elements per rank: replicated %d, %d; ZeRO-1 %d, %d", rep[0].moments, rep[1].moments, sh[0].moments, sh[1].moments)
+	if m == 0 || rep[1].moments != m || sh[0].moments+sh[1].moments != m || sh[0].moments == 0 || sh[1].moments == 0 || max(sh[0].moments, sh[1].moments) > m*6/10 {
+		t.Errorf("moment elements: replicated %d, %d; ZeRO-1 %d, %d (want the replicated count split about evenly)", m, rep[1].moments, sh[0].moments, sh[1].moments)
+	}
+	want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
+	for _, stage := range []int{1, 0} {
+		out := t.TempDir()
+		for _, run := range [][]rankRun{
+			runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}, nil, zero(1)...),
+			runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}, nil, zero(stage)...),
+		} {
+			for r, x := range run {
+				if x.err != nil {
+					t.Fatalf("resume with zero stage %d: rank %d: %v", stage, r, x.err)
+				}
+			}
+		}
+		got, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+		if !bytes.Equal(got, want) || bytes.Count(want, []byte("\n")) != 2 {
+			t.Errorf("ZeRO-1 run resumed with zero stage %d differs:\n got %s\nwant %s", stage, got, want)
+		}
 	}
 }
 

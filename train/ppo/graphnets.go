@@ -127,6 +127,9 @@ type GraphNetsConfig struct {
 	// Comm, with more than one rank, averages the actor's and critics' gradients across ranks
 	// before each optimiser step (TrainBatchSize is then this rank's share of the micro-batch).
 	Comm dist.Communicator
+	// ZeroStage 1 shards the AdamW moments of the actor and critics across the ranks of Comm
+	// (ZeRO-1, see train/trainer's zero.go); 0 keeps all of them on every rank.
+	ZeroStage int
 }
 
 // GraphNets runs the six networks as GoMLX graphs in one context: the post_rollout scoring pass
@@ -290,16 +293,16 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 	n.scoringModels(lora)
 	var err error
 	if n.actor, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeActor, Loss: n.actorLoss,
-		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm}); err != nil {
+		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage}); err != nil {
 		return nil, fmt.Errorf("ppo: actor: %w", err)
 	}
 	if n.rcritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeRewardCritic,
-		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm}); err != nil {
+		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage}); err != nil {
 		return nil, fmt.Errorf("ppo: reward critic: %w", err)
 	}
 	if c.WithCostCritic {
 		if n.ccritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeCostCritic,
-			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm}); err != nil {
+			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage}); err != nil {
 			return nil, fmt.Errorf("ppo: cost critic: %w", err)
 		}
 	}
@@ -656,6 +659,30 @@ func (n *GraphNets) Checkpoint() (*NetsCheckpoint, error) {
 	return c, nil
 }
 
+// ShardedState returns the AdamW moments of the actor and critics that are sharded across
+// ranks (--zero-stage 1) with their owners, and the context holding this rank's share; nil
+// when every rank holds all of them.
+func (n *GraphNets) ShardedState() ([]checkpoint.Owned, *context.Context) {
+	var out []checkpoint.Owned
+	if n.nat != nil {
+		for _, t := range []*nativeTrained{n.nat.actor, n.nat.critics[0], n.nat.critics[1]} {
+			if t != nil && t.owners != nil {
+				out = append(out, trainer.OwnedMoments(t.optim, t.trainedVars(), t.owners)...)
+			}
+		}
+	} else {
+		for _, s := range []*trainer.Stepper{n.actor, n.rcritic, n.ccritic} {
+			if s != nil {
+				out = append(out, s.ShardedState()...)
+			}
+		}
+	}
+	return out, n.ctx
+}
+
+// SyncState brings the context up to date with the native models (a no-op on the graph path).
+func (n *GraphNets) SyncState() error { return n.syncNative() }
+
 // Restore implements Nets.
 func (n *GraphNets) Restore(l *checkpoint.Loaded) error {
 	if l.TrainState == nil {
@@ -669,7 +696,17 @@ func (n *GraphNets) Restore(l *checkpoint.Loaded) error {
 		}
 	}
 	n.nat = nil // rebuilt from the restored variables
-	return l.RestoreContext(n.ctx)
+	if err := l.RestoreContext(n.ctx); err != nil {
+		return err
+	}
+	for _, s := range []*trainer.Stepper{n.actor, n.rcritic, n.ccritic} {
+		if s != nil {
+			if err := s.LoadContext(); err != nil { // ZeRO-1: drop others' moments at the next update
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // ActorWeights returns the current policy weights.

@@ -36,10 +36,15 @@ type nativeNets struct {
 // nativeTrained is a trained native model with its optimiser and the context variables of its
 // trained parameters (llama.FromContext's Vars).
 type nativeTrained struct {
-	m    *llama.Model
-	vars llama.Vars
-	opt  *llama.AdamW
-	g    llama.Grads
+	m     *llama.Model
+	vars  llama.Vars
+	opt   *llama.AdamW
+	g     llama.Grads
+	scope string // the model's context scope; OptimScope its optimiser state's
+	optim string
+	// ZeRO-1 (--zero-stage 1 on several ranks): the trained parameters (sorted) and their owners.
+	names  []string
+	owners []int
 }
 
 // natives returns the native models, building them from the context on first use.
@@ -119,10 +124,16 @@ func (n *GraphNets) loadNatives() (*nativeNets, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", scope, err)
 		}
+		t.g = t.m.NewGrads()
+		t.scope, t.optim = scope, sc.OptimScope
+		if comm := n.cfg.Comm; n.cfg.ZeroStage == 1 && comm != nil && comm.Size() > 1 {
+			if err := t.shard(comm, n.ctx); err != nil {
+				return nil, fmt.Errorf("%s: %w", scope, err)
+			}
+		}
 		if err := t.opt.LoadState(n.ctx, t.vars); err != nil {
 			return nil, fmt.Errorf("%s: %w", scope, err)
 		}
-		t.g = t.m.NewGrads()
 		return t, nil
 	}
 	if nn.actor, err = trained(ScopeActor, n.actorCfg, nn.ref, n.actor); err != nil {
@@ -137,6 +148,54 @@ func (n *GraphNets) loadNatives() (*nativeNets, error) {
 		}
 	}
 	return nn, nil
+}
+
+// shard partitions t's trained parameters among the ranks of comm (ZeRO-1): t's optimiser
+// updates and keeps moments for this rank's share only, and the moments of the others'
+// parameters that ctx holds (a restored checkpoint's full state) are dropped.
+func (t *nativeTrained) shard(comm dist.Communicator, ctx *context.Context) error {
+	t.names = slices.Sorted(maps.Keys(t.g))
+	sizes := make([]int64, len(t.names))
+	for i, name := range t.names {
+		if t.vars[name] == nil {
+			return fmt.Errorf("no variable for trained parameter %q", name)
+		}
+		sizes[i] = int64(len(t.g[name]))
+	}
+	t.owners = dist.Owners(t.names, sizes, comm.Size())
+	mine := map[string]bool{}
+	for i, name := range t.names {
+		mine[name] = t.owners[i] == comm.Rank()
+	}
+	t.opt.Owns = func(name string) bool { return mine[name] }
+	return trainer.DropForeignMoments(ctx, t.optim, t.trainedVars(), t.owners, comm.Rank())
+}
+
+// trainedVars are the variables of t.names, in order.
+func (t *nativeTrained) trainedVars() []*context.Variable {
+	vs := make([]*context.Variable, len(t.names))
+	for i, name := range t.names {
+		vs[i] = t.vars[name]
+	}
+	return vs
+}
+
+// gatherOwned hands every rank the owners' updated parameters after a ZeRO-1 step (a no-op
+// otherwise).
+func (n *GraphNets) gatherOwned(t *nativeTrained) error {
+	if t.owners == nil {
+		return nil
+	}
+	start := time.Now()
+	defer func() { n.natCommTime += time.Since(start) }()
+	params := make([][]float32, len(t.names))
+	for i, name := range t.names {
+		params[i] = t.m.Params[name]
+	}
+	if err := dist.AllGatherOwnedFloat32(stdctx.Background(), n.cfg.Comm, t.owners, params); err != nil {
+		return fmt.Errorf("gathering the owners' weights: %w", err)
+	}
+	return nil
 }
 
 // ownWeights reads the float32 variables held in scope itself (not its shared base).
@@ -259,6 +318,9 @@ func (n *GraphNets) nativeUpdateActor(b ActorBatch) (st ActorStats, err error) {
 	if st.GradNorm, err = a.opt.Apply(a.m, a.g, b.LR); err != nil {
 		return st, fmt.Errorf("actor: %w", err)
 	}
+	if err := n.gatherOwned(a); err != nil {
+		return st, fmt.Errorf("actor: %w", err)
+	}
 	nn.dirty = true
 	return st, nil
 }
@@ -359,6 +421,9 @@ func (n *GraphNets) nativeUpdateCritic(cost bool, lr float64, r *Rollout, return
 		return 0, fmt.Errorf("critic: %w", err)
 	}
 	if _, err := c.opt.Apply(c.m, c.g, lr); err != nil {
+		return 0, fmt.Errorf("critic: %w", err)
+	}
+	if err := n.gatherOwned(c); err != nil {
 		return 0, fmt.Errorf("critic: %w", err)
 	}
 	nn.dirty = true

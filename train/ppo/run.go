@@ -50,6 +50,7 @@ type RunConfig struct {
 	DType        string   `flag:"dtype" help:"compute dtype bf16 or f32 (default: bf16 on xla:*, f32 otherwise)"`
 	SaveDType    string   `flag:"save-dtype" help:"dtype of the saved policy: f32, bf16 or f16 (default: the --model checkpoint's torch_dtype, f32 when unknown)"`
 	MicroBatch   int      `flag:"micro-batch-size" help:"rows per update micro-batch, gradients accumulated in graph (0: the whole --train-batch-size)"`
+	ZeroStage    int      `flag:"zero-stage" help:"optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share; same trajectory and checkpoints)"`
 	GPUMemFrac   float64  `flag:"gpu-memory-fraction" help:"fraction of GPU memory the XLA client may use (0: the plugin's default)"`
 }
 
@@ -83,6 +84,7 @@ func (c *RunConfig) Validate() error {
 	}
 	ck.Check(len(c.Data) > 0, "--data is required")
 	ck.Required("out", c.Out)
+	ck.Check(c.ZeroStage == 0 || c.ZeroStage == 1, "--zero-stage %d: want 0 or 1", c.ZeroStage)
 	ck.Check(len(c.PTXData) == 0 || c.PTXCoeff > 0, "--ptx-data needs --ptx-coeff > 0, got %v", c.PTXCoeff)
 	ck.Check(c.EvalRatio >= 0 && c.EvalRatio < 1, "--eval-ratio must be in [0, 1), got %v", c.EvalRatio)
 	ck.NonNegativeInt("eval-max", c.EvalMax)
@@ -285,7 +287,7 @@ func runRanked(ctx context.Context, c RunConfig, progress io.Writer, ready func(
 
 // NonTrajectoryKeys are the RunConfig keys a resumed run may change freely: where output goes,
 // how often it is saved, the held-out evaluation around training, and the resume switches.
-var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch", "SaveDType", "GPUMemFrac"}
+var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch", "SaveDType", "GPUMemFrac", "ZeroStage"}
 
 // checkpointOptions returns the trainer's checkpoint settings for c: the frozen models by path and
 // hash, the tokenizer stored in each checkpoint, and the run config compared on resume.
@@ -416,7 +418,7 @@ func loadRunInputs(c RunConfig, comm dist.Communicator) (*runInputs, error) {
 			}
 			return model.SaveTensorsWithTokenizer(dir, cfg, ts, tokPath)
 		},
-		MicroBatchSize: c.MicroBatch, TrainBatchSize: c.TrainBatchSize / comm.Size(), Comm: comm,
+		MicroBatchSize: c.MicroBatch, TrainBatchSize: c.TrainBatchSize / comm.Size(), Comm: comm, ZeroStage: c.ZeroStage,
 		LoRA:     model.LoRAConfig{Rank: c.LoRARank, Alpha: c.LoRAAlpha, Targets: c.LoRATargets},
 		LoRASeed: c.Seed}
 	// load reads a model and checks it against the tokenizer whose ids it reads: the actor's, or

@@ -9,8 +9,11 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/gomlx/gomlx/pkg/ml/context"
+
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/metrics"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // log appends a step's metrics to metrics.jsonl and perf.jsonl.
@@ -86,9 +89,32 @@ func (t *Trainer) checkpoint() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("ppo checkpoint step %d: %w", t.st.Step, err)
 	}
-	if !t.primary() {
-		return "(by rank 0)", nil
+	// With ZeRO-1 every rank takes part: rank 0 streams the moments others own from them.
+	var (
+		owned []checkpoint.Owned
+		ctx   *context.Context
+		sync  = func() error { return nil } // rank 0's Nets.Checkpoint syncs
+	)
+	if sn, ok := t.nets.(shardedNets); ok {
+		if owned, ctx = sn.ShardedState(); len(owned) > 0 {
+			sync = sn.SyncState
+		}
 	}
+	return checkpoint.SaveSharded(t.comm, ctx, owned, sync, func(remote []safetensors.Tensor) (string, error) {
+		return t.save(lams, remote)
+	})
+}
+
+// shardedNets are Nets whose optimiser state may be sharded across ranks (GraphNets).
+type shardedNets interface {
+	// ShardedState lists the sharded tensors with their owners (nil: none) and the context
+	// holding this rank's share; SyncState brings that context up to date.
+	ShardedState() ([]checkpoint.Owned, *context.Context)
+	SyncState() error
+}
+
+// save is rank 0's part of checkpoint; remote are training-state tensors other ranks hold.
+func (t *Trainer) save(lams []json.RawMessage, remote []safetensors.Tensor) (string, error) {
 	for _, w := range []*metrics.Writer{t.metricsW, t.perfW} {
 		if err := w.Sync(); err != nil {
 			return "", fmt.Errorf("ppo checkpoint: %w", err)
@@ -109,8 +135,9 @@ func (t *Trainer) checkpoint() (string, error) {
 		}
 		st.Extra = map[string]json.RawMessage{extraWorldSize: json.RawMessage(strconv.Itoa(len(lams))), extraRankLambda: all}
 	}
+	state := checkpoint.WithRemote(nc.State, remote)
 	dir, err := t.ckpts.Save(&checkpoint.Checkpoint{State: st, Weights: nc.Weights, Config: nc.Config,
-		TrainState: nc.State, TrainStateMeta: nc.StateMeta, WeightsScope: nc.WeightsScope, Files: t.opt.CheckpointFiles})
+		TrainState: state, TrainStateMeta: nc.StateMeta, WeightsScope: nc.WeightsScope, Files: t.opt.CheckpointFiles})
 	if err != nil {
 		return "", fmt.Errorf("ppo: %w", err)
 	}

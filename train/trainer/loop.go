@@ -481,8 +481,7 @@ func (l *Loop) save(step int, pos position, remote []safetensors.Tensor) (string
 	if err != nil {
 		return "", fmt.Errorf("trainer: checkpoint step %d: %w", step, err)
 	}
-	ts = append(ts, remote...)
-	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
+	ts = checkpoint.WithRemote(ts, remote)
 	data, _ := json.Marshal(pos)
 	meta, err := l.meta()
 	if err != nil {

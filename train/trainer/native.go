@@ -197,7 +197,7 @@ func (s *NativeStepper) ShardedState() []checkpoint.Owned {
 	if s.owners == nil {
 		return nil
 	}
-	return ownedMoments(s.cfg.OptimScope, s.trainedVars(), s.owners)
+	return OwnedMoments(s.cfg.OptimScope, s.trainedVars(), s.owners)
 }
 
 // OptimizerStateElements counts the AdamW moment elements this rank holds.
@@ -248,7 +248,7 @@ func (s *NativeStepper) LoadContext() error {
 		return fmt.Errorf("trainer: %w", err)
 	}
 	if s.owners != nil { // a restored full state: keep this rank's share only
-		if err := dropForeignMoments(s.ctx, s.cfg.OptimScope, s.trainedVars(), s.owners, s.cfg.Comm.Rank()); err != nil {
+		if err := DropForeignMoments(s.ctx, s.cfg.OptimScope, s.trainedVars(), s.owners, s.cfg.Comm.Rank()); err != nil {
 			return err
 		}
 	}

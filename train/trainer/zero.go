@@ -42,8 +42,8 @@ func isMoment(v *context.Variable, optimScope string) bool {
 	return inScope(v.Scope(), optimScope) && (strings.HasSuffix(v.Name(), "_m1") || strings.HasSuffix(v.Name(), "_m2"))
 }
 
-// owned lists the moments of vars with their owners.
-func ownedMoments(optimScope string, vars []*context.Variable, owners []int) []checkpoint.Owned {
+// OwnedMoments lists the AdamW moments (under optimScope) of vars with their owners.
+func OwnedMoments(optimScope string, vars []*context.Variable, owners []int) []checkpoint.Owned {
 	out := make([]checkpoint.Owned, 0, 2*len(vars))
 	for i, v := range vars {
 		for _, p := range momentPaths(optimScope, v) {
@@ -53,9 +53,9 @@ func ownedMoments(optimScope string, vars []*context.Variable, owners []int) []c
 	return out
 }
 
-// dropForeignMoments deletes from ctx the moments of the variables this rank does not own
-// (after a full state was restored).
-func dropForeignMoments(ctx *context.Context, optimScope string, vars []*context.Variable, owners []int, rank int) error {
+// DropForeignMoments deletes from ctx the AdamW moments (under optimScope) of the variables
+// of vars this rank does not own (after a full state was restored).
+func DropForeignMoments(ctx *context.Context, optimScope string, vars []*context.Variable, owners []int, rank int) error {
 	for i, v := range vars {
 		if owners[i] == rank {
 			continue
@@ -111,7 +111,7 @@ func (s *Stepper) gatherWeights() error {
 	defer func() { s.commTime += time.Since(start) }()
 	s.partition()
 	if !s.foreignDropped {
-		if err := dropForeignMoments(s.ctx, s.cfg.OptimScope, s.trained, s.owners, s.cfg.Comm.Rank()); err != nil {
+		if err := DropForeignMoments(s.ctx, s.cfg.OptimScope, s.trained, s.owners, s.cfg.Comm.Rank()); err != nil {
 			return err
 		}
 		s.foreignDropped = true
@@ -157,7 +157,7 @@ func (s *Stepper) ShardedState() []checkpoint.Owned {
 	if s.owners == nil {
 		return nil
 	}
-	return ownedMoments(s.cfg.OptimScope, s.trained, s.owners)
+	return OwnedMoments(s.cfg.OptimScope, s.trained, s.owners)
 }
 
 // OptimizerStateElements counts the AdamW moment elements this rank holds.
