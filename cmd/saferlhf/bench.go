@@ -67,7 +67,7 @@ func runBench(args []string) error {
 		return usagef("--updates: %v", err)
 	}
 	// Under a launcher every rank runs its share of the step; rank 0 prints and writes --json.
-	comm, _, err := dist.Join(context.Background(), dist.Options{})
+	comm, _, err := dist.Join(context.Background(), dist.Options{Log: os.Stderr})
 	if err != nil {
 		return err
 	}

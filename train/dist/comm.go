@@ -3,6 +3,7 @@ package dist
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -63,6 +64,9 @@ type Options struct {
 	// ConnectTimeout bounds the rendezvous: how long rank 0 waits for every rank and
 	// the others retry to reach it (default 10 minutes, as torchrun's).
 	ConnectTimeout time.Duration
+	// Log, when set, receives one line from Join once the ranks have met, naming
+	// this process's place and the launcher it came from (distributed runs only).
+	Log io.Writer
 }
 
 func (o Options) withDefaults() Options {

@@ -3,6 +3,7 @@ package dist
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"os"
 	"strconv"
@@ -59,8 +60,12 @@ const PortEnvVar = "SAFERLHF_DIST_PORT"
 //   - torchrun (also inside a JobSet or under srun): RANK, WORLD_SIZE, LOCAL_RANK,
 //     LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT;
 //   - OpenMPI's mpirun: OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE,
-//     OMPI_COMM_WORLD_LOCAL_RANK, OMPI_COMM_WORLD_LOCAL_SIZE, with MASTER_ADDR and
-//     MASTER_PORT passed through (mpirun -x MASTER_ADDR -x MASTER_PORT);
+//     OMPI_COMM_WORLD_LOCAL_RANK, OMPI_COMM_WORLD_LOCAL_SIZE; mpirun names no
+//     rendezvous, so across nodes MASTER_ADDR (and MASTER_PORT) must be passed
+//     through (mpirun -x MASTER_ADDR=node1); when every rank is on one node
+//     (local size = world size) the host defaults to 127.0.0.1 and the port to
+//     DefaultPort + a hash of PMIX_NAMESPACE (the job's name, the same on every
+//     rank) mod 1000, so two jobs sharing a node do not collide;
 //   - Slurm's srun: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE or
 //     SLURM_STEP_TASKS_PER_NODE; the rendezvous host is MASTER_ADDR or else the
 //     first host of SLURM_STEP_NODELIST / SLURM_JOB_NODELIST;
@@ -127,10 +132,23 @@ func FromEnv(getenv func(string) string) (Env, error) {
 }
 
 // rendezvous returns host:port from MASTER_ADDR/MASTER_PORT, falling back to the
-// first Slurm node and a port derived from the job id under Slurm.
+// first Slurm node and a port derived from the job id under Slurm, and to this
+// host and a port derived from the job's PMIx namespace under a one-node mpirun.
 func rendezvous(r *envReader, launcher string) (string, error) {
 	host := r.get("MASTER_ADDR")
 	port := DefaultPort
+	if launcher == "openmpi" && host == "" {
+		if world, local := r.get("OMPI_COMM_WORLD_SIZE"), r.get("OMPI_COMM_WORLD_LOCAL_SIZE"); local != world {
+			return "", fmt.Errorf("MASTER_ADDR is not set and not every rank is on this node (OMPI_COMM_WORLD_LOCAL_SIZE=%q, OMPI_COMM_WORLD_SIZE=%q): "+
+				"pass rank 0's host through (mpirun -x MASTER_ADDR=host -x MASTER_PORT=port)", local, world)
+		}
+		host = "127.0.0.1"
+		if ns := r.get("PMIX_NAMESPACE"); ns != "" {
+			h := fnv.New32a()
+			h.Write([]byte(ns))
+			port = DefaultPort + int(h.Sum32()%1000)
+		}
+	}
 	if launcher == "slurm" {
 		if host == "" {
 			list := r.get("SLURM_STEP_NODELIST")

@@ -1,6 +1,9 @@
 package dist
 
 import (
+	"bufio"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -51,7 +54,18 @@ func TestFromEnv(t *testing.T) {
 			"SLURM_PROCID": "0", "SLURM_NTASKS": "1"},
 			want: Env{Rank: 2, WorldSize: 4, LocalRank: 0, LocalWorldSize: 2, Addr: "head:5000", Launcher: "openmpi"}},
 		{name: "openmpi without master", env: map[string]string{"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"},
-			err: "openmpi environment (rank 0 of 2): MASTER_ADDR is not set"},
+			err: "openmpi environment (rank 0 of 2): MASTER_ADDR is not set and not every rank is on this node"},
+		{name: "openmpi two nodes without master", env: map[string]string{"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4",
+			"OMPI_COMM_WORLD_LOCAL_SIZE": "2", "PMIX_NAMESPACE": "7"}, err: "mpirun -x MASTER_ADDR=host"},
+		{name: "openmpi one node", env: map[string]string{"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2",
+			"OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "PMIX_NAMESPACE": "prterun-vm-1234@1"},
+			want: Env{Rank: 1, WorldSize: 2, LocalRank: 1, LocalWorldSize: 2, Addr: "127.0.0.1:29559", Launcher: "openmpi"}},
+		{name: "openmpi one node, master port", env: map[string]string{"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2",
+			"OMPI_COMM_WORLD_LOCAL_SIZE": "2", "PMIX_NAMESPACE": "prterun-vm-1234@1", "MASTER_PORT": "6000"},
+			want: Env{Rank: 0, WorldSize: 2, LocalWorldSize: 2, Addr: "127.0.0.1:6000", Launcher: "openmpi"}},
+		{name: "openmpi one node, no namespace", env: map[string]string{"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2",
+			"OMPI_COMM_WORLD_LOCAL_SIZE": "2"},
+			want: Env{Rank: 0, WorldSize: 2, LocalWorldSize: 2, Addr: "127.0.0.1:29500", Launcher: "openmpi"}},
 		{name: "slurm nodelist", env: map[string]string{"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
 			"SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123456"},
 			want: Env{Rank: 5, WorldSize: 8, LocalRank: 1, LocalWorldSize: 4, Addr: "gpu07:29956", Launcher: "slurm"}},
@@ -86,6 +100,60 @@ func TestFromEnv(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFromLauncherEnv reads the variables that real launchers set on this machine
+// (testdata/launchers: `env` inside each rank of a 2-process launch, filtered to the
+// launchers' names; see the README's launcher section for the commands).
+func TestFromLauncherEnv(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		want Env
+	}{
+		// mpirun --allow-run-as-root --oversubscribe -np 2 (Open MPI 4.1.4, Debian 12): no MASTER_ADDR.
+		{"openmpi-4.1.4-np2.rank0.env", Env{Rank: 0, WorldSize: 2, LocalRank: 0, LocalWorldSize: 2, Addr: "127.0.0.1:30396", Launcher: "openmpi"}},
+		{"openmpi-4.1.4-np2.rank1.env", Env{Rank: 1, WorldSize: 2, LocalRank: 1, LocalWorldSize: 2, Addr: "127.0.0.1:30396", Launcher: "openmpi"}},
+		// torchrun --no_python --nproc_per_node 2 (PyTorch 1.13.1, Debian 12): static rendezvous, agent store on 29500.
+		{"torchrun-1.13.1-nproc2.rank0.env", Env{Rank: 0, WorldSize: 2, LocalRank: 0, LocalWorldSize: 2, Addr: "127.0.0.1:29501", Launcher: "torchrun"}},
+		{"torchrun-1.13.1-nproc2.rank1.env", Env{Rank: 1, WorldSize: 2, LocalRank: 1, LocalWorldSize: 2, Addr: "127.0.0.1:29501", Launcher: "torchrun"}},
+		// srun -n 2 (Slurm 22.05.8, bench/launch/slurm-local.sh): job 4 on node "vm".
+		{"slurm-22.05.8-srun-n2.rank0.env", Env{Rank: 0, WorldSize: 2, LocalRank: 0, LocalWorldSize: 2, Addr: "vm:29504", Launcher: "slurm"}},
+		{"slurm-22.05.8-srun-n2.rank1.env", Env{Rank: 1, WorldSize: 2, LocalRank: 1, LocalWorldSize: 2, Addr: "vm:29504", Launcher: "slurm"}},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			env := readEnvFile(t, filepath.Join("testdata", "launchers", tc.file))
+			got, err := FromEnv(func(k string) string { return env[k] })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// readEnvFile reads NAME=value lines.
+func readEnvFile(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	env := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			t.Fatalf("%s: %q is not NAME=value", path, sc.Text())
+		}
+		env[k] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return env
 }
 
 func TestExpandHostlist(t *testing.T) {

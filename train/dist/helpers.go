@@ -23,6 +23,9 @@ func Join(ctx context.Context, opts Options) (Communicator, Env, error) {
 	if err != nil {
 		return nil, env, fmt.Errorf("%s: %w", env, err)
 	}
+	if opts.Log != nil && env.IsDistributed() {
+		fmt.Fprintf(opts.Log, "dist: %s\n", env)
+	}
 	return comm, env, nil
 }
 

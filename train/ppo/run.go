@@ -151,7 +151,7 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 	if err := checkRankShares(c, env.WorldSize); err != nil { // before waiting for the other ranks
 		return nil, err
 	}
-	comm, _, err := dist.Join(ctx, dist.Options{})
+	comm, _, err := dist.Join(ctx, dist.Options{Log: progress})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", c.Algorithm, err)
 	}

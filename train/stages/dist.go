@@ -17,7 +17,7 @@ func connect(ctx stdctx.Context, stage Stage, cfg Config) (dist.Communicator, er
 	if env.IsDistributed() && cfg.BatchSize%env.WorldSize != 0 { // before waiting for the others
 		return nil, fmt.Errorf("%s: --batch-size %d is the global batch and must be divisible by the world size %d", stage, cfg.BatchSize, env.WorldSize)
 	}
-	comm, _, err := dist.Join(ctx, dist.Options{})
+	comm, _, err := dist.Join(ctx, dist.Options{Log: cfg.Progress})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
