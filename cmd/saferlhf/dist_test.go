@@ -73,8 +73,9 @@ func readRecords(t *testing.T, path string) []map[string]any {
 
 // TestDataParallelProcesses runs train-rm as two processes of the binary (the
 // launcher's environment, TCP rendezvous) and as one: the same metrics records
-// within 2e-5 relative (3.1e-7 seen). Then kill -9 of rank 1 mid-run ends rank 0
-// with an error naming it.
+// within 2e-5 relative (3.1e-7 seen); then as two ranks started by each real
+// launcher on this machine (launch_test.go), to the same tolerance. Then kill -9
+// of rank 1 mid-run ends rank 0 with an error naming it.
 func TestDataParallelProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI and trains four times")
@@ -90,24 +91,8 @@ func TestDataParallelProcesses(t *testing.T) {
 			t.Fatalf("rank %d: %v\n%s", r, err, logs[r])
 		}
 	}
-	a, b := readRecords(t, filepath.Join(one, "metrics.jsonl")), readRecords(t, filepath.Join(two, "metrics.jsonl"))
-	if len(a) != len(b) || len(a) < 5 {
-		t.Fatalf("%d records vs %d", len(a), len(b))
-	}
-	worst := 0.0
-	for i := range a {
-		for k, v := range a[i] {
-			x, ok := v.(float64)
-			if !ok {
-				if v != b[i][k] {
-					t.Errorf("record %d: %s = %v vs %v", i, k, v, b[i][k])
-				}
-				continue
-			}
-			y, _ := b[i][k].(float64)
-			worst = max(worst, math.Abs(x-y)/max(1, math.Abs(x)))
-		}
-	}
+	a := readRecords(t, filepath.Join(one, "metrics.jsonl"))
+	worst := compareRecords(t, a, readRecords(t, filepath.Join(two, "metrics.jsonl")))
 	t.Logf("train-rm, 1 vs 2 processes: largest relative difference %.3g over %d records", worst, len(a))
 	if worst > 2e-5 {
 		t.Errorf("largest relative difference %.3g > 2e-5", worst)
@@ -117,6 +102,9 @@ func TestDataParallelProcesses(t *testing.T) {
 			t.Errorf("2-process run: %v", err)
 		}
 	}
+
+	// The same two ranks started by each real launcher present (mpirun, torchrun, srun).
+	testLaunchers(t, bin, a, func(out string) []string { return rmArgs(out, 4) })
 
 	// A rank killed mid-run ends the other with an error naming it.
 	dir := t.TempDir()
