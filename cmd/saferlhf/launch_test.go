@@ -31,7 +31,7 @@ type launcher struct {
 //     torch 1.13 on Python 3.11, whose Std.from_str turns "0" into None;
 //   - srun against a running Slurm (bench/launch/slurm-local.sh start; SLURM_CONF).
 var launchers = []launcher{
-	{name: "openmpi", usable: onPath("mpirun"), argv: func(t *testing.T, bin string, args []string) []string {
+	{name: "openmpi", usable: mpirunWorks, argv: func(t *testing.T, bin string, args []string) []string {
 		return append([]string{"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", bin}, args...)
 	}},
 	{name: "torchrun", usable: onPath("torchrun"), argv: func(t *testing.T, bin string, args []string) []string {
@@ -50,6 +50,20 @@ func onPath(cmd string) func() string {
 		}
 		return ""
 	}
+}
+
+// mpirunWorks reports whether mpirun can start two processes of true here (a machine
+// whose Open MPI cannot start anything, a container without shared memory say, skips).
+func mpirunWorks() string {
+	if why := onPath("mpirun")(); why != "" {
+		return why
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "true").CombinedOutput(); err != nil {
+		return fmt.Sprintf("mpirun -np 2 true: %v\n%s", err, out)
+	}
+	return ""
 }
 
 // slurmUp reports whether srun can reach a Slurm controller with an idle node.
