@@ -34,6 +34,7 @@ func runBench(args []string) error {
 	genLen := fs.Int("gen-len", 32, "generated tokens (EOS disabled so every row has exactly this many)")
 	steps := fs.Int("steps", 3, "measured steps (after one warm-up step that compiles the graphs)")
 	micro := fs.Int("micro-batch-size", 0, "rows per update micro-batch, gradients accumulated in graph (0: the whole batch)")
+	zero := fs.Int("zero-stage", 0, "optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share)")
 	loraRank := fs.Int("lora-rank", 0, "LoRA rank for actor and critics (0: full fine-tuning)")
 	loraAlpha := fs.Float64("lora-alpha", 16, "LoRA alpha (scale alpha/rank)")
 	loraTargets := fs.String("lora-targets", "q_proj,k_proj,v_proj,o_proj", "comma-separated LoRA target projections")
@@ -58,6 +59,9 @@ func runBench(args []string) error {
 	}
 	if *batch <= 0 || *promptLen <= 1 || *genLen <= 0 || *steps <= 0 || *micro < 0 || *loraRank < 0 || *topK < 0 {
 		return usagef("--batch, --prompt-len > 1, --gen-len and --steps must be positive; --micro-batch-size, --lora-rank, --top-k >= 0")
+	}
+	if *zero != 0 && *zero != 1 {
+		return usagef("--zero-stage %d: want 0 or 1", *zero)
 	}
 	if *rlMath != "" && *rlMath != ppo.RLMathHost && *rlMath != ppo.RLMathGraph {
 		return usagef("--rl-math %q: want host or graph", *rlMath)
@@ -111,7 +115,7 @@ func runBench(args []string) error {
 		DType: dt, Batch: *batch, PromptLen: *promptLen, GenLen: *genLen, Steps: *steps, MicroBatch: *micro,
 		Sampling:   ppo.Sampling{Temperature: *temp, TopP: *topP, TopK: *topK, RepetitionPenalty: 1},
 		PeakTFLOPS: *peak, CheckpointDir: *out, Updates: upd, RLMath: *rlMath, Log: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
-		Comm: comm}
+		Comm: comm, ZeroStage: *zero}
 	if comm.Rank() > 0 {
 		opts.Log = nil
 	}
@@ -178,12 +182,13 @@ func runBench(args []string) error {
 		row("resumed step (s)", "%.2f", r.ResumedStepSeconds)
 	}
 	row("layerwise programs: compile (s)", "%.2f", r.ProgramsCompileSecs)
+	row("AdamW moments held, rank 0 (MiB)", "%.2f", float64(r.OptimStateBytes)/(1<<20))
 	if r.WorldSize > 1 {
 		row("ranks (data parallel)", "%.0f", float64(r.WorldSize))
 		row("all-reduces per step, rank 0 (s)", "%.3f", r.CollectiveSecs)
 		for _, k := range r.Ranks {
-			fmt.Printf("  rank %d: generation %.0f tokens/s, training %.0f tokens/s, update %.3f s of which %.3f s in all-reduces\n",
-				k.Rank, k.GenTokPerS, k.TrainTokPerS, k.UpdateSeconds, k.CollectiveSecs)
+			fmt.Printf("  rank %d: generation %.0f tokens/s, training %.0f tokens/s, update %.3f s of which %.3f s in collectives, AdamW moments %.2f MiB\n",
+				k.Rank, k.GenTokPerS, k.TrainTokPerS, k.UpdateSeconds, k.CollectiveSecs, float64(k.OptimStateBytes)/(1<<20))
 		}
 	}
 	for _, p := range r.Programs {

@@ -18,6 +18,7 @@ import (
 	G "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
@@ -59,6 +60,8 @@ type BenchOptions struct {
 	// Comm, with several ranks, benchmarks a data-parallel step: Batch is the global batch, each
 	// rank generates, scores and trains on Batch/world rows, gradients averaged across ranks.
 	Comm dist.Communicator
+	// ZeroStage 1 shards the AdamW moments across the ranks of Comm (--zero-stage, ZeRO-1).
+	ZeroStage int
 }
 
 // Sampling are the generation settings (HF generate's).
@@ -130,9 +133,12 @@ type BenchResult struct {
 	// tokens/s the aggregate of all ranks (global batch over the slowest rank's time); Ranks
 	// holds each rank's own rates and CollectiveSecs rank 0's time per step in gradient
 	// all-reduces (waiting for the slowest rank included).
-	WorldSize      int         `json:"world_size"`
-	CollectiveSecs float64     `json:"collective_s_per_step"`
-	Ranks          []BenchRank `json:"ranks,omitempty"`
+	WorldSize int `json:"world_size"`
+	// OptimStateBytes are the AdamW moment bytes rank 0 holds after the steps (actor and
+	// critics; about 1/world of them with ZeroStage 1).
+	OptimStateBytes int64       `json:"optimizer_state_bytes"`
+	CollectiveSecs  float64     `json:"collective_s_per_step"`
+	Ranks           []BenchRank `json:"ranks,omitempty"`
 }
 
 // BenchRank is one rank's measurement in a data-parallel benchmark (its Batch/world rows).
@@ -143,6 +149,8 @@ type BenchRank struct {
 	GenTokPerS     float64 `json:"gen_tokens_per_s"`
 	TrainTokPerS   float64 `json:"train_tokens_per_s"`
 	CollectiveSecs float64 `json:"collective_s_per_step"`
+	// OptimStateBytes are the AdamW moment bytes this rank holds.
+	OptimStateBytes int64 `json:"optimizer_state_bytes"`
 }
 
 // timedNets wraps Nets, timing each call, and skips checkpoints (a benchmark saves nothing).
@@ -207,6 +215,15 @@ func (t *timedNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mas
 // errNoCheckpoint stops the trainer at its final checkpoint: a benchmark writes none (the step's
 // metrics are logged before).
 var errNoCheckpoint = errors.New("bench: no checkpoint")
+
+// ShardedState is GraphNets' unless the benchmark writes no checkpoint: then the ranks do not
+// serve their moments to rank 0, which stops at its Checkpoint call.
+func (t *timedNets) ShardedState() ([]checkpoint.Owned, *mlctx.Context) {
+	if !t.checkpoint {
+		return nil, nil
+	}
+	return t.GraphNets.ShardedState()
+}
 
 func (t *timedNets) Checkpoint() (*NetsCheckpoint, error) {
 	if !t.checkpoint {
@@ -309,7 +326,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		Pad: 0, EOS: -1, MaxNewTokens: o.GenLen, MaxPromptTokens: o.PromptLen, Temperature: o.Sampling.Temperature,
 		TopP: o.Sampling.TopP, TopK: o.Sampling.TopK, RepPenalty: o.Sampling.RepetitionPenalty,
 		ActorWeightDecay: cfg.ActorWeightDecay, GradClip: 1, LoRA: o.LoRA, DType: o.DType,
-		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch / world, Updates: o.Updates, Comm: comm}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
+		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch / world, Updates: o.Updates, Comm: comm, ZeroStage: o.ZeroStage}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
 	if err != nil {
 		return nil, err
 	}
@@ -381,6 +398,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		res.RLMathSecs += (p.UpdateSeconds - a - c) / n
 	}
 	res.WorldSize = world
+	res.OptimStateBytes = nets.OptimizerStateBytes()
 	if world > 1 {
 		if err := res.addRanks(comm, tn, o); err != nil {
 			return nil, err
@@ -460,7 +478,7 @@ func (res *BenchResult) addRanks(comm dist.Communicator, tn *timedNets, o BenchO
 		critic += tn.criticT[i].Seconds() / n
 	}
 	coll := (tn.collT[o.Steps] - tn.collT[0]) / n
-	all, err := dist.AllGatherFloat64(context.Background(), comm, []float64{gen, actor, critic, coll})
+	all, err := dist.AllGatherFloat64(context.Background(), comm, []float64{gen, actor, critic, coll, float64(res.OptimStateBytes)})
 	if err != nil {
 		return fmt.Errorf("bench: gathering the ranks' timings: %w", err)
 	}
@@ -468,11 +486,12 @@ func (res *BenchResult) addRanks(comm dist.Communicator, tn *timedNets, o BenchO
 	T := float64(o.PromptLen + o.GenLen)
 	res.ActorSeconds, res.CriticSecs = 0, 0
 	for r, a := range all {
-		if len(a) != 4 {
+		if len(a) != 5 {
 			return fmt.Errorf("bench: rank %d sent a malformed record", r)
 		}
 		res.Ranks = append(res.Ranks, BenchRank{Rank: r, GenSeconds: a[0], UpdateSeconds: a[1] + a[2],
-			GenTokPerS: rows * float64(o.GenLen) / a[0], TrainTokPerS: 3 * rows * T / (a[1] + a[2]), CollectiveSecs: a[3]})
+			GenTokPerS: rows * float64(o.GenLen) / a[0], TrainTokPerS: 3 * rows * T / (a[1] + a[2]), CollectiveSecs: a[3],
+			OptimStateBytes: int64(a[4])})
 		res.ActorSeconds, res.CriticSecs = max(res.ActorSeconds, a[1]), max(res.CriticSecs, a[2])
 	}
 	res.CollectiveSecs = all[0][3]

@@ -257,8 +257,9 @@ func testZeroOnePPOLag(t *testing.T, nets ...func(*GraphNetsConfig)) {
 	}
 }
 
-// TestBenchDataParallel: Bench on 2 ranks reports each rank's rates and rank 0's time in
-// gradient all-reduces, and the same aggregate table on both ranks.
+// TestBenchDataParallel: Bench on 2 ranks (with --zero-stage 1) reports each rank's rates, rank
+// 0's time in collectives and each rank's AdamW moment bytes (about half each), and the same
+// aggregate table on both ranks.
 func TestBenchDataParallel(t *testing.T) {
 	cfg, err := model.Preset("stories260K")
 	if err != nil {
@@ -280,7 +281,7 @@ func TestBenchDataParallel(t *testing.T) {
 				return
 			}
 			res[r], errs[r] = Bench(BenchOptions{Backend: be, BackendName: "go", Cfg: cfg, Batch: 4, PromptLen: 4, GenLen: 4,
-				Steps: 1, Sampling: Sampling{Temperature: 1, TopP: 1, RepetitionPenalty: 1}, Comm: comms[r]})
+				Steps: 1, Sampling: Sampling{Temperature: 1, TopP: 1, RepetitionPenalty: 1}, Comm: comms[r], ZeroStage: 1})
 		})
 	}
 	wg.Wait()
@@ -297,6 +298,9 @@ func TestBenchDataParallel(t *testing.T) {
 		if k.GenTokPerS <= 0 || k.TrainTokPerS <= 0 || k.CollectiveSecs <= 0 || k.CollectiveSecs > k.UpdateSeconds {
 			t.Errorf("rank %d: %+v", k.Rank, k)
 		}
+	}
+	if b0, b1 := r0.Ranks[0].OptimStateBytes, r0.Ranks[1].OptimStateBytes; b0 <= 0 || b1 <= 0 || b0 != r0.OptimStateBytes || max(b0, b1) > (b0+b1)*6/10 {
+		t.Errorf("ZeRO-1: AdamW moment bytes per rank %d, %d (rank 0 reports %d): want about half each", b0, b1, r0.OptimStateBytes)
 	}
 	if !reflect.DeepEqual(r0.Ranks, res[1].Ranks) || r0.ActorSeconds != res[1].ActorSeconds {
 		t.Errorf("the ranks report different tables: %+v vs %+v", r0.Ranks, res[1].Ranks)

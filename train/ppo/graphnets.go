@@ -680,6 +680,23 @@ func (n *GraphNets) ShardedState() ([]checkpoint.Owned, *context.Context) {
 	return out, n.ctx
 }
 
+// OptimizerStateBytes are the bytes of the AdamW moments (float32) of the actor and critics
+// this rank holds.
+func (n *GraphNets) OptimizerStateBytes() int64 {
+	if n.nat == nil {
+		return 4 * trainer.OptimizerStateElements(n.ctx, "/optim")
+	}
+	var b int64
+	for _, t := range []*nativeTrained{n.nat.actor, n.nat.critics[0], n.nat.critics[1]} {
+		if t != nil {
+			for name := range t.opt.M {
+				b += 4 * int64(len(t.opt.M[name])+len(t.opt.U[name]))
+			}
+		}
+	}
+	return b
+}
+
 // SyncState brings the context up to date with the native models (a no-op on the graph path).
 func (n *GraphNets) SyncState() error { return n.syncNative() }
 
