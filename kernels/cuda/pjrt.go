@@ -14,6 +14,9 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 )
 
+// PJRTCompiled reports whether this build reaches PJRT buffers (cgo, linux, XLA).
+const PJRTCompiled = true
+
 // DevicePointer returns the GPU address of t's buffer on an XLA CUDA backend
 // (PJRT_Buffer_UnsafePointer), moving t to device 0 first if it is not there.
 // The address stays valid while t is alive and its buffer is not donated to

@@ -11,6 +11,9 @@ import (
 	"github.com/saferlhf/saferlhf/native"
 )
 
+// PJRTCompiled reports whether this build reaches PJRT buffers (cgo, linux, XLA).
+const PJRTCompiled = false
+
 // DevicePointer returns the GPU address of t's buffer on an XLA CUDA backend.
 // This build has no XLA (noxla tag or no cgo): it returns an error wrapping native.ErrNoCUDA.
 func DevicePointer(backend backends.Backend, t *tensors.Tensor) (Ptr, error) {

@@ -26,8 +26,20 @@ import (
 // global batch's mean loss (for losses normalised per rank, e.g. per token, it
 // is the mean of the ranks' losses, as in PyTorch DDP and DeepSpeed).
 
-// dataParallel reports whether c trains across more than one rank.
-func (c *Config) dataParallel() bool { return c.Comm != nil && c.Comm.Size() > 1 }
+// multiRank reports whether c trains across more than one rank.
+func (c *Config) multiRank() bool { return c.Comm != nil && c.Comm.Size() > 1 }
+
+// dataParallel reports whether c averages gradients between its two graphs: across more than
+// one rank, or through an explicit Reducer (NCCL with one rank, say).
+func (c *Config) dataParallel() bool { return c.multiRank() || c.Reducer != nil }
+
+// reducer is c's gradient reducer (HostReducer over comm() unless Reducer is set).
+func (c *Config) reducer() GradientReducer {
+	if c.Reducer != nil {
+		return c.Reducer
+	}
+	return HostReducer{Comm: c.comm()}
+}
 
 // comm is c's communicator (dist.Self for a single process).
 func (c *Config) comm() dist.Communicator {
@@ -48,7 +60,8 @@ func (s *Stepper) CollectiveTime() time.Duration {
 }
 
 // allReduceGradients averages the gradient accumulators of the trained
-// variables across ranks (a no-op for a single process).
+// variables across ranks through the Config's reducer (a no-op for a single
+// process without one).
 func (s *Stepper) allReduceGradients() error {
 	if !s.cfg.dataParallel() {
 		return nil
@@ -56,25 +69,30 @@ func (s *Stepper) allReduceGradients() error {
 	start := time.Now()
 	defer func() { s.commTime += time.Since(start) }()
 	accs := make([]*context.Variable, len(s.trained))
-	grads := make([][]float32, len(s.trained))
+	grads := make([]*tensors.Tensor, len(s.trained))
 	for i, v := range s.trained {
 		scope, name := s.opt.StatePath(v, "_accum")
 		if accs[i] = s.ctx.GetVariableByScopeAndName(scope, name); accs[i] == nil {
 			return fmt.Errorf("trainer: no gradient accumulator for %s", v.ScopeAndName())
 		}
-		t, err := accs[i].Value()
-		if err == nil {
-			grads[i], err = tensors.CopyFlatData[float32](t)
-		}
-		if err != nil {
+		var err error
+		if grads[i], err = accs[i].Value(); err != nil {
 			return fmt.Errorf("trainer: gradient of %s: %w", v.ScopeAndName(), err)
 		}
 	}
-	if err := dist.AllReduceSlices(stdctx.Background(), s.cfg.Comm, dist.Mean, grads...); err != nil {
-		return fmt.Errorf("trainer: averaging gradients across ranks: %w", err)
+	red := s.cfg.reducer()
+	out, err := red.Mean(grads)
+	if err == nil && len(out) != len(grads) {
+		err = fmt.Errorf("%d results for %d gradients", len(out), len(grads))
+	}
+	if err != nil {
+		return fmt.Errorf("trainer: averaging gradients across ranks (%s): %w", red.Name(), err)
 	}
 	for i, acc := range accs {
-		if err := acc.SetValue(tensors.FromFlatDataAndDimensions(grads[i], acc.Shape().Dimensions...)); err != nil {
+		if out[i] == grads[i] { // reduced in place
+			continue
+		}
+		if err := acc.SetValue(out[i]); err != nil {
 			return fmt.Errorf("trainer: gradient of %s: %w", s.trained[i].ScopeAndName(), err)
 		}
 	}

@@ -259,7 +259,7 @@ func (s *NativeStepper) LoadContext() error {
 
 // allReduce averages the accumulated gradients across ranks (a no-op for one process).
 func (s *NativeStepper) allReduce() error {
-	if !s.cfg.dataParallel() {
+	if !s.cfg.multiRank() {
 		return nil
 	}
 	start := time.Now()

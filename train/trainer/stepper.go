@@ -55,6 +55,10 @@ type Config struct {
 	// ZeroStage 1 shards the optimiser state across the ranks of Comm (ZeRO-1, see
 	// zero.go); 0 (the default) keeps all of it on every rank.
 	ZeroStage int
+	// Reducer averages the accumulated gradients across ranks (nil: HostReducer over
+	// Comm). Setting one makes the Stepper take the data-parallel path even for a
+	// single rank (NCCL with one rank, say).
+	Reducer GradientReducer
 }
 
 // Result is what one call of Stepper.Step or Stepper.Eval returns to the host.

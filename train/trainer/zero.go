@@ -29,7 +29,7 @@ import (
 const ZeroStages = "0 (replicated optimiser state) or 1 (optimiser state sharded across ranks)"
 
 // zero1 reports whether c shards the optimiser state across ranks.
-func (c *Config) zero1() bool { return c.ZeroStage == 1 && c.dataParallel() }
+func (c *Config) zero1() bool { return c.ZeroStage == 1 && c.multiRank() }
 
 // momentPaths are the full context paths of the AdamW moments of v (train/optim's StatePath).
 func momentPaths(optimScope string, v *context.Variable) [2]string {
