@@ -13,6 +13,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/collectives"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/ppo"
@@ -45,6 +46,7 @@ func runBench(args []string) error {
 	dtype := fs.String("dtype", "", "compute dtype bf16 or f32 (default: bf16 on xla:*, f32 on go)")
 	memFrac := fs.Float64("gpu-memory-fraction", 0, "fraction of GPU memory the XLA client may use (0: the plugin's default)")
 	peak := fs.Float64("peak-tflops", 0, "device dense peak TFLOP/s in --dtype for MFU (0: not reported)")
+	coll := fs.String(collectives.Flag, string(collectives.Auto), collectives.Help)
 	jsonOut := fs.String("json", "", "also write the result as JSON to this file")
 	updates := fs.String("updates", "auto", "update programs: fused (one graph per update, every layer unrolled), layerwise (per-layer backward programs) or auto (layerwise on XLA)")
 	rlMath := fs.String("rl-math", "", "where KL shaping and GAE run: host (float64 kernels) or graph (a float32 program on the backend; default: graph on xla:*, host otherwise)")
@@ -69,6 +71,10 @@ func runBench(args []string) error {
 	upd, err := ppo.ParseUpdatePrograms(*updates)
 	if err != nil {
 		return usagef("--updates: %v", err)
+	}
+	mode, err := collectives.ParseMode(*coll)
+	if err != nil {
+		return usagef("%v", err)
 	}
 	// Under a launcher every rank runs its share of the step; rank 0 prints and writes --json.
 	comm, _, err := dist.Join(context.Background(), dist.Options{Log: os.Stderr})
@@ -118,6 +124,17 @@ func runBench(args []string) error {
 		Comm: comm, ZeroStage: *zero}
 	if comm.Rank() > 0 {
 		opts.Log = nil
+	}
+	red, why, err := collectives.Select(context.Background(), mode, spec, b, comm, 0)
+	if err != nil {
+		return err
+	}
+	if red != nil {
+		defer red.Close()
+		opts.Reducer = red
+	}
+	if opts.Log != nil && (comm.Size() > 1 || red != nil) {
+		opts.Log("bench: gradient averaging: %s", why)
 	}
 	if *loraRank > 0 {
 		opts.LoRA = model.LoRAConfig{Rank: *loraRank, Alpha: *loraAlpha, Targets: splitList(*loraTargets)}

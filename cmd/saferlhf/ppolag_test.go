@@ -217,6 +217,8 @@ func TestRLValidationLeavesNothing(t *testing.T) {
 		{[]string{"--ptx-coeff", "-1"}, 2, "--ptx-coeff"},
 		{[]string{"--threshold", "NaN"}, 2, "finite"},
 		{[]string{"--rl-math", "graph", "--backend", "native"}, 2, "--rl-math graph needs a GoMLX backend"},
+		{[]string{"--collectives", "nccl", "--backend", "go"}, 2, "--collectives nccl needs --backend xla:cuda"},
+		{[]string{"--collectives", "gloo"}, 2, `--collectives "gloo": want auto, tcp or nccl`},
 		{[]string{"--max-new-tokens", "600"}, 1, "exceed the context"},
 		{[]string{"--data", "nosuchformat:x.json"}, 1, `unknown format "nosuchformat"`},
 	} {

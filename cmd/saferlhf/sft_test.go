@@ -128,11 +128,18 @@ func TestStageFlagErrors(t *testing.T) {
 		append(ok, "--max-length", "4"),
 		{"--data", "d.json", "--out", "o"}, // no model
 		append(ok, "stray-argument"),
+		append(ok, "--collectives", "mpi"),
+		append(ok, "--collectives", "nccl", "--backend", "go"),
+		append(ok, "--gpu-memory-fraction", "1.5"),
 	} {
 		err := runTrainRM(args)
 		if _, isUsage := err.(usageError); !isUsage {
 			t.Errorf("args %v: want a usage error (before any work), got %v", args, err)
 		}
+	}
+	err := runTrainRM(append(ok, "--collectives", "nccl", "--backend", "native"))
+	if err == nil || !strings.Contains(err.Error(), "--collectives nccl needs --backend xla:cuda (NCCL averages gradients in GPU memory), not --backend native") {
+		t.Errorf("--collectives nccl on native: %v", err)
 	}
 }
 

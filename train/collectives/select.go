@@ -61,6 +61,16 @@ func OnGPU(spec string) bool {
 	return name == "xla" && (plugin == "cuda" || strings.Contains(strings.ToLower(filepath.Base(plugin)), "cuda"))
 }
 
+// CheckBackend refuses nccl on a backend whose tensors are not in GPU memory
+// (the check a command's configuration makes before any work).
+func CheckBackend(mode Mode, spec string) error {
+	if mode == NCCL && !OnGPU(spec) {
+		return fmt.Errorf("--%s nccl needs --backend xla:cuda (NCCL averages gradients in GPU memory), not --backend %s; use --%s tcp or auto",
+			Flag, backend.Resolve(spec), Flag)
+	}
+	return nil
+}
+
 // decide applies mode on this rank of comm: whether to average on the GPU
 // through NCCL, and a line saying why. probe (run only when NCCL is wanted or
 // possible) checks this rank's NCCL and GPU; the ranks agree on the outcome, so
@@ -73,9 +83,8 @@ func decide(ctx context.Context, mode Mode, spec string, comm dist.Communicator,
 	case mode == Auto && comm.Size() < 2:
 		return false, "none (one rank)", nil
 	case !OnGPU(spec):
-		if mode == NCCL {
-			return false, "", fmt.Errorf("--%s nccl needs --backend xla:cuda (NCCL averages gradients in GPU memory), not --backend %s; use --%s tcp or auto",
-				Flag, backend.Resolve(spec), Flag)
+		if err := CheckBackend(mode, spec); err != nil {
+			return false, "", err
 		}
 		return false, fmt.Sprintf("tcp (--backend %s keeps tensors in host memory)", backend.Resolve(spec)), nil
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
+	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // BenchOptions configures Bench: PPO-Lag steps on models of one shape (a preset with random
@@ -62,6 +63,8 @@ type BenchOptions struct {
 	Comm dist.Communicator
 	// ZeroStage 1 shards the AdamW moments across the ranks of Comm (--zero-stage, ZeRO-1).
 	ZeroStage int
+	// Reducer averages the gradients (nil: the host path over Comm; see GraphNetsConfig.Reducer).
+	Reducer trainer.GradientReducer
 }
 
 // Sampling are the generation settings (HF generate's).
@@ -139,6 +142,8 @@ type BenchResult struct {
 	OptimStateBytes int64       `json:"optimizer_state_bytes"`
 	CollectiveSecs  float64     `json:"collective_s_per_step"`
 	Ranks           []BenchRank `json:"ranks,omitempty"`
+	// Collectives is how gradients were averaged: nccl, tcp, or empty (one rank, none).
+	Collectives string `json:"collectives,omitempty"`
 }
 
 // BenchRank is one rank's measurement in a data-parallel benchmark (its Batch/world rows).
@@ -326,7 +331,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		Pad: 0, EOS: -1, MaxNewTokens: o.GenLen, MaxPromptTokens: o.PromptLen, Temperature: o.Sampling.Temperature,
 		TopP: o.Sampling.TopP, TopK: o.Sampling.TopK, RepPenalty: o.Sampling.RepetitionPenalty,
 		ActorWeightDecay: cfg.ActorWeightDecay, GradClip: 1, LoRA: o.LoRA, DType: o.DType,
-		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch / world, Updates: o.Updates, Comm: comm, ZeroStage: o.ZeroStage}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
+		MicroBatchSize: o.MicroBatch, TrainBatchSize: o.Batch / world, Updates: o.Updates, Comm: comm, ZeroStage: o.ZeroStage, Reducer: o.Reducer}, cfg.ClipRangeRatio, cfg.ClipRangeValue)
 	if err != nil {
 		return nil, err
 	}
@@ -399,6 +404,12 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	}
 	res.WorldSize = world
 	res.OptimStateBytes = nets.OptimizerStateBytes()
+	switch {
+	case o.Reducer != nil:
+		res.Collectives = o.Reducer.Name()
+	case world > 1:
+		res.Collectives = "tcp"
+	}
 	if world > 1 {
 		if err := res.addRanks(comm, tn, o); err != nil {
 			return nil, err

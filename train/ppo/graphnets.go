@@ -130,6 +130,9 @@ type GraphNetsConfig struct {
 	// ZeroStage 1 shards the AdamW moments of the actor and critics across the ranks of Comm
 	// (ZeRO-1, see train/trainer's zero.go); 0 keeps all of them on every rank.
 	ZeroStage int
+	// Reducer, if set, averages the three Steppers' gradients instead of the host path over
+	// Comm (--collectives: collectives.Reducer, NCCL on the device buffers).
+	Reducer trainer.GradientReducer
 }
 
 // GraphNets runs the six networks as GoMLX graphs in one context: the post_rollout scoring pass
@@ -293,16 +296,16 @@ func NewGraphNets(c GraphNetsConfig, clipRatio, clipValue float64) (*GraphNets, 
 	n.scoringModels(lora)
 	var err error
 	if n.actor, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeActor, Loss: n.actorLoss,
-		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage}); err != nil {
+		WeightDecay: c.ActorWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage, Reducer: c.Reducer}); err != nil {
 		return nil, fmt.Errorf("ppo: actor: %w", err)
 	}
 	if n.rcritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeRewardCritic,
-		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage}); err != nil {
+		Loss: n.criticLoss(n.rcCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage, Reducer: c.Reducer}); err != nil {
 		return nil, fmt.Errorf("ppo: reward critic: %w", err)
 	}
 	if c.WithCostCritic {
 		if n.ccritic, err = trainer.NewStepper(c.Backend, n.ctx, trainer.Config{Scope: ScopeCostCritic,
-			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage}); err != nil {
+			Loss: n.criticLoss(n.ccCfg), WeightDecay: c.CriticWeightDecay, ClipNorm: c.GradClip, Accumulation: accum, Comm: c.Comm, ZeroStage: c.ZeroStage, Reducer: c.Reducer}); err != nil {
 			return nil, fmt.Errorf("ppo: cost critic: %w", err)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/kernels"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/collectives"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -52,13 +53,14 @@ type RunConfig struct {
 	MicroBatch   int      `flag:"micro-batch-size" help:"rows per update micro-batch, gradients accumulated in graph (0: the whole --train-batch-size)"`
 	ZeroStage    int      `flag:"zero-stage" help:"optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share; same trajectory and checkpoints)"`
 	GPUMemFrac   float64  `flag:"gpu-memory-fraction" help:"fraction of GPU memory the XLA client may use (0: the plugin's default)"`
+	Collectives  string   `flag:"collectives" help:"how gradients are averaged across ranks: tcp (through the host and the TCP rendezvous), nccl (NCCL on the GPU buffers, no host copy; needs --backend xla:cuda and libnccl.so.2) or auto (nccl when both are there, else tcp)"`
 }
 
 // DefaultRunConfig returns the defaults of a run of alg (its own DefaultConfig).
 func DefaultRunConfig(alg Algorithm) RunConfig {
 	lambda := map[Algorithm]string{PPOLag: "sgd", PPOLagPID: "pid", Fixed: "fixed"}[alg]
 	return RunConfig{Config: DefaultConfig(alg), Lambda: lambda, EvalRatio: 0.1, EvalMax: 64, EvalBatch: 32,
-		PTXMaxLength: 512, SaveEvery: 10, LoRAAlpha: 16, LoRATargets: []string{"q_proj", "v_proj"}}
+		PTXMaxLength: 512, SaveEvery: 10, Collectives: string(collectives.Auto), LoRAAlpha: 16, LoRATargets: []string{"q_proj", "v_proj"}}
 }
 
 // AlgorithmOf returns the algorithm a --lambda mode selects.
@@ -98,6 +100,11 @@ func (c *RunConfig) Validate() error {
 	ck.NonNegativeInt("micro-batch-size", c.MicroBatch)
 	ck.Check(c.MicroBatch == 0 || c.TrainBatchSize%c.MicroBatch == 0, "--micro-batch-size %d must divide --train-batch-size %d", c.MicroBatch, c.TrainBatchSize)
 	ck.Check(c.GPUMemFrac >= 0 && c.GPUMemFrac <= 1, "--gpu-memory-fraction must be in [0, 1], got %v", c.GPUMemFrac)
+	if mode, err := collectives.ParseMode(c.Collectives); err != nil {
+		ck.Check(false, "%v", err)
+	} else if err := collectives.CheckBackend(mode, c.Backend); err != nil {
+		ck.Check(false, "%v", err)
+	}
 	ck.Check(c.PTXMaxLength >= 2, "--ptx-max-length must be >= 2, got %d", c.PTXMaxLength)
 	ck.NonNegativeInt("save-every", c.SaveEvery)
 	ck.NonNegativeInt("lora-rank", c.LoRARank)
@@ -197,6 +204,21 @@ func runRanked(ctx context.Context, c RunConfig, progress io.Writer, ready func(
 	}
 	fmt.Fprintf(progress, "%s: %d training prompts, %d held-out prompts (%d cut to their last %d tokens)\n",
 		name, len(in.train), len(in.held), in.truncated, c.MaxPromptTokens)
+	mode, err := collectives.ParseMode(c.Collectives)
+	if err != nil {
+		return nil, err
+	}
+	red, why, err := collectives.Select(ctx, mode, c.Backend, in.nets.Backend, comm, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if red != nil {
+		defer red.Close()
+		in.nets.Reducer = red
+	}
+	if comm.Size() > 1 || red != nil {
+		fmt.Fprintf(progress, "%s: gradient averaging: %s\n", name, why)
+	}
 	nets, err := NewGraphNets(in.nets, c.ClipRangeRatio, c.ClipRangeValue)
 	if err != nil {
 		return nil, err
@@ -287,7 +309,7 @@ func runRanked(ctx context.Context, c RunConfig, progress io.Writer, ready func(
 
 // NonTrajectoryKeys are the RunConfig keys a resumed run may change freely: where output goes,
 // how often it is saved, the held-out evaluation around training, and the resume switches.
-var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch", "SaveDType", "GPUMemFrac", "ZeroStage"}
+var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch", "SaveDType", "GPUMemFrac", "ZeroStage", "Collectives"}
 
 // checkpointOptions returns the trainer's checkpoint settings for c: the frozen models by path and
 // hash, the tokenizer stored in each checkpoint, and the run config compared on resume.

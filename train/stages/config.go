@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/saferlhf/saferlhf/train/collectives"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
@@ -24,6 +25,8 @@ type Config struct {
 	MaxTrain     int       `json:"max-train" flag:"max-train" help:"at most this many training examples (0: all)"`
 	Out          string    `json:"out" flag:"out" help:"output directory (config.yaml, metrics.jsonl, plots, checkpoints/, model/)"`
 	Backend      string    `json:"backend" flag:"backend" help:"backend: native (the C engine: trains and evaluates on the CPU; the default when built with cgo), go (pure-Go GoMLX), go:ops_sequential, xla:cuda, ...; default $SAFERLHF_BACKEND, else native or go"`
+	GPUMemFrac   float64   `json:"gpu-memory-fraction" flag:"gpu-memory-fraction" help:"fraction of GPU memory the XLA client may use (0: the plugin's default)"`
+	Collectives  string    `json:"collectives" flag:"collectives" help:"how gradients are averaged across ranks: tcp (through the host and the TCP rendezvous), nccl (NCCL on the GPU buffers, no host copy; needs --backend xla:cuda and libnccl.so.2) or auto (nccl when both are there, else tcp)"`
 	Epochs       int       `json:"epochs" flag:"epochs" help:"passes over the training data"`
 	Steps        int       `json:"max-steps" flag:"max-steps" alias:"steps" help:"cap on optimizer steps (0: --epochs decide)"`
 	BatchSize    int       `json:"batch-size" flag:"batch-size" help:"micro-batch size, global over all ranks of a data-parallel run (pairs for train-rm/train-cm)"`
@@ -71,7 +74,7 @@ const (
 // Defaults returns the reference's script settings for the stage (spec §4–6), with the
 // sequence width, batch and epochs scaled for CPU; raise --lr for tiny models.
 func Defaults(stage Stage) Config {
-	c := Config{EvalRatio: 0.05, Epochs: 2, BatchSize: 16, Accumulation: 1, MaxLength: 512, Truncate: "right",
+	c := Config{Collectives: string(collectives.Auto), EvalRatio: 0.05, Epochs: 2, BatchSize: 16, Accumulation: 1, MaxLength: 512, Truncate: "right",
 		LR: 2e-5, Scheduler: "cosine", Warmup: 0.03, WeightDecay: 0.1, ClipNorm: 1, KeepCkpts: 2, Seed: 42,
 		LossType: "sequence-wise", Reg: 0.001, SignWeight: 1, Init: "pretrained", TrainLayers: "all"}
 	if stage == SFT {
@@ -118,6 +121,12 @@ func (c *Config) Validate(stage Stage) error {
 		v    int
 	}{{"eval-max", c.EvalMax}, {"max-train", c.MaxTrain}, {"eval-every", c.EvalEvery}, {"save-every", c.CkptEvery}} {
 		ck.NonNegativeInt(f.name, f.v)
+	}
+	ck.Check(c.GPUMemFrac >= 0 && c.GPUMemFrac <= 1, "--gpu-memory-fraction must be in [0, 1], got %v", c.GPUMemFrac)
+	if mode, err := collectives.ParseMode(c.Collectives); err != nil {
+		ck.Check(false, "%v", err)
+	} else if err := collectives.CheckBackend(mode, c.Backend); err != nil {
+		ck.Check(false, "%v", err)
 	}
 	ck.Check(c.KeepCkpts >= 1, "--keep-checkpoints %d must be >= 1", c.KeepCkpts)
 	ck.OneOf("truncate", c.Truncate, "right", "prompt-left")

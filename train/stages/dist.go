@@ -4,9 +4,38 @@ import (
 	stdctx "context"
 	"fmt"
 
+	"github.com/gomlx/gomlx/backends"
+	"github.com/saferlhf/saferlhf/train/collectives"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/trainer"
 )
+
+// gradientReducer picks how the Stepper averages gradients (--collectives), records it in
+// res and says so on rank 0's progress. A nil reducer is the Stepper's host path; close
+// (never nil) releases an NCCL one.
+func gradientReducer(ctx stdctx.Context, kind string, cfg Config, be backends.Backend, comm dist.Communicator, res *Result) (trainer.GradientReducer, func(), error) {
+	mode, err := collectives.ParseMode(cfg.Collectives)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, why, err := collectives.Select(ctx, mode, cfg.Backend, be, comm, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", kind, err)
+	}
+	if comm.Size() > 1 || r != nil {
+		res.Transport = "tcp"
+		if r != nil {
+			res.Transport = r.Name()
+		}
+		if cfg.Progress != nil && comm.Rank() == 0 {
+			fmt.Fprintf(cfg.Progress, "%s: gradient averaging: %s\n", kind, why)
+		}
+	}
+	if r == nil {
+		return nil, func() {}, nil
+	}
+	return r, func() { r.Close() }, nil
+}
 
 // connect joins the ranks of a launched run (dist.Self without a launcher).
 func connect(ctx stdctx.Context, stage Stage, cfg Config) (dist.Communicator, error) {

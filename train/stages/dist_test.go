@@ -2,6 +2,7 @@ package stages
 
 import (
 	stdctx "context"
+	"fmt"
 	"math"
 	"path/filepath"
 	"sync"
@@ -180,12 +181,15 @@ func maxRelDiff(t *testing.T, a, b string, skip func(step int, key string) bool)
 // first step depend on how the batch was split.)
 func TestDPODataParallel(t *testing.T) {
 	one := tinyDPO(t, 3)
-	if _, err := runDPORanked(stdctx.Background(), one, dist.Self{}); err != nil {
-		t.Fatal(err)
+	if res, err := runDPORanked(stdctx.Background(), one, dist.Self{}); err != nil || res.Transport != "" {
+		t.Fatalf("one rank: collectives %q, %v", res.Transport, err)
 	}
 	two := tinyDPO(t, 3)
 	onTwoRanks(t, func(comm dist.Communicator) error {
-		_, err := runDPORanked(stdctx.Background(), two, comm)
+		res, err := runDPORanked(stdctx.Background(), two, comm)
+		if err == nil && res.Transport != "tcp" { // --collectives auto on a CPU backend
+			err = fmt.Errorf("collectives %q, want tcp", res.Transport)
+		}
 		return err
 	})
 	// At step 1 the policy is the reference: every margin is 0 up to rounding, so

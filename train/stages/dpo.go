@@ -263,7 +263,7 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	be, err := backend.New(cfg.Backend)
+	be, err := backend.NewWithOptions(cfg.Backend, backend.Options{MemoryFraction: cfg.GPUMemFrac})
 	if err != nil {
 		return nil, err
 	}
@@ -301,6 +301,11 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err := setComputeDType(mctx, be, cfg.Config); err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
+	reducer, closeReducer, err := gradientReducer(ctx, "dpo", cfg.Config, be, comm, res)
+	if err != nil {
+		return nil, err
+	}
+	defer closeReducer()
 	// Claimed only once the inputs have loaded (see runRanked).
 	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
 		return nil, err
@@ -324,7 +329,7 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	}
 	stepper, err := newSteps(be, mctx, mcfg, trainer.Config{
 		Scope: modelScope, Loss: dpoLossFn(mcfg, cfg.Beta), WeightDecay: cfg.WeightDecay,
-		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm, ZeroStage: cfg.ZeroStage,
+		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm, ZeroStage: cfg.ZeroStage, Reducer: reducer,
 	}, dpoNative(cfg.Beta), true)
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)

@@ -47,12 +47,14 @@ type Result struct {
 	CommSecs  float64            `json:"collective_seconds,omitempty"` // rank 0's time in gradient all-reduces
 	// OptimBytes is the size of the AdamW moments this rank held at the end (about 1/world of them with --zero-stage 1).
 	OptimBytes int64  `json:"optimizer_state_bytes"`
+	Transport  string `json:"collectives,omitempty"` // how gradients were averaged (--collectives)
 	ModelDir   string `json:"model_dir"`
 }
 
 // NonTrajectoryKeys are the Config keys that a resumed run may change freely:
 // where output goes, how often it is saved or evaluated, and the resume switches.
-var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "keep-checkpoints", "resume", "force", "allow-config-change", "save-dtype", "zero-stage"}
+var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "keep-checkpoints", "resume", "force", "allow-config-change", "save-dtype", "zero-stage",
+	"gpu-memory-fraction", "collectives"}
 
 // Run trains one stage (SFT, RM or CM) as configured, writing everything under
 // cfg.Out. Cancelling ctx checkpoints and returns an error wrapping ctx.Err().
@@ -77,7 +79,7 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err := cfg.Validate(stage); err != nil {
 		return nil, err
 	}
-	be, err := backend.New(cfg.Backend)
+	be, err := backend.NewWithOptions(cfg.Backend, backend.Options{MemoryFraction: cfg.GPUMemFrac})
 	if err != nil {
 		return nil, err
 	}
@@ -125,8 +127,13 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err := setComputeDType(mctx, be, cfg); err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
-	// The output is claimed only now that the model, tokenizer and data have loaded, so a run
-	// that fails on its inputs leaves nothing behind (the command checked the output first).
+	reducer, closeReducer, err := gradientReducer(ctx, string(stage), cfg, be, comm, res)
+	if err != nil {
+		return nil, err
+	}
+	defer closeReducer()
+	// The output is claimed only now that the model, tokenizer, data and gradient transport are
+	// ready, so a run that fails on its inputs leaves nothing behind (the command checked the output first).
 	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
 		return nil, err
 	}
@@ -155,7 +162,7 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	}
 	stepper, err := newSteps(be, mctx, mcfg, trainer.Config{
 		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg, comm.Size() < 2), WeightDecay: cfg.WeightDecay,
-		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm, ZeroStage: cfg.ZeroStage,
+		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm, ZeroStage: cfg.ZeroStage, Reducer: reducer,
 	}, native, stage == SFT)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
