@@ -38,6 +38,10 @@ func (d *cudaDevice) AllReduce(p native.DevicePtr, count int, dt native.NCCLData
 	return d.comm.AllReduce(p, p, count, dt, op)
 }
 
+func (d *cudaDevice) Broadcast(p native.DevicePtr, count int, dt native.NCCLDataType, root int) error {
+	return d.comm.Broadcast(p, p, count, dt, root)
+}
+
 func (d *cudaDevice) Sync() error { return d.cu.Synchronize() }
 func (d *cudaDevice) Size() int   { return d.comm.Size() }
 func (d *cudaDevice) Avg() bool   { return d.avg }

@@ -30,6 +30,8 @@ type device interface {
 	CopyDtoD(dst, src native.DevicePtr, bytes int) error
 	// AllReduce reduces count elements at p over the ranks, in place.
 	AllReduce(p native.DevicePtr, count int, dt native.NCCLDataType, op native.NCCLRedOp) error
+	// Broadcast copies root's count elements at p to p on every rank.
+	Broadcast(p native.DevicePtr, count int, dt native.NCCLDataType, root int) error
 	// Sync waits for all work on the device (XLA's included).
 	Sync() error
 	Size() int
@@ -134,29 +136,38 @@ func planBuckets(dts []dtypes.DType, sizes []int, limit int) []bucket {
 	return out
 }
 
-// Mean implements trainer.GradientReducer.
-func (r *Reducer) Mean(grads []*tensors.Tensor) ([]*tensors.Tensor, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	dts := make([]dtypes.DType, len(grads))
-	sizes := make([]int, len(grads))
-	for i, t := range grads {
+// buffers returns the dtypes, byte sizes and device addresses of ts (what names them in errors).
+func (r *Reducer) buffers(what string, ts []*tensors.Tensor) ([]dtypes.DType, []int, []native.DevicePtr, error) {
+	dts := make([]dtypes.DType, len(ts))
+	sizes := make([]int, len(ts))
+	for i, t := range ts {
 		if _, ok := ncclType(t.DType()); !ok {
-			return nil, fmt.Errorf("gradient %d (%s): NCCL averaging takes float32, bfloat16, float16 or float64", i, t.Shape())
+			return nil, nil, nil, fmt.Errorf("%s %d (%s): NCCL averaging takes float32, bfloat16, float16 or float64", what, i, t.Shape())
 		}
 		dts[i], sizes[i] = t.DType(), int(t.Memory())
 	}
-	ptrs := make([]native.DevicePtr, len(grads))
-	for i, t := range grads {
+	ptrs := make([]native.DevicePtr, len(ts))
+	for i, t := range ts {
 		if sizes[i] == 0 {
 			continue
 		}
 		var err error
 		if ptrs[i], err = r.dev.Pointer(t); err != nil {
-			return nil, fmt.Errorf("gradient %d (%s): %w", i, t.Shape(), err)
+			return nil, nil, nil, fmt.Errorf("%s %d (%s): %w", what, i, t.Shape(), err)
 		}
 	}
 	if err := checkDisjoint(ptrs, sizes); err != nil {
+		return nil, nil, nil, fmt.Errorf("%ss: %w", what, err)
+	}
+	return dts, sizes, ptrs, nil
+}
+
+// Mean implements trainer.GradientReducer.
+func (r *Reducer) Mean(grads []*tensors.Tensor) ([]*tensors.Tensor, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	dts, sizes, ptrs, err := r.buffers("gradient", grads)
+	if err != nil {
 		return nil, err
 	}
 	op := native.NCCLAvg
@@ -227,6 +238,41 @@ func (r *Reducer) reduce(b bucket, ptrs []native.DevicePtr, grads []*tensors.Ten
 	return nil
 }
 
+// BroadcastOwned implements trainer.OwnedBroadcaster (ZeRO-1's weight gather): one
+// in-place ncclBroadcast per tensor from its owner.
+func (r *Reducer) BroadcastOwned(ts []*tensors.Tensor, owners []int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(owners) != len(ts) {
+		return fmt.Errorf("%d owners for %d tensors", len(owners), len(ts))
+	}
+	dts, sizes, ptrs, err := r.buffers("tensor", ts)
+	if err != nil {
+		return err
+	}
+	if err := r.dev.Sync(); err != nil {
+		return err
+	}
+	for i, t := range ts {
+		if sizes[i] == 0 {
+			continue
+		}
+		nt, _ := ncclType(dts[i])
+		if err := r.dev.Broadcast(ptrs[i], sizes[i]/dts[i].Size(), nt, owners[i]); err != nil {
+			return fmt.Errorf("tensor %d (%s) from rank %d: %w", i, t.Shape(), owners[i], err)
+		}
+	}
+	if err := r.dev.Sync(); err != nil {
+		return err
+	}
+	for i, t := range ts {
+		if sizes[i] > 0 {
+			r.dev.Written(t)
+		}
+	}
+	return nil
+}
+
 // divide returns grads / ranks as new tensors (after an ncclSum).
 func (r *Reducer) divide(grads []*tensors.Tensor) ([]*tensors.Tensor, error) {
 	if r.scale == nil {
@@ -267,7 +313,7 @@ func checkDisjoint(ptrs []native.DevicePtr, sizes []int) error {
 	for k := 1; k < len(idx); k++ {
 		i, j := idx[k-1], idx[k]
 		if ptrs[i]+native.DevicePtr(sizes[i]) > ptrs[j] {
-			return fmt.Errorf("gradients %d and %d share device memory (%#x+%d, %#x): cannot average in place", i, j, uintptr(ptrs[i]), sizes[i], uintptr(ptrs[j]))
+			return fmt.Errorf("%d and %d share device memory (%#x+%d, %#x): cannot average in place", i, j, uintptr(ptrs[i]), sizes[i], uintptr(ptrs[j]))
 		}
 	}
 	return nil

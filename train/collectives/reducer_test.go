@@ -115,6 +115,12 @@ func (d *hostDevice) AllReduce(p native.DevicePtr, count int, dt native.NCCLData
 	return nil
 }
 
+func (d *hostDevice) Broadcast(p native.DevicePtr, count int, dt native.NCCLDataType, root int) error {
+	b, _ := d.mem(p, count*dt.Size())
+	d.calls = append(d.calls, fmt.Sprintf("broadcast %d bytes from %d", len(b), root))
+	return d.comm.Broadcast(stdctx.Background(), b, root)
+}
+
 func (d *hostDevice) Sync() error { return nil }
 func (d *hostDevice) Size() int   { return d.comm.Size() }
 func (d *hostDevice) Avg() bool   { return d.avg }

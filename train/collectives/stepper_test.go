@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 
@@ -29,7 +30,7 @@ func linearLoss(ctx *context.Context, in []*graph.Node) (*graph.Node, map[string
 // trainLinear runs steps optimizer steps (2 micro-batches each) of a global
 // batch of 8 rows on world ranks, each rank averaging through reducer(rank,
 // comm) (nil: the Stepper's default), and returns every rank's weights and bias.
-func trainLinear(t *testing.T, world, steps int, reducer func(r int, c dist.Communicator, be backends.Backend) trainer.GradientReducer) [][]float32 {
+func trainLinear(t *testing.T, world, steps, zero int, reducer func(r int, c dist.Communicator, be backends.Backend) trainer.GradientReducer) [][]float32 {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(3, 4))
 	x := make([][]float32, 8*2*steps)
@@ -47,7 +48,7 @@ func trainLinear(t *testing.T, world, steps int, reducer func(r int, c dist.Comm
 			ctx := context.New()
 			ctx.InAbsPath("/m/lin").VariableWithValue("weight", tensors.FromFlatDataAndDimensions([]float32{0, 0, 0}, 3, 1))
 			ctx.InAbsPath("/m/lin").VariableWithValue("bias", []float32{0})
-			cfg := trainer.Config{Scope: "/m", Loss: linearLoss, WeightDecay: 0.01, ClipNorm: 2, Accumulation: 2, Comm: c}
+			cfg := trainer.Config{Scope: "/m", Loss: linearLoss, WeightDecay: 0.01, ClipNorm: 2, Accumulation: 2, Comm: c, ZeroStage: zero}
 			if reducer != nil {
 				cfg.Reducer = reducer(r, c, be)
 			}
@@ -83,10 +84,10 @@ func trainLinear(t *testing.T, world, steps int, reducer func(r int, c dist.Comm
 // single-process run.
 func TestStepperThroughReducer(t *testing.T) {
 	const steps = 4
-	host := trainLinear(t, 2, steps, nil)
+	host := trainLinear(t, 2, steps, 0, nil)
 	for _, avg := range []bool{true, false} {
 		devs := make([]*hostDevice, 2)
-		got := trainLinear(t, 2, steps, func(r int, c dist.Communicator, be backends.Backend) trainer.GradientReducer {
+		got := trainLinear(t, 2, steps, 0, func(r int, c dist.Communicator, be backends.Backend) trainer.GradientReducer {
 			devs[r] = newHostDevice(c, avg)
 			return newReducer(devs[r], be, 8) // weight (12 bytes) in place, bias alone too
 		})
@@ -99,8 +100,8 @@ func TestStepperThroughReducer(t *testing.T) {
 			}
 		}
 	}
-	one := trainLinear(t, 1, steps, nil)
-	oneDev := trainLinear(t, 1, steps, func(_ int, _ dist.Communicator, be backends.Backend) trainer.GradientReducer {
+	one := trainLinear(t, 1, steps, 0, nil)
+	oneDev := trainLinear(t, 1, steps, 0, func(_ int, _ dist.Communicator, be backends.Backend) trainer.GradientReducer {
 		return newReducer(newHostDevice(dist.Self{}, true), be, DefaultBucketBytes)
 	})
 	for i := range one[0] {
@@ -111,5 +112,35 @@ func TestStepperThroughReducer(t *testing.T) {
 	}
 	if fmt.Sprint(one[0]) == fmt.Sprint([]float32{0, 0, 0, 0}) {
 		t.Error("nothing trained")
+	}
+}
+
+// TestZeroStepperThroughReducer: with ZeRO-1 the Stepper also gathers the owners'
+// weights through Reducer (one in-place broadcast per trained tensor from its
+// owner) and ends where ZeRO-1 through the host does, bit for bit.
+func TestZeroStepperThroughReducer(t *testing.T) {
+	const steps = 3
+	host := trainLinear(t, 2, steps, 1, nil)
+	devs := make([]*hostDevice, 2)
+	got := trainLinear(t, 2, steps, 1, func(r int, c dist.Communicator, be backends.Backend) trainer.GradientReducer {
+		devs[r] = newHostDevice(c, true)
+		return newReducer(devs[r], be, DefaultBucketBytes)
+	})
+	for r := range got {
+		if fmt.Sprint(got[r]) != fmt.Sprint(host[r]) {
+			t.Errorf("rank %d: %v, ZeRO-1 through the host %v", r, got[r], host[r])
+		}
+		bcast := 0
+		for _, c := range devs[r].calls {
+			if strings.HasPrefix(c, "broadcast ") {
+				bcast++
+			}
+		}
+		if bcast != 2*steps { // weight and bias, from their owners, every step
+			t.Errorf("rank %d: %d broadcasts in %d steps: %q", r, bcast, steps, devs[r].calls)
+		}
+	}
+	if fmt.Sprint(got[0]) != fmt.Sprint(got[1]) {
+		t.Errorf("ranks differ: %v, %v", got[0], got[1])
 	}
 }

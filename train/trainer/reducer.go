@@ -24,6 +24,14 @@ type GradientReducer interface {
 	Name() string
 }
 
+// OwnedBroadcaster is a GradientReducer that also carries ZeRO-1's weight
+// gather on its transport: BroadcastOwned replaces every tensor ts[i], on the
+// ranks other than owners[i], by the owner's, in place. Without it the Stepper
+// gathers through the host (dist.AllGatherOwned).
+type OwnedBroadcaster interface {
+	BroadcastOwned(ts []*tensors.Tensor, owners []int) error
+}
+
 // HostReducer averages float32 gradients through the host: each tensor is
 // copied out, all of them are reduced with one dist.AllReduceSlices over Comm,
 // and new tensors are returned. It is the Stepper's reducer unless

@@ -116,6 +116,19 @@ func (s *Stepper) gatherWeights() error {
 		}
 		s.foreignDropped = true
 	}
+	if b, ok := s.cfg.Reducer.(OwnedBroadcaster); ok {
+		ts := make([]*tensors.Tensor, len(s.trained))
+		for i, v := range s.trained {
+			var err error
+			if ts[i], err = v.Value(); err != nil {
+				return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
+			}
+		}
+		if err := b.BroadcastOwned(ts, s.owners); err != nil {
+			return fmt.Errorf("trainer: gathering the owners' weights: %w", err)
+		}
+		return nil
+	}
 	bufs := make([][]byte, len(s.trained))
 	for i, v := range s.trained {
 		t, err := v.Value()
