@@ -73,7 +73,8 @@ func readRecords(t *testing.T, path string) []map[string]any {
 
 // TestDataParallelProcesses runs train-rm as two processes of the binary (the
 // launcher's environment, TCP rendezvous) and as one: the same metrics records
-// within 2e-5 relative (3.1e-7 seen); then as two ranks started by each real
+// within 2e-5 relative (3.1e-7 seen); with --zero-stage 1 (set in a --config file)
+// the 2-process run's records exactly, rank 0 holding half the AdamW moments; then as two ranks started by each real
 // launcher on this machine (launch_test.go), to the same tolerance. Then kill -9
 // of rank 1 mid-run ends rank 0 with an error naming it.
 func TestDataParallelProcesses(t *testing.T) {
@@ -102,6 +103,40 @@ func TestDataParallelProcesses(t *testing.T) {
 			t.Errorf("2-process run: %v", err)
 		}
 	}
+
+	// --zero-stage 1 (here from a --config file): the 2-process run's records exactly, rank 0
+	// holding about half of the AdamW moments (result.json).
+	zero, zcfg := t.TempDir(), filepath.Join(t.TempDir(), "zero.yaml")
+	if err := os.WriteFile(zcfg, []byte("zero-stage: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmds, logs = startRanks(t, bin, 2, append(rmArgs(zero, 4), "--config", zcfg))
+	for r, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("--zero-stage 1: rank %d: %v\n%s", r, err, logs[r])
+		}
+	}
+	if d := compareRecords(t, readRecords(t, filepath.Join(two, "metrics.jsonl")), readRecords(t, filepath.Join(zero, "metrics.jsonl"))); d != 0 {
+		t.Errorf("--zero-stage 1 vs 0 on 2 processes: largest relative difference %.3g, want 0", d)
+	}
+	var b [2]int64
+	for i, dir := range []string{one, zero} {
+		var res struct {
+			OptimBytes int64 `json:"optimizer_state_bytes"`
+		}
+		raw, err := os.ReadFile(filepath.Join(dir, "result.json"))
+		if err == nil {
+			err = json.Unmarshal(raw, &res)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[i] = res.OptimBytes
+	}
+	if b[0] == 0 || b[1] == 0 || b[1] > b[0]*6/10 {
+		t.Errorf("AdamW moment bytes: one process %d, rank 0 of --zero-stage 1 %d (want about half)", b[0], b[1])
+	}
+	t.Logf("AdamW moment bytes: one process %d, rank 0 of 2 with --zero-stage 1 %d", b[0], b[1])
 
 	// The same two ranks started by each real launcher present (mpirun, torchrun, srun).
 	testLaunchers(t, bin, a, func(out string) []string { return rmArgs(out, 4) })
