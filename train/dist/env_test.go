@@ -116,6 +116,9 @@ func TestFromLauncherEnv(t *testing.T) {
 		// torchrun --no_python --nproc_per_node 2 (PyTorch 1.13.1, Debian 12): static rendezvous, agent store on 29500.
 		{"torchrun-1.13.1-nproc2.rank0.env", Env{Rank: 0, WorldSize: 2, LocalRank: 0, LocalWorldSize: 2, Addr: "127.0.0.1:29501", Launcher: "torchrun"}},
 		{"torchrun-1.13.1-nproc2.rank1.env", Env{Rank: 1, WorldSize: 2, LocalRank: 1, LocalWorldSize: 2, Addr: "127.0.0.1:29501", Launcher: "torchrun"}},
+		// torchrun --standalone (c10d rendezvous on localhost:29400): MASTER_PORT is a free port for the workers.
+		{"torchrun-1.13.1-standalone-nproc2.rank0.env", Env{Rank: 0, WorldSize: 2, LocalRank: 0, LocalWorldSize: 2, Addr: "localhost:36859", Launcher: "torchrun"}},
+		{"torchrun-1.13.1-standalone-nproc2.rank1.env", Env{Rank: 1, WorldSize: 2, LocalRank: 1, LocalWorldSize: 2, Addr: "localhost:36859", Launcher: "torchrun"}},
 		// srun -n 2 (Slurm 22.05.8, bench/launch/slurm-local.sh): job 4 on node "vm".
 		{"slurm-22.05.8-srun-n2.rank0.env", Env{Rank: 0, WorldSize: 2, LocalRank: 0, LocalWorldSize: 2, Addr: "vm:29504", Launcher: "slurm"}},
 		{"slurm-22.05.8-srun-n2.rank1.env", Env{Rank: 1, WorldSize: 2, LocalRank: 1, LocalWorldSize: 2, Addr: "vm:29504", Launcher: "slurm"}},
