@@ -18,7 +18,11 @@ CPUS=$(nproc)
 stop() {
 	for p in slurmd slurmctld munged; do
 		if [[ -f $DIR/$p.pid ]]; then
-			kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
+			local pid
+			pid=$(cat "$DIR/$p.pid")
+			if kill "$pid" 2>/dev/null; then
+				for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+			fi
 			rm -f "$DIR/$p.pid"
 		fi
 	done
