@@ -525,24 +525,20 @@ func (lw *Layerwise) Backward(m Model, tr Train, lossName string, loss HeadLoss,
 	return vals[0], vals[1:], nil
 }
 
-// chunks calls fn on row blocks [lo, hi) of a B-row batch (RowChunk rows at
-// most each).
-func (lw *Layerwise) chunks(B int, fn func(lo, hi int) error) error {
-	c := lw.RowChunk
-	if c <= 0 || c > B {
-		c = B
-	}
-	for lo := 0; lo < B; lo += c {
-		if err := fn(lo, min(lo+c, B)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // TokenLogProbs is TokenLogProbs (no gradients) of the LM m on ids and
 // mask [B, T] (row-major host data): [B, T-1].
 func (lw *Layerwise) TokenLogProbs(m Model, ids []int32, mask []float32, B, T int) ([]float32, error) {
+	out, err := lw.TokenLogProbsOn(m, tensors.FromFlatDataAndDimensions(ids, B, T), tensors.FromFlatDataAndDimensions(mask, B, T))
+	if err != nil {
+		return nil, err
+	}
+	defer out.FinalizeAll()
+	return tensors.CopyFlatData[float32](out)
+}
+
+// TokenLogProbsOn is TokenLogProbs on tensors ids (int32) and mask (float32)
+// [B, T], typically already on the device: the log-probs [B, T-1] stay there.
+func (lw *Layerwise) TokenLogProbsOn(m Model, ids, mask *tensors.Tensor) (*tensors.Tensor, error) {
 	lm := m
 	lm.Cfg = &Config{}
 	*lm.Cfg = *m.Cfg
@@ -551,48 +547,174 @@ func (lw *Layerwise) TokenLogProbs(m Model, ids []int32, mask []float32, B, T in
 	if err != nil {
 		return nil, err
 	}
-	res := make([]float32, 0, B*(T-1))
-	err = lw.chunks(B, func(lo, hi int) error {
-		idsT := tensors.FromFlatDataAndDimensions(ids[lo*T:hi*T], hi-lo, T)
-		x, _, err := lw.trunkPass(m, idsT, tensors.FromFlatDataAndDimensions(mask[lo*T:hi*T], hi-lo, T), false)
+	var parts []*tensors.Tensor
+	err = lw.chunksOn(ids, mask, func(ids, mask *tensors.Tensor) error {
+		x, _, err := lw.trunkPass(m, ids, mask, false)
 		if err != nil {
 			return err
 		}
-		out, err := lw.run(m, program{kind: "lm_head", names: head}, 0, nil, x, idsT)
+		out, err := lw.run(m, program{kind: "lm_head", names: head}, 0, nil, x, ids)
 		x.FinalizeAll()
 		if err != nil {
 			return err
 		}
-		res = append(res, tensors.MustCopyFlatData[float32](out[0])...)
-		out[0].FinalizeAll()
+		parts = append(parts, out[0])
 		return nil
 	})
-	return res, err
+	if err != nil {
+		finalize(parts)
+		return nil, err
+	}
+	return lw.concatRows(parts)
 }
 
 // Scores is the score model m's per-token scores [B, T] and end scores [B]
 // (score_dim 1) on ids and mask [B, T] (row-major host data).
 func (lw *Layerwise) Scores(m Model, ids []int32, mask []float32, B, T int) (scores, end []float32, err error) {
+	s, e, err := lw.ScoresOn(m, tensors.FromFlatDataAndDimensions(ids, B, T), tensors.FromFlatDataAndDimensions(mask, B, T))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer finalize([]*tensors.Tensor{s, e})
+	if scores, err = tensors.CopyFlatData[float32](s); err != nil {
+		return nil, nil, err
+	}
+	if end, err = tensors.CopyFlatData[float32](e); err != nil {
+		return nil, nil, err
+	}
+	return scores, end, nil
+}
+
+// ScoresOn is Scores on tensors ids (int32) and mask (float32) [B, T],
+// typically already on the device: the scores [B, T] and end scores [B]
+// stay there.
+func (lw *Layerwise) ScoresOn(m Model, ids, mask *tensors.Tensor) (scores, end *tensors.Tensor, err error) {
 	if m.Cfg.ScoreDim != 1 {
 		return nil, nil, fmt.Errorf("layerwise: score_dim %d, want 1", m.Cfg.ScoreDim)
 	}
-	err = lw.chunks(B, func(lo, hi int) error {
-		maskT := tensors.FromFlatDataAndDimensions(mask[lo*T:hi*T], hi-lo, T)
-		x, _, err := lw.trunkPass(m, tensors.FromFlatDataAndDimensions(ids[lo*T:hi*T], hi-lo, T), maskT, false)
+	var ss, es []*tensors.Tensor
+	err = lw.chunksOn(ids, mask, func(ids, mask *tensors.Tensor) error {
+		x, _, err := lw.trunkPass(m, ids, mask, false)
 		if err != nil {
 			return err
 		}
-		out, err := lw.run(m, program{kind: "score_head", names: []string{NameFinalNorm, NameScoreW, NameScoreB}}, 0, nil, x, maskT)
+		out, err := lw.run(m, program{kind: "score_head", names: []string{NameFinalNorm, NameScoreW, NameScoreB}}, 0, nil, x, mask)
 		x.FinalizeAll()
 		if err != nil {
 			return err
 		}
-		scores = append(scores, tensors.MustCopyFlatData[float32](out[0])...)
-		end = append(end, tensors.MustCopyFlatData[float32](out[1])...)
-		for _, t := range out {
-			t.FinalizeAll()
-		}
+		ss, es = append(ss, out[0]), append(es, out[1])
 		return nil
 	})
-	return scores, end, err
+	if err != nil {
+		finalize(ss)
+		finalize(es)
+		return nil, nil, err
+	}
+	if scores, err = lw.concatRows(ss); err != nil {
+		finalize(es)
+		return nil, nil, err
+	}
+	if end, err = lw.concatRows(es); err != nil {
+		scores.FinalizeAll()
+		return nil, nil, err
+	}
+	return scores, end, nil
+}
+
+// chunksOn calls fn on row blocks of ids and mask (RowChunk rows at most
+// each, sliced on the device; the tensors themselves when one block).
+func (lw *Layerwise) chunksOn(ids, mask *tensors.Tensor, fn func(ids, mask *tensors.Tensor) error) error {
+	B := ids.Shape().Dimensions[0]
+	c := lw.RowChunk
+	if c <= 0 || c >= B {
+		return fn(ids, mask)
+	}
+	for lo := 0; lo < B; lo += c {
+		hi := min(lo+c, B)
+		i, err := lw.SliceRows(ids, lo, hi)
+		if err != nil {
+			return err
+		}
+		m, err := lw.SliceRows(mask, lo, hi)
+		if err != nil {
+			i.FinalizeAll()
+			return err
+		}
+		err = fn(i, m)
+		i.FinalizeAll()
+		m.FinalizeAll()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SliceRows returns rows [lo, hi) of x (any dtype, rank ≥ 1) as a new tensor
+// computed where x lives: a device tensor is sliced on the device, with no
+// host copy (one small program per (lo, hi), compiled per shape).
+func (lw *Layerwise) SliceRows(x *tensors.Tensor, lo, hi int) (*tensors.Tensor, error) {
+	key := fmt.Sprintf("rows|%d|%d", lo, hi)
+	ex, err := lw.util(key, func(in []*G.Node) []*G.Node {
+		return []*G.Node{G.Slice(in[0], G.AxisRange(lo, hi))}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return execOne(ex, x)
+}
+
+// concatRows concatenates tensors along their first axis on the device
+// (one tensor is returned as is).
+func (lw *Layerwise) concatRows(xs []*tensors.Tensor) (*tensors.Tensor, error) {
+	if len(xs) == 1 {
+		return xs[0], nil
+	}
+	ex, err := lw.util(fmt.Sprintf("concat|%d", len(xs)), func(in []*G.Node) []*G.Node {
+		return []*G.Node{G.Concatenate(in, 0)}
+	})
+	if err != nil {
+		finalize(xs)
+		return nil, err
+	}
+	args := make([]any, len(xs))
+	for i, x := range xs {
+		args[i] = x
+	}
+	out, err := execOne(ex, args...)
+	finalize(xs)
+	return out, err
+}
+
+// util returns the cached utility program of key (built by fn on first use).
+func (lw *Layerwise) util(key string, fn func([]*G.Node) []*G.Node) (*G.Exec, error) {
+	key = "util|" + key
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	if ex, ok := lw.execs[key]; ok {
+		return ex, nil
+	}
+	ex, err := G.NewExec(lw.be, fn)
+	if err != nil {
+		return nil, fmt.Errorf("layerwise: %w", err)
+	}
+	ex.SetMaxCache(-1)
+	lw.execs[key] = ex
+	return ex, nil
+}
+
+// execOne runs a one-output program, turning GoMLX panics into errors.
+func execOne(ex *G.Exec, args ...any) (out *tensors.Tensor, err error) {
+	err = catch(func() {
+		outs, e := ex.Exec(args...)
+		if e != nil {
+			panic(e)
+		}
+		out = outs[0]
+	})
+	if err != nil {
+		return nil, fmt.Errorf("layerwise: %w", err)
+	}
+	return out, nil
 }

@@ -115,10 +115,16 @@ type BenchResult struct {
 	HostRSSMiB     float64 `json:"host_peak_rss_mib"`
 	// PlannedPeakGiB is the memory plan's estimated device peak.
 	PlannedPeakGiB float64 `json:"planned_peak_gib"`
-	// H2DBytes and D2HBytes are the host↔device bytes of one step, counted from the tensors the
-	// nets pass (model weights excluded: they are loaded once).
+	// H2DBytes and D2HBytes are the host↔device bytes of one step (model weights excluded:
+	// they are loaded once): generation's, computed from the shapes (model.Generator's prompt
+	// ids, per-token inputs and logits or sampled ids), plus HostDeviceBytes' split by direction.
 	H2DBytes int64 `json:"h2d_bytes_per_step"`
 	D2HBytes int64 `json:"d2h_bytes_per_step"`
+	// HostDeviceBytes are the bytes of one step's scoring, RL math and updates, both ways, counted
+	// where the code turns host data into program inputs and reads outputs back (Transfers);
+	// HostDeviceIDBytes are the token ids among them (sequences going up).
+	HostDeviceBytes   int64 `json:"host_device_bytes_per_step"`
+	HostDeviceIDBytes int64 `json:"host_device_id_bytes_per_step"`
 	// Programs are the layerwise programs (model.Layerwise: scoring, and the updates when they
 	// run layer by layer): kind, argument shapes, node count, compile seconds and calls.
 	Programs []model.ProgramStat `json:"programs"`
@@ -441,14 +447,19 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	}
 	res.HostRSSMiB = max(tn.peakRSS, procStatusMiB("VmHWM"))
 	res.PlannedPeakGiB = float64(plan.Peak) / (1 << 30)
-	res.H2DBytes, res.D2HBytes = stepTraffic(acfg, o, nets.gen)
+	res.H2DBytes, res.D2HBytes = genTraffic(acfg, o, nets.gen)
 	res.RLMath = cfg.RLMath
-	if rlm != nil { // every step moves the same bytes; the checkpoint proof's extra step runs after this
-		steps := int64(len(perf))
-		res.RLMathH2DBytes, res.RLMathD2HBytes = rlm.H2DBytes/steps, rlm.D2HBytes/steps
-		res.H2DBytes += res.RLMathH2DBytes
-		res.D2HBytes += res.RLMathD2HBytes
+	// Every step moves the same bytes; the checkpoint proof's extra step runs after this.
+	steps := int64(len(perf))
+	up, down, ids := nets.xfer.Up.Load(), nets.xfer.Down.Load(), nets.xfer.IDsUp.Load()
+	if rlm != nil {
+		res.RLMathH2DBytes = (rlm.Transfers.Up.Load() + rlm.Transfers.IDsUp.Load()) / steps
+		res.RLMathD2HBytes = rlm.Transfers.Down.Load() / steps
+		up, down, ids = up+rlm.Transfers.Up.Load(), down+rlm.Transfers.Down.Load(), ids+rlm.Transfers.IDsUp.Load()
 	}
+	res.HostDeviceBytes, res.HostDeviceIDBytes = (up+down+ids)/steps, ids/steps
+	res.H2DBytes += (up + ids) / steps
+	res.D2HBytes += down / steps
 	if tn.checkpoint {
 		res.CheckpointSecs, res.CheckpointRSSMiB = ckptSecs, ckptRSS
 		if res.CheckpointBytes, err = dirBytes(filepath.Join(out, "checkpoints")); err != nil {
@@ -539,14 +550,13 @@ func updateFLOPs(cfg *model.Config, lora bool, b, t int) float64 {
 	return tokens * (mult/2*(2*lin+2*attn) + 2*mult/2*(2*critic+2*attn))
 }
 
-// stepTraffic counts the bytes one PPO-Lag step moves between host and device (besides weights).
-func stepTraffic(cfg *model.Config, o BenchOptions, gen generator) (h2d, d2h int64) {
+// genTraffic is the bytes one step's generation moves between host and device (model.Generator,
+// from the shapes): prefill ids and key mask, per token the token, position, slot and key mask up;
+// the logits, or the sampled ids (and per-row uniforms up) with device sampling, down.
+func genTraffic(cfg *model.Config, o BenchOptions, gen generator) (h2d, d2h int64) {
 	b, p, g := int64(o.Batch), int64(o.PromptLen), int64(o.GenLen)
-	t := p + g
-	s := t // cache width (bucketed: at least this)
+	s := p + g // cache width (bucketed: at least this)
 	v := int64(cfg.VocabSize)
-	// Generation: prefill ids + key mask; per step token, position, slot, key mask up; logits
-	// (or the sampled ids with device sampling) down.
 	h2d += b*p*4 + b*s*4 + (g-1)*(b*4*2+4+b*s*4)
 	if kv, ok := gen.(kvGenerator); ok && kv.deviceSampling(o.Sampling.TopK) {
 		d2h += g * b * 4
@@ -554,11 +564,6 @@ func stepTraffic(cfg *model.Config, o BenchOptions, gen generator) (h2d, d2h int
 	} else {
 		d2h += g * b * v * 4
 	}
-	// Scoring: ids + mask up; log-probs, reference log-probs, 2 end scores, 2 value rows down.
-	h2d += 2 * b * t * 4
-	d2h += 2*b*(t-1)*4 + 2*b*4 + 2*b*t*4
-	// Updates: actor ids, mask, old log-probs, 2 advantages, response mask, λ; critics 5 rows each.
-	h2d += 2*b*t*4 + 4*b*(t-1)*4 + 4 + 2*5*b*t*4
 	return h2d, d2h
 }
 

@@ -41,9 +41,10 @@ func TestBenchCheckpointProof(t *testing.T) {
 	}
 }
 
-// TestBenchRLMathModes: the bench runs with host and graph RL math; graph counts its bytes
-// (PPO-Lag: 5 [B,L] float32 rows and 2 [B] scores up, 4 rows and 8 scalars down per rl_step,
-// L = T−1 with T the bucketed prompt width plus the generated tokens).
+// TestBenchRLMathModes: the bench runs with host and graph RL math and reports the counted
+// host↔device bytes. With graph the per-token tensors stay on the device: per step the ids go up
+// once, the RL math moves 2 [B] end scores up and 8 scalars down, and everything besides the ids
+// stays below one [B,L] float32 tensor; with host it is many of them.
 func TestBenchRLMathModes(t *testing.T) {
 	be, err := backend.New("go")
 	if err != nil {
@@ -52,21 +53,27 @@ func TestBenchRLMathModes(t *testing.T) {
 	cfg := &model.Config{Architecture: "LlamaForCausalLM", ModelType: "llama", HiddenSize: 8, IntermediateSize: 16,
 		NumLayers: 1, NumHeads: 2, NumKVHeads: 1, VocabSize: 20, MaxPositions: 32, RMSNormEps: 1e-5, RopeTheta: 10000,
 		BOS: 1, EOS: 2}
-	for _, mode := range []string{RLMathHost, RLMathGraph} {
-		o := BenchOptions{Backend: be, BackendName: "go", Cfg: cfg, Batch: 2, PromptLen: 3, GenLen: 2, Steps: 1, RLMath: mode,
+	const B = 2
+	var L int64
+	for _, mode := range []string{RLMathGraph, RLMathHost} {
+		o := BenchOptions{Backend: be, BackendName: "go", Cfg: cfg, Batch: B, PromptLen: 3, GenLen: 2, Steps: 1, RLMath: mode,
 			Sampling: Sampling{Temperature: 1, TopP: 1, RepetitionPenalty: 1}}
 		r, err := Bench(o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		B := int64(2)
-		L := (r.RLMathD2HBytes/4 - 8) / (4 * B)
-		up, down := 4*(5*B*L+2*B), 4*(4*B*L+8)
-		if mode == RLMathHost {
-			L, up, down = 4, 0, 0
+		floats := r.HostDeviceBytes - r.HostDeviceIDBytes
+		if r.RLMath != mode || r.H2DBytes+r.D2HBytes <= r.HostDeviceBytes {
+			t.Errorf("%s: rl_math %q, %d + %d bytes in all, %d counted", mode, r.RLMath, r.H2DBytes, r.D2HBytes, r.HostDeviceBytes)
 		}
-		if r.RLMath != mode || L < 4 || r.RLMathH2DBytes != up || r.RLMathD2HBytes != down {
-			t.Errorf("%s: rl_math %q, %d bytes up, %d down; want %d, %d (L %d)", mode, r.RLMath, r.RLMathH2DBytes, r.RLMathD2HBytes, up, down, L)
+		if mode == RLMathGraph {
+			L = r.HostDeviceIDBytes/(4*B) - 1 // the sequences, once
+			if L < 4 || r.RLMathH2DBytes != 4*2*B || r.RLMathD2HBytes != 4*8 || floats >= 4*B*L {
+				t.Errorf("graph: L %d; RL math %d bytes up, %d down (want %d, %d); %d bytes besides ids, want < %d",
+					L, r.RLMathH2DBytes, r.RLMathD2HBytes, 4*2*B, 4*8, floats, 4*B*L)
+			}
+		} else if r.RLMathH2DBytes != 0 || floats < 10*4*B*L {
+			t.Errorf("host: RL math %d bytes; %d bytes besides ids, want ≥ %d", r.RLMathH2DBytes, floats, 10*4*B*L)
 		}
 	}
 }

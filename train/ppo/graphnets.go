@@ -162,6 +162,10 @@ type GraphNets struct {
 	nat *nativeNets
 	// natCommTime is the native updates' time in gradient all-reduces.
 	natCommTime time.Duration
+	// xfer counts the bytes scoring and the updates move between host and device.
+	xfer Transfers
+	// maskExec computes the attention mask of device-resident ids (seq ≠ pad).
+	maskExec *G.Exec
 }
 
 // retokScorer runs one frozen score model on sequences re-tokenised for its vocabulary.
@@ -388,49 +392,147 @@ func (n *GraphNets) Score(r *Rollout) error {
 
 // graphScore is post_rollout's no-grad pass (spec §1.2 step 3): actor and reference log-probs,
 // reward and cost critic values, then the reward and cost end scores (re-tokenised for a score
-// model with its own tokenizer).
+// model with its own tokenizer). With r.onDevice the per-token outputs stay on the device
+// (graphScoreOn).
 func (n *GraphNets) graphScore(r *Rollout) error {
+	if r.onDevice {
+		return n.graphScoreOn(r)
+	}
+	B, T := r.B, r.T
 	var err error
-	if r.LogProbs, err = n.lw.TokenLogProbs(n.actorM, r.Seq, r.Mask, r.B, r.T); err != nil {
-		return fmt.Errorf("score B=%d T=%d: actor: %w", r.B, r.T, err)
+	if r.LogProbs, err = n.hostLogProbs(n.actorM, r.Seq, r.Mask, B, T); err != nil {
+		return fmt.Errorf("score B=%d T=%d: actor: %w", B, T, err)
 	}
-	if r.RefLogProbs, err = n.lw.TokenLogProbs(n.refM, r.Seq, r.Mask, r.B, r.T); err != nil {
-		return fmt.Errorf("score B=%d T=%d: reference: %w", r.B, r.T, err)
+	if r.RefLogProbs, err = n.hostLogProbs(n.refM, r.Seq, r.Mask, B, T); err != nil {
+		return fmt.Errorf("score B=%d T=%d: reference: %w", B, T, err)
 	}
-	v, _, err := n.lw.Scores(n.rcM, r.Seq, r.Mask, r.B, r.T)
+	v, _, err := n.hostScores(n.rcM, r.Seq, r.Mask, B, T)
 	if err != nil {
-		return fmt.Errorf("score B=%d T=%d: reward critic: %w", r.B, r.T, err)
+		return fmt.Errorf("score B=%d T=%d: reward critic: %w", B, T, err)
 	}
-	r.RewardValues = dropLastCol(v, r.B, r.T)
+	r.RewardValues = dropLastCol(v, B, T)
 	if n.ccCfg != nil {
-		if v, _, err = n.lw.Scores(n.ccM, r.Seq, r.Mask, r.B, r.T); err != nil {
-			return fmt.Errorf("score B=%d T=%d: cost critic: %w", r.B, r.T, err)
+		if v, _, err = n.hostScores(n.ccM, r.Seq, r.Mask, B, T); err != nil {
+			return fmt.Errorf("score B=%d T=%d: cost critic: %w", B, T, err)
 		}
-		r.CostValues = dropLastCol(v, r.B, r.T)
+		r.CostValues = dropLastCol(v, B, T)
 	}
+	return n.endScores(r, func(m model.Model) ([]float32, error) {
+		_, end, err := n.hostScores(m, r.Seq, r.Mask, B, T)
+		return end, err
+	})
+}
+
+// endScores fills r's reward and cost end scores with end (or re-tokenised).
+func (n *GraphNets) endScores(r *Rollout, end func(model.Model) ([]float32, error)) error {
+	var err error
 	if n.retok[0] == nil {
-		if _, r.Reward, err = n.lw.Scores(n.rewardM, r.Seq, r.Mask, r.B, r.T); err != nil {
+		if r.Reward, err = end(n.rewardM); err != nil {
 			return fmt.Errorf("score B=%d T=%d: reward model: %w", r.B, r.T, err)
 		}
-	} else if r.Reward, err = n.retok[0].score(r); err != nil {
+	} else if r.Reward, err = n.retok[0].score(r, &n.xfer); err != nil {
 		return fmt.Errorf("reward model (re-tokenised): %w", err)
 	}
 	if n.cCfg != nil {
 		if n.retok[1] == nil {
-			if _, r.Cost, err = n.lw.Scores(n.costM, r.Seq, r.Mask, r.B, r.T); err != nil {
+			if r.Cost, err = end(n.costM); err != nil {
 				return fmt.Errorf("score B=%d T=%d: cost model: %w", r.B, r.T, err)
 			}
-		} else if r.Cost, err = n.retok[1].score(r); err != nil {
+		} else if r.Cost, err = n.retok[1].score(r, &n.xfer); err != nil {
 			return fmt.Errorf("cost model (re-tokenised): %w", err)
 		}
 	}
 	return nil
 }
 
-// score re-tokenises r (batch) and returns the score model's end scores.
-func (s *retokScorer) score(r *Rollout) ([]float32, error) {
+// hostLogProbs is Layerwise.TokenLogProbs on host data, its transfers counted in n.xfer.
+func (n *GraphNets) hostLogProbs(m model.Model, ids []int32, mask []float32, B, T int) ([]float32, error) {
+	n.xfer.IDsUp.Add(int64(4 * len(ids)))
+	n.xfer.Up.Add(int64(4 * len(mask)))
+	out, err := n.lw.TokenLogProbs(m, ids, mask, B, T)
+	n.xfer.Down.Add(int64(4 * len(out)))
+	return out, err
+}
+
+// hostScores is Layerwise.Scores on host data, its transfers counted in n.xfer.
+func (n *GraphNets) hostScores(m model.Model, ids []int32, mask []float32, B, T int) (scores, end []float32, err error) {
+	return countedScores(n.lw, &n.xfer, m, ids, mask, B, T)
+}
+
+func countedScores(lw *model.Layerwise, x *Transfers, m model.Model, ids []int32, mask []float32, B, T int) (scores, end []float32, err error) {
+	x.IDsUp.Add(int64(4 * len(ids)))
+	x.Up.Add(int64(4 * len(mask)))
+	scores, end, err = lw.Scores(m, ids, mask, B, T)
+	x.Down.Add(int64(4 * (len(scores) + len(end))))
+	return scores, end, err
+}
+
+// graphScoreOn is graphScore keeping the per-token tensors on the device (r.dev): the ids go up
+// once, the attention mask is computed from them there (seq ≠ pad, as Generate builds it), and
+// only the end scores come back.
+func (n *GraphNets) graphScoreOn(r *Rollout) (err error) {
+	B, T := r.B, r.T
+	d := &rolloutDev{seq: upload(&n.xfer, r.Seq, B, T)}
+	r.dev = d
+	defer func() {
+		if err != nil {
+			r.free()
+		}
+	}()
+	if d.mask, err = n.maskOn(d.seq); err != nil {
+		return fmt.Errorf("score B=%d T=%d: attention mask: %w", B, T, err)
+	}
+	if d.logp, err = n.lw.TokenLogProbsOn(n.actorM, d.seq, d.mask); err != nil {
+		return fmt.Errorf("score B=%d T=%d: actor: %w", B, T, err)
+	}
+	if d.ref, err = n.lw.TokenLogProbsOn(n.refM, d.seq, d.mask); err != nil {
+		return fmt.Errorf("score B=%d T=%d: reference: %w", B, T, err)
+	}
+	var end *tensors.Tensor
+	if d.rV, end, err = n.lw.ScoresOn(n.rcM, d.seq, d.mask); err != nil {
+		return fmt.Errorf("score B=%d T=%d: reward critic: %w", B, T, err)
+	}
+	end.FinalizeAll()
+	if n.ccCfg != nil {
+		if d.cV, end, err = n.lw.ScoresOn(n.ccM, d.seq, d.mask); err != nil {
+			return fmt.Errorf("score B=%d T=%d: cost critic: %w", B, T, err)
+		}
+		end.FinalizeAll()
+	}
+	return n.endScores(r, func(m model.Model) ([]float32, error) {
+		scores, end, err := n.lw.ScoresOn(m, d.seq, d.mask)
+		if err != nil {
+			return nil, err
+		}
+		scores.FinalizeAll()
+		defer end.FinalizeAll()
+		return download[float32](&n.xfer, end)
+	})
+}
+
+// maskOn returns the attention mask (float32, 1 where ids ≠ pad) of device ids.
+func (n *GraphNets) maskOn(ids *tensors.Tensor) (*tensors.Tensor, error) {
+	if n.maskExec == nil {
+		pad := n.cfg.Pad
+		e, err := G.NewExec(n.cfg.Backend, func(ids *G.Node) *G.Node {
+			return G.ConvertDType(G.NotEqual(ids, G.Scalar(ids.Graph(), ids.DType(), pad)), dtypes.Float32)
+		})
+		if err != nil {
+			return nil, err
+		}
+		n.maskExec = e
+	}
+	out, err := execGraph(n.maskExec, ids)
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+// score re-tokenises r (batch) and returns the score model's end scores (transfers counted in x).
+func (s *retokScorer) score(r *Rollout, x *Transfers) ([]float32, error) {
 	seq, mask, W := s.batch(r)
-	_, end, err := s.lw.Scores(s.model, seq, mask, r.B, W)
+	_, end, err := countedScores(s.lw, x, s.model, seq, mask, r.B, W)
 	if err != nil {
 		return nil, fmt.Errorf("B=%d T=%d: %w", r.B, W, err)
 	}
@@ -510,9 +612,9 @@ func (n *GraphNets) criticLoss(cfg *model.Config) trainer.LossFn {
 
 // UpdateActor implements Nets.
 func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
-	r, costAdv, ptx := b.Rollout, b.CostAdv, b.PTX
-	if (costAdv != nil) != n.cfg.WithCostCritic {
-		return ActorStats{}, fmt.Errorf("actor: cost advantages given = %v, but the nets were built with cost critic = %v", costAdv != nil, n.cfg.WithCostCritic)
+	r, ptx := b.Rollout, b.PTX
+	if withCost := b.CostAdv != nil || b.RewardAdv == nil && r.dev != nil && r.dev.rl != nil && r.dev.rl.cAdv != nil; withCost != n.cfg.WithCostCritic {
+		return ActorStats{}, fmt.Errorf("actor: cost advantages given = %v, but the nets were built with cost critic = %v", withCost, n.cfg.WithCostCritic)
 	}
 	if backend.IsNative(n.cfg.Backend) {
 		return n.nativeUpdateActor(b)
@@ -528,7 +630,19 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	// graph and applied once: the micro-batches' mean loss, as DeepSpeed's gradient accumulation.
 	var st ActorStats
 	for i := 0; i < k; i++ {
-		res, err := n.actor.Step(b.LR, actorArgs(b, i, k)...)
+		in, err := n.actorInputs(b, i, k)
+		if err != nil {
+			return ActorStats{}, err
+		}
+		args := []any{in.ids, in.mask, in.logp, in.rAdv, in.resp}
+		if in.cAdv != nil {
+			args = append(args, in.cAdv, in.lambda)
+		}
+		if ptx != nil {
+			args = append(args, n.ptxArgs(b, i, k)...)
+		}
+		res, err := n.actor.Step(b.LR, args...)
+		in.free()
 		if err != nil {
 			return ActorStats{}, err
 		}
@@ -543,39 +657,121 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 	return st, nil
 }
 
-// actorArgs returns the actor loss's inputs (see actorLoss) for micro-batch i of k of b.
-func actorArgs(b ActorBatch, i, k int) []any {
-	r, ptx := b.Rollout, b.PTX
+// microBatch is one micro-batch's update inputs as tensors: rows of the rollout's device
+// tensors (sliced on the device) or of its host slices (uploaded); owned are the ones made for
+// it, which free releases.
+type microBatch struct {
+	ids, mask              *tensors.Tensor // [mb,T]
+	logp, rAdv, cAdv, resp *tensors.Tensor // [mb,L] (actor)
+	lambda                 *tensors.Tensor // scalar (PPO-Lag actor)
+	old, ret, criticMask   *tensors.Tensor // [mb,T] (critic)
+	owned                  []*tensors.Tensor
+}
+
+func (m *microBatch) free() { freeTensors(m.owned...) }
+
+// rowsOf returns rows [lo, hi) of the device tensor x (x itself when that is all of it).
+func (n *GraphNets) rowsOf(m *microBatch, x *tensors.Tensor, lo, hi int) (*tensors.Tensor, error) {
+	if x == nil || lo == 0 && hi == x.Shape().Dimensions[0] {
+		return x, nil
+	}
+	t, err := n.lw.SliceRows(x, lo, hi)
+	if err == nil {
+		m.owned = append(m.owned, t)
+	}
+	return t, err
+}
+
+// upRows uploads rows [lo, hi) of the [B, w] host matrix x.
+func upRows[T float32 | int32](n *GraphNets, m *microBatch, x []T, lo, hi, w int) *tensors.Tensor {
+	t := upload(&n.xfer, x[lo*w:hi*w], hi-lo, w)
+	m.owned = append(m.owned, t)
+	return t
+}
+
+// actorInputs returns micro-batch i of k of b's actor inputs: from the device when b carries no
+// host advantages (the rl_step's RL math ran on the device: r.dev.rl), else from its host slices.
+func (n *GraphNets) actorInputs(b ActorBatch, i, k int) (*microBatch, error) {
+	r := b.Rollout
 	L, mb := r.L(), r.B/k
 	lo, hi := i*mb, (i+1)*mb
-	args := []any{
-		tensors.FromFlatDataAndDimensions(r.Seq[lo*r.T:hi*r.T], mb, r.T),
-		tensors.FromFlatDataAndDimensions(r.Mask[lo*r.T:hi*r.T], mb, r.T),
-		tensors.FromFlatDataAndDimensions(r.LogProbs[lo*L:hi*L], mb, L),
-		tensors.FromFlatDataAndDimensions(b.RewardAdv[lo*L:hi*L], mb, L),
-		tensors.FromFlatDataAndDimensions(b.Mask[lo*L:hi*L], mb, L),
-	}
-	if b.CostAdv != nil {
-		args = append(args, tensors.FromFlatDataAndDimensions(b.CostAdv[lo*L:hi*L], mb, L), tensors.FromScalar(float32(b.Lambda)))
-	}
-	if ptx != nil {
-		pb, T := ptx.B/k, ptx.T
-		plo := i * pb
-		lm := make([]float32, pb*(T-1))
-		for j := 0; j < pb; j++ {
-			for t := 0; t+1 < T; t++ {
-				if ptx.Labels[(plo+j)*T+t+1] != -100 {
-					lm[j*(T-1)+t] = 1
-				}
+	m := &microBatch{}
+	if b.RewardAdv == nil {
+		d := r.dev
+		if d == nil || d.rl == nil {
+			return nil, fmt.Errorf("actor: no advantages (neither host slices nor the device RL math's)")
+		}
+		for _, p := range []struct{ dst, src **tensors.Tensor }{{&m.ids, &d.seq}, {&m.mask, &d.mask}, {&m.logp, &d.logp},
+			{&m.rAdv, &d.rl.rAdv}, {&m.resp, &d.rl.resp}, {&m.cAdv, &d.rl.cAdv}} {
+			var err error
+			if *p.dst, err = n.rowsOf(m, *p.src, lo, hi); err != nil {
+				m.free()
+				return nil, fmt.Errorf("actor: %w", err)
 			}
 		}
-		args = append(args,
-			tensors.FromFlatDataAndDimensions(ptx.IDs[plo*T:(plo+pb)*T], pb, T),
-			tensors.FromFlatDataAndDimensions(ptx.Mask[plo*T:(plo+pb)*T], pb, T),
-			tensors.FromFlatDataAndDimensions(lm, pb, T-1),
-			tensors.FromScalar(float32(b.PTXCoeff)))
+	} else {
+		m.ids, m.mask = upRows(n, m, r.Seq, lo, hi, r.T), upRows(n, m, r.Mask, lo, hi, r.T)
+		m.logp, m.rAdv, m.resp = upRows(n, m, r.LogProbs, lo, hi, L), upRows(n, m, b.RewardAdv, lo, hi, L), upRows(n, m, b.Mask, lo, hi, L)
+		if b.CostAdv != nil {
+			m.cAdv = upRows(n, m, b.CostAdv, lo, hi, L)
+		}
 	}
-	return args
+	if m.cAdv != nil {
+		m.lambda = uploadScalar(&n.xfer, b.Lambda)
+	}
+	return m, nil
+}
+
+// ptxArgs returns micro-batch i of k of b's PTX inputs (see actorLoss).
+func (n *GraphNets) ptxArgs(b ActorBatch, i, k int) []any {
+	ptx := b.PTX
+	pb, T := ptx.B/k, ptx.T
+	plo := i * pb
+	lm := make([]float32, pb*(T-1))
+	for j := 0; j < pb; j++ {
+		for t := 0; t+1 < T; t++ {
+			if ptx.Labels[(plo+j)*T+t+1] != -100 {
+				lm[j*(T-1)+t] = 1
+			}
+		}
+	}
+	return []any{upload(&n.xfer, ptx.IDs[plo*T:(plo+pb)*T], pb, T), upload(&n.xfer, ptx.Mask[plo*T:(plo+pb)*T], pb, T),
+		upload(&n.xfer, lm, pb, T-1), uploadScalar(&n.xfer, b.PTXCoeff)}
+}
+
+// criticInputs returns micro-batch i of k of a critic's inputs: from the device when returns is
+// nil (r.dev.rl), else from the host slices, padded to width T with a zero last column.
+func (n *GraphNets) criticInputs(cost bool, r *Rollout, returns, mask []float32, i, k int) (*microBatch, error) {
+	L, mb := r.L(), r.B/k
+	lo, hi := i*mb, (i+1)*mb
+	m := &microBatch{}
+	if returns == nil {
+		d := r.dev
+		if d == nil || d.rl == nil {
+			return nil, fmt.Errorf("critic: no returns (neither host slices nor the device RL math's)")
+		}
+		old, ret := d.rl.rOld, d.rl.rRet
+		if cost {
+			old, ret = d.rl.cOld, d.rl.cRet
+		}
+		for _, p := range []struct{ dst, src **tensors.Tensor }{{&m.ids, &d.seq}, {&m.mask, &d.mask}, {&m.old, &old},
+			{&m.ret, &ret}, {&m.criticMask, &d.rl.criticMask}} {
+			var err error
+			if *p.dst, err = n.rowsOf(m, *p.src, lo, hi); err != nil {
+				m.free()
+				return nil, fmt.Errorf("critic: %w", err)
+			}
+		}
+		return m, nil
+	}
+	old := r.RewardValues
+	if cost {
+		old = r.CostValues
+	}
+	pad := func(x []float32) []float32 { return padLastCol(x[lo*L:hi*L], mb, L) }
+	m.ids, m.mask = upRows(n, m, r.Seq, lo, hi, r.T), upRows(n, m, r.Mask, lo, hi, r.T)
+	m.old, m.ret, m.criticMask = upRows(n, m, pad(old), 0, mb, r.T), upRows(n, m, pad(returns), 0, mb, r.T), upRows(n, m, pad(mask), 0, mb, r.T)
+	return m, nil
 }
 
 // UpdateCritic implements Nets.
@@ -583,9 +779,9 @@ func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mas
 	if backend.IsNative(n.cfg.Backend) {
 		return n.nativeUpdateCritic(cost, lr, r, returns, mask)
 	}
-	s, old := n.rcritic, r.RewardValues
+	s := n.rcritic
 	if cost {
-		s, old = n.ccritic, r.CostValues
+		s = n.ccritic
 	}
 	if s == nil {
 		return 0, fmt.Errorf("critic: no cost critic")
@@ -593,37 +789,23 @@ func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mas
 	if n.layerwiseUpdates() {
 		return n.updateCriticLayerwise(cost, lr, r, returns, mask)
 	}
-	if n.accum > 1 {
-		if r.B%n.accum != 0 {
-			return 0, fmt.Errorf("critic: batch %d not divisible into %d micro-batches", r.B, n.accum)
-		}
-		mb, L := r.B/n.accum, r.L()
-		loss := 0.0
-		for i := 0; i < n.accum; i++ {
-			lo, hi := i*mb, (i+1)*mb
-			res, err := s.Step(lr,
-				tensors.FromFlatDataAndDimensions(r.Seq[lo*r.T:hi*r.T], mb, r.T),
-				tensors.FromFlatDataAndDimensions(r.Mask[lo*r.T:hi*r.T], mb, r.T),
-				tensors.FromFlatDataAndDimensions(padLastCol(old[lo*L:hi*L], mb, L), mb, r.T),
-				tensors.FromFlatDataAndDimensions(padLastCol(returns[lo*L:hi*L], mb, L), mb, r.T),
-				tensors.FromFlatDataAndDimensions(padLastCol(mask[lo*L:hi*L], mb, L), mb, r.T))
-			if err != nil {
-				return 0, err
-			}
-			loss += res.Loss / float64(n.accum)
-		}
-		return loss, nil
+	if r.B%n.accum != 0 {
+		return 0, fmt.Errorf("critic: batch %d not divisible into %d micro-batches", r.B, n.accum)
 	}
-	res, err := s.Step(lr,
-		tensors.FromFlatDataAndDimensions(r.Seq, r.B, r.T),
-		tensors.FromFlatDataAndDimensions(r.Mask, r.B, r.T),
-		tensors.FromFlatDataAndDimensions(padLastCol(old, r.B, r.L()), r.B, r.T),
-		tensors.FromFlatDataAndDimensions(padLastCol(returns, r.B, r.L()), r.B, r.T),
-		tensors.FromFlatDataAndDimensions(padLastCol(mask, r.B, r.L()), r.B, r.T))
-	if err != nil {
-		return 0, err
+	loss := 0.0
+	for i := 0; i < n.accum; i++ {
+		in, err := n.criticInputs(cost, r, returns, mask, i, n.accum)
+		if err != nil {
+			return 0, err
+		}
+		res, err := s.Step(lr, in.ids, in.mask, in.old, in.ret, in.criticMask)
+		in.free()
+		if err != nil {
+			return 0, err
+		}
+		loss += res.Loss / float64(n.accum)
 	}
-	return res.Loss, nil
+	return loss, nil
 }
 
 // frozenScopes hold the models no step trains; checkpoints reference them instead of copying them.

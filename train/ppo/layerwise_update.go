@@ -100,11 +100,6 @@ func (n *GraphNets) criticLossFn(ctx *context.Context, cfg *model.Config, h *G.N
 	return ingraph.CriticLoss(model.HeadScores(ctx, cfg, h), in[0], in[1], in[2], n.clipValue), nil
 }
 
-// rows returns the tensor of rows [lo, hi) of a [B, W] host matrix.
-func rows[T float32 | int32](x []T, lo, hi, w int) *tensors.Tensor {
-	return tensors.FromFlatDataAndDimensions(x[lo*w:hi*w], hi-lo, w)
-}
-
 // updateActorLayerwise is UpdateActor (without PTX) layer by layer, over n.accum micro-batches.
 func (n *GraphNets) updateActorLayerwise(b ActorBatch) (ActorStats, error) {
 	r := b.Rollout
@@ -115,20 +110,18 @@ func (n *GraphNets) updateActorLayerwise(b ActorBatch) (ActorStats, error) {
 		n.actorTrained = n.trained(ScopeActor, n.actor)
 	}
 	tr := model.Train{Accum: n.actorTrained.accum, Scale: 1 / float64(n.accum)}
-	mb, L := r.B/n.accum, r.L()
-	name := "actor_ppo"
-	if b.CostAdv != nil {
-		name = "actor_ppolag"
-	}
 	var st ActorStats
 	for i := 0; i < n.accum; i++ {
-		lo, hi := i*mb, (i+1)*mb
-		ids := rows(r.Seq, lo, hi, r.T)
-		in := []*tensors.Tensor{ids, rows(r.LogProbs, lo, hi, L), rows(b.RewardAdv, lo, hi, L), rows(b.Mask, lo, hi, L)}
-		if b.CostAdv != nil {
-			in = append(in, rows(b.CostAdv, lo, hi, L), tensors.FromScalar(float32(b.Lambda)))
+		m, err := n.actorInputs(b, i, n.accum)
+		if err != nil {
+			return ActorStats{}, err
 		}
-		loss, metrics, err := n.lw.Backward(n.actorM, tr, name, n.actorLossFn, ids, rows(r.Mask, lo, hi, r.T), in...)
+		in, name := []*tensors.Tensor{m.ids, m.logp, m.rAdv, m.resp}, "actor_ppo"
+		if m.cAdv != nil {
+			in, name = append(in, m.cAdv, m.lambda), "actor_ppolag"
+		}
+		loss, metrics, err := n.lw.Backward(n.actorM, tr, name, n.actorLossFn, m.ids, m.mask, in...)
+		m.free()
 		if err != nil {
 			return ActorStats{}, fmt.Errorf("actor: %w", err)
 		}
@@ -147,10 +140,10 @@ func (n *GraphNets) updateActorLayerwise(b ActorBatch) (ActorStats, error) {
 
 // updateCriticLayerwise is UpdateCritic layer by layer, over n.accum micro-batches.
 func (n *GraphNets) updateCriticLayerwise(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error) {
-	s, old, m, ts := n.rcritic, r.RewardValues, n.rcM, &n.rcTrained
+	s, m, ts := n.rcritic, n.rcM, &n.rcTrained
 	scope := ScopeRewardCritic
 	if cost {
-		s, old, m, ts, scope = n.ccritic, r.CostValues, n.ccM, &n.ccTrained, ScopeCostCritic
+		s, m, ts, scope = n.ccritic, n.ccM, &n.ccTrained, ScopeCostCritic
 	}
 	if r.B%n.accum != 0 {
 		return 0, fmt.Errorf("critic: batch %d not divisible into %d micro-batches", r.B, n.accum)
@@ -159,13 +152,14 @@ func (n *GraphNets) updateCriticLayerwise(cost bool, lr float64, r *Rollout, ret
 		*ts = n.trained(scope, s)
 	}
 	tr := model.Train{Accum: ts.accum, Scale: 1 / float64(n.accum)}
-	mb, L := r.B/n.accum, r.L()
-	oldP, retP, maskP := padLastCol(old, r.B, L), padLastCol(returns, r.B, L), padLastCol(mask, r.B, L)
 	total := 0.0
 	for i := 0; i < n.accum; i++ {
-		lo, hi := i*mb, (i+1)*mb
-		loss, _, err := n.lw.Backward(m, tr, "critic", n.criticLossFn, rows(r.Seq, lo, hi, r.T), rows(r.Mask, lo, hi, r.T),
-			rows(oldP, lo, hi, r.T), rows(retP, lo, hi, r.T), rows(maskP, lo, hi, r.T))
+		in, err := n.criticInputs(cost, r, returns, mask, i, n.accum)
+		if err != nil {
+			return 0, err
+		}
+		loss, _, err := n.lw.Backward(m, tr, "critic", n.criticLossFn, in.ids, in.mask, in.old, in.ret, in.criticMask)
+		in.free()
 		if err != nil {
 			return 0, fmt.Errorf("critic: %w", err)
 		}

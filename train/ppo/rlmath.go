@@ -6,6 +6,7 @@ import (
 
 	"github.com/gomlx/gomlx/backends"
 	G "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 
 	"github.com/saferlhf/saferlhf/kernels/ingraph"
@@ -29,19 +30,18 @@ func DefaultRLMath(backendSpec string) string {
 }
 
 // RLMath runs an rl_step's no-gradient math (KL shaping, GAE of both streams, the logged masked
-// means) as one GoMLX program, in float32 (GAE sums in float64, as ingraph.GAE does). The inputs
-// are the scored rollout's slices; the outputs are the full-width advantages and returns the
-// updates take, and the scalars the trainer logs. It counts the bytes it moves each way.
+// means) as one GoMLX program, in float32 (GAE sums in float64, as ingraph.GAE does).
 //
-// The scoring outputs and the update inputs are host slices today (Nets), so the program's
-// inputs go up and its advantages and returns come down once per rl_step; with device tensors in
-// Nets the same program would run between them without either copy.
+// When the nets scored the rollout on the device (GraphNets with Rollout.onDevice), the
+// program's inputs are the scoring outputs and its advantages, returns and masks stay on the
+// device for the actor and critic updates: only the end scores go up and the logged scalars come
+// down. Otherwise (nets that score on the host) its inputs go up and its outputs come down.
 type RLMath struct {
 	be    backends.Backend
 	mu    sync.Mutex
 	execs map[rlMathKey]*G.Exec
-	// H2DBytes and D2HBytes count the bytes sent to and read from the device.
-	H2DBytes, D2HBytes int64
+	// Transfers counts the bytes it moves between host and device.
+	Transfers Transfers
 }
 
 type rlMathKey struct {
@@ -49,6 +49,30 @@ type rlMathKey struct {
 	cost, costCritic    bool
 	fixed               bool
 	kl, clip, g, gl, l0 float64
+}
+
+// rlDev are an rl_step's update inputs on the device: the actor's [B,L] advantages and response
+// mask, and the critics' [B,T] old values, returns and response mask (a zero last column, as the
+// critic loss takes them). The cost tensors are nil without a cost critic.
+type rlDev struct {
+	rAdv, cAdv, resp                   *tensors.Tensor
+	rOld, rRet, cOld, cRet, criticMask *tensors.Tensor
+}
+
+// free releases the tensors.
+func (d *rlDev) free() {
+	if d != nil {
+		freeTensors(d.rAdv, d.cAdv, d.resp, d.rOld, d.rRet, d.cOld, d.cRet, d.criticMask)
+	}
+}
+
+// freeTensors finalizes the non-nil tensors.
+func freeTensors(ts ...*tensors.Tensor) {
+	for _, t := range ts {
+		if t != nil {
+			t.FinalizeAll()
+		}
+	}
 }
 
 // NewRLMath returns the graph RL math on be (a GoMLX backend: go or xla:*).
@@ -68,51 +92,78 @@ func (m *RLMath) Close() {
 
 // shapeAndGAE is the graph form of the package-level shapeAndGAE plus the logged means
 // (shaped.means): Fixed subtracts λ₀·c from the reward in graph; PPO-Lag shapes and runs GAE on
-// both streams.
-func (m *RLMath) shapeAndGAE(cfg *Config, r *Rollout) (shaped, error) {
-	B, L, start := r.B, r.L(), r.Start()
+// both streams. With r.dev (scored on the device) the advantages and returns stay there (the
+// returned rlDev, shaped holding the scalars only); else they come back in shaped and rlDev is nil.
+func (m *RLMath) shapeAndGAE(cfg *Config, r *Rollout) (shaped, *rlDev, error) {
+	B, L, T, start := r.B, r.L(), r.T, r.Start()
 	k := rlMathKey{start: start, cost: cfg.UsesCost(), costCritic: cfg.UsesCostCritic(), fixed: cfg.Algorithm == Fixed,
 		kl: cfg.KLCoeff, clip: cfg.ClipRangeScore, g: cfg.Gamma, gl: cfg.GAELambda, l0: cfg.LambdaInit}
 	e, err := m.exec(k)
 	if err != nil {
-		return shaped{}, err
+		return shaped{}, nil, err
 	}
-	bl := func(x []float32) *tensors.Tensor { return tensors.FromFlatDataAndDimensions(x, B, L) }
-	ins := []any{bl(r.LogProbs), bl(r.RefLogProbs), bl(r.SequenceMask()), tensors.FromFlatDataAndDimensions(r.Reward, B),
-		bl(r.RewardValues)}
-	n := int64(4*B*L + B)
-	if k.cost {
-		ins = append(ins, tensors.FromFlatDataAndDimensions(r.Cost, B))
-		n += int64(B)
+	x := &m.Transfers
+	var ins []any
+	if d := r.dev; d != nil {
+		ins = []any{d.mask, d.logp, d.ref, upload(x, r.Reward, B), d.rV}
+		if k.cost {
+			ins = append(ins, upload(x, r.Cost, B))
+		}
+		if k.costCritic {
+			ins = append(ins, d.cV)
+		}
+	} else {
+		ins = []any{upload(x, r.Mask, B, T), upload(x, r.LogProbs, B, L), upload(x, r.RefLogProbs, B, L),
+			upload(x, r.Reward, B), upload(x, padLastCol(r.RewardValues, B, L), B, T)}
+		if k.cost {
+			ins = append(ins, upload(x, r.Cost, B))
+		}
+		if k.costCritic {
+			ins = append(ins, upload(x, padLastCol(r.CostValues, B, L), B, T))
+		}
 	}
-	if k.costCritic {
-		ins = append(ins, bl(r.CostValues))
-		n += int64(B * L)
-	}
-	m.H2DBytes += 4 * n
-	outs, err := e.Exec(ins...)
+	outs, err := execGraph(e, ins...)
 	if err != nil {
-		return shaped{}, fmt.Errorf("rl math: %w", err)
+		return shaped{}, nil, fmt.Errorf("rl math: %w", err)
 	}
+	// Outputs: scalars (KL, reward_with_kl_penalty, means(rAdv, rRet, rV) [, means(cAdv, cRet, cV)]),
+	// rAdv, resp, rOld, rRet, criticMask [, cAdv, cOld, cRet].
 	var s shaped
-	get := func(i int) []float64 {
-		x := tensors.MustCopyFlatData[float32](outs[i])
-		m.D2HBytes += int64(4 * len(x))
-		return to64(x)
+	st, err := download[float32](x, outs[0])
+	outs[0].FinalizeAll()
+	if err != nil {
+		freeTensors(outs[1:]...)
+		return shaped{}, nil, fmt.Errorf("rl math: %w", err)
 	}
-	// Outputs: KL, reward_with_kl_penalty, rAdv, rRet, means(rAdv, rRet, rV) [, cAdv, cRet, means(cAdv, cRet, cV)].
-	st := get(0)
-	s.stats.KL, s.stats.RewardWithKLPenalty = st[0], st[1]
-	s.rAdv, s.rRet = get(1), get(2)
-	s.means = get(3)
+	s.stats.KL, s.stats.RewardWithKLPenalty = float64(st[0]), float64(st[1])
+	s.means = to64(st[2:])
+	d := &rlDev{rAdv: outs[1], resp: outs[2], rOld: outs[3], rRet: outs[4], criticMask: outs[5]}
 	if k.costCritic {
-		s.cAdv, s.cRet = get(4), get(5)
-		s.means = append(s.means, get(6)...)
+		d.cAdv, d.cOld, d.cRet = outs[6], outs[7], outs[8]
 	}
-	for _, o := range outs {
-		o.FinalizeAll()
+	if r.dev != nil {
+		return s, d, nil
 	}
-	return s, nil
+	defer d.free()
+	get := func(t *tensors.Tensor, w int) ([]float64, error) {
+		v, err := download[float32](x, t)
+		if err != nil {
+			return nil, fmt.Errorf("rl math: %w", err)
+		}
+		if w == T {
+			v = dropLastCol(v, B, T)
+		}
+		return to64(v), nil
+	}
+	if s.rAdv, err = get(d.rAdv, L); err == nil {
+		s.rRet, err = get(d.rRet, T)
+	}
+	if err == nil && k.costCritic {
+		if s.cAdv, err = get(d.cAdv, L); err == nil {
+			s.cRet, err = get(d.cRet, T)
+		}
+	}
+	return s, nil, err
 }
 
 func (m *RLMath) exec(k rlMathKey) (*G.Exec, error) {
@@ -129,16 +180,35 @@ func (m *RLMath) exec(k rlMathKey) (*G.Exec, error) {
 	return e, nil
 }
 
-// rlMathGraph builds the program of key k from its inputs (logProbs, refLogProbs, seqMask, reward,
-// rewardValues [, cost] [, costValues]).
+// execGraph runs a program, turning GoMLX panics into errors.
+func execGraph(e *G.Exec, args ...any) (out []*tensors.Tensor, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	return e.Exec(args...)
+}
+
+// rlMathGraph builds the program of key k from its inputs (attention mask [B,T], logProbs [B,L],
+// refLogProbs [B,L], reward [B], reward critic scores [B,T] [, cost [B]] [, cost critic scores
+// [B,T]]); the critic scores' last column is not read.
 func rlMathGraph(k rlMathKey, in []*G.Node) []*G.Node {
-	logp, ref, seqMask, reward, rV := in[0], in[1], in[2], in[3], in[4]
+	mask, logp, ref, reward, rVT := in[0], in[1], in[2], in[3], in[4]
+	T := mask.Shape().Dimensions[1]
+	cols := func(x *G.Node, lo, hi int) *G.Node { return G.Slice(x, G.AxisRange(), G.AxisRange(lo, hi)) }
+	// pad appends a zero column: [B,L] → [B,T], the critics' input width.
+	pad := func(x *G.Node) *G.Node {
+		z := G.Zeros(x.Graph(), shapes.Make(x.DType(), x.Shape().Dimensions[0], 1))
+		return G.Concatenate([]*G.Node{x, z}, 1)
+	}
+	seqMask, rV := cols(mask, 1, T), cols(rVT, 0, T-1)
 	var cost, cV *G.Node
 	if k.cost {
 		cost = in[5]
 	}
 	if k.costCritic {
-		cV = in[6]
+		cV = cols(in[6], 0, T-1)
 	}
 	shapedCost := cost
 	if k.fixed { // the reward-shaping baseline: r − λ₀·c, one stream (spec §2)
@@ -162,17 +232,19 @@ func rlMathGraph(k rlMathKey, in []*G.Node) []*G.Node {
 	if k.costCritic {
 		gae.CostRet = G.Mul(gae.CostRet, resp)
 	}
-	means := func(xs ...*G.Node) *G.Node {
-		ms := make([]*G.Node, len(xs))
-		for i, x := range xs {
-			ms[i] = G.Reshape(ingraph.MaskedMean(x, rm), 1)
+	scalars := []*G.Node{G.Reshape(kl.KL, 1), G.Reshape(kl.RewardWithKLPenalty, 1)}
+	means := func(xs ...*G.Node) {
+		for _, x := range xs {
+			scalars = append(scalars, G.Reshape(ingraph.MaskedMean(x, rm), 1))
 		}
-		return G.Concatenate(ms, 0)
 	}
-	stats := G.Concatenate([]*G.Node{G.Reshape(kl.KL, 1), G.Reshape(kl.RewardWithKLPenalty, 1)}, 0)
-	out := []*G.Node{stats, gae.RewardAdv, gae.RewardRet, means(gae.RewardAdv, gae.RewardRet, rV)}
+	means(gae.RewardAdv, gae.RewardRet, rV)
 	if k.costCritic {
-		out = append(out, gae.CostAdv, gae.CostRet, means(gae.CostAdv, gae.CostRet, cV))
+		means(gae.CostAdv, gae.CostRet, cV)
+	}
+	out := []*G.Node{G.Concatenate(scalars, 0), gae.RewardAdv, rm, pad(rV), pad(gae.RewardRet), pad(rm)}
+	if k.costCritic {
+		out = append(out, gae.CostAdv, pad(cV), pad(gae.CostRet))
 	}
 	return out
 }

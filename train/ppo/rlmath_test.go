@@ -7,8 +7,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
 
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/kernels"
@@ -72,11 +75,14 @@ func TestRLMathGraphMatchesHost(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := rm.shapeAndGAE(&cfg, r)
-			if err != nil {
-				t.Fatal(err)
+			got, dev, err := rm.shapeAndGAE(&cfg, r)
+			if err != nil || dev != nil {
+				t.Fatal(err, dev)
 			}
 			name := string(alg)
+			// The same program on device inputs (a rollout scored on the device) keeps its
+			// outputs there: they equal the host-input run's bit for bit.
+			checkDeviceRLMath(t, rm, &cfg, r, got)
 			if !near(got.stats.KL, want.stats.KL) || !near(got.stats.RewardWithKLPenalty, want.stats.RewardWithKLPenalty) {
 				t.Errorf("%s: stats %+v, host %+v", name, got.stats, want.stats)
 			}
@@ -116,9 +122,79 @@ func TestRLMathGraphMatchesHost(t *testing.T) {
 			}
 		}
 	}
-	if rm.H2DBytes == 0 || rm.D2HBytes == 0 {
-		t.Errorf("bytes not counted: %d up, %d down", rm.H2DBytes, rm.D2HBytes)
+	if rm.Transfers.Up.Load() == 0 || rm.Transfers.Down.Load() == 0 {
+		t.Errorf("bytes not counted: %d up, %d down", rm.Transfers.Up.Load(), rm.Transfers.Down.Load())
 	}
+}
+
+// checkDeviceRLMath runs rm on r's slices put on the device (as GraphNets' scoring leaves them)
+// and checks that its device outputs equal want (the host-input run) exactly, that the critics'
+// inputs are padded to width T with a zero last column, and that only the end scores went up and
+// the scalars came down.
+func checkDeviceRLMath(t *testing.T, rm *RLMath, cfg *Config, r *Rollout, want shaped) {
+	t.Helper()
+	B, L, T := r.B, r.L(), r.T
+	dr := *r
+	dr.dev = &rolloutDev{mask: onDevice(t, rm, r.Mask, B, T), logp: onDevice(t, rm, r.LogProbs, B, L),
+		ref: onDevice(t, rm, r.RefLogProbs, B, L), rV: onDevice(t, rm, padLastCol(r.RewardValues, B, L), B, T)}
+	if cfg.UsesCostCritic() {
+		dr.dev.cV = onDevice(t, rm, padLastCol(r.CostValues, B, L), B, T)
+	}
+	defer dr.free()
+	up, down := rm.Transfers.Up.Load(), rm.Transfers.Down.Load()
+	got, dev, err := rm.shapeAndGAE(cfg, &dr)
+	if err != nil || dev == nil {
+		t.Fatal(err, dev)
+	}
+	defer dev.free()
+	if got.rAdv != nil || got.rRet != nil {
+		t.Error("device run returned host advantages")
+	}
+	wantUp := int64(4 * B)
+	if cfg.UsesCost() {
+		wantUp *= 2
+	}
+	if u, d := rm.Transfers.Up.Load()-up, rm.Transfers.Down.Load()-down; u != wantUp || d != int64(4*len(want.means)+8) {
+		t.Errorf("device run moved %d bytes up (want the end scores, %d) and %d down (want %d scalars)", u, wantUp, d, len(want.means)+2)
+	}
+	if got.stats != want.stats || !slices.Equal(got.means, want.means) {
+		t.Errorf("device run scalars %v %v, host-input run %v %v", got.stats, got.means, want.stats, want.means)
+	}
+	flat := func(x *tensors.Tensor) []float32 { return tensors.MustCopyFlatData[float32](x) }
+	resp := r.ResponseMask()
+	checks := []struct {
+		what string
+		got  *tensors.Tensor
+		want []float32
+	}{{"reward adv", dev.rAdv, toF32(want.rAdv)}, {"reward ret", dev.rRet, padLastCol(toF32(want.rRet), B, L)},
+		{"reward old values", dev.rOld, padLastCol(r.RewardValues, B, L)}, {"actor mask", dev.resp, resp},
+		{"critic mask", dev.criticMask, padLastCol(resp, B, L)}}
+	if cfg.UsesCostCritic() {
+		checks = append(checks, []struct {
+			what string
+			got  *tensors.Tensor
+			want []float32
+		}{{"cost adv", dev.cAdv, toF32(want.cAdv)}, {"cost ret", dev.cRet, padLastCol(toF32(want.cRet), B, L)},
+			{"cost old values", dev.cOld, padLastCol(r.CostValues, B, L)}}...)
+	} else if dev.cAdv != nil || dev.cRet != nil {
+		t.Error("cost outputs without a cost critic")
+	}
+	for _, c := range checks {
+		if g := flat(c.got); !slices.Equal(g, c.want) {
+			t.Errorf("%s %s on the device: %v, want %v", cfg.Algorithm, c.what, g, c.want)
+		}
+	}
+}
+
+// onDevice puts x [dims] on rm's device.
+func onDevice(t *testing.T, rm *RLMath, x []float32, dims ...int) *tensors.Tensor {
+	t.Helper()
+	v := tensors.FromFlatDataAndDimensions(slices.Clone(x), dims...)
+	if err := v.MaterializeOnDevice(rm.be, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	v.FinalizeLocal()
+	return v
 }
 
 // TestRLMathGraphTrainer: three PPO-Lag steps on stories260K with --rl-math graph log the same
@@ -126,30 +202,16 @@ func TestRLMathGraphMatchesHost(t *testing.T) {
 // identical, later ones follow slightly different float32 weights), and a run interrupted after
 // one step resumes to exactly the uninterrupted graph run's metrics.
 func TestRLMathGraphTrainer(t *testing.T) {
-	be, err := backend.New("go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rm := NewRLMath(be)
-	defer rm.Close()
 	run := func(cfg Config, opt Options) []StepMetrics {
 		t.Helper()
-		tr, err := NewTrainer(cfg, opt, tinyNets(t, cfg), tinyPrompts(t), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := tr.Run(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		tr.Close()
-		return tr.History()
+		return runTiny(t, cfg, opt, nil).History()
 	}
 	host := tinyConfig()
 	graph := host
 	graph.RLMath = RLMathGraph
 	hm := run(host, Options{OutDir: t.TempDir()})
 	ref := t.TempDir()
-	gm := run(graph, Options{OutDir: ref, RLMath: rm})
+	gm := run(graph, Options{OutDir: ref})
 	if len(hm) != 3 || len(gm) != 3 {
 		t.Fatalf("%d and %d steps", len(hm), len(gm))
 	}
@@ -167,13 +229,10 @@ func TestRLMathGraphTrainer(t *testing.T) {
 			}
 		}
 	}
-	if rm.H2DBytes == 0 {
-		t.Error("the graph RL math did not run")
-	}
 	want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
 	out := t.TempDir()
-	run(graph, Options{OutDir: out, StopAfter: 1, RLMath: rm})
-	run(graph, Options{OutDir: out, Resume: true, RLMath: rm})
+	run(graph, Options{OutDir: out, StopAfter: 1})
+	run(graph, Options{OutDir: out, Resume: true})
 	got, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
 	if !bytes.Equal(got, want) {
 		t.Fatalf("resumed graph run differs:\n got %s\nwant %s", got, want)
@@ -186,5 +245,100 @@ func TestRLMathGraphTrainer(t *testing.T) {
 	if _, err := NewTrainer(graph, Options{OutDir: t.TempDir()}, tinyNets(t, graph), tinyPrompts(t), nil); err == nil ||
 		!strings.Contains(err.Error(), "--rl-math graph") {
 		t.Errorf("graph RL math without a program: %v", err)
+	}
+}
+
+// tinyRun is a finished runTiny: its trainer, nets and graph RL math (nil with host RL math).
+type tinyRun struct {
+	*Trainer
+	nets *GraphNets
+	rm   *RLMath
+}
+
+// runTiny runs cfg on tinyNets (with --rl-math graph, an RLMath on the nets' backend), the nets
+// wrapped by wrap when not nil.
+func runTiny(t *testing.T, cfg Config, opt Options, wrap func(*GraphNets) Nets, opts ...func(*GraphNetsConfig)) tinyRun {
+	t.Helper()
+	nets := tinyNets(t, cfg, opts...)
+	var rm *RLMath
+	if cfg.RLMath == RLMathGraph {
+		rm = NewRLMath(nets.cfg.Backend)
+		t.Cleanup(rm.Close)
+		opt.RLMath = rm
+	}
+	var n Nets = nets
+	if wrap != nil {
+		n = wrap(nets)
+	}
+	tr, err := NewTrainer(cfg, opt, n, tinyPrompts(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+	return tinyRun{Trainer: tr, nets: nets, rm: rm}
+}
+
+// scoringNets records the rollouts' width T; with host it is GraphNets scoring on the host even
+// under --rl-math graph: the per-token tensors then make the round trip the device-resident path
+// avoids (scores down, RL math inputs up, its advantages and returns down, the updates' inputs up).
+type scoringNets struct {
+	*GraphNets
+	host bool
+	T    int
+}
+
+func (s *scoringNets) Score(r *Rollout) error {
+	if s.host {
+		r.onDevice = false
+	}
+	s.T = r.T
+	return s.GraphNets.Score(r)
+}
+
+// TestRLMathDeviceResident: with --rl-math graph the per-token tensors stay on the device from
+// scoring to the updates (micro-batches sliced there; with fused and with layerwise updates) and
+// the run writes exactly the metrics of the same run making the host round trip; per rl_step,
+// the bytes besides token ids that cross host↔device stay below one [B,L] float32 tensor, which
+// the round trip moves many times over.
+func TestRLMathDeviceResident(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		upd   UpdatePrograms
+		micro int
+	}{{"fused micro-batches", UpdatesFused, 1}, {"layerwise", UpdatesLayerwise, 0}} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := tinyConfig()
+			cfg.RLMath, cfg.MaxSteps = RLMathGraph, 2
+			o := func(gc *GraphNetsConfig) {
+				gc.Updates, gc.MicroBatchSize, gc.TrainBatchSize = c.upd, c.micro, cfg.TrainBatchSize
+			}
+			devOut, hostOut := t.TempDir(), t.TempDir()
+			ds, hs := &scoringNets{}, &scoringNets{host: true}
+			dev := runTiny(t, cfg, Options{OutDir: devOut}, func(n *GraphNets) Nets { ds.GraphNets = n; return ds }, o)
+			host := runTiny(t, cfg, Options{OutDir: hostOut}, func(n *GraphNets) Nets { hs.GraphNets = n; return hs }, o)
+			want, _ := os.ReadFile(filepath.Join(hostOut, "metrics.jsonl"))
+			got, _ := os.ReadFile(filepath.Join(devOut, "metrics.jsonl"))
+			if len(want) == 0 || !bytes.Equal(got, want) {
+				t.Fatalf("device-resident run differs from the host round trip:\n got %s\nwant %s", got, want)
+			}
+			rlSteps := int64(cfg.MaxSteps * cfg.PromptBatchSize / cfg.TrainBatchSize * cfg.UpdateIters)
+			B, L := int64(cfg.TrainBatchSize), int64(ds.T-1)
+			floats := func(r tinyRun) int64 {
+				return (r.nets.xfer.Up.Load() + r.nets.xfer.Down.Load() + r.rm.Transfers.Up.Load() + r.rm.Transfers.Down.Load()) / rlSteps
+			}
+			t.Logf("B=%d L=%d: device %d, host %d bytes besides ids per rl_step; ids %d", B, L, floats(dev), floats(host), dev.nets.xfer.IDsUp.Load()/rlSteps)
+			if got, bound := floats(dev), 4*B*L; got >= bound {
+				t.Errorf("device-resident: %d bytes besides ids per rl_step, want < %d (one [%d,%d] float32 tensor)", got, bound, B, L)
+			}
+			if got, least := floats(host), 5*4*B*L; got < least {
+				t.Errorf("host round trip: %d bytes besides ids per rl_step, want ≥ %d: is the counter counting?", got, least)
+			}
+			if ids := dev.nets.xfer.IDsUp.Load() / rlSteps; ids > 4*B*(L+1) {
+				t.Errorf("device-resident: %d bytes of ids up per rl_step, want the sequences once (%d)", ids, 4*B*(L+1))
+			}
+		})
 	}
 }

@@ -1,6 +1,10 @@
 package ppo
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+)
 
 // Rollout is one micro-batch of generated sequences and everything post_rollout computes from it
 // (spec §1.2), row-major with explicit sizes. Per-token slices have width L = T−1; entry t refers to
@@ -16,6 +20,30 @@ type Rollout struct {
 	Cost         []float32 // [B] cost model end scores (nil for PPO)
 	RewardValues []float32 // [B*L] reward critic V_t
 	CostValues   []float32 // [B*L] cost critic V_t (nil without a cost critic)
+
+	// onDevice asks Score to keep the per-token tensors on the device (--rl-math graph): nets
+	// that can (GraphNets on go and xla:*) fill dev instead of LogProbs, RefLogProbs,
+	// RewardValues and CostValues; the others ignore it.
+	onDevice bool
+	dev      *rolloutDev
+}
+
+// rolloutDev is a rollout's per-token tensors on the device, from scoring to the updates.
+type rolloutDev struct {
+	seq, mask *tensors.Tensor // [B,T] ids (int32) and attention mask (float32)
+	logp, ref *tensors.Tensor // [B,L] actor and reference log-probs
+	rV, cV    *tensors.Tensor // [B,T] critic scores (the last column unused); cV nil without a cost critic
+	// rl is the current rl_step's RL math outputs (set by the trainer, freed after the step).
+	rl *rlDev
+}
+
+// free releases the rollout's device tensors.
+func (r *Rollout) free() {
+	if d := r.dev; d != nil {
+		d.rl.free()
+		freeTensors(d.seq, d.mask, d.logp, d.ref, d.rV, d.cV)
+		r.dev = nil
+	}
 }
 
 // L is the per-token width T−1.
@@ -88,15 +116,29 @@ func (r *Rollout) check(withCost, withCostCritic bool) error {
 		return fmt.Errorf("rollout: bad sizes B=%d T=%d S=%d", r.B, r.T, r.S)
 	}
 	want := map[string][2]int{
-		"seq": {len(r.Seq), r.B * r.T}, "mask": {len(r.Mask), r.B * r.T},
-		"log_probs": {len(r.LogProbs), r.B * L}, "ref_log_probs": {len(r.RefLogProbs), r.B * L},
-		"reward": {len(r.Reward), r.B}, "reward_values": {len(r.RewardValues), r.B * L},
+		"seq": {len(r.Seq), r.B * r.T}, "mask": {len(r.Mask), r.B * r.T}, "reward": {len(r.Reward), r.B},
 	}
 	if withCost {
 		want["cost"] = [2]int{len(r.Cost), r.B}
 	}
-	if withCostCritic {
-		want["cost_values"] = [2]int{len(r.CostValues), r.B * L}
+	if d := r.dev; d != nil {
+		size := func(t *tensors.Tensor) int {
+			if t == nil {
+				return 0
+			}
+			return t.Shape().Size()
+		}
+		want["log_probs"], want["ref_log_probs"] = [2]int{size(d.logp), r.B * L}, [2]int{size(d.ref), r.B * L}
+		want["reward_values"] = [2]int{size(d.rV), r.B * r.T}
+		if withCostCritic {
+			want["cost_values"] = [2]int{size(d.cV), r.B * r.T}
+		}
+	} else {
+		want["log_probs"], want["ref_log_probs"] = [2]int{len(r.LogProbs), r.B * L}, [2]int{len(r.RefLogProbs), r.B * L}
+		want["reward_values"] = [2]int{len(r.RewardValues), r.B * L}
+		if withCostCritic {
+			want["cost_values"] = [2]int{len(r.CostValues), r.B * L}
+		}
 	}
 	for k, v := range want {
 		if v[0] != v[1] {

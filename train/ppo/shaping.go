@@ -87,8 +87,11 @@ func maskedMean(B, L int, x []float64, mask []float32) float64 {
 	return s / float64(max(rows, 1))
 }
 
-// toF32 converts for feeding graphs.
+// toF32 converts for feeding graphs (nil stays nil).
 func toF32(x []float64) []float32 {
+	if x == nil {
+		return nil
+	}
 	out := make([]float32, len(x))
 	for i, v := range x {
 		out[i] = float32(v)

@@ -259,6 +259,11 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 	// prompt's k-th sample, as RLTrainer.rollout's view(B, nrs, T).transpose(0, 1)), then post_rollout
 	// each (no gradients). Each micro-batch is later one rl_step and one λ update.
 	var rollouts []*Rollout
+	defer func() {
+		for _, r := range rollouts {
+			r.free()
+		}
+	}()
 	for lo := 0; lo < len(prompts); lo += cfg.TrainBatchSize {
 		mb := t.share(prompts[lo:min(lo+cfg.TrainBatchSize, len(prompts))])
 		var rep [][]int32
@@ -275,10 +280,12 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 		perf.GenSeconds += time.Since(t0).Seconds()
 		for _, r := range gen.splitSamples(cfg.NumReturnSeqs) {
 			t1 := time.Now()
+			r.onDevice = cfg.RLMath == RLMathGraph
 			if err := t.nets.Score(r); err != nil {
 				return StepMetrics{}, perf, fmt.Errorf("score: %w", err)
 			}
 			perf.ScoreSeconds += time.Since(t1).Seconds()
+			rollouts = append(rollouts, r)
 			if err := r.check(cfg.UsesCost(), cfg.UsesCostCritic()); err != nil {
 				return StepMetrics{}, perf, err
 			}
@@ -290,7 +297,6 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 			for _, n := range r.ResponseLengths() {
 				perf.GenTokens += n
 			}
-			rollouts = append(rollouts, r)
 		}
 	}
 
@@ -347,25 +353,30 @@ func (t *Trainer) rlStep(r *Rollout, ptx *PTXBatch) (StepMetrics, error) {
 	lam := t.lag.Lambda()
 
 	// 2. KL-shaped rewards/costs and GAE (no gradients), with the rollout's old values and log-probs.
-	respMask := r.ResponseMask()
+	// With --rl-math graph on nets that scored on the device (r.dev), the advantages and returns
+	// stay there (r.dev.rl) and the updates read them: the host slices below stay nil.
+	var respMask []float32
 	var sh shaped
 	var err error
 	if cfg.RLMath == RLMathGraph {
-		sh, err = t.opt.RLMath.shapeAndGAE(cfg, r)
+		var dev *rlDev
+		if sh, dev, err = t.opt.RLMath.shapeAndGAE(cfg, r); err == nil && dev != nil {
+			r.dev.rl = dev
+			defer func() { dev.free(); r.dev.rl = nil }()
+		}
 	} else {
 		sh, err = shapeAndGAE(t.ws, cfg, r)
 	}
 	if err != nil {
 		return m, err
 	}
+	if r.dev == nil || r.dev.rl == nil {
+		respMask = r.ResponseMask()
+	}
 
 	// 3. Actor step: Â = (A^r − λ·A^c)/(1+λ) inside the graph for PPO-Lag (spec §1.5), A^r otherwise.
 	lrA, lrC := t.actorLR(), t.criticLR()
-	var cAdv []float32
-	if cfg.UsesCostCritic() {
-		cAdv = toF32(sh.cAdv)
-	}
-	as, err := t.nets.UpdateActor(ActorBatch{LR: lrA, Rollout: r, RewardAdv: toF32(sh.rAdv), CostAdv: cAdv, Lambda: lam,
+	as, err := t.nets.UpdateActor(ActorBatch{LR: lrA, Rollout: r, RewardAdv: toF32(sh.rAdv), CostAdv: toF32(sh.cAdv), Lambda: lam,
 		Mask: respMask, PTX: ptx, PTXCoeff: cfg.PTXCoeff})
 	if err != nil {
 		return m, fmt.Errorf("actor update: %w", err)
