@@ -231,6 +231,10 @@ func writeContents(dir string, c *Checkpoint) error {
 		st.Saved = time.Now().UTC().Format(time.RFC3339)
 	}
 	ws := guardTensors(st.Step, c.Weights)
+	written := digests{}
+	if c.WeightsScope != "" && len(c.TrainState) > 0 {
+		ws = recordDigests(ws, written)
+	}
 	sort.SliceStable(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
 	if len(ws) > 0 {
 		shard := c.MaxShardBytes
@@ -246,7 +250,7 @@ func writeContents(dir string, c *Checkpoint) error {
 		for k, v := range c.TrainStateMeta {
 			meta[k] = v
 		}
-		ts, inWeights, err := dropStoredWeights(c.WeightsScope, c.Weights, c.TrainState)
+		ts, inWeights, err := dropStoredWeights(c.WeightsScope, c.Weights, c.TrainState, written)
 		if err != nil {
 			return err
 		}

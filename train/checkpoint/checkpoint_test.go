@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"os"
@@ -394,4 +395,47 @@ func sorted(s []string) []string {
 	s = slices.Clone(s)
 	slices.Sort(s)
 	return s
+}
+
+// TestWeightsStreamedOnce: with WeightsScope, a streamed weight is read once (written, and its
+// bytes hashed on the way, for comparing with the training state), not once more to compare.
+func TestWeightsStreamedOnce(t *testing.T) {
+	ctx := context.New()
+	ctx.InAbsPath("/model").VariableWithValue("a.weight", [][]float32{{1, 2}, {3, -4.5}})
+	ctx.InAbsPath("/model").VariableWithValue("b.weight", []float32{7, 8, 9})
+	ts, err := ContextTensors(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reads := map[string]int{}
+	streamed := func(name string, shape []int, v []float32) safetensors.Tensor {
+		b, err := safetensors.AppendFloat32s(nil, v, safetensors.F32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return safetensors.Tensor{Name: name, Shape: shape, Stream: func(w io.Writer) error {
+			reads[name]++
+			_, err := w.Write(b)
+			return err
+		}}
+	}
+	c := &Checkpoint{State: State{Step: 1}, TrainState: ts, TrainStateMeta: TrainableMetadata(ctx, ts), WeightsScope: "/model",
+		Weights: []safetensors.Tensor{streamed("a.weight", []int{2, 2}, []float32{1, 2, 3, -4.5}),
+			streamed("b.weight", []int{3}, []float32{7, 8, 9.5})}}
+	m, _ := NewManager(t.TempDir(), 0)
+	dir, err := m.Save(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reads["a.weight"] != 1 || reads["b.weight"] != 1 {
+		t.Errorf("weights streamed %v times, want once each", reads)
+	}
+	l, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if got := sorted(l.TrainState.Names()); !slices.Equal(got, []string{"/model/b.weight"}) {
+		t.Fatalf("training state holds %v, want only the variable that differs from its weight", got)
+	}
 }

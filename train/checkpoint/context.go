@@ -1,7 +1,7 @@
 package checkpoint
 
 import (
-	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,9 +33,37 @@ const trainableKey = "saferlhf.trainable"
 // (Checkpoint.WeightsScope), as {"variable": "weight name"}.
 const inWeightsKey = "saferlhf.in_weights"
 
+// digests maps tensor names to the sha256 of their bytes.
+type digests map[string][sha256.Size]byte
+
+// recordDigests returns ws with each streamed tensor's Stream also hashing what it writes into d
+// (under the tensor's name), so that dropStoredWeights compares against the weights as written
+// instead of streaming them a second time.
+func recordDigests(ws []safetensors.Tensor, d digests) []safetensors.Tensor {
+	out := slices.Clone(ws)
+	for i := range out {
+		t := &out[i]
+		if t.Stream == nil {
+			continue
+		}
+		name, stream := t.Name, t.Stream
+		t.Stream = func(w io.Writer) error {
+			h := sha256.New()
+			if err := stream(io.MultiWriter(w, h)); err != nil {
+				return err
+			}
+			d[name] = [sha256.Size]byte(h.Sum(nil))
+			return nil
+		}
+	}
+	return out
+}
+
 // dropStoredWeights returns ts without the tensors scope/N equal (dtype, shape, bytes) to weight N
-// of ws, and the dropped variable → weight names.
-func dropStoredWeights(scope string, ws, ts []safetensors.Tensor) ([]safetensors.Tensor, map[string]string, error) {
+// of ws, and the dropped variable → weight names. The bytes are compared by sha256: a weight's is
+// taken from written (recordDigests) when there, and a streamed tensor streams into the hash,
+// never into a host copy.
+func dropStoredWeights(scope string, ws, ts []safetensors.Tensor, written digests) ([]safetensors.Tensor, map[string]string, error) {
 	if scope == "" || len(ws) == 0 {
 		return ts, nil, nil
 	}
@@ -52,15 +80,17 @@ func dropStoredWeights(scope string, ws, ts []safetensors.Tensor) ([]safetensors
 			keep = append(keep, t)
 			continue
 		}
-		a, err := tensorBytes(&t)
+		a, okA, err := tensorDigest(&t)
 		if err != nil {
 			return nil, nil, err
 		}
-		b, err := tensorBytes(w)
-		if err != nil {
-			return nil, nil, err
+		b, okB := written[w.Name]
+		if !okB {
+			if b, okB, err = tensorDigest(w); err != nil {
+				return nil, nil, err
+			}
 		}
-		if a == nil || b == nil || !bytes.Equal(a, b) {
+		if !okA || !okB || a != b {
 			keep = append(keep, t)
 			continue
 		}
@@ -76,21 +106,23 @@ func dtypeOf(t *safetensors.Tensor) safetensors.DType {
 	return t.DType
 }
 
-// tensorBytes returns the little-endian bytes of t (nil when t holds float32 values of another dtype).
-func tensorBytes(t *safetensors.Tensor) ([]byte, error) {
+// tensorDigest returns the sha256 of t's little-endian bytes (ok false when t holds float32
+// values of another dtype).
+func tensorDigest(t *safetensors.Tensor) (sum [sha256.Size]byte, ok bool, err error) {
 	switch {
 	case t.Data != nil:
-		return t.Data, nil
+		return sha256.Sum256(t.Data), true, nil
 	case t.Stream != nil:
-		var b bytes.Buffer
-		if err := t.Stream(&b); err != nil {
-			return nil, fmt.Errorf("tensor %s: %w", t.Name, err)
+		h := sha256.New()
+		if err := t.Stream(h); err != nil {
+			return sum, false, fmt.Errorf("tensor %s: %w", t.Name, err)
 		}
-		return b.Bytes(), nil
+		return [sha256.Size]byte(h.Sum(nil)), true, nil
 	case t.F32 != nil && dtypeOf(t) == safetensors.F32:
-		return safetensors.AppendFloat32s(make([]byte, 0, 4*len(t.F32)), t.F32, safetensors.F32)
+		b, err := safetensors.AppendFloat32s(make([]byte, 0, 4*len(t.F32)), t.F32, safetensors.F32)
+		return sha256.Sum256(b), err == nil, err
 	}
-	return nil, nil
+	return sum, false, nil
 }
 
 // RestoreContext restores the context variables of the checkpoint (see the
