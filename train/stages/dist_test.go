@@ -1,9 +1,12 @@
 package stages
 
 import (
+	"bytes"
 	stdctx "context"
+	"errors"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -199,5 +202,65 @@ func TestDPODataParallel(t *testing.T) {
 	t.Logf("DPO, 3 steps, global batch 4: largest relative difference world 1 vs 2: %.3g", worst)
 	if worst > 2e-5 {
 		t.Errorf("largest relative difference %.3g > 2e-5", worst)
+	}
+}
+
+// TestNativeZeroOneResume: native SFT (accumulation 2, weight decay) on 2 ranks with
+// --zero-stage 1, interrupted after its first step and resumed on 2 ranks with --zero-stage 1,
+// writes the uninterrupted ZeRO-1 run's metrics and model byte for byte: the checkpoint
+// holds both ranks' moments and each rank reloads its own.
+func TestNativeZeroOneResume(t *testing.T) {
+	skipNoNative(t)
+	tc := nativeCase{"sft_accum", SFT, []string{"helpful/hh-rlhf-helpful-base-test.jsonl.gz"}, func(c *Config) {
+		c.Accumulation, c.WeightDecay, c.ZeroStage, c.Backend = 2, 0.1, 1, "native"
+	}}
+	twoRanks := func(ctx stdctx.Context, cfg Config) [2]error {
+		comms, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var errs [2]error
+		var wg sync.WaitGroup
+		for r := range 2 {
+			wg.Go(func() {
+				defer comms[r].Close()
+				_, errs[r] = runRanked(ctx, SFT, cfg, comms[r])
+			})
+		}
+		wg.Wait()
+		return errs
+	}
+	full := nativeConfig(t, tc)
+	for r, err := range twoRanks(stdctx.Background(), full) {
+		if err != nil {
+			t.Fatalf("uninterrupted: rank %d: %v", r, err)
+		}
+	}
+	part := nativeConfig(t, tc)
+	ctx, cancel := stdctx.WithCancel(stdctx.Background())
+	defer cancel()
+	part.Progress = cancelAt{line: "sft step 1/", cancel: cancel}
+	errs := twoRanks(ctx, part)
+	if !errors.Is(errs[0], stdctx.Canceled) || errs[1] == nil {
+		t.Fatalf("interrupted run: errors %v, want rank 0's wrapping context.Canceled", errs)
+	}
+	part.Progress, part.Resume = nil, true
+	for r, err := range twoRanks(stdctx.Background(), part) {
+		if err != nil {
+			t.Fatalf("resumed: rank %d: %v", r, err)
+		}
+	}
+	for _, f := range []string{"metrics.jsonl", "model/model.safetensors"} {
+		want, err := os.ReadFile(filepath.Join(full.Out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(part.Out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs after resume", f)
+		}
 	}
 }
