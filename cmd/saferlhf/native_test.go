@@ -25,8 +25,8 @@ func TestNativeBF16Checkpoints(t *testing.T) {
 	assets := filepath.Join("..", "..", "assets", "data")
 	tok := filepath.Join(assets, "models", "tok512.bin")
 	dir := t.TempDir()
-	// save writes stories260K (a fresh score head when score) twice: as bf16, and
-	// as float32 holding the bf16-rounded values.
+	// save writes stories260K (a fresh score head when score) twice, with its tokenizer: as
+	// bf16, and as float32 holding the bf16-rounded values.
 	save := func(name string, score uint64) (bf16, f32 string) {
 		cfg, w, err := model.LoadLlama2C(filepath.Join(assets, "models", "stories260K.bin"))
 		if err != nil {
@@ -47,6 +47,15 @@ func TestNativeBF16Checkpoints(t *testing.T) {
 		}
 		if err := model.Save(f32, cfg, w); err != nil {
 			t.Fatal(err)
+		}
+		b, err := os.ReadFile(tok) // a score model is read with its own tokenizer
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []string{bf16, f32} {
+			if err := os.WriteFile(filepath.Join(d, "tok512.bin"), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 		return bf16, f32
 	}

@@ -121,9 +121,9 @@ func RunArena(be backends.Backend, o ArenaOptions) (*ArenaReport, error) {
 		return nil, err
 	}
 	scorer := func(path string) (*Scorer, error) {
-		own, err := model.ResolveTokenizer("", path)
+		own, err := model.OwnTokenizer(path)
 		if err != nil {
-			own = tokPath
+			return nil, err
 		}
 		return NewScorer(be, path, own, o.Batch, o.MaxLength)
 	}

@@ -99,11 +99,34 @@ func ResolveTokenizerFor(explicit, modelPath string, vocab int) (string, error) 
 	if explicit != "" {
 		return explicit, nil
 	}
+	p, dir, err := besideModel(modelPath, vocab)
+	if err != nil || p != "" {
+		return p, err
+	}
+	return "", fmt.Errorf("no tokenizer given and none with %d tokens found in %s (use --tokenizer)", vocab, dir)
+}
+
+// OwnTokenizer returns the tokenizer saved inside (or next to) a score model, as train-rm and
+// train-cm save it. A score model is only read with its own tokenizer: another tokenizer's ids,
+// even of the same vocabulary size, may spell other text, so none found is an error.
+func OwnTokenizer(modelPath string) (string, error) {
+	vocab := vocabOf(modelPath)
+	p, dir, err := besideModel(modelPath, vocab)
+	if err != nil || p != "" {
+		return p, err
+	}
+	return "", fmt.Errorf("score model %s: no tokenizer with its %d tokens in %s: a score model is read with the tokenizer it was trained with "+
+		"(train-rm and train-cm save it beside the model; copy it there as tokenizer.model or tok512.bin)", modelPath, vocab, dir)
+}
+
+// besideModel returns the first tokenizer file inside (or next to) modelPath whose vocabulary is
+// vocab (0: any), "" when there is none, and the directory searched.
+func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 	st, err := os.Stat(modelPath)
 	if err != nil {
-		return "", fmt.Errorf("model: %w", err) // not "no tokenizer found" for a model that is not there
+		return "", "", fmt.Errorf("model: %w", err) // not "no tokenizer found" for a model that is not there
 	}
-	dir := modelPath
+	dir = modelPath
 	if !st.IsDir() {
 		dir = filepath.Dir(modelPath)
 	}
@@ -118,9 +141,9 @@ func ResolveTokenizerFor(explicit, modelPath string, vocab int) (string, error) 
 				continue
 			}
 		}
-		return p, nil
+		return p, dir, nil
 	}
-	return "", fmt.Errorf("no tokenizer given and none with %d tokens found in %s (use --tokenizer)", vocab, dir)
+	return "", dir, nil
 }
 
 // LoadTokenizer loads the tokenizer at path and checks it fits cfg's vocabulary.

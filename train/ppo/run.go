@@ -483,7 +483,7 @@ func loadRunInputs(c RunConfig, comm dist.Communicator) (*runInputs, error) {
 		}
 		return t
 	}
-	if gc.RewardTokenizer, err = scoreTokenizer(c.RewardModel); err != nil {
+	if gc.RewardTokenizer, err = scoreTokenizer("reward-model", c.RewardModel); err != nil {
 		return nil, err
 	}
 	if gc.Reward, err = load("reward-model", c.RewardModel, true, other(gc.RewardTokenizer)); err != nil {
@@ -493,7 +493,7 @@ func loadRunInputs(c RunConfig, comm dist.Communicator) (*runInputs, error) {
 		return nil, err
 	}
 	if c.UsesCost() {
-		if gc.CostTokenizer, err = scoreTokenizer(c.CostModel); err != nil {
+		if gc.CostTokenizer, err = scoreTokenizer("cost-model", c.CostModel); err != nil {
 			return nil, err
 		}
 		if gc.Cost, err = load("cost-model", c.CostModel, true, other(gc.CostTokenizer)); err != nil {
@@ -519,14 +519,18 @@ func loadRunInputs(c RunConfig, comm dist.Communicator) (*runInputs, error) {
 	return in, nil
 }
 
-// scoreTokenizer loads the tokenizer saved beside a score model (nil when none is found: the
-// model then reads the actor's ids).
-func scoreTokenizer(modelPath string) (tokenizer.Tokenizer, error) {
-	p, err := model.ResolveTokenizer("", modelPath)
+// scoreTokenizer loads the tokenizer saved beside a score model (model.OwnTokenizer): a score
+// model without one is refused, not fed the actor's ids.
+func scoreTokenizer(flag, modelPath string) (tokenizer.Tokenizer, error) {
+	p, err := model.OwnTokenizer(modelPath)
 	if err != nil {
-		return nil, nil
+		return nil, fmt.Errorf("--%s: %w", flag, err)
 	}
-	return tokenizer.Load(p)
+	tok, err := tokenizer.Load(p)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	return tok, nil
 }
 
 // criticSpec returns a critic's initialisation: path when given (an LM gets a fresh score head),

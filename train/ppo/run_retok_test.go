@@ -14,8 +14,8 @@ import (
 // re-tokenised text, so they are checked against that tokenizer, not the actor's: a Llama-2-vocabulary
 // actor takes a reward model and a cost model on the 512-token story vocabulary whose context is
 // shorter than the actor's prompt + answer (a re-tokenised row keeps BOS and its last tokens).
-// A score model with no tokenizer of its vocabulary beside it reads the actor's ids, and is
-// still refused when its vocabulary is smaller than the actor's tokenizer's.
+// A score model with no tokenizer of its vocabulary beside it is refused, naming the flag and
+// the model, even when its vocabulary is the actor's: it is never silently fed the actor's ids.
 func TestLoadRunInputsScoreModelsOnAnotherVocabulary(t *testing.T) {
 	a := filepath.Join("..", "..", "assets", "data")
 	b, err := os.ReadFile(filepath.Join("..", "..", "scripts", "configs", "score-llama2-1layer.json"))
@@ -61,8 +61,27 @@ func TestLoadRunInputsScoreModelsOnAnotherVocabulary(t *testing.T) {
 		t.Fatalf("reward tokenizer %v, critic %v: want the story tokenizer and a critic on the actor's vocabulary",
 			in.nets.RewardTokenizer, in.nets.RewardCritic)
 	}
-	c.CostModel = score(512, 400) // tok512.bin beside it does not fit its 400 tokens
-	if _, err := loadRunInputs(c, dist.Self{}); err == nil || !strings.Contains(err.Error(), "vocabulary 400 is smaller than the tokenizer's 32000") {
-		t.Fatalf("a cost model with no tokenizer of its own, smaller than the actor's: err = %v", err)
+	bare := filepath.Join(t.TempDir(), "bare") // a reward model on the actor's vocabulary, saved without a tokenizer
+	bcfg, bw, err := model.LoadAny(actor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(bw, model.NameLMHead)
+	model.InitScoreHead(bcfg, bw, 1, 3)
+	if err := model.Save(bare, bcfg, bw); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, flag, want string
+		reward, cost     string
+	}{
+		{"cost model whose tokenizer does not fit its 400 tokens", "cost-model", "no tokenizer with its 400 tokens", c.RewardModel, score(512, 400)},
+		{"reward model on the actor's vocabulary without a tokenizer", "reward-model", "no tokenizer with its 32000 tokens", bare, c.CostModel},
+	} {
+		c.RewardModel, c.CostModel = tc.reward, tc.cost
+		_, err := loadRunInputs(c, dist.Self{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--"+tc.flag) {
+			t.Errorf("%s: err = %v, want one naming --%s and %q", tc.name, err, tc.flag, tc.want)
+		}
 	}
 }
