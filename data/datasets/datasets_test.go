@@ -603,15 +603,31 @@ func TestSpecErrors(t *testing.T) {
 		{"pku-saferlhf:1e9:" + path, "at most 100"},
 		{"pku-saferlhf:NaN:" + path, `proportion "NaN"`},
 		{path + ":pku-saferlhf", "the format goes first"}, // ppo-lag's old path:format
+		{"pku-saferlhf/heldot:" + path, `unknown split "heldot" of format pku-saferlhf (valid: train, test, heldout, rest)`},
+		{"PKU-SafeRLHF/validation:0.5:" + path, `unknown split "validation"`},
+		{"alpaca/x/train:" + path, `unknown format "alpaca/x/train"`},
 	} {
 		if _, err := ParseSpec(c.spec); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want %q", c.spec, err, c.want)
 		}
 	}
-	for _, ok := range []string{path, "pku-saferlhf:" + path, "pku-saferlhf:0.5:" + path, "pku-saferlhf:10/-1:" + path} {
+	for _, ok := range []string{path, "pku-saferlhf:" + path, "pku-saferlhf:0.5:" + path, "pku-saferlhf:10/-1:" + path,
+		"PKU-SafeRLHF/train:" + path, "PKU-SafeRLHF-30K/test:" + path, "pku-saferlhf/rest:" + path, "PKU-Alignment/PKU-SafeRLHF:" + path,
+		"PKU-Alignment/PKU-SafeRLHF/train:" + path} {
 		if _, err := ParseSpec(ok); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}
+	}
+}
+
+// A part is selected by a dataset spec only: Read with a format carrying one is refused, not read whole.
+func TestReadRefusesPartFormat(t *testing.T) {
+	path := asset(t, "data/pku-saferlhf/align-anything-preference-sample.json")
+	if _, _, err := Read(path, "pku-saferlhf/heldout"); err == nil || !strings.Contains(err.Error(), "only a dataset spec") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, _, err := Read(path, "PKU-SafeRLHF/train"); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -51,24 +52,46 @@ var formatAliases = map[string]string{
 	"PKU-Alignment/PKU-SafeRLHF-30K": FormatPKU,
 }
 
-// CanonicalFormat returns the format name of f (or its alias), and whether it is known.
+// CanonicalFormat returns the format name of f (or its alias, with or without a valid split
+// suffix: SplitFormat), and whether it is known.
 func CanonicalFormat(f string) (string, bool) {
-	if f == FormatAuto {
-		return f, true
+	c, _, err := SplitFormat(f)
+	return c, err == nil
+}
+
+// Splits lists the suffixes a format name may carry: the reference's split names, which name
+// the format only (a local file is whichever split it holds), and the parts a Spec selects.
+var Splits = []string{"train", "test", PartHeldOut, PartRest}
+
+// SplitFormat splits a format name with an optional split suffix ("PKU-SafeRLHF/train",
+// "pku-saferlhf/heldout") into its format and the part of the file it selects ("" for the whole
+// file: the reference's split names). An unknown format or suffix is an error listing the valid ones.
+func SplitFormat(name string) (format, part string, err error) {
+	if f, ok := plainFormat(name); ok {
+		return f, "", nil
 	}
-	for _, k := range Formats {
-		if k == f {
-			return f, true
+	if i := strings.LastIndexByte(name, '/'); i > 0 {
+		if f, ok := plainFormat(name[:i]); ok {
+			switch s := name[i+1:]; s {
+			case PartHeldOut, PartRest:
+				return f, s, nil
+			case "train", "test":
+				return f, "", nil
+			default:
+				return "", "", fmt.Errorf("unknown split %q of format %s (valid: %s)", s, f, strings.Join(Splits, ", "))
+			}
 		}
 	}
-	if c, ok := formatAliases[f]; ok {
-		return c, true
+	return "", "", fmt.Errorf("unknown format %q (known: %s)", name, strings.Join(Formats, ", "))
+}
+
+// plainFormat is CanonicalFormat without a split suffix.
+func plainFormat(f string) (string, bool) {
+	if f == FormatAuto || slices.Contains(Formats, f) {
+		return f, true
 	}
-	// The reference's split suffix (PKU-SafeRLHF/train) names the same format.
-	if i := strings.IndexByte(f, '/'); i > 0 {
-		return CanonicalFormat(f[:i])
-	}
-	return "", false
+	c, ok := formatAliases[f]
+	return c, ok
 }
 
 // ReadStats counts what a reader skipped.
@@ -105,12 +128,14 @@ func Read(path, format string) ([]RawSample, ReadStats, error) {
 // Parse is Read on the (decompressed) content b of a file called name.
 func Parse(name string, b []byte, format string) ([]RawSample, ReadStats, error) {
 	var st ReadStats
-	f, ok := CanonicalFormat(format)
-	if !ok {
-		return nil, st, fmt.Errorf("%s: unknown format %q (known: %s)", name, format, strings.Join(Formats, ", "))
+	f, part, err := SplitFormat(format)
+	if err != nil {
+		return nil, st, fmt.Errorf("%s: %w", name, err)
+	}
+	if part != "" {
+		return nil, st, fmt.Errorf("%s: format %q selects a part of the file, which only a dataset spec does (%s:%s)", name, format, format, name)
 	}
 	var recs []record
-	var err error
 	if isCSV(name, b) {
 		recs, err = csvRecords(name, b)
 	} else {

@@ -15,8 +15,8 @@ import (
 // (>= 0, > 1 up-samples) or "N/-1" for exactly N samples. Part heldout or rest
 // selects a fixed by-prompt part of the file (InHeldOutPart), a stand-in for a
 // test split where the data has none: pku-saferlhf/rest:FILE trains on what
-// pku-saferlhf/heldout:FILE evaluates on. Any other suffix (the reference's
-// PKU-SafeRLHF/train) only names the format.
+// pku-saferlhf/heldout:FILE evaluates on. The reference's split names (PKU-SafeRLHF/train,
+// /test) only name the format; any other suffix is an error (SplitFormat).
 type Spec struct {
 	Format string
 	// Part is "" (the whole file), PartHeldOut or PartRest.
@@ -72,8 +72,8 @@ func ParseSpec(s string) (Spec, error) {
 	if len(parts) < 2 || exists(s) {
 		return sp, nil
 	}
-	f, ok := CanonicalFormat(parts[0])
-	if !ok {
+	f, part, err := SplitFormat(parts[0])
+	if err != nil {
 		if len(parts[0]) == 1 { // a Windows drive letter
 			return sp, nil
 		}
@@ -82,14 +82,9 @@ func ParseSpec(s string) (Spec, error) {
 				return sp, fmt.Errorf("dataset spec %q: the format goes first ([format:[proportion:]]path): %s:%s", s, f, s[:i])
 			}
 		}
-		return sp, fmt.Errorf("dataset spec %q: unknown format %q (known: %s)", s, parts[0], strings.Join(Formats, ", "))
+		return sp, fmt.Errorf("dataset spec %q: %w", s, err)
 	}
-	if i := strings.IndexByte(parts[0], '/'); i > 0 {
-		switch part := parts[0][i+1:]; part {
-		case PartHeldOut, PartRest:
-			sp.Part = part
-		}
-	}
+	sp.Part = part
 	sp.Format, sp.Path = f, strings.Join(parts[1:], ":")
 	if len(parts) == 3 && !exists(sp.Path) {
 		p, c, err := parseProportion(parts[1])
