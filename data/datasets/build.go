@@ -302,8 +302,26 @@ func (o *BuildOptions) clip(promptLen, keep int, seqs ...*[]int32) (outcome, int
 	if o.Overlong == OverlongDrop {
 		return droppedOverlong, 0
 	}
+	return truncated, Clip(o.MaxLength, o.Overlong == OverlongPromptLeft, promptLen, keep, seqs...)
+}
+
+// Clip is the one truncation rule for sequences that share a prompt of promptLen tokens (BOS
+// first) and may be longer than maxLen: with promptLeft, it first drops the same oldest prompt
+// tokens after BOS from each (as many as the longest is over, keeping at least keep of the
+// prompt's tokens after BOS), then cuts each on the right to maxLen (the reference's truncation).
+// It returns the number of prompt tokens dropped. Training (pack, prefs.Build, SFT) and
+// evaluation all truncate through it.
+func Clip(maxLen int, promptLeft bool, promptLen, keep int, seqs ...*[]int32) int {
+	longest := 0
+	for _, q := range seqs {
+		longest = max(longest, len(*q))
+	}
+	over := longest - maxLen
+	if maxLen <= 0 || over <= 0 {
+		return 0
+	}
 	cut := 0
-	if o.Overlong == OverlongPromptLeft {
+	if promptLeft {
 		cut = max(0, min(over, promptLen-1-keep))
 		if cut > 0 {
 			for _, q := range seqs {
@@ -312,11 +330,11 @@ func (o *BuildOptions) clip(promptLen, keep int, seqs ...*[]int32) (outcome, int
 		}
 	}
 	for _, q := range seqs {
-		if len(*q) > o.MaxLength {
-			*q = (*q)[:o.MaxLength]
+		if len(*q) > maxLen {
+			*q = (*q)[:maxLen]
 		}
 	}
-	return truncated, cut
+	return cut
 }
 
 func equalIDs(a, b []int32) bool {

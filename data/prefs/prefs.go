@@ -19,6 +19,27 @@ type Pair struct {
 	HiSign, LoSign float32
 }
 
+// The --truncate values: right (the reference: cut the end) or prompt-left (drop the oldest
+// prompt tokens after BOS first, keeping KeepPrompt of them, then cut the end: datasets.Clip).
+const (
+	TruncateRight      = "right"
+	TruncatePromptLeft = "prompt-left"
+	// KeepPrompt is the number of prompt tokens after BOS that prompt-left keeps.
+	KeepPrompt = 8
+)
+
+// Single tokenizes prompt+answer+EOS of a one-response sample (BeaverTails QA) and truncates it
+// to maxLen as Build truncates each answer of a pair, so a cost model is evaluated on single
+// answers cut as it was trained on pairs.
+func Single(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncate string) ([]int32, error) {
+	ids, p, err := datasets.EncodeResponse(tok, s.Input, s.Answer)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Where(), err)
+	}
+	datasets.Clip(maxLen, truncate == TruncatePromptLeft, p, KeepPrompt, &ids)
+	return ids, nil
+}
+
 // Build tokenizes prompt+answer+EOS for both answers of a pair (spec §7,
 // PreferenceDataset) and truncates them to maxLen. It reports false for pairs that
 // are identical after truncation (the reference raises on identical pairs).
@@ -31,16 +52,7 @@ func Build(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncate s
 		return Pair{}, false, fmt.Errorf("%s: %w", s.Where(), err)
 	}
 	b, pb, _ := datasets.EncodeResponse(tok, s.Input, s.OtherAnswer)
-	if truncate == "prompt-left" {
-		p := min(pa, pb)
-		over := max(len(a), len(b)) - maxLen
-		if over > 0 {
-			cut := min(over, max(0, p-9)) // keep BOS and at least 8 prompt tokens
-			a = append(a[:1:1], a[1+cut:]...)
-			b = append(b[:1:1], b[1+cut:]...)
-		}
-	}
-	a, b = a[:min(len(a), maxLen)], b[:min(len(b), maxLen)]
+	datasets.Clip(maxLen, truncate == TruncatePromptLeft, min(pa, pb), KeepPrompt, &a, &b)
 	if slices.Equal(a, b) {
 		return Pair{}, false, nil
 	}

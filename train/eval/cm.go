@@ -9,7 +9,6 @@ import (
 	"github.com/gomlx/gomlx/backends"
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/prefs"
-	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/train/metrics"
 )
 
@@ -91,23 +90,6 @@ func severityName(m respMeta) string {
 	return fmt.Sprintf("severity %d", m.severity)
 }
 
-// singleSeq tokenizes prompt+answer+EOS of a one-response sample (BeaverTails QA),
-// truncated like the pairs.
-func singleSeq(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncate string) ([]int32, error) {
-	ids, _, err := datasets.EncodeResponse(tok, s.Input, s.Answer)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.Where(), err)
-	}
-	if len(ids) > maxLen {
-		if truncate == "prompt-left" {
-			ids = append(ids[:1:1], ids[len(ids)-(maxLen-1):]...)
-		} else {
-			ids = ids[:maxLen]
-		}
-	}
-	return ids, nil
-}
-
 // EvalCM scores safety-preference pairs (and single labelled responses) with a cost
 // model: accuracy, sign accuracy, cost statistics and the PNG of the cost
 // distributions of safe vs unsafe responses.
@@ -143,7 +125,7 @@ func EvalCM(be backends.Backend, o Options) (*CMReport, error) {
 				r.Skipped++
 				continue
 			}
-			ids, err := singleSeq(s, sc.Tok, o.MaxLength, o.Truncate)
+			ids, err := prefs.Single(s, sc.Tok, o.MaxLength, o.Truncate)
 			if err != nil {
 				return nil, err
 			}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/saferlhf/saferlhf/data/datasets"
+	"github.com/saferlhf/saferlhf/data/prefs"
 	"github.com/saferlhf/saferlhf/data/shards"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 )
@@ -30,13 +31,56 @@ func TestMultiTurnEOS(t *testing.T) {
 	if len(ids) != 1 || !slices.Equal(ids[0], want.InputIDs) || !slices.Contains(ids[0], tok.EOS()) {
 		t.Errorf("arena prompt %v, shard prompt %v", ids, want.InputIDs)
 	}
-	seq, err := singleSeq(s, tok, 512, "right")
+	seq, err := prefs.Single(s, tok, 512, "right")
 	if err != nil {
 		t.Fatal(err)
 	}
 	pair, _ := datasets.Build(tok, datasets.KindPreference, &s, datasets.BuildOptions{})
 	if !slices.Equal(seq, pair.Better) {
 		t.Errorf("eval-cm single %v, shard %v", seq, pair.Better)
+	}
+}
+
+// TestSingleTruncatedAsTrained: eval-cm cuts a single labelled answer longer than --max-length as
+// training cuts each answer of a pair (prefs.Build, and pack's shards): with prompt-left, BOS, at
+// least 8 prompt tokens and the start of the answer stay (it kept the last max-length−1 tokens).
+func TestSingleTruncatedAsTrained(t *testing.T) {
+	tok, err := tokenizer.Load(filepath.Join(assets, "models/tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := strings.Repeat("Tell me a long story about a cat and a dog. ", 4)
+	a, b := strings.Repeat(" The cat ran.", 12), strings.Repeat(" The dog ran.", 12)
+	s := datasets.RawSample{Input: []string{prompt}, Answer: a, OtherAnswer: b, HasOther: true, Better: true}
+	ia, pl, _ := datasets.EncodeResponse(tok, s.Input, a)
+	ib, _, _ := datasets.EncodeResponse(tok, s.Input, b)
+	if len(ia) != len(ib) || pl < 20 || len(ia)-pl < 40 {
+		t.Fatalf("set-up: answers of %d and %d tokens after a %d-token prompt", len(ia), len(ib), pl)
+	}
+	for _, c := range []struct {
+		truncate, overlong string
+		maxLen             int
+	}{
+		{"right", datasets.OverlongTruncate, pl + 10},
+		{"prompt-left", datasets.OverlongPromptLeft, 32},      // the prompt's cut is bounded by the 8 kept tokens
+		{"prompt-left", datasets.OverlongPromptLeft, pl + 10}, // the cut fits in the prompt
+		{"prompt-left", datasets.OverlongPromptLeft, len(ia)}, // no cut
+	} {
+		single, err := prefs.Single(s, tok, c.maxLen, c.truncate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair, ok, err := prefs.Build(s, tok, c.maxLen, c.truncate, false)
+		if err != nil || !ok {
+			t.Fatalf("%s %d: pair: %v %v", c.truncate, c.maxLen, ok, err)
+		}
+		shard, err := datasets.Build(tok, datasets.KindPreference, &s, datasets.BuildOptions{MaxLength: c.maxLen, Overlong: c.overlong})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(single, pair.Hi) || !slices.Equal(single, shard.Better) || len(single) != min(c.maxLen, len(ia)) {
+			t.Errorf("%s, max length %d: eval-cm single %v,\ntrained pair %v,\nshard %v", c.truncate, c.maxLen, single, pair.Hi, shard.Better)
+		}
 	}
 }
 

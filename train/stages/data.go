@@ -60,15 +60,8 @@ func buildSFT(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncat
 			}
 		}
 	}
-	if len(ids) > maxLen {
-		if truncate == "prompt-left" {
-			// Drop the oldest tokens after BOS, keeping at least 8 tokens before the last answer.
-			cut := min(len(ids)-maxLen, max(0, lastAnswer-9))
-			ids = append(ids[:1:1], ids[1+cut:]...)
-			labels = append(labels[:1:1], labels[1+cut:]...)
-		}
-		ids, labels = ids[:min(len(ids), maxLen)], labels[:min(len(labels), maxLen)]
-	}
+	// prompt-left drops the oldest tokens after BOS, keeping at least 8 tokens before the last answer.
+	datasets.Clip(maxLen, truncate == prefs.TruncatePromptLeft, lastAnswer, prefs.KeepPrompt, &ids, &labels)
 	if !slices.ContainsFunc(labels[1:], func(l int32) bool { return l != datasets.IgnoreIndex }) {
 		return sftExample{}, false
 	}
