@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"github.com/gomlx/gomlx/backends"
-	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/shards"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/native/llama"
@@ -260,68 +259,15 @@ func (r *ArenaReport) Format(w io.Writer) error {
 	return r.EloCost.Format(w)
 }
 
-// arenaPrompts tokenizes the de-duplicated prompts (PromptOnlyDataset), at most limit (0: all),
-// and returns each one's last user turn for the report.
-func arenaPrompts(tok tokenizer.Tokenizer, raw []datasets.RawSample, limit int) (texts []string, ids [][]int32, err error) {
-	seen := map[string]bool{}
-	for _, s := range raw {
-		p, err := datasets.FormatPrompt(s.Input, "")
-		if err != nil || seen[p] { // PromptOnlyDataset de-duplicates prompts
-			continue
-		}
-		seen[p] = true
-		pi, err := datasets.EncodePrompt(tok, s.Input)
-		if err != nil {
-			return nil, nil, err
-		}
-		texts = append(texts, s.Input[len(s.Input)-1])
-		ids = append(ids, pi)
-		if limit > 0 && len(ids) == limit {
-			break
-		}
-	}
-	return texts, ids, nil
-}
-
-// loadArenaPrompts reads the prompts of specs, at most limit (0: all): token-shard
-// directories packed with tok (their prompt part, decoded for the report) and raw files
-// (arenaPrompts).
+// loadArenaPrompts reads the prompts of specs, at most limit (0: all), with their texts for
+// the report (shards.ReadPrompts).
 func loadArenaPrompts(specs []string, tok tokenizer.Tokenizer, seed uint64, limit int) (texts []string, ids [][]int32, err error) {
-	var raw []string
-	for _, spec := range specs {
-		if !shards.IsDataset(spec) {
-			raw = append(raw, spec)
-			continue
-		}
-		exs, _, err := shards.ReadAllFor(spec, tok.Info())
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, e := range exs {
-			p := e.Sequences()[0]
-			if e.Kind != datasets.KindPrompts {
-				p = p[:min(e.PromptLen, len(p))]
-			}
-			if len(p) == 0 {
-				continue
-			}
-			texts, ids = append(texts, tok.Decode(p)), append(ids, p)
-			if limit > 0 && len(ids) == limit {
-				return texts, ids, nil
-			}
-		}
-	}
-	if len(raw) == 0 {
-		return texts, ids, nil
-	}
-	samples, err := datasets.LoadRaw(raw, seed)
+	ps, err := shards.ReadPrompts(specs, tok, seed, limit)
 	if err != nil {
 		return nil, nil, err
 	}
-	rest := 0
-	if limit > 0 {
-		rest = limit - len(ids)
+	for _, p := range ps {
+		texts, ids = append(texts, p.Text), append(ids, p.IDs)
 	}
-	t2, i2, err := arenaPrompts(tok, samples, rest)
-	return append(texts, t2...), append(ids, i2...), err
+	return texts, ids, nil
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 )
 
-// TestMultiTurnEOS: arena prompts and eval-cm's single responses read from raw files put the EOS
-// after earlier assistant turns, exactly as the shard builder does.
+// TestMultiTurnEOS: eval-cm's single responses read from raw files put the EOS after earlier
+// assistant turns, exactly as the shard builder does (prompts: shards.TestReadPrompts).
 func TestMultiTurnEOS(t *testing.T) {
 	tok, err := tokenizer.Load(filepath.Join(assets, "models/tok512.bin"))
 	if err != nil {
@@ -23,14 +23,6 @@ func TestMultiTurnEOS(t *testing.T) {
 	}
 	s := datasets.RawSample{Input: []string{"hi there", "hello!", "how are you?"}, Answer: "fine", OtherAnswer: "no",
 		HasOther: true, Better: true}
-	_, ids, err := arenaPrompts(tok, []datasets.RawSample{s}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := datasets.Build(tok, datasets.KindPrompts, &s, datasets.BuildOptions{})
-	if len(ids) != 1 || !slices.Equal(ids[0], want.InputIDs) || !slices.Contains(ids[0], tok.EOS()) {
-		t.Errorf("arena prompt %v, shard prompt %v", ids, want.InputIDs)
-	}
 	seq, err := prefs.Single(s, tok, 512, "right")
 	if err != nil {
 		t.Fatal(err)

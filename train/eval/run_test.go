@@ -2,7 +2,6 @@ package eval
 
 import (
 	"encoding/json"
-	"github.com/saferlhf/saferlhf/data/datasets"
 	"math"
 	"os"
 	"path/filepath"
@@ -186,15 +185,11 @@ func TestRunArenaRetokenizedTotalLength(t *testing.T) {
 	o := ArenaOptions{Red: base, Blue: base, Reward: scoreModel(t, 1), Cost: cm,
 		Prompts: []string{"pku-saferlhf:" + filepath.Join(assets, "pku-saferlhf/align-anything-preference-sample.json")},
 		Limit:   3, Temperature: 1, Seed: 3, Batch: 3, Bootstrap: 10}
-	raw, err := datasets.LoadRaw(o.Prompts, o.Seed)
-	if err != nil {
-		t.Fatal(err)
-	}
 	small, err := tokenizer.Load(filepath.Join(assets, "models/tok512.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, ids, err := arenaPrompts(small, raw, 3)
+	_, ids, err := loadArenaPrompts(o.Prompts, small, o.Seed, 3)
 	if err != nil {
 		t.Fatal(err)
 	}

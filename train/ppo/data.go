@@ -14,47 +14,15 @@ import (
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
 )
 
-// readPrompts returns the tokenized prompts (BOS first) of dataset specs: raw files
-// ([format:[proportion:]]path, formatted with the reference template) or token-shard
-// directories of any kind packed with tok (their prompt part).
+// readPrompts returns the tokenized prompts (BOS first) of dataset specs (shards.ReadPrompts).
 func readPrompts(tok tokenizer.Tokenizer, specs []string, seed uint64) ([][]int32, error) {
-	var out [][]int32
-	var raw []string
-	for _, s := range specs {
-		if !shards.IsDataset(s) {
-			raw = append(raw, s)
-			continue
-		}
-		exs, _, err := shards.ReadAllFor(s, tok.Info())
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range exs {
-			seq := e.Sequences()[0]
-			if e.Kind != datasets.KindPrompts {
-				seq = seq[:min(e.PromptLen, len(seq))]
-			}
-			if len(seq) > 0 {
-				out = append(out, seq)
-			}
-		}
-	}
-	if len(raw) == 0 {
-		return out, nil
-	}
-	samples, _, err := datasets.LoadMix(raw, seed)
+	ps, err := shards.ReadPrompts(specs, tok, seed, 0)
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range samples {
-		if len(s.Input) == 0 {
-			continue
-		}
-		ids, err := datasets.EncodePrompt(tok, s.Input)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", s.Where(), err)
-		}
-		out = append(out, ids)
+	out := make([][]int32, len(ps))
+	for i, p := range ps {
+		out[i] = p.IDs
 	}
 	return out, nil
 }
