@@ -149,8 +149,10 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	}
 	// withScore sets a score model's config.json normaliser keys from the tracked statistics.
 	withScore := func() error { return nil }
+	var state []string // training state outside the model and optimizer, equal on every rank
 	if stage != SFT {
 		initNormalizer(mctx)
+		state = []string{normScope}
 		withScore = func() (err error) {
 			mcfg.Score, err = scoreConfig(mctx, stage)
 			return err
@@ -163,6 +165,7 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	stepper, err := newSteps(be, mctx, mcfg, trainer.Config{
 		Scope: modelScope, Loss: lossFn(stage, mcfg, cfg, comm.Size() < 2), WeightDecay: cfg.WeightDecay,
 		ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation, Comm: comm, ZeroStage: cfg.ZeroStage, Reducer: reducer,
+		State: state,
 	}, native, stage == SFT)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sort"
 	"time"
 
@@ -99,8 +100,8 @@ func (s *Stepper) allReduceGradients() error {
 	return nil
 }
 
-// stateDigest hashes the bytes of every variable of ctx under the scope and the
-// optimizer scope of cfg (names included), to check that ranks start in step;
+// stateDigest hashes the bytes of every variable of ctx under the scope, the
+// optimizer scope and the State scopes of cfg (names included), to check that ranks start in step;
 // with ZeRO-1 the moments, which differ between ranks, are left out.
 func stateDigest(ctx *context.Context, cfg Config) (uint64, error) {
 	type kv struct {
@@ -110,7 +111,8 @@ func stateDigest(ctx *context.Context, cfg Config) (uint64, error) {
 	var vars []kv
 	for v := range ctx.IterVariables() {
 		path := v.ScopeAndName()
-		if !inScope(v.Scope(), cfg.Scope) && !inScope(v.Scope(), cfg.OptimScope) {
+		if !inScope(v.Scope(), cfg.Scope) && !inScope(v.Scope(), cfg.OptimScope) &&
+			!slices.ContainsFunc(cfg.State, func(s string) bool { return inScope(v.Scope(), s) }) {
 			continue
 		}
 		if cfg.zero1() && isMoment(v, cfg.OptimScope) {
@@ -167,7 +169,7 @@ func (l *Loop) checkInSync(step int) error {
 			return fmt.Errorf("trainer: rank %d starts at step %d, rank %d at step %d (different checkpoints? every rank must see the same --out)", r, st, comm.Rank(), step)
 		}
 		if dg != d {
-			return fmt.Errorf("trainer: rank %d's weights or optimizer state differ from rank %d's at step %d (different --model, --seed or checkpoint?)", r, comm.Rank(), step)
+			return fmt.Errorf("trainer: rank %d's weights, optimizer or other training state differ from rank %d's at step %d (different --model, --seed or checkpoint?)", r, comm.Rank(), step)
 		}
 	}
 	return nil

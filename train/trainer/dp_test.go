@@ -208,35 +208,48 @@ func TestDataParallelDeadRank(t *testing.T) {
 	}
 }
 
-// TestDataParallelOutOfSync: ranks that start from different weights are refused.
+// TestDataParallelStartCheck: ranks that start from different weights, or different training
+// state outside the model and optimizer (Config.State: a score normaliser), are refused.
 func TestDataParallelStartCheck(t *testing.T) {
-	cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	dir := t.TempDir()
-	for r := range 2 {
-		wg.Go(func() {
-			defer cs[r].Close()
-			s, err := NewStepper(testBackend(t), newLinearCtx([]float32{float32(r), 0, 0}, 0), Config{Scope: "/m", Loss: linearLoss, Comm: cs[r]})
-			if err != nil {
+	for _, tc := range []struct {
+		name          string
+		weight, state func(rank int) float64
+		want          string // "" for a run that starts
+	}{
+		{"weights differ", func(r int) float64 { return float64(r) }, func(int) float64 { return 0 }, "weights, optimizer or other training state differ"},
+		{"normaliser differs", func(int) float64 { return 0 }, func(r int) float64 { return float64(r) }, "weights, optimizer or other training state differ"},
+		{"in step", func(int) float64 { return 0 }, func(int) float64 { return 1 }, ""},
+	} {
+		cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		dir := t.TempDir()
+		for r := range 2 {
+			wg.Go(func() {
+				defer cs[r].Close()
+				ctx := newLinearCtx([]float32{float32(tc.weight(r)), 0, 0}, 0)
+				ctx.InAbsPath("/norm").VariableWithValue("mean", tc.state(r)).SetTrainable(false)
+				s, err := NewStepper(testBackend(t), ctx, Config{Scope: "/m", Loss: linearLoss, Comm: cs[r], State: []string{"/norm"}})
+				if err != nil {
+					errs[r] = err
+					return
+				}
+				l, err := NewLoop(LoopConfig{Stepper: s, Train: rankSource{src: newLinSource(16, 8, 5), rank: r, world: 2}, Steps: 1,
+					LR: func(int) float64 { return 0.1 }, Dir: dir})
+				if err == nil {
+					_, err = l.Run(stdctx.Background())
+				}
 				errs[r] = err
-				return
+			})
+		}
+		wg.Wait()
+		for r, err := range errs {
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("%s: rank %d: %v, want %q", tc.name, r, err, tc.want)
 			}
-			l, err := NewLoop(LoopConfig{Stepper: s, Train: rankSource{src: newLinSource(16, 8, 5), rank: r, world: 2}, Steps: 1,
-				LR: func(int) float64 { return 0.1 }, Dir: dir})
-			if err == nil {
-				_, err = l.Run(stdctx.Background())
-			}
-			errs[r] = err
-		})
-	}
-	wg.Wait()
-	for r, err := range errs {
-		if err == nil || !strings.Contains(err.Error(), "weights or optimizer state differ") {
-			t.Errorf("rank %d: %v", r, err)
 		}
 	}
 }

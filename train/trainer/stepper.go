@@ -59,6 +59,10 @@ type Config struct {
 	// Comm). Setting one makes the Stepper take the data-parallel path even for a
 	// single rank (NCCL with one rank, say).
 	Reducer GradientReducer
+	// State lists other absolute scopes holding training state that every rank must hold
+	// equal (a score model's normaliser statistics): the check that ranks start in step
+	// covers them with Scope and OptimScope.
+	State []string
 }
 
 // Result is what one call of Stepper.Step or Stepper.Eval returns to the host.
