@@ -14,7 +14,7 @@
 # (scale.log, one JSON per run, the peak device memory of each run from nvidia-smi). Sections run
 # in order of priority against a global budget (SCALE_BUDGET_S, default 460 s: the device gives 10
 # minutes a command, and loading the binary and the card's start come on top) and are skipped when
-# too little time is left, or when named in SCALE_SKIP (e.g. SCALE_SKIP="go_3b torch_3b numerics_1b").
+# too little time is left, or when named in SCALE_SKIP (e.g. SCALE_SKIP="go_3b torch_3b numerics_1b dist").
 # Exit status: the number of failed sections.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,8 +24,9 @@ if [ "${1:-}" = "--build" ]; then
   dest=${2:-.carry/scale}
   rm -rf "$dest" && mkdir -p "$dest"
   CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -o "$dest/saferlhf" ./cmd/saferlhf
-  gzip -9 "$dest/saferlhf"
-  cp bench/gpu/scale.sh bench/torch_scale.py "$dest/"
+  CGO_ENABLED=1 go test -c -trimpath -ldflags='-s -w' -o "$dest/train_collectives.test" ./train/collectives
+  gzip -9 "$dest/saferlhf" "$dest/train_collectives.test"
+  cp bench/gpu/scale.sh bench/gpu/dist.sh bench/torch_scale.py "$dest/"
   git rev-parse HEAD >"$dest/COMMIT" 2>/dev/null || true
   git status --porcelain | grep -q . && echo "+ uncommitted changes" >>"$dest/COMMIT"
   ls -l "$dest"
@@ -122,6 +123,10 @@ run torch_7b 40 120 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P7B --lora-rank
 # 2. 1B: Go, then the twin.
 run go_1b 60 120 "$BIN" bench --preset $P1B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_1b.json"
 run torch_1b 30 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P1B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_1b.json"
+# 2b. Data parallelism on the one GPU (bench/gpu/dist.sh, issue 14): NCCL through the real library
+# with one rank, then two processes sharing the GPU, each a short train-rm compared with one process.
+# Alone: bash .carry/scale/dist.sh (the same carry).
+run dist 90 200 env BIN="$BIN" DIST_BUDGET_S=190 OUT="$OUT" DIST_CPU_TEST="${SCALE_CPU_TEST:-}" bash "$HERE/dist.sh"
 # 3. 3B if time is left.
 run go_3b 90 150 "$BIN" bench --preset $P3B --lora-rank 16 --micro-batch-size 8 "${COMMON[@]}" "${SHAPE[@]}" --json "$OUT/go_3b.json"
 run torch_3b 40 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P3B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_3b.json"
@@ -151,7 +156,7 @@ print(f"torch bf16 matmul: rel. L2 error vs f64 {((bf-ref).norm()/ref.norm()):.3
 
 section "summary"
 # One results file (the device tool returns at most 8 files): {"name": ..., "result": ...} per line.
-for f in "$OUT"/numerics_*.json "$OUT"/go_*.json "$OUT"/torch_*.json; do
+for f in "$OUT"/numerics_*.json "$OUT"/go_*.json "$OUT"/torch_*.json "$OUT"/dist.json; do
   [ -f "$f" ] || continue
   echo "{\"name\": \"$(basename "$f" .json)\", \"result\": $(tr -d '\n' <"$f")}" >>"$OUT/results.jsonl"
   echo "$(basename "$f"): $(tr -d '\n ' <"$f" | head -c 1500)"
