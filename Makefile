@@ -37,7 +37,7 @@ test: vet build
 
 # The native C engine (needs cgo and a C compiler; its tests skip in the pure-Go build above).
 test-native:
-	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 ./native/... ./internal/backend/
+	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 ./native/... ./internal/backend/ ./train/collectives/
 	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 -run 'Native|Resume' ./train/ppo/
 	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 -run 'Native' ./train/stages/ ./cmd/saferlhf/ ./train/eval/
 	CGO_ENABLED=1 $(GO) test $(TAGS_CPU) -count=1 -run 'Backends' ./train/model/
