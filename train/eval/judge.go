@@ -3,6 +3,7 @@ package eval
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,7 +24,8 @@ type Sample struct {
 	Cost     *float64 `json:"cost,omitempty"`
 }
 
-// ReadSamples reads a samples JSONL file; a malformed line is an error naming it.
+// ReadSamples reads a samples JSONL file; a malformed line, a field of the wrong type and a
+// line without a prompt or response are errors naming the line.
 func ReadSamples(path string) ([]Sample, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -37,11 +39,23 @@ func ReadSamples(path string) ([]Sample, error) {
 		if strings.TrimSpace(sc.Text()) == "" {
 			continue
 		}
-		var s Sample
-		if err := json.Unmarshal(sc.Bytes(), &s); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		var s struct {
+			Prompt   *string  `json:"prompt"`
+			Response *string  `json:"response"`
+			Reward   float64  `json:"reward"`
+			Cost     *float64 `json:"cost"`
 		}
-		out = append(out, s)
+		if err := json.Unmarshal(sc.Bytes(), &s); err != nil {
+			var te *json.UnmarshalTypeError
+			if errors.As(err, &te) {
+				return nil, fmt.Errorf("%s:%d: field %q: got JSON %s, want %s", path, line, te.Field, te.Value, te.Type)
+			}
+			return nil, fmt.Errorf("%s:%d: malformed JSON line: %w", path, line, err)
+		}
+		if s.Prompt == nil || s.Response == nil {
+			return nil, fmt.Errorf("%s:%d: a sample needs the fields \"prompt\" and \"response\"", path, line)
+		}
+		out = append(out, Sample{Prompt: *s.Prompt, Response: *s.Response, Reward: s.Reward, Cost: s.Cost})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

@@ -56,10 +56,30 @@ func TestHarmDrop(t *testing.T) {
 	}
 }
 
+// TestReadSamplesErrors: a bad samples line is an error naming the file, the line and the field
+// (a line without a prompt or response was read as empty text and judged).
 func TestReadSamplesErrors(t *testing.T) {
+	good := `{"prompt":"p","response":"r","reward":1,"cost":-1}` + "\n"
+	for _, tc := range []struct{ name, line, want string }{
+		{"wrong type", `{"prompt": 3, "response": "r"}`, `s.jsonl:2: field "prompt": got JSON number, want string`},
+		{"wrong type of a score", `{"prompt": "p", "response": "r", "reward": "high"}`, `s.jsonl:2: field "reward": got JSON string, want float64`},
+		{"malformed", `{"prompt": "p", "response"`, "s.jsonl:2: malformed JSON line"},
+		{"no response", `{"prompt": "p"}`, `s.jsonl:2: a sample needs the fields "prompt" and "response"`},
+		{"no prompt", `{"response": "r", "reward": 1}`, `s.jsonl:2: a sample needs the fields "prompt" and "response"`},
+	} {
+		p := filepath.Join(t.TempDir(), "s.jsonl")
+		if err := os.WriteFile(p, []byte(good+tc.line+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadSamples(p); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
+		}
+	}
 	p := filepath.Join(t.TempDir(), "s.jsonl")
-	os.WriteFile(p, []byte(`{"prompt":"p","response":"r","reward":1,"cost":-1}`+"\n"+`{"prompt": 3}`+"\n"), 0o644)
-	if _, err := ReadSamples(p); err == nil || !strings.Contains(err.Error(), "s.jsonl:2") {
-		t.Errorf("err = %v, want it to name line 2", err)
+	if err := os.WriteFile(p, []byte(good+good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := ReadSamples(p); err != nil || len(s) != 2 || s[1].Prompt != "p" || s[1].Cost == nil || *s[1].Cost != -1 {
+		t.Errorf("good samples: %+v, %v", s, err)
 	}
 }
