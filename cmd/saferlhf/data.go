@@ -13,6 +13,7 @@ import (
 	"github.com/saferlhf/saferlhf/data/datasets"
 	"github.com/saferlhf/saferlhf/data/shards"
 	"github.com/saferlhf/saferlhf/data/tokenizer"
+	"github.com/saferlhf/saferlhf/train/config"
 )
 
 const dataUsage = `usage: saferlhf data <subcommand> [flags] [args]
@@ -76,6 +77,15 @@ func runDataPack(args []string) error {
 	}
 	if _, ok := datasets.CanonicalFormat(*format); !ok {
 		return usagef("unknown --format %q", *format)
+	}
+	var ck config.Checker
+	ck.NonNegativeInt("max-length", *maxLen)
+	ck.NonNegativeInt("workers", *workers)
+	ck.PositiveInt("block-kib", *blockKiB)
+	ck.PositiveInt("shard-mib", *shardMiB)
+	ck.Check(*evalFrac >= 0 && *evalFrac < 1, "--eval-fraction must be in [0, 1), got %v", *evalFrac)
+	if err := ck.Err(); err != nil {
+		return usagef("%v", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,5 +41,27 @@ func TestTokenizeAndDataCLI(t *testing.T) {
 	}
 	if _, _, code := runCLI(t, bin, "data", "pack", "--kind", "nope"); code != 2 {
 		t.Fatalf("bad kind: exit %d, want 2", code)
+	}
+}
+
+// TestDataPackFlagErrors: negative or empty sizes are refused before anything is read (a negative
+// --max-length packed without a cap, a negative --eval-fraction held nothing out).
+func TestDataPackFlagErrors(t *testing.T) {
+	base := []string{"--kind", "sft", "--out", filepath.Join(t.TempDir(), "o"), "--quiet"}
+	for _, tc := range []struct {
+		flag, value, want string
+	}{
+		{"--max-length", "-1", "--max-length must be >= 0, got -1"},
+		{"--workers", "-2", "--workers must be >= 0, got -2"},
+		{"--block-kib", "0", "--block-kib must be > 0, got 0"},
+		{"--shard-mib", "-64", "--shard-mib must be > 0, got -64"},
+		{"--eval-fraction", "-0.1", "--eval-fraction must be in [0, 1), got -0.1"},
+		{"--eval-fraction", "1", "--eval-fraction must be in [0, 1), got 1"},
+	} {
+		err := runDataPack(append(append([]string(nil), base...), tc.flag, tc.value, "missing.json"))
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s %s: err = %v, want a usage error %q", tc.flag, tc.value, err, tc.want)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
 
@@ -35,7 +34,7 @@ func (c *generateConfig) validate() error {
 	ck.Required("model", c.Model)
 	ck.PositiveInt("max-new-tokens", c.MaxNewTokens)
 	ck.NonNegative("temperature", c.Temperature)
-	ck.Range("top-p", c.TopP, math.SmallestNonzeroFloat64, 1)
+	ck.Fraction("top-p", c.TopP)
 	ck.NonNegativeInt("top-k", c.TopK)
 	ck.Positive("repetition-penalty", c.RepetitionPenalty)
 	ck.OneOf("template", c.Template, "none", "safe-rlhf")

@@ -142,6 +142,10 @@ func TestRLFlagErrors(t *testing.T) {
 		{"lora", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d", "--lora-rank", "8", "--lora-alpha", "0"}, "--lora-alpha"},
 		{"bad rl math", runPPO, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d", "--rl-math", "gpu"}, "--rl-math"},
 		{"ptx data without a coefficient", runPPO, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d", "--ptx-data", "p", "--ptx-coeff", "0"}, "--ptx-coeff"},
+		{"negative top-k", runPPOLag, []string{"--actor", "a", "--reward-model", "r", "--cost-model", "c", "--train-data", "d", "--top-k", "-1"}, "--top-k must be >= 0, got -1"},
+		{"zero top-p", runPPO, []string{"--actor", "a", "--reward-model", "r", "--train-data", "d", "--top-p", "0"}, "--top-p must be in (0, 1], got 0"},
+		{"generate: zero top-p", runGenerate, []string{"--model", "m", "--prompt", "p", "--top-p", "0"}, "--top-p must be in (0, 1], got 0"},
+		{"eval-arena: top-p above 1", runEvalArena, []string{"--red", "a", "--blue", "b", "--top-p", "1.5"}, "--top-p must be in (0, 1], got 1.5"},
 	} {
 		err := tc.run(tc.args)
 		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {

@@ -45,6 +45,13 @@ func (c *Checker) Range(name string, v, lo, hi float64) {
 	}
 }
 
+// Fraction requires 0 < v <= 1 (a probability mass such as --top-p).
+func (c *Checker) Fraction(name string, v float64) {
+	if !(v > 0 && v <= 1) {
+		c.add("--%s must be in (0, 1], got %v", name, v)
+	}
+}
+
 // PositiveInt requires v > 0.
 func (c *Checker) PositiveInt(name string, v int) {
 	if v <= 0 {

@@ -3,7 +3,6 @@ package eval
 import (
 	"fmt"
 	"io"
-	"math"
 	"path/filepath"
 
 	"github.com/gomlx/gomlx/backends"
@@ -69,7 +68,7 @@ func (o *ArenaOptions) Validate() error {
 	ck.NonNegativeInt("limit", o.Limit)
 	ck.NonNegativeInt("bootstrap", o.Bootstrap)
 	ck.NonNegative("temperature", o.Temperature)
-	ck.Range("top-p", o.TopP, math.SmallestNonzeroFloat64, 1)
+	ck.Fraction("top-p", o.TopP)
 	ck.NonNegativeInt("top-k", o.TopK)
 	return ck.Err()
 }

@@ -1,8 +1,6 @@
 package ppo
 
 import (
-	"math"
-
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/optim"
 )
@@ -161,7 +159,8 @@ func (c *Config) Validate() error {
 			c.RolloutBatch(), c.TrainBatchSize)
 	}
 	ck.Positive("temperature", c.Temperature)
-	ck.Range("top-p", c.TopP, math.SmallestNonzeroFloat64, 1)
+	ck.Fraction("top-p", c.TopP)
+	ck.NonNegativeInt("top-k", c.TopK)
 	ck.Positive("repetition-penalty", c.RepetitionPenalty)
 	ck.Positive("actor-lr", c.ActorLR)
 	ck.Positive("critic-lr", c.CriticLR)
