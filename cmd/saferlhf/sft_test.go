@@ -179,6 +179,10 @@ func TestStageInputErrorsLeaveNothing(t *testing.T) {
 		{runSFT, []string{"--model", model, "--data", filepath.Join(dir, "missing.json")}, "missing.json"},
 		{runTrainRM, []string{"--model", model, "--data", filepath.Join(dir, "missing.jsonl")}, "missing.jsonl"},
 		{runDPO, []string{"--model", model, "--data", filepath.Join(dir, "missing.json")}, "missing.json"},
+		// Batches are --max-length wide: beyond the model's context it ran out of memory.
+		{runSFT, []string{"--model", model, "--data", data, "--max-length", "100000000"}, "--max-length 100000000 exceeds the context of --model"},
+		{runTrainCM, []string{"--model", model, "--data", data, "--max-length", "513"}, "(max_position_embeddings 512)"},
+		{runDPO, []string{"--model", model, "--data", data, "--max-length", "4096"}, "--max-length 4096 exceeds the context"},
 	} {
 		out := filepath.Join(dir, fmt.Sprint("out", i))
 		err := tc.run(append(tc.args, "--out", out, "--max-steps", "1", "--backend", "go"))

@@ -271,6 +271,9 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
 	mcfg, w, err := model.LoadAny(cfg.Model)
+	if err == nil {
+		err = checkContext(cfg.MaxLength, cfg.Model, mcfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
