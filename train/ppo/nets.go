@@ -16,12 +16,16 @@ type Nets interface {
 	// actor and returns seq and attention mask (spec §1.2 steps 1–2). seed fixes the sampling.
 	Generate(prompts [][]int32, seed uint64) (*Rollout, error)
 	// Score fills r's log-probs, reference log-probs, end scores and critic values (spec §1.2 step 3),
-	// with no gradients. Cost and CostValues are left nil when the model is absent.
+	// with no gradients. Cost and CostValues are left nil when the model is absent. When the
+	// trainer asks for it (--rl-math graph), nets that can (GraphNets on go and xla:*) keep the
+	// per-token values on the device instead of in LogProbs, RefLogProbs, RewardValues and
+	// CostValues; the end scores always come to the host.
 	Score(r *Rollout) error
 	// UpdateActor runs one clipped-surrogate step on the micro-batch (spec §1.5).
 	UpdateActor(b ActorBatch) (ActorStats, error)
 	// UpdateCritic runs one clipped value-loss step (spec §1.6) of the reward critic (cost=false) or
-	// the cost critic (cost=true) toward returns (width L) under mask.
+	// the cost critic (cost=true) toward returns (width L) under mask. returns and mask are nil
+	// when the rl_step's RL math left them on the device, with the rollout (GraphNets only).
 	UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error)
 	// Checkpoint returns what a checkpoint stores of the networks (see NetsCheckpoint); the
 	// trainer writes it with train/checkpoint. Tensors may stream (safetensors.Tensor.Stream) and
@@ -55,7 +59,9 @@ type ActorBatch struct {
 	LR      float64
 	Rollout *Rollout
 	// RewardAdv and CostAdv are the GAE advantages at full width L (zero before start); with
-	// CostAdv non-nil the advantage is (A^r − λ·A^c)/(1+λ) (PPO-Lag), else A^r.
+	// CostAdv non-nil the advantage is (A^r − λ·A^c)/(1+λ) (PPO-Lag), else A^r. They and Mask
+	// are nil when the rl_step's RL math left them on the device, with the rollout (GraphNets
+	// only; the cost advantages there when it has a cost critic).
 	RewardAdv, CostAdv []float32
 	Lambda             float64
 	Mask               []float32 // the response mask
