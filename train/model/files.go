@@ -1,11 +1,10 @@
 package model
 
 import (
-	"encoding/binary"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/atomicfile"
@@ -66,32 +65,45 @@ func ResolveTokenizer(explicit, modelPath string) (string, error) {
 	if explicit != "" {
 		return explicit, nil
 	}
-	return ResolveTokenizerFor("", modelPath, vocabOf(modelPath))
+	vocab, err := vocabOf(modelPath)
+	if err != nil {
+		return "", err
+	}
+	return ResolveTokenizerFor("", modelPath, vocab)
 }
 
-// vocabOf reads the vocabulary size of a model (HF config.json or the llama2.c
-// header), 0 if it cannot.
-func vocabOf(path string) int {
-	if st, err := os.Stat(path); err == nil && st.IsDir() {
-		if cfg, err := LoadHFConfig(path); err == nil {
-			return cfg.VocabSize
+// vocabOf reads the vocabulary size of a model: an HF directory's or config file's
+// config.json, or a llama2.c checkpoint's header (checked as LoadLlama2C checks it, so a file
+// that is no model is reported as such, not as a tokenizer of a nonsense size not found).
+func vocabOf(path string) (int, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, fmt.Errorf("model: %w", err) // not "no tokenizer found" for a model that is not there
+	}
+	if st.IsDir() {
+		cfg, err := LoadHFConfig(path)
+		if err != nil {
+			return 0, err
 		}
-		return 0
+		return cfg.VocabSize, nil
+	}
+	if strings.HasSuffix(path, ".json") {
+		cfg, _, err := LoadAny(path)
+		if err != nil {
+			return 0, err
+		}
+		return cfg.VocabSize, nil
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	defer f.Close()
-	var hdr [28]byte
-	if _, err := io.ReadFull(f, hdr[:]); err != nil {
-		return 0
+	cfg, err := readLlama2CHeader(path, f, st.Size())
+	if err != nil {
+		return 0, fmt.Errorf("model %w", err)
 	}
-	v := int32(binary.LittleEndian.Uint32(hdr[20:24])) // llama2.c: vocab_size (negative: unshared classifier)
-	if v < 0 {
-		v = -v
-	}
-	return int(v)
+	return cfg.VocabSize, nil
 }
 
 // ResolveTokenizerFor is ResolveTokenizer for a known vocabulary size (0: any).
@@ -110,7 +122,10 @@ func ResolveTokenizerFor(explicit, modelPath string, vocab int) (string, error) 
 // train-cm save it. A score model is only read with its own tokenizer: another tokenizer's ids,
 // even of the same vocabulary size, may spell other text, so none found is an error.
 func OwnTokenizer(modelPath string) (string, error) {
-	vocab := vocabOf(modelPath)
+	vocab, err := vocabOf(modelPath)
+	if err != nil {
+		return "", err
+	}
 	p, dir, err := besideModel(modelPath, vocab)
 	if err != nil || p != "" {
 		return p, err

@@ -329,11 +329,33 @@ func TestCheckFiniteBF16(t *testing.T) {
 	}
 }
 
-// TestResolveTokenizerMissingModel: a model path that does not exist is reported as
-// such, not as "no tokenizer found" in it.
-func TestResolveTokenizerMissingModel(t *testing.T) {
-	_, err := ResolveTokenizer("", filepath.Join(t.TempDir(), "missing"))
-	if err == nil || !errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "no tokenizer") {
-		t.Fatalf("got %v, want the model's not-exist error", err)
+// TestResolveTokenizerBadModel: a model path that does not exist, or a file that is no model, is
+// reported as such, not as "no tokenizer found" in it (a JSONL file passed as --model read as a
+// llama2.c header asked for a tokenizer of 1179590727 tokens).
+func TestResolveTokenizerBadModel(t *testing.T) {
+	dir := t.TempDir()
+	jsonl := filepath.Join(dir, "samples.jsonl")
+	noConfig := filepath.Join(dir, "noconfig")
+	if err := os.WriteFile(jsonl, []byte(`{"prompt": "p", "response": "r"}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(noConfig, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"missing", filepath.Join(dir, "missing"), "no such file"},
+		{"not a model", jsonl, "samples.jsonl: header field 0 = 1919951483 out of range"},
+		{"a tokenizer", filepath.Join("..", "..", "assets", "data", "models", "tok512.bin"), "tok512.bin: header field"},
+		{"a directory without config.json", noConfig, "config.json"},
+	} {
+		for _, resolve := range []func(string) (string, error){
+			func(p string) (string, error) { return ResolveTokenizer("", p) }, OwnTokenizer} {
+			if _, err := resolve(tc.path); err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "no tokenizer") {
+				t.Errorf("%s: got %v, want an error about the model (%q)", tc.name, err, tc.want)
+			}
+		}
+	}
+	if _, err := ResolveTokenizer("", filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing model: %v, want os.ErrNotExist", err)
 	}
 }

@@ -23,45 +23,14 @@ func LoadLlama2C(path string) (*Config, Weights, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var hdr [7]int32
-	if err := binary.Read(f, binary.LittleEndian, &hdr); err != nil {
-		return nil, nil, fmt.Errorf("%s: header: %w", path, err)
+	cfg, err := readLlama2CHeader(path, f, st.Size())
+	if err != nil {
+		return nil, nil, err
 	}
-	dim, hidden, nl, nh, nkv, vocab, seqLen := int(hdr[0]), int(hdr[1]), int(hdr[2]), int(hdr[3]), int(hdr[4]), int(hdr[5]), int(hdr[6])
-	shared := vocab > 0
-	if vocab < 0 {
-		vocab = -vocab
-	}
-	cfg := &Config{
-		Architecture: "LlamaForCausalLM", ModelType: "llama",
-		HiddenSize: dim, IntermediateSize: hidden, NumLayers: nl, NumHeads: nh, NumKVHeads: nkv,
-		VocabSize: vocab, MaxPositions: seqLen, RMSNormEps: 1e-5, RopeTheta: 10000,
-		TieWordEmbeddings: shared, BOS: 1, EOS: 2, Pad: 0,
-	}
-	const limit = 1 << 20
-	for i, v := range []int{dim, hidden, nl, nh, nkv, vocab, seqLen} {
-		if v <= 0 || v > limit {
-			return nil, nil, fmt.Errorf("%s: header field %d = %d out of range", path, i, v)
-		}
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
+	dim, hidden, nl, nh, nkv, vocab, seqLen := cfg.HiddenSize, cfg.IntermediateSize, cfg.NumLayers, cfg.NumHeads, cfg.NumKVHeads, cfg.VocabSize, cfg.MaxPositions
+	shared := cfg.TieWordEmbeddings
 	dh := dim / nh
 	kvd := nkv * dh
-	// Rough size first, in float64, so absurd headers cannot overflow the
-	// exact computation below.
-	approx := 4 * (2*float64(vocab)*float64(dim) + float64(nl)*(4*float64(dim)*float64(dim)+3*float64(dim)*float64(hidden)) + float64(seqLen)*float64(dh))
-	if approx > 4*float64(st.Size())+1e6 {
-		return nil, nil, fmt.Errorf("%s: header %v implies about %.0f bytes, file has %d", path, hdr, approx, st.Size())
-	}
-	want := int64(28) + 4*int64(vocab*dim+nl*(2*dim+dim*dim+2*dim*kvd+dim*dim+3*dim*hidden)+dim+seqLen*dh)
-	if !shared {
-		want += 4 * int64(vocab*dim)
-	}
-	if st.Size() != want {
-		return nil, nil, fmt.Errorf("%s: file has %d bytes, header %v implies %d", path, st.Size(), hdr, want)
-	}
 	read := func(name string, shape ...int) (*Tensor, error) {
 		t := NewTensor(shape...)
 		if err := binary.Read(f, binary.LittleEndian, t.Data); err != nil {
@@ -145,4 +114,49 @@ func permuteRope(t *Tensor, heads, dh int) *Tensor {
 		}
 	}
 	return out
+}
+
+// readLlama2CHeader reads and checks the header of a llama2.c checkpoint of size bytes from r:
+// every field in range, a valid configuration, and the file size it implies.
+func readLlama2CHeader(path string, r io.Reader, size int64) (*Config, error) {
+	var hdr [7]int32
+	if err := binary.Read(r, binary.LittleEndian, &hdr); err != nil {
+		return nil, fmt.Errorf("%s: header: %w", path, err)
+	}
+	dim, hidden, nl, nh, nkv, vocab, seqLen := int(hdr[0]), int(hdr[1]), int(hdr[2]), int(hdr[3]), int(hdr[4]), int(hdr[5]), int(hdr[6])
+	shared := vocab > 0
+	if vocab < 0 {
+		vocab = -vocab
+	}
+	cfg := &Config{
+		Architecture: "LlamaForCausalLM", ModelType: "llama",
+		HiddenSize: dim, IntermediateSize: hidden, NumLayers: nl, NumHeads: nh, NumKVHeads: nkv,
+		VocabSize: vocab, MaxPositions: seqLen, RMSNormEps: 1e-5, RopeTheta: 10000,
+		TieWordEmbeddings: shared, BOS: 1, EOS: 2, Pad: 0,
+	}
+	const limit = 1 << 20
+	for i, v := range []int{dim, hidden, nl, nh, nkv, vocab, seqLen} {
+		if v <= 0 || v > limit {
+			return nil, fmt.Errorf("%s: header field %d = %d out of range", path, i, v)
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	dh := dim / nh
+	kvd := nkv * dh
+	// Rough size first, in float64, so absurd headers cannot overflow the
+	// exact computation below.
+	approx := 4 * (2*float64(vocab)*float64(dim) + float64(nl)*(4*float64(dim)*float64(dim)+3*float64(dim)*float64(hidden)) + float64(seqLen)*float64(dh))
+	if approx > 4*float64(size)+1e6 {
+		return nil, fmt.Errorf("%s: header %v implies about %.0f bytes, file has %d", path, hdr, approx, size)
+	}
+	want := int64(28) + 4*int64(vocab*dim+nl*(2*dim+dim*dim+2*dim*kvd+dim*dim+3*dim*hidden)+dim+seqLen*dh)
+	if !shared {
+		want += 4 * int64(vocab*dim)
+	}
+	if size != want {
+		return nil, fmt.Errorf("%s: file has %d bytes, header %v implies %d", path, size, hdr, want)
+	}
+	return cfg, nil
 }
