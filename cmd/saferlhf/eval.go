@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -22,33 +23,49 @@ type arenaEval struct {
 	Backend string `flag:"backend" help:"GoMLX backend (default $SAFERLHF_BACKEND or go)"`
 }
 
-func parseScoreEval(name string, args []string) (scoreEval, error) {
+func parseScoreEval(name string, args []string) (scoreEval, func(*error), error) {
 	c := scoreEval{Options: eval.DefaultOptions()}
 	fs := newFlagSet(name, "")
 	config.Register(fs, &c)
 	if err := parseFlags(fs, args, false); err != nil {
-		return c, err
+		return c, nil, err
 	}
 	if err := c.Validate(); err != nil {
-		return c, usagef("%v", err)
+		return c, nil, usagef("%v", err)
 	}
-	return c, prepareReport(c.Out, name, c.Force)
+	undo, err := prepareReport(c.Out, name, c.Force)
+	return c, undo, err
 }
 
 // prepareReport readies an evaluation's --out directory: like a training run's, an
-// existing report is never overwritten without --force (nothing is lost).
-func prepareReport(dir, command string, force bool) error {
+// existing report is never overwritten without --force (nothing is lost). The command defers
+// the returned function with its error: a failed run removes the directory it created, so it
+// leaves nothing behind that would make the next run need --force.
+func prepareReport(dir, command string, force bool) (undo func(*error), err error) {
+	undo = func(*error) {}
 	if dir == "" {
-		return nil
+		return undo, nil
 	}
-	return checkpoint.PrepareOutput(dir, command, false, force)
+	_, statErr := os.Stat(dir)
+	if err := checkpoint.PrepareOutput(dir, command, false, force); err != nil {
+		return undo, err
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		undo = func(err *error) {
+			if *err != nil {
+				os.RemoveAll(dir)
+			}
+		}
+	}
+	return undo, nil
 }
 
-func runEvalRM(args []string) error {
-	c, err := parseScoreEval("eval-rm", args)
+func runEvalRM(args []string) (err error) {
+	c, undo, err := parseScoreEval("eval-rm", args)
 	if err != nil {
 		return err
 	}
+	defer undo(&err)
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
@@ -60,11 +77,12 @@ func runEvalRM(args []string) error {
 	return r.Format(os.Stdout)
 }
 
-func runEvalCM(args []string) error {
-	c, err := parseScoreEval("eval-cm", args)
+func runEvalCM(args []string) (err error) {
+	c, undo, err := parseScoreEval("eval-cm", args)
 	if err != nil {
 		return err
 	}
+	defer undo(&err)
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
@@ -76,7 +94,7 @@ func runEvalCM(args []string) error {
 	return r.Format(os.Stdout)
 }
 
-func runEvalArena(args []string) error {
+func runEvalArena(args []string) (err error) {
 	c := arenaEval{ArenaOptions: eval.DefaultArenaOptions()}
 	fs := newFlagSet("eval-arena", "")
 	config.Register(fs, &c)
@@ -86,9 +104,11 @@ func runEvalArena(args []string) error {
 	if err := c.Validate(); err != nil {
 		return usagef("%v", err)
 	}
-	if err := prepareReport(c.Out, "eval-arena", c.Force); err != nil {
+	undo, err := prepareReport(c.Out, "eval-arena", c.Force)
+	if err != nil {
 		return err
 	}
+	defer undo(&err)
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err

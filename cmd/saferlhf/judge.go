@@ -14,7 +14,7 @@ type judgeEval struct {
 	Backend string `flag:"backend" help:"GoMLX backend (default $SAFERLHF_BACKEND or go)"`
 }
 
-func runJudge(args []string) error {
+func runJudge(args []string) (err error) {
 	c := judgeEval{JudgeOptions: eval.DefaultJudgeOptions()}
 	fs := newFlagSet("judge", "")
 	config.Register(fs, &c)
@@ -24,9 +24,11 @@ func runJudge(args []string) error {
 	if err := c.Validate(); err != nil {
 		return usagef("%v", err)
 	}
-	if err := prepareReport(c.Out, "judge", c.Force); err != nil {
+	undo, err := prepareReport(c.Out, "judge", c.Force)
+	if err != nil {
 		return err
 	}
+	defer undo(&err)
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err

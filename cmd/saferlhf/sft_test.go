@@ -194,3 +194,36 @@ func TestStageInputErrorsLeaveNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestEvalInputErrorsLeaveNothing: an evaluation that fails on its inputs removes the --out it
+// created (its run.json alone made the corrected rerun need --force), and keeps one it did not.
+func TestEvalInputErrorsLeaveNothing(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	for i, tc := range []struct {
+		run  func([]string) error
+		args []string
+	}{
+		{runEvalRM, []string{"--model", missing, "--data", "d.json"}},
+		{runEvalCM, []string{"--model", missing, "--data", "d.json"}},
+		{runEvalArena, []string{"--red", missing, "--blue", missing, "--reward-model", missing, "--cost-model", missing}},
+		{runJudge, []string{"--model", missing, "--before", missing, "--after", missing}},
+	} {
+		out := filepath.Join(dir, fmt.Sprint("out", i))
+		if err := tc.run(append(tc.args, "--out", out, "--backend", "go")); err == nil || !strings.Contains(err.Error(), "missing") {
+			t.Errorf("%v: got %v, want an error naming the missing input", tc.args, err)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%v: the failed run left its output %s behind (%v)", tc.args, out, err)
+		}
+		if err := os.Mkdir(out, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := tc.run(append(tc.args, "--out", out, "--backend", "go")); err == nil {
+			t.Errorf("%v: no error", tc.args)
+		}
+		if _, err := os.Stat(out); err != nil {
+			t.Errorf("%v: the failed run removed the directory it did not create: %v", tc.args, err)
+		}
+	}
+}
