@@ -299,19 +299,31 @@ func (s *scoringNets) Score(r *Rollout) error {
 }
 
 // TestRLMathDeviceResident: with --rl-math graph the per-token tensors stay on the device from
-// scoring to the updates (micro-batches sliced there; with fused and with layerwise updates) and
-// the run writes exactly the metrics of the same run making the host round trip; per rl_step,
+// scoring to the updates (micro-batches sliced there; PPO-Lag with fused and with layerwise
+// updates, PPO and the fixed penalty) and the run writes exactly the metrics of the same run
+// making the host round trip; per rl_step,
 // the bytes besides token ids that cross host↔device stay below one [B,L] float32 tensor, which
 // the round trip moves many times over.
 func TestRLMathDeviceResident(t *testing.T) {
 	for _, c := range []struct {
 		name  string
+		alg   Algorithm
 		upd   UpdatePrograms
 		micro int
-	}{{"fused micro-batches", UpdatesFused, 1}, {"layerwise", UpdatesLayerwise, 0}} {
+	}{{"fused micro-batches", PPOLag, UpdatesFused, 1}, {"layerwise", PPOLag, UpdatesLayerwise, 0},
+		{"ppo fused", PPO, UpdatesFused, 0}, {"fixed penalty layerwise micro-batches", Fixed, UpdatesLayerwise, 1}} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := tinyConfig()
+			if c.alg != PPOLag {
+				cfg = DefaultConfig(c.alg)
+				cfg.PromptBatchSize, cfg.TrainBatchSize = 4, 2
+				cfg.MaxNewTokens, cfg.MaxPromptTokens = 6, 8
+				cfg.ActorLR, cfg.CriticLR = 1e-3, 1e-3
+			}
 			cfg.RLMath, cfg.MaxSteps = RLMathGraph, 2
+			if c.alg != PPOLag {
+				cfg.MaxSteps = 1 // the update inputs and losses; PPO-Lag's cases check a second step
+			}
 			o := func(gc *GraphNetsConfig) {
 				gc.Updates, gc.MicroBatchSize, gc.TrainBatchSize = c.upd, c.micro, cfg.TrainBatchSize
 			}
