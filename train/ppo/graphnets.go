@@ -718,6 +718,7 @@ func (n *GraphNets) actorInputs(b ActorBatch, i, k int) (*microBatch, error) {
 	}
 	if m.cAdv != nil {
 		m.lambda = uploadScalar(&n.xfer, b.Lambda)
+		m.owned = append(m.owned, m.lambda)
 	}
 	return m, nil
 }
