@@ -132,7 +132,8 @@ run go_3b 90 150 "$BIN" bench --preset $P3B --lora-rank 16 --micro-batch-size 8 
 run torch_3b 40 90 env PYTHONUNBUFFERED=1 $PY "$TWIN" --preset $P3B --lora-rank 16 --micro-batch-size 8 "${TSHAPE[@]}" --json "$OUT/torch_3b.json"
 # 4. RL math (KL shaping, GAE of both streams, logged means) at the 7B run's B=16 and 128 + 384
 # tokens, on the host (float64 kernels) and as a graph on the device (--rl-math): its cost depends
-# only on B and T, so the tiny model keeps these runs to seconds; JSON rl_math_s and rl_math_*_bytes.
+# only on B and T, so the tiny model keeps these runs to seconds; JSON rl_math_s and rl_math_*_bytes,
+# and host_device_bytes_per_step (graph: the rollout's per-token tensors stay on the device).
 for m in host graph; do
   run rlmath_$m 20 60 "$BIN" bench --preset stories260K --rl-math $m "${COMMON[@]}" "${SHAPE[@]}" \
     --json "$OUT/go_rlmath_$m.json"
