@@ -145,16 +145,17 @@ func (s *Scorer) Score(seqs [][]int32) (out []float64, err error) {
 		}
 	}()
 	pad := s.Tok.Pad()
-	for start := 0; start < len(seqs); start += s.Batch {
-		rows := seqs[start:min(len(seqs), start+s.Batch)]
+	B := min(s.Batch, len(seqs)) // a batch never wider than the data: --batch-size 1e8 ran out of memory
+	for start := 0; start < len(seqs); start += B {
+		rows := seqs[start:min(len(seqs), start+B)]
 		width := 2
 		for _, r := range rows {
 			width = max(width, len(r))
 		}
 		T := min(s.MaxLen, (width+15)/16*16)
-		ids := make([]int32, s.Batch*T)
-		mask := make([]float32, s.Batch*T)
-		for i := 0; i < s.Batch; i++ {
+		ids := make([]int32, B*T)
+		mask := make([]float32, B*T)
+		for i := 0; i < B; i++ {
 			var r []int32
 			if i < len(rows) {
 				r = rows[i]
@@ -172,7 +173,7 @@ func (s *Scorer) Score(seqs [][]int32) (out []float64, err error) {
 				}
 			}
 		}
-		vals, err := s.endScores(ids, mask, s.Batch, T)
+		vals, err := s.endScores(ids, mask, B, T)
 		if err != nil {
 			return nil, fmt.Errorf("scorer: %w", err)
 		}

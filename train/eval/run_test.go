@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
@@ -218,6 +219,33 @@ func TestRunArenaRetokenizedTotalLength(t *testing.T) {
 		}
 		if math.Abs(want[0]-s.RedCost) > 1e-4 {
 			t.Errorf("sample %d: cost %g, want %g (the cost model on the re-tokenised text)", i, s.RedCost, want[0])
+		}
+	}
+}
+
+// TestScorerBatchWiderThanData: a --batch-size beyond the data scores the same as a small one
+// (the batch is never wider than the rows: --batch-size 1e8 ran out of memory).
+func TestScorerBatchWiderThanData(t *testing.T) {
+	be, err := backend.New("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := scoreModel(t, 1)
+	seqs := [][]int32{{1, 403, 407}, {1, 261, 378, 2}, {1, 5}}
+	var want []float64
+	for _, batch := range []int{2, 1 << 40} {
+		sc, err := NewScorer(be, dir, "", batch, 32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := sc.Score(seqs)
+		if err != nil {
+			t.Fatalf("batch %d: %v", batch, err)
+		}
+		if want == nil {
+			want = got
+		} else if !slices.Equal(got, want) {
+			t.Errorf("batch %d: scores %v, batch 2 gives %v", batch, got, want)
 		}
 	}
 }
