@@ -89,4 +89,12 @@ func TestGenerateRefusesBadModels(t *testing.T) {
 	if err := runGenerate([]string{"--model", bad, "--tokenizer", tok}); err == nil || !strings.Contains(err.Error(), "not part of the model") {
 		t.Errorf("config disagreeing with the weights: err = %v", err)
 	}
+	// Beyond the context: the native engine said "decode layer dimensions exceed int32".
+	stories := filepath.Join(root, "assets", "data", "models", "stories260K.bin")
+	for _, n := range []string{"508", "100000000"} {
+		if err := runGenerate([]string{"--model", stories, "--tokenizer", tok, "--prompt", "Once upon a time", "--max-new-tokens", n}); err == nil ||
+			!strings.Contains(err.Error(), "--max-new-tokens "+n) || !strings.Contains(err.Error(), "exceed the context of --model") {
+			t.Errorf("--max-new-tokens %s: err = %v", n, err)
+		}
+	}
 }
