@@ -128,11 +128,16 @@ func tensorDigest(t *safetensors.Tensor) (sum [sha256.Size]byte, ok bool, err er
 // RestoreContext restores the context variables of the checkpoint (see the
 // package function RestoreContext), including those stored once in the weights
 // (Checkpoint.WeightsScope).
-func (l *Loaded) RestoreContext(ctx *context.Context) error {
+func (l *Loaded) RestoreContext(ctx *context.Context) error { return l.RestoreContextExcept(ctx, nil) }
+
+// RestoreContextExcept is RestoreContext without the training-state tensors
+// named in skip (another rank's share of a ZeRO-1 optimiser state), which are
+// neither read nor created.
+func (l *Loaded) RestoreContextExcept(ctx *context.Context, skip map[string]bool) error {
 	if l.TrainState == nil {
 		return fmt.Errorf("checkpoint %s: no training state", l.Dir)
 	}
-	if err := RestoreContext(ctx, l.TrainState); err != nil {
+	if err := restoreContext(ctx, l.TrainState, skip); err != nil {
 		return err
 	}
 	raw := l.TrainState.Metadata()[inWeightsKey]
@@ -239,11 +244,20 @@ func TrainableMetadata(ctx *context.Context, ts []safetensors.Tensor) map[string
 // exist yet (optimizer state before the first step) as non-trainable. Shapes
 // and dtypes of existing variables must match.
 func RestoreContext(ctx *context.Context, f *safetensors.File) error {
+	return restoreContext(ctx, f, nil)
+}
+
+// restoreContext is RestoreContext one tensor at a time from the memory-mapped
+// f, skipping the names in skip.
+func restoreContext(ctx *context.Context, f *safetensors.File, skip map[string]bool) error {
 	fromST := map[safetensors.DType]dtypes.DType{}
 	for k, v := range toST {
 		fromST[v] = k
 	}
 	for _, n := range f.Names() {
+		if skip[n] {
+			continue
+		}
 		ti, err := f.TensorInfo(n)
 		if err != nil {
 			return err

@@ -255,6 +255,26 @@ func testZeroOnePPOLag(t *testing.T, nets ...func(*GraphNetsConfig)) {
 			t.Errorf("ZeRO-1 run resumed with zero stage %d differs:\n got %s\nwant %s", stage, got, want)
 		}
 	}
+	// Restoring a finished 1-step run's checkpoint (full state, replicated) with nothing left to
+	// train: each ZeRO-1 rank's context holds its own moments only, never the others' (there was
+	// no update to drop them).
+	out := t.TempDir()
+	done := cfg
+	done.MaxSteps = 1
+	for r, x := range runRanks(t, done, 2, Options{OutDir: out}, nil, zero(0)...) {
+		if x.err != nil || x.moments != m {
+			t.Fatalf("1-step replicated run: rank %d: %d moment elements (want %d), %v", r, x.moments, m, x.err)
+		}
+	}
+	res := runRanks(t, done, 2, Options{OutDir: out, Resume: true}, nil, zero(1)...)
+	for r, x := range res {
+		if x.err != nil {
+			t.Fatalf("restore only: rank %d: %v", r, x.err)
+		}
+		if x.moments != sh[r].moments {
+			t.Errorf("rank %d holds %d moment elements right after restoring with ZeRO-1 (want its own %d of %d)", r, x.moments, sh[r].moments, m)
+		}
+	}
 }
 
 // TestBenchDataParallel: Bench on 2 ranks (with --zero-stage 1) reports each rank's rates, rank

@@ -2,6 +2,7 @@ package ppo
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"strings"
 	"time"
@@ -898,13 +899,23 @@ func (n *GraphNets) Restore(l *checkpoint.Loaded) error {
 			}
 		}
 	}
-	n.nat = nil // rebuilt from the restored variables
-	if err := l.RestoreContext(n.ctx); err != nil {
+	n.nat = nil                  // rebuilt from the restored variables
+	foreign := map[string]bool{} // ZeRO-1: the moments other ranks own stay on disk
+	for _, s := range []*trainer.Stepper{n.actor, n.rcritic, n.ccritic} {
+		if s != nil {
+			f, err := s.Config().ForeignMoments(l.TrainState)
+			if err != nil {
+				return fmt.Errorf("ppo: checkpoint %s: %w", l.Dir, err)
+			}
+			maps.Copy(foreign, f)
+		}
+	}
+	if err := l.RestoreContextExcept(n.ctx, foreign); err != nil {
 		return err
 	}
 	for _, s := range []*trainer.Stepper{n.actor, n.rcritic, n.ccritic} {
 		if s != nil {
-			if err := s.LoadContext(); err != nil { // ZeRO-1: drop others' moments at the next update
+			if err := s.LoadContext(); err != nil {
 				return err
 			}
 		}

@@ -150,25 +150,23 @@ func (n *GraphNets) loadNatives() (*nativeNets, error) {
 	return nn, nil
 }
 
-// shard partitions t's trained parameters among the ranks of comm (ZeRO-1): t's optimiser
-// updates and keeps moments for this rank's share only, and the moments of the others'
-// parameters that ctx holds (a restored checkpoint's full state) are dropped.
+// shard partitions t's trained parameters among the ranks of comm (ZeRO-1,
+// trainer.PartitionVariables): t's optimiser updates and keeps moments for this rank's
+// share only, and ctx must hold none of the others' (a restore skips them).
 func (t *nativeTrained) shard(comm dist.Communicator, ctx *context.Context) error {
 	t.names = slices.Sorted(maps.Keys(t.g))
-	sizes := make([]int64, len(t.names))
-	for i, name := range t.names {
+	for _, name := range t.names {
 		if t.vars[name] == nil {
 			return fmt.Errorf("no variable for trained parameter %q", name)
 		}
-		sizes[i] = int64(len(t.g[name]))
 	}
-	t.owners = dist.Owners(t.names, sizes, comm.Size())
+	t.owners = trainer.PartitionVariables(t.trainedVars(), comm.Size())
 	mine := map[string]bool{}
 	for i, name := range t.names {
 		mine[name] = t.owners[i] == comm.Rank()
 	}
 	t.opt.Owns = func(name string) bool { return mine[name] }
-	return trainer.DropForeignMoments(ctx, t.optim, t.trainedVars(), t.owners, comm.Rank())
+	return trainer.CheckMoments(ctx, t.optim, t.trainedVars(), t.owners, comm.Rank())
 }
 
 // trainedVars are the variables of t.names, in order.

@@ -536,7 +536,11 @@ func (l *Loop) restore() (step int, pos position, err error) {
 	if err := json.Unmarshal(ld.State.Data, &pos); err != nil {
 		return 0, pos, fmt.Errorf("trainer: resume: %s: data position: %w", ld.Dir, err)
 	}
-	if err := ld.RestoreContext(l.cfg.Stepper.Context()); err != nil {
+	foreign, err := l.cfg.Stepper.Config().ForeignMoments(ld.TrainState) // ZeRO-1: others' moments stay on disk
+	if err != nil {
+		return 0, pos, fmt.Errorf("trainer: resume: %s: %w", ld.Dir, err)
+	}
+	if err := ld.RestoreContextExcept(l.cfg.Stepper.Context(), foreign); err != nil {
 		return 0, pos, fmt.Errorf("trainer: resume: %w", err)
 	}
 	if err := l.cfg.Stepper.LoadContext(); err != nil {

@@ -95,11 +95,7 @@ func NewNativeStepper(ctx *context.Context, cfg NativeConfig) (*NativeStepper, e
 		return nil, fmt.Errorf("trainer: %w", err)
 	}
 	if c.zero1() {
-		sizes := make([]int64, len(s.names))
-		for i, n := range s.names {
-			sizes[i] = int64(len(m.Params[n]))
-		}
-		s.owners = dist.Owners(s.names, sizes, c.Comm.Size())
+		s.owners = PartitionVariables(s.trainedVars(), c.Comm.Size())
 		mine := map[string]bool{}
 		for i, n := range s.names {
 			mine[n] = s.owners[i] == c.Comm.Rank()
@@ -247,8 +243,8 @@ func (s *NativeStepper) LoadContext() error {
 	if err := s.opt.LoadState(s.ctx, s.train); err != nil {
 		return fmt.Errorf("trainer: %w", err)
 	}
-	if s.owners != nil { // a restored full state: keep this rank's share only
-		if err := DropForeignMoments(s.ctx, s.cfg.OptimScope, s.trainedVars(), s.owners, s.cfg.Comm.Rank()); err != nil {
+	if s.owners != nil { // a restored state holds this rank's share only (ForeignMoments)
+		if err := CheckMoments(s.ctx, s.cfg.OptimScope, s.trainedVars(), s.owners, s.cfg.Comm.Rank()); err != nil {
 			return err
 		}
 	}

@@ -96,11 +96,9 @@ type Stepper struct {
 	trained     []*context.Variable
 	opt         *optim.AdamW
 	commTime    time.Duration // time spent in gradient all-reduces
-	// ZeRO-1: the owning rank of each trained variable, whether this rank owns it, and
-	// whether moments of others' variables (from a restored checkpoint) are gone.
-	owners         []int
-	owned          []bool
-	foreignDropped bool
+	// ZeRO-1: the owning rank of each trained variable and whether this rank owns it.
+	owners []int
+	owned  []bool
 }
 
 // NewStepper returns a Stepper for cfg on the variables of ctx. ctx must already hold

@@ -42,12 +42,14 @@ type Steps interface {
 // SyncContext is a no-op: the Stepper's live state is its context.
 func (s *Stepper) SyncContext() error { return nil }
 
-// LoadContext notes that the context may hold a full optimiser state again (a
-// restored checkpoint): with ZeRO-1 the next update drops the moments of
-// variables other ranks own. The Stepper's live state is its context.
+// LoadContext checks, with ZeRO-1 once the partition is known, that a restored
+// checkpoint brought this rank's moments only (see ForeignMoments). The
+// Stepper's live state is its context.
 func (s *Stepper) LoadContext() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.foreignDropped = false
-	return nil
+	if s.owners == nil {
+		return nil // checked by partition at the first update
+	}
+	return CheckMoments(s.ctx, s.cfg.OptimScope, s.trained, s.owners, s.cfg.Comm.Rank())
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // ZeRO-1 (Config.ZeroStage 1 with more than one rank): optimiser-state
@@ -22,8 +23,8 @@ import (
 // the owners' updated weights (bit for bit). Checkpoints hold the full state,
 // as a single process writes it: rank 0 streams the moments other ranks own
 // from them while it writes (checkpoint.SaveSharded), so they resume at any
-// world size and stage; a rank that loads a full state drops the moments it
-// does not own.
+// world size and stage; a resuming rank loads only the moments it owns
+// (ForeignMoments), tensor by tensor from the memory-mapped file.
 
 // ZeroStages are the supported values of Config.ZeroStage.
 const ZeroStages = "0 (replicated optimiser state) or 1 (optimiser state sharded across ranks)"
@@ -53,22 +54,86 @@ func OwnedMoments(optimScope string, vars []*context.Variable, owners []int) []c
 	return out
 }
 
-// DropForeignMoments deletes from ctx the AdamW moments (under optimScope) of the variables
-// of vars this rank does not own (after a full state was restored).
-func DropForeignMoments(ctx *context.Context, optimScope string, vars []*context.Variable, owners []int, rank int) error {
+// PartitionVariables is ZeRO-1's partition of trained variables among ranks:
+// dist.Owners over their paths (Variable.ScopeAndName) and sizes. Every engine
+// (Stepper, NativeStepper, the native PPO nets) partitions by it, so the
+// moments a checkpoint holds tell a resuming rank which are its own before any
+// step (ForeignMoments).
+func PartitionVariables(vars []*context.Variable, ranks int) []int {
+	names := make([]string, len(vars))
+	sizes := make([]int64, len(vars))
 	for i, v := range vars {
-		if owners[i] == rank {
+		names[i], sizes[i] = v.ScopeAndName(), int64(v.Shape().Size())
+	}
+	return dist.Owners(names, sizes, ranks)
+}
+
+// ForeignMoments returns the AdamW moments of c's trained variables among the
+// tensors of f (a checkpoint's training state) that other ranks own under
+// ZeRO-1, which a resuming rank does not load (nil without ZeRO-1). The
+// partition is PartitionVariables' over the variables whose moments f holds,
+// which are the trained ones (the moments of all of them, in the one
+// checkpoint format); CheckMoments verifies that against the engine's own
+// partition once it is known.
+func (c Config) ForeignMoments(f *safetensors.File) (map[string]bool, error) {
+	if !c.zero1() || f == nil {
+		return nil, nil
+	}
+	prefix := c.OptimScope + c.Scope + context.ScopeSeparator
+	var names []string
+	var sizes []int64
+	for _, n := range f.Names() {
+		if !strings.HasPrefix(n, prefix) || !strings.HasSuffix(n, "_m1") {
 			continue
 		}
+		_, shape, err := f.Info(n)
+		if err != nil {
+			return nil, fmt.Errorf("trainer: %w", err)
+		}
+		size := int64(1)
+		for _, d := range shape {
+			size *= int64(d)
+		}
+		names = append(names, strings.TrimSuffix(strings.TrimPrefix(n, c.OptimScope), "_m1"))
+		sizes = append(sizes, size)
+	}
+	owners := dist.Owners(names, sizes, c.Comm.Size())
+	foreign := map[string]bool{}
+	for i, n := range names {
+		if owners[i] != c.Comm.Rank() {
+			foreign[c.OptimScope+n+"_m1"] = true
+			foreign[c.OptimScope+n+"_m2"] = true
+		}
+	}
+	return foreign, nil
+}
+
+// CheckMoments verifies that ctx holds the AdamW moments (under optimScope) of
+// the variables of vars this rank owns and none of the others': all of them
+// (a restored or running state) or none (before the first update).
+func CheckMoments(ctx *context.Context, optimScope string, vars []*context.Variable, owners []int, rank int) error {
+	var have, want int
+	var missing string
+	for i, v := range vars {
 		for _, p := range momentPaths(optimScope, v) {
 			scope, name := p[:strings.LastIndex(p, context.ScopeSeparator)], p[strings.LastIndex(p, context.ScopeSeparator)+1:]
-			if ctx.GetVariableByScopeAndName(scope, name) == nil {
+			held := ctx.GetVariableByScopeAndName(scope, name) != nil
+			if owners[i] != rank {
+				if held {
+					return fmt.Errorf("trainer: ZeRO-1: rank %d holds %s, owned by rank %d", rank, p, owners[i])
+				}
 				continue
 			}
-			if err := ctx.DeleteVariable(scope, name); err != nil {
-				return fmt.Errorf("trainer: dropping %s (owned by rank %d): %w", p, owners[i], err)
+			want++
+			if held {
+				have++
+			} else if missing == "" {
+				missing = p
 			}
 		}
+	}
+	if have != 0 && have != want {
+		return fmt.Errorf("trainer: ZeRO-1: rank %d lacks %s (holds %d of its %d moments: a checkpoint partitioned otherwise?)", rank, missing, have, want)
 	}
 	return nil
 }
@@ -84,25 +149,23 @@ func OptimizerStateElements(ctx *context.Context, optimScope string) int64 {
 	return n
 }
 
-// partition computes the owners of the trained variables (once they are known).
+// partition computes the owners of the trained variables (once they are known)
+// and checks the moments ctx holds against them (CheckMoments).
 func (s *Stepper) partition() {
 	if s.owners != nil || !s.cfg.zero1() {
 		return
 	}
-	names := make([]string, len(s.trained))
-	sizes := make([]int64, len(s.trained))
-	for i, v := range s.trained {
-		names[i], sizes[i] = v.ScopeAndName(), int64(v.Shape().Size())
-	}
-	s.owners = dist.Owners(names, sizes, s.cfg.Comm.Size())
+	s.owners = PartitionVariables(s.trained, s.cfg.Comm.Size())
 	s.owned = make([]bool, len(s.owners))
 	for i, o := range s.owners {
 		s.owned[i] = o == s.cfg.Comm.Rank()
 	}
+	if err := CheckMoments(s.ctx, s.cfg.OptimScope, s.trained, s.owners, s.cfg.Comm.Rank()); err != nil {
+		panic(err)
+	}
 }
 
-// gatherWeights hands every rank the owners' updated weights (ZeRO-1; a no-op otherwise) and
-// drops moments of variables this rank does not own that a restored checkpoint brought.
+// gatherWeights hands every rank the owners' updated weights (ZeRO-1; a no-op otherwise).
 func (s *Stepper) gatherWeights() error {
 	if !s.cfg.zero1() {
 		return nil
@@ -110,12 +173,6 @@ func (s *Stepper) gatherWeights() error {
 	start := time.Now()
 	defer func() { s.commTime += time.Since(start) }()
 	s.partition()
-	if !s.foreignDropped {
-		if err := DropForeignMoments(s.ctx, s.cfg.OptimScope, s.trained, s.owners, s.cfg.Comm.Rank()); err != nil {
-			return err
-		}
-		s.foreignDropped = true
-	}
 	if b, ok := s.cfg.Reducer.(OwnedBroadcaster); ok {
 		ts := make([]*tensors.Tensor, len(s.trained))
 		for i, v := range s.trained {

@@ -1,13 +1,16 @@
 package trainer
 
 import (
+	stdctx "context"
 	"math"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
@@ -119,6 +122,61 @@ func TestZeroOneResume(t *testing.T) {
 		}
 		if c.zero1 == 1 && (resumed[0].moments != 6 || resumed[1].moments != 2) {
 			t.Errorf("%+v: moment elements per rank %d, %d after resuming (want 6, 2)", c, resumed[0].moments, resumed[1].moments)
+		}
+	}
+}
+
+// TestZeroOneRestoreLoadsOwnedOnly: right after a ZeRO-1 rank restores a
+// checkpoint (full state, written by ZeRO-1 or by one replicated process), and
+// before any step, its context holds the moments of the variables it owns
+// only: the weight's on rank 0 (3 elements, 2 moments), the bias's on rank 1;
+// the others' moments are never read into it.
+func TestZeroOneRestoreLoadsOwnedOnly(t *testing.T) {
+	for _, c := range []struct{ world0, zero0 int }{{2, 1}, {1, 0}} {
+		dir := t.TempDir()
+		for _, r := range runDPZero(t, dir, c.world0, c.zero0, 2, 2, false, nil) {
+			if r.err != nil {
+				t.Fatalf("%+v: %v", c, r.err)
+			}
+		}
+		cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []struct {
+			elements int64
+			has      string
+		}{{6, "weight"}, {2, "bias"}}
+		for r, comm := range cs {
+			defer comm.Close()
+			mctx := newLinearCtx([]float32{0, 0, 0}, 0)
+			s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, WeightDecay: 0.01, Accumulation: 2,
+				ClipNorm: 2, Comm: comm, ZeroStage: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := NewLoop(LoopConfig{Stepper: s, Train: newLinSource(64, 8, 5), Steps: 6,
+				LR: mustSchedule(t, "cosine", 0.3, 0.1, 6), CheckpointEvery: 2, Dir: dir, Resume: true,
+				Plot: func(string, string) error { return nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.ckpts, err = checkpoint.NewManager(l.ckptRoot(), 0); err != nil {
+				t.Fatal(err)
+			}
+			if step, _, err := l.restore(); err != nil || step != 2 {
+				t.Fatalf("%+v: rank %d: restore: step %d, %v", c, r, step, err)
+			}
+			var moments []string
+			for v := range mctx.IterVariables() {
+				if isMoment(v, s.Config().OptimScope) {
+					moments = append(moments, v.ScopeAndName())
+				}
+			}
+			if got := s.OptimizerStateElements(); got != want[r].elements || len(moments) != 2 ||
+				!strings.Contains(moments[0], want[r].has) || !strings.Contains(moments[1], want[r].has) {
+				t.Errorf("%+v: rank %d holds %d moment elements %v after restoring (want %d, the %s's)", c, r, got, moments, want[r].elements, want[r].has)
+			}
 		}
 	}
 }
