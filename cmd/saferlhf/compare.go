@@ -42,7 +42,8 @@ func compareRuns(lambdas []float64) []compareRun {
 }
 
 // compareConfig is the command line of compare: a ppo-lag run's flags (passed to every run)
-// and the comparison's own.
+// and the comparison's own. Compare runs as one process, so a data-parallel run's flags
+// (group "dist": --zero-stage, --collectives) are not among them.
 type compareConfig struct {
 	ppo.RunConfig
 	Judge          string   `flag:"judge-cost-model" help:"independent judge cost model dir (trained on data the training cost model never saw); its own tokenizer is found beside it"`
@@ -185,7 +186,7 @@ func runCompare(args []string) error {
 func isCostFlag(name string) bool {
 	fs := newFlagSet("ppo", "")
 	c := ppo.DefaultRunConfig(ppo.PPO)
-	config.Register(fs, &c)
+	config.Register(fs, &c, "dist")
 	return fs.Lookup(name) == nil
 }
 

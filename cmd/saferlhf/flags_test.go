@@ -132,3 +132,31 @@ func TestRLDefaultsPerAlgorithm(t *testing.T) {
 		t.Errorf("max-prompt-tokens %d + max-new-tokens %d, want the reference's max_length 512", c.MaxPromptTokens, c.MaxNewTokens)
 	}
 }
+
+// The data-parallel flags (--zero-stage, --collectives) are defined by the commands that run as
+// ranks of a launcher and by no single-process command (compare reuses ppo-lag's settings),
+// where they would do nothing: there they are unknown flags and unknown --config keys.
+func TestDataParallelFlagsOnlyWhereRanksRun(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range commands {
+		for flag, bad := range map[string]string{"zero-stage": "7", "collectives": "nope"} { // refused where defined: no work starts
+			args := []string{c.name, "--" + flag, bad}
+			if c.name == "data" {
+				args = []string{"data", "pack", "--" + flag, bad}
+			}
+			code, errOut := runIn(t, args...)
+			undefined := strings.Contains(errOut, "not defined: -"+flag)
+			if undefined == c.ranked || !c.ranked && code != 2 {
+				t.Errorf("%v (ranked %v): exit %d, stderr %q", args, c.ranked, code, errOut)
+			}
+			if c.ranked || c.name == "data" || c.name == "verify-reference" { // these two take no --config
+				continue
+			}
+			cfg := filepath.Join(dir, c.name+"-"+flag+".yaml")
+			os.WriteFile(cfg, []byte(flag+": 1\n"), 0o644)
+			if code, errOut := runIn(t, c.name, "--config", cfg); code != 2 || !strings.Contains(errOut, flag) {
+				t.Errorf("%s --config {%s: 1}: exit %d, stderr %q", c.name, flag, code, errOut)
+			}
+		}
+	}
+}

@@ -27,9 +27,9 @@ func parseRL(name string, alg ppo.Algorithm, args []string) (ppo.RunConfig, *fla
 		c := ppo.DefaultRunConfig(alg)
 		fs := newFlagSet(name, "")
 		if alg == ppo.PPO {
-			config.Register(fs, &c)
+			config.Register(fs, &c, "dist")
 		} else {
-			config.Register(fs, &c, "cost")
+			config.Register(fs, &c, "cost", "dist")
 		}
 		return c, fs, parseFlags(fs, args, false)
 	}

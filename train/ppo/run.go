@@ -51,9 +51,9 @@ type RunConfig struct {
 	DType        string   `flag:"dtype" help:"compute dtype bf16 or f32 (default: bf16 on xla:*, f32 otherwise)"`
 	SaveDType    string   `flag:"save-dtype" help:"dtype of the saved policy: f32, bf16 or f16 (default: the --model checkpoint's torch_dtype, f32 when unknown)"`
 	MicroBatch   int      `flag:"micro-batch-size" help:"rows per update micro-batch, gradients accumulated in graph (0: the whole --train-batch-size)"`
-	ZeroStage    int      `flag:"zero-stage" help:"optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share; same trajectory and checkpoints)"`
+	ZeroStage    int      `flag:"zero-stage" group:"dist" help:"optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share; same trajectory and checkpoints)"`
 	GPUMemFrac   float64  `flag:"gpu-memory-fraction" help:"fraction of GPU memory the XLA client may use (0: the plugin's default)"`
-	Collectives  string   `flag:"collectives" help:"how gradients are averaged across ranks: tcp (through the host and the TCP rendezvous), nccl (NCCL on the GPU buffers, no host copy; needs --backend xla:cuda and libnccl.so.2) or auto (nccl when both are there, else tcp)"`
+	Collectives  string   `flag:"collectives" group:"dist" help:"how gradients are averaged across ranks: tcp (through the host and the TCP rendezvous), nccl (NCCL on the GPU buffers, no host copy; needs --backend xla:cuda and libnccl.so.2) or auto (nccl when both are there, else tcp)"`
 }
 
 // DefaultRunConfig returns the defaults of a run of alg (its own DefaultConfig).
