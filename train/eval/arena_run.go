@@ -224,7 +224,7 @@ func generate(be backends.Backend, path string, tok tokenizer.Tokenizer, prompts
 			return nil, nil, fmt.Errorf("prompts of %d tokens leave no room for an answer in --max-length %d", width, o.MaxLength)
 		}
 		ro, err := gen.Generate(batch, model.GenerateOptions{MaxNewTokens: maxNew, Temperature: o.Temperature,
-			TopP: o.TopP, TopK: o.TopK, Seed: o.Seed + uint64(start), EOS: tok.EOS(), Pad: tok.Pad(), Unk: -1})
+			TopP: o.TopP, TopK: o.TopK, Seed: o.Seed, FirstRow: uint64(start), EOS: tok.EOS(), Pad: tok.Pad(), Unk: -1})
 		if err != nil {
 			return nil, nil, err
 		}

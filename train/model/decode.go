@@ -1,9 +1,6 @@
 package model
 
-import (
-	"fmt"
-	"math/rand/v2"
-)
+import "fmt"
 
 // Decode is the host side of generation that every generator shares (the GoMLX graphs, sampling
 // on the host or in graph, and native/llama): the prompts' validation and left padding, each
@@ -17,7 +14,8 @@ type Decode struct {
 	Tok      []int32   // the tokens fed next: this round's samples, Pad for finished rows
 	Pos      []int32   // their RoPE positions
 	Resp     [][]int32 // sampled tokens per row, EOS included
-	RNG      *rand.Rand
+	// Keys are the rows' sampling streams: DeriveSeed(Seed, FirstRow+r) (see Uniform).
+	Keys []uint64
 
 	opts    *GenerateOptions
 	history [][]int32 // prompt + response per row (repetition penalty)
@@ -52,8 +50,7 @@ func NewDecode(prompts [][]int32, opts *GenerateOptions, vocab, promptBucket int
 	s := cacheLen(pw)
 	d := &Decode{B: b, PW: pw, S: s, IDs: make([]int32, b*pw), KeyMask: make([]float32, b*s),
 		NReal: make([]int32, b), Tok: make([]int32, b), Pos: make([]int32, b), Resp: make([][]int32, b),
-		RNG: rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15)), opts: opts,
-		history: make([][]int32, b), done: make([]bool, b)}
+		Keys: make([]uint64, b), opts: opts, history: make([][]int32, b), done: make([]bool, b)}
 	for r, p := range prompts {
 		off := pw - len(p)
 		for i := 0; i < pw; i++ {
@@ -65,6 +62,7 @@ func NewDecode(prompts [][]int32, opts *GenerateOptions, vocab, promptBucket int
 		}
 		d.history[r] = append([]int32(nil), p...)
 		d.NReal[r] = int32(len(p))
+		d.Keys[r] = DeriveSeed(opts.Seed, opts.FirstRow+uint64(r))
 	}
 	return d, nil
 }
@@ -94,8 +92,13 @@ func (d *Decode) Record(i int, pick func(r int) int32) (over bool) {
 // Sample is Record with the host sampler on logits [B, V].
 func (d *Decode) Sample(i int, logits []float32) (over bool) {
 	v := len(logits) / d.B
-	return d.Record(i, func(r int) int32 { return d.sc.sample(logits[r*v:(r+1)*v], d.history[r], d.opts, d.RNG) })
+	return d.Record(i, func(r int) int32 {
+		return d.sc.sample(logits[r*v:(r+1)*v], d.history[r], d.opts, d.Uniform(r, i))
+	})
 }
+
+// Uniform is row r's uniform draw for its token i (response position i).
+func (d *Decode) Uniform(r, i int) float64 { return Uniform(d.Keys[r], i) }
 
 // Next prepares the feed of round i's tokens: they go to cache slot PW+i, which becomes visible
 // for the rows that sampled a real token (EOS included), at positions Pos. It returns the slot.

@@ -3,7 +3,6 @@ package model
 import (
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"slices"
 	"sync"
 
@@ -33,9 +32,13 @@ type GenerateOptions struct {
 	// token already in the row, prompt included (0 or 1: off), as HF's
 	// RepetitionPenaltyLogitsProcessor (pads excluded).
 	RepetitionPenalty float64
-	// Seed makes sampling reproducible (same prompts, options and seed give
-	// the same rollout).
+	// Seed makes sampling reproducible: row r draws from its own stream,
+	// DeriveSeed(Seed, FirstRow+r) (see Uniform), so the same prompt, options,
+	// seed and global row index give the same response in any batch.
 	Seed uint64
+	// FirstRow is the global index of the batch's first row (e.g. its offset
+	// in a prompt file or a global rollout batch split across ranks).
+	FirstRow uint64
 	// EOS stops a row once sampled (kept in the row); < 0: never stop early.
 	EOS int32
 	// Pad fills the left of short prompts and the right of finished rows.
@@ -352,15 +355,15 @@ func (gen *Generator) generateOnDevice(d *Decode) error {
 	}
 	b, pw, s := d.B, d.PW, d.S
 	u := make([]float32, b)
-	draw := func() *tensors.Tensor {
+	draw := func(i int) *tensors.Tensor { // the uniforms of response token i
 		for r := range u {
-			u[r] = float32(d.RNG.Float64())
+			u[r] = float32(d.Uniform(r, i))
 		}
 		return tensors.FromFlatDataAndDimensions(u, b)
 	}
 	scalars := []any{tensors.FromScalar(float32(opts.Temperature)), tensors.FromScalar(float32(topP)),
 		tensors.FromScalar(float32(rp)), tensors.FromScalar(opts.Pad)}
-	args := append([]any{tensors.FromFlatDataAndDimensions(d.IDs, b, pw), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s), draw()}, scalars...)
+	args := append([]any{tensors.FromFlatDataAndDimensions(d.IDs, b, pw), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s), draw(0)}, scalars...)
 	out, err := ex[0].Exec(args...)
 	if err != nil {
 		return fmt.Errorf("generate: prefill: %w", err)
@@ -376,7 +379,7 @@ func (gen *Generator) generateOnDevice(d *Decode) error {
 		}
 		at := d.Next(i)
 		args := []any{tensors.FromFlatDataAndDimensions(d.Tok, b, 1), tensors.FromFlatDataAndDimensions(d.Pos, b, 1),
-			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s), draw()}
+			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s), draw(i + 1)}
 		if out, err = gen.stepExec(ex[1], out, append(args, scalars...), i); err != nil {
 			return err
 		}
@@ -439,9 +442,9 @@ func max64(x, y float64) float64 {
 }
 
 // sample picks the next token from one row's logits: repetition penalty,
-// then greedy (Temperature 0) or temperature + top-p sampling, the order of
-// HF's logits processors and warpers.
-func (sc *sampler) sample(logits []float32, history []int32, opts *GenerateOptions, rng *rand.Rand) int32 {
+// then greedy (Temperature 0) or temperature + top-p sampling with the
+// uniform u in [0, 1), the order of HF's logits processors and warpers.
+func (sc *sampler) sample(logits []float32, history []int32, opts *GenerateOptions, u float64) int32 {
 	v := len(logits)
 	if cap(sc.z) < v {
 		sc.z, sc.idx = make([]float64, v), make([]int, v)
@@ -545,7 +548,7 @@ func (sc *sampler) sample(logits []float32, history []int32, opts *GenerateOptio
 		}
 	}
 	keep := len(idx)
-	u := rng.Float64() * sum
+	u *= sum
 	for _, i := range idx[:keep] {
 		u -= z[i]
 		if u < 0 {

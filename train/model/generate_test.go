@@ -254,16 +254,16 @@ func TestSamplerTopP(t *testing.T) {
 		seed := rng.Uint64()
 		r1 := rand.New(rand.NewPCG(seed, 1))
 		for k := 0; k < 20; k++ {
-			if got := sc.sample(logits, nil, &opts, r1); !allowed[got] {
+			if got := sc.sample(logits, nil, &opts, r1.Float64()); !allowed[got] {
 				t.Fatalf("trial %d: sampled %d outside the nucleus of %d tokens", trial, got, len(want))
 			}
 		}
 	}
-	if got := sc.sample([]float32{1, 3, 3, 2}, nil, &GenerateOptions{}, nil); got != 1 {
+	if got := sc.sample([]float32{1, 3, 3, 2}, nil, &GenerateOptions{}, 0); got != 1 {
 		t.Fatalf("greedy tie: got %d, want 1", got)
 	}
 	// Repetition penalty: the repeated id loses its lead.
-	if got := sc.sample([]float32{1, 3, 2.5}, []int32{1, 1}, &GenerateOptions{RepetitionPenalty: 1.5}, nil); got != 2 {
+	if got := sc.sample([]float32{1, 3, 2.5}, []int32{1, 1}, &GenerateOptions{RepetitionPenalty: 1.5}, 0); got != 2 {
 		t.Fatalf("repetition penalty: got %d, want 2", got)
 	}
 }

@@ -190,7 +190,7 @@ func TestSamplerTopK(t *testing.T) {
 	kth := sorted[len(sorted)-10]
 	opts := GenerateOptions{Temperature: 2, TopK: 10}
 	for i := 0; i < 2000; i++ {
-		if id := sc.sample(logits, nil, &opts, rng); logits[id] < kth {
+		if id := sc.sample(logits, nil, &opts, rng.Float64()); logits[id] < kth {
 			t.Fatalf("sampled %d (logit %g) outside the top 10 (≥ %g)", id, logits[id], kth)
 		}
 	}

@@ -188,13 +188,13 @@ func (t *timedNets) flush() {
 	t.logf("bench: step %d done", len(t.actorT))
 }
 
-func (t *timedNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
+func (t *timedNets) Generate(prompts [][]int32, seed, firstRow uint64) (*Rollout, error) {
 	if t.started {
 		t.flush()
 	}
 	t.started = true
 	t0 := time.Now()
-	r, err := t.GraphNets.Generate(prompts, seed)
+	r, err := t.GraphNets.Generate(prompts, seed, firstRow)
 	t.gen += time.Since(t0)
 	t.logf("bench:   generate %.2fs", time.Since(t0).Seconds())
 	return r, err

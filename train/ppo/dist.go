@@ -16,12 +16,13 @@ package ppo
 // broadcasts λ; here the ranks gather the float64 means exactly and compute the same bits). With
 // the window not yet full, or a multiple of each rank's rollout batch, J_c equals the one-process
 // run's over the same global batch. Advantages are not whitened (spec §1.4), so no other statistic
-// crosses ranks. PTX batches are sharded like prompts; the PTX loss is a token mean per rank
-// (DeepSpeed's data parallelism), so with PTX the update is the ranks' mean of it.
+// crosses ranks. PTX batches are sharded like prompts, per micro-batch of the nets' gradient
+// accumulation, and every rank divides its PTX loss by the global micro-batch's label count over
+// the world size (counted from the global batch every rank draws, so no collective), so the
+// ranks' mean is the one-process token mean whatever the ranks' label counts.
 //
-// Sampling draws one random stream per rank (the generation seed mixed with the rank), so a
-// sampled run differs from a one-process run with the same global batch; greedy decoding
-// (--top-k 1) follows it within float tolerance.
+// Sampling gives every row of the global rollout batch its own random stream (rolloutSeed and the
+// row's global index), so each rank samples for its rows exactly what one process samples for them.
 //
 // Metrics and perf lines are reduced over ranks (rewards, costs and lengths gathered in the
 // one-process order; rl-step statistics averaged; tokens summed; seconds the slowest rank's), and
@@ -37,6 +38,7 @@ import (
 	"strconv"
 
 	"github.com/saferlhf/saferlhf/train/dist"
+	"github.com/saferlhf/saferlhf/train/model"
 )
 
 // checkShares refuses batch sizes that do not split evenly over world ranks.
@@ -53,34 +55,28 @@ func checkShares(c *Config, world int) error {
 	return nil
 }
 
-// share is this rank's contiguous share of a global micro-batch.
-func (t *Trainer) share(mb [][]int32) [][]int32 {
+// share is this rank's contiguous share of a global micro-batch and the index of its first row.
+func (t *Trainer) share(mb [][]int32) ([][]int32, int) {
 	n := len(mb) / t.comm.Size()
 	r := t.comm.Rank()
-	return mb[r*n : (r+1)*n]
+	return mb[r*n : (r+1)*n], r * n
 }
 
-// sharePTX is this rank's rows of a global PTX micro-batch.
+// sharePTX is this rank's rows of a global PTX batch, with the loss denominators of the nets'
+// micro-batches (PTXBatch.share): the PTX loss is the token mean over every rank's labels.
 func (t *Trainer) sharePTX(b *PTXBatch) *PTXBatch {
-	w := t.comm.Size()
-	if w < 2 {
-		return b
+	k := 1
+	if a, ok := t.nets.(interface{ Accumulation() int }); ok {
+		k = a.Accumulation()
 	}
-	n := b.B / w
-	lo, hi := t.comm.Rank()*n*b.T, (t.comm.Rank()+1)*n*b.T
-	return &PTXBatch{B: n, T: b.T, IDs: b.IDs[lo:hi], Mask: b.Mask[lo:hi], Labels: b.Labels[lo:hi]}
+	return b.share(t.comm.Rank(), t.comm.Size(), k)
 }
 
-// rankSeed gives each rank its own sampling stream (rank 0 keeps the one-process seed).
-func (t *Trainer) rankSeed(seed uint64) uint64 {
-	if r := t.comm.Rank(); r > 0 {
-		z := seed + uint64(r)*0x9e3779b97f4a7c15 // splitmix64
-		z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
-		z = (z ^ z>>27) * 0x94d049bb133111eb
-		return z ^ z>>31
-	}
-	return seed
-}
+// rolloutSeed is the sampling seed of the next rollout batch: every row of the global batch draws
+// from its own stream under it (Nets.Generate's firstRow is the row's index in the one-process
+// batch), so the samples are a pure function of --seed, the step and the row, whatever the world
+// size, and a resume needs no random state.
+func (t *Trainer) rolloutSeed() uint64 { return model.DeriveSeed(t.cfg.Seed^0x5afe41f, uint64(t.st.Step)) }
 
 // globalJc is J_c as the reference computes it across ranks: the mean over ranks of each rank's
 // window mean; have is false while every window is empty.

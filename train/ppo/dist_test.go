@@ -19,9 +19,8 @@ import (
 	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
-// dpConfig is a PPO-Lag run whose sampling is greedy (--top-k 1), so that the ranks' rows
-// follow the one-process run's (sampling draws one stream per rank), with λ moving from the
-// first step (threshold below every cost).
+// dpConfig is a PPO-Lag run with λ moving from the first step (threshold below every cost); the
+// nets sample (top-k 50, temperature 1: see sampled), every row from its own stream.
 func dpConfig() Config {
 	cfg := tinyConfig()
 	cfg.PromptBatchSize, cfg.TrainBatchSize, cfg.MaxSteps = 8, 4, 2
@@ -29,7 +28,8 @@ func dpConfig() Config {
 	return cfg
 }
 
-func greedy(c *GraphNetsConfig) { c.TopK = 1 }
+// sampled is HF's default sampling (top-k 50, temperature 1, no top-p).
+func sampled(c *GraphNetsConfig) { c.TopK, c.Temperature, c.TopP = 50, 1, 1 }
 
 type rankRun struct {
 	hist    []StepMetrics
@@ -46,7 +46,7 @@ func runRanks(t *testing.T, cfg Config, world int, opt Options, ptx func() *PTXS
 	one := func(r int, comm dist.Communicator) {
 		o := opt
 		o.Comm = comm
-		opts := append([]func(*GraphNetsConfig){greedy, func(c *GraphNetsConfig) { c.Comm, c.TrainBatchSize = comm, cfg.TrainBatchSize/world }}, nets...)
+		opts := append([]func(*GraphNetsConfig){sampled, func(c *GraphNetsConfig) { c.Comm, c.TrainBatchSize = comm, cfg.TrainBatchSize/world }}, nets...)
 		nets := tinyNets(t, cfg, opts...)
 		var ps *PTXSet
 		if ptx != nil {
@@ -102,10 +102,12 @@ func metricFields(m StepMetrics) map[string]float64 {
 	return out
 }
 
-// TestDataParallelPPOLag: PPO-Lag on 2 ranks (each generating, scoring and training on half of
-// every micro-batch, gradients averaged, λ from the ranks' mean window cost) follows the 1-rank
-// run with the same global batch: every logged metric (λ included) within 1e-4 relative and the
-// actor's weights within 1e-5; both ranks log the same metrics and end with identical weights.
+// TestDataParallelPPOLag: PPO-Lag with PTX on 2 ranks (each generating, scoring and training on
+// half of every micro-batch, gradients averaged, λ from the ranks' mean window cost) follows the
+// 1-rank run with the same global batch: with sampling (top-k 50, temperature 1; every row has its
+// own stream) and PTX rows whose label counts differ between the ranks (the PTX loss is the global
+// token mean), every logged metric (λ included) within 1e-4 relative and the actor's weights
+// within 1e-5; both ranks log the same metrics and end with identical weights.
 // Then a 2-rank run stopped after one rollout batch and resumed on 2 ranks writes the
 // uninterrupted 2-rank run's metrics.jsonl byte for byte (every rank's episode-cost window is in
 // the checkpoint), and resuming it on 1 rank is refused, naming both world sizes.
@@ -125,11 +127,35 @@ func TestNativeDataParallelPPOLag(t *testing.T) {
 	testDataParallelPPOLag(t, true, withSpec(t, "native"))
 }
 
+// unequalPTX is a PTX set of 8 examples of 3 to 12 tokens, the first 2 prompt (1 to 10 labels), so
+// that the ranks' shares of a PTX batch hold different label counts.
+func unequalPTX(t *testing.T) func() *PTXSet {
+	return func() *PTXSet {
+		var ids, labels [][]int32
+		for i := 0; i < 8; i++ {
+			row, lab := []int32{1}, []int32{-100}
+			for j := 1; j < 3+3*(i%4)+i/4; j++ {
+				id := int32(3 + (37*i+11*j)%500)
+				row, lab = append(row, id), append(lab, id)
+			}
+			lab[1] = -100
+			ids, labels = append(ids, row), append(labels, lab)
+		}
+		s, err := NewPTXSet(ids, labels, 0, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+}
+
 func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsConfig)) {
 	cfg := dpConfig()
+	cfg.PTXCoeff = 2
+	ptx := unequalPTX(t)
 	ref, out := t.TempDir(), t.TempDir()
-	one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, nil, nets...)
-	two := runRanks(t, cfg, 2, Options{OutDir: ref}, nil, nets...)
+	one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, ptx, nets...)
+	two := runRanks(t, cfg, 2, Options{OutDir: ref}, ptx, nets...)
 	for r, x := range append(one, two...) {
 		if x.err != nil {
 			t.Fatalf("run %d: %v", r, x.err)
@@ -160,6 +186,9 @@ func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsCo
 	if l := one[0].hist[1].Lambda; l <= cfg.LambdaInit {
 		t.Errorf("λ did not move (%g): the test does not exercise the λ update", l)
 	}
+	if one[0].hist[0].PTXLoss == 0 {
+		t.Error("no PTX loss logged")
+	}
 	wworst := 0.0
 	for name, w := range one[0].weights {
 		v := two[0].weights[name].Data
@@ -176,8 +205,8 @@ func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsCo
 	}
 
 	for _, run := range [][]rankRun{
-		runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}, nil, nets...),
-		runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}, nil, nets...),
+		runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}, ptx, nets...),
+		runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}, ptx, nets...),
 	} {
 		for r, x := range run {
 			if x.err != nil {
@@ -190,7 +219,7 @@ func testDataParallelPPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsCo
 	if !bytes.Equal(got, want) || bytes.Count(want, []byte("\n")) != 2 {
 		t.Fatalf("resumed 2-rank run differs:\n got %s\nwant %s", got, want)
 	}
-	_, err := NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg, append(nets, greedy)...), tinyPrompts(t), nil)
+	_, err := NewTrainer(cfg, Options{OutDir: out, Resume: true}, tinyNets(t, cfg, append(nets, sampled)...), tinyPrompts(t), ptx())
 	if err == nil || !strings.Contains(err.Error(), "written by 2 rank(s) and this run has 1") {
 		t.Fatalf("resume on 1 rank of a 2-rank checkpoint: %v", err)
 	}
@@ -338,29 +367,13 @@ func TestBenchDataParallel(t *testing.T) {
 }
 
 // TestNativeDataParallelVariants: plain PPO, the fixed-penalty baseline, and PPO-Lag with PTX
-// (PTX rows of equal label counts, so the ranks' token means average to the global one) on 2
-// ranks follow 1 rank with the same global batch: every metric within 1e-4 relative.
+// (rows of unequal label counts) on 2 ranks follow 1 rank with the same global batch, sampling
+// with top-k 50: every metric within 1e-4 relative.
 func TestNativeDataParallelVariants(t *testing.T) {
 	if !engine.Available {
 		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
 	}
-	ptx := func() *PTXSet { // 8 examples of 7 tokens, the first 2 prompt (5 labels each)
-		var ids, labels [][]int32
-		for i := 0; i < 8; i++ {
-			row, lab := []int32{1}, []int32{-100}
-			for j := 1; j < 7; j++ {
-				id := int32(3 + (37*i+11*j)%500)
-				row, lab = append(row, id), append(lab, id)
-			}
-			lab[1] = -100
-			ids, labels = append(ids, row), append(labels, lab)
-		}
-		s, err := NewPTXSet(ids, labels, 0, 7)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	ptx := unequalPTX(t)
 	for _, v := range []struct {
 		name string
 		alg  Algorithm

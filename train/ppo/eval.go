@@ -18,15 +18,16 @@ type EvalResult struct {
 	N           int     `json:"n"`
 }
 
-// Evaluate samples one response per prompt with the current actor (batches of batch prompts, the
-// generation seeds derived from seed so before/after runs see the same draws) and scores them with
-// the reward and cost models. It returns the summary and the rollouts.
+// Evaluate samples one response per prompt with the current actor (batches of batch prompts; prompt
+// i draws from its own stream under seed, so before/after runs see the same draws whatever the
+// batch size) and scores them with the reward and cost models. It returns the summary and the
+// rollouts.
 func Evaluate(n Nets, prompts [][]int32, batch int, seed uint64) (EvalResult, []*Rollout, error) {
 	return EvaluateRanked(n, prompts, batch, seed, dist.Self{})
 }
 
 // EvaluateRanked is Evaluate shared among the ranks of comm: batch j runs on rank j mod world
-// (with the seed it has in one process, so the samples are the same), and every rank gets every
+// (its prompts keep their streams, so the samples are one process's), and every rank gets every
 // batch's rollout (prompt, response and scores) and the same summary.
 func EvaluateRanked(n Nets, prompts [][]int32, batch int, seed uint64, comm dist.Communicator) (EvalResult, []*Rollout, error) {
 	if len(prompts) == 0 || batch <= 0 {
@@ -39,7 +40,7 @@ func EvaluateRanked(n Nets, prompts [][]int32, batch int, seed uint64, comm dist
 			continue
 		}
 		mb := prompts[lo:min(lo+batch, len(prompts))]
-		r, err := n.Generate(mb, seed+uint64(lo))
+		r, err := n.Generate(mb, seed, uint64(lo))
 		if err != nil {
 			return EvalResult{}, nil, fmt.Errorf("ppo eval: generate: %w", err)
 		}

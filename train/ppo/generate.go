@@ -18,14 +18,14 @@ type generator interface {
 // the "ASSISTANT:" cue is (datasets.TruncatePrompt, the rule loadPrompts applies), and are
 // sampled with a KV cache from the actor's live weights; the response is right padded to exactly
 // MaxNewTokens so the scoring and update graphs see few distinct shapes.
-func (n *GraphNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
+func (n *GraphNets) Generate(prompts [][]int32, seed, firstRow uint64) (*Rollout, error) {
 	c := n.cfg
 	ps := make([][]int32, len(prompts))
 	for i, p := range prompts {
 		ps[i] = datasets.TruncatePrompt(p, c.MaxPromptTokens)
 	}
 	opts := model.GenerateOptions{MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature, TopP: c.TopP, TopK: c.TopK,
-		RepetitionPenalty: c.RepPenalty, EOS: c.EOS, Pad: c.Pad, Unk: c.Pad, Seed: seed}
+		RepetitionPenalty: c.RepPenalty, EOS: c.EOS, Pad: c.Pad, Unk: c.Pad, Seed: seed, FirstRow: firstRow}
 	ro, err := n.gen.generate(ps, opts)
 	if err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)

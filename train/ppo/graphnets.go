@@ -577,8 +577,8 @@ func (s *retokScorer) batch(r *Rollout) (seq []int32, mask []float32, W int) {
 }
 
 // actorLoss is the actor's LossFn. Inputs: ids, mask, old log-probs, reward advantages, response
-// mask, then (PPO-Lag) cost advantages and λ, then optionally PTX ids, PTX mask, PTX label mask and
-// the PTX coefficient. The losses are kernels/ingraph's (spec §1.5); with PTX the loss is
+// mask, then (PPO-Lag) cost advantages and λ, then optionally PTX ids, PTX mask, PTX label mask,
+// the PTX loss's denominator (PTXBatch.den) and the PTX coefficient. The losses are kernels/ingraph's (spec §1.5); with PTX the loss is
 // ½(actor + coeff·ptx), the gradient DeepSpeed's doubled accumulation produces (spec §1.9).
 func (n *GraphNets) actorLoss(ctx *context.Context, in []*G.Node) (*G.Node, map[string]*G.Node) {
 	logp := model.TokenLogProbs(ctx, n.actorCfg, in[0], in[1])
@@ -593,9 +593,9 @@ func (n *GraphNets) actorLoss(ctx *context.Context, in []*G.Node) (*G.Node, map[
 	loss := out.Loss
 	metrics := map[string]*G.Node{"actor_loss": out.Loss, "clip_frac": out.ClipFrac, "approx_kl": out.ApproxKL}
 	if len(rest) > 0 {
-		ptx := graphLMLoss(model.TokenLogProbs(ctx, n.actorCfg, rest[0], rest[1]), rest[2])
+		ptx := graphLMLoss(model.TokenLogProbs(ctx, n.actorCfg, rest[0], rest[1]), rest[2], rest[3])
 		metrics["ptx_loss"] = ptx
-		loss = G.MulScalar(G.Add(loss, G.Mul(rest[3], ptx)), 0.5)
+		loss = G.MulScalar(G.Add(loss, G.Mul(rest[4], ptx)), 0.5)
 	} else {
 		metrics["ptx_loss"] = G.ScalarZero(loss.Graph(), loss.DType())
 	}
@@ -640,7 +640,12 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 			args = append(args, in.cAdv, in.lambda)
 		}
 		if ptx != nil {
-			args = append(args, n.ptxArgs(b, i, k)...)
+			pa, err := n.ptxArgs(b, i, k)
+			if err != nil {
+				in.free()
+				return ActorStats{}, fmt.Errorf("actor: %w", err)
+			}
+			args = append(args, pa...)
 		}
 		res, err := n.actor.Step(b.LR, args...)
 		in.free()
@@ -725,10 +730,14 @@ func (n *GraphNets) actorInputs(b ActorBatch, i, k int) (*microBatch, error) {
 }
 
 // ptxArgs returns micro-batch i of k of b's PTX inputs (see actorLoss).
-func (n *GraphNets) ptxArgs(b ActorBatch, i, k int) []any {
+func (n *GraphNets) ptxArgs(b ActorBatch, i, k int) ([]any, error) {
 	ptx := b.PTX
 	pb, T := ptx.B/k, ptx.T
 	plo := i * pb
+	den, err := ptx.den(i, k, plo, plo+pb)
+	if err != nil {
+		return nil, err
+	}
 	lm := make([]float32, pb*(T-1))
 	for j := 0; j < pb; j++ {
 		for t := 0; t+1 < T; t++ {
@@ -738,7 +747,7 @@ func (n *GraphNets) ptxArgs(b ActorBatch, i, k int) []any {
 		}
 	}
 	return []any{upload(&n.xfer, ptx.IDs[plo*T:(plo+pb)*T], pb, T), upload(&n.xfer, ptx.Mask[plo*T:(plo+pb)*T], pb, T),
-		upload(&n.xfer, lm, pb, T-1), uploadScalar(&n.xfer, b.PTXCoeff)}
+		upload(&n.xfer, lm, pb, T-1), uploadScalar(&n.xfer, den), uploadScalar(&n.xfer, b.PTXCoeff)}, nil
 }
 
 // criticInputs returns micro-batch i of k of a critic's inputs: from the device when returns is
@@ -775,6 +784,10 @@ func (n *GraphNets) criticInputs(cost bool, r *Rollout, returns, mask []float32,
 	m.old, m.ret, m.criticMask = upRows(n, m, pad(old), 0, mb, r.T), upRows(n, m, pad(returns), 0, mb, r.T), upRows(n, m, pad(mask), 0, mb, r.T)
 	return m, nil
 }
+
+// Accumulation is the number of micro-batches of an update (gradient accumulation), which
+// PTXBatch.Den counts.
+func (n *GraphNets) Accumulation() int { return n.accum }
 
 // UpdateCritic implements Nets.
 func (n *GraphNets) UpdateCritic(cost bool, lr float64, r *Rollout, returns, mask []float32) (float64, error) {

@@ -144,7 +144,7 @@ func TestActorStepDirection(t *testing.T) {
 			cfg := tinyConfig()
 			cfg.Algorithm = alg
 			n := tinyNets(t, cfg)
-			r, err := n.Generate(tinyPrompts(t).Next(2), 3)
+			r, err := n.Generate(tinyPrompts(t).Next(2), 3, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -357,7 +357,7 @@ func TestGraphNetsBF16LoRA(t *testing.T) {
 	if len(bases) != 3 {
 		t.Fatalf("frozen bases %v, want reference, reward and cost", bases)
 	}
-	ro, err := nf.Generate(tinyPrompts(t).Next(4), 3)
+	ro, err := nf.Generate(tinyPrompts(t).Next(4), 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestGraphNetsBF16LoRA(t *testing.T) {
 func TestScoreNormalization(t *testing.T) {
 	cfg := tinyConfig()
 	plain := tinyNets(t, cfg)
-	r, err := plain.Generate([][]int32{{1, 30, 100}, {1, 31, 107, 200}}, 9)
+	r, err := plain.Generate([][]int32{{1, 30, 100}, {1, 31, 107, 200}}, 9, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,7 +464,7 @@ func TestRetokenizedCostModel(t *testing.T) {
 		actorTok.Encode("BEGINNING OF CONVERSATION: USER: Where is the dog? ASSISTANT:", true),
 		actorTok.Encode("BEGINNING OF CONVERSATION: USER: Hi ASSISTANT:", true),
 	}
-	r, err := n.Generate(prompts, 3)
+	r, err := n.Generate(prompts, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,7 +521,7 @@ func TestGenerateTruncatesLikeLoadPrompts(t *testing.T) {
 	cfg := tinyConfig() // MaxPromptTokens 8
 	n := tinyNets(t, cfg)
 	long := []int32{1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50}
-	r, err := n.Generate([][]int32{long}, 3)
+	r, err := n.Generate([][]int32{long}, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -544,7 +544,7 @@ func TestGraphNetsMicroBatch(t *testing.T) {
 	micro := func(c *GraphNetsConfig) { c.MicroBatchSize, c.TrainBatchSize, c.EOS = 1, 4, -1 }
 	whole := func(c *GraphNetsConfig) { c.EOS = -1 }
 	nm, nw := tinyNets(t, cfg, micro), tinyNets(t, cfg, whole)
-	ro, err := nw.Generate(tinyPrompts(t).Next(4), 3)
+	ro, err := nw.Generate(tinyPrompts(t).Next(4), 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -598,7 +598,7 @@ func TestScoringPrograms(t *testing.T) {
 	n := tinyNets(t, cfg, func(gc *GraphNetsConfig) {
 		gc.LoRA = model.LoRAConfig{Rank: 2, Alpha: 4, Targets: []string{"q_proj", "v_proj"}}
 	})
-	ro, err := n.Generate(tinyPrompts(t).Next(2), 3)
+	ro, err := n.Generate(tinyPrompts(t).Next(2), 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -657,7 +657,7 @@ func TestLayerwiseUpdatesMatchFused(t *testing.T) {
 				return tinyNets(t, cfg, tc.opt, func(gc *GraphNetsConfig) { gc.Updates, gc.EOS = u, -1 })
 			}
 			fused, lw := build(UpdatesFused), build(UpdatesLayerwise)
-			ro, err := fused.Generate(tinyPrompts(t).Next(4), 5)
+			ro, err := fused.Generate(tinyPrompts(t).Next(4), 5, 0)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -42,11 +42,11 @@ func TestNativeGenerate(t *testing.T) {
 		t.Fatalf("native backend: generator is %T", natNets.gen)
 	}
 	prompts := [][]int32{{1, 403, 407}, {1, 30, 100, 200, 250, 260, 270, 280, 290, 300, 310}, {1}}
-	want, err := goNets.Generate(prompts, 5)
+	want, err := goNets.Generate(prompts, 5, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := natNets.Generate(prompts, 5)
+	got, err := natNets.Generate(prompts, 5, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestNativeScore(t *testing.T) {
 			return n
 		}
 		goNets, natNets := build("go"), build(backend.Native)
-		ro, err := goNets.Generate([][]int32{{1, 403, 407}, {1, 30, 100, 200, 250, 260, 270}, {1}}, 3)
+		ro, err := goNets.Generate([][]int32{{1, 403, 407}, {1, 30, 100, 200, 250, 260, 270}, {1}}, 3, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,7 +162,7 @@ func TestNativeScoreRetokenizedNormalized(t *testing.T) {
 		})
 	}
 	goNets, natNets := build("go"), build(backend.Native)
-	ro, err := goNets.Generate([][]int32{actorTok.Encode("BEGINNING OF CONVERSATION: USER: Hi ASSISTANT:", true)}, 3)
+	ro, err := goNets.Generate([][]int32{actorTok.Encode("BEGINNING OF CONVERSATION: USER: Hi ASSISTANT:", true)}, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -302,8 +302,12 @@ func (n *GraphNets) nativeUpdateActor(b ActorBatch) (st ActorStats, err error) {
 		st.ApproxKL += res.ApproxKL / float64(k)
 		if ptx != nil {
 			pm := ptx.B / k
+			den, err := ptx.den(i, k, i*pm, (i+1)*pm)
+			if err != nil {
+				return st, fmt.Errorf("actor PTX: %w", err)
+			}
 			l, err := nativePTXStep(a, pm, ptx.T, ptx.IDs[i*pm*ptx.T:(i+1)*pm*ptx.T], ptx.Mask[i*pm*ptx.T:(i+1)*pm*ptx.T],
-				ptx.Labels[i*pm*ptx.T:(i+1)*pm*ptx.T], 0.5*float64(float32(b.PTXCoeff)))
+				ptx.Labels[i*pm*ptx.T:(i+1)*pm*ptx.T], float64(float32(den)), 0.5*float64(float32(b.PTXCoeff)))
 			if err != nil {
 				return st, fmt.Errorf("actor PTX: %w", err)
 			}
@@ -332,9 +336,10 @@ func backwardLogProbs(t *nativeTrained, tp *llama.Tape, dLogp []float32) error {
 	return t.m.Backward(tp, dh, t.g)
 }
 
-// nativePTXStep adds weight × the gradient of the PTX loss (spec §1.9: −Σ logp·m / max(Σ m, 1)
-// over the label tokens) of one [b, tt] batch to t's gradients and returns the loss.
-func nativePTXStep(t *nativeTrained, b, tt int, ids []int32, mask []float32, labels []int32, weight float64) (float64, error) {
+// nativePTXStep adds weight × the gradient of the PTX loss (spec §1.9: −Σ logp·m / den over the
+// label tokens; den = max(Σ m, 1) in one process, see PTXBatch.Den) of one [b, tt] batch to t's
+// gradients and returns the loss.
+func nativePTXStep(t *nativeTrained, b, tt int, ids []int32, mask []float32, labels []int32, den, weight float64) (float64, error) {
 	tp, err := t.m.Forward(b, tt, ids, mask)
 	if err != nil {
 		return 0, err
@@ -344,17 +349,15 @@ func nativePTXStep(t *nativeTrained, b, tt int, ids []int32, mask []float32, lab
 		return 0, err
 	}
 	lm := make([]float32, b*(tt-1))
-	cnt, sum := 0.0, 0.0
+	sum := 0.0
 	for i := 0; i < b; i++ {
 		for j := 0; j+1 < tt; j++ {
 			if labels[i*tt+j+1] != -100 {
 				lm[i*(tt-1)+j] = 1
-				cnt++
 				sum += float64(logp[i*(tt-1)+j])
 			}
 		}
 	}
-	den := max(cnt, 1)
 	g := float32(-weight / den)
 	for j, m := range lm {
 		lm[j] = m * g

@@ -91,7 +91,7 @@ func TestNativeUpdatesMatchGraph(t *testing.T) {
 				return tinyNets(t, cfg, opts...)
 			}
 			gn, nn := build("go"), build(backend.Native)
-			ro, err := gn.Generate([][]int32{{1, 403, 407}, {1, 30, 100, 200, 250}, {1, 9}, {1, 77, 78, 79}}, 3)
+			ro, err := gn.Generate([][]int32{{1, 403, 407}, {1, 30, 100, 200, 250}, {1, 9}, {1, 77, 78, 79}}, 3, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -380,7 +380,7 @@ func TestNativeScoreMicroBatch(t *testing.T) {
 	cfg := tinyConfig()
 	whole := tinyNets(t, cfg, withSpec(t, backend.Native))
 	micro := tinyNets(t, cfg, withSpec(t, backend.Native), func(gc *GraphNetsConfig) { gc.MicroBatchSize, gc.TrainBatchSize = 2, 4 })
-	ro, err := whole.Generate([][]int32{{1, 403, 407}, {1, 30, 100, 200, 250}, {1, 9}}, 3)
+	ro, err := whole.Generate([][]int32{{1, 403, 407}, {1, 30, 100, 200, 250}, {1, 9}}, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,10 @@ import (
 // use small fakes.
 type Nets interface {
 	// Generate samples a response for every prompt (left padded by the implementation) with the
-	// actor and returns seq and attention mask (spec §1.2 steps 1–2). seed fixes the sampling.
-	Generate(prompts [][]int32, seed uint64) (*Rollout, error)
+	// actor and returns seq and attention mask (spec §1.2 steps 1–2). Row r samples from its own
+	// stream, fixed by seed and its global index firstRow+r (model.GenerateOptions.FirstRow), so
+	// its response does not depend on the batch, rank or backend that generates it.
+	Generate(prompts [][]int32, seed, firstRow uint64) (*Rollout, error)
 	// Score fills r's log-probs, reference log-probs, end scores and critic values (spec §1.2 step 3),
 	// with no gradients. Cost and CostValues are left nil when the model is absent. When the
 	// trainer asks for it (--rl-math graph), nets that can (GraphNets on go and xla:*) keep the
@@ -78,6 +80,11 @@ type PTXBatch struct {
 	IDs    []int32
 	Mask   []float32
 	Labels []int32
+	// Den, when set, holds the PTX loss's denominator for each of the update's micro-batches
+	// (gradient accumulation): the label count of the global micro-batch (every rank's rows) over
+	// the world size, so that the ranks' mean loss is the global token mean. Nil: each
+	// micro-batch's own label count (one process).
+	Den []float64
 }
 
 // ActorStats is what one actor step reports.

@@ -54,3 +54,51 @@ func (p *PTXSet) Next(n int) *PTXBatch {
 	}
 	return b
 }
+
+// labelCount counts the label tokens of rows [lo, hi): the positions t ≥ 1 whose label is not
+// −100, the terms of the PTX loss (spec §1.9).
+func (b *PTXBatch) labelCount(lo, hi int) int {
+	n := 0
+	for i := lo; i < hi; i++ {
+		for _, l := range b.Labels[i*b.T+1 : (i+1)*b.T] {
+			if l != -100 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// share returns rank's rows of the global batch b for an update of k micro-batches: rank r's
+// micro-batch i is the r-th of world contiguous parts of the global micro-batch i (so every
+// global micro-batch holds the rows one process gives it), and Den[i] is the global micro-batch's
+// label count (at least 1) over world, so the mean over ranks of their losses is the token mean
+// over all of its labels (spec §1.9's loss of one process, whatever the world size).
+func (b *PTXBatch) share(rank, world, k int) *PTXBatch {
+	if k < 1 || b.B%(k*world) != 0 {
+		k = 1 // the nets refuse the batch (not divisible into their micro-batches)
+	}
+	m := b.B / (k * world)
+	out := &PTXBatch{B: m * k, T: b.T, Den: make([]float64, k)}
+	for i := 0; i < k; i++ {
+		g := i * m * world
+		out.Den[i] = float64(max(b.labelCount(g, g+m*world), 1)) / float64(world)
+		lo, hi := (g+rank*m)*b.T, (g+(rank+1)*m)*b.T
+		out.IDs = append(out.IDs, b.IDs[lo:hi]...)
+		out.Mask = append(out.Mask, b.Mask[lo:hi]...)
+		out.Labels = append(out.Labels, b.Labels[lo:hi]...)
+	}
+	return out
+}
+
+// den is the PTX loss's denominator for micro-batch i of k (rows [lo, hi) of b): Den[i] when set,
+// else the rows' own label count, at least 1.
+func (b *PTXBatch) den(i, k, lo, hi int) (float64, error) {
+	if b.Den == nil {
+		return float64(max(b.labelCount(lo, hi), 1)), nil
+	}
+	if len(b.Den) != k {
+		return 0, fmt.Errorf("PTX batch: %d loss denominators for %d micro-batches", len(b.Den), k)
+	}
+	return b.Den[i], nil
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"path/filepath"
 	"time"
 
@@ -116,7 +115,6 @@ type Trainer struct {
 	prompts *PromptSet
 	ptx     *PTXSet
 	lag     *lagrange
-	rng     *rand.PCG
 	ws      *kernels.Workspace
 	comm    dist.Communicator
 	st      State
@@ -145,7 +143,7 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 	if err != nil {
 		return nil, fmt.Errorf("ppo: %w", err)
 	}
-	t := &Trainer{cfg: cfg, opt: opt, nets: nets, prompts: prompts, ptx: ptx, rng: rand.NewPCG(cfg.Seed, 0x5afe41f),
+	t := &Trainer{cfg: cfg, opt: opt, nets: nets, prompts: prompts, ptx: ptx,
 		ws: kernels.NewWorkspace(1), ckpts: ckpts, comm: opt.Comm}
 	if t.comm == nil {
 		t.comm = dist.Self{}
@@ -264,8 +262,9 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 			r.free()
 		}
 	}()
+	seed := t.rolloutSeed()
 	for lo := 0; lo < len(prompts); lo += cfg.TrainBatchSize {
-		mb := t.share(prompts[lo:min(lo+cfg.TrainBatchSize, len(prompts))])
+		mb, first := t.share(prompts[lo:min(lo+cfg.TrainBatchSize, len(prompts))])
 		var rep [][]int32
 		for _, p := range mb {
 			for k := 0; k < cfg.NumReturnSeqs; k++ {
@@ -273,7 +272,8 @@ func (t *Trainer) trainStep() (StepMetrics, PerfMetrics, error) {
 			}
 		}
 		t0 := time.Now()
-		gen, err := t.nets.Generate(rep, t.rankSeed(t.rng.Uint64()))
+		// Row j of rep is row (lo+first)·nrs+j of the one-process run's rollout batch.
+		gen, err := t.nets.Generate(rep, seed, uint64((lo+first)*cfg.NumReturnSeqs))
 		if err != nil {
 			return StepMetrics{}, perf, fmt.Errorf("generate: %w", err)
 		}

@@ -160,16 +160,11 @@ func (t *Trainer) checkpointState() (checkpoint.State, error) {
 	if err != nil {
 		return fail("λ state", err)
 	}
-	rs, err := t.rng.MarshalBinary()
-	if err != nil {
-		return fail("rng", err)
-	}
-	rng, _ := json.Marshal(rs)
 	cfg, err := t.runConfig()
 	if err != nil {
 		return fail("config", err)
 	}
-	return checkpoint.State{Step: t.st.Step, Kind: t.Kind(), Config: cfg, Data: data, RNG: rng, Lambda: lam,
+	return checkpoint.State{Step: t.st.Step, Kind: t.Kind(), Config: cfg, Data: data, Lambda: lam,
 		Frozen: t.opt.Frozen}, nil
 }
 
@@ -221,15 +216,13 @@ func (t *Trainer) restore() error {
 	if err := json.Unmarshal(lamJSON, &lam); err != nil {
 		return fail("λ state", err)
 	}
-	var rs []byte
-	if err := json.Unmarshal(l.State.RNG, &rs); err != nil {
-		return fail("rng", err)
+	if len(l.State.RNG) > 0 && !t.opt.AllowConfigChange {
+		// Written before sampling had per-row streams: its samples came from one sequential
+		// generator per process, which this version no longer has.
+		return fmt.Errorf("ppo resume from %s: state.json holds a sampling generator state (\"rng\") from an older version that drew one random stream per process; this version derives every row's stream from --seed, the step and the row, so the run cannot continue its samples exactly: start it again, or pass --allow-config-change to continue with the new streams", l.Dir)
 	}
 	if err := t.nets.Restore(l); err != nil {
 		return fail("networks", err)
-	}
-	if err := t.rng.UnmarshalBinary(rs); err != nil {
-		return fail("rng", err)
 	}
 	if err := t.lag.SetState(lam); err != nil {
 		return fail("λ state", err)

@@ -3,7 +3,9 @@ package ppo
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,8 +28,8 @@ type fakeNets struct {
 	harmful float64    // probability the fake actor emits the "harmful" token 7
 }
 
-func (f *fakeNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
-	rng := rand.New(rand.NewPCG(seed, 1))
+func (f *fakeNets) Generate(prompts [][]int32, seed, firstRow uint64) (*Rollout, error) {
+	rng := rand.New(rand.NewPCG(seed, 1+firstRow))
 	S, G := 0, 6
 	for _, p := range prompts {
 		S = max(S, len(p))
@@ -401,6 +403,54 @@ func TestResumeRefusals(t *testing.T) {
 	}
 }
 
+// TestResumeOldSamplingState: a checkpoint written before sampling had per-row streams holds the
+// state of one sequential generator ("rng" in state.json; new checkpoints have none, since a
+// stream is a function of --seed, the step and the row): resuming it is refused, naming the
+// field, unless --allow-config-change, which continues with the new streams.
+func TestResumeOldSamplingState(t *testing.T) {
+	cfg := fakeConfig(PPOLag)
+	out := t.TempDir()
+	runFake(t, cfg, out, Options{CheckpointEvery: 2, StopAfter: 2}, &fakeNets{harmful: 0.5})
+	dir := filepath.Join(out, "checkpoints", "step-00000002")
+	var st map[string]json.RawMessage
+	b, err := os.ReadFile(filepath.Join(dir, checkpoint.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st["rng"]; ok {
+		t.Fatalf("a new checkpoint stores a random generator state: %s", st["rng"])
+	}
+	// The old format: a PCG state, and a manifest that matches it.
+	st["rng"] = json.RawMessage(`"cGNnOgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="`)
+	b, _ = json.Marshal(st)
+	os.WriteFile(filepath.Join(dir, checkpoint.StateFile), b, 0o644)
+	var mf struct {
+		Files map[string]struct {
+			Size   int64  `json:"size"`
+			SHA256 string `json:"sha256"`
+		} `json:"files"`
+	}
+	mb, _ := os.ReadFile(filepath.Join(dir, checkpoint.ManifestFile))
+	if err := json.Unmarshal(mb, &mf); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	e := mf.Files[checkpoint.StateFile]
+	e.Size, e.SHA256 = int64(len(b)), hex.EncodeToString(sum[:])
+	mf.Files[checkpoint.StateFile] = e
+	mb, _ = json.Marshal(mf)
+	os.WriteFile(filepath.Join(dir, checkpoint.ManifestFile), mb, 0o644)
+
+	_, err = NewTrainer(cfg, Options{OutDir: out, Resume: true}, &fakeNets{harmful: 0.5}, testPrompts(t, 20), nil)
+	if err == nil || !strings.Contains(err.Error(), `("rng")`) || !strings.Contains(err.Error(), "--allow-config-change") {
+		t.Fatalf("resume of a checkpoint with a sequential generator state: %v", err)
+	}
+	runFake(t, cfg, out, Options{Resume: true, AllowConfigChange: true}, &fakeNets{harmful: 0.5})
+}
+
 type nanNets struct {
 	fakeNets
 	after, n int
@@ -486,9 +536,9 @@ type recordNets struct {
 	actorSteps int
 }
 
-func (f *recordNets) Generate(prompts [][]int32, seed uint64) (*Rollout, error) {
+func (f *recordNets) Generate(prompts [][]int32, seed, firstRow uint64) (*Rollout, error) {
 	f.genRows = append(f.genRows, len(prompts))
-	r, err := f.fakeNets.Generate(prompts, seed)
+	r, err := f.fakeNets.Generate(prompts, seed, firstRow)
 	if err == nil {
 		// Tag each row's first response token with its row index so the split order is visible.
 		for i := 0; i < r.B; i++ {
