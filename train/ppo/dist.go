@@ -76,7 +76,9 @@ func (t *Trainer) sharePTX(b *PTXBatch) *PTXBatch {
 // from its own stream under it (Nets.Generate's firstRow is the row's index in the one-process
 // batch), so the samples are a pure function of --seed, the step and the row, whatever the world
 // size, and a resume needs no random state.
-func (t *Trainer) rolloutSeed() uint64 { return model.DeriveSeed(t.cfg.Seed^0x5afe41f, uint64(t.st.Step)) }
+func (t *Trainer) rolloutSeed() uint64 {
+	return model.DeriveSeed(t.cfg.Seed^0x5afe41f, uint64(t.st.Step))
+}
 
 // globalJc is J_c as the reference computes it across ranks: the mean over ranks of each rank's
 // window mean; have is false while every window is empty.
