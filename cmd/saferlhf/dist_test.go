@@ -176,11 +176,11 @@ func lastLine(s string) string {
 	return s[strings.LastIndexByte(s, '\n')+1:]
 }
 
-// TestPPOLagDataParallelProcesses runs ppo-lag as two processes of the binary (the launcher's
-// environment, TCP rendezvous) and as one, with greedy sampling (--top-k 1: each rank draws its own
-// random stream, so only deterministic decoding can match): the same metrics records (λ included)
-// within 1e-4 relative and the same held-out summary (evaluated half by each rank). Then kill -9 of
-// rank 1 mid-run ends rank 0 with an error naming it.
+// TestPPOLagDataParallelProcesses runs ppo-lag with sampling (top-k 50, temperature 1) and PTX
+// (real SFT answers, so the ranks' label counts differ) as two processes of the binary (the
+// launcher's environment, TCP rendezvous) and as one: the same metrics records (λ and the PTX loss
+// included) within 1e-4 relative and the same held-out summary (evaluated half by each rank).
+// Then kill -9 of rank 1 mid-run ends rank 0 with an error naming it.
 func TestPPOLagDataParallelProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI and trains three times")
@@ -206,9 +206,10 @@ func ppoLagDataParallelProcesses(t *testing.T, bin string, kill bool) {
 			"--tokenizer", filepath.Join(assets, "models", "tok512.bin"), "--reward-model", rm, "--cost-model", cm,
 			"--data", filepath.Join(assets, "pku-saferlhf", "align-anything-preference-sample.json"),
 			"--max-prompt-tokens", "64", "--max-new-tokens", "8", "--prompt-batch-size", "4", "--train-batch-size", "4",
-			"--top-k", "1", "--threshold", "-2", "--lambda-lr", "0.5", "--max-steps", strconv.Itoa(steps),
+			"--top-k", "50", "--temperature", "1", "--threshold", "-2", "--lambda-lr", "0.5", "--max-steps", strconv.Itoa(steps),
 			"--save-every", "2", "--eval-max", strconv.Itoa(evalMax), "--eval-batch-size", "2", "--actor-lr", "1e-3", "--critic-lr", "1e-3",
-			"--out", out}
+			"--ptx-data", filepath.Join(assets, "pku-saferlhf", "pku-saferlhf-train-head500.jsonl"), "--ptx-coeff", "2",
+			"--ptx-max-length", "96", "--out", out}
 	}
 	one, two := filepath.Join(dir, "one"), filepath.Join(dir, "two")
 	start := time.Now()
