@@ -69,7 +69,9 @@ func buildSFT(s datasets.RawSample, tok tokenizer.Tokenizer, maxLen int, truncat
 }
 
 // seqSource batches SFT examples: ids [B,T] int32 (right-padded with pad), mask [B,T]
-// float32 and the label mask [B,T−1] (1 where ids[t+1] is a label).
+// float32, the label mask [B,T−1] (1 where ids[t+1] is a label) and the loss's denominator
+// (SFTLoss): the label count of the whole global batch (at least 1) over the world size, so that
+// the ranks' mean loss is the global batch's token mean whatever each rank's share holds.
 type seqSource struct {
 	ex      []sftExample
 	b, t    int
@@ -114,11 +116,35 @@ func (s *seqSource) Batch(epoch, index int) (trainer.Batch, error) {
 		}
 		tokens += len(e.IDs)
 	}
+	global := labelled
+	if s.part.world > 1 { // every rank reads the whole global batch's labels: no collective
+		global = 0
+		for r := 0; r < s.b; r++ {
+			i := index*s.b + r
+			if perm != nil {
+				i = perm[i]
+			}
+			global += s.ex[i].labels(T)
+		}
+	}
+	den := float32(max(global, 1)) / float32(max(1, s.part.world))
 	return trainer.Batch{Inputs: []any{
 		tensors.FromFlatDataAndDimensions(ids, B, T),
 		tensors.FromFlatDataAndDimensions(mask, B, T),
 		tensors.FromFlatDataAndDimensions(lm, B, T-1),
+		tensors.FromScalar(den),
 	}, Tokens: tokens, Weight: float64(labelled)}, nil
+}
+
+// labels counts the example's label tokens within the first t positions (position 0 is never one).
+func (e sftExample) labels(t int) int {
+	n := 0
+	for i := 1; i < min(t, len(e.Labels)); i++ {
+		if e.Labels[i] != datasets.IgnoreIndex {
+			n++
+		}
+	}
+	return n
 }
 
 // pairSource batches pairs as 2B rows (hi rows then lo rows): ids [2B,T], mask

@@ -264,3 +264,38 @@ func TestNativeZeroOneResume(t *testing.T) {
 		}
 	}
 }
+
+// TestSFTDataParallel: SFT on 2 ranks (2 dialogues each of a global batch of 4, with different
+// label counts) logs the 1-rank run's records within 2e-5 relative: every rank divides its
+// label log-likelihood by the global batch's label count over the world size, so the ranks' mean
+// is the global token mean (a per-rank token mean, the old behaviour, is not).
+func TestSFTDataParallel(t *testing.T) { sftDataParallel(t, "go") }
+
+// TestNativeSFTDataParallel is TestSFTDataParallel on the native engine.
+func TestNativeSFTDataParallel(t *testing.T) {
+	skipNoNative(t)
+	sftDataParallel(t, "native")
+}
+
+func sftDataParallel(t *testing.T, backend string) {
+	cfg := func() Config {
+		c := tinyConfig(t, SFT, "helpful/hh-rlhf-helpful-base-test.jsonl.gz")
+		c.MaxLength, c.BatchSize, c.Steps, c.Epochs, c.EvalMax, c.EvalEvery = 96, 4, 3, 1, 8, 3
+		c.Backend = backend
+		return c
+	}
+	one := cfg()
+	if _, err := runRanked(stdctx.Background(), SFT, one, dist.Self{}); err != nil {
+		t.Fatal(err)
+	}
+	two := cfg()
+	onTwoRanks(t, func(comm dist.Communicator) error {
+		_, err := runRanked(stdctx.Background(), SFT, two, comm)
+		return err
+	})
+	worst := maxRelDiff(t, filepath.Join(one.Out, "metrics.jsonl"), filepath.Join(two.Out, "metrics.jsonl"), nil)
+	t.Logf("SFT on %s, 3 steps, global batch 4: largest relative difference world 1 vs 2: %.3g", backend, worst)
+	if worst > 2e-5 {
+		t.Errorf("largest relative difference %.3g > 2e-5", worst)
+	}
+}

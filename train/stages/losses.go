@@ -26,11 +26,12 @@ func signTerm(sign, c *graph.Node) *graph.Node {
 
 // SFTLoss is HF's causal-LM cross-entropy (spec §6): the mean of −log p(label) over
 // the unmasked label tokens of the micro-batch. logp [B,T−1] holds log p(ids[t+1]),
-// lossMask [B,T−1] is 1 where ids[t+1] is a label (labels ≠ −100).
-func SFTLoss(logp, lossMask *graph.Node) *graph.Node {
+// lossMask [B,T−1] is 1 where ids[t+1] is a label (labels ≠ −100), and the scalar den
+// divides the sum: max(Σ lossMask, 1) in one process; with data parallelism the global
+// micro-batch's label count over the world size, so the ranks' mean is its token mean.
+func SFTLoss(logp, lossMask, den *graph.Node) *graph.Node {
 	num := graph.ReduceAllSum(graph.Mul(logp, lossMask))
-	den := graph.Max(graph.ReduceAllSum(lossMask), graph.OnesLike(num))
-	return graph.Neg(graph.Div(num, den))
+	return graph.Neg(graph.Div(num, graph.ConvertDType(den, num.DType())))
 }
 
 // PairLoss holds the outputs of PairwiseScoreLoss.

@@ -60,7 +60,7 @@ func hostInputs(in []any) (ids []int32, dims []int, fs [][]float32, err error) {
 	return ids, dims, fs, nil
 }
 
-// sftNative is SFTLoss over seqSource batches (ids, mask, loss mask).
+// sftNative is SFTLoss over seqSource batches (ids, mask, loss mask, denominator).
 func sftNative(m *llama.Model, g llama.Grads, in []any) (float64, map[string]float64, error) {
 	ids, dims, fs, err := hostInputs(in)
 	if err != nil {
@@ -71,12 +71,14 @@ func sftNative(m *llama.Model, g llama.Grads, in []any) (float64, map[string]flo
 		return 0, nil, err
 	}
 	lm := fs[2]
-	var num, den float64
+	if len(fs) < 4 || len(fs[3]) != 1 {
+		return 0, nil, fmt.Errorf("native SFT loss: want the loss denominator as input 3")
+	}
+	var num float64
 	for i, w := range lm {
 		num += float64(lp.logp[i] * w)
-		den += float64(w)
 	}
-	den = max(den, 1)
+	den := float64(fs[3][0])
 	if g != nil {
 		d := make([]float32, len(lm))
 		for i, w := range lm {

@@ -488,7 +488,7 @@ func lossFn(stage Stage, mcfg *model.Config, cfg Config, track bool) trainer.Los
 	if stage == SFT {
 		return func(ctx *context.Context, in []*graph.Node) (*graph.Node, map[string]*graph.Node) {
 			lp := model.TokenLogProbs(ctx, mcfg, in[0], in[1])
-			return SFTLoss(lp, in[2]), nil
+			return SFTLoss(lp, in[2], in[3]), nil
 		}
 	}
 	tokenWise := cfg.LossType == "token-wise"
