@@ -74,7 +74,9 @@ type State struct {
 	// Epoch and the data position (e.g. shards.Reader.Position) of the next batch.
 	Epoch int             `json:"epoch,omitempty"`
 	Data  json.RawMessage `json:"data,omitempty"`
-	// RNG is the host random generator state (e.g. math/rand/v2 PCG MarshalBinary as base64 JSON).
+	// RNG is a host random generator's state (e.g. math/rand/v2 PCG MarshalBinary as base64 JSON),
+	// for a trainer that draws from one. PPO no longer does (its sampling streams are functions of
+	// the seed); older PPO checkpoints hold one, which its resume refuses.
 	RNG json.RawMessage `json:"rng,omitempty"`
 	// Lambda is the Lagrange multiplier state of PPO-Lag (λ, episode-cost window, delay counters).
 	Lambda json.RawMessage `json:"lambda,omitempty"`

@@ -27,7 +27,7 @@ package ppo
 // Metrics and perf lines are reduced over ranks (rewards, costs and lengths gathered in the
 // one-process order; rl-step statistics averaged; tokens summed; seconds the slowest rank's), and
 // rank 0 writes metrics, checkpoints, plots, samples and the policy. A checkpoint stores every
-// rank's λ state (its window); the RNG and data position are the same on every rank. --resume needs
+// rank's λ state (its window); the data position is the same on every rank. --resume needs
 // the checkpoint's world size.
 
 import (

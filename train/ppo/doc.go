@@ -24,7 +24,8 @@
 // (it opens with generate and eval-*), every trained variable and optimiser moment bit for bit
 // (Nets.Checkpoint; the frozen reference, reward and cost models are referenced by path and hash,
 // not copied), and state.json (step, global step, λ state with the episode-cost window, data
-// positions, generation RNG, config). A resumed run keeps the metrics.jsonl and perf.jsonl records
+// positions, config; no random state: every sampled row's stream is a function of --seed, the
+// rollout step and the row). A resumed run keeps the metrics.jsonl and perf.jsonl records
 // up to the checkpoint. A run killed at any point and resumed writes a metrics.jsonl identical to
 // an uninterrupted run's (tested with SIGKILL in cmd/saferlhf). Wall-clock figures go to
 // perf.jsonl, which is not reproducible by nature.

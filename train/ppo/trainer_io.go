@@ -81,7 +81,7 @@ func (t *Trainer) openMetrics() error {
 
 // checkpoint saves OutDir/checkpoints/step-NNNNNNNN through train/checkpoint: the actor as an HF
 // model (weights + config.json, plus CheckpointFiles), every trained variable and optimiser
-// moment bit for bit, and state.json (step, λ state and episode-cost window, data positions, RNG,
+// moment bit for bit, and state.json (step, λ state and episode-cost window, data positions,
 // config, frozen models by path and hash). Weights or optimiser state holding NaN/Inf are never
 // saved. It returns the directory.
 func (t *Trainer) checkpoint() (string, error) {
