@@ -368,25 +368,35 @@ func TestBenchDataParallel(t *testing.T) {
 
 // TestNativeDataParallelVariants: plain PPO, the fixed-penalty baseline, and PPO-Lag with PTX
 // (rows of unequal label counts) on 2 ranks follow 1 rank with the same global batch, sampling
-// with top-k 50: every metric within 1e-4 relative.
+// with top-k 50: every metric within 1e-4 relative; PPO-Lag with PTX also with two micro-batches
+// per update.
 func TestNativeDataParallelVariants(t *testing.T) {
 	if !engine.Available {
 		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
 	}
 	ptx := unequalPTX(t)
+	// Two micro-batches per update (each rank's --micro-batch-size is half its share): the PTX
+	// rows of global micro-batch i are the ranks' micro-batches i together.
+	halves := func(c *GraphNetsConfig) { c.MicroBatchSize = c.TrainBatchSize / 2 }
 	for _, v := range []struct {
-		name string
-		alg  Algorithm
-		ptx  func() *PTXSet
-	}{{"ppo", PPO, nil}, {"fixed", Fixed, nil}, {"ppo-lag+ptx", PPOLag, ptx}} {
+		name  string
+		alg   Algorithm
+		ptx   func() *PTXSet
+		micro bool
+	}{{"ppo", PPO, nil, false}, {"fixed", Fixed, nil, false}, {"ppo-lag+ptx", PPOLag, ptx, false},
+		{"ppo-lag+ptx, 2 micro-batches", PPOLag, ptx, true}} {
 		t.Run(v.name, func(t *testing.T) {
 			cfg := dpConfig()
 			cfg.Algorithm = v.alg
 			if v.ptx != nil {
 				cfg.PTXCoeff = 2
 			}
-			one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, v.ptx, withSpec(t, "native"))
-			two := runRanks(t, cfg, 2, Options{OutDir: t.TempDir()}, v.ptx, withSpec(t, "native"))
+			nets := []func(*GraphNetsConfig){withSpec(t, "native")}
+			if v.micro {
+				nets = append(nets, halves)
+			}
+			one := runRanks(t, cfg, 1, Options{OutDir: t.TempDir()}, v.ptx, nets...)
+			two := runRanks(t, cfg, 2, Options{OutDir: t.TempDir()}, v.ptx, nets...)
 			for r, x := range append(one, two...) {
 				if x.err != nil {
 					t.Fatalf("run %d: %v", r, x.err)
