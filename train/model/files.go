@@ -60,7 +60,8 @@ func copyTokenizer(dir, tokPath string) error {
 
 // ResolveTokenizer returns the tokenizer path: explicit if given, else the
 // tokenizer file inside (or next to) the model path whose vocabulary matches the
-// model's (tok512.bin for stories260K, tokenizer.model for Llama-2-vocabulary models).
+// model's (tok512.bin for stories260K, tokenizer.model for Llama-2-vocabulary models,
+// also for the reference's models with a <pad> row added: see AddedSpecialTokens).
 func ResolveTokenizer(explicit, modelPath string) (string, error) {
 	if explicit != "" {
 		return explicit, nil
@@ -115,7 +116,7 @@ func ResolveTokenizerFor(explicit, modelPath string, vocab int) (string, error) 
 	if err != nil || p != "" {
 		return p, err
 	}
-	return "", fmt.Errorf("no tokenizer given and none with %d tokens found in %s (use --tokenizer)", vocab, dir)
+	return "", fmt.Errorf("no tokenizer given and none with %d tokens (or up to %d fewer) found in %s (use --tokenizer)", vocab, AddedSpecialTokens, dir)
 }
 
 // OwnTokenizer returns the tokenizer saved inside (or next to) a score model, as train-rm and
@@ -134,8 +135,15 @@ func OwnTokenizer(modelPath string) (string, error) {
 		"(train-rm and train-cm save it beside the model; copy it there as tokenizer.model or tok512.bin)", modelPath, vocab, dir)
 }
 
-// besideModel returns the first tokenizer file inside (or next to) modelPath whose vocabulary is
-// vocab (0: any), "" when there is none, and the directory searched.
+// AddedSpecialTokens is how many rows a model's vocabulary may have beyond its tokenizer's: the
+// reference adds the special tokens a tokenizer lacks (<pad>, </s>, <s>, <unk>) and resizes the
+// embedding (spec §6), so its Llama-2 models have 32001 rows for tokenizer.model's 32000. Those
+// rows are never produced by the tokenizer (pad is <unk> here, and the reference masks both).
+const AddedSpecialTokens = 4
+
+// besideModel returns the tokenizer file inside (or next to) modelPath whose vocabulary is vocab
+// (0: any) or, failing that, the largest one at most AddedSpecialTokens short of it; "" when there
+// is none, and the directory searched.
 func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 	st, err := os.Stat(modelPath)
 	if err != nil {
@@ -145,20 +153,27 @@ func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 	if !st.IsDir() {
 		dir = filepath.Dir(modelPath)
 	}
+	best, bestSize := "", 0
 	for _, n := range []string{"tokenizer.model", "tok512.bin", "tokenizer.bin"} {
 		p := filepath.Join(dir, n)
 		if _, err := os.Stat(p); err != nil {
 			continue
 		}
-		if vocab > 0 {
-			tok, err := tokenizer.Load(p)
-			if err != nil || tok.VocabSize() != vocab {
-				continue
-			}
+		if vocab <= 0 {
+			return p, dir, nil
 		}
-		return p, dir, nil
+		tok, err := tokenizer.Load(p)
+		if err != nil {
+			continue
+		}
+		switch size := tok.VocabSize(); {
+		case size == vocab:
+			return p, dir, nil
+		case size < vocab && vocab-size <= AddedSpecialTokens && size > bestSize:
+			best, bestSize = p, size
+		}
 	}
-	return "", dir, nil
+	return best, dir, nil
 }
 
 // LoadTokenizer loads the tokenizer at path and checks it fits cfg's vocabulary.

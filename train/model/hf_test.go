@@ -3,6 +3,7 @@ package model
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"math"
 	"os"
@@ -357,5 +358,57 @@ func TestResolveTokenizerBadModel(t *testing.T) {
 	}
 	if _, err := ResolveTokenizer("", filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing model: %v, want os.ErrNotExist", err)
+	}
+}
+
+// TestTokenizerBesidePaddedVocabulary: the reference's Llama-2 models carry a <pad> row (vocab_size
+// 32001 for tokenizer.model's 32000, spec §6); their tokenizer is found, by ResolveTokenizer and
+// OwnTokenizer alike. The exact size wins over a near one, and a tokenizer more than
+// AddedSpecialTokens short of the model (tok512.bin for a 32000-row model) is never taken.
+func TestTokenizerBesidePaddedVocabulary(t *testing.T) {
+	assets := filepath.Join("..", "..", "assets", "data", "models")
+	for _, tc := range []struct {
+		name  string
+		vocab int
+		files []string
+		want  string // "" for an error
+	}{
+		{"exact", 32000, []string{"tokenizer.model", "tok512.bin"}, "tokenizer.model"},
+		{"reference <pad> row", 32001, []string{"tokenizer.model", "tok512.bin"}, "tokenizer.model"},
+		{"four added specials", 32004, []string{"tokenizer.model"}, "tokenizer.model"},
+		{"five rows more", 32005, []string{"tokenizer.model", "tok512.bin"}, ""},
+		{"small model padded", 513, []string{"tokenizer.model", "tok512.bin"}, "tok512.bin"},
+		{"exact beats near", 512, []string{"tokenizer.model", "tok512.bin"}, "tok512.bin"},
+		{"only a far smaller one", 32001, []string{"tok512.bin"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := fmt.Sprintf(`{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+				"num_attention_heads": 2, "vocab_size": %d, "hidden_act": "silu"}`, tc.vocab)
+			if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range tc.files {
+				b, err := os.ReadFile(filepath.Join(assets, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for name, resolve := range map[string]func(string) (string, error){
+				"ResolveTokenizer": func(p string) (string, error) { return ResolveTokenizer("", p) },
+				"OwnTokenizer":     OwnTokenizer,
+			} {
+				got, err := resolve(dir)
+				switch {
+				case tc.want == "" && err == nil:
+					t.Errorf("%s: took %s, want an error", name, got)
+				case tc.want != "" && (err != nil || filepath.Base(got) != tc.want):
+					t.Errorf("%s: got %q, %v; want %s", name, got, err, tc.want)
+				}
+			}
+		})
 	}
 }
