@@ -14,6 +14,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/native/engine"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/trainer"
@@ -42,6 +43,12 @@ type rankRun struct {
 // into dir and returns each rank's history and final actor weights.
 func runRanks(t *testing.T, cfg Config, world int, opt Options, ptx func() *PTXSet, nets ...func(*GraphNetsConfig)) []rankRun {
 	t.Helper()
+	return runRanksCtx(t, context.Background(), cfg, world, opt, ptx, nets...)
+}
+
+// runRanksCtx is runRanks with every rank's Run under ctx.
+func runRanksCtx(t *testing.T, ctx context.Context, cfg Config, world int, opt Options, ptx func() *PTXSet, nets ...func(*GraphNetsConfig)) []rankRun {
+	t.Helper()
 	out := make([]rankRun, world)
 	one := func(r int, comm dist.Communicator) {
 		o := opt
@@ -59,7 +66,7 @@ func runRanks(t *testing.T, cfg Config, world int, opt Options, ptx func() *PTXS
 			return
 		}
 		defer tr.Close()
-		if out[r].err = tr.Run(context.Background()); out[r].err != nil {
+		if out[r].err = tr.Run(ctx); out[r].err != nil {
 			comm.Close()
 			return
 		}
@@ -312,6 +319,57 @@ func testZeroOnePPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsConfig)
 		if x.moments != sh[r].moments {
 			t.Errorf("rank %d holds %d moment elements right after restoring with ZeRO-1 (want its own %d of %d)", r, x.moments, sh[r].moments, m)
 		}
+	}
+}
+
+// TestZeroOnePPOLagInterruptedAtResume: a resumed 2-rank ZeRO-1 PPO-Lag run interrupted (Ctrl-C
+// during start-up) before its first rollout batch leaves the checkpoint it resumed from as it was:
+// each rank then holds only its own moments, and rewriting that step from rank 0's context alone
+// dropped rank 1's. Resuming again still writes the uninterrupted run's metrics.jsonl byte for byte.
+func TestZeroOnePPOLagInterruptedAtResume(t *testing.T) { testZeroOneInterruptedAtResume(t) }
+
+// TestNativeZeroOnePPOLagInterruptedAtResume is the same with the native engine's updates.
+func TestNativeZeroOnePPOLagInterruptedAtResume(t *testing.T) {
+	if !engine.Available {
+		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
+	}
+	testZeroOneInterruptedAtResume(t, withSpec(t, "native"))
+}
+
+func testZeroOneInterruptedAtResume(t *testing.T, nets ...func(*GraphNetsConfig)) {
+	cfg := dpConfig()
+	nets = append(nets, func(c *GraphNetsConfig) { c.ZeroStage = 1 })
+	ref, out := t.TempDir(), t.TempDir()
+	check := func(what string, run []rankRun) {
+		t.Helper()
+		for r, x := range run {
+			if x.err != nil {
+				t.Fatalf("%s: rank %d: %v", what, r, x.err)
+			}
+		}
+	}
+	check("uninterrupted", runRanks(t, cfg, 2, Options{OutDir: ref}, nil, nets...))
+	check("first step", runRanks(t, cfg, 2, Options{OutDir: out, StopAfter: 1}, nil, nets...))
+	state := filepath.Join(out, "checkpoints", "step-00000001", checkpoint.TrainStateFile)
+	before, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for r, x := range runRanksCtx(t, ctx, cfg, 2, Options{OutDir: out, Resume: true}, nil, nets...) {
+		if x.err == nil || !strings.Contains(x.err.Error(), "interrupted after step 1") || strings.Count(x.err.Error(), "interrupted after") != 1 {
+			t.Errorf("rank %d resumed under a cancelled context: %v", r, x.err)
+		}
+	}
+	if after, err := os.ReadFile(state); err != nil || !bytes.Equal(after, before) {
+		t.Errorf("the interrupted resume rewrote %s (%d bytes, was %d): %v", state, len(after), len(before), err)
+	}
+	check("resumed", runRanks(t, cfg, 2, Options{OutDir: out, Resume: true}, nil, nets...))
+	want, _ := os.ReadFile(filepath.Join(ref, "metrics.jsonl"))
+	got, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+	if !bytes.Equal(got, want) || bytes.Count(want, []byte("\n")) != 2 {
+		t.Errorf("resumed after the interruption:\n got %s\nwant %s", got, want)
 	}
 }
 

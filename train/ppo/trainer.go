@@ -121,6 +121,9 @@ type Trainer struct {
 	// collSeconds is the nets' gradient all-reduce time at the last perf line.
 	collSeconds float64
 	total       int // rollout batches in the whole run
+	// saved is the step whose state the newest checkpoint holds (restored or written by this
+	// run; -1: none), which checkpoint does not write again.
+	saved int
 
 	actorSched, criticSched optim.Schedule
 
@@ -144,7 +147,7 @@ func NewTrainer(cfg Config, opt Options, nets Nets, prompts *PromptSet, ptx *PTX
 		return nil, fmt.Errorf("ppo: %w", err)
 	}
 	t := &Trainer{cfg: cfg, opt: opt, nets: nets, prompts: prompts, ptx: ptx,
-		ws: kernels.NewWorkspace(1), ckpts: ckpts, comm: opt.Comm}
+		ws: kernels.NewWorkspace(1), ckpts: ckpts, comm: opt.Comm, saved: -1}
 	if t.comm == nil {
 		t.comm = dist.Self{}
 	}
@@ -212,12 +215,8 @@ func (t *Trainer) Run(ctx context.Context) error {
 	}
 	done := 0
 	for t.st.Step < t.total {
-		if err := t.interrupted(ctx); err != nil {
-			dir, cerr := t.checkpoint()
-			if cerr != nil {
-				return errors.Join(err, cerr)
-			}
-			return fmt.Errorf("ppo: interrupted after step %d (checkpoint %s saved; rerun with --resume): %w", t.st.Step, dir, err)
+		if err := t.interrupted(ctx); err != nil { // it checkpointed
+			return err
 		}
 		m, p, err := t.trainStep()
 		if err != nil {

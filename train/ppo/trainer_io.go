@@ -83,8 +83,16 @@ func (t *Trainer) openMetrics() error {
 // model (weights + config.json, plus CheckpointFiles), every trained variable and optimiser
 // moment bit for bit, and state.json (step, λ state and episode-cost window, data positions,
 // config, frozen models by path and hash). Weights or optimiser state holding NaN/Inf are never
-// saved. It returns the directory.
+// saved. It returns the directory. A step whose checkpoint exists already (the one a resumed run
+// restored, interrupted before its first rollout batch) is not written again: it would be the
+// same state, and with ZeRO-1 the ranks hold only their own moments before their first update.
 func (t *Trainer) checkpoint() (string, error) {
+	if t.saved == t.st.Step {
+		if !t.primary() {
+			return "(by rank 0)", nil
+		}
+		return t.ckpts.Dir(t.st.Step), nil
+	}
 	lams, err := t.rankLambdas() // every rank takes part
 	if err != nil {
 		return "", fmt.Errorf("ppo checkpoint step %d: %w", t.st.Step, err)
@@ -100,9 +108,13 @@ func (t *Trainer) checkpoint() (string, error) {
 			sync = sn.SyncState
 		}
 	}
-	return checkpoint.SaveSharded(t.comm, ctx, owned, sync, func(remote []safetensors.Tensor) (string, error) {
+	dir, err := checkpoint.SaveSharded(t.comm, ctx, owned, sync, func(remote []safetensors.Tensor) (string, error) {
 		return t.save(lams, remote)
 	})
+	if err == nil {
+		t.saved = t.st.Step
+	}
+	return dir, err
 }
 
 // shardedNets are Nets whose optimiser state may be sharded across ranks (GraphNets).
@@ -232,5 +244,6 @@ func (t *Trainer) restore() error {
 		t.ptx.Seek(pos.PTX)
 	}
 	t.st = State{Step: l.State.Step, GlobalStep: pos.GlobalStep}
+	t.saved = t.st.Step
 	return nil
 }
