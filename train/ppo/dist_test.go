@@ -478,3 +478,90 @@ func TestNativeDataParallelVariants(t *testing.T) {
 		})
 	}
 }
+
+// rowNets is fakeNets recording each Generate call's sampling seed and global rows.
+type rowNets struct {
+	*fakeNets
+	calls []genCall
+}
+
+type genCall struct{ seed, first, n uint64 }
+
+func (r *rowNets) Generate(prompts [][]int32, seed, firstRow uint64) (*Rollout, error) {
+	r.calls = append(r.calls, genCall{seed, firstRow, uint64(len(prompts))})
+	return r.fakeNets.Generate(prompts, seed, firstRow)
+}
+
+// TestRolloutRowStreams: with 2 samples per prompt and 2 rollout micro-batches per step, the
+// trainer's Generate calls give every row of a step's rollout batch its own global index (the
+// calls' row ranges tile [0, prompt batch × samples) with no overlap), one seed per step, a new
+// seed each step, and 2 ranks split exactly those rows under the same seeds (a firstRow that
+// forgot the micro-batch, the rank's offset or the samples per prompt reuses a stream).
+func TestRolloutRowStreams(t *testing.T) {
+	cfg := fakeConfig(PPOLag)
+	cfg.NumReturnSeqs, cfg.MaxSteps = 2, 2
+	rows := uint64(cfg.PromptBatchSize * cfg.NumReturnSeqs)
+	run := func(world int) [][]genCall { // per step, every rank's calls
+		nets := make([]*rowNets, world)
+		errs := make([]error, world)
+		one := func(r int, comm dist.Communicator) {
+			nets[r] = &rowNets{fakeNets: &fakeNets{harmful: 0.5}}
+			tr, err := NewTrainer(cfg, Options{OutDir: filepath.Join(t.TempDir(), "out"), Comm: comm}, nets[r], testPrompts(t, 20), nil)
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			defer tr.Close()
+			errs[r] = tr.Run(context.Background())
+		}
+		if world == 1 {
+			one(0, dist.Self{})
+		} else {
+			comms, err := dist.NewLocalGroup(context.Background(), world, dist.Options{Timeout: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			for r := range world {
+				wg.Go(func() { defer comms[r].Close(); one(r, comms[r]) })
+			}
+			wg.Wait()
+		}
+		steps := make([][]genCall, cfg.MaxSteps)
+		for r, n := range nets {
+			if errs[r] != nil {
+				t.Fatalf("world %d rank %d: %v", world, r, errs[r])
+			}
+			per := len(n.calls) / cfg.MaxSteps
+			for s := range steps {
+				steps[s] = append(steps[s], n.calls[s*per:(s+1)*per]...)
+			}
+		}
+		return steps
+	}
+	one := run(1)
+	for world, steps := range map[int][][]genCall{1: one, 2: run(2)} {
+		for s, calls := range steps {
+			covered := make([]int, rows)
+			for _, c := range calls {
+				if c.seed != one[s][0].seed {
+					t.Errorf("world %d step %d: seed %#x, one process's is %#x", world, s, c.seed, one[s][0].seed)
+				}
+				for i := c.first; i < c.first+c.n; i++ {
+					if i >= rows {
+						t.Fatalf("world %d step %d: row %d beyond the rollout batch of %d", world, s, i, rows)
+					}
+					covered[i]++
+				}
+			}
+			for i, k := range covered {
+				if k != 1 {
+					t.Errorf("world %d step %d: global row %d sampled by %d calls, want 1 (calls %v)", world, s, i, k, calls)
+				}
+			}
+		}
+	}
+	if one[0][0].seed == one[1][0].seed {
+		t.Error("steps 1 and 2 sample with the same seed")
+	}
+}
