@@ -565,3 +565,29 @@ func TestRolloutRowStreams(t *testing.T) {
 		t.Error("steps 1 and 2 sample with the same seed")
 	}
 }
+
+// TestCheckRankShares: batch sizes that would fail an update mid-run are refused before the
+// ranks meet, among them a smaller last rollout micro-batch (--prompt-batch-size not a multiple of
+// --train-batch-size, with 2 samples per prompt) that does not split into the accumulation's
+// micro-batches.
+func TestCheckRankShares(t *testing.T) {
+	for _, c := range []struct {
+		pb, tb, nrs, micro, world int
+		want                      string
+	}{
+		{8, 4, 1, 2, 2, ""},
+		{9, 6, 2, 3, 1, "last micro-batch of --prompt-batch-size 9 (3 prompts per rank) does not split into the 2"},
+		{9, 6, 2, 2, 1, ""}, // 3 micro-batches of 1 row
+		{9, 6, 2, 0, 1, ""},
+		{18, 12, 2, 3, 2, "(3 prompts per rank) does not split into the 2"},
+		{10, 5, 1, 0, 2, "--train-batch-size 5 is global"},
+		{8, 4, 1, 4, 2, "--micro-batch-size 4 must divide each rank's share"},
+	} {
+		rc := DefaultRunConfig(PPOLag)
+		rc.PromptBatchSize, rc.TrainBatchSize, rc.NumReturnSeqs, rc.MicroBatch = c.pb, c.tb, c.nrs, c.micro
+		err := checkRankShares(rc, c.world)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%+v: %v, want %q", c, err, c.want)
+		}
+	}
+}

@@ -166,13 +166,26 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 	return runRanked(ctx, c, progress, ready, comm)
 }
 
-// checkRankShares refuses batch sizes that do not split evenly over world ranks.
+// checkRankShares refuses batch sizes that do not split evenly over world ranks and into the
+// updates' gradient-accumulation micro-batches.
 func checkRankShares(c RunConfig, world int) error {
 	if err := checkShares(&c.Config, world); err != nil {
 		return err
 	}
 	if world > 1 && c.MicroBatch > 0 && (c.TrainBatchSize/world)%c.MicroBatch != 0 {
 		return fmt.Errorf("ppo: --micro-batch-size %d must divide each rank's share of --train-batch-size, %d/%d", c.MicroBatch, c.TrainBatchSize, world)
+	}
+	// With --num-return-sequences > 1 a --prompt-batch-size that --train-batch-size does not divide
+	// leaves a smaller last rollout micro-batch; the updates split it into the same number of
+	// gradient-accumulation micro-batches, which must divide it (else the run fails after its
+	// first generation).
+	world = max(world, 1)
+	if share := c.TrainBatchSize / world; c.MicroBatch > 0 && c.MicroBatch < share {
+		accum := share / c.MicroBatch
+		if last := c.PromptBatchSize % c.TrainBatchSize / world; last > 0 && last%accum != 0 {
+			return fmt.Errorf("ppo: the last micro-batch of --prompt-batch-size %d (%d prompts per rank) does not split into the %d gradient-accumulation micro-batches of --micro-batch-size %d",
+				c.PromptBatchSize, last, accum, c.MicroBatch)
+		}
 	}
 	return nil
 }
