@@ -640,7 +640,7 @@ func (n *GraphNets) UpdateActor(b ActorBatch) (ActorStats, error) {
 			args = append(args, in.cAdv, in.lambda)
 		}
 		if ptx != nil {
-			pa, err := n.ptxArgs(b, i, k)
+			pa, err := n.ptxArgs(in, b, i, k)
 			if err != nil {
 				in.free()
 				return ActorStats{}, fmt.Errorf("actor: %w", err)
@@ -729,8 +729,9 @@ func (n *GraphNets) actorInputs(b ActorBatch, i, k int) (*microBatch, error) {
 	return m, nil
 }
 
-// ptxArgs returns micro-batch i of k of b's PTX inputs (see actorLoss).
-func (n *GraphNets) ptxArgs(b ActorBatch, i, k int) ([]any, error) {
+// ptxArgs returns micro-batch i of k of b's PTX inputs (see actorLoss), owned by m (freed with
+// it, so their device copies do not wait for the garbage collector).
+func (n *GraphNets) ptxArgs(m *microBatch, b ActorBatch, i, k int) ([]any, error) {
 	ptx := b.PTX
 	pb, T := ptx.B/k, ptx.T
 	plo := i * pb
@@ -746,8 +747,14 @@ func (n *GraphNets) ptxArgs(b ActorBatch, i, k int) ([]any, error) {
 			}
 		}
 	}
-	return []any{upload(&n.xfer, ptx.IDs[plo*T:(plo+pb)*T], pb, T), upload(&n.xfer, ptx.Mask[plo*T:(plo+pb)*T], pb, T),
-		upload(&n.xfer, lm, pb, T-1), uploadScalar(&n.xfer, den), uploadScalar(&n.xfer, b.PTXCoeff)}, nil
+	ts := []*tensors.Tensor{upload(&n.xfer, ptx.IDs[plo*T:(plo+pb)*T], pb, T), upload(&n.xfer, ptx.Mask[plo*T:(plo+pb)*T], pb, T),
+		upload(&n.xfer, lm, pb, T-1), uploadScalar(&n.xfer, den), uploadScalar(&n.xfer, b.PTXCoeff)}
+	m.owned = append(m.owned, ts...)
+	args := make([]any, len(ts))
+	for j, t := range ts {
+		args[j] = t
+	}
+	return args, nil
 }
 
 // criticInputs returns micro-batch i of k of a critic's inputs: from the device when returns is
