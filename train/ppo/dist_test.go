@@ -591,3 +591,53 @@ func TestCheckRankShares(t *testing.T) {
 		}
 	}
 }
+
+// TestEvaluateRowStreams: the held-out evaluation gives prompt i the global row i whatever the
+// batch size and world size (batch j on rank j mod world), so before/after and ranked
+// evaluations sample each prompt from the same stream.
+func TestEvaluateRowStreams(t *testing.T) {
+	prompts := testPrompts(t, 7).prompts
+	for _, c := range []struct{ batch, world int }{{2, 1}, {3, 1}, {7, 1}, {2, 2}, {3, 2}} {
+		nets := make([]*rowNets, c.world)
+		errs := make([]error, c.world)
+		one := func(r int, comm dist.Communicator) {
+			nets[r] = &rowNets{fakeNets: &fakeNets{}}
+			_, _, errs[r] = EvaluateRanked(nets[r], prompts, c.batch, 5, comm)
+		}
+		if c.world == 1 {
+			one(0, dist.Self{})
+		} else {
+			comms, err := dist.NewLocalGroup(context.Background(), c.world, dist.Options{Timeout: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			for r := range c.world {
+				wg.Go(func() { defer comms[r].Close(); one(r, comms[r]) })
+			}
+			wg.Wait()
+		}
+		covered := make([]int, len(prompts))
+		for r, n := range nets {
+			if errs[r] != nil {
+				t.Fatalf("%+v rank %d: %v", c, r, errs[r])
+			}
+			for _, call := range n.calls {
+				if call.seed != 5 {
+					t.Errorf("%+v: seed %d, want 5", c, call.seed)
+				}
+				for i := call.first; i < call.first+call.n; i++ {
+					if int(i) >= len(prompts) {
+						t.Fatalf("%+v: row %d beyond the %d prompts", c, i, len(prompts))
+					}
+					covered[i]++
+				}
+			}
+		}
+		for i, k := range covered {
+			if k != 1 {
+				t.Errorf("%+v: prompt %d sampled as its own row by %d calls, want 1", c, i, k)
+			}
+		}
+	}
+}
