@@ -653,8 +653,12 @@ func (lw *Layerwise) chunksOn(ids, mask *tensors.Tensor, fn func(ids, mask *tens
 
 // SliceRows returns rows [lo, hi) of x (any dtype, rank ≥ 1) as a new tensor
 // computed where x lives: a device tensor is sliced on the device, with no
-// host copy (one small program per (lo, hi), compiled per shape).
+// host copy (one small program per (lo, hi), compiled per shape). A range
+// that is empty or outside x is an error.
 func (lw *Layerwise) SliceRows(x *tensors.Tensor, lo, hi int) (*tensors.Tensor, error) {
+	if dims := x.Shape().Dimensions; len(dims) == 0 || lo < 0 || hi > dims[0] || lo >= hi {
+		return nil, fmt.Errorf("layerwise: rows [%d, %d) of a %s tensor", lo, hi, x.Shape())
+	}
 	key := fmt.Sprintf("rows|%d|%d", lo, hi)
 	ex, err := lw.util(key, func(in []*G.Node) []*G.Node {
 		return []*G.Node{G.Slice(in[0], G.AxisRange(lo, hi))}

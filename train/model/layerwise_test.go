@@ -2,8 +2,10 @@ package model
 
 import (
 	"math"
+	"reflect"
 	"testing"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	G "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
@@ -309,5 +311,59 @@ func TestLayerwiseBackward(t *testing.T) {
 				t.Fatalf("only %d trained variables", len(vars))
 			}
 		})
+	}
+}
+
+// TestSliceRows: SliceRows returns exactly rows [lo, hi) of int32 and float32 tensors of rank 1
+// to 3 (first, middle and last rows, and all of them), and an empty range, one outside the
+// tensor or rows of a scalar are errors naming the range and shape, not panics or empty tensors.
+func TestSliceRows(t *testing.T) {
+	lw := NewLayerwise(getBackend(t))
+	ids := make([]int32, 5*3)
+	for i := range ids {
+		ids[i] = int32(i)
+	}
+	vals := make([]float32, 5*2*2)
+	for i := range vals {
+		vals[i] = float32(i) / 4
+	}
+	for _, c := range []struct {
+		x   *tensors.Tensor
+		row int // elements per row
+	}{
+		{tensors.FromFlatDataAndDimensions(ids, 5, 3), 3},
+		{tensors.FromFlatDataAndDimensions(vals, 5, 2, 2), 4},
+		{tensors.FromFlatDataAndDimensions(ids[:5], 5), 1},
+	} {
+		for _, r := range [][2]int{{0, 1}, {1, 3}, {4, 5}, {0, 5}} {
+			got, err := lw.SliceRows(c.x, r[0], r[1])
+			if err != nil {
+				t.Fatalf("%s rows %v: %v", c.x.Shape(), r, err)
+			}
+			want := c.x.Shape().Clone()
+			want.Dimensions[0] = r[1] - r[0]
+			if !got.Shape().Equal(want) {
+				t.Errorf("%s rows %v: shape %s, want %s", c.x.Shape(), r, got.Shape(), want)
+			}
+			var g, w any
+			switch c.x.DType() {
+			case dtypes.Int32:
+				g, w = tensors.MustCopyFlatData[int32](got), tensors.MustCopyFlatData[int32](c.x)[r[0]*c.row:r[1]*c.row]
+			default:
+				g, w = tensors.MustCopyFlatData[float32](got), tensors.MustCopyFlatData[float32](c.x)[r[0]*c.row:r[1]*c.row]
+			}
+			if !reflect.DeepEqual(g, w) {
+				t.Errorf("%s rows %v: %v, want %v", c.x.Shape(), r, g, w)
+			}
+			got.FinalizeAll()
+		}
+		for _, r := range [][2]int{{4, 6}, {3, 3}, {-1, 2}} {
+			if got, err := lw.SliceRows(c.x, r[0], r[1]); err == nil {
+				t.Errorf("%s rows %v: %s, want an error", c.x.Shape(), r, got.Shape())
+			}
+		}
+	}
+	if _, err := lw.SliceRows(tensors.FromScalar(int32(1)), 0, 1); err == nil {
+		t.Error("rows of a scalar: no error")
 	}
 }
