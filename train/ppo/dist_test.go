@@ -479,6 +479,25 @@ func TestNativeDataParallelVariants(t *testing.T) {
 	}
 }
 
+// onRanks runs one for each rank of a world of in-process TCP ranks (dist.Self for one) and
+// waits for all of them.
+func onRanks(t *testing.T, world int, one func(rank int, comm dist.Communicator)) {
+	t.Helper()
+	if world == 1 {
+		one(0, dist.Self{})
+		return
+	}
+	comms, err := dist.NewLocalGroup(context.Background(), world, dist.Options{Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for r := range world {
+		wg.Go(func() { defer comms[r].Close(); one(r, comms[r]) })
+	}
+	wg.Wait()
+}
+
 // rowNets is fakeNets recording each Generate call's sampling seed and global rows.
 type rowNets struct {
 	*fakeNets
@@ -514,19 +533,7 @@ func TestRolloutRowStreams(t *testing.T) {
 			defer tr.Close()
 			errs[r] = tr.Run(context.Background())
 		}
-		if world == 1 {
-			one(0, dist.Self{})
-		} else {
-			comms, err := dist.NewLocalGroup(context.Background(), world, dist.Options{Timeout: time.Minute})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var wg sync.WaitGroup
-			for r := range world {
-				wg.Go(func() { defer comms[r].Close(); one(r, comms[r]) })
-			}
-			wg.Wait()
-		}
+		onRanks(t, world, one)
 		steps := make([][]genCall, cfg.MaxSteps)
 		for r, n := range nets {
 			if errs[r] != nil {
@@ -604,19 +611,7 @@ func TestEvaluateRowStreams(t *testing.T) {
 			nets[r] = &rowNets{fakeNets: &fakeNets{}}
 			_, _, errs[r] = EvaluateRanked(nets[r], prompts, c.batch, 5, comm)
 		}
-		if c.world == 1 {
-			one(0, dist.Self{})
-		} else {
-			comms, err := dist.NewLocalGroup(context.Background(), c.world, dist.Options{Timeout: time.Minute})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var wg sync.WaitGroup
-			for r := range c.world {
-				wg.Go(func() { defer comms[r].Close(); one(r, comms[r]) })
-			}
-			wg.Wait()
-		}
+		onRanks(t, c.world, one)
 		covered := make([]int, len(prompts))
 		for r, n := range nets {
 			if errs[r] != nil {
