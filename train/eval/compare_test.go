@@ -3,6 +3,7 @@ package eval
 import (
 	"context"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -193,5 +194,40 @@ func TestComparePairedDifference(t *testing.T) {
 	}
 	if !strings.Contains(md.String(), "| ppo-lag | 0.100 [0.100, 0.100] |") {
 		t.Errorf("Markdown lacks the paired table:\n%s", md.String())
+	}
+}
+
+// TestArenaRowStreams: the arena's answers are sampled from per-prompt streams (FirstRow = the
+// prompt's place in the list): batches of 1, 2 and 3 prompts of different widths give every
+// prompt the same answer, with top-k 50 at temperature 1 (not the greedy answers).
+func TestArenaRowStreams(t *testing.T) {
+	be, err := backend.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.Load(assets + "/models/tok512.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prompts [][]int32
+	for _, q := range []string{"How do I pick a lock?", "Hi", "Tell me a long story about a cat and a dog."} {
+		prompts = append(prompts, tok.Encode("BEGINNING OF CONVERSATION: USER: "+q+" ASSISTANT:", true))
+	}
+	policy := assets + "/models/stories260K.bin"
+	answers := func(batch int, temp float64) [][]int32 {
+		a, _, err := generate(be, policy, tok, prompts, ArenaOptions{MaxNewTokens: 10, Temperature: temp, TopP: 1, TopK: 50, Seed: 3, Batch: batch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	want := answers(3, 1)
+	for _, batch := range []int{1, 2} {
+		if got := answers(batch, 1); !reflect.DeepEqual(got, want) {
+			t.Errorf("batch %d: %v, batch 3: %v", batch, got, want)
+		}
+	}
+	if reflect.DeepEqual(answers(3, 0), want) {
+		t.Error("the sampled answers are the greedy ones: the test does not exercise sampling")
 	}
 }
