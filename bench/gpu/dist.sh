@@ -60,9 +60,9 @@ if [ "${DIST_CPU_TEST:-}" = 1 ] && [ -z "$BIN" ]; then
 fi
 [ -n "$BIN" ] || { echo "dist: no CLI (run bench/gpu/dist.sh --build here, or scale.sh --build)"; exit 1; }
 
-BE=xla:cuda COLL=nccl
+BE=xla:cuda COLL=nccl SHARE="--gpu-memory-fraction 0.3" # two ranks' XLA clients share the GPU
 if [ "${DIST_CPU_TEST:-}" = 1 ]; then
-  BE=go COLL=tcp
+  BE=go COLL=tcp SHARE= # the pure-Go backend has no GPU pool (and refuses the flag)
 else
   PY=python3
   [ -x /opt/torch/.venv/bin/python3 ] && PY=/opt/torch/.venv/bin/python3
@@ -127,14 +127,14 @@ ranks2() {
   for r in 0 1; do
     env RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
       CUDA_VISIBLE_DEVICES=0 NCCL_HOSTID="saferlhf-dist-rank$r" NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 \
-      bash -o pipefail -c 'rm6 "$@" 2>&1 | sed "s/^/[rank '$r'] /"' _ "$out" "$coll" --gpu-memory-fraction 0.3 &
+      bash -o pipefail -c 'rm6 "$@" 2>&1 | sed "s/^/[rank '$r'] /"' _ "$out" "$coll" $SHARE &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
   return $rc
 }
 export -f rm6 ranks2
-export BIN A BE
+export BIN A BE SHARE
 
 run rm_1rank_none 30 90 rm6 "$D/one" tcp
 run rm_1rank_$COLL 30 90 rm6 "$D/one_$COLL" "$COLL"

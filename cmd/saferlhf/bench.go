@@ -73,7 +73,13 @@ func runBench(args []string) error {
 		return usagef("--updates: %v", err)
 	}
 	mode, err := collectives.ParseMode(*coll)
+	if err == nil {
+		err = collectives.CheckBackend(mode, *be)
+	}
 	if err != nil {
+		return usagef("%v", err)
+	}
+	if err := (backend.Options{MemoryFraction: *memFrac}).Check(*be); err != nil {
 		return usagef("%v", err)
 	}
 	// Under a launcher every rank runs its share of the step; rank 0 prints and writes --json.
@@ -243,7 +249,11 @@ func benchNumerics(cfg *model.Config, spec string, memFrac float64, cpu bool, b,
 	}
 	var ref []float32
 	for i := range runs {
-		be, err := backend.NewWithOptions(runs[i].spec, backend.Options{MemoryFraction: memFrac})
+		o := backend.Options{MemoryFraction: memFrac}
+		if runs[i].spec == "go" {
+			o.MemoryFraction = 0 // the pure-Go reference run has no GPU pool
+		}
+		be, err := backend.NewWithOptions(runs[i].spec, o)
 		if err != nil {
 			return err
 		}

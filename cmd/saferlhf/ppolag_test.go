@@ -223,6 +223,7 @@ func TestRLValidationLeavesNothing(t *testing.T) {
 		{[]string{"--rl-math", "graph", "--backend", "native"}, 2, "--rl-math graph needs a GoMLX backend"},
 		{[]string{"--collectives", "nccl", "--backend", "go"}, 2, "--collectives nccl needs --backend xla:cuda"},
 		{[]string{"--collectives", "gloo"}, 2, `--collectives "gloo": want auto, tcp or nccl`},
+		{[]string{"--gpu-memory-fraction", "0.5", "--backend", "go"}, 2, "--gpu-memory-fraction 0.5: --backend go:ops_sequential has no GPU memory pool"},
 		{[]string{"--max-new-tokens", "600"}, 1, "exceed the context"},
 		{[]string{"--data", "nosuchformat:x.json"}, 1, `unknown format "nosuchformat"`},
 	} {

@@ -131,6 +131,7 @@ func TestStageFlagErrors(t *testing.T) {
 		append(ok, "--collectives", "mpi"),
 		append(ok, "--collectives", "nccl", "--backend", "go"),
 		append(ok, "--gpu-memory-fraction", "1.5"),
+		append(ok, "--gpu-memory-fraction", "0.5", "--backend", "go"), // nothing would apply it
 	} {
 		err := runTrainRM(args)
 		if _, isUsage := err.(usageError); !isUsage {

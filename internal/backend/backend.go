@@ -82,10 +82,23 @@ type Options struct {
 	Preallocate bool
 }
 
-// NewWithOptions is New with PJRT client options (ignored by the pure-Go backend).
-func NewWithOptions(spec string, o Options) (backends.Backend, error) {
+// Check refuses options the backend of spec cannot apply: a memory fraction outside [0, 1], or
+// one for a backend without a PJRT client (go, native), which would ignore it.
+func (o Options) Check(spec string) error {
 	if o.MemoryFraction < 0 || o.MemoryFraction > 1 {
-		return nil, fmt.Errorf("--gpu-memory-fraction %g: want a value in (0, 1]", o.MemoryFraction)
+		return fmt.Errorf("--gpu-memory-fraction %g: want a value in (0, 1]", o.MemoryFraction)
+	}
+	spec = Resolve(spec)
+	if name, _, _ := strings.Cut(spec, ":"); o.MemoryFraction > 0 && name != "xla" {
+		return fmt.Errorf("--gpu-memory-fraction %g: --backend %s has no GPU memory pool to size (it applies to --backend xla:cuda)", o.MemoryFraction, spec)
+	}
+	return nil
+}
+
+// NewWithOptions is New with PJRT client options (see Options.Check).
+func NewWithOptions(spec string, o Options) (backends.Backend, error) {
+	if err := o.Check(spec); err != nil {
+		return nil, err
 	}
 	spec = Resolve(spec)
 	name, cfg, _ := strings.Cut(spec, ":")

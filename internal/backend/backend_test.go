@@ -40,6 +40,33 @@ func TestNew(t *testing.T) {
 	}
 }
 
+// TestOptionsCheck: a memory fraction is refused out of range, and on the backends without a
+// PJRT client, which would ignore it.
+func TestOptionsCheck(t *testing.T) {
+	for _, tc := range []struct {
+		spec    string
+		frac    float64
+		wantErr string
+	}{
+		{"go", 0, ""},
+		{"native", 0, ""},
+		{"xla:cuda", 0.3, ""},
+		{"xla:/opt/plugin.so", 1, ""},
+		{"go", 0.3, "--gpu-memory-fraction 0.3: --backend go:ops_sequential has no GPU memory pool"},
+		{"native", 0.5, "--backend native has no GPU memory pool"},
+		{"xla:cuda", 1.5, "want a value in (0, 1]"},
+		{"xla:cuda", -0.1, "want a value in (0, 1]"},
+	} {
+		err := Options{MemoryFraction: tc.frac}.Check(tc.spec)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("Check(%s, %g) = %v, want %q", tc.spec, tc.frac, err, tc.wantErr)
+		}
+	}
+	if _, err := NewWithOptions("go", Options{MemoryFraction: 0.3}); err == nil {
+		t.Error("NewWithOptions(go, memory fraction 0.3) started")
+	}
+}
+
 // TestNative: "native" starts the pure-Go backend marked for the native
 // engine when it is compiled in, and says why not otherwise.
 func TestNative(t *testing.T) {

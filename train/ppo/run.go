@@ -99,7 +99,9 @@ func (c *RunConfig) Validate() error {
 	ck.Check(err == nil, "--save-dtype: %v", err)
 	ck.NonNegativeInt("micro-batch-size", c.MicroBatch)
 	ck.Check(c.MicroBatch == 0 || c.TrainBatchSize%c.MicroBatch == 0, "--micro-batch-size %d must divide --train-batch-size %d", c.MicroBatch, c.TrainBatchSize)
-	ck.Check(c.GPUMemFrac >= 0 && c.GPUMemFrac <= 1, "--gpu-memory-fraction must be in [0, 1], got %v", c.GPUMemFrac)
+	if err := (backend.Options{MemoryFraction: c.GPUMemFrac}).Check(c.Backend); err != nil {
+		ck.Check(false, "%v", err)
+	}
 	if mode, err := collectives.ParseMode(c.Collectives); err != nil {
 		ck.Check(false, "%v", err)
 	} else if err := collectives.CheckBackend(mode, c.Backend); err != nil {

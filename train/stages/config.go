@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/collectives"
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/model"
@@ -122,7 +123,9 @@ func (c *Config) Validate(stage Stage) error {
 	}{{"eval-max", c.EvalMax}, {"max-train", c.MaxTrain}, {"eval-every", c.EvalEvery}, {"save-every", c.CkptEvery}} {
 		ck.NonNegativeInt(f.name, f.v)
 	}
-	ck.Check(c.GPUMemFrac >= 0 && c.GPUMemFrac <= 1, "--gpu-memory-fraction must be in [0, 1], got %v", c.GPUMemFrac)
+	if err := (backend.Options{MemoryFraction: c.GPUMemFrac}).Check(c.Backend); err != nil {
+		ck.Check(false, "%v", err)
+	}
 	if mode, err := collectives.ParseMode(c.Collectives); err != nil {
 		ck.Check(false, "%v", err)
 	} else if err := collectives.CheckBackend(mode, c.Backend); err != nil {
