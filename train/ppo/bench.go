@@ -115,7 +115,7 @@ type BenchResult struct {
 	HostRSSMiB     float64 `json:"host_peak_rss_mib"`
 	// PlannedPeakGiB is the memory plan's estimated device peak.
 	PlannedPeakGiB float64 `json:"planned_peak_gib"`
-	// H2DBytes and D2HBytes are the host↔device bytes of one step (model weights excluded:
+	// H2DBytes and D2HBytes are the host↔device bytes of one step on this rank (its Batch/world rows; model weights excluded:
 	// they are loaded once): generation's, computed from the shapes (model.Generator's prompt
 	// ids, per-token inputs and logits or sampled ids), plus HostDeviceBytes' split by direction.
 	H2DBytes int64 `json:"h2d_bytes_per_step"`
@@ -447,7 +447,7 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	}
 	res.HostRSSMiB = max(tn.peakRSS, procStatusMiB("VmHWM"))
 	res.PlannedPeakGiB = float64(plan.Peak) / (1 << 30)
-	res.H2DBytes, res.D2HBytes = genTraffic(acfg, o, nets.gen)
+	res.H2DBytes, res.D2HBytes = genTraffic(acfg, o.Batch/world, o, nets.gen) // this rank's rows, as the counted bytes
 	res.RLMath = cfg.RLMath
 	// Every step moves the same bytes; the checkpoint proof's extra step runs after this.
 	steps := int64(len(perf))
@@ -550,11 +550,11 @@ func updateFLOPs(cfg *model.Config, lora bool, b, t int) float64 {
 	return tokens * (mult/2*(2*lin+2*attn) + 2*mult/2*(2*critic+2*attn))
 }
 
-// genTraffic is the bytes one step's generation moves between host and device (model.Generator,
+// genTraffic is the bytes one step's generation of rows prompts moves between host and device (model.Generator,
 // from the shapes): prefill ids and key mask, per token the token, position, slot and key mask up;
 // the logits, or the sampled ids (and per-row uniforms up) with device sampling, down.
-func genTraffic(cfg *model.Config, o BenchOptions, gen generator) (h2d, d2h int64) {
-	b, p, g := int64(o.Batch), int64(o.PromptLen), int64(o.GenLen)
+func genTraffic(cfg *model.Config, rows int, o BenchOptions, gen generator) (h2d, d2h int64) {
+	b, p, g := int64(rows), int64(o.PromptLen), int64(o.GenLen)
 	s := p + g // cache width (bucketed: at least this)
 	v := int64(cfg.VocabSize)
 	h2d += b*p*4 + b*s*4 + (g-1)*(b*4*2+4+b*s*4)

@@ -374,8 +374,8 @@ func testZeroOneInterruptedAtResume(t *testing.T, nets ...func(*GraphNetsConfig)
 }
 
 // TestBenchDataParallel: Bench on 2 ranks (with --zero-stage 1) reports each rank's rates, rank
-// 0's time in collectives and each rank's AdamW moment bytes (about half each), and the same
-// aggregate table on both ranks.
+// 0's time in collectives, each rank's AdamW moment bytes (about half each) and host↔device bytes
+// (its own rows'), and the same aggregate table on both ranks.
 func TestBenchDataParallel(t *testing.T) {
 	cfg, err := model.Preset("stories260K")
 	if err != nil {
@@ -420,6 +420,14 @@ func TestBenchDataParallel(t *testing.T) {
 	}
 	if !reflect.DeepEqual(r0.Ranks, res[1].Ranks) || r0.ActorSeconds != res[1].ActorSeconds {
 		t.Errorf("the ranks report different tables: %+v vs %+v", r0.Ranks, res[1].Ranks)
+	}
+	// Each rank's bytes are its own: generation's for its 2 of the 4 rows (host sampling on the
+	// pure-Go backend) plus what it counted.
+	h2d, d2h := genTraffic(cfg, 2, BenchOptions{PromptLen: 4, GenLen: 4}, nil)
+	for r, x := range res {
+		if got := x.H2DBytes + x.D2HBytes - x.HostDeviceBytes; got != h2d+d2h || x.HostDeviceBytes <= 0 {
+			t.Errorf("rank %d: generation's bytes %d (counted %d), want %d for its 2 rows", r, got, x.HostDeviceBytes, h2d+d2h)
+		}
 	}
 	t.Logf("2 ranks: %+v", r0.Ranks)
 }
