@@ -25,6 +25,15 @@ type AdamW struct {
 	Owns func(name string) bool
 }
 
+// StateElements counts the moment elements (float32) o holds.
+func (o *AdamW) StateElements() int64 {
+	var n int64
+	for name := range o.M {
+		n += int64(len(o.M[name]) + len(o.U[name]))
+	}
+	return n
+}
+
 // NewAdamW validates cfg and fills in train/optim's defaults.
 func NewAdamW(cfg optim.AdamWConfig) (*AdamW, error) {
 	o, err := optim.NewAdamW(cfg)

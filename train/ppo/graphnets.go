@@ -896,9 +896,7 @@ func (n *GraphNets) OptimizerStateBytes() int64 {
 	var b int64
 	for _, t := range []*nativeTrained{n.nat.actor, n.nat.critics[0], n.nat.critics[1]} {
 		if t != nil {
-			for name := range t.opt.M {
-				b += 4 * int64(len(t.opt.M[name])+len(t.opt.U[name]))
-			}
+			b += 4 * t.opt.StateElements()
 		}
 	}
 	return b

@@ -160,12 +160,7 @@ func (t *nativeTrained) shard(comm dist.Communicator, ctx *context.Context) erro
 			return fmt.Errorf("no variable for trained parameter %q", name)
 		}
 	}
-	t.owners = trainer.PartitionVariables(t.trainedVars(), comm.Size())
-	mine := map[string]bool{}
-	for i, name := range t.names {
-		mine[name] = t.owners[i] == comm.Rank()
-	}
-	t.opt.Owns = func(name string) bool { return mine[name] }
+	t.owners = trainer.ShardNative(t.opt, t.names, t.trainedVars(), comm)
 	return trainer.CheckMoments(ctx, t.optim, t.trainedVars(), t.owners, comm.Rank())
 }
 
@@ -186,14 +181,7 @@ func (n *GraphNets) gatherOwned(t *nativeTrained) error {
 	}
 	start := time.Now()
 	defer func() { n.natCommTime += time.Since(start) }()
-	params := make([][]float32, len(t.names))
-	for i, name := range t.names {
-		params[i] = t.m.Params[name]
-	}
-	if err := dist.AllGatherOwnedFloat32(stdctx.Background(), n.cfg.Comm, t.owners, params); err != nil {
-		return fmt.Errorf("gathering the owners' weights: %w", err)
-	}
-	return nil
+	return trainer.GatherNative(n.cfg.Comm, t.m, t.names, t.owners)
 }
 
 // ownWeights reads the float32 variables held in scope itself (not its shared base).

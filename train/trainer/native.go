@@ -95,12 +95,7 @@ func NewNativeStepper(ctx *context.Context, cfg NativeConfig) (*NativeStepper, e
 		return nil, fmt.Errorf("trainer: %w", err)
 	}
 	if c.zero1() {
-		s.owners = PartitionVariables(s.trainedVars(), c.Comm.Size())
-		mine := map[string]bool{}
-		for i, n := range s.names {
-			mine[n] = s.owners[i] == c.Comm.Rank()
-		}
-		s.opt.Owns = func(name string) bool { return mine[name] }
+		s.owners = ShardNative(s.opt, s.names, s.trainedVars(), c.Comm)
 	}
 	if err := s.opt.LoadState(ctx, s.train); err != nil {
 		return nil, fmt.Errorf("trainer: %w", err)
@@ -169,14 +164,7 @@ func (s *NativeStepper) gatherWeights() error {
 	}
 	start := time.Now()
 	defer func() { s.commTime += time.Since(start) }()
-	params := make([][]float32, len(s.names))
-	for i, n := range s.names {
-		params[i] = s.m.Params[n]
-	}
-	if err := dist.AllGatherOwnedFloat32(stdctx.Background(), s.cfg.Comm, s.owners, params); err != nil {
-		return fmt.Errorf("trainer: gathering the owners' weights: %w", err)
-	}
-	return nil
+	return GatherNative(s.cfg.Comm, s.m, s.names, s.owners)
 }
 
 // trainedVars are the trained parameters' variables, in names order.
@@ -200,11 +188,7 @@ func (s *NativeStepper) ShardedState() []checkpoint.Owned {
 func (s *NativeStepper) OptimizerStateElements() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var n int64
-	for name := range s.opt.M {
-		n += int64(len(s.opt.M[name]) + len(s.opt.U[name]))
-	}
-	return n
+	return s.opt.StateElements()
 }
 
 // Eval computes the loss and metrics of a batch without gradients or updates.

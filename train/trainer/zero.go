@@ -9,6 +9,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
+	"github.com/saferlhf/saferlhf/native/llama"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/safetensors"
@@ -66,6 +67,33 @@ func PartitionVariables(vars []*context.Variable, ranks int) []int {
 		names[i], sizes[i] = v.ScopeAndName(), int64(v.Shape().Size())
 	}
 	return dist.Owners(names, sizes, ranks)
+}
+
+// ShardNative is ZeRO-1 on the native engine (the NativeStepper and PPO's native updates): it
+// partitions the trained parameters names (vars their variables, in the same order) among the
+// ranks of comm by PartitionVariables, makes opt update, keep and load moments of this rank's
+// share only (llama.AdamW.Owns), and returns the owners.
+func ShardNative(opt *llama.AdamW, names []string, vars []*context.Variable, comm dist.Communicator) []int {
+	owners := PartitionVariables(vars, comm.Size())
+	mine := make(map[string]bool, len(names))
+	for i, n := range names {
+		mine[n] = owners[i] == comm.Rank()
+	}
+	opt.Owns = func(name string) bool { return mine[name] }
+	return owners
+}
+
+// GatherNative hands every rank the owners' updated parameters names of m after a ZeRO-1
+// update (ShardNative's owners).
+func GatherNative(comm dist.Communicator, m *llama.Model, names []string, owners []int) error {
+	params := make([][]float32, len(names))
+	for i, n := range names {
+		params[i] = m.Params[n]
+	}
+	if err := dist.AllGatherOwnedFloat32(stdctx.Background(), comm, owners, params); err != nil {
+		return fmt.Errorf("trainer: gathering the owners' weights: %w", err)
+	}
+	return nil
 }
 
 // ForeignMoments returns the AdamW moments of c's trained variables among the
