@@ -100,8 +100,9 @@ func (f fakeWorld) AllGather(_ stdctx.Context, d []byte) ([][]byte, error) {
 	}
 	return out, nil
 }
-func (f fakeWorld) Barrier(stdctx.Context) error { return nil }
-func (f fakeWorld) Close() error                 { return nil }
+func (f fakeWorld) Gather(c stdctx.Context, d []byte) ([][]byte, error) { return f.AllGather(c, d) }
+func (f fakeWorld) Barrier(stdctx.Context) error                        { return nil }
+func (f fakeWorld) Close() error                                        { return nil }
 
 // TestDecideAgrees: when NCCL is missing on rank 1 only, auto picks tcp on both
 // ranks and nccl fails on both, naming rank 1.

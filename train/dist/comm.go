@@ -46,6 +46,9 @@ type Communicator interface {
 	Broadcast(ctx context.Context, data []byte, root int) error
 	// AllGather returns every rank's data, indexed by rank (lengths may differ).
 	AllGather(ctx context.Context, data []byte) ([][]byte, error)
+	// Gather is AllGather whose result only rank 0 receives (nil on the others), so
+	// that data meant for rank 0 alone does not travel to every rank.
+	Gather(ctx context.Context, data []byte) ([][]byte, error)
 	// Barrier returns when every rank has called it.
 	Barrier(ctx context.Context) error
 	// Close releases the connections; the other ranks' next collective then fails.
@@ -103,6 +106,9 @@ func (Self) Broadcast(_ context.Context, _ []byte, root int) error {
 	return nil
 }
 func (Self) AllGather(_ context.Context, data []byte) ([][]byte, error) {
+	return [][]byte{append([]byte(nil), data...)}, nil
+}
+func (Self) Gather(_ context.Context, data []byte) ([][]byte, error) {
 	return [][]byte{append([]byte(nil), data...)}, nil
 }
 func (Self) Barrier(context.Context) error { return nil }

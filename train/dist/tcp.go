@@ -56,6 +56,7 @@ const (
 	opBroadcast = 3
 	opGather    = 4
 	opBarrier   = 5
+	opGatherTo0 = 6
 
 	protoVersion = 1
 	headerLen    = 16
@@ -76,6 +77,8 @@ func opName(op uint8) string {
 		return "AllGather"
 	case opBarrier:
 		return "Barrier"
+	case opGatherTo0:
+		return "Gather"
 	}
 	return fmt.Sprintf("collective %d", op)
 }
@@ -358,6 +361,20 @@ func (c *TCP) AllGather(ctx context.Context, data []byte) ([][]byte, error) {
 	}
 	if len(parts) != c.size {
 		return nil, fmt.Errorf("dist: AllGather: malformed result from rank 0")
+	}
+	return parts, nil
+}
+
+// Gather returns every rank's data, indexed by rank, on rank 0 (its own entry is data
+// itself); the other ranks get nil once rank 0 has everything.
+func (c *TCP) Gather(ctx context.Context, data []byte) ([][]byte, error) {
+	var parts [][]byte
+	_, err := c.collective(ctx, opGatherTo0, 0, data, func(p [][]byte) ([]byte, error) {
+		parts = p
+		return nil, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return parts, nil
 }

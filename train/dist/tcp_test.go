@@ -47,7 +47,7 @@ func TestTCPCollectives(t *testing.T) {
 	sums := make([][]float32, 3)
 	means := make([][]float32, 3)
 	bcast := make([][]byte, 3)
-	gathered := make([][][]byte, 3)
+	gathered, toRoot := make([][][]byte, 3), make([][][]byte, 3)
 	errs := onAll(cs, func(c *TCP) error {
 		r := float32(c.Rank())
 		sums[c.Rank()] = []float32{r, 10 * r, 0.1, -r}
@@ -65,6 +65,9 @@ func TestTCPCollectives(t *testing.T) {
 		g, err := c.AllGather(ctx, bytes.Repeat([]byte{byte('a' + c.Rank())}, c.Rank()))
 		gathered[c.Rank()] = g
 		if err != nil {
+			return err
+		}
+		if toRoot[c.Rank()], err = c.Gather(ctx, []byte(fmt.Sprintf("r%d", c.Rank()))); err != nil {
 			return err
 		}
 		return c.Barrier(ctx)
@@ -88,6 +91,9 @@ func TestTCPCollectives(t *testing.T) {
 		}
 		if g := gathered[r]; len(g) != 3 || string(g[0]) != "" || string(g[1]) != "b" || string(g[2]) != "cc" {
 			t.Errorf("rank %d: all-gather = %q", r, g)
+		}
+		if g := toRoot[r]; r == 0 && fmt.Sprintf("%s", g) != "[r0 r1 r2]" || r != 0 && g != nil {
+			t.Errorf("rank %d: gather = %q", r, g)
 		}
 	}
 }

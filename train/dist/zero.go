@@ -126,7 +126,7 @@ func Fetch(ctx context.Context, comm Communicator, i, owner int) ([]byte, error)
 	if err := sendIndex(ctx, comm, int64(i)); err != nil {
 		return nil, err
 	}
-	all, err := comm.AllGather(ctx, nil)
+	all, err := comm.Gather(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +179,7 @@ func Serve(ctx context.Context, comm Communicator, owners []int, read func(i int
 				msg = append([]byte{0}, data...)
 			}
 		}
-		if _, err := comm.AllGather(ctx, msg); err != nil {
+		if _, err := comm.Gather(ctx, msg); err != nil { // to rank 0 alone
 			return err
 		}
 	}

@@ -63,13 +63,41 @@ func TestAllGatherOwned(t *testing.T) {
 	}
 }
 
+// received counts the gathered bytes a rank receives (AllGather and Gather results).
+type received struct {
+	*TCP
+	n int
+}
+
+func (r *received) AllGather(ctx context.Context, d []byte) ([][]byte, error) {
+	parts, err := r.TCP.AllGather(ctx, d)
+	for _, p := range parts {
+		r.n += len(p)
+	}
+	return parts, err
+}
+
+func (r *received) Gather(ctx context.Context, d []byte) ([][]byte, error) {
+	parts, err := r.TCP.Gather(ctx, d)
+	for _, p := range parts {
+		r.n += len(p)
+	}
+	return parts, err
+}
+
+// TestFetchServe: rank 0 fetches tensors from their owners in any order; a failure on rank 0
+// fails every rank's Serve; the tensors travel to rank 0 alone (the serving ranks receive none
+// of the gathered bytes, which a checkpoint of a sharded 7B state would multiply by the world).
 func TestFetchServe(t *testing.T) {
 	cs := group(t, 3, Options{Timeout: 10 * time.Second})
 	owners := []int{1, 2, 0, 2}
 	for _, fail := range []bool{false, true} {
 		var fetched []string
-		errs := onAll(cs, func(c *TCP) error {
+		counted := make([]*received, len(cs))
+		errs := onAll(cs, func(tc *TCP) error {
 			ctx := context.Background()
+			c := &received{TCP: tc}
+			counted[c.Rank()] = c
 			if c.Rank() != 0 {
 				return Serve(ctx, c, owners, func(i int) ([]byte, error) {
 					if owners[i] != c.Rank() {
@@ -97,6 +125,9 @@ func TestFetchServe(t *testing.T) {
 		for r := 1; r < 3; r++ {
 			if fail != (errs[r] != nil) || fail && !strings.Contains(errs[r].Error(), "rank 0 failed") {
 				t.Errorf("fail %v: rank %d: %v", fail, r, errs[r])
+			}
+			if counted[r].n != 0 {
+				t.Errorf("fail %v: serving rank %d received %d gathered bytes, want none", fail, r, counted[r].n)
 			}
 		}
 	}
