@@ -389,15 +389,20 @@ func (s *Stepper) evalGraph(ctx *context.Context, batch []*graph.Node) []*graph.
 	return s.lossAndMetrics(ctx, batch)
 }
 
-// execCatch runs an Exec, turning GoMLX panics into errors.
+// execCatch runs an Exec, turning GoMLX panics into errors that say "trainer:" once (this
+// package's own, raised while building a graph, already do).
 func execCatch(e *context.Exec, args []any) (out []*tensors.Tensor, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("trainer: %v", r)
+			if e, ok := r.(error); ok && strings.HasPrefix(e.Error(), "trainer: ") {
+				err = e // raised by this package while building a graph
+			} else {
+				err = fmt.Errorf("trainer: %v", r)
+			}
 		}
 	}()
 	out, err = e.Exec(args...)
-	if err != nil {
+	if err != nil && !strings.HasPrefix(err.Error(), "trainer: ") {
 		err = fmt.Errorf("trainer: %w", err)
 	}
 	return out, err

@@ -6,8 +6,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
@@ -178,5 +181,42 @@ func TestZeroOneRestoreLoadsOwnedOnly(t *testing.T) {
 				t.Errorf("%+v: rank %d holds %d moment elements %v after restoring (want %d, the %s's)", c, r, got, moments, want[r].elements, want[r].has)
 			}
 		}
+	}
+}
+
+// TestZeroOneForeignMomentRefused: a ZeRO-1 rank whose context holds a moment of a variable
+// another rank owns (a checkpoint partitioned otherwise) fails its first update with an error
+// naming the moment and both ranks, said once (it read "trainer: trainer: ZeRO-1: ...").
+func TestZeroOneForeignMomentRefused(t *testing.T) {
+	cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			defer cs[r].Close() // the other rank then fails instead of waiting
+			mctx := newLinearCtx([]float32{0, 0, 0}, 0)
+			s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, Accumulation: 1, Comm: cs[r], ZeroStage: 1})
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			if r == 0 { // the bias (1 element) is rank 1's; the weight (3) rank 0's
+				p := momentPaths(s.Config().OptimScope, mctx.GetVariableByScopeAndName("/m/lin", "bias"))[0]
+				i := strings.LastIndex(p, context.ScopeSeparator)
+				mctx.InAbsPath(p[:i]).VariableWithValue(p[i+1:], []float32{0}).SetTrainable(false)
+			}
+			_, errs[r] = s.Step(0.1, [][]float32{{1, 2, 3}}, []float32{1})
+		})
+	}
+	wg.Wait()
+	if e := errs[0]; e == nil || !strings.HasPrefix(e.Error(), "trainer: ZeRO-1: rank 0 holds /optim/") ||
+		!strings.Contains(e.Error(), "/lin/bias_m1, owned by rank 1") {
+		t.Errorf("rank 0: %v, want trainer: ZeRO-1: rank 0 holds the bias's moment, owned by rank 1", e)
+	}
+	if errs[1] == nil {
+		t.Error("rank 1 went on alone")
 	}
 }
