@@ -90,6 +90,10 @@ else
       [ -f "$f" ] && export SAFERLHF_NCCL=$f && break
     done
   fi
+  if [ -z "${SAFERLHF_NVRTC:-}" ]; then # the kernels/cuda and native tests compile CUDA with NVRTC (as check.sh)
+    NVRTC=$(ls "$SITE"/nvidia/cu13/lib/libnvrtc.so.13* "$SITE"/nvidia/cuda_nvrtc/lib/libnvrtc.so.1[23]* /usr/local/cuda/lib64/libnvrtc.so.1[23]* 2>/dev/null | grep -v builtins | head -1)
+    [ -n "$NVRTC" ] && export SAFERLHF_NVRTC=$NVRTC
+  fi
   export SAFERLHF_REQUIRE_GPU=1 GOPJRT_CUDA_CHECKS=0 TF_CPP_MIN_LOG_LEVEL=2
   export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 fi

@@ -140,11 +140,16 @@ if [ -z "${SAFERLHF_NCCL:-}" ] && [ -n "$SITE" ]; then
     [ -f "$f" ] && export SAFERLHF_NCCL=$f && break
   done
 fi
+if [ -z "${SAFERLHF_NVRTC:-}" ]; then # the kernels/cuda and native tests compile CUDA with NVRTC (as check.sh)
+  NVRTC=$(ls "$SITE"/nvidia/cu13/lib/libnvrtc.so.13* "$SITE"/nvidia/cuda_nvrtc/lib/libnvrtc.so.1[23]* /usr/local/cuda/lib64/libnvrtc.so.1[23]* 2>/dev/null | grep -v builtins | head -1)
+  [ -n "$NVRTC" ] && export SAFERLHF_NVRTC=$NVRTC
+fi
 # Autotuning off by default: on the first H200 run (2026-11-29) compiling the 1B step's graphs took
 # over 140 s with XLA's default autotuning (SCALE_XLA_FLAGS= to restore it).
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_cuda_data_dir=$CUDA_DIR ${SCALE_XLA_FLAGS---xla_gpu_autotune_level=0}"
 export GOPJRT_CUDA_CHECKS=0 TF_CPP_MIN_LOG_LEVEL=2
-echo "SAFERLHF_PJRT_CUDA=${SAFERLHF_PJRT_CUDA:-none} SAFERLHF_NCCL=${SAFERLHF_NCCL:-(search)} XLA_FLAGS=$XLA_FLAGS"
+echo "SAFERLHF_PJRT_CUDA=${SAFERLHF_PJRT_CUDA:-none} SAFERLHF_NCCL=${SAFERLHF_NCCL:-(search)} SAFERLHF_NVRTC=${SAFERLHF_NVRTC:-(search)}"
+echo "XLA_FLAGS=$XLA_FLAGS"
 
 # Binaries and the 7B checkpoint (not under $OUT: ~13 GB, the merged bf16 actor) in a fresh
 # directory (several self-checks may share a machine's /tmp).
