@@ -18,7 +18,7 @@
 #
 # Two ranks on one GPU: NCCL refuses two ranks of one communicator on the same device of one host,
 # so each rank gets its own NCCL_HOSTID (NCCL then treats them as two hosts and talks over its
-# socket transport on loopback), both see the GPU as CUDA_VISIBLE_DEVICES=0, and each of the five
+# socket transport on loopback), both see the GPU as CUDA_VISIBLE_DEVICES=0, and each of the seven
 # XLA clients takes --gpu-memory-fraction 0.1. What ran (NCCL version and path, the transport each
 # run reported) is printed and written to $OUT/dist.json. Sections run against DIST_BUDGET_S
 # (default 170 s). Exit status: the number of failed sections.
