@@ -52,35 +52,61 @@ func Owners(names []string, sizes []int64, ranks int) []int {
 // length on every rank) is sent by rank owners[i] and overwritten on the
 // others. One collective for all tensors.
 func AllGatherOwned(ctx context.Context, comm Communicator, owners []int, data [][]byte) error {
+	sizes := make([]int, len(data))
+	for i, d := range data {
+		sizes[i] = len(d)
+	}
+	return AllGatherOwnedFunc(ctx, comm, owners, sizes,
+		func(i int, dst []byte) error { copy(dst, data[i]); return nil },
+		func(i int, src []byte) error { copy(data[i], src); return nil })
+}
+
+// AllGatherOwnedFunc is AllGatherOwned without a buffer per tensor: tensor i
+// has sizes[i] bytes; on its owner read(i, dst) fills dst with it (dst lies in
+// the one message this rank sends), and on every other rank write(i, src)
+// takes it from the received message (src is valid during the call only).
+func AllGatherOwnedFunc(ctx context.Context, comm Communicator, owners, sizes []int, read func(i int, dst []byte) error, write func(i int, src []byte) error) error {
 	if comm.Size() < 2 {
 		return nil
 	}
-	if len(owners) != len(data) {
-		return fmt.Errorf("dist: AllGatherOwned: %d owners for %d tensors", len(owners), len(data))
+	if len(owners) != len(sizes) {
+		return fmt.Errorf("dist: AllGatherOwned: %d owners for %d tensors", len(owners), len(sizes))
 	}
 	me := comm.Rank()
-	var mine []byte
-	for i, d := range data {
+	n := 0
+	for i, sz := range sizes {
 		if owners[i] == me {
-			mine = append(mine, d...)
+			n += sz
+		}
+	}
+	mine := make([]byte, n)
+	off := 0
+	for i, sz := range sizes {
+		if owners[i] == me {
+			if err := read(i, mine[off:off+sz]); err != nil {
+				return err
+			}
+			off += sz
 		}
 	}
 	all, err := comm.AllGather(ctx, mine)
 	if err != nil {
 		return err
 	}
-	for i, d := range data {
+	for i, sz := range sizes {
 		o := owners[i]
 		if o < 0 || o >= len(all) {
 			return fmt.Errorf("dist: AllGatherOwned: owner %d of tensor %d in a world of %d", o, i, len(all))
 		}
-		if len(all[o]) < len(d) {
+		if len(all[o]) < sz {
 			return fmt.Errorf("dist: AllGatherOwned: rank %d sent too few bytes for tensor %d", o, i)
 		}
 		if o != me {
-			copy(d, all[o][:len(d)])
+			if err := write(i, all[o][:sz]); err != nil {
+				return err
+			}
 		}
-		all[o] = all[o][len(d):]
+		all[o] = all[o][sz:]
 	}
 	for r, rest := range all {
 		if len(rest) != 0 {

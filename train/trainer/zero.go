@@ -3,9 +3,13 @@ package trainer
 import (
 	stdctx "context"
 	"fmt"
+	"reflect"
 	"strings"
 	"time"
+	"unsafe"
 
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
@@ -214,37 +218,70 @@ func (s *Stepper) gatherWeights() error {
 		}
 		return nil
 	}
-	bufs := make([][]byte, len(s.trained))
+	// Through the host: each owned weight is read once into the message sent (a view of
+	// the buffer on the pure-Go backend) and each received one written once into a new
+	// device buffer (deviceTensor), with no host copy kept on the variable.
+	sizes := make([]int, len(s.trained))
 	for i, v := range s.trained {
-		t, err := v.Value()
-		if err != nil {
-			return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
-		}
-		if s.owned[i] {
-			err = t.ConstBytes(func(b []byte) { bufs[i] = append([]byte(nil), b...) })
-		} else {
-			bufs[i] = make([]byte, t.Memory())
-		}
-		if err != nil {
-			return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
-		}
+		sizes[i] = int(v.Shape().Memory())
 	}
-	if err := dist.AllGatherOwned(stdctx.Background(), s.cfg.Comm, s.owners, bufs); err != nil {
+	err := dist.AllGatherOwnedFunc(stdctx.Background(), s.cfg.Comm, s.owners, sizes,
+		func(i int, dst []byte) error {
+			v := s.trained[i]
+			t, err := v.Value()
+			if err == nil {
+				local := t.IsLocal()
+				err = t.ConstBytes(func(b []byte) { copy(dst, b) })
+				if !local && t.IsOnAnyDevice() {
+					t.FinalizeLocal() // a copy the read made (not on the pure-Go backend, which shares)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
+			}
+			return nil
+		},
+		func(i int, src []byte) error {
+			v := s.trained[i]
+			t, err := deviceTensor(s.backend, v.Shape(), src)
+			if err == nil {
+				err = v.SetValue(t)
+			}
+			if err != nil {
+				return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
+			}
+			return nil
+		})
+	if err != nil {
 		return fmt.Errorf("trainer: gathering the owners' weights: %w", err)
 	}
-	for i, v := range s.trained {
-		if s.owned[i] {
-			continue
-		}
-		t := tensors.FromShape(v.Shape())
-		if err := t.MutableBytes(func(b []byte) { copy(b, bufs[i]) }); err != nil {
-			return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
-		}
-		if err := v.SetValue(t); err != nil {
-			return fmt.Errorf("trainer: %s: %w", v.ScopeAndName(), err)
-		}
-	}
 	return nil
+}
+
+// deviceTensor returns a tensor of shape on the backend's device 0 holding src: written once
+// into a buffer shared with the backend where it has them (the pure-Go backend), else
+// copied to the device with no host copy kept.
+func deviceTensor(b backends.Backend, shape shapes.Shape, src []byte) (*tensors.Tensor, error) {
+	if b.HasSharedBuffers() {
+		buf, flat, err := b.NewSharedBuffer(0, shape)
+		if err != nil {
+			return nil, err
+		}
+		fv := reflect.ValueOf(flat)
+		if fv.Len() > 0 {
+			copy(unsafe.Slice((*byte)(fv.Index(0).Addr().UnsafePointer()), int(shape.Memory())), src)
+		}
+		return tensors.FromBuffer(b, buf)
+	}
+	t := tensors.FromShape(shape)
+	if err := t.MutableBytes(func(dst []byte) { copy(dst, src) }); err != nil {
+		return nil, err
+	}
+	if err := t.MaterializeOnDevice(b, false, 0); err != nil {
+		return nil, err
+	}
+	t.FinalizeLocal()
+	return t, nil
 }
 
 // ShardedState implements Steps: the moments of the trained variables and their owners

@@ -2,6 +2,7 @@ package trainer
 
 import (
 	stdctx "context"
+	"fmt"
 	"math"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
@@ -218,5 +220,47 @@ func TestZeroOneForeignMomentRefused(t *testing.T) {
 	}
 	if errs[1] == nil {
 		t.Error("rank 1 went on alone")
+	}
+}
+
+// TestZeroOneGatherKeepsNoHostCopy: after a ZeRO-1 update every trained variable
+// (the owners' gathered ones too) is a device buffer of the backend with no host
+// copy attached: the gather writes received weights once into a device buffer
+// instead of into a host tensor uploaded (and kept) at the next step.
+func TestZeroOneGatherKeepsNoHostCopy(t *testing.T) {
+	cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r, comm := range cs {
+		wg.Go(func() {
+			defer comm.Close()
+			mctx := newLinearCtx([]float32{0.1, 0.2, 0.3}, 0)
+			s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, Comm: comm, ZeroStage: 1})
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			x := []float32{1, 2, 3, 4, 5, 6}
+			for range 2 {
+				if _, errs[r] = s.Step(0.1, tensors.FromFlatDataAndDimensions(x, 2, 3), []float32{1, 2}); errs[r] != nil {
+					return
+				}
+			}
+			for _, v := range s.TrainedVariables() {
+				val := v.MustValue()
+				if val.IsLocal() || !val.IsOnAnyDevice() {
+					errs[r] = fmt.Errorf("rank %d: %s: host copy %v, on the device %v", r, v.ScopeAndName(), val.IsLocal(), val.IsOnAnyDevice())
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
 	}
 }
