@@ -12,6 +12,7 @@
 #                           on XLA, and the gate of go_7b (a failure skips go_7b: its 330 s go to the rest)
 #   go_7b         (150, 330) llama2-7b shape, LoRA r=16, bf16, warm-up + timed step, then the
 #                           trainer's checkpoint (size, write time, host peak RSS) and a resumed step
+#                           (its JSON is first written before the resumed step: a cut-short run keeps it)
 #   torch_7b      (45, 120) its PyTorch twin (bench/torch_scale.py) on the same card
 #   go_1b, torch_1b (60, 120; 30, 90)   the llama-1b pair
 #   rlmath_host   (20, 45)  go_small with --rl-math host (the host kernels, for the in-step comparison)

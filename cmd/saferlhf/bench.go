@@ -47,7 +47,7 @@ func runBench(args []string) error {
 	memFrac := fs.Float64("gpu-memory-fraction", 0, "fraction of GPU memory the XLA client may use (0: the plugin's default)")
 	peak := fs.Float64("peak-tflops", 0, "device dense peak TFLOP/s in --dtype for MFU (0: not reported)")
 	coll := fs.String(collectives.Flag, string(collectives.Auto), collectives.Help)
-	jsonOut := fs.String("json", "", "also write the result as JSON to this file")
+	jsonOut := fs.String("json", "", "also write the result as JSON to this file (with --out, first before the resumed step, in case it does not finish)")
 	updates := fs.String("updates", "auto", "update programs: fused (one graph per update, every layer unrolled), layerwise (per-layer backward programs) or auto (layerwise on XLA)")
 	rlMath := fs.String("rl-math", "", "where KL shaping and GAE run: host (float64 kernels) or graph (a float32 program on the backend; default: graph on xla:*, host otherwise)")
 	out := fs.String("out", "", "run directory (absent or empty): the trainer checkpoints the timed run there, then resumes from it for one more step (checkpoint size, write, restore times and host peak RSS reported)")
@@ -152,6 +152,21 @@ func runBench(args []string) error {
 		}
 		opts.DeviceBytes = int64(float64(ppo.DeviceMemory()) * frac)
 	}
+	writeJSON := func(r *ppo.BenchResult) error {
+		js, err := json.MarshalIndent(r, "", "  ")
+		if err != nil {
+			return err
+		}
+		return atomicfile.WriteBytes(*jsonOut, append(js, '\n'), 0o644)
+	}
+	if *jsonOut != "" && *out != "" && comm.Rank() == 0 {
+		// The result so far, in case the resumed step does not finish (rewritten at the end).
+		opts.Measured = func(r *ppo.BenchResult) {
+			if err := writeJSON(r); err != nil && opts.Log != nil {
+				opts.Log("bench: writing %s before the resumed step: %v", *jsonOut, err)
+			}
+		}
+	}
 	r, err := ppo.Bench(opts)
 	if err != nil || comm.Rank() > 0 {
 		return err
@@ -220,11 +235,7 @@ func runBench(args []string) error {
 		fmt.Printf("  program %-30s %6d nodes, compiled in %7.3fs, %5d calls, inputs %s\n", p.Program, p.Nodes, p.CompileSeconds, p.Calls, p.Shapes)
 	}
 	if *jsonOut != "" {
-		js, err := json.MarshalIndent(r, "", "  ")
-		if err != nil {
-			return err
-		}
-		return atomicfile.WriteBytes(*jsonOut, append(js, '\n'), 0o644)
+		return writeJSON(r)
 	}
 	return nil
 }

@@ -54,6 +54,10 @@ type BenchOptions struct {
 	// second trainer resumes from it in the same nets for one more step; size, write time, the
 	// host's peak RSS during the write and the restore time are reported.
 	CheckpointDir string
+	// Measured, when set with CheckpointDir, receives the result as soon as the timed steps and
+	// the checkpoint are measured, before the resumed step (its restore and resumed-step times are
+	// zero then): a caller may save it in case the resume does not finish in its time.
+	Measured func(*BenchResult)
 	// Updates selects fused or layerwise update programs (default: layerwise on XLA).
 	Updates UpdatePrograms
 	// RLMath is --rl-math: host or graph (empty: DefaultRLMath of BackendName).
@@ -466,6 +470,10 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 			return nil, err
 		}
 		logf("bench: checkpoint %.2f GiB written in %.1fs (peak RSS %.0f MiB); resuming", float64(res.CheckpointBytes)/(1<<30), ckptSecs, ckptRSS)
+		if o.Measured != nil {
+			res.setPrograms(nets.Programs())
+			o.Measured(res)
+		}
 		t0 := time.Now()
 		tn.started = false
 		tr2, err := NewTrainer(cfg, Options{OutDir: out, Resume: true, RLMath: rlm}, tn, set, nil)
@@ -482,11 +490,16 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 		res.RestoreSecs = tn.restore.Seconds()
 		res.ResumedStepSeconds = time.Since(t0).Seconds() - res.RestoreSecs
 	}
-	res.Programs = nets.Programs()
-	for _, p := range res.Programs {
+	res.setPrograms(nets.Programs())
+	return res, nil
+}
+
+// setPrograms records the compiled programs and their total compile time.
+func (res *BenchResult) setPrograms(ps []model.ProgramStat) {
+	res.Programs, res.ProgramsCompileSecs = ps, 0
+	for _, p := range ps {
 		res.ProgramsCompileSecs += p.CompileSeconds
 	}
-	return res, nil
 }
 
 // addRanks gathers every rank's measured steps (tn's, after the warm-up): per-rank rates, the

@@ -11,7 +11,7 @@ import (
 
 // TestBenchCheckpointProof: with CheckpointDir the bench's run writes a real checkpoint (LoRA
 // adapters and optimiser state, the merged actor) and a second trainer resumes from it for one
-// more step; a non-empty directory is refused.
+// more step; Measured sees the result before that step; a non-empty directory is refused.
 func TestBenchCheckpointProof(t *testing.T) {
 	be, err := backend.New("")
 	if err != nil {
@@ -24,12 +24,18 @@ func TestBenchCheckpointProof(t *testing.T) {
 	o := BenchOptions{Backend: be, BackendName: "go", Cfg: cfg, Batch: 2, PromptLen: 4, GenLen: 3, Steps: 1,
 		LoRA: model.LoRAConfig{Rank: 2, Alpha: 4}, Sampling: Sampling{Temperature: 1, TopP: 1, TopK: 5, RepetitionPenalty: 1},
 		CheckpointDir: dir}
+	var early BenchResult // what Measured saw, before the resumed step
+	o.Measured = func(r *BenchResult) { early = *r }
 	r, err := Bench(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.CheckpointBytes <= 0 || r.CheckpointSecs <= 0 || r.ResumedStepSeconds <= 0 {
 		t.Fatalf("checkpoint proof: %d bytes, write %gs, resumed step %gs", r.CheckpointBytes, r.CheckpointSecs, r.ResumedStepSeconds)
+	}
+	if early.StepSeconds != r.StepSeconds || early.CheckpointBytes != r.CheckpointBytes || len(early.Programs) == 0 || early.ResumedStepSeconds != 0 {
+		t.Errorf("Measured before the resume: step %gs, checkpoint %d bytes, %d programs, resumed step %gs; final: step %gs, checkpoint %d bytes",
+			early.StepSeconds, early.CheckpointBytes, len(early.Programs), early.ResumedStepSeconds, r.StepSeconds, r.CheckpointBytes)
 	}
 	for _, step := range []string{"step-00000002", "step-00000003"} { // the stop's and the resumed run's
 		if _, err := os.Stat(filepath.Join(dir, "checkpoints", step, "model.safetensors")); err != nil {
