@@ -322,21 +322,21 @@ func testZeroOnePPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsConfig)
 	}
 }
 
-// TestZeroOnePPOLagInterruptedAtResume: a resumed 2-rank ZeRO-1 PPO-Lag run interrupted (Ctrl-C
+// TestZeroOnePPOLagInterruptedBeforeFirstStep: a resumed 2-rank ZeRO-1 PPO-Lag run interrupted (Ctrl-C
 // during start-up) before its first rollout batch leaves the checkpoint it resumed from as it was:
 // each rank then holds only its own moments, and rewriting that step from rank 0's context alone
 // dropped rank 1's. Resuming again still writes the uninterrupted run's metrics.jsonl byte for byte.
-func TestZeroOnePPOLagInterruptedAtResume(t *testing.T) { testZeroOneInterruptedAtResume(t) }
+func TestZeroOnePPOLagInterruptedBeforeFirstStep(t *testing.T) { testZeroOneInterruptedBeforeFirstStep(t) }
 
-// TestNativeZeroOnePPOLagInterruptedAtResume is the same with the native engine's updates.
-func TestNativeZeroOnePPOLagInterruptedAtResume(t *testing.T) {
+// TestNativeZeroOnePPOLagInterruptedBeforeFirstStep is the same with the native engine's updates.
+func TestNativeZeroOnePPOLagInterruptedBeforeFirstStep(t *testing.T) {
 	if !engine.Available {
 		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
 	}
-	testZeroOneInterruptedAtResume(t, withSpec(t, "native"))
+	testZeroOneInterruptedBeforeFirstStep(t, withSpec(t, "native"))
 }
 
-func testZeroOneInterruptedAtResume(t *testing.T, nets ...func(*GraphNetsConfig)) {
+func testZeroOneInterruptedBeforeFirstStep(t *testing.T, nets ...func(*GraphNetsConfig)) {
 	cfg := dpConfig()
 	nets = append(nets, func(c *GraphNetsConfig) { c.ZeroStage = 1 })
 	ref, out := t.TempDir(), t.TempDir()
