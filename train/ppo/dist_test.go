@@ -326,7 +326,9 @@ func testZeroOnePPOLag(t *testing.T, resume bool, nets ...func(*GraphNetsConfig)
 // during start-up) before its first rollout batch leaves the checkpoint it resumed from as it was:
 // each rank then holds only its own moments, and rewriting that step from rank 0's context alone
 // dropped rank 1's. Resuming again still writes the uninterrupted run's metrics.jsonl byte for byte.
-func TestZeroOnePPOLagInterruptedBeforeFirstStep(t *testing.T) { testZeroOneInterruptedBeforeFirstStep(t) }
+func TestZeroOnePPOLagInterruptedBeforeFirstStep(t *testing.T) {
+	testZeroOneInterruptedBeforeFirstStep(t)
+}
 
 // TestNativeZeroOnePPOLagInterruptedBeforeFirstStep is the same with the native engine's updates.
 func TestNativeZeroOnePPOLagInterruptedBeforeFirstStep(t *testing.T) {
