@@ -35,6 +35,7 @@ func runBench(args []string) error {
 	genLen := fs.Int("gen-len", 32, "generated tokens (EOS disabled so every row has exactly this many)")
 	steps := fs.Int("steps", 3, "measured steps (after one warm-up step that compiles the graphs)")
 	micro := fs.Int("micro-batch-size", 0, "rows per update micro-batch, gradients accumulated in graph (0: the whole batch)")
+	distTimeout := fs.String(dist.TimeoutFlag, dist.DefaultTimeout.String(), "how long a collective waits for the slowest rank of a data-parallel run before every rank stops (a Go duration: 90s, 10m, 1h)")
 	zero := fs.Int("zero-stage", 0, "optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share)")
 	loraRank := fs.Int("lora-rank", 0, "LoRA rank for actor and critics (0: full fine-tuning)")
 	loraAlpha := fs.Float64("lora-alpha", 16, "LoRA alpha (scale alpha/rank)")
@@ -83,7 +84,11 @@ func runBench(args []string) error {
 		return usagef("%v", err)
 	}
 	// Under a launcher every rank runs its share of the step; rank 0 prints and writes --json.
-	comm, _, err := dist.Join(context.Background(), dist.Options{Log: os.Stderr})
+	timeout, err := dist.ParseTimeout(*distTimeout)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	comm, _, err := dist.Join(context.Background(), dist.Options{Log: os.Stderr, Timeout: timeout})
 	if err != nil {
 		return err
 	}
@@ -131,7 +136,7 @@ func runBench(args []string) error {
 	if comm.Rank() > 0 {
 		opts.Log = nil
 	}
-	red, why, err := collectives.Select(context.Background(), mode, spec, b, comm, 0)
+	red, why, err := collectives.Select(context.Background(), mode, spec, b, comm, timeout)
 	if err != nil {
 		return err
 	}

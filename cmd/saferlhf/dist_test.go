@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -76,7 +77,8 @@ func readRecords(t *testing.T, path string) []map[string]any {
 // within 2e-5 relative (3.1e-7 seen); with --zero-stage 1 (set in a --config file)
 // the 2-process run's records exactly, rank 0 holding half the AdamW moments; then as two ranks started by each real
 // launcher on this machine (launch_test.go), to the same tolerance. Then kill -9
-// of rank 1 mid-run ends rank 0 with an error naming it.
+// of rank 1 mid-run ends rank 0 with an error naming it, and so does a stalled rank 1
+// (SIGSTOP) after --dist-timeout.
 func TestDataParallelProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI and trains four times")
@@ -168,6 +170,37 @@ func TestDataParallelProcesses(t *testing.T) {
 		t.Logf("rank 0: %s", lastLine(logs[0].String()))
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("rank 0 still running 2 minutes after rank 1 was killed:\n%s", logs[0])
+	}
+
+	// A rank that stalls (SIGSTOP: alive, connected, silent) ends the other after --dist-timeout
+	// with an error naming it and the timeout, instead of after the 10-minute default.
+	dir = t.TempDir()
+	cmds, logs = startRanks(t, bin, 2, append(rmArgs(dir, 100000), "--dist-timeout", "15s"))
+	metricsPath = filepath.Join(dir, "metrics.jsonl")
+	deadline = time.Now().Add(3 * time.Minute)
+	for {
+		if b, err := os.ReadFile(metricsPath); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := cmds[1].Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	done = make(chan error, 1)
+	go func() { done <- cmds[0].Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(logs[0].String(), "rank 1 did not arrive within 15s") {
+			t.Fatalf("rank 0 after rank 1 stalled: %v\n%s", err, logs[0])
+		}
+		t.Logf("rank 0, %.1f s after rank 1 stalled: %s", time.Since(stopped).Seconds(), lastLine(logs[0].String()))
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("rank 0 still running 2 minutes after rank 1 stalled with --dist-timeout 15s:\n%s", logs[0])
 	}
 }
 

@@ -139,7 +139,7 @@ func TestRLDefaultsPerAlgorithm(t *testing.T) {
 func TestDataParallelFlagsOnlyWhereRanksRun(t *testing.T) {
 	dir := t.TempDir()
 	for _, c := range commands {
-		for flag, bad := range map[string]string{"zero-stage": "7", "collectives": "nope"} { // refused where defined: no work starts
+		for flag, bad := range map[string]string{"zero-stage": "7", "collectives": "nope", "dist-timeout": "-3m"} { // refused where defined: no work starts
 			args := []string{c.name, "--" + flag, bad}
 			if c.name == "data" {
 				args = []string{"data", "pack", "--" + flag, bad}

@@ -60,6 +60,25 @@ type Communicator interface {
 // so it is generous; Options.Timeout changes it.
 const DefaultTimeout = 10 * time.Minute
 
+// TimeoutFlag is the flag and config key of every data-parallel command that sets
+// Options.Timeout (torch.distributed's init_process_group timeout): raise it when one rank
+// may work alone longer than that between two collectives, such as rank 0 writing a 7B
+// checkpoint while the others wait at the next step's all-reduce.
+const TimeoutFlag = "dist-timeout"
+
+// ParseTimeout parses a --dist-timeout value, a Go duration such as 90s, 10m or 1h
+// ("": DefaultTimeout).
+func ParseTimeout(s string) (time.Duration, error) {
+	if s == "" {
+		return DefaultTimeout, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("--%s %q: want a positive duration such as 90s, 10m or 1h", TimeoutFlag, s)
+	}
+	return d, nil
+}
+
 // Options configures a Communicator.
 type Options struct {
 	// Timeout bounds each collective without a context deadline (default DefaultTimeout).

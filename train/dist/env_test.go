@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestFromEnv(t *testing.T) {
@@ -185,6 +186,26 @@ func TestExpandHostlist(t *testing.T) {
 		}
 		if err != nil || !slices.Equal(got, tc.want) {
 			t.Errorf("ExpandHostlist(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// TestParseTimeout: --dist-timeout takes a positive Go duration; "" is the default.
+func TestParseTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"", DefaultTimeout, true}, {"90s", 90 * time.Second, true}, {"1h30m", 90 * time.Minute, true},
+		{"0s", 0, false}, {"-3m", 0, false}, {"10", 0, false}, {"soon", 0, false},
+	} {
+		got, err := ParseTimeout(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseTimeout(%q) = %v, %v", tc.in, got, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--dist-timeout") {
+			t.Errorf("ParseTimeout(%q): error %q does not name the flag", tc.in, err)
 		}
 	}
 }

@@ -51,6 +51,7 @@ type RunConfig struct {
 	DType        string   `flag:"dtype" help:"compute dtype bf16 or f32 (default: bf16 on xla:*, f32 otherwise)"`
 	SaveDType    string   `flag:"save-dtype" help:"dtype of the saved policy: f32, bf16 or f16 (default: the --model checkpoint's torch_dtype, f32 when unknown)"`
 	MicroBatch   int      `flag:"micro-batch-size" help:"rows per update micro-batch, gradients accumulated in graph (0: the whole --train-batch-size)"`
+	DistTimeout  string   `flag:"dist-timeout" group:"dist" help:"how long a collective waits for the slowest rank of a data-parallel run before every rank stops with an error naming it (a Go duration: 90s, 10m, 1h); raise it when rank 0's checkpoint writes take longer"`
 	ZeroStage    int      `flag:"zero-stage" group:"dist" help:"optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share; same trajectory and checkpoints)"`
 	GPUMemFrac   float64  `flag:"gpu-memory-fraction" help:"fraction of GPU memory the XLA client may use (0: the plugin's default)"`
 	Collectives  string   `flag:"collectives" group:"dist" help:"how gradients are averaged across ranks: tcp (through the host and the TCP rendezvous), nccl (NCCL on the GPU buffers, no host copy; needs --backend xla:cuda and libnccl.so.2) or auto (nccl when both are there, else tcp)"`
@@ -60,7 +61,7 @@ type RunConfig struct {
 func DefaultRunConfig(alg Algorithm) RunConfig {
 	lambda := map[Algorithm]string{PPOLag: "sgd", PPOLagPID: "pid", Fixed: "fixed"}[alg]
 	return RunConfig{Config: DefaultConfig(alg), Lambda: lambda, EvalRatio: 0.1, EvalMax: 64, EvalBatch: 32,
-		PTXMaxLength: 512, SaveEvery: 10, Collectives: string(collectives.Auto), LoRAAlpha: 16, LoRATargets: []string{"q_proj", "v_proj"}}
+		PTXMaxLength: 512, SaveEvery: 10, Collectives: string(collectives.Auto), DistTimeout: dist.DefaultTimeout.String(), LoRAAlpha: 16, LoRATargets: []string{"q_proj", "v_proj"}}
 }
 
 // AlgorithmOf returns the algorithm a --lambda mode selects.
@@ -87,6 +88,9 @@ func (c *RunConfig) Validate() error {
 	ck.Check(len(c.Data) > 0, "--data is required")
 	ck.Required("out", c.Out)
 	ck.Check(c.ZeroStage == 0 || c.ZeroStage == 1, "--zero-stage %d: want 0 or 1", c.ZeroStage)
+	if _, err := dist.ParseTimeout(c.DistTimeout); err != nil {
+		ck.Check(false, "%v", err)
+	}
 	ck.Check(len(c.PTXData) == 0 || c.PTXCoeff > 0, "--ptx-data needs --ptx-coeff > 0, got %v", c.PTXCoeff)
 	ck.Check(c.EvalRatio >= 0 && c.EvalRatio < 1, "--eval-ratio must be in [0, 1), got %v", c.EvalRatio)
 	ck.NonNegativeInt("eval-max", c.EvalMax)
@@ -160,7 +164,11 @@ func Run(ctx context.Context, c RunConfig, progress io.Writer, ready func() erro
 	if err := checkRankShares(c, env.WorldSize); err != nil { // before waiting for the other ranks
 		return nil, err
 	}
-	comm, _, err := dist.Join(ctx, dist.Options{Log: progress})
+	timeout, err := dist.ParseTimeout(c.DistTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Algorithm, err)
+	}
+	comm, _, err := dist.Join(ctx, dist.Options{Log: progress, Timeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", c.Algorithm, err)
 	}
@@ -223,7 +231,11 @@ func runRanked(ctx context.Context, c RunConfig, progress io.Writer, ready func(
 	if err != nil {
 		return nil, err
 	}
-	red, why, err := collectives.Select(ctx, mode, c.Backend, in.nets.Backend, comm, 0)
+	timeout, err := dist.ParseTimeout(c.DistTimeout)
+	if err != nil {
+		return nil, err
+	}
+	red, why, err := collectives.Select(ctx, mode, c.Backend, in.nets.Backend, comm, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -324,7 +336,7 @@ func runRanked(ctx context.Context, c RunConfig, progress io.Writer, ready func(
 
 // NonTrajectoryKeys are the RunConfig keys a resumed run may change freely: where output goes,
 // how often it is saved, the held-out evaluation around training, and the resume switches.
-var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch", "SaveDType", "GPUMemFrac", "ZeroStage", "Collectives"}
+var NonTrajectoryKeys = []string{"Out", "Backend", "Resume", "Force", "AllowChange", "SaveEvery", "EvalMax", "EvalBatch", "SaveDType", "GPUMemFrac", "ZeroStage", "Collectives", "DistTimeout"}
 
 // checkpointOptions returns the trainer's checkpoint settings for c: the frozen models by path and
 // hash, the tokenizer stored in each checkpoint, and the run config compared on resume.

@@ -8,6 +8,7 @@ import (
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/collectives"
 	"github.com/saferlhf/saferlhf/train/config"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
 )
@@ -32,6 +33,7 @@ type Config struct {
 	Steps        int       `json:"max-steps" flag:"max-steps" alias:"steps" help:"cap on optimizer steps (0: --epochs decide)"`
 	BatchSize    int       `json:"batch-size" flag:"batch-size" help:"micro-batch size, global over all ranks of a data-parallel run (pairs for train-rm/train-cm)"`
 	Accumulation int       `json:"grad-accum" flag:"grad-accum" help:"gradient accumulation: micro-batches per optimizer step"`
+	DistTimeout  string    `json:"dist-timeout" flag:"dist-timeout" help:"how long a collective waits for the slowest rank of a data-parallel run before every rank stops with an error naming it (a Go duration: 90s, 10m, 1h); raise it when rank 0's checkpoint writes take longer"`
 	ZeroStage    int       `json:"zero-stage" flag:"zero-stage" help:"optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share; same trajectory and checkpoints)"`
 	MaxLength    int       `json:"max-length" flag:"max-length" help:"sequence width in tokens; longer examples are truncated"`
 	Truncate     string    `json:"truncate" flag:"truncate" help:"right (reference: cut the end) or prompt-left (drop the oldest prompt tokens first)"`
@@ -75,7 +77,7 @@ const (
 // Defaults returns the reference's script settings for the stage (spec §4–6), with the
 // sequence width, batch and epochs scaled for CPU; raise --lr for tiny models.
 func Defaults(stage Stage) Config {
-	c := Config{Collectives: string(collectives.Auto), EvalRatio: 0.05, Epochs: 2, BatchSize: 16, Accumulation: 1, MaxLength: 512, Truncate: "right",
+	c := Config{Collectives: string(collectives.Auto), DistTimeout: dist.DefaultTimeout.String(), EvalRatio: 0.05, Epochs: 2, BatchSize: 16, Accumulation: 1, MaxLength: 512, Truncate: "right",
 		LR: 2e-5, Scheduler: "cosine", Warmup: 0.03, WeightDecay: 0.1, ClipNorm: 1, KeepCkpts: 2, Seed: 42,
 		LossType: "sequence-wise", Reg: 0.001, SignWeight: 1, Init: "pretrained", TrainLayers: "all"}
 	if stage == SFT {
@@ -110,6 +112,9 @@ func (c *Config) Validate(stage Stage) error {
 	ck.Check(c.BatchSize >= 1, "--batch-size %d must be >= 1", c.BatchSize)
 	ck.Check(c.Accumulation >= 1, "--grad-accum %d must be >= 1", c.Accumulation)
 	ck.Check(c.ZeroStage == 0 || c.ZeroStage == 1, "--zero-stage %d: want 0 or 1", c.ZeroStage)
+	if _, err := dist.ParseTimeout(c.DistTimeout); err != nil {
+		ck.Check(false, "%v", err)
+	}
 	ck.Check(c.MaxLength >= 8, "--max-length %d must be >= 8", c.MaxLength)
 	ck.Check(c.LR > 0 && c.LR <= 1, "--lr %g must lie in (0, 1]", c.LR)
 	ck.Check(c.Warmup >= 0 && c.Warmup < 1, "--warmup-ratio %g must lie in [0, 1)", c.Warmup)

@@ -18,7 +18,11 @@ func gradientReducer(ctx stdctx.Context, kind string, cfg Config, be backends.Ba
 	if err != nil {
 		return nil, nil, err
 	}
-	r, why, err := collectives.Select(ctx, mode, cfg.Backend, be, comm, 0)
+	timeout, err := dist.ParseTimeout(cfg.DistTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, why, err := collectives.Select(ctx, mode, cfg.Backend, be, comm, timeout)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", kind, err)
 	}
@@ -46,7 +50,11 @@ func connect(ctx stdctx.Context, stage Stage, cfg Config) (dist.Communicator, er
 	if env.IsDistributed() && cfg.BatchSize%env.WorldSize != 0 { // before waiting for the others
 		return nil, fmt.Errorf("%s: --batch-size %d is the global batch and must be divisible by the world size %d", stage, cfg.BatchSize, env.WorldSize)
 	}
-	comm, _, err := dist.Join(ctx, dist.Options{Log: cfg.Progress})
+	timeout, err := dist.ParseTimeout(cfg.DistTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	comm, _, err := dist.Join(ctx, dist.Options{Log: cfg.Progress, Timeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}

@@ -54,7 +54,7 @@ type Result struct {
 // NonTrajectoryKeys are the Config keys that a resumed run may change freely:
 // where output goes, how often it is saved or evaluated, and the resume switches.
 var NonTrajectoryKeys = []string{"out", "backend", "eval-every", "save-every", "keep-checkpoints", "resume", "force", "allow-config-change", "save-dtype", "zero-stage",
-	"gpu-memory-fraction", "collectives"}
+	"gpu-memory-fraction", "collectives", "dist-timeout"}
 
 // Run trains one stage (SFT, RM or CM) as configured, writing everything under
 // cfg.Out. Cancelling ctx checkpoints and returns an error wrapping ctx.Err().
