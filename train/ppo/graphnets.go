@@ -921,7 +921,7 @@ func (n *GraphNets) Restore(l *checkpoint.Loaded) error {
 	foreign := map[string]bool{} // ZeRO-1: the moments other ranks own stay on disk
 	for _, s := range []*trainer.Stepper{n.actor, n.rcritic, n.ccritic} {
 		if s != nil {
-			f, err := s.Config().ForeignMoments(l.TrainState)
+			f, err := s.RestorePartition(l.TrainState)
 			if err != nil {
 				return fmt.Errorf("ppo: checkpoint %s: %w", l.Dir, err)
 			}

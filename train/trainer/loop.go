@@ -536,7 +536,7 @@ func (l *Loop) restore() (step int, pos position, err error) {
 	if err := json.Unmarshal(ld.State.Data, &pos); err != nil {
 		return 0, pos, fmt.Errorf("trainer: resume: %s: data position: %w", ld.Dir, err)
 	}
-	foreign, err := l.cfg.Stepper.Config().ForeignMoments(ld.TrainState) // ZeRO-1: others' moments stay on disk
+	foreign, err := l.cfg.Stepper.RestorePartition(ld.TrainState) // ZeRO-1: others' moments stay on disk
 	if err != nil {
 		return 0, pos, fmt.Errorf("trainer: resume: %s: %w", ld.Dir, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // NativeLoss computes a batch's loss and named scalar metrics on the native
@@ -176,6 +177,16 @@ func (s *NativeStepper) trainedVars() []*context.Variable {
 	return vs
 }
 
+// RestorePartition implements Steps; the NativeStepper partitioned its parameters when it
+// was made, and LoadContext checks the restored moments against that.
+func (s *NativeStepper) RestorePartition(f *safetensors.File) (map[string]bool, error) {
+	owned, err := s.cfg.restoredPartition(f)
+	if err != nil || owned == nil {
+		return nil, err
+	}
+	return foreign(owned, s.cfg.Comm.Rank()), nil
+}
+
 // ShardedState implements Steps (nil without ZeRO-1).
 func (s *NativeStepper) ShardedState() []checkpoint.Owned {
 	if s.owners == nil {
@@ -227,7 +238,7 @@ func (s *NativeStepper) LoadContext() error {
 	if err := s.opt.LoadState(s.ctx, s.train); err != nil {
 		return fmt.Errorf("trainer: %w", err)
 	}
-	if s.owners != nil { // a restored state holds this rank's share only (ForeignMoments)
+	if s.owners != nil { // a restored state holds this rank's share only (RestorePartition)
 		if err := CheckMoments(s.ctx, s.cfg.OptimScope, s.trainedVars(), s.owners, s.cfg.Comm.Rank()); err != nil {
 			return err
 		}

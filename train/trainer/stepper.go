@@ -14,6 +14,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/optim"
 )
@@ -99,6 +100,9 @@ type Stepper struct {
 	// ZeRO-1: the owning rank of each trained variable and whether this rank owns it.
 	owners []int
 	owned  []bool
+	// restored is the partition of the moments of the checkpoint restored (RestorePartition),
+	// what ShardedState lists until the first update partitions the variables it trains.
+	restored []checkpoint.Owned
 }
 
 // NewStepper returns a Stepper for cfg on the variables of ctx. ctx must already hold

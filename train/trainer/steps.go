@@ -6,6 +6,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // Steps trains a model for a Loop: the GoMLX Stepper, or the NativeStepper on
@@ -29,6 +30,11 @@ type Steps interface {
 	// SyncContext writes the live weights and optimizer state into Context
 	// (before a checkpoint or the final model is read from it).
 	SyncContext() error
+	// RestorePartition, given a checkpoint's training state before it is
+	// restored, returns the AdamW moments in it that other ranks own under ZeRO-1
+	// (nil without), which this rank does not load, and keeps the partition for
+	// ShardedState. Every engine partitions by PartitionVariables.
+	RestorePartition(f *safetensors.File) (foreign map[string]bool, err error)
 	// LoadContext reads them back from Context (after a checkpoint restored it).
 	LoadContext() error
 	// ShardedState lists the optimiser-state tensors sharded across ranks with
@@ -43,7 +49,7 @@ type Steps interface {
 func (s *Stepper) SyncContext() error { return nil }
 
 // LoadContext checks, with ZeRO-1 once the partition is known, that a restored
-// checkpoint brought this rank's moments only (see ForeignMoments). The
+// checkpoint brought this rank's moments only (see RestorePartition). The
 // Stepper's live state is its context.
 func (s *Stepper) LoadContext() error {
 	s.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	stdctx "context"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -29,7 +30,7 @@ import (
 // as a single process writes it: rank 0 streams the moments other ranks own
 // from them while it writes (checkpoint.SaveSharded), so they resume at any
 // world size and stage; a resuming rank loads only the moments it owns
-// (ForeignMoments), tensor by tensor from the memory-mapped file.
+// (RestorePartition), tensor by tensor from the memory-mapped file.
 
 // ZeroStages are the supported values of Config.ZeroStage.
 const ZeroStages = "0 (replicated optimiser state) or 1 (optimiser state sharded across ranks)"
@@ -63,7 +64,7 @@ func OwnedMoments(optimScope string, vars []*context.Variable, owners []int) []c
 // dist.Owners over their paths (Variable.ScopeAndName) and sizes. Every engine
 // (Stepper, NativeStepper, the native PPO nets) partitions by it, so the
 // moments a checkpoint holds tell a resuming rank which are its own before any
-// step (ForeignMoments).
+// step (RestorePartition).
 func PartitionVariables(vars []*context.Variable, ranks int) []int {
 	names := make([]string, len(vars))
 	sizes := make([]int64, len(vars))
@@ -100,20 +101,20 @@ func GatherNative(comm dist.Communicator, m *llama.Model, names []string, owners
 	return nil
 }
 
-// ForeignMoments returns the AdamW moments of c's trained variables among the
-// tensors of f (a checkpoint's training state) that other ranks own under
-// ZeRO-1, which a resuming rank does not load (nil without ZeRO-1). The
-// partition is PartitionVariables' over the variables whose moments f holds,
-// which are the trained ones (the moments of all of them, in the one
-// checkpoint format); CheckMoments verifies that against the engine's own
-// partition once it is known.
-func (c Config) ForeignMoments(f *safetensors.File) (map[string]bool, error) {
+// restoredPartition is ZeRO-1's partition as a checkpoint's training state f
+// holds it: the AdamW moments of c's trained variables with their owners (nil
+// without ZeRO-1). The partition is PartitionVariables' over the variables
+// whose moments f holds, which are the trained ones (the moments of all of
+// them, in the one checkpoint format); CheckMoments verifies that against the
+// engine's own partition once it is known.
+func (c Config) restoredPartition(f *safetensors.File) ([]checkpoint.Owned, error) {
 	if !c.zero1() || f == nil {
 		return nil, nil
 	}
 	prefix := c.OptimScope + c.Scope + context.ScopeSeparator
 	var names []string
 	var sizes []int64
+	var shapes [][]int
 	for _, n := range f.Names() {
 		if !strings.HasPrefix(n, prefix) || !strings.HasSuffix(n, "_m1") {
 			continue
@@ -128,16 +129,42 @@ func (c Config) ForeignMoments(f *safetensors.File) (map[string]bool, error) {
 		}
 		names = append(names, strings.TrimSuffix(strings.TrimPrefix(n, c.OptimScope), "_m1"))
 		sizes = append(sizes, size)
+		shapes = append(shapes, shape)
 	}
 	owners := dist.Owners(names, sizes, c.Comm.Size())
-	foreign := map[string]bool{}
+	out := make([]checkpoint.Owned, 0, 2*len(names))
 	for i, n := range names {
-		if owners[i] != c.Comm.Rank() {
-			foreign[c.OptimScope+n+"_m1"] = true
-			foreign[c.OptimScope+n+"_m2"] = true
+		for _, suffix := range []string{"_m1", "_m2"} {
+			out = append(out, checkpoint.Owned{Name: c.OptimScope + n + suffix, Shape: slices.Clone(shapes[i]), Owner: owners[i]})
 		}
 	}
-	return foreign, nil
+	return out, nil
+}
+
+// foreign lists the moments of owned that other ranks than rank own.
+func foreign(owned []checkpoint.Owned, rank int) map[string]bool {
+	out := map[string]bool{}
+	for _, o := range owned {
+		if o.Owner != rank {
+			out[o.Name] = true
+		}
+	}
+	return out
+}
+
+// RestorePartition implements Steps: with ZeRO-1 it returns the moments of the
+// checkpoint's training state f that other ranks own, and keeps the partition,
+// so that ShardedState lists every moment (and a checkpoint written before the
+// first update, which computes the partition from the graph, holds them all).
+func (s *Stepper) RestorePartition(f *safetensors.File) (map[string]bool, error) {
+	owned, err := s.cfg.restoredPartition(f)
+	if err != nil || owned == nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.restored = owned
+	return foreign(owned, s.cfg.Comm.Rank()), nil
 }
 
 // CheckMoments verifies that ctx holds the AdamW moments (under optimScope) of
@@ -285,12 +312,14 @@ func deviceTensor(b backends.Backend, shape shapes.Shape, src []byte) (*tensors.
 }
 
 // ShardedState implements Steps: the moments of the trained variables and their owners
-// (nil without ZeRO-1, or before the first update, when every rank holds the same state).
+// (nil without ZeRO-1). Before the first update, which partitions the variables the graph
+// trains, it is the partition a restored checkpoint held (RestorePartition), or nil when
+// nothing was restored and no rank holds any moment.
 func (s *Stepper) ShardedState() []checkpoint.Owned {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.owners == nil {
-		return nil
+		return slices.Clone(s.restored)
 	}
 	return OwnedMoments(s.cfg.OptimScope, s.trained, s.owners)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/saferlhf/saferlhf/train/checkpoint"
 	"github.com/saferlhf/saferlhf/train/dist"
+	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
@@ -182,6 +183,83 @@ func TestZeroOneRestoreLoadsOwnedOnly(t *testing.T) {
 				!strings.Contains(moments[0], want[r].has) || !strings.Contains(moments[1], want[r].has) {
 				t.Errorf("%+v: rank %d holds %d moment elements %v after restoring (want %d, the %s's)", c, r, got, moments, want[r].elements, want[r].has)
 			}
+		}
+	}
+}
+
+// TestZeroOneCheckpointRightAfterRestore: a 2-rank ZeRO-1 run that restores a checkpoint
+// and writes one before any step (when the Stepper has not yet learnt from a graph which
+// variables it trains) writes the whole state it restored: every moment, the ones rank 1
+// owns too, bit for bit. Without the restored partition rank 0 wrote its own share alone.
+func TestZeroOneCheckpointRightAfterRestore(t *testing.T) {
+	dir := t.TempDir()
+	for _, r := range runDPZero(t, dir, 2, 1, 2, 2, false, nil) {
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r, comm := range cs {
+		wg.Go(func() {
+			defer comm.Close()
+			errs[r] = func() error {
+				s, err := NewStepper(testBackend(t), newLinearCtx([]float32{0, 0, 0}, 0), Config{Scope: "/m", Loss: linearLoss,
+					WeightDecay: 0.01, Accumulation: 2, ClipNorm: 2, Comm: comm, ZeroStage: 1})
+				if err != nil {
+					return err
+				}
+				l, err := NewLoop(LoopConfig{Stepper: s, Train: newLinSource(64, 8, 5), Steps: 6,
+					LR: mustSchedule(t, "cosine", 0.3, 0.1, 6), CheckpointEvery: 2, Dir: dir, Resume: true,
+					Plot: func(string, string) error { return nil }})
+				if err != nil {
+					return err
+				}
+				if l.ckpts, err = checkpoint.NewManager(l.ckptRoot(), 0); err != nil {
+					return err
+				}
+				step, pos, err := l.restore()
+				if err != nil {
+					return err
+				}
+				if r == 0 {
+					if l.metrics, err = metrics.Resume(filepath.Join(dir, "metrics.jsonl"), step); err != nil {
+						return err
+					}
+					defer l.metrics.Close()
+				}
+				_, err = l.checkpoint(step+1, pos)
+				return err
+			}()
+		})
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	open := func(step int) *safetensors.File {
+		f, err := safetensors.Open(filepath.Join(dir, "checkpoints", fmt.Sprintf("step-%08d", step), checkpoint.TrainStateFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	restored, written := open(2), open(3)
+	if got, want := written.Names(), restored.Names(); !slices.Equal(got, want) {
+		t.Fatalf("written right after the restore: %v, restored %v", got, want)
+	}
+	for _, n := range restored.Names() {
+		a, _ := restored.Bytes(n)
+		b, _ := written.Bytes(n)
+		if !slices.Equal(a, b) {
+			t.Errorf("%s differs from the restored checkpoint's", n)
 		}
 	}
 }
