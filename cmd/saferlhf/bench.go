@@ -17,6 +17,7 @@ import (
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/ppo"
+	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // runBench times PPO-Lag steps (ppo.Bench) on a model shape with random weights (--preset,
@@ -35,8 +36,8 @@ func runBench(args []string) error {
 	genLen := fs.Int("gen-len", 32, "generated tokens (EOS disabled so every row has exactly this many)")
 	steps := fs.Int("steps", 3, "measured steps (after one warm-up step that compiles the graphs)")
 	micro := fs.Int("micro-batch-size", 0, "rows per update micro-batch, gradients accumulated in graph (0: the whole batch)")
-	distTimeout := fs.String(dist.TimeoutFlag, dist.DefaultTimeout.String(), "how long a collective waits for the slowest rank of a data-parallel run before every rank stops (a Go duration: 90s, 10m, 1h)")
-	zero := fs.Int("zero-stage", 0, "optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share)")
+	distTimeout := fs.String(dist.TimeoutFlag, dist.DefaultTimeout.String(), dist.TimeoutHelp)
+	zero := fs.Int(trainer.ZeroStageFlag, 0, trainer.ZeroStageHelp)
 	loraRank := fs.Int("lora-rank", 0, "LoRA rank for actor and critics (0: full fine-tuning)")
 	loraAlpha := fs.Float64("lora-alpha", 16, "LoRA alpha (scale alpha/rank)")
 	loraTargets := fs.String("lora-targets", "q_proj,k_proj,v_proj,o_proj", "comma-separated LoRA target projections")
@@ -63,8 +64,8 @@ func runBench(args []string) error {
 	if *batch <= 0 || *promptLen <= 1 || *genLen <= 0 || *steps <= 0 || *micro < 0 || *loraRank < 0 || *topK < 0 {
 		return usagef("--batch, --prompt-len > 1, --gen-len and --steps must be positive; --micro-batch-size, --lora-rank, --top-k >= 0")
 	}
-	if *zero != 0 && *zero != 1 {
-		return usagef("--zero-stage %d: want 0 or 1", *zero)
+	if err := trainer.CheckZeroStage(*zero); err != nil {
+		return usagef("%v", err)
 	}
 	if *rlMath != "" && *rlMath != ppo.RLMathHost && *rlMath != ppo.RLMathGraph {
 		return usagef("--rl-math %q: want host or graph", *rlMath)

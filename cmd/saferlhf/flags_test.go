@@ -6,7 +6,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/saferlhf/saferlhf/train/collectives"
+	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/ppo"
+	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // runIn runs the CLI in-process and returns the exit code and what it wrote to stderr.
@@ -159,4 +162,42 @@ func TestDataParallelFlagsOnlyWhereRanksRun(t *testing.T) {
 			}
 		}
 	}
+}
+
+// The data-parallel flags have one usage text, the same in every command that defines them
+// (bench's --zero-stage and --dist-timeout said less than the others').
+func TestDataParallelFlagsHelp(t *testing.T) {
+	helps := map[string]string{trainer.ZeroStageFlag: trainer.ZeroStageHelp, collectives.Flag: collectives.Help, dist.TimeoutFlag: dist.TimeoutHelp}
+	for _, c := range commands {
+		if !c.ranked {
+			continue
+		}
+		usage := helpText(t, c.name)
+		for flag, help := range helps {
+			_, after, ok := strings.Cut(usage, "\n  -"+flag+" ")
+			_, line, _ := strings.Cut(after, "\n")
+			if line, _, _ = strings.Cut(line, "\n"); !ok || !strings.HasPrefix(line, "    \t"+help) {
+				t.Errorf("%s --%s: usage %q, want %q", c.name, flag, strings.TrimSpace(line), help)
+			}
+		}
+	}
+}
+
+// helpText returns what `saferlhf cmd -h` prints (a flag set prints its usage to os.Stderr).
+func helpText(t *testing.T, cmd string) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "usage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stderr := os.Stderr
+	os.Stderr = f
+	code, _ := runIn(t, cmd, "-h")
+	os.Stderr = stderr
+	b, err := os.ReadFile(f.Name())
+	if err != nil || code != 0 {
+		t.Fatalf("%s -h: exit %d, %v", cmd, code, err)
+	}
+	return string(b)
 }

@@ -66,6 +66,9 @@ const DefaultTimeout = 10 * time.Minute
 // checkpoint while the others wait at the next step's all-reduce.
 const TimeoutFlag = "dist-timeout"
 
+// TimeoutHelp is TimeoutFlag's usage text, the same in every command.
+const TimeoutHelp = "how long a collective waits for the slowest rank of a data-parallel run before every rank stops with an error naming it (a Go duration: 90s, 10m, 1h); raise it when rank 0's checkpoint writes take longer"
+
 // ParseTimeout parses a --dist-timeout value, a Go duration such as 90s, 10m or 1h
 // ("": DefaultTimeout).
 func ParseTimeout(s string) (time.Duration, error) {

@@ -19,6 +19,7 @@ import (
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/safetensors"
+	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // RunConfig is one ppo-lag or ppo run: the models, data and outputs around the loop's Config.
@@ -87,7 +88,9 @@ func (c *RunConfig) Validate() error {
 	}
 	ck.Check(len(c.Data) > 0, "--data is required")
 	ck.Required("out", c.Out)
-	ck.Check(c.ZeroStage == 0 || c.ZeroStage == 1, "--zero-stage %d: want 0 or 1", c.ZeroStage)
+	if err := trainer.CheckZeroStage(c.ZeroStage); err != nil {
+		ck.Check(false, "%v", err)
+	}
 	if _, err := dist.ParseTimeout(c.DistTimeout); err != nil {
 		ck.Check(false, "%v", err)
 	}

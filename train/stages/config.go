@@ -11,6 +11,7 @@ import (
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
+	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // Config holds the settings of one training stage (SFT, reward model, cost model).
@@ -111,7 +112,9 @@ func (c *Config) Validate(stage Stage) error {
 		"--epochs %d / --max-steps %d: need --epochs > 0 or --max-steps > 0 (and neither negative)", c.Epochs, c.Steps)
 	ck.Check(c.BatchSize >= 1, "--batch-size %d must be >= 1", c.BatchSize)
 	ck.Check(c.Accumulation >= 1, "--grad-accum %d must be >= 1", c.Accumulation)
-	ck.Check(c.ZeroStage == 0 || c.ZeroStage == 1, "--zero-stage %d: want 0 or 1", c.ZeroStage)
+	if err := trainer.CheckZeroStage(c.ZeroStage); err != nil {
+		ck.Check(false, "%v", err)
+	}
 	if _, err := dist.ParseTimeout(c.DistTimeout); err != nil {
 		ck.Check(false, "%v", err)
 	}

@@ -165,8 +165,8 @@ func (cfg Config) withDefaults() (Config, *optim.AdamW, error) {
 	if cfg.WeightDecay < 0 {
 		return cfg, nil, fmt.Errorf("trainer: weight decay %g must be >= 0", cfg.WeightDecay)
 	}
-	if cfg.ZeroStage != 0 && cfg.ZeroStage != 1 {
-		return cfg, nil, fmt.Errorf("trainer: ZeRO stage %d: want %s", cfg.ZeroStage, ZeroStages)
+	if err := CheckZeroStage(cfg.ZeroStage); err != nil {
+		return cfg, nil, fmt.Errorf("trainer: %w", err)
 	}
 	opt, err := optim.NewAdamW(optim.AdamWConfig{Beta1: cfg.Beta1, Beta2: cfg.Beta2, Epsilon: cfg.Epsilon,
 		WeightDecay: cfg.WeightDecay, NoDecay: cfg.NoDecay, ClipNorm: cfg.ClipNorm, Accumulation: cfg.Accumulation,

@@ -35,6 +35,21 @@ import (
 // ZeroStages are the supported values of Config.ZeroStage.
 const ZeroStages = "0 (replicated optimiser state) or 1 (optimiser state sharded across ranks)"
 
+// ZeroStageFlag is the flag and config key of every data-parallel command that sets
+// Config.ZeroStage; ZeroStageHelp is its usage text, the same in every command.
+const (
+	ZeroStageFlag = "zero-stage"
+	ZeroStageHelp = "optimiser-state sharding across the ranks of a data-parallel run: 0 (every rank holds all AdamW moments) or 1 (ZeRO-1: each rank holds and updates its share; same trajectory and checkpoints)"
+)
+
+// CheckZeroStage refuses a ZeRO stage other than ZeroStages, naming the flag.
+func CheckZeroStage(stage int) error {
+	if stage != 0 && stage != 1 {
+		return fmt.Errorf("--%s %d: want %s", ZeroStageFlag, stage, ZeroStages)
+	}
+	return nil
+}
+
 // zero1 reports whether c shards the optimiser state across ranks.
 func (c *Config) zero1() bool { return c.ZeroStage == 1 && c.multiRank() }
 
