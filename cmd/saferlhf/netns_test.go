@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// netnsScript is the script that makes the "nodes" (network namespaces) of TestMultiNodeNetns.
+const netnsScript = "bench/launch/netns.sh"
+
+// netnsPrefix names this test process's namespaces (slt<pid>-0, slt<pid>-1, slt<pid>-sw), so that
+// concurrent runs on one machine do not meet; netnsStale matches them.
+var netnsStale = regexp.MustCompile(`^slt([0-9]+)-(sw|[0-9]+)$`)
+
+// netnsNodes starts two nodes with bench/launch/netns.sh, n0 (10.77.0.1) and n1 (10.77.0.2),
+// and removes them (and what still runs on them) when the test ends, failed or not. It skips
+// when network namespaces cannot be made here (not root, no iproute2, a sandbox without them),
+// and first removes the namespaces of earlier test processes that died without cleaning up.
+func netnsNodes(t *testing.T) (env []string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make network namespaces (ip netns add)")
+	}
+	for _, c := range []string{"ip", "bash", "timeout"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Skipf("%s is not on PATH (apt-get install -y iproute2)", c)
+		}
+	}
+	script, err := filepath.Abs(filepath.Join("..", "..", netnsScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := func(prefix string) {
+		cmd := exec.Command("bash", script, "stop")
+		cmd.Env = append(os.Environ(), "NETNS_PREFIX="+prefix)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s stop (NETNS_PREFIX=%s): %v\n%s", netnsScript, prefix, err, out)
+		}
+	}
+	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range entries {
+			m := netnsStale.FindStringSubmatch(e.Name())
+			if m == nil {
+				continue
+			}
+			if pid, _ := strconv.Atoi(m[1]); pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH {
+				t.Logf("removing %s, left by test process %d", e.Name(), pid)
+				stop("slt" + m[1] + "-")
+			}
+		}
+	}
+	prefix := fmt.Sprintf("slt%d-", os.Getpid())
+	probe := prefix + "probe"
+	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
+		t.Skipf("network namespaces do not work here: ip netns add: %v: %s", err, bytes.TrimSpace(out))
+	}
+	if out, err := exec.Command("ip", "netns", "del", probe).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v: %s", probe, err, out)
+	}
+	env = append(launcherFreeEnv(), "NETNS_PREFIX="+prefix)
+	t.Cleanup(func() {
+		stop(prefix)
+		for _, n := range []string{"0", "1", "sw"} {
+			if _, err := os.Stat("/run/netns/" + prefix + n); err == nil {
+				t.Errorf("namespace %s%s left behind", prefix, n)
+			}
+		}
+	})
+	cmd := exec.Command("bash", script, "start")
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s start: %v\n%s", netnsScript, err, out)
+	}
+	return env
+}
+
+// startNodes starts rank r of bin on node r (netns.sh run r), with the launcher variables vars(r).
+func startNodes(t *testing.T, env []string, bin string, vars func(r int) []string, args []string) ([]*exec.Cmd, []*bytes.Buffer) {
+	t.Helper()
+	cmds := make([]*exec.Cmd, 2)
+	logs := make([]*bytes.Buffer, 2)
+	for r := range 2 {
+		cmd := exec.Command("bash", append([]string{netnsScript, "run", strconv.Itoa(r), bin}, args...)...)
+		cmd.Dir = "../.."
+		logs[r] = new(bytes.Buffer)
+		cmd.Stdout, cmd.Stderr = logs[r], logs[r]
+		cmd.Env = append(append([]string{}, env...), vars(r)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds[r] = cmd
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	return cmds, logs
+}
+
+func waitNodes(t *testing.T, what string, cmds []*exec.Cmd, logs []*bytes.Buffer) {
+	t.Helper()
+	for r, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%s: rank %d on node n%d: %v\n%s", what, r, r, err, logs[r])
+		}
+	}
+}
+
+// torchrunNodeVars are the variables torchrun gives the one worker of each of two nodes
+// (torchrun --nnodes 2 --node_rank r --nproc_per_node 1 --master_addr 10.77.0.1), without its
+// agent store: saferlhf meets on MASTER_PORT itself.
+func torchrunNodeVars(r int) []string {
+	return []string{"RANK=" + strconv.Itoa(r), "WORLD_SIZE=2", "LOCAL_RANK=0", "LOCAL_WORLD_SIZE=1",
+		"GROUP_RANK=" + strconv.Itoa(r), "ROLE_RANK=" + strconv.Itoa(r), "GROUP_WORLD_SIZE=2",
+		"MASTER_ADDR=10.77.0.1", "MASTER_PORT=29500"}
+}
+
+// slurmNodeVars are the variables srun --nodes 2 --ntasks-per-node 1 gives task r: no MASTER_ADDR,
+// so the rendezvous host is the first of SLURM_STEP_NODELIST, a host name that resolves only
+// inside the nodes (their /etc/hosts).
+func slurmNodeVars(r int) []string {
+	return []string{"SLURM_PROCID=" + strconv.Itoa(r), "SLURM_NTASKS=2", "SLURM_LOCALID=0", "SLURM_NODEID=" + strconv.Itoa(r),
+		"SLURM_NNODES=2", "SLURM_STEP_NODELIST=n[0-1]", "SLURM_JOB_NODELIST=n[0-1]", "SLURM_STEP_TASKS_PER_NODE=1(x2)",
+		"SLURMD_NODENAME=n" + strconv.Itoa(r), "SLURM_JOB_ID=4242"}
+}
+
+// TestMultiNodeNetns runs data-parallel jobs across two "hosts": network namespaces n0 (10.77.0.1)
+// and n1 (10.77.0.2) on a bridge (bench/launch/netns.sh), rank r on node r with the variables a
+// multi-node launcher gives (local rank 0 of 1 on each). train-rm with torchrun's variables
+// (MASTER_ADDR=10.77.0.1) and with Slurm's (rank 0's host n0 taken from SLURM_STEP_NODELIST=n[0-1]
+// and resolved through the nodes' /etc/hosts) and ppo-lag with torchrun's give the one-process
+// records within 2e-5 and 1e-4 relative. Then a network partition (node 1's link deleted mid-run,
+// both processes alive) ends both ranks after --dist-timeout with errors saying so.
+func TestMultiNodeNetns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the CLI and trains across network namespaces")
+	}
+	env := netnsNodes(t)
+	bin := buildCLIBinary(t)
+	dir := t.TempDir()
+
+	one := filepath.Join(dir, "one")
+	if o, e, code := runCLI(t, bin, rmArgs(one, 4)...); code != 0 {
+		t.Fatalf("one process: exit %d\n%s%s", code, o, e)
+	}
+	a := readRecords(t, filepath.Join(one, "metrics.jsonl"))
+	for _, l := range []struct {
+		name, rendezvous string
+		vars             func(int) []string
+	}{
+		{"torchrun", "10.77.0.1:29500", torchrunNodeVars},
+		{"slurm", "n0:29742", slurmNodeVars},
+	} {
+		out := filepath.Join(dir, l.name)
+		start := time.Now()
+		cmds, logs := startNodes(t, env, bin, l.vars, rmArgs(out, 4))
+		waitNodes(t, l.name, cmds, logs)
+		for r := range 2 {
+			if want := fmt.Sprintf("dist: rank %d/2 (local 0/1) via %s, rendezvous %s", r, l.name, l.rendezvous); !strings.Contains(logs[r].String(), want) {
+				t.Errorf("no %q in rank %d's output:\n%s", want, r, logs[r])
+			}
+		}
+		worst := compareRecords(t, a, readRecords(t, filepath.Join(out, "metrics.jsonl")))
+		t.Logf("train-rm, 1 process vs ranks on n0 and n1 via %s's variables: largest relative difference %.3g over %d records (%.1f s)",
+			l.name, worst, len(a), time.Since(start).Seconds())
+		if worst > 2e-5 {
+			t.Errorf("%s: largest relative difference %.3g > 2e-5", l.name, worst)
+		}
+	}
+
+	// ppo-lag (sampling, both critics, λ): the same records and held-out summary across the nodes.
+	rm, cm := tinyScoreModels(t, dir)
+	ppoArgs := func(out string) []string {
+		a := "assets/data"
+		return []string{"ppo-lag", "--model", a + "/models/stories260K.bin", "--tokenizer", a + "/models/tok512.bin",
+			"--reward-model", rm, "--cost-model", cm, "--data", a + "/pku-saferlhf/align-anything-preference-sample.json",
+			"--max-prompt-tokens", "64", "--max-new-tokens", "8", "--prompt-batch-size", "4", "--train-batch-size", "4",
+			"--top-k", "50", "--temperature", "1", "--threshold", "-2", "--lambda-lr", "0.5", "--max-steps", "2",
+			"--eval-max", "4", "--eval-batch-size", "2", "--actor-lr", "1e-3", "--critic-lr", "1e-3", "--out", out}
+	}
+	onePPO, twoPPO := filepath.Join(dir, "ppo-one"), filepath.Join(dir, "ppo-two")
+	if o, e, code := runCLI(t, bin, ppoArgs(onePPO)...); code != 0 {
+		t.Fatalf("ppo-lag, one process: exit %d\n%s%s", code, o, e)
+	}
+	cmds, logs := startNodes(t, env, bin, torchrunNodeVars, ppoArgs(twoPPO))
+	waitNodes(t, "ppo-lag", cmds, logs)
+	worst := relDiff(t, readRecords(t, filepath.Join(onePPO, "metrics.jsonl")), readRecords(t, filepath.Join(twoPPO, "metrics.jsonl")))
+	var sum [2]struct{ Before, After map[string]any }
+	for i, d := range []string{onePPO, twoPPO} {
+		raw, err := os.ReadFile(filepath.Join(d, "summary.json"))
+		if err == nil {
+			err = json.Unmarshal(raw, &sum[i])
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	worst = max(worst, relDiff(t, []map[string]any{sum[0].Before, sum[0].After}, []map[string]any{sum[1].Before, sum[1].After}))
+	t.Logf("ppo-lag, 1 process vs ranks on n0 and n1: largest relative difference %.3g (metrics and held-out summary)", worst)
+	if worst > 1e-4 {
+		t.Errorf("ppo-lag: largest relative difference %.3g > 1e-4", worst)
+	}
+
+	// A partition: node 1's link is deleted mid-run; both processes live on, and each ends
+	// after --dist-timeout with an error that says so (rank 0 names rank 1).
+	part := filepath.Join(dir, "partition")
+	cmds, logs = startNodes(t, env, bin, torchrunNodeVars, append(rmArgs(part, 100000), "--dist-timeout", "5s"))
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if b, err := os.ReadFile(filepath.Join(part, "metrics.jsonl")); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cut := exec.Command("bash", netnsScript, "cut", "1")
+	cut.Dir, cut.Env = "../..", env
+	if out, err := cut.CombinedOutput(); err != nil {
+		t.Fatalf("%s cut 1: %v\n%s", netnsScript, err, out)
+	}
+	cutAt := time.Now()
+	for r, want := range []string{"rank 1 did not arrive within 5s (stuck, or its host is down)", "no result from rank 0 (10.77.0.1:29500) within 5s"} {
+		done := make(chan error, 1)
+		go func() { done <- cmds[r].Wait() }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(logs[r].String(), want) {
+				t.Fatalf("rank %d after the partition: %v, want an error with %q\n%s", r, err, want, logs[r])
+			}
+			t.Logf("rank %d, %.1f s after the partition: %s", r, time.Since(cutAt).Seconds(), lastLine(logs[r].String()))
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("rank %d still running 2 minutes after the partition with --dist-timeout 5s:\n%s", r, logs[r])
+		}
+	}
+}
+
+// relDiff returns the largest relative difference (to max(1, |x|)) between the numbers of two
+// runs' records, failing when a record or number of a is missing from b.
+func relDiff(t *testing.T, a, b []map[string]any) float64 {
+	t.Helper()
+	if len(a) != len(b) || len(a) == 0 {
+		t.Fatalf("%d records vs %d", len(a), len(b))
+	}
+	worst := 0.0
+	for i := range a {
+		for k, v := range a[i] {
+			x, ok := v.(float64)
+			if !ok {
+				continue
+			}
+			y, ok := b[i][k].(float64)
+			if !ok {
+				t.Fatalf("record %d: %s = %v vs %v", i, k, v, b[i][k])
+			}
+			worst = max(worst, math.Abs(x-y)/max(1, math.Abs(x)))
+		}
+	}
+	return worst
+}
