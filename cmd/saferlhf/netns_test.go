@@ -49,15 +49,17 @@ func netnsNodes(t *testing.T) (env []string) {
 		}
 	}
 	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		stale := map[int]bool{}
 		for _, e := range entries {
-			m := netnsStale.FindStringSubmatch(e.Name())
-			if m == nil {
-				continue
+			if m := netnsStale.FindStringSubmatch(e.Name()); m != nil {
+				if pid, _ := strconv.Atoi(m[1]); pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH {
+					stale[pid] = true
+				}
 			}
-			if pid, _ := strconv.Atoi(m[1]); pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH {
-				t.Logf("removing %s, left by test process %d", e.Name(), pid)
-				stop("slt" + m[1] + "-")
-			}
+		}
+		for pid := range stale {
+			t.Logf("removing the namespaces slt%d-*, left by test process %d", pid, pid)
+			stop(fmt.Sprintf("slt%d-", pid))
 		}
 	}
 	prefix := fmt.Sprintf("slt%d-", os.Getpid())
