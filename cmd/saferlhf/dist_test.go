@@ -167,6 +167,9 @@ func TestDataParallelProcesses(t *testing.T) {
 		if err == nil || !strings.Contains(logs[0].String(), "rank 1 is gone") {
 			t.Fatalf("rank 0 after rank 1 was killed: %v\n%s", err, logs[0])
 		}
+		if strings.Contains(logs[0].String(), "train-rm: 0 steps") {
+			t.Errorf("rank 0 printed a summary of the failed run:\n%s", logs[0])
+		}
 		t.Logf("rank 0: %s", lastLine(logs[0].String()))
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("rank 0 still running 2 minutes after rank 1 was killed:\n%s", logs[0])

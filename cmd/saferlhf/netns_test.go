@@ -239,6 +239,9 @@ func TestMultiNodeNetns(t *testing.T) {
 			if err == nil || !strings.Contains(logs[r].String(), want) {
 				t.Fatalf("rank %d after the partition: %v, want an error with %q\n%s", r, err, want, logs[r])
 			}
+			if strings.Contains(logs[r].String(), "train-rm: 0 steps") {
+				t.Errorf("rank %d printed a summary of the failed run:\n%s", r, logs[r])
+			}
 			t.Logf("rank %d, %.1f s after the partition: %s", r, time.Since(cutAt).Seconds(), lastLine(logs[r].String()))
 		case <-time.After(2 * time.Minute):
 			t.Fatalf("rank %d still running 2 minutes after the partition with --dist-timeout 5s:\n%s", r, logs[r])

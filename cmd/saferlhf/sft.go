@@ -44,7 +44,10 @@ func runStage(stage stages.Stage, args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := stages.Run(ctx, stage, cfg)
-	if res != nil {
+	// A run that failed has no summary to print (its Result counts no steps and holds no
+	// held-out metrics: it printed "0 steps" and "after 0.0000"); one interrupted after a
+	// checkpoint has.
+	if res != nil && (err == nil || res.Steps > 0) {
 		printStageResult(res)
 	}
 	return err
