@@ -213,6 +213,8 @@ func runBench(args []string) error {
 	if !native {
 		row("host->device MiB per step", "%.2f", float64(r.H2DBytes)/(1<<20))
 		row("device->host MiB per step", "%.2f", float64(r.D2HBytes)/(1<<20))
+		row("  generation host->device (KiB)", "%.1f", float64(r.GenH2DBytes)/(1<<10))
+		row("  generation device->host (KiB)", "%.1f", float64(r.GenD2HBytes)/(1<<10))
 		row("  scoring+RL+updates, both (KiB)", "%.1f", float64(r.HostDeviceBytes)/(1<<10))
 		row("    of which token ids up (KiB)", "%.1f", float64(r.HostDeviceIDBytes)/(1<<10))
 		if r.RLMath == ppo.RLMathGraph {

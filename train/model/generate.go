@@ -80,8 +80,12 @@ type Generator struct {
 	// instead of the B×V logits. Off by default: the pure-Go path keeps the
 	// float64 host sampler, bit for bit.
 	DeviceSampling bool
-	sampling       map[int][2]*context.Exec // by top-k: prefill and step with sampling
-	mu             sync.Mutex
+	// Transfers, when set, counts the bytes Generate moves between host and device: prompt
+	// ids, key masks, fed tokens, positions, slots, uniforms and scalars up; logits (host
+	// sampling) or sampled ids down.
+	Transfers *Transfers
+	sampling  map[int][2]*context.Exec // by top-k: prefill and step with sampling
+	mu        sync.Mutex
 }
 
 // NewGenerator returns a generator for the model whose weights are in ctx's
@@ -261,12 +265,13 @@ func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollou
 		return d.Rollout(), nil
 	}
 	b, pw, s := d.B, d.PW, d.S
-	out, err := gen.prefill.Exec(tensors.FromFlatDataAndDimensions(d.IDs, b, pw), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s))
+	x := gen.Transfers
+	out, err := gen.prefill.Exec(upload(x, true, d.IDs, b, pw), upload(x, false, d.KeyMask, b, s))
 	if err != nil {
 		return nil, fmt.Errorf("generate: prefill: %w", err)
 	}
 	for i := 0; ; i++ {
-		logits, err := tensors.CopyFlatData[float32](out[0])
+		logits, err := download[float32](x, out[0])
 		if err != nil {
 			return nil, fmt.Errorf("generate: %w", err)
 		}
@@ -275,8 +280,8 @@ func (gen *Generator) Generate(prompts [][]int32, opts GenerateOptions) (*Rollou
 			break
 		}
 		at := d.Next(i) // feed the sampled tokens at cache slot pw+i
-		args := []any{tensors.FromFlatDataAndDimensions(d.Tok, b, 1), tensors.FromFlatDataAndDimensions(d.Pos, b, 1),
-			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s)}
+		args := []any{upload(x, true, d.Tok, b, 1), upload(x, false, d.Pos, b, 1),
+			upload(x, false, []int32{int32(at)}, 1), upload(x, false, d.KeyMask, b, s)}
 		if out, err = gen.stepExec(gen.step, out, args, i); err != nil {
 			return nil, err
 		}
@@ -354,22 +359,24 @@ func (gen *Generator) generateOnDevice(d *Decode) error {
 		rp = 1
 	}
 	b, pw, s := d.B, d.PW, d.S
+	x := gen.Transfers
 	u := make([]float32, b)
 	draw := func(i int) *tensors.Tensor { // the uniforms of response token i
 		for r := range u {
 			u[r] = float32(d.Uniform(r, i))
 		}
-		return tensors.FromFlatDataAndDimensions(u, b)
+		return upload(x, false, u, b)
 	}
-	scalars := []any{tensors.FromScalar(float32(opts.Temperature)), tensors.FromScalar(float32(topP)),
-		tensors.FromScalar(float32(rp)), tensors.FromScalar(opts.Pad)}
-	args := append([]any{tensors.FromFlatDataAndDimensions(d.IDs, b, pw), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s), draw(0)}, scalars...)
+	// Uploaded at the first call; the tensors keep their device copies for the others.
+	scalars := []any{uploadScalar(x, float32(opts.Temperature)), uploadScalar(x, float32(topP)),
+		uploadScalar(x, float32(rp)), uploadScalar(x, opts.Pad)}
+	args := append([]any{upload(x, true, d.IDs, b, pw), upload(x, false, d.KeyMask, b, s), draw(0)}, scalars...)
 	out, err := ex[0].Exec(args...)
 	if err != nil {
 		return fmt.Errorf("generate: prefill: %w", err)
 	}
 	for i := 0; ; i++ {
-		sampled, err := tensors.CopyFlatData[int32](out[0])
+		sampled, err := download[int32](x, out[0])
 		if err != nil {
 			return fmt.Errorf("generate: %w", err)
 		}
@@ -378,8 +385,8 @@ func (gen *Generator) generateOnDevice(d *Decode) error {
 			break
 		}
 		at := d.Next(i)
-		args := []any{tensors.FromFlatDataAndDimensions(d.Tok, b, 1), tensors.FromFlatDataAndDimensions(d.Pos, b, 1),
-			tensors.FromFlatDataAndDimensions([]int32{int32(at)}, 1), tensors.FromFlatDataAndDimensions(d.KeyMask, b, s), draw(i + 1)}
+		args := []any{upload(x, true, d.Tok, b, 1), upload(x, false, d.Pos, b, 1),
+			upload(x, false, []int32{int32(at)}, 1), upload(x, false, d.KeyMask, b, s), draw(i + 1)}
 		if out, err = gen.stepExec(ex[1], out, append(args, scalars...), i); err != nil {
 			return err
 		}

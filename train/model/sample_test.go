@@ -209,3 +209,37 @@ func TestMax64(t *testing.T) {
 		}
 	}
 }
+
+// TestGenerateTransfers: Generate counts the bytes it moves between host and device, as the
+// shapes say: 2 prompts padded to the 16-wide bucket, a 64-slot cache, 4 new tokens (3 decode
+// steps after the prefill). Sampling on the host brings the B×V logits down per token; sampling
+// in graph only the B ids (with B uniforms per token and 4 scalars once going up): V times less.
+func TestGenerateTransfers(t *testing.T) {
+	cfg, w := loadStories(t)
+	const b, pw, s, g = 2, 16, 64, 4
+	v := int64(cfg.VocabSize)
+	prompts := [][]int32{{1, 403, 407}, {1, 9}}
+	opts := GenerateOptions{MaxNewTokens: g, TopK: 50, Temperature: 1, Seed: 3, EOS: -1, Pad: 0, Unk: -1}
+	for _, device := range []bool{false, true} {
+		gen, err := NewGeneratorFromWeights(getBackend(t), cfg, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gen.DeviceSampling, gen.Transfers = device, &Transfers{}
+		if _, err := gen.Generate(prompts, opts); err != nil {
+			t.Fatal(err)
+		}
+		ids := int64(4 * (b*pw + (g-1)*b))       // prompts, then the fed tokens
+		up := int64(4 * (b*s + (g-1)*(b+1+b*s))) // key masks; positions, slot, key mask per step
+		down := 4 * g * b * v                    // logits
+		if device {
+			up += 4 * (g*b + 4) // uniforms per token; temperature, top-p, repetition penalty, pad
+			down = 4 * g * b    // sampled ids
+		}
+		x := gen.Transfers
+		if x.IDsUp.Load() != ids || x.Up.Load() != up || x.Down.Load() != down {
+			t.Errorf("device sampling %v: counted ids %d, up %d, down %d; want %d, %d, %d", device,
+				x.IDsUp.Load(), x.Up.Load(), x.Down.Load(), ids, up, down)
+		}
+	}
+}

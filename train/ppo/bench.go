@@ -119,11 +119,17 @@ type BenchResult struct {
 	HostRSSMiB     float64 `json:"host_peak_rss_mib"`
 	// PlannedPeakGiB is the memory plan's estimated device peak.
 	PlannedPeakGiB float64 `json:"planned_peak_gib"`
-	// H2DBytes and D2HBytes are the host↔device bytes of one step on this rank (its Batch/world rows; model weights excluded:
-	// they are loaded once): generation's, computed from the shapes (model.Generator's prompt
-	// ids, per-token inputs and logits or sampled ids), plus HostDeviceBytes' split by direction.
+	// H2DBytes and D2HBytes are the host↔device bytes of one step on this rank (its Batch/world
+	// rows; model weights excluded: they are loaded once): generation's (GenH2DBytes,
+	// GenD2HBytes) plus HostDeviceBytes' split by direction, all counted.
 	H2DBytes int64 `json:"h2d_bytes_per_step"`
 	D2HBytes int64 `json:"d2h_bytes_per_step"`
+	// GenH2DBytes and GenD2HBytes are generation's, counted by model.Generator where its inputs
+	// go up (prompt ids, fed tokens, positions, key masks; uniforms with sampling in graph) and
+	// its outputs come down (the B×V logits per token with host sampling, the B sampled ids with
+	// sampling in graph); 0 on the native engine, which has no device.
+	GenH2DBytes int64 `json:"gen_h2d_bytes_per_step"`
+	GenD2HBytes int64 `json:"gen_d2h_bytes_per_step"`
 	// HostDeviceBytes are the bytes of one step's scoring, RL math and updates, both ways, counted
 	// where the code turns host data into program inputs and reads outputs back (Transfers);
 	// HostDeviceIDBytes are the token ids among them (sequences going up).
@@ -451,10 +457,12 @@ func Bench(o BenchOptions) (*BenchResult, error) {
 	}
 	res.HostRSSMiB = max(tn.peakRSS, procStatusMiB("VmHWM"))
 	res.PlannedPeakGiB = float64(plan.Peak) / (1 << 30)
-	res.H2DBytes, res.D2HBytes = genTraffic(acfg, o.Batch/world, o, nets.gen) // this rank's rows, as the counted bytes
 	res.RLMath = cfg.RLMath
 	// Every step moves the same bytes; the checkpoint proof's extra step runs after this.
 	steps := int64(len(perf))
+	res.GenH2DBytes = (nets.genXfer.Up.Load() + nets.genXfer.IDsUp.Load()) / steps // this rank's rows
+	res.GenD2HBytes = nets.genXfer.Down.Load() / steps
+	res.H2DBytes, res.D2HBytes = res.GenH2DBytes, res.GenD2HBytes
 	up, down, ids := nets.xfer.Up.Load(), nets.xfer.Down.Load(), nets.xfer.IDsUp.Load()
 	if rlm != nil {
 		res.RLMathH2DBytes = (rlm.Transfers.Up.Load() + rlm.Transfers.IDsUp.Load()) / steps
@@ -561,23 +569,6 @@ func updateFLOPs(cfg *model.Config, lora bool, b, t int) float64 {
 	attn := 2 * float64(cfg.NumLayers*t*cfg.NumHeads*cfg.Dh()) // QKᵀ + PV per token, forward, /2 FLOP·2
 	critic := lin - float64(cfg.VocabSize*cfg.HiddenSize)      // no LM head
 	return tokens * (mult/2*(2*lin+2*attn) + 2*mult/2*(2*critic+2*attn))
-}
-
-// genTraffic is the bytes one step's generation of rows prompts moves between host and device (model.Generator,
-// from the shapes): prefill ids and key mask, per token the token, position, slot and key mask up;
-// the logits, or the sampled ids (and per-row uniforms up) with device sampling, down.
-func genTraffic(cfg *model.Config, rows int, o BenchOptions, gen generator) (h2d, d2h int64) {
-	b, p, g := int64(rows), int64(o.PromptLen), int64(o.GenLen)
-	s := p + g // cache width (bucketed: at least this)
-	v := int64(cfg.VocabSize)
-	h2d += b*p*4 + b*s*4 + (g-1)*(b*4*2+4+b*s*4)
-	if kv, ok := gen.(kvGenerator); ok && kv.deviceSampling(o.Sampling.TopK) {
-		d2h += g * b * 4
-		h2d += g * b * 4 // per-row uniforms
-	} else {
-		d2h += g * b * v * 4
-	}
-	return h2d, d2h
 }
 
 // copyBandwidth measures the device's copy bandwidth (bytes read + written per second) with a

@@ -424,11 +424,12 @@ func TestBenchDataParallel(t *testing.T) {
 		t.Errorf("the ranks report different tables: %+v vs %+v", r0.Ranks, res[1].Ranks)
 	}
 	// Each rank's bytes are its own: generation's for its 2 of the 4 rows (host sampling on the
-	// pure-Go backend) plus what it counted.
-	h2d, d2h := genTraffic(cfg, 2, BenchOptions{PromptLen: 4, GenLen: 4}, nil)
+	// pure-Go backend: 4 tokens' logits come down) plus the rest it counted.
 	for r, x := range res {
-		if got := x.H2DBytes + x.D2HBytes - x.HostDeviceBytes; got != h2d+d2h || x.HostDeviceBytes <= 0 {
-			t.Errorf("rank %d: generation's bytes %d (counted %d), want %d for its 2 rows", r, got, x.HostDeviceBytes, h2d+d2h)
+		if got := x.H2DBytes + x.D2HBytes - x.HostDeviceBytes; got != x.GenH2DBytes+x.GenD2HBytes || x.HostDeviceBytes <= 0 ||
+			x.GenH2DBytes <= 0 || x.GenD2HBytes != int64(4*4*2*cfg.VocabSize) {
+			t.Errorf("rank %d: generation's bytes %d up, %d down (want %d: its 2 rows' logits), %d in all, %d counted besides",
+				r, x.GenH2DBytes, x.GenD2HBytes, 4*4*2*cfg.VocabSize, got, x.HostDeviceBytes)
 		}
 	}
 	t.Logf("2 ranks: %+v", r0.Ranks)

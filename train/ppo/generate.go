@@ -57,12 +57,10 @@ func newGenerator(n *GraphNets) (generator, error) {
 		return nil, fmt.Errorf("ppo: %w", err)
 	}
 	g.DeviceSampling = !model.PureGo(n.cfg.Backend) // XLA: sample in graph; pure Go: the host sampler, bit for bit
+	g.Transfers = &n.genXfer
 	return kvGenerator{gen: g}, nil
 }
 
 func (g kvGenerator) generate(prompts [][]int32, opts model.GenerateOptions) (*model.Rollout, error) {
 	return g.gen.Generate(prompts, opts)
 }
-
-// deviceSampling reports whether tokens are sampled inside the decoding graph.
-func (g kvGenerator) deviceSampling(topK int) bool { return g.gen.DeviceSampling && topK > 0 }

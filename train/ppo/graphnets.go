@@ -163,8 +163,9 @@ type GraphNets struct {
 	nat *nativeNets
 	// natCommTime is the native updates' time in gradient all-reduces.
 	natCommTime time.Duration
-	// xfer counts the bytes scoring and the updates move between host and device.
-	xfer Transfers
+	// xfer counts the bytes scoring and the updates move between host and device; genXfer
+	// generation's (model.Generator.Transfers).
+	xfer, genXfer Transfers
 	// maskExec computes the attention mask of device-resident ids (seq ≠ pad).
 	maskExec *G.Exec
 }

@@ -1,22 +1,17 @@
 package ppo
 
 import (
-	"sync/atomic"
-
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+
+	"github.com/saferlhf/saferlhf/train/model"
 )
 
 // Transfers counts the bytes this package moves between host and device: the host data it turns
 // into program inputs (IDsUp for token ids, Up for everything else) and the program outputs it
 // reads back (Down). Model weights, loaded once, are not counted; nor is what runs inside
-// model.Generator and trainer.Stepper (sampled ids, the learning rate, the steps' scalar metrics).
-// A nil *Transfers counts nothing.
-type Transfers struct {
-	IDsUp, Up, Down atomic.Int64
-}
-
-// Total is every counted byte, both directions.
-func (x *Transfers) Total() int64 { return x.IDsUp.Load() + x.Up.Load() + x.Down.Load() }
+// trainer.Stepper (the learning rate, the steps' scalar metrics). model.Generator counts its
+// own (GraphNets.genXfer). A nil *Transfers counts nothing.
+type Transfers = model.Transfers
 
 // upload returns host data as a tensor of dims for a program input, counting its bytes.
 func upload[T float32 | int32](x *Transfers, data []T, dims ...int) *tensors.Tensor {
