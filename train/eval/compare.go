@@ -295,11 +295,8 @@ type errPoints struct {
 
 func (e errPoints) Label(i int) string { return e.names[i] }
 
-// PlotCompare writes the comparison PNG (atomically) in the paper's style, three panels:
-// mean reward against mean cost on the held-out prompts, one point per policy with its
-// 95% intervals and the threshold d as a dashed line; λ over training; and Jc − d over
-// training, one curve per policy that has a training run with those metrics.
-func PlotCompare(path string, r *CompareReport, threshold float64) error {
+// comparePanels builds PlotCompare's three panels, their ticks labelled as the training plots' are.
+func comparePanels(r *CompareReport, threshold float64) ([]*plot.Plot, error) {
 	pts := errPoints{}
 	for _, row := range r.Rows {
 		pts.XYs = append(pts.XYs, plotter.XY{X: row.Cost.Mean, Y: row.Reward.Mean})
@@ -318,23 +315,23 @@ func PlotCompare(path string, r *CompareReport, threshold float64) error {
 		col := plotutil.Color(i)
 		s, err := plotter.NewScatter(one)
 		if err != nil {
-			return fmt.Errorf("plot %s: %w", path, err)
+			return nil, err
 		}
 		s.GlyphStyle.Color, s.GlyphStyle.Shape, s.GlyphStyle.Radius = col, plotutil.Shape(i), vg.Points(4)
 		xe, err := plotter.NewXErrorBars(one)
 		if err != nil {
-			return fmt.Errorf("plot %s: %w", path, err)
+			return nil, err
 		}
 		ye, err := plotter.NewYErrorBars(one)
 		if err != nil {
-			return fmt.Errorf("plot %s: %w", path, err)
+			return nil, err
 		}
 		xe.LineStyle.Color, ye.LineStyle.Color = col, col
 		a.Add(xe, ye, s)
 	}
 	lab, err := plotter.NewLabels(pts)
 	if err != nil {
-		return fmt.Errorf("plot %s: %w", path, err)
+		return nil, err
 	}
 	for i := range lab.TextStyle {
 		lab.TextStyle[i].XAlign, lab.Offset = draw.XLeft, vg.Point{X: vg.Points(5), Y: vg.Points(3)}
@@ -346,7 +343,7 @@ func PlotCompare(path string, r *CompareReport, threshold float64) error {
 	}
 	d, err := dashed(plotter.XYs{{X: threshold, Y: ylo}, {X: threshold, Y: yhi}})
 	if err != nil {
-		return fmt.Errorf("plot %s: %w", path, err)
+		return nil, err
 	}
 	a.Add(d)
 	a.Legend.Add(fmt.Sprintf("threshold d = %g", threshold), d)
@@ -391,17 +388,32 @@ func PlotCompare(path string, r *CompareReport, threshold float64) error {
 	}
 	b, err := curves("lambda", "Lagrange multiplier λ over training", "λ (fixed for reward shaping)")
 	if err != nil {
-		return fmt.Errorf("plot %s: %w", path, err)
+		return nil, err
 	}
 	c, err := curves("jc_minus_d", "constraint Jc − d over training", "Jc − d (episode-cost window mean − threshold)")
 	if err != nil {
-		return fmt.Errorf("plot %s: %w", path, err)
+		return nil, err
 	}
 	c.Add(hline(0))
+	for _, p := range []*plot.Plot{a, b, c} {
+		p.X.Tick.Marker, p.Y.Tick.Marker = metrics.DistinctTicks{}, metrics.DistinctTicks{}
+	}
+	return []*plot.Plot{a, b, c}, nil
+}
+
+// PlotCompare writes the comparison PNG (atomically) in the paper's style, three panels:
+// mean reward against mean cost on the held-out prompts, one point per policy with its
+// 95% intervals and the threshold d as a dashed line; λ over training; and Jc − d over
+// training, one curve per policy that has a training run with those metrics.
+func PlotCompare(path string, r *CompareReport, threshold float64) error {
+	panels, err := comparePanels(r, threshold)
+	if err != nil {
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
 	img := vgimg.New(21*vg.Inch, 6*vg.Inch)
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: 1, Cols: 3, PadX: vg.Inch / 3, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
-	grid := [][]*plot.Plot{{a, b, c}}
+	grid := [][]*plot.Plot{panels}
 	canv := plot.Align(grid, tiles, dc)
 	for j, p := range grid[0] {
 		p.Draw(canv[0][j])

@@ -3,12 +3,17 @@ package eval
 import (
 	"context"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
+	"gonum.org/v1/plot"
+
 	"github.com/saferlhf/saferlhf/data/tokenizer"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/metrics"
 	"github.com/saferlhf/saferlhf/train/stages"
 )
 
@@ -229,5 +234,40 @@ func TestArenaRowStreams(t *testing.T) {
 	}
 	if reflect.DeepEqual(answers(3, 0), want) {
 		t.Error("the sampled answers are the greedy ones: the test does not exercise sampling")
+	}
+}
+
+// TestComparePanelTicks: every axis of compare.png reads its ticks as the training plots do
+// (metrics.DistinctTicks: 25, not gonum's default "25.00"), and PlotCompare writes the file.
+func TestComparePanelTicks(t *testing.T) {
+	r := &CompareReport{Prompts: 4, Rows: []CompareRow{
+		{Name: "sft", Reward: Interval{-0.03, -0.05, -0.01}, Cost: Interval{0.6, 0.4, 0.8}},
+		{Name: "ppo-lag", Reward: Interval{-0.02, -0.04, 0}, Cost: Interval{0.1, -0.1, 0.3}},
+	}}
+	panels, err := comparePanels(r, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(panels) != 3 {
+		t.Fatalf("%d panels, want 3", len(panels))
+	}
+	for i, p := range panels {
+		for name, ax := range map[string]plot.Axis{"x": p.X, "y": p.Y} {
+			if _, ok := ax.Tick.Marker.(metrics.DistinctTicks); !ok {
+				t.Errorf("panel %d (%s) %s axis: ticks by %T", i, p.Title.Text, name, ax.Tick.Marker)
+			}
+		}
+	}
+	for _, tk := range panels[1].X.Tick.Marker.Ticks(0, 128) {
+		if strings.Contains(tk.Label, ".") {
+			t.Errorf("rollout-batch tick %g labelled %q", tk.Value, tk.Label)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "compare.png")
+	if err := PlotCompare(path, r, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() == 0 {
+		t.Fatalf("compare.png: %v", err)
 	}
 }
