@@ -143,67 +143,48 @@ func TestDataParallelProcesses(t *testing.T) {
 	// The same two ranks started by each real launcher present (mpirun, torchrun, srun).
 	testLaunchers(t, bin, a, func(out string) []string { return rmArgs(out, 4) })
 
-	// A rank killed mid-run ends the other with an error naming it.
-	dir := t.TempDir()
-	cmds, logs = startRanks(t, bin, 2, rmArgs(dir, 100000))
-	metricsPath := filepath.Join(dir, "metrics.jsonl")
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		if b, err := os.ReadFile(metricsPath); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
-			break
+	// A rank that dies (kill -9) or stalls (SIGSTOP: alive, connected, silent) mid-run ends the
+	// other with an error naming it; a stalled one after --dist-timeout, not the 10-minute default.
+	for _, tc := range []struct {
+		name  string
+		sig   os.Signal
+		extra []string
+		want  string
+	}{
+		{"killed", os.Kill, nil, "rank 1 is gone"},
+		{"stalled", syscall.SIGSTOP, []string{"--dist-timeout", "15s"}, "rank 1 did not arrive within 15s"},
+	} {
+		dir := t.TempDir()
+		cmds, logs := startRanks(t, bin, 2, append(rmArgs(dir, 100000), tc.extra...))
+		metricsPath := filepath.Join(dir, "metrics.jsonl")
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			if b, err := os.ReadFile(metricsPath); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no progress in 3 minutes:\n%s\n%s", tc.name, logs[0], logs[1])
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
+		if err := cmds[1].Process.Signal(tc.sig); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err := cmds[1].Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmds[0].Wait() }()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(logs[0].String(), "rank 1 is gone") {
-			t.Fatalf("rank 0 after rank 1 was killed: %v\n%s", err, logs[0])
+		since := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- cmds[0].Wait() }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(logs[0].String(), tc.want) {
+				t.Fatalf("rank 0 after rank 1 was %s: %v\n%s", tc.name, err, logs[0])
+			}
+			if strings.Contains(logs[0].String(), "train-rm: 0 steps") {
+				t.Errorf("rank 0 printed a summary of the failed run:\n%s", logs[0])
+			}
+			t.Logf("rank 1 %s; rank 0 exited %.1f s later: %s", tc.name, time.Since(since).Seconds(), lastLine(logs[0].String()))
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("rank 0 still running 2 minutes after rank 1 was %s:\n%s", tc.name, logs[0])
 		}
-		if strings.Contains(logs[0].String(), "train-rm: 0 steps") {
-			t.Errorf("rank 0 printed a summary of the failed run:\n%s", logs[0])
-		}
-		t.Logf("rank 0: %s", lastLine(logs[0].String()))
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("rank 0 still running 2 minutes after rank 1 was killed:\n%s", logs[0])
-	}
-
-	// A rank that stalls (SIGSTOP: alive, connected, silent) ends the other after --dist-timeout
-	// with an error naming it and the timeout, instead of after the 10-minute default.
-	dir = t.TempDir()
-	cmds, logs = startRanks(t, bin, 2, append(rmArgs(dir, 100000), "--dist-timeout", "15s"))
-	metricsPath = filepath.Join(dir, "metrics.jsonl")
-	deadline = time.Now().Add(3 * time.Minute)
-	for {
-		if b, err := os.ReadFile(metricsPath); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err := cmds[1].Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := time.Now()
-	done = make(chan error, 1)
-	go func() { done <- cmds[0].Wait() }()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(logs[0].String(), "rank 1 did not arrive within 15s") {
-			t.Fatalf("rank 0 after rank 1 stalled: %v\n%s", err, logs[0])
-		}
-		t.Logf("rank 0, %.1f s after rank 1 stalled: %s", time.Since(stopped).Seconds(), lastLine(logs[0].String()))
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("rank 0 still running 2 minutes after rank 1 stalled with --dist-timeout 15s:\n%s", logs[0])
 	}
 }
 
