@@ -11,6 +11,14 @@
 #   bash bench/launch/netns.sh cut 1                 # unplug node 1 (a network partition)
 #   bash bench/launch/netns.sh stop                  # ends what still runs on the nodes, removes them
 #
+# And a Slurm cluster across the nodes (Debian's slurmctld, slurmd, slurm-client and munge, as for
+# slurm-local.sh): slurmctld on n0, a slurmd on every node, munged outside, everything they write
+# in $NETNS_SLURM_DIR (/tmp/saferlhf-netns-slurm); `stop` ends them too.
+#
+#   bash bench/launch/netns.sh slurm-start
+#   SLURM_CONF=/tmp/saferlhf-netns-slurm/slurm.conf bash bench/launch/netns.sh run 0 \
+#       srun --nodes 2 --ntasks-per-node 1 bin/saferlhf train-rm ...
+#
 # Variables: NETNS_NODES (2), NETNS_PREFIX (saferlhf-n: namespaces saferlhf-n0, ..., saferlhf-nsw
 # for the bridge; give each concurrent user its own), NETNS_HOSTS (n: host names n0, n1, ...),
 # NETNS_SUBNET (10.77.0: node i is 10.77.0.<i+1>/24). Needs root and iproute2; `start` removes
@@ -22,11 +30,17 @@ PREFIX=${NETNS_PREFIX:-saferlhf-n}
 HOSTS=${NETNS_HOSTS:-n}
 SUBNET=${NETNS_SUBNET:-10.77.0}
 SW=${PREFIX}sw
+SLURM_DIR=${NETNS_SLURM_DIR:-/tmp/saferlhf-netns-slurm}
 
 ns() { echo "${PREFIX}$1"; }
 
 stop() {
 	local n pids
+	# munged runs outside the nodes; the Slurm daemons on them end with the nodes' processes.
+	if [[ -f $SLURM_DIR/munged.pid ]]; then
+		kill "$(cat "$SLURM_DIR/munged.pid")" 2>/dev/null || true
+		rm -f "$SLURM_DIR/munged.pid"
+	fi
 	for n in $(seq 0 $((NODES - 1))) sw; do
 		local name=${PREFIX}$n
 		[[ -e /run/netns/$name ]] || continue
@@ -91,8 +105,79 @@ start() {
 	echo "netns: up: $(for n in $(seq 0 $((NODES - 1))); do printf '%s=%s(%s) ' "$(ns "$n")" "$HOSTS$n" "$SUBNET.$((n + 1))"; done)"
 }
 
+# on NODE COMMAND: a daemon on a node. Unlike `ip netns exec`, which mounts a new /sys (and so
+# hides /sys/fs/cgroup, without which slurmd does not start), it enters only the node's network,
+# with the node's host name and /etc/hosts in mount and UTS namespaces of its own.
+on() {
+	local node=$1
+	shift
+	nsenter --net="/run/netns/$(ns "$node")" unshare --mount --uts bash -c \
+		'mount --bind "/etc/netns/$0/hosts" /etc/hosts && hostname "$1" && shift && exec "$@"' "$(ns "$node")" "$HOSTS$node" "$@"
+}
+
+slurm_start() {
+	for c in munged mungekey slurmctld slurmd srun sinfo nsenter unshare; do
+		command -v "$c" >/dev/null || { echo "netns: $c not found (apt-get install -y slurmctld slurmd slurm-client)" >&2; exit 1; }
+	done
+	[[ -e /run/netns/$(ns 0) ]] || { echo "netns: no nodes (run $0 start first)" >&2; exit 1; }
+	local n
+	mkdir -p "$SLURM_DIR"/{state,munge}
+	rm -rf "$SLURM_DIR"/state/*
+	chmod 700 "$SLURM_DIR/munge"
+	[[ -f $SLURM_DIR/munge/munge.key ]] || mungekey --create --keyfile "$SLURM_DIR/munge/munge.key"
+	munged --force --key-file "$SLURM_DIR/munge/munge.key" --socket "$SLURM_DIR/munge/munge.socket" \
+		--pid-file "$SLURM_DIR/munged.pid" --log-file "$SLURM_DIR/munged.log" --seed-file "$SLURM_DIR/munge/munge.seed"
+	{
+		cat <<CONF
+ClusterName=netns
+SlurmctldHost=${HOSTS}0($SUBNET.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$SLURM_DIR/munge/munge.socket
+StateSaveLocation=$SLURM_DIR/state
+SlurmdSpoolDir=$SLURM_DIR/spool-%n
+SlurmctldPidFile=$SLURM_DIR/slurmctld.pid
+SlurmdPidFile=$SLURM_DIR/slurmd-%n.pid
+SlurmctldLogFile=$SLURM_DIR/slurmctld.log
+SlurmdLogFile=$SLURM_DIR/slurmd-%n.log
+ProctrackType=proctrack/pgid
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+MpiDefault=none
+ReturnToService=2
+CONF
+		for n in $(seq 0 $((NODES - 1))); do
+			echo "NodeName=$HOSTS$n NodeAddr=$SUBNET.$((n + 1)) CPUs=$(nproc) State=UNKNOWN"
+		done
+		echo "PartitionName=nodes Nodes=${HOSTS}[0-$((NODES - 1))] Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES"
+	} >"$SLURM_DIR/slurm.conf"
+	on 0 slurmctld -f "$SLURM_DIR/slurm.conf"
+	for n in $(seq 0 $((NODES - 1))); do
+		mkdir -p "$SLURM_DIR/spool-$HOSTS$n"
+		on "$n" slurmd -N "$HOSTS$n" -f "$SLURM_DIR/slurm.conf"
+	done
+	local idle=
+	for _ in $(seq 100); do
+		idle=$(SLURM_CONF=$SLURM_DIR/slurm.conf ip netns exec "$(ns 0)" sinfo -h -N -o %T 2>/dev/null | grep -cx idle || true)
+		[[ $idle == "$NODES" ]] && break
+		sleep 0.2
+	done
+	if [[ $idle != "$NODES" ]]; then
+		echo "netns: $idle of $NODES Slurm nodes came up; logs in $SLURM_DIR:" >&2
+		tail -n 5 "$SLURM_DIR"/*.log >&2 || true
+		exit 1
+	fi
+	echo "netns: Slurm up on ${HOSTS}[0-$((NODES - 1))]; export SLURM_CONF=$SLURM_DIR/slurm.conf"
+}
+
 case ${1:-} in
 start) start ;;
+slurm-start) slurm_start ;;
 stop) stop ;;
 run)
 	[[ $# -ge 3 ]] || { echo "usage: $0 run NODE COMMAND..." >&2; exit 2; }
@@ -106,5 +191,5 @@ cut)
 	# processes keep running with no route to anyone.
 	ip -n "$SW" link del "port$2"
 	;;
-*) echo "usage: $0 start|run NODE COMMAND...|cut NODE|stop" >&2; exit 2 ;;
+*) echo "usage: $0 start|slurm-start|run NODE COMMAND...|cut NODE|stop" >&2; exit 2 ;;
 esac

@@ -43,10 +43,11 @@ func netnsNodes(t *testing.T) (env []string) {
 	}
 	stop := func(prefix string) {
 		cmd := exec.Command("bash", script, "stop")
-		cmd.Env = append(os.Environ(), "NETNS_PREFIX="+prefix)
+		cmd.Env = append(os.Environ(), netnsVars(prefix)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("%s stop (NETNS_PREFIX=%s): %v\n%s", netnsScript, prefix, err, out)
 		}
+		os.RemoveAll(netnsSlurmDir(prefix))
 	}
 	if entries, err := os.ReadDir("/run/netns"); err == nil {
 		stale := map[int]bool{}
@@ -70,7 +71,7 @@ func netnsNodes(t *testing.T) (env []string) {
 	if out, err := exec.Command("ip", "netns", "del", probe).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns del %s: %v: %s", probe, err, out)
 	}
-	env = append(launcherFreeEnv(), "NETNS_PREFIX="+prefix)
+	env = append(launcherFreeEnv(), netnsVars(prefix)...)
 	t.Cleanup(func() {
 		stop(prefix)
 		for _, n := range []string{"0", "1", "sw"} {
@@ -86,6 +87,14 @@ func netnsNodes(t *testing.T) (env []string) {
 	}
 	return env
 }
+
+// netnsVars are the variables of netns.sh for the nodes of prefix.
+func netnsVars(prefix string) []string {
+	return []string{"NETNS_PREFIX=" + prefix, "NETNS_SLURM_DIR=" + netnsSlurmDir(prefix), "SLURM_CONF=" + filepath.Join(netnsSlurmDir(prefix), "slurm.conf")}
+}
+
+// netnsSlurmDir holds what the Slurm daemons on the nodes of prefix write (netns.sh slurm-start).
+func netnsSlurmDir(prefix string) string { return filepath.Join(os.TempDir(), prefix+"slurm") }
 
 // startNodes starts rank r of bin on node r (netns.sh run r), with the launcher variables vars(r).
 func startNodes(t *testing.T, env []string, bin string, vars func(r int) []string, args []string) ([]*exec.Cmd, []*bytes.Buffer) {
@@ -138,7 +147,8 @@ func slurmNodeVars(r int) []string {
 // and n1 (10.77.0.2) on a bridge (bench/launch/netns.sh), rank r on node r with the variables a
 // multi-node launcher gives (local rank 0 of 1 on each). train-rm with torchrun's variables
 // (MASTER_ADDR=10.77.0.1) and with Slurm's (rank 0's host n0 taken from SLURM_STEP_NODELIST=n[0-1]
-// and resolved through the nodes' /etc/hosts) and ppo-lag with torchrun's give the one-process
+// and resolved through the nodes' /etc/hosts), then placed by a real srun (slurmctld on n0 and a
+// slurmd on each node, when Slurm is installed), and ppo-lag with torchrun's give the one-process
 // records within 2e-5 and 1e-4 relative. Then a network partition (node 1's link deleted mid-run,
 // both processes alive) ends both ranks after --dist-timeout with errors saying so.
 func TestMultiNodeNetns(t *testing.T) {
@@ -177,6 +187,39 @@ func TestMultiNodeNetns(t *testing.T) {
 			t.Errorf("%s: largest relative difference %.3g > 2e-5", l.name, worst)
 		}
 	}
+
+	// Real srun across the nodes: slurmctld on n0, a slurmd on each node (skipped without Slurm).
+	t.Run("srun", func(t *testing.T) {
+		for _, c := range []string{"slurmctld", "slurmd", "srun", "munged", "nsenter", "unshare"} {
+			if _, err := exec.LookPath(c); err != nil {
+				t.Skipf("%s is not on PATH (apt-get install -y slurmctld slurmd slurm-client)", c)
+			}
+		}
+		up := exec.Command("bash", netnsScript, "slurm-start")
+		up.Dir, up.Env = "../..", env
+		if out, err := up.CombinedOutput(); err != nil {
+			t.Fatalf("%s slurm-start: %v\n%s", netnsScript, err, out)
+		}
+		out := filepath.Join(dir, "srun")
+		start := time.Now()
+		cmd := exec.Command("bash", append([]string{netnsScript, "run", "0", "srun", "--nodes", "2", "--ntasks-per-node", "1", "--time", "5", bin}, rmArgs(out, 4)...)...)
+		cmd.Dir, cmd.Env = "../..", env
+		log, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("srun: %v\n%s", err, log)
+		}
+		for r := range 2 {
+			if want := fmt.Sprintf("dist: rank %d/2 (local 0/1) via slurm, rendezvous n0:", r); !strings.Contains(string(log), want) {
+				t.Errorf("no %q in srun's output:\n%s", want, log)
+			}
+		}
+		worst := compareRecords(t, a, readRecords(t, filepath.Join(out, "metrics.jsonl")))
+		t.Logf("train-rm, 1 process vs srun --nodes 2 on n0 and n1: largest relative difference %.3g over %d records (%.1f s)",
+			worst, len(a), time.Since(start).Seconds())
+		if worst > 2e-5 {
+			t.Errorf("srun: largest relative difference %.3g > 2e-5", worst)
+		}
+	})
 
 	// ppo-lag (sampling, both critics, λ): the same records and held-out summary across the nodes.
 	rm, cm := tinyScoreModels(t, dir)
