@@ -64,7 +64,7 @@ func runBench(args []string) error {
 	if *batch <= 0 || *promptLen <= 1 || *genLen <= 0 || *steps <= 0 || *micro < 0 || *loraRank < 0 || *topK < 0 {
 		return usagef("--batch, --prompt-len > 1, --gen-len and --steps must be positive; --micro-batch-size, --lora-rank, --top-k >= 0")
 	}
-	if err := trainer.CheckZeroStage(*zero); err != nil {
+	if err := collectives.CheckFlags(*zero, *coll, *distTimeout, *be); err != nil {
 		return usagef("%v", err)
 	}
 	if *rlMath != "" && *rlMath != ppo.RLMathHost && *rlMath != ppo.RLMathGraph {
@@ -74,21 +74,12 @@ func runBench(args []string) error {
 	if err != nil {
 		return usagef("--updates: %v", err)
 	}
-	mode, err := collectives.ParseMode(*coll)
-	if err == nil {
-		err = collectives.CheckBackend(mode, *be)
-	}
-	if err != nil {
-		return usagef("%v", err)
-	}
+	mode, _ := collectives.ParseMode(*coll) // checked above
 	if err := (backend.Options{MemoryFraction: *memFrac}).Check(*be); err != nil {
 		return usagef("%v", err)
 	}
 	// Under a launcher every rank runs its share of the step; rank 0 prints and writes --json.
-	timeout, err := dist.ParseTimeout(*distTimeout)
-	if err != nil {
-		return usagef("%v", err)
-	}
+	timeout, _ := dist.ParseTimeout(*distTimeout) // checked above
 	comm, _, err := dist.Join(context.Background(), dist.Options{Log: os.Stderr, Timeout: timeout})
 	if err != nil {
 		return err

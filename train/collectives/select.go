@@ -24,7 +24,21 @@ import (
 	"github.com/saferlhf/saferlhf/kernels/cuda"
 	"github.com/saferlhf/saferlhf/native"
 	"github.com/saferlhf/saferlhf/train/dist"
+	"github.com/saferlhf/saferlhf/train/trainer"
 )
+
+// CheckFlags checks the settings every data-parallel command shares, each error naming its
+// flag: --zero-stage, --collectives (against --backend) and --dist-timeout.
+func CheckFlags(zeroStage int, collectives, distTimeout, backendSpec string) error {
+	errs := []error{trainer.CheckZeroStage(zeroStage)}
+	if mode, err := ParseMode(collectives); err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, CheckBackend(mode, backendSpec))
+	}
+	_, err := dist.ParseTimeout(distTimeout)
+	return errors.Join(append(errs, err)...)
+}
 
 // Mode is the --collectives setting.
 type Mode string

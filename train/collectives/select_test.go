@@ -159,3 +159,34 @@ func TestSelectHere(t *testing.T) {
 	}
 	t.Logf("--collectives nccl here: %v", err)
 }
+
+// TestCheckFlags: the data-parallel settings every ranked command shares are checked together,
+// every bad one reported with its flag.
+func TestCheckFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		zero        int
+		coll, to    string
+		be          string
+		errContains []string
+	}{
+		{"defaults", 0, "", "", "go", nil},
+		{"all set", 1, "tcp", "90s", "native", nil},
+		{"nccl on xla:cuda", 0, "nccl", "1h", "xla:cuda", nil},
+		{"bad zero stage", 3, "auto", "10m", "go", []string{"zero-stage"}},
+		{"nccl on the CPU", 0, "nccl", "10m", "go", []string{"--collectives nccl needs --backend xla:cuda"}},
+		{"unknown mode", 0, "mpi", "10m", "go", []string{"collectives"}},
+		{"all three bad", 2, "mpi", "-1s", "go", []string{"zero-stage", "collectives", "--dist-timeout"}},
+	} {
+		err := CheckFlags(tc.zero, tc.coll, tc.to, tc.be)
+		if (err == nil) != (len(tc.errContains) == 0) {
+			t.Errorf("%s: err %v", tc.name, err)
+			continue
+		}
+		for _, want := range tc.errContains {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: error %q lacks %q", tc.name, err, want)
+			}
+		}
+	}
+}

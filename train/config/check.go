@@ -80,6 +80,13 @@ func (c *Checker) Required(name, v string) {
 	}
 }
 
+// Add adds err, when not nil, as it is (a check of another package that names its flags).
+func (c *Checker) Add(err error) {
+	if err != nil {
+		c.errs = append(c.errs, err)
+	}
+}
+
 // Check adds an error with the given message when ok is false.
 func (c *Checker) Check(ok bool, format string, args ...any) {
 	if !ok {

@@ -19,7 +19,6 @@ import (
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/safetensors"
-	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // RunConfig is one ppo-lag or ppo run: the models, data and outputs around the loop's Config.
@@ -88,12 +87,7 @@ func (c *RunConfig) Validate() error {
 	}
 	ck.Check(len(c.Data) > 0, "--data is required")
 	ck.Required("out", c.Out)
-	if err := trainer.CheckZeroStage(c.ZeroStage); err != nil {
-		ck.Check(false, "%v", err)
-	}
-	if _, err := dist.ParseTimeout(c.DistTimeout); err != nil {
-		ck.Check(false, "%v", err)
-	}
+	ck.Add(collectives.CheckFlags(c.ZeroStage, c.Collectives, c.DistTimeout, c.Backend))
 	ck.Check(len(c.PTXData) == 0 || c.PTXCoeff > 0, "--ptx-data needs --ptx-coeff > 0, got %v", c.PTXCoeff)
 	ck.Check(c.EvalRatio >= 0 && c.EvalRatio < 1, "--eval-ratio must be in [0, 1), got %v", c.EvalRatio)
 	ck.NonNegativeInt("eval-max", c.EvalMax)
@@ -106,14 +100,7 @@ func (c *RunConfig) Validate() error {
 	ck.Check(err == nil, "--save-dtype: %v", err)
 	ck.NonNegativeInt("micro-batch-size", c.MicroBatch)
 	ck.Check(c.MicroBatch == 0 || c.TrainBatchSize%c.MicroBatch == 0, "--micro-batch-size %d must divide --train-batch-size %d", c.MicroBatch, c.TrainBatchSize)
-	if err := (backend.Options{MemoryFraction: c.GPUMemFrac}).Check(c.Backend); err != nil {
-		ck.Check(false, "%v", err)
-	}
-	if mode, err := collectives.ParseMode(c.Collectives); err != nil {
-		ck.Check(false, "%v", err)
-	} else if err := collectives.CheckBackend(mode, c.Backend); err != nil {
-		ck.Check(false, "%v", err)
-	}
+	ck.Add((backend.Options{MemoryFraction: c.GPUMemFrac}).Check(c.Backend))
 	ck.Check(c.PTXMaxLength >= 2, "--ptx-max-length must be >= 2, got %d", c.PTXMaxLength)
 	ck.NonNegativeInt("save-every", c.SaveEvery)
 	ck.NonNegativeInt("lora-rank", c.LoRARank)

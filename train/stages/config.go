@@ -11,7 +11,6 @@ import (
 	"github.com/saferlhf/saferlhf/train/dist"
 	"github.com/saferlhf/saferlhf/train/model"
 	"github.com/saferlhf/saferlhf/train/optim"
-	"github.com/saferlhf/saferlhf/train/trainer"
 )
 
 // Config holds the settings of one training stage (SFT, reward model, cost model).
@@ -112,12 +111,7 @@ func (c *Config) Validate(stage Stage) error {
 		"--epochs %d / --max-steps %d: need --epochs > 0 or --max-steps > 0 (and neither negative)", c.Epochs, c.Steps)
 	ck.Check(c.BatchSize >= 1, "--batch-size %d must be >= 1", c.BatchSize)
 	ck.Check(c.Accumulation >= 1, "--grad-accum %d must be >= 1", c.Accumulation)
-	if err := trainer.CheckZeroStage(c.ZeroStage); err != nil {
-		ck.Check(false, "%v", err)
-	}
-	if _, err := dist.ParseTimeout(c.DistTimeout); err != nil {
-		ck.Check(false, "%v", err)
-	}
+	ck.Add(collectives.CheckFlags(c.ZeroStage, c.Collectives, c.DistTimeout, c.Backend))
 	ck.Check(c.MaxLength >= 8, "--max-length %d must be >= 8", c.MaxLength)
 	ck.Check(c.LR > 0 && c.LR <= 1, "--lr %g must lie in (0, 1]", c.LR)
 	ck.Check(c.Warmup >= 0 && c.Warmup < 1, "--warmup-ratio %g must lie in [0, 1)", c.Warmup)
@@ -131,14 +125,7 @@ func (c *Config) Validate(stage Stage) error {
 	}{{"eval-max", c.EvalMax}, {"max-train", c.MaxTrain}, {"eval-every", c.EvalEvery}, {"save-every", c.CkptEvery}} {
 		ck.NonNegativeInt(f.name, f.v)
 	}
-	if err := (backend.Options{MemoryFraction: c.GPUMemFrac}).Check(c.Backend); err != nil {
-		ck.Check(false, "%v", err)
-	}
-	if mode, err := collectives.ParseMode(c.Collectives); err != nil {
-		ck.Check(false, "%v", err)
-	} else if err := collectives.CheckBackend(mode, c.Backend); err != nil {
-		ck.Check(false, "%v", err)
-	}
+	ck.Add((backend.Options{MemoryFraction: c.GPUMemFrac}).Check(c.Backend))
 	ck.Check(c.KeepCkpts >= 1, "--keep-checkpoints %d must be >= 1", c.KeepCkpts)
 	ck.OneOf("truncate", c.Truncate, "right", "prompt-left")
 	ck.OneOf("lr-scheduler", c.Scheduler, optim.Cosine, optim.Linear, optim.Constant, optim.ConstantWithWarmup)
