@@ -19,6 +19,12 @@
 #   SLURM_CONF=/tmp/saferlhf-netns-slurm/slurm.conf bash bench/launch/netns.sh run 0 \
 #       srun --nodes 2 --ntasks-per-node 1 bin/saferlhf train-rm ...
 #
+# And Open MPI's mpirun across the nodes, with `rsh` as its remote shell (in place of ssh: the
+# command runs on the node named n<i> or <subnet>.<i+1>):
+#
+#   bash bench/launch/netns.sh run 0 mpirun --allow-run-as-root -H n0,n1 -np 2 \
+#       --mca plm_rsh_agent "$PWD/bench/launch/netns.sh rsh" -x MASTER_ADDR=n0 bin/saferlhf train-rm ...
+#
 # Variables: NETNS_NODES (2), NETNS_PREFIX (saferlhf-n: namespaces saferlhf-n0, ..., saferlhf-nsw
 # for the bridge; give each concurrent user its own), NETNS_HOSTS (n: host names n0, n1, ...),
 # NETNS_SUBNET (10.77.0: node i is 10.77.0.<i+1>/24). Needs root and iproute2; `start` removes
@@ -185,11 +191,23 @@ run)
 	shift 2
 	exec ip netns exec "$(ns "$node")" "$@"
 	;;
+rsh)
+	# mpirun's remote shell: "rsh HOST WORDS..." runs the words as one shell command on HOST, as ssh does.
+	[[ $# -ge 3 ]] || { echo "usage: $0 rsh HOST COMMAND..." >&2; exit 2; }
+	host=$2
+	shift 2
+	case $host in
+	"$HOSTS"[0-9]*) node=${host#"$HOSTS"} ;;
+	"$SUBNET".[0-9]*) node=$((${host##*.} - 1)) ;;
+	*) echo "netns: rsh: $host is not a node ($HOSTS<i> or $SUBNET.<i+1>)" >&2; exit 255 ;;
+	esac
+	exec ip netns exec "$(ns "$node")" sh -c "$*"
+	;;
 cut)
 	[[ $# -eq 2 ]] || { echo "usage: $0 cut NODE" >&2; exit 2; }
 	# Deleting the bridge's end of the node's veth pair deletes both ends: the node's
 	# processes keep running with no route to anyone.
 	ip -n "$SW" link del "port$2"
 	;;
-*) echo "usage: $0 start|slurm-start|run NODE COMMAND...|cut NODE|stop" >&2; exit 2 ;;
+*) echo "usage: $0 start|slurm-start|run NODE COMMAND...|rsh HOST COMMAND...|cut NODE|stop" >&2; exit 2 ;;
 esac

@@ -148,7 +148,8 @@ func slurmNodeVars(r int) []string {
 // multi-node launcher gives (local rank 0 of 1 on each). train-rm with torchrun's variables
 // (MASTER_ADDR=10.77.0.1) and with Slurm's (rank 0's host n0 taken from SLURM_STEP_NODELIST=n[0-1]
 // and resolved through the nodes' /etc/hosts), then placed by a real srun (slurmctld on n0 and a
-// slurmd on each node, when Slurm is installed), and ppo-lag with torchrun's give the one-process
+// slurmd on each node, when Slurm is installed) and by a real mpirun -H n0,n1 (with -x MASTER_ADDR=n0;
+// without it the ranks refuse, saying to pass it), and ppo-lag with torchrun's give the one-process
 // records within 2e-5 and 1e-4 relative. Then a network partition (node 1's link deleted mid-run,
 // both processes alive) ends both ranks after --dist-timeout with errors saying so.
 func TestMultiNodeNetns(t *testing.T) {
@@ -218,6 +219,47 @@ func TestMultiNodeNetns(t *testing.T) {
 			worst, len(a), time.Since(start).Seconds())
 		if worst > 2e-5 {
 			t.Errorf("srun: largest relative difference %.3g > 2e-5", worst)
+		}
+	})
+
+	// Real mpirun across the nodes (netns.sh rsh as its remote shell): with -x MASTER_ADDR=n0 the
+	// one-process records; without it, every rank refuses, saying to pass it (skipped without Open MPI).
+	t.Run("mpirun", func(t *testing.T) {
+		if _, err := exec.LookPath("mpirun"); err != nil {
+			t.Skip("mpirun is not on PATH (apt-get install -y openmpi-bin)")
+		}
+		script, err := filepath.Abs(filepath.Join("..", "..", netnsScript))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mpirun := func(out string, extra ...string) (string, error) {
+			argv := append([]string{netnsScript, "run", "0", "mpirun", "--allow-run-as-root", "-H", "n0,n1", "-np", "2",
+				"--mca", "plm_rsh_agent", script + " rsh"}, extra...)
+			cmd := exec.Command("bash", append(append(argv, bin), rmArgs(out, 4)...)...)
+			cmd.Dir, cmd.Env = "../..", env
+			log, err := cmd.CombinedOutput()
+			return string(log), err
+		}
+		out := filepath.Join(dir, "mpirun")
+		start := time.Now()
+		log, err := mpirun(out, "-x", "MASTER_ADDR=n0")
+		if err != nil {
+			t.Fatalf("mpirun: %v\n%s", err, log)
+		}
+		for r := range 2 {
+			if want := fmt.Sprintf("dist: rank %d/2 (local 0/1) via openmpi, rendezvous n0:29500", r); !strings.Contains(log, want) {
+				t.Errorf("no %q in mpirun's output:\n%s", want, log)
+			}
+		}
+		worst := compareRecords(t, a, readRecords(t, filepath.Join(out, "metrics.jsonl")))
+		t.Logf("train-rm, 1 process vs mpirun -H n0,n1: largest relative difference %.3g over %d records (%.1f s)",
+			worst, len(a), time.Since(start).Seconds())
+		if worst > 2e-5 {
+			t.Errorf("mpirun: largest relative difference %.3g > 2e-5", worst)
+		}
+		log, err = mpirun(filepath.Join(dir, "mpirun-no-addr"))
+		if want := "MASTER_ADDR is not set and not every rank is on this node"; err == nil || !strings.Contains(log, want) {
+			t.Errorf("mpirun across nodes without MASTER_ADDR: %v, want an error with %q\n%s", err, want, log)
 		}
 	})
 
