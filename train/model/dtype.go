@@ -2,14 +2,12 @@ package model
 
 import (
 	"fmt"
-	"math"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
-	"github.com/gomlx/gomlx/backends/simplego"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/dtypes/bfloat16"
 	G "github.com/gomlx/gomlx/pkg/core/graph"
@@ -17,6 +15,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
+	"github.com/saferlhf/saferlhf/internal/bf16"
 	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
@@ -77,47 +76,12 @@ func ComputeDType(ctx *context.Context) dtypes.DType {
 	return dtypes.Float32
 }
 
-// cast converts x to dt unless it already is (float32 to bf16 by ConvertBF16).
+// cast converts x to dt unless it already is (float32 to bf16 rounded to nearest even).
 func cast(x *G.Node, dt dtypes.DType) *G.Node {
 	if x.DType() == dt {
 		return x
 	}
-	if x.DType() == dtypes.Float32 && dt == dtypes.BFloat16 {
-		return ConvertBF16(x)
-	}
-	return G.ConvertDType(x, dt)
-}
-
-// ConvertBF16 converts float32 x to bfloat16, rounding to nearest with ties to even as PyTorch,
-// XLA and ToBF16 do. The pure-Go backend's ConvertDType truncates (gomlx's bfloat16.FromFloat32),
-// so there x is first rounded to bf16's 8 significant bits in float32 arithmetic, which the
-// truncating conversion then keeps exactly: for |x| in [2^e, 2^(e+1)) (e at least −126, the
-// smallest normal exponent, which bf16 shares with float32), |x| + 2^(e+16) has bf16's ulp of x
-// as its own ulp, so the float32 addition rounds |x| to nearest even; huge values are scaled by
-// 2^−64 and back (exactly) to keep 2^(e+16) finite. ±0, ±Inf and NaN pass through (NaN quiet).
-func ConvertBF16(x *G.Node) *G.Node {
-	if x.Graph().Backend().String() != simplego.BackendName {
-		return G.ConvertDType(x, dtypes.BFloat16)
-	}
-	g := x.Graph()
-	c := func(v float64) *G.Node { return G.Scalar(g, dtypes.Float32, v) }
-	v := G.StopGradient(x) // the rounding offset is a constant to the gradient, as in ConvertDType
-	a := G.Abs(v)
-	big := G.GreaterOrEqual(a, c(0x1p100))
-	scale := G.Where(big, c(0x1p-64), c(1))
-	a = G.Mul(a, scale)
-	e := G.Floor(G.Div(G.Log(a), c(math.Ln2)))
-	p := G.Pow(c(2), e) // correct Log's rounding: 2^e <= a < 2^(e+1)
-	e = G.Sub(e, G.ConvertDType(G.GreaterThan(p, a), dtypes.Float32))
-	e = G.Add(e, G.ConvertDType(G.LessOrEqual(G.MulScalar(p, 2), a), dtypes.Float32))
-	e = G.Max(e, c(-126))
-	k := G.Pow(c(2), G.AddScalar(e, 16))
-	r := G.Mul(G.Sign(v), G.Div(G.Sub(G.Add(a, k), k), scale))
-	// x + (r − x) is r exactly (r − x is exact: r and x are within a bf16 ulp, of one sign).
-	finite := G.LogicalAnd(G.IsFinite(v), G.NotEqual(v, c(0)))
-	r = G.Where(finite, G.Add(x, G.StopGradient(G.Sub(r, v))), x)
-	r = G.Where(G.IsNaN(v), c(math.NaN()), r)
-	return G.ConvertDType(r, dtypes.BFloat16)
+	return bf16.ConvertDType(x, dt)
 }
 
 // Storage says how SetWeightsWith and LoadInto keep weights.

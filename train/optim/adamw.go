@@ -20,6 +20,8 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/saferlhf/saferlhf/internal/bf16"
 )
 
 // Defaults of spec §1.10 (configs/constants.py ADAM_BETAS; torch default eps;
@@ -270,7 +272,7 @@ func (o *AdamW) ApplyOwned(ctx *context.Context, lr *graph.Node, vars []*context
 		denom := graph.AddScalar(graph.Sqrt(graph.Mul(uNew, invBC2)), o.cfg.Epsilon)
 		p = graph.Sub(p, graph.Mul(graph.Div(mNew, denom), stepSize))
 		if pOrig.DType() != dtypes.Float32 {
-			p = graph.ConvertDType(p, pOrig.DType())
+			p = bf16.ConvertDType(p, pOrig.DType()) // a bf16 weight rounds to nearest even on every backend
 		}
 		v.SetValueGraph(p)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/saferlhf/saferlhf/internal/backend"
+	"github.com/saferlhf/saferlhf/train/safetensors"
 )
 
 // The tiny problem: three variables p_v with loss Σ_v (½ Σ c_v⊙p_v² + Σ d_v⊙p_v),
@@ -307,5 +308,47 @@ func TestBF16Variable(t *testing.T) {
 	}
 	if m := ctx.GetVariableByScopeAndName("/optim/m", "w_m1"); m == nil || m.Shape().DType != dtypes.Float32 {
 		t.Errorf("moment variable %v", m)
+	}
+}
+
+// TestBF16VariableRoundsToNearestEven: a bf16 weight is written back as the round-to-nearest-even
+// of the float32 update, on the pure-Go backend too (whose ConvertDType truncates: a systematic
+// drift toward zero of every updated weight). The same update on a float32 variable gives the
+// value each bf16 weight must round from; 0.5−0.4, −2−0.4 and 1−0.4 round up, truncate down.
+func TestBF16VariableRoundsToNearestEven(t *testing.T) {
+	be, err := backend.New("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p0 := []float32{0.5, -2, 1} // exact in bf16
+	run := func(dt dtypes.DType) []float32 {
+		opt, _ := NewAdamW(AdamWConfig{})
+		ctx := context.New()
+		if dt == dtypes.BFloat16 {
+			ctx.InAbsPath("/m").VariableWithValue("w", []bfloat16.BFloat16{bfloat16.FromFloat32(p0[0]), bfloat16.FromFloat32(p0[1]), bfloat16.FromFloat32(p0[2])})
+		} else {
+			ctx.InAbsPath("/m").VariableWithValue("w", p0)
+		}
+		step, err := context.NewExec(be, ctx, func(ctx *context.Context, lr *graph.Node) *graph.Node {
+			v := ctx.GetVariableByScopeAndName("/m", "w")
+			loss := graph.ReduceAllSum(graph.ConvertDType(v.ValueGraph(lr.Graph()), dtypes.Float32))
+			opt.Update(ctx, lr, loss, []*context.Variable{v})
+			return graph.ConvertDType(v.ValueGraph(lr.Graph()), dtypes.Float32)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := step.Exec(float32(0.4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out[0].Value().([]float32)
+	}
+	master, got := run(dtypes.Float32), run(dtypes.BFloat16)
+	for i := range p0 {
+		want := safetensors.Float32ToBF16(master[i])
+		if g := uint16(math.Float32bits(got[i]) >> 16); g != want {
+			t.Errorf("w[%d] = %#04x, want %#04x (bf16 of the float32 update %g; truncation %#04x)", i, g, want, master[i], math.Float32bits(master[i])>>16)
+		}
 	}
 }
