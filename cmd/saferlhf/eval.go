@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/saferlhf/saferlhf/internal/backend"
 	"github.com/saferlhf/saferlhf/train/checkpoint"
@@ -37,27 +38,55 @@ func parseScoreEval(name string, args []string) (scoreEval, func(*error), error)
 	return c, undo, err
 }
 
-// prepareReport readies an evaluation's --out directory: like a training run's, an
-// existing report is never overwritten without --force (nothing is lost). The command defers
-// the returned function with its error: a failed run removes the directory it created, so it
-// leaves nothing behind that would make the next run need --force.
-func prepareReport(dir, command string, force bool) (undo func(*error), err error) {
-	undo = func(*error) {}
+// prepareReport readies an evaluation's --out directory: like a training run's, an existing
+// report is never overwritten without --force (nothing is lost). The command defers the returned
+// function with its error. A failed run leaves --out as it found it: a directory it created is
+// removed and one that was empty is emptied again (either would make the corrected rerun need
+// --force), and a previous report that --force replaces is kept aside (as --out.replaced-PID)
+// until the run succeeds and put back if it fails (a mistyped --model must not cost the old report).
+func prepareReport(dir, command string, force bool) (finish func(*error), err error) {
+	finish = func(*error) {}
 	if dir == "" {
-		return undo, nil
+		return finish, nil
 	}
-	_, statErr := os.Stat(dir)
-	if err := checkpoint.PrepareOutput(dir, command, false, force); err != nil {
-		return undo, err
+	if err := checkpoint.CheckOutput(dir, command, false, force); err != nil {
+		return finish, err
 	}
-	if errors.Is(statErr, os.ErrNotExist) {
-		undo = func(err *error) {
-			if *err != nil {
-				os.RemoveAll(dir)
-			}
+	entries, readErr := os.ReadDir(dir)
+	existed := readErr == nil
+	kept := ""
+	if st, e := os.Lstat(dir); e == nil && st.IsDir() && len(entries) > 0 { // --force over a previous report
+		kept = fmt.Sprintf("%s.replaced-%d", filepath.Clean(dir), os.Getpid())
+		if err := os.Rename(dir, kept); err != nil {
+			kept = "" // a mount point, say: --force removes it as a training run's does
 		}
 	}
-	return undo, nil
+	if err := checkpoint.PrepareOutput(dir, command, false, force); err != nil {
+		if kept != "" {
+			err = errors.Join(err, os.Rename(kept, dir))
+		}
+		return finish, err
+	}
+	return func(err *error) {
+		if *err == nil {
+			if kept != "" {
+				os.RemoveAll(kept)
+			}
+			return
+		}
+		if !existed || kept != "" {
+			os.RemoveAll(dir)
+		} else if made, e := os.ReadDir(dir); e == nil { // it was empty (or --force emptied it): all is this run's
+			for _, m := range made {
+				os.RemoveAll(filepath.Join(dir, m.Name()))
+			}
+		}
+		if kept != "" {
+			if e := os.Rename(kept, dir); e != nil {
+				*err = fmt.Errorf("%w (the previous report is kept as %s: %v)", *err, kept, e)
+			}
+		}
+	}, nil
 }
 
 func runEvalRM(args []string) (err error) {

@@ -196,8 +196,9 @@ func TestStageInputErrorsLeaveNothing(t *testing.T) {
 	}
 }
 
-// TestEvalInputErrorsLeaveNothing: an evaluation that fails on its inputs removes the --out it
-// created (its run.json alone made the corrected rerun need --force), and keeps one it did not.
+// TestEvalInputErrorsLeaveNothing: an evaluation that fails on its inputs leaves --out as it found
+// it: one it created is removed and one that was empty is empty again (its run.json alone made the
+// corrected rerun need --force), and a previous report --force would replace is still there.
 func TestEvalInputErrorsLeaveNothing(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing")
@@ -223,8 +224,29 @@ func TestEvalInputErrorsLeaveNothing(t *testing.T) {
 		if err := tc.run(append(tc.args, "--out", out, "--backend", "go")); err == nil {
 			t.Errorf("%v: no error", tc.args)
 		}
-		if _, err := os.Stat(out); err != nil {
-			t.Errorf("%v: the failed run removed the directory it did not create: %v", tc.args, err)
+		if left, err := os.ReadDir(out); err != nil || len(left) > 0 {
+			t.Errorf("%v: the failed run into an empty directory left it %v (%v), want it empty", tc.args, left, err)
+		}
+		// --force over a previous report: a failed run puts it back as it was.
+		kind := []string{"eval-rm", "eval-cm", "eval-arena", "judge"}[i]
+		old := []byte(`{"kind":"` + kind + `"}` + "\n")
+		if err := os.WriteFile(filepath.Join(out, "run.json"), old, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(out, "report.json"), []byte("{}"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := tc.run(append(tc.args, "--out", out, "--backend", "go", "--force")); err == nil {
+			t.Errorf("%v --force: no error", tc.args)
+		}
+		if b, err := os.ReadFile(filepath.Join(out, "run.json")); err != nil || string(b) != string(old) {
+			t.Errorf("%v --force: the failed run lost the previous report's run.json: %q, %v", tc.args, b, err)
+		}
+		if _, err := os.Stat(filepath.Join(out, "report.json")); err != nil {
+			t.Errorf("%v --force: the failed run lost the previous report: %v", tc.args, err)
+		}
+		if aside, _ := filepath.Glob(out + ".replaced-*"); len(aside) > 0 {
+			t.Errorf("%v --force: left %v behind", tc.args, aside)
 		}
 	}
 }
