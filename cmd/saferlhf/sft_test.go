@@ -250,3 +250,32 @@ func TestEvalInputErrorsLeaveNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepareReportForceSucceeds: a run that succeeds over a previous report (--force) leaves
+// only its own report, nothing kept aside.
+func TestPrepareReportForceSucceeds(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"run.json", "old.json"} {
+		if err := os.WriteFile(filepath.Join(out, f), []byte(`{"kind":"judge"}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	finish, err := prepareReport(out, "judge", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runErr error
+	finish(&runErr)
+	if _, err := os.Stat(filepath.Join(out, "old.json")); !os.IsNotExist(err) {
+		t.Errorf("the previous report is still there: %v", err)
+	}
+	if checkpoint.RunKind(out) != "judge" {
+		t.Errorf("run.json: %q", checkpoint.RunKind(out))
+	}
+	if aside, _ := filepath.Glob(out + ".replaced-*"); len(aside) > 0 {
+		t.Errorf("left %v behind", aside)
+	}
+}
