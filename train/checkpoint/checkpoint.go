@@ -544,16 +544,19 @@ func (m *Manager) latest(warn bool) (*Loaded, error) {
 	if warn {
 		m.checkPointer(steps)
 	}
+	var unusable []string // why each checkpoint there is was skipped, for the error if none is left
 	for i := len(steps) - 1; i >= 0; i-- {
 		dir := m.Dir(steps[i])
 		l, err := Load(dir)
 		if err != nil {
+			unusable = append(unusable, err.Error())
 			if warn {
 				m.log().Warn("checkpoint: skipping unusable checkpoint", "dir", dir, "err", err)
 			}
 			continue
 		}
 		if l.State.Step != steps[i] {
+			unusable = append(unusable, fmt.Sprintf("checkpoint %s: state.json names step %d", dir, l.State.Step))
 			if warn {
 				m.log().Warn("checkpoint: skipping checkpoint whose state.json names another step", "dir", dir, "step", l.State.Step)
 			}
@@ -562,6 +565,9 @@ func (m *Manager) latest(warn bool) (*Loaded, error) {
 		}
 		m.last = dir
 		return l, nil
+	}
+	if len(unusable) > 0 {
+		return nil, fmt.Errorf("checkpoint %s: %w among %d: %s", m.Root, ErrNoCheckpoint, len(unusable), strings.Join(unusable, "; "))
 	}
 	return nil, fmt.Errorf("checkpoint %s: %w", m.Root, ErrNoCheckpoint)
 }

@@ -360,3 +360,34 @@ func TestResumeChecks(t *testing.T) {
 		t.Error("hash did not change with the content")
 	}
 }
+
+// TestNoUsableCheckpointSaysWhy: when every checkpoint is damaged, Latest's error (which --resume
+// reports) names each one's damaged file and checksums, not just "no usable checkpoint" (the
+// reasons were only warnings in the log).
+func TestNoUsableCheckpointSaysWhy(t *testing.T) {
+	m, _ := NewManager(t.TempDir(), 0)
+	m.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, s := range []int{1, 2} {
+		if _, err := m.Save(testCheckpoint(s, 16)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []int{1, 2} {
+		p := filepath.Join(m.Dir(s), TrainStateFile)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)-1] ^= 0x40
+		os.WriteFile(p, b, 0o644)
+	}
+	_, err := m.Resume(ResumeOptions{Kind: "sft"})
+	if !errors.Is(err, ErrNoCheckpoint) {
+		t.Fatalf("got %v, want ErrNoCheckpoint", err)
+	}
+	for _, want := range []string{"step-00000001", "step-00000002", TrainStateFile, "sha256", "manifest says"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}
