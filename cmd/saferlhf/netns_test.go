@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -68,8 +69,20 @@ func netnsNodes(t *testing.T) (env []string) {
 	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
 		t.Skipf("network namespaces do not work here: ip netns add: %v: %s", err, bytes.TrimSpace(out))
 	}
+	// The nodes also need a bridge and veth pairs, which a kernel or sandbox may lack while
+	// allowing namespaces: probe both inside the probe namespace, so that only a broken
+	// netns.sh fails the test.
+	var missing error
+	for _, link := range [][]string{{"pbr", "type", "bridge"}, {"pv0", "type", "veth", "peer", "name", "pv1"}} {
+		if out, err := exec.Command("ip", append([]string{"-n", probe, "link", "add"}, link...)...).CombinedOutput(); err != nil && missing == nil {
+			missing = fmt.Errorf("ip link add %s: %v: %s", strings.Join(link, " "), err, bytes.TrimSpace(out))
+		}
+	}
 	if out, err := exec.Command("ip", "netns", "del", probe).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns del %s: %v: %s", probe, err, out)
+	}
+	if missing != nil {
+		t.Skipf("network namespaces work here but their links do not: %v", missing)
 	}
 	env = append(launcherFreeEnv(), netnsVars(prefix)...)
 	t.Cleanup(func() {
@@ -107,6 +120,7 @@ func startNodes(t *testing.T, env []string, bin string, vars func(r int) []strin
 		logs[r] = new(bytes.Buffer)
 		cmd.Stdout, cmd.Stderr = logs[r], logs[r]
 		cmd.Env = append(append([]string{}, env...), vars(r)...)
+		cmd.WaitDelay = time.Second // a child holding the output open does not keep Wait waiting
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -116,13 +130,49 @@ func startNodes(t *testing.T, env []string, bin string, vars func(r int) []strin
 	return cmds, logs
 }
 
+// nodeRunLimit bounds each run across the nodes, so that a rank that never meets the other
+// (which waits for it for the 10-minute rendezvous timeout) fails the test instead of hanging it.
+const nodeRunLimit = 5 * time.Minute
+
+// waitNodes waits for both ranks. When one fails, the other is killed at once (it would wait for
+// the failed one until the rendezvous or --dist-timeout gives up), and both logs are shown.
 func waitNodes(t *testing.T, what string, cmds []*exec.Cmd, logs []*bytes.Buffer) {
 	t.Helper()
+	type exit struct {
+		rank int
+		err  error
+	}
+	done := make(chan exit, len(cmds))
 	for r, cmd := range cmds {
-		if err := cmd.Wait(); err != nil {
-			t.Fatalf("%s: rank %d on node n%d: %v\n%s", what, r, r, err, logs[r])
+		go func() { done <- exit{r, cmd.Wait()} }()
+	}
+	limit := time.After(nodeRunLimit)
+	for range cmds {
+		select {
+		case e := <-done:
+			if e.err != nil {
+				for _, cmd := range cmds {
+					cmd.Process.Kill()
+				}
+				t.Fatalf("%s: rank %d on node n%d: %v\n%s\nrank %d:\n%s", what, e.rank, e.rank, e.err, logs[e.rank], 1-e.rank, logs[1-e.rank])
+			}
+		case <-limit:
+			for _, cmd := range cmds {
+				cmd.Process.Kill()
+			}
+			t.Fatalf("%s: still running after %s:\nrank 0:\n%s\nrank 1:\n%s", what, nodeRunLimit, logs[0], logs[1])
 		}
 	}
+}
+
+// nodeCommand is bash running args from the repository's root with env, killed after
+// nodeRunLimit (and its output given up a second after, should a child still hold it).
+func nodeCommand(t *testing.T, env []string, args ...string) *exec.Cmd {
+	ctx, cancel := context.WithTimeout(context.Background(), nodeRunLimit)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, "bash", args...)
+	cmd.Dir, cmd.Env, cmd.WaitDelay = "../..", env, time.Second
+	return cmd
 }
 
 // torchrunNodeVars are the variables torchrun gives the one worker of each of two nodes
@@ -196,15 +246,13 @@ func TestMultiNodeNetns(t *testing.T) {
 				t.Skipf("%s is not on PATH (apt-get install -y slurmctld slurmd slurm-client)", c)
 			}
 		}
-		up := exec.Command("bash", netnsScript, "slurm-start")
-		up.Dir, up.Env = "../..", env
+		up := nodeCommand(t, env, netnsScript, "slurm-start")
 		if out, err := up.CombinedOutput(); err != nil {
 			t.Fatalf("%s slurm-start: %v\n%s", netnsScript, err, out)
 		}
 		out := filepath.Join(dir, "srun")
 		start := time.Now()
-		cmd := exec.Command("bash", append([]string{netnsScript, "run", "0", "srun", "--nodes", "2", "--ntasks-per-node", "1", "--time", "5", bin}, rmArgs(out, 4)...)...)
-		cmd.Dir, cmd.Env = "../..", env
+		cmd := nodeCommand(t, env, append([]string{netnsScript, "run", "0", "srun", "--nodes", "2", "--ntasks-per-node", "1", "--time", "5", bin}, rmArgs(out, 4)...)...)
 		log, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("srun: %v\n%s", err, log)
@@ -235,8 +283,7 @@ func TestMultiNodeNetns(t *testing.T) {
 		mpirun := func(out string, extra ...string) (string, error) {
 			argv := append([]string{netnsScript, "run", "0", "mpirun", "--allow-run-as-root", "-H", "n0,n1", "-np", "2",
 				"--mca", "plm_rsh_agent", script + " rsh"}, extra...)
-			cmd := exec.Command("bash", append(append(argv, bin), rmArgs(out, 4)...)...)
-			cmd.Dir, cmd.Env = "../..", env
+			cmd := nodeCommand(t, env, append(append(argv, bin), rmArgs(out, 4)...)...)
 			log, err := cmd.CombinedOutput()
 			return string(log), err
 		}
@@ -300,27 +347,36 @@ func TestMultiNodeNetns(t *testing.T) {
 	// after --dist-timeout with an error that says so (rank 0 names rank 1).
 	part := filepath.Join(dir, "partition")
 	cmds, logs = startNodes(t, env, bin, torchrunNodeVars, append(rmArgs(part, 100000), "--dist-timeout", "5s"))
+	exited := make([]chan error, 2)
+	for r, cmd := range cmds {
+		exited[r] = make(chan error, 1)
+		go func() { exited[r] <- cmd.Wait() }()
+	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		if b, err := os.ReadFile(filepath.Join(part, "metrics.jsonl")); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
 			break
+		}
+		for r := range cmds {
+			select {
+			case err := <-exited[r]:
+				t.Fatalf("rank %d ended before the partition: %v\n%s\nrank %d:\n%s", r, err, logs[r], 1-r, logs[1-r])
+			default:
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	cut := exec.Command("bash", netnsScript, "cut", "1")
-	cut.Dir, cut.Env = "../..", env
+	cut := nodeCommand(t, env, netnsScript, "cut", "1")
 	if out, err := cut.CombinedOutput(); err != nil {
 		t.Fatalf("%s cut 1: %v\n%s", netnsScript, err, out)
 	}
 	cutAt := time.Now()
 	for r, want := range []string{"rank 1 did not arrive within 5s (stuck, or its host is down)", "no result from rank 0 (10.77.0.1:29500) within 5s"} {
-		done := make(chan error, 1)
-		go func() { done <- cmds[r].Wait() }()
 		select {
-		case err := <-done:
+		case err := <-exited[r]:
 			if err == nil || !strings.Contains(logs[r].String(), want) {
 				t.Fatalf("rank %d after the partition: %v, want an error with %q\n%s", r, err, want, logs[r])
 			}
