@@ -48,7 +48,9 @@ func startRanks(t *testing.T, bin string, world int, args []string) ([]*exec.Cmd
 			t.Fatal(err)
 		}
 		cmds[r] = cmd
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		// Process.Wait, not cmd.Wait: a test may be in cmd.Wait already (awaitRecords), and a
+		// second cmd.Wait would wait forever for output copies the first has collected.
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Process.Wait() })
 	}
 	return cmds, logs
 }
@@ -156,41 +158,65 @@ func TestDataParallelProcesses(t *testing.T) {
 	} {
 		dir := t.TempDir()
 		cmds, logs := startRanks(t, bin, 2, append(rmArgs(dir, 100000), tc.extra...))
-		metricsPath := filepath.Join(dir, "metrics.jsonl")
-		deadline := time.Now().Add(3 * time.Minute)
-		for {
-			if b, err := os.ReadFile(metricsPath); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: no progress in 3 minutes:\n%s\n%s", tc.name, logs[0], logs[1])
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		exited := awaitRecords(t, cmds, logs, filepath.Join(dir, "metrics.jsonl"), 3)
 		if err := cmds[1].Process.Signal(tc.sig); err != nil {
 			t.Fatal(err)
 		}
-		since := time.Now()
-		done := make(chan error, 1)
-		go func() { done <- cmds[0].Wait() }()
-		select {
-		case err := <-done:
-			if err == nil || !strings.Contains(logs[0].String(), tc.want) {
-				t.Fatalf("rank 0 after rank 1 was %s: %v\n%s", tc.name, err, logs[0])
-			}
-			if strings.Contains(logs[0].String(), "train-rm: 0 steps") {
-				t.Errorf("rank 0 printed a summary of the failed run:\n%s", logs[0])
-			}
-			t.Logf("rank 1 %s; rank 0 exited %.1f s later: %s", tc.name, time.Since(since).Seconds(), lastLine(logs[0].String()))
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("rank 0 still running 2 minutes after rank 1 was %s:\n%s", tc.name, logs[0])
-		}
+		awaitFailure(t, exited[0], 0, logs[0], tc.want, "rank 1 was "+tc.name, time.Now())
 	}
 }
 
 func lastLine(s string) string {
 	s = strings.TrimSpace(s)
 	return s[strings.LastIndexByte(s, '\n')+1:]
+}
+
+// awaitRecords waits (3 minutes at most) until the run of ranks cmds has written n records to
+// metricsPath, and returns each rank's exit from then on. A rank that ends before fails the test
+// at once, with both ranks' output.
+func awaitRecords(t *testing.T, cmds []*exec.Cmd, logs []*bytes.Buffer, metricsPath string, n int) []chan error {
+	t.Helper()
+	exited := make([]chan error, len(cmds))
+	for r, cmd := range cmds {
+		exited[r] = make(chan error, 1)
+		go func() { exited[r] <- cmd.Wait() }()
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if b, err := os.ReadFile(metricsPath); err == nil && bytes.Count(b, []byte("\n")) >= n {
+			return exited
+		}
+		for r := range cmds {
+			select {
+			case err := <-exited[r]:
+				t.Fatalf("rank %d ended before %d records: %v\n%s\nrank %d:\n%s", r, n, err, logs[r], 1-r, logs[1-r])
+			default:
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fewer than %d records in 3 minutes:\n%s\n%s", n, logs[0], logs[1])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// awaitFailure waits (2 minutes at most) for rank r to exit (exited, from awaitRecords) with an
+// error whose output holds want and no summary of the failed run (it printed "0 steps");
+// what says what happened to the run, since.
+func awaitFailure(t *testing.T, exited chan error, r int, log *bytes.Buffer, want, what string, since time.Time) {
+	t.Helper()
+	select {
+	case err := <-exited:
+		if err == nil || !strings.Contains(log.String(), want) {
+			t.Fatalf("rank %d after %s: %v, want an error with %q\n%s", r, what, err, want, log)
+		}
+		if strings.Contains(log.String(), ": 0 steps") {
+			t.Errorf("rank %d printed a summary of the failed run:\n%s", r, log)
+		}
+		t.Logf("rank %d, %.1f s after %s: %s", r, time.Since(since).Seconds(), what, lastLine(log.String()))
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("rank %d still running 2 minutes after %s:\n%s", r, what, log)
+	}
 }
 
 // TestPPOLagDataParallelProcesses runs ppo-lag with sampling (top-k 50, temperature 1) and PTX
@@ -298,30 +324,11 @@ func ppoLagDataParallelProcesses(t *testing.T, bin string, kill bool) {
 	// A rank killed mid-run ends the other with an error naming it.
 	out := filepath.Join(dir, "killed")
 	cmds, logs = startRanks(t, bin, 2, args(out, 100000, 0))
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		if b, err := os.ReadFile(filepath.Join(out, "metrics.jsonl")); err == nil && bytes.Count(b, []byte("\n")) >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	exited := awaitRecords(t, cmds, logs, filepath.Join(out, "metrics.jsonl"), 2)
 	if err := cmds[1].Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmds[0].Wait() }()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(logs[0].String(), "rank 1 is gone") {
-			t.Fatalf("rank 0 after rank 1 was killed: %v\n%s", err, logs[0])
-		}
-		t.Logf("rank 0: %s", lastLine(logs[0].String()))
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("rank 0 still running 2 minutes after rank 1 was killed:\n%s", logs[0])
-	}
+	awaitFailure(t, exited[0], 0, logs[0], "rank 1 is gone", "rank 1 was killed", time.Now())
 }
 
 // TestSingleProcessCommandsRefuseRanks: under a launcher (rank 1 of 2) the commands that do not

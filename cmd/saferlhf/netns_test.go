@@ -125,7 +125,9 @@ func startNodes(t *testing.T, env []string, bin string, vars func(r int) []strin
 			t.Fatal(err)
 		}
 		cmds[r] = cmd
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		// Process.Wait, not cmd.Wait: a test may be in cmd.Wait already (awaitRecords), and a
+		// second cmd.Wait would wait forever for output copies the first has collected.
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Process.Wait() })
 	}
 	return cmds, logs
 }
@@ -347,46 +349,14 @@ func TestMultiNodeNetns(t *testing.T) {
 	// after --dist-timeout with an error that says so (rank 0 names rank 1).
 	part := filepath.Join(dir, "partition")
 	cmds, logs = startNodes(t, env, bin, torchrunNodeVars, append(rmArgs(part, 100000), "--dist-timeout", "5s"))
-	exited := make([]chan error, 2)
-	for r, cmd := range cmds {
-		exited[r] = make(chan error, 1)
-		go func() { exited[r] <- cmd.Wait() }()
-	}
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		if b, err := os.ReadFile(filepath.Join(part, "metrics.jsonl")); err == nil && bytes.Count(b, []byte("\n")) >= 3 {
-			break
-		}
-		for r := range cmds {
-			select {
-			case err := <-exited[r]:
-				t.Fatalf("rank %d ended before the partition: %v\n%s\nrank %d:\n%s", r, err, logs[r], 1-r, logs[1-r])
-			default:
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no progress in 3 minutes:\n%s\n%s", logs[0], logs[1])
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	exited := awaitRecords(t, cmds, logs, filepath.Join(part, "metrics.jsonl"), 3)
 	cut := nodeCommand(t, env, netnsScript, "cut", "1")
 	if out, err := cut.CombinedOutput(); err != nil {
 		t.Fatalf("%s cut 1: %v\n%s", netnsScript, err, out)
 	}
 	cutAt := time.Now()
 	for r, want := range []string{"rank 1 did not arrive within 5s (stuck, or its host is down)", "no result from rank 0 (10.77.0.1:29500) within 5s"} {
-		select {
-		case err := <-exited[r]:
-			if err == nil || !strings.Contains(logs[r].String(), want) {
-				t.Fatalf("rank %d after the partition: %v, want an error with %q\n%s", r, err, want, logs[r])
-			}
-			if strings.Contains(logs[r].String(), "train-rm: 0 steps") {
-				t.Errorf("rank %d printed a summary of the failed run:\n%s", r, logs[r])
-			}
-			t.Logf("rank %d, %.1f s after the partition: %s", r, time.Since(cutAt).Seconds(), lastLine(logs[r].String()))
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("rank %d still running 2 minutes after the partition with --dist-timeout 5s:\n%s", r, logs[r])
-		}
+		awaitFailure(t, exited[r], r, logs[r], want, "the partition", cutAt)
 	}
 }
 
