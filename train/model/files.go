@@ -1,6 +1,7 @@
 package model
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -143,7 +144,8 @@ const AddedSpecialTokens = 4
 
 // besideModel returns the tokenizer file inside (or next to) modelPath whose vocabulary is vocab
 // (0: any) or, failing that, the largest one at most AddedSpecialTokens short of it; "" when there
-// is none, and the directory searched.
+// is none, and the directory searched. A tokenizer file there that does not load is an error
+// naming it when no other one fits (not "no tokenizer found").
 func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 	st, err := os.Stat(modelPath)
 	if err != nil {
@@ -154,6 +156,7 @@ func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 		dir = filepath.Dir(modelPath)
 	}
 	best, bestSize := "", 0
+	var broken []error // tokenizer files that do not load: the error when none fits
 	for _, n := range []string{"tokenizer.model", "tok512.bin", "tokenizer.bin"} {
 		p := filepath.Join(dir, n)
 		if _, err := os.Stat(p); err != nil {
@@ -164,6 +167,7 @@ func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 		}
 		tok, err := tokenizer.Load(p)
 		if err != nil {
+			broken = append(broken, err)
 			continue
 		}
 		switch size := tok.VocabSize(); {
@@ -172,6 +176,9 @@ func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 		case size < vocab && vocab-size <= AddedSpecialTokens && size > bestSize:
 			best, bestSize = p, size
 		}
+	}
+	if best == "" && len(broken) > 0 {
+		return "", dir, fmt.Errorf("no tokenizer with %d tokens in %s: %w", vocab, dir, errors.Join(broken...))
 	}
 	return best, dir, nil
 }

@@ -412,3 +412,45 @@ func TestTokenizerBesidePaddedVocabulary(t *testing.T) {
 		})
 	}
 }
+
+// TestTokenizerBesideDamaged: a tokenizer file beside the model that does not load is reported
+// with its name and what is wrong with it, not as "no tokenizer found" (it was skipped silently);
+// an intact one that fits still wins over it.
+func TestTokenizerBesideDamaged(t *testing.T) {
+	assets := filepath.Join("..", "..", "assets", "data", "models")
+	for _, tc := range []struct {
+		name   string
+		intact bool
+	}{{"only a damaged one", false}, {"an intact one too", true}} {
+		dir := t.TempDir()
+		cfg := `{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+			"num_attention_heads": 2, "vocab_size": 512, "hidden_act": "silu"}`
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "tokenizer.model"), []byte("not a sentencepiece model"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if tc.intact {
+			b, err := os.ReadFile(filepath.Join(assets, "tok512.bin"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "tok512.bin"), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for name, resolve := range map[string]func(string) (string, error){
+			"ResolveTokenizer": func(p string) (string, error) { return ResolveTokenizer("", p) },
+			"OwnTokenizer":     OwnTokenizer,
+		} {
+			got, err := resolve(dir)
+			switch {
+			case tc.intact && (err != nil || filepath.Base(got) != "tok512.bin"):
+				t.Errorf("%s, %s: got %q, %v; want tok512.bin", tc.name, name, got, err)
+			case !tc.intact && (err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "tokenizer.model")+":")):
+				t.Errorf("%s, %s: got %q, %v; want an error naming the damaged tokenizer.model", tc.name, name, got, err)
+			}
+		}
+	}
+}
