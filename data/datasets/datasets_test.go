@@ -613,7 +613,9 @@ func TestSpecErrors(t *testing.T) {
 	}
 	for _, ok := range []string{path, "pku-saferlhf:" + path, "pku-saferlhf:0.5:" + path, "pku-saferlhf:10/-1:" + path,
 		"PKU-SafeRLHF/train:" + path, "PKU-SafeRLHF-30K/test:" + path, "pku-saferlhf/rest:" + path, "PKU-Alignment/PKU-SafeRLHF:" + path,
-		"PKU-Alignment/PKU-SafeRLHF/train:" + path} {
+		"PKU-Alignment/PKU-SafeRLHF/train:" + path,
+		// every PKU-SafeRLHF name the reference registers (spec §7), by its HF path too
+		"PKU-SafeRLHF-10K/train:" + path, "PKU-Alignment/PKU-SafeRLHF-10K/train:" + path, "PKU-Alignment/PKU-SafeRLHF-30K/test:" + path} {
 		if _, err := ParseSpec(ok); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}

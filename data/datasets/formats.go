@@ -50,6 +50,7 @@ var formatAliases = map[string]string{
 	"PKU-SafeRLHF-10K":               FormatPKU,
 	"PKU-Alignment/PKU-SafeRLHF":     FormatPKU,
 	"PKU-Alignment/PKU-SafeRLHF-30K": FormatPKU,
+	"PKU-Alignment/PKU-SafeRLHF-10K": FormatPKU,
 }
 
 // CanonicalFormat returns the format name of f (or its alias, with or without a valid split
