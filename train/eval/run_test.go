@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/saferlhf/saferlhf/data/tokenizer"
@@ -247,5 +248,23 @@ func TestScorerBatchWiderThanData(t *testing.T) {
 		} else if !slices.Equal(got, want) {
 			t.Errorf("batch %d: scores %v, batch 2 gives %v", batch, got, want)
 		}
+	}
+}
+
+// TestScorerBeyondContext: a scoring width beyond the score model's context is refused naming
+// the flag, the model and its context, as the training stages refuse it (it scored positions the
+// model never saw); the context itself is accepted.
+func TestScorerBeyondContext(t *testing.T) {
+	be, err := backend.New("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := scoreModel(t, 1)
+	if _, err := NewScorer(be, dir, "", 2, 513); err == nil || !strings.Contains(err.Error(), "--max-length 513") ||
+		!strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "max_position_embeddings 512") {
+		t.Errorf("--max-length 513: got %v, want an error naming the flag, %s and its context 512", err, dir)
+	}
+	if _, err := NewScorer(be, dir, "", 2, 512); err != nil {
+		t.Errorf("--max-length 512: %v", err)
 	}
 }
