@@ -47,8 +47,9 @@ func Round(x *G.Node) *G.Node {
 	small := G.LessThan(G.Square(G.MulScalar(v, 0x1p100)), c(0x1p-52))
 	lo := G.Sub(G.AddScalar(a, 0x3p-111), c(0x3p-111))
 	r := G.Div(G.Where(small, lo, hi), scale)
-	// x + (r − x) is r exactly (r − x is exact: r and x are within a bf16 ulp, of one sign).
-	finite := G.LogicalAnd(G.IsFinite(v), G.NotEqual(v, c(0)))
+	// x + (r − x) is r exactly (r − x is exact: r and x are within a bf16 ulp, of one sign). Where
+	// r is 0 (|x| <= 2^−134) x itself truncates to ±0 keeping its sign, which the sum would not.
+	finite := G.LogicalAnd(G.IsFinite(v), G.NotEqual(r, c(0)))
 	r = G.Where(finite, G.Add(x, G.StopGradient(G.Sub(r, v))), x)
 	r = G.Where(G.IsNaN(v), c(math.NaN()), r)
 	return G.ConvertDType(r, dtypes.BFloat16)

@@ -17,7 +17,7 @@ import (
 // TestRoundToNearestEven: the in-graph float32→bf16 conversion (the compute cast
 // of --dtype bf16) rounds as PyTorch and the host's safetensors.Float32ToBF16, not by truncation
 // as the pure-Go backend's ConvertDType does: values whose truncation and rounding differ, ties
-// to even both ways, subnormals, the largest finite values (which round to Inf), ±0, ±Inf and NaN,
+// to even both ways (the tie above every bf16 value and its neighbours), subnormals, the largest finite values (which round to Inf), ±0, ±Inf and NaN,
 // and random values over the whole float32 range.
 func TestRoundToNearestEven(t *testing.T) {
 	be, err := backend.New("go")
@@ -35,6 +35,14 @@ func TestRoundToNearestEven(t *testing.T) {
 		f(0x7f7fffff), f(0xff7fffff), f(0x7f7f7fff), f(0x7f7f8000), // the largest finite: Inf, or stay finite
 		f(0x72000001), f(0x0d000001), // huge and tiny exponents
 		0, float32(math.Copysign(0, -1)), float32(math.Inf(1)), float32(math.Inf(-1)), 1, -2, 0.5,
+	}
+	// Every bf16 value's upper tie (ties go to even, both ways) and its neighbours: 2^18 values.
+	for hi := range uint32(1 << 16) {
+		for _, lo := range []uint32{0x8000, 0x7fff, 0x8001, 0xffff} {
+			if x := f(hi<<16 | lo); !math.IsNaN(float64(x)) {
+				xs = append(xs, x)
+			}
+		}
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 2000 {
