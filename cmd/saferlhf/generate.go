@@ -71,6 +71,9 @@ func runGenerate(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := model.CheckPolicy(cfg, c.Model); err != nil {
+		return usagef("--model: %v", err)
+	}
 	if tok.VocabSize() > cfg.VocabSize {
 		return fmt.Errorf("tokenizer %s has %d ids, model %s only %d", tokPath, tok.VocabSize(), c.Model, cfg.VocabSize)
 	}

@@ -89,6 +89,22 @@ func TestGenerateRefusesBadModels(t *testing.T) {
 	if err := runGenerate([]string{"--model", bad, "--tokenizer", tok}); err == nil || !strings.Contains(err.Error(), "not part of the model") {
 		t.Errorf("config disagreeing with the weights: err = %v", err)
 	}
+	// A score model (as train-rm saves it) is no policy: its tied head scored, it never predicted.
+	score := filepath.Join(t.TempDir(), "score")
+	scfg := *cfg
+	scfg.ScoreDim, scfg.Score.Type = 1, "reward"
+	sw := model.Weights{}
+	for k, v := range w {
+		sw[k] = v
+	}
+	sw[model.NameScoreW] = &model.Tensor{Shape: []int{1, cfg.HiddenSize}, Data: make([]float32, cfg.HiddenSize)}
+	sw[model.NameScoreB] = &model.Tensor{Shape: []int{1}, Data: []float32{0}}
+	if err := model.Save(score, &scfg, sw); err != nil {
+		t.Fatal(err)
+	}
+	if err := runGenerate([]string{"--model", score, "--tokenizer", tok}); err == nil || !strings.Contains(err.Error(), "is a score model") {
+		t.Errorf("a score model as the policy: err = %v", err)
+	}
 	// Beyond the context: the native engine said "decode layer dimensions exceed int32".
 	stories := filepath.Join(root, "assets", "data", "models", "stories260K.bin")
 	for _, n := range []string{"508", "100000000"} {

@@ -198,12 +198,12 @@ func generate(be backends.Backend, path string, tok tokenizer.Tokenizer, prompts
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := model.CheckPolicy(cfg, path); err != nil {
+		return nil, nil, err
+	}
 	if cfg.VocabSize < tok.VocabSize() {
 		return nil, nil, fmt.Errorf("vocabulary %d is smaller than the tokenizer's %d", cfg.VocabSize, tok.VocabSize())
 	}
-	delete(w, model.NameScoreW)
-	delete(w, model.NameScoreB)
-	cfg.ScoreDim = 0
 	gen, err := llama.NewGenerator(be, cfg, w)
 	if err != nil {
 		return nil, nil, err

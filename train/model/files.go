@@ -183,6 +183,16 @@ func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 	return best, dir, nil
 }
 
+// CheckPolicy refuses a score model (a score head: LlamaForScore, as train-rm and train-cm
+// save) where a policy is read: its language-model head is absent, or tied to embeddings
+// that were trained to score, not to predict tokens.
+func CheckPolicy(cfg *Config, path string) error {
+	if cfg.ScoreDim > 0 {
+		return fmt.Errorf("%s is a score model (score_dim %d, score_type %q), not a policy: give the causal language model (sft's output, or the base model)", path, cfg.ScoreDim, cfg.Score.Type)
+	}
+	return nil
+}
+
 // LoadTokenizer loads the tokenizer at path and checks it fits cfg's vocabulary.
 func LoadTokenizer(path string, cfg *Config) (tokenizer.Tokenizer, error) {
 	tok, err := tokenizer.Load(path)

@@ -489,9 +489,9 @@ func loadRunInputs(c RunConfig, comm dist.Communicator) (*runInputs, error) {
 	if gc.Actor, err = load("model", c.Model, false, nil); err != nil {
 		return nil, err
 	}
-	delete(gc.Actor.Weights, model.NameScoreW)
-	delete(gc.Actor.Weights, model.NameScoreB)
-	gc.Actor.Cfg.ScoreDim = 0
+	if err := model.CheckPolicy(gc.Actor.Cfg, c.Model); err != nil {
+		return nil, fmt.Errorf("--model: %w", err)
+	}
 	gc.Tokenizer = in.tok
 	// other is a score model's own tokenizer when it differs from the actor's (else nil).
 	other := func(t tokenizer.Tokenizer) tokenizer.Tokenizer {

@@ -277,12 +277,9 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
-	if _, ok := w[model.NameLMHead]; !ok && !mcfg.TieWordEmbeddings {
-		return nil, fmt.Errorf("dpo: %s has no language-model head (a score model?): DPO trains a policy", cfg.Model)
+	if err := model.CheckPolicy(mcfg, cfg.Model); err != nil {
+		return nil, fmt.Errorf("dpo: --model: %w", err)
 	}
-	delete(w, model.NameScoreW)
-	delete(w, model.NameScoreB)
-	mcfg.ScoreDim = 0
 	tokPath, err := model.ResolveTokenizer(cfg.Tokenizer, cfg.Model)
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
