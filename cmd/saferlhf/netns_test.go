@@ -348,14 +348,14 @@ func TestMultiNodeNetns(t *testing.T) {
 	// A partition: node 1's link is deleted mid-run; both processes live on, and each ends
 	// after --dist-timeout with an error that says so (rank 0 names rank 1).
 	part := filepath.Join(dir, "partition")
-	cmds, logs = startNodes(t, env, bin, torchrunNodeVars, append(rmArgs(part, 100000), "--dist-timeout", "5s"))
+	cmds, logs = startNodes(t, env, bin, torchrunNodeVars, append(rmArgs(part, 100000), "--dist-timeout", "10s"))
 	exited := awaitRecords(t, cmds, logs, filepath.Join(part, "metrics.jsonl"), 3)
 	cut := nodeCommand(t, env, netnsScript, "cut", "1")
 	if out, err := cut.CombinedOutput(); err != nil {
 		t.Fatalf("%s cut 1: %v\n%s", netnsScript, err, out)
 	}
 	cutAt := time.Now()
-	for r, want := range []string{"rank 1 did not arrive within 5s (stuck, or its host is down)", "no result from rank 0 (10.77.0.1:29500) within 5s"} {
+	for r, want := range []string{"rank 1 did not arrive within 10s (stuck, or its host is down)", "no result from rank 0 (10.77.0.1:29500) within 10s"} {
 		awaitFailure(t, exited[r], r, logs[r], want, "the partition", cutAt)
 	}
 }
