@@ -78,6 +78,9 @@ func runCompare(args []string) error {
 	if err := joinErrs(ck.Err(), c.RunConfig.Validate()); err != nil {
 		return usagef("%v", err)
 	}
+	if err := inputsExist("model", c.Model, "reward-model", c.RewardModel, "cost-model", c.CostModel, "judge-cost-model", c.Judge); err != nil {
+		return err
+	}
 	if entries, err := os.ReadDir(c.Out); err == nil && len(entries) > 0 && !c.Resume {
 		return usagef("--out %s is not empty: pass --resume to continue (finished runs are kept) or choose another directory", c.Out)
 	}

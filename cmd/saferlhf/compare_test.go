@@ -135,3 +135,36 @@ func TestRetokenize(t *testing.T) {
 		t.Fatalf("retokenised %v / %v, want %v", got[0], got[1], want)
 	}
 }
+
+// TestMissingModelNamesFlag: a model path that does not exist is reported naming its flag
+// ("--reward-model DIR/missing: no such file or directory"), not as a bare stat error.
+func TestMissingModelNamesFlag(t *testing.T) {
+	dir := t.TempDir()
+	ok, missing := dir, filepath.Join(dir, "missing")
+	data := filepath.Join(dir, "d.json")
+	for _, tc := range []struct {
+		name string
+		run  func([]string) error
+		flag string
+		args []string // the other flags; the one under test is added with the missing path
+	}{
+		{"eval-rm", runEvalRM, "model", []string{"--data", data}},
+		{"eval-cm", runEvalCM, "model", []string{"--data", data}},
+		{"judge", runJudge, "model", []string{"--before", data, "--after", data}},
+		{"eval-arena", runEvalArena, "reward-model", []string{"--red", ok, "--blue", ok, "--cost-model", ok}},
+		{"eval-arena", runEvalArena, "cost-model", []string{"--red", ok, "--blue", ok, "--reward-model", ok}},
+		{"eval-arena", runEvalArena, "blue", []string{"--red", ok, "--reward-model", ok, "--cost-model", ok}},
+		{"compare", runCompare, "reward-model", []string{"--actor", ok, "--cost-model", ok, "--judge-cost-model", ok, "--train-data", data, "--eval-size", "8"}},
+		{"compare", runCompare, "judge-cost-model", []string{"--actor", ok, "--reward-model", ok, "--cost-model", ok, "--train-data", data, "--eval-size", "8"}},
+	} {
+		args := append(append([]string{"--" + tc.flag, missing}, tc.args...), "--out", filepath.Join(dir, "out-"+tc.name))
+		err := tc.run(args)
+		want := "--" + tc.flag + " " + missing + ": no such file or directory"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s with a missing --%s: error %v, want %q", tc.name, tc.flag, err, want)
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: %v does not wrap os.ErrNotExist", tc.name, err)
+		}
+	}
+}

@@ -89,12 +89,25 @@ func prepareReport(dir, command string, force bool) (finish func(*error), err er
 	}, nil
 }
 
+// inputsExist checks the model paths of a command, given as flag name, path pairs, so that a
+// missing one is reported naming its flag rather than as a bare stat error from loading.
+func inputsExist(flagPaths ...string) error {
+	var ck config.Checker
+	for i := 0; i+1 < len(flagPaths); i += 2 {
+		ck.Exists(flagPaths[i], flagPaths[i+1])
+	}
+	return ck.Err()
+}
+
 func runEvalRM(args []string) (err error) {
 	c, undo, err := parseScoreEval("eval-rm", args)
 	if err != nil {
 		return err
 	}
 	defer undo(&err)
+	if err := inputsExist("model", c.Model); err != nil {
+		return err
+	}
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
@@ -112,6 +125,9 @@ func runEvalCM(args []string) (err error) {
 		return err
 	}
 	defer undo(&err)
+	if err := inputsExist("model", c.Model); err != nil {
+		return err
+	}
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err
@@ -138,6 +154,9 @@ func runEvalArena(args []string) (err error) {
 		return err
 	}
 	defer undo(&err)
+	if err := inputsExist("red", c.Red, "blue", c.Blue, "reward-model", c.Reward, "cost-model", c.Cost); err != nil {
+		return err
+	}
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err

@@ -29,6 +29,9 @@ func runJudge(args []string) (err error) {
 		return err
 	}
 	defer undo(&err)
+	if err := inputsExist("model", c.Judge); err != nil {
+		return err
+	}
 	be, err := backend.New(c.Backend)
 	if err != nil {
 		return err

@@ -3,7 +3,9 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -77,6 +79,21 @@ func (c *Checker) OneOf(name, v string, allowed ...string) {
 func (c *Checker) Required(name, v string) {
 	if v == "" {
 		c.add("--%s is required", name)
+	}
+}
+
+// Exists requires the path given to flag name, when not empty, to exist; the error names the
+// flag ("--reward-model rm/x: no such file or directory") and wraps the cause (fs.ErrNotExist).
+func (c *Checker) Exists(name, path string) {
+	if path == "" {
+		return
+	}
+	if _, err := os.Stat(path); err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		c.add("--%s %s: %w", name, path, err)
 	}
 }
 
