@@ -117,7 +117,7 @@ func ResolveTokenizerFor(explicit, modelPath string, vocab int) (string, error) 
 	if err != nil || p != "" {
 		return p, err
 	}
-	return "", fmt.Errorf("no tokenizer given and none with %d tokens (or up to %d fewer) found in %s (use --tokenizer)", vocab, AddedSpecialTokens, dir)
+	return "", fmt.Errorf("no tokenizer given and none with %d tokens (or up to %d fewer) found in %s as %s (use --tokenizer)", vocab, AddedSpecialTokens, dir, tokenizerFilesText())
 }
 
 // OwnTokenizer returns the tokenizer saved inside (or next to) a score model, as train-rm and
@@ -133,7 +133,16 @@ func OwnTokenizer(modelPath string) (string, error) {
 		return p, err
 	}
 	return "", fmt.Errorf("score model %s: no tokenizer with its %d tokens in %s: a score model is read with the tokenizer it was trained with "+
-		"(train-rm and train-cm save it beside the model; copy it there as tokenizer.model or tok512.bin)", modelPath, vocab, dir)
+		"(train-rm and train-cm save it beside the model; copy it there as %s)", modelPath, vocab, dir, tokenizerFilesText())
+}
+
+// tokenizerFiles are the names besideModel looks for inside (or next to) a model, in order.
+var tokenizerFiles = []string{"tokenizer.model", "tok512.bin", "tokenizer.bin"}
+
+// tokenizerFilesText lists tokenizerFiles for an error message: "a, b or c".
+func tokenizerFilesText() string {
+	n := len(tokenizerFiles)
+	return strings.Join(tokenizerFiles[:n-1], ", ") + " or " + tokenizerFiles[n-1]
 }
 
 // AddedSpecialTokens is how many rows a model's vocabulary may have beyond its tokenizer's: the
@@ -157,7 +166,7 @@ func besideModel(modelPath string, vocab int) (path, dir string, err error) {
 	}
 	best, bestSize := "", 0
 	var broken []error // tokenizer files that do not load: the error when none fits
-	for _, n := range []string{"tokenizer.model", "tok512.bin", "tokenizer.bin"} {
+	for _, n := range tokenizerFiles {
 		p := filepath.Join(dir, n)
 		if _, err := os.Stat(p); err != nil {
 			continue

@@ -454,3 +454,28 @@ func TestTokenizerBesideDamaged(t *testing.T) {
 		}
 	}
 }
+
+// TestNoTokenizerBesideNamesFiles: when no tokenizer sits beside a model, the error of
+// ResolveTokenizer and OwnTokenizer lists every name that is looked for (tokenizer.bin was missing).
+func TestNoTokenizerBesideNamesFiles(t *testing.T) {
+	dir := t.TempDir()
+	cfg := `{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+		"num_attention_heads": 2, "vocab_size": 512, "hidden_act": "silu"}`
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, resolve := range map[string]func(string) (string, error){
+		"ResolveTokenizer": func(p string) (string, error) { return ResolveTokenizer("", p) },
+		"OwnTokenizer":     OwnTokenizer,
+	} {
+		_, err := resolve(dir)
+		if err == nil {
+			t.Fatalf("%s: no error", name)
+		}
+		for _, f := range []string{"tokenizer.model", "tok512.bin", "tokenizer.bin"} {
+			if !strings.Contains(err.Error(), f) {
+				t.Errorf("%s: %v does not name %s", name, err, f)
+			}
+		}
+	}
+}
