@@ -86,9 +86,9 @@ func runGenerate(args []string) error {
 		return err
 	}
 	ids := tok.Encode(text, true)
-	if n := len(ids) + c.MaxNewTokens; cfg.MaxPositions > 0 && n > cfg.MaxPositions {
-		return fmt.Errorf("the prompt's %d tokens + --max-new-tokens %d = %d exceed the context of --model %s (%d)",
-			len(ids), c.MaxNewTokens, n, c.Model, cfg.MaxPositions)
+	if err := cfg.CheckContext(fmt.Sprintf("the prompt's %d tokens + --max-new-tokens %d", len(ids), c.MaxNewTokens),
+		len(ids)+c.MaxNewTokens, "--model "+c.Model); err != nil {
+		return err
 	}
 	ro, err := gen.Generate([][]int32{ids}, model.GenerateOptions{
 		MaxNewTokens: c.MaxNewTokens, Temperature: c.Temperature, TopP: c.TopP, TopK: c.TopK, RepetitionPenalty: c.RepetitionPenalty,

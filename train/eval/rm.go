@@ -46,8 +46,8 @@ func NewScorer(be backends.Backend, modelDir, tokPath string, batch, maxLen int)
 	if cfg.ScoreDim != 1 {
 		return nil, fmt.Errorf("model %s has no score head (score_dim %d): train it with train-rm or train-cm", modelDir, cfg.ScoreDim)
 	}
-	if cfg.MaxPositions > 0 && maxLen > cfg.MaxPositions { // as training refuses it: positions it never saw
-		return nil, fmt.Errorf("--max-length %d exceeds the context of score model %s (max_position_embeddings %d)", maxLen, modelDir, cfg.MaxPositions)
+	if err := cfg.CheckContext("--max-length", maxLen, "score model "+modelDir); err != nil { // as training refuses it
+		return nil, err
 	}
 	if tokPath, err = model.ResolveTokenizer(tokPath, modelDir); err != nil {
 		return nil, err

@@ -70,6 +70,21 @@ type RopeScaling struct {
 	OriginalMaxPositions int     `json:"original_max_position_embeddings,omitempty"`
 }
 
+// CheckContext refuses n tokens beyond the model's context (max_position_embeddings, when
+// known): positions past it were never trained. what names the length, a flag ("--max-length")
+// or a sum ("--max-prompt-tokens 24 + --max-new-tokens 8"), and path the model with its flag
+// ("--model DIR"): "--max-length 600 exceeds the context of --model DIR
+// (max_position_embeddings 512)", or "A + B = 600 exceed ..." for a sum.
+func (c *Config) CheckContext(what string, n int, path string) error {
+	if c.MaxPositions <= 0 || n <= c.MaxPositions {
+		return nil
+	}
+	if strings.Contains(what, " + ") {
+		return fmt.Errorf("%s = %d exceed the context of %s (max_position_embeddings %d)", what, n, path, c.MaxPositions)
+	}
+	return fmt.Errorf("%s %d exceeds the context of %s (max_position_embeddings %d)", what, n, path, c.MaxPositions)
+}
+
 // Dh returns the per-head width.
 func (c *Config) Dh() int {
 	if c.HeadDim > 0 {

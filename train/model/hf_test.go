@@ -479,3 +479,28 @@ func TestNoTokenizerBesideNamesFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckContext: the one context check of every command (sft/train-rm/dpo's --max-length,
+// the scorer's, ppo's and generate's prompt + new tokens) refuses lengths past
+// max_position_embeddings, with the messages the commands' tests pin.
+func TestCheckContext(t *testing.T) {
+	cfg := &Config{MaxPositions: 512}
+	for _, tc := range []struct {
+		what string
+		n    int
+		want string // "" for no error
+	}{
+		{"--max-length", 512, ""},
+		{"--max-length", 513, "--max-length 513 exceeds the context of --model m (max_position_embeddings 512)"},
+		{"--max-prompt-tokens 500 + --max-new-tokens 13", 513, "--max-prompt-tokens 500 + --max-new-tokens 13 = 513 exceed the context of --model m (max_position_embeddings 512)"},
+		{"--max-prompt-tokens 500 + --max-new-tokens 12", 512, ""},
+	} {
+		err := cfg.CheckContext(tc.what, tc.n, "--model m")
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || err.Error() != tc.want) {
+			t.Errorf("%s = %d: got %v, want %q", tc.what, tc.n, err, tc.want)
+		}
+	}
+	if err := (&Config{}).CheckContext("--max-length", 1<<20, "--model m"); err != nil {
+		t.Errorf("unknown context: %v, want no error", err)
+	}
+}

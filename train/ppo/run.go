@@ -480,9 +480,9 @@ func loadRunInputs(c RunConfig, comm dist.Communicator) (*runInputs, error) {
 		if in.tok.VocabSize() > cfg.VocabSize {
 			return ModelSpec{}, fmt.Errorf("--%s %s: vocabulary %d is smaller than the tokenizer's %d (%s)", flag, path, cfg.VocabSize, in.tok.VocabSize(), tokPath)
 		}
-		if n := c.MaxPromptTokens + c.MaxNewTokens; cfg.MaxPositions > 0 && n > cfg.MaxPositions {
-			return ModelSpec{}, fmt.Errorf("--max-prompt-tokens %d + --max-new-tokens %d = %d exceed the context of --%s %s (%d)",
-				c.MaxPromptTokens, c.MaxNewTokens, n, flag, path, cfg.MaxPositions)
+		if err := cfg.CheckContext(fmt.Sprintf("--max-prompt-tokens %d + --max-new-tokens %d", c.MaxPromptTokens, c.MaxNewTokens),
+			c.MaxPromptTokens+c.MaxNewTokens, "--"+flag+" "+path); err != nil {
+			return ModelSpec{}, err
 		}
 		return ModelSpec{Cfg: cfg, Weights: w}, nil
 	}

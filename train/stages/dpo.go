@@ -272,7 +272,7 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	}
 	mcfg, w, err := model.LoadAny(cfg.Model)
 	if err == nil {
-		err = checkContext(cfg.MaxLength, cfg.Model, mcfg)
+		err = mcfg.CheckContext("--max-length", cfg.MaxLength, "--model "+cfg.Model)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)

@@ -88,7 +88,7 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	}
 	mcfg, w, err := model.LoadAny(cfg.Model)
 	if err == nil {
-		err = checkContext(cfg.MaxLength, cfg.Model, mcfg)
+		err = mcfg.CheckContext("--max-length", cfg.MaxLength, "--model "+cfg.Model) // batches are that wide
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
@@ -532,13 +532,4 @@ func hasTarget(s datasets.RawSample) bool {
 		return false
 	}
 	return strings.TrimSpace(s.Answer) != ""
-}
-
-// checkContext refuses a --max-length beyond the model's context: batches are that wide, and
-// positions past max_position_embeddings were never trained (ppo checks its lengths alike).
-func checkContext(maxLength int, modelPath string, mcfg *model.Config) error {
-	if mcfg.MaxPositions > 0 && maxLength > mcfg.MaxPositions {
-		return fmt.Errorf("--max-length %d exceeds the context of --model %s (max_position_embeddings %d)", maxLength, modelPath, mcfg.MaxPositions)
-	}
-	return nil
 }
