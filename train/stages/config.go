@@ -141,9 +141,8 @@ func (c *Config) Validate(stage Stage) error {
 	_, err := model.SaveDType(c.SaveDType)
 	ck.Check(err == nil, "--save-dtype: %v", err)
 	ck.OneOf("init", c.Init, "pretrained", "scratch")
-	if _, err := layerFilter(&model.Config{NumLayers: 1 << 20}, c.TrainLayers); err != nil {
-		ck.Check(false, "%v", err)
-	}
+	_, err = layerFilter(&model.Config{NumLayers: 1 << 20}, c.TrainLayers)
+	ck.Add(err) // it names --train-layers
 	if err := ck.Err(); err != nil {
 		return fmt.Errorf("%s: %w", stage, err)
 	}

@@ -63,6 +63,7 @@ func TestConfigValidation(t *testing.T) {
 		{"scheduler", func(c *Config) { c.Scheduler = "step" }, "--lr-scheduler"},
 		{"no data", func(c *Config) { c.Data = nil }, "--data"},
 		{"steps", func(c *Config) { c.Epochs, c.Steps = 0, 0 }, "--epochs"},
+		{"train layers", func(c *Config) { c.TrainLayers = "embed" }, "--train-layers \"embed\""},
 	} {
 		c := base
 		tc.mod(&c)
