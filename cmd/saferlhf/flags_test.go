@@ -201,3 +201,14 @@ func helpText(t *testing.T, cmd string) string {
 	}
 	return string(b)
 }
+
+// TestErrorsNameTheCommandOnce: a trainer's error, which names its stage as a library's does, is
+// printed after "saferlhf <command>: " without the stage a second time.
+func TestErrorsNameTheCommandOnce(t *testing.T) {
+	for _, cmd := range []string{"sft", "train-rm", "train-cm", "dpo"} {
+		code, errOut := runIn(t, cmd, "--model", "m", "--data", "d", "--out", t.TempDir(), "--zero-stage", "7")
+		if code != 2 || !strings.HasPrefix(errOut, "saferlhf "+cmd+": --zero-stage 7") || strings.Contains(errOut, cmd+": "+cmd+":") {
+			t.Errorf("%s: exit %d, stderr %q", cmd, code, errOut)
+		}
+	}
+}

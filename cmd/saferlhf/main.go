@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/saferlhf/saferlhf/train/config"
 	"github.com/saferlhf/saferlhf/train/dist"
@@ -74,16 +75,16 @@ func run(args []string, stderr io.Writer) int {
 			if errors.Is(err, flag.ErrHelp) {
 				return 0
 			}
+			if err == nil {
+				return 0
+			}
+			// The trainers name their stage as libraries do ("train-rm: ..."); said once.
+			fmt.Fprintf(stderr, "saferlhf %s: %s\n", c.name, strings.TrimPrefix(err.Error(), c.name+": "))
 			var ue usageError
 			if errors.As(err, &ue) {
-				fmt.Fprintf(stderr, "saferlhf %s: %v\n", c.name, err)
 				return 2
 			}
-			if err != nil {
-				fmt.Fprintf(stderr, "saferlhf %s: %v\n", c.name, err)
-				return 1
-			}
-			return 0
+			return 1
 		}
 	}
 	fmt.Fprintf(stderr, "saferlhf: unknown command %q\n\n", args[0])

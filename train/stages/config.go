@@ -18,7 +18,7 @@ import (
 // of a --config file; Defaults holds the one default of each.
 type Config struct {
 	Model        string    `json:"model" flag:"model" help:"base model: llama2.c .bin file or HF directory (SFT output for train-rm/train-cm)"`
-	Tokenizer    string    `json:"tokenizer" flag:"tokenizer" help:"tokenizer file (default: tokenizer.model/tok512.bin beside the model)"`
+	Tokenizer    string    `json:"tokenizer" flag:"tokenizer" help:"tokenizer file (default: the tokenizer.model, tok512.bin or tokenizer.bin beside the model whose size fits its vocabulary)"`
 	Data         []string  `json:"data" flag:"data" help:"training data, comma-separated or repeated: raw files [format:[proportion:]]path (hh-rlhf jsonl.gz, PKU-SafeRLHF json, alpaca, sharegpt, ...) or token-shard directories (saferlhf data pack/demo)"`
 	EvalData     []string  `json:"eval-data" flag:"eval-data" help:"held-out data, same forms as --data (default: a seeded split of --data)"`
 	EvalRatio    float64   `json:"eval-ratio" flag:"eval-ratio" help:"held-out fraction of --data when --eval-data is empty (split by prompt)"`
