@@ -134,3 +134,13 @@ func addRandomLoRA(t *testing.T, cfg *model.Config, w model.Weights, lc model.Lo
 		t.Fatalf("no LoRA target among %v", lc.Targets)
 	}
 }
+
+// TestEndScores: a row's score is read at its last unmasked position, position 0 for an all-pad row.
+func TestEndScores(t *testing.T) {
+	mask := []float32{1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0}
+	scores := []float32{10, 11, 12, 13, 20, 21, 22, 23, 30, 31, 32, 33, 40, 41, 42, 43}
+	got := EndScores(4, 4, mask, scores)
+	if want := []float32{11, 23, 30, 42}; !slices.Equal(got, want) {
+		t.Errorf("EndScores = %v, want %v", got, want)
+	}
+}

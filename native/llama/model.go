@@ -598,15 +598,18 @@ func (m *Model) ScoresBackward(tp *Tape, dScores []float32, g Grads) ([]float32,
 	return dh, nil
 }
 
-// EndIndex returns each row's last mask==1 position (0 for an all-pad row), as model.AtEnd.
-func EndIndex(b, t int, mask []float32) []int {
-	idx := make([]int, b)
+// EndScores returns each row's score at its last mask==1 position (position 0 for an
+// all-pad row), as model.AtEnd picks a sequence's score from a [b, t] row of scores.
+func EndScores(b, t int, mask, scores []float32) []float32 {
+	end := make([]float32, b)
 	for r := 0; r < b; r++ {
+		last := 0
 		for i := 0; i < t; i++ {
 			if mask[r*t+i] != 0 {
-				idx[r] = i
+				last = i
 			}
 		}
+		end[r] = scores[r*t+last]
 	}
-	return idx
+	return end
 }

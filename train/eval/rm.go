@@ -96,11 +96,7 @@ func (s *Scorer) endScores(ids []int32, mask []float32, b, t int) ([]float32, er
 		if err != nil {
 			return nil, err
 		}
-		end := make([]float32, b)
-		for i, e := range llama.EndIndex(b, t, mask) {
-			end[i] = scores[i*t+e]
-		}
-		return end, nil
+		return llama.EndScores(b, t, mask, scores), nil
 	}
 	res, err := s.exec.Exec(tensors.FromFlatDataAndDimensions(ids, b, t), tensors.FromFlatDataAndDimensions(mask, b, t))
 	if err != nil {

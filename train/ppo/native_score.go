@@ -72,11 +72,7 @@ func (n *GraphNets) nativeScoreRows(r *Rollout) error {
 		if err != nil {
 			return nil, err
 		}
-		out := make([]float32, b)
-		for i, e := range llama.EndIndex(b, t, mask) {
-			out[i] = s[i*t+e]
-		}
-		return out, nil
+		return llama.EndScores(b, t, mask, s), nil
 	}
 	if r.LogProbs, err = logProbs(ScopeActor, nn.actor.m); err != nil {
 		return err
