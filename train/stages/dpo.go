@@ -297,22 +297,11 @@ func runDPORanked(ctx stdctx.Context, cfg DPOConfig, comm dist.Communicator) (*R
 	if err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}
-	mctx := context.New()
-	if err := setComputeDType(mctx, be, cfg.Config); err != nil {
-		return nil, fmt.Errorf("dpo: %w", err)
-	}
-	reducer, closeReducer, err := gradientReducer(ctx, "dpo", cfg.Config, be, comm, res)
+	mctx, reducer, closeReducer, err := startRun(ctx, DPO, cfg.Config, be, comm, res)
 	if err != nil {
 		return nil, err
 	}
 	defer closeReducer()
-	// Claimed only once the inputs have loaded (see runRanked).
-	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("dpo: %w", err)
-	}
 	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {
 		return nil, fmt.Errorf("dpo: %w", err)
 	}

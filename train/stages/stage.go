@@ -126,23 +126,11 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
 	}
-	mctx := context.New()
-	if err := setComputeDType(mctx, be, cfg); err != nil {
-		return nil, fmt.Errorf("%s: %w", stage, err)
-	}
-	reducer, closeReducer, err := gradientReducer(ctx, string(stage), cfg, be, comm, res)
+	mctx, reducer, closeReducer, err := startRun(ctx, stage, cfg, be, comm, res)
 	if err != nil {
 		return nil, err
 	}
 	defer closeReducer()
-	// The output is claimed only now that the model, tokenizer, data and gradient transport are
-	// ready, so a run that fails on its inputs leaves nothing behind (the command checked the output first).
-	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("%s: %w", stage, err)
-	}
 
 	if err := model.SetWeights(mctx.InAbsPath(modelScope), mcfg, w); err != nil {
 		return nil, fmt.Errorf("%s: %w", stage, err)
@@ -196,6 +184,30 @@ func runRanked(ctx stdctx.Context, stage Stage, cfg Config, comm dist.Communicat
 // setComputeDType applies --dtype (default: bf16 on xla:*, f32 otherwise) to the models of
 // mctx: matmuls in that dtype, the trained weights float32 masters (model.SetComputeDType). The
 // native engine computes in float32 only.
+// startRun makes the model's context in the compute dtype and the gradient transport, and only
+// then claims the output (cfg.Prepare on rank 0, then cfg.Out), so a run that fails on its
+// inputs leaves nothing behind (the command checked the output first). release is never nil.
+func startRun(ctx stdctx.Context, stage Stage, cfg Config, be backends.Backend, comm dist.Communicator, res *Result) (
+	mctx *context.Context, reducer trainer.GradientReducer, release func(), err error) {
+	mctx = context.New()
+	if err := setComputeDType(mctx, be, cfg); err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	reducer, release, err = gradientReducer(ctx, string(stage), cfg, be, comm, res)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := dist.OnRank0(ctx, comm, cfg.Prepare); err != nil {
+		release()
+		return nil, nil, nil, err
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		release()
+		return nil, nil, nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	return mctx, reducer, release, nil
+}
+
 func setComputeDType(mctx *context.Context, be backends.Backend, cfg Config) error {
 	name := cfg.DType
 	if name == "" {
