@@ -474,29 +474,6 @@ func TestBackendsSamplingAndEOS(t *testing.T) {
 		stop := ref.Seq[0][ref.PromptWidth]
 		greedy.EOS = stop // row 0's first token becomes EOS
 		ro := generate(greedy)
-		if ro.ResponseLen[0] != 1 || ro.Seq[0][ro.PromptWidth] != stop {
-			t.Fatalf("row 0 did not stop at EOS %d: length %d", stop, ro.ResponseLen[0])
-		}
-		for r := range prompts {
-			row, m := ro.Seq[r], ro.AttentionMask[r]
-			for i := range row {
-				want := int32(0)
-				if row[i] != 0 {
-					want = 1
-				}
-				if m[i] != want {
-					t.Fatalf("row %d col %d: mask %d for id %d", r, i, m[i], row[i])
-				}
-				if i >= ro.PromptWidth+ro.ResponseLen[r] && row[i] != 0 {
-					t.Fatalf("row %d col %d: %d after the response, want pad", r, i, row[i])
-				}
-			}
-			if r > 0 {
-				n := min(ro.ResponseLen[r], ref.ResponseLen[r])
-				if !slices.Equal(ro.Seq[r][ro.PromptWidth:ro.PromptWidth+n], ref.Seq[r][ref.PromptWidth:ref.PromptWidth+n]) {
-					t.Fatalf("row %d changed when row 0 stopped early", r)
-				}
-			}
-		}
+		model.CheckEOSStop(t, ro, ref, stop)
 	})
 }

@@ -103,31 +103,7 @@ func TestGenerateSamplingAndEOS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ro.ResponseLen[0] != 1 || ro.Seq[0][ro.PromptWidth] != stop {
-		t.Fatalf("row 0 did not stop at EOS %d: len %d", stop, ro.ResponseLen[0])
-	}
-	for r := range prompts {
-		row, m := ro.Seq[r], ro.AttentionMask[r]
-		for i := range row {
-			want := int32(0)
-			if row[i] != 0 {
-				want = 1
-			}
-			if m[i] != want {
-				t.Fatalf("row %d col %d: mask %d for id %d", r, i, m[i], row[i])
-			}
-			if i >= ro.PromptWidth+ro.ResponseLen[r] && row[i] != 0 {
-				t.Fatalf("row %d col %d: %d after the response, want pad", r, i, row[i])
-			}
-		}
-		// Rows other than 0 continue past row 0's stop exactly as before.
-		if r > 0 {
-			n := min(ro.ResponseLen[r], ref.ResponseLen[r])
-			if !slices.Equal(ro.Seq[r][ro.PromptWidth:ro.PromptWidth+n], ref.Seq[r][ref.PromptWidth:ref.PromptWidth+n]) {
-				t.Fatalf("row %d changed when row 0 stopped early", r)
-			}
-		}
-	}
+	CheckEOSStop(t, ro, ref, stop)
 	if len(ro.Seq[0]) != ro.PromptWidth+max(ro.ResponseLen[1], ro.ResponseLen[2]) {
 		t.Fatalf("rollout width %d", len(ro.Seq[0]))
 	}
@@ -290,6 +266,38 @@ func TestChunkedLinear(t *testing.T) {
 		for i := range a {
 			if math.Abs(float64(a[i]-c[i])) > 1e-5 {
 				t.Fatalf("%v: [%d] chunked %g, plain %g", dims, i, a[i], c[i])
+			}
+		}
+	}
+}
+
+// CheckEOSStop checks a rollout ro whose row 0 stopped at EOS = stop after one token, against ref,
+// the same prompts generated without that EOS: row 0 holds just the stop token, every mask is 1
+// exactly where the ids are not pad, pads follow each response, and the other rows continue past
+// row 0's stop exactly as in ref. (Exported for backends_test.go, which runs it on every backend.)
+func CheckEOSStop(t *testing.T, ro, ref *Rollout, stop int32) {
+	t.Helper()
+	if ro.ResponseLen[0] != 1 || ro.Seq[0][ro.PromptWidth] != stop {
+		t.Fatalf("row 0 did not stop at EOS %d: len %d", stop, ro.ResponseLen[0])
+	}
+	for r := range ro.Seq {
+		row, m := ro.Seq[r], ro.AttentionMask[r]
+		for i := range row {
+			want := int32(0)
+			if row[i] != 0 {
+				want = 1
+			}
+			if m[i] != want {
+				t.Fatalf("row %d col %d: mask %d for id %d", r, i, m[i], row[i])
+			}
+			if i >= ro.PromptWidth+ro.ResponseLen[r] && row[i] != 0 {
+				t.Fatalf("row %d col %d: %d after the response, want pad", r, i, row[i])
+			}
+		}
+		if r > 0 {
+			n := min(ro.ResponseLen[r], ref.ResponseLen[r])
+			if !slices.Equal(ro.Seq[r][ro.PromptWidth:ro.PromptWidth+n], ref.Seq[r][ref.PromptWidth:ref.PromptWidth+n]) {
+				t.Fatalf("row %d changed when row 0 stopped early", r)
 			}
 		}
 	}
