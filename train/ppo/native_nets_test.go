@@ -265,19 +265,7 @@ func TestNativeRunMatchesGraph(t *testing.T) {
 			t.Fatal(err)
 		}
 		tr.Close()
-		data, err := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var rows []map[string]float64
-		for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
-			var m map[string]float64
-			if err := json.Unmarshal(line, &m); err != nil {
-				t.Fatal(err)
-			}
-			rows = append(rows, m)
-		}
-		return rows
+		return metricRows(t, out)
 	}
 	want, got := run("go"), run(backend.Native)
 	if len(got) != len(want) || len(want) != cfg.MaxSteps {
@@ -350,21 +338,6 @@ func TestNativeResumeAcrossBackends(t *testing.T) {
 		t.Skip("native engine not compiled in (CGO_ENABLED=0)")
 	}
 	cfg := tinyConfig()
-	metrics := func(out string) []map[string]float64 {
-		data, err := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var rows []map[string]float64
-		for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
-			var m map[string]float64
-			if err := json.Unmarshal(line, &m); err != nil {
-				t.Fatal(err)
-			}
-			rows = append(rows, m)
-		}
-		return rows
-	}
 	run := func(out, spec string, o Options) {
 		o.OutDir = out
 		tr, err := NewTrainer(cfg, o, tinyNets(t, cfg, withSpec(t, spec)), tinyPrompts(t), nil)
@@ -378,12 +351,12 @@ func TestNativeResumeAcrossBackends(t *testing.T) {
 	}
 	ref := t.TempDir()
 	run(ref, backend.Native, Options{})
-	want := metrics(ref)
+	want := metricRows(t, ref)
 	for _, c := range [][2]string{{backend.Native, "go"}, {"go", backend.Native}} {
 		out := t.TempDir()
 		run(out, c[0], Options{StopAfter: 1})
 		run(out, c[1], Options{Resume: true})
-		got := metrics(out)
+		got := metricRows(t, out)
 		if len(got) != len(want) {
 			t.Fatalf("%s then %s: %d steps, want %d", c[0], c[1], len(got), len(want))
 		}
@@ -447,4 +420,22 @@ func TestNativeRefusesBF16(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--dtype bf16") {
 		t.Fatalf("bf16 on the native engine: %v", err)
 	}
+}
+
+// metricRows reads out's metrics.jsonl, every field of a record as a number.
+func metricRows(t *testing.T, out string) []map[string]float64 {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []map[string]float64
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var m map[string]float64
+		if err := json.Unmarshal(line, &m); err != nil {
+			t.Fatal(err)
+		}
+		rows = append(rows, m)
+	}
+	return rows
 }
