@@ -198,46 +198,34 @@ func TestZeroOneCheckpointRightAfterRestore(t *testing.T) {
 			t.Fatal(r.err)
 		}
 	}
-	cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for r, comm := range cs {
-		wg.Go(func() {
-			defer comm.Close()
-			errs[r] = func() error {
-				s, err := NewStepper(testBackend(t), newLinearCtx([]float32{0, 0, 0}, 0), Config{Scope: "/m", Loss: linearLoss,
-					WeightDecay: 0.01, Accumulation: 2, ClipNorm: 2, Comm: comm, ZeroStage: 1})
-				if err != nil {
-					return err
-				}
-				l, err := NewLoop(LoopConfig{Stepper: s, Train: newLinSource(64, 8, 5), Steps: 6,
-					LR: mustSchedule(t, "cosine", 0.3, 0.1, 6), CheckpointEvery: 2, Dir: dir, Resume: true,
-					Plot: func(string, string) error { return nil }})
-				if err != nil {
-					return err
-				}
-				if l.ckpts, err = checkpoint.NewManager(l.ckptRoot(), 0); err != nil {
-					return err
-				}
-				step, pos, err := l.restore()
-				if err != nil {
-					return err
-				}
-				if r == 0 {
-					if l.metrics, err = metrics.Resume(filepath.Join(dir, "metrics.jsonl"), step); err != nil {
-						return err
-					}
-					defer l.metrics.Close()
-				}
-				_, err = l.checkpoint(step+1, pos)
+	errs := onLocalRanks(t, 2, func(r int, comm dist.Communicator) error {
+		s, err := NewStepper(testBackend(t), newLinearCtx([]float32{0, 0, 0}, 0), Config{Scope: "/m", Loss: linearLoss,
+			WeightDecay: 0.01, Accumulation: 2, ClipNorm: 2, Comm: comm, ZeroStage: 1})
+		if err != nil {
+			return err
+		}
+		l, err := NewLoop(LoopConfig{Stepper: s, Train: newLinSource(64, 8, 5), Steps: 6,
+			LR: mustSchedule(t, "cosine", 0.3, 0.1, 6), CheckpointEvery: 2, Dir: dir, Resume: true,
+			Plot: func(string, string) error { return nil }})
+		if err != nil {
+			return err
+		}
+		if l.ckpts, err = checkpoint.NewManager(l.ckptRoot(), 0); err != nil {
+			return err
+		}
+		step, pos, err := l.restore()
+		if err != nil {
+			return err
+		}
+		if r == 0 {
+			if l.metrics, err = metrics.Resume(filepath.Join(dir, "metrics.jsonl"), step); err != nil {
 				return err
-			}()
-		})
-	}
-	wg.Wait()
+			}
+			defer l.metrics.Close()
+		}
+		_, err = l.checkpoint(step+1, pos)
+		return err
+	})
 	for r, err := range errs {
 		if err != nil {
 			t.Fatalf("rank %d: %v", r, err)
@@ -268,30 +256,21 @@ func TestZeroOneCheckpointRightAfterRestore(t *testing.T) {
 // another rank owns (a checkpoint partitioned otherwise) fails its first update with an error
 // naming the moment and both ranks, said once (it read "trainer: trainer: ZeRO-1: ...").
 func TestZeroOneForeignMomentRefused(t *testing.T) {
-	cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for r := range 2 {
-		wg.Go(func() {
-			defer cs[r].Close() // the other rank then fails instead of waiting
-			mctx := newLinearCtx([]float32{0, 0, 0}, 0)
-			s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, Accumulation: 1, Comm: cs[r], ZeroStage: 1})
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			if r == 0 { // the bias (1 element) is rank 1's; the weight (3) rank 0's
-				p := momentPaths(s.Config().OptimScope, mctx.GetVariableByScopeAndName("/m/lin", "bias"))[0]
-				i := strings.LastIndex(p, context.ScopeSeparator)
-				mctx.InAbsPath(p[:i]).VariableWithValue(p[i+1:], []float32{0}).SetTrainable(false)
-			}
-			_, errs[r] = s.Step(0.1, [][]float32{{1, 2, 3}}, []float32{1})
-		})
-	}
-	wg.Wait()
+	// Each rank closes its communicator when done: the other then fails instead of waiting.
+	errs := onLocalRanks(t, 2, func(r int, comm dist.Communicator) error {
+		mctx := newLinearCtx([]float32{0, 0, 0}, 0)
+		s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, Accumulation: 1, Comm: comm, ZeroStage: 1})
+		if err != nil {
+			return err
+		}
+		if r == 0 { // the bias (1 element) is rank 1's; the weight (3) rank 0's
+			p := momentPaths(s.Config().OptimScope, mctx.GetVariableByScopeAndName("/m/lin", "bias"))[0]
+			i := strings.LastIndex(p, context.ScopeSeparator)
+			mctx.InAbsPath(p[:i]).VariableWithValue(p[i+1:], []float32{0}).SetTrainable(false)
+		}
+		_, err = s.Step(0.1, [][]float32{{1, 2, 3}}, []float32{1})
+		return err
+	})
 	if e := errs[0]; e == nil || !strings.HasPrefix(e.Error(), "trainer: ZeRO-1: rank 0 holds /optim/") ||
 		!strings.Contains(e.Error(), "/lin/bias_m1, owned by rank 1") {
 		t.Errorf("rank 0: %v, want trainer: ZeRO-1: rank 0 holds the bias's moment, owned by rank 1", e)
@@ -306,39 +285,50 @@ func TestZeroOneForeignMomentRefused(t *testing.T) {
 // copy attached: the gather writes received weights once into a device buffer
 // instead of into a host tensor uploaded (and kept) at the next step.
 func TestZeroOneGatherKeepsNoHostCopy(t *testing.T) {
-	cs, err := dist.NewLocalGroup(stdctx.Background(), 2, dist.Options{Timeout: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for r, comm := range cs {
-		wg.Go(func() {
-			defer comm.Close()
-			mctx := newLinearCtx([]float32{0.1, 0.2, 0.3}, 0)
-			s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, Comm: comm, ZeroStage: 1})
-			if err != nil {
-				errs[r] = err
-				return
+	errs := onLocalRanks(t, 2, func(r int, comm dist.Communicator) error {
+		mctx := newLinearCtx([]float32{0.1, 0.2, 0.3}, 0)
+		s, err := NewStepper(testBackend(t), mctx, Config{Scope: "/m", Loss: linearLoss, Comm: comm, ZeroStage: 1})
+		if err != nil {
+			return err
+		}
+		x := []float32{1, 2, 3, 4, 5, 6}
+		for range 2 {
+			if _, err := s.Step(0.1, tensors.FromFlatDataAndDimensions(x, 2, 3), []float32{1, 2}); err != nil {
+				return err
 			}
-			x := []float32{1, 2, 3, 4, 5, 6}
-			for range 2 {
-				if _, errs[r] = s.Step(0.1, tensors.FromFlatDataAndDimensions(x, 2, 3), []float32{1, 2}); errs[r] != nil {
-					return
-				}
+		}
+		for _, v := range s.TrainedVariables() {
+			val := v.MustValue()
+			if val.IsLocal() || !val.IsOnAnyDevice() {
+				err = fmt.Errorf("rank %d: %s: host copy %v, on the device %v", r, v.ScopeAndName(), val.IsLocal(), val.IsOnAnyDevice())
 			}
-			for _, v := range s.TrainedVariables() {
-				val := v.MustValue()
-				if val.IsLocal() || !val.IsOnAnyDevice() {
-					errs[r] = fmt.Errorf("rank %d: %s: host copy %v, on the device %v", r, v.ScopeAndName(), val.IsLocal(), val.IsOnAnyDevice())
-				}
-			}
-		})
-	}
-	wg.Wait()
+		}
+		return err
+	})
 	for _, err := range errs {
 		if err != nil {
 			t.Error(err)
 		}
 	}
+}
+
+// onLocalRanks runs one on every rank of an in-process group of world ranks and returns their
+// errors by rank; each rank closes its communicator when one returns, so a rank that fails ends
+// the others' collectives instead of leaving them waiting.
+func onLocalRanks(t *testing.T, world int, one func(rank int, comm dist.Communicator) error) []error {
+	t.Helper()
+	cs, err := dist.NewLocalGroup(stdctx.Background(), world, dist.Options{Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make([]error, world)
+	var wg sync.WaitGroup
+	for r, comm := range cs {
+		wg.Go(func() {
+			defer comm.Close()
+			errs[r] = one(r, comm)
+		})
+	}
+	wg.Wait()
+	return errs
 }
